@@ -1,0 +1,73 @@
+"""Every Redis key and channel name poolmta uses, in one place.
+
+Keys that are read or written together share a hash tag (`{...}`), so Lua
+scripts and multi-key commands stay on one slot of a Redis Cluster:
+
+* `{srv:N}` — everything about MTA server N's routing: snapshot versions, the
+  `current` pointer, worker acks.
+* `{stats}` is deliberately *not* used: stats keys are spread per pool and per IP.
+
+Both planes import this module (the data plane through the snapshot contract).
+"""
+
+PREFIX = "poolmta"
+
+
+def _server_tag(server_id: int) -> str:
+    return f"{PREFIX}:{{srv:{int(server_id)}}}"
+
+
+def snapshot_key(server_id: int, version: int) -> str:
+    """Immutable key holding the msgpack snapshot of `version` for `server_id`."""
+    return f"{_server_tag(server_id)}:snapshot:{int(version)}"
+
+
+def snapshot_current_key(server_id: int) -> str:
+    """Key holding the newest published snapshot version of `server_id`, as an integer."""
+    return f"{_server_tag(server_id)}:snapshot:current"
+
+
+def snapshot_channel(server_id: int) -> str:
+    """Pub/sub channel on which a new version number of `server_id` is announced."""
+    return f"{_server_tag(server_id)}:snapshot:notices"
+
+
+def worker_acks_key(server_id: int) -> str:
+    """Hash worker_id -> "version:heartbeat_unix_ms" of the data-plane workers of a server.
+
+    A worker is live while its heartbeat is newer than its expiry (see
+    WORKER_HEARTBEAT_TTL_MS); the control plane reads this to finish operations.
+    """
+    return f"{_server_tag(server_id)}:workers"
+
+
+# A worker refreshes its ack at least this often; older entries are dead workers.
+WORKER_HEARTBEAT_TTL_MS = 5_000
+
+# How long an immutable snapshot version is kept after a newer one replaced it.
+SNAPSHOT_RETENTION_SECONDS = 7 * 24 * 3600
+
+
+def pool_stats_key(smtp_id: int, day: str | None = None) -> str:
+    """Hash of counters (sent, delivered, bounced, deferred, complaints) for a pool.
+
+    `day` (YYYYMMDD, UTC) selects a daily bucket; None the lifetime totals.
+    """
+    suffix = f":d:{day}" if day else ""
+    return f"{PREFIX}:{{pool:{int(smtp_id)}}}:stats{suffix}"
+
+
+def ip_stats_key(address: str, day: str | None = None) -> str:
+    """Hash of counters for one source IP; `day` as for pool_stats_key."""
+    suffix = f":d:{day}" if day else ""
+    return f"{PREFIX}:{{ip:{address}}}:stats{suffix}"
+
+
+def pool_ip_stats_key(smtp_id: int, address: str, day: str | None = None) -> str:
+    """Hash of counters for one IP *within* one pool (an IP that moved keeps old counts
+    under its old pool); `day` as for pool_stats_key."""
+    suffix = f":d:{day}" if day else ""
+    return f"{PREFIX}:{{pool:{int(smtp_id)}}}:ip:{address}:stats{suffix}"
+
+
+STATS_FIELDS = ("sent", "delivered", "bounced", "deferred", "complaints")

@@ -1,0 +1,188 @@
+"""The routing snapshot: the contract between the control plane and data-plane workers.
+
+One snapshot per MTA server holds everything a worker of that server needs to
+authenticate bridges, rotate source IPs and stamp headers, plus a version that
+strictly increases per server. This module is the only place that knows the wire
+format (msgpack, maps with short stable keys, `schema` field for evolution);
+the publisher encodes with it, the data plane decodes with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgpack
+
+SCHEMA_VERSION = 1
+
+IP_ACTIVE = "active"
+IP_PAUSED = "paused"
+
+
+class SnapshotError(ValueError):
+    """Bytes that are not a snapshot this code understands."""
+
+
+@dataclass(frozen=True, slots=True)
+class IpRoute:
+    """A source IP of a pool as the rotation sees it."""
+
+    address: str
+    weight: int
+    state: str  # IP_ACTIVE | IP_PAUSED
+    hostname: str
+
+    @property
+    def usable(self) -> bool:
+        """True when rotation may pick this IP."""
+        return self.state == IP_ACTIVE and self.weight > 0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRoute:
+    """A pool: what is stamped on its mail and which IPs carry it."""
+
+    smtp_id: int
+    user_id: int  # 0 for a server's shared pool
+    internal_name: str  # x-virtual-mta
+    feed_type: str
+    headers: tuple[tuple[str, str], ...]  # custom headers, in order
+    ips: tuple[IpRoute, ...]
+    shared: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeRoute:
+    """A bridge's credentials and where its mail goes."""
+
+    bridge_id: int
+    user_id: int
+    name: str
+    username: str
+    secret_hash: str  # see control.secrets for the format
+    smtp_id: int  # the pool (the shared pool for ESSENTIAL bridges)
+    feed_type: str  # override; empty = the pool's
+    trusted_networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one MTA server's workers route by, at one version."""
+
+    server_id: int
+    version: int
+    hostname: str
+    zone: str  # x-zone
+    pools: tuple[PoolRoute, ...] = ()
+    bridges: tuple[BridgeRoute, ...] = ()
+    published_at_ms: int = 0
+    _pools_by_id: dict = field(default=None, init=False, repr=False, compare=False)  # type: ignore[assignment]
+
+    def pool(self, smtp_id: int) -> PoolRoute:
+        """The pool with this id; KeyError if the snapshot has none."""
+        index = self._pools_by_id
+        if index is None:
+            index = {p.smtp_id: p for p in self.pools}
+            object.__setattr__(self, "_pools_by_id", index)
+        return index[smtp_id]
+
+    def bridge_by_username(self) -> dict[str, BridgeRoute]:
+        """Bridges keyed by SMTP AUTH username."""
+        return {b.username: b for b in self.bridges}
+
+
+def encode(snapshot: Snapshot) -> bytes:
+    """Serialize a snapshot to its msgpack wire form."""
+    doc = {
+        "schema": SCHEMA_VERSION,
+        "server_id": snapshot.server_id,
+        "version": snapshot.version,
+        "hostname": snapshot.hostname,
+        "zone": snapshot.zone,
+        "published_at_ms": snapshot.published_at_ms,
+        "pools": [
+            {
+                "smtp_id": p.smtp_id,
+                "user_id": p.user_id,
+                "internal_name": p.internal_name,
+                "feed_type": p.feed_type,
+                "headers": [[n, v] for n, v in p.headers],
+                "shared": p.shared,
+                "ips": [
+                    {"address": ip.address, "weight": ip.weight, "state": ip.state, "hostname": ip.hostname}
+                    for ip in p.ips
+                ],
+            }
+            for p in snapshot.pools
+        ],
+        "bridges": [
+            {
+                "bridge_id": b.bridge_id,
+                "user_id": b.user_id,
+                "name": b.name,
+                "username": b.username,
+                "secret_hash": b.secret_hash,
+                "smtp_id": b.smtp_id,
+                "feed_type": b.feed_type,
+                "trusted_networks": list(b.trusted_networks),
+            }
+            for b in snapshot.bridges
+        ],
+    }
+    return msgpack.packb(doc, use_bin_type=True)
+
+
+def decode(data: bytes) -> Snapshot:
+    """Parse the wire form; SnapshotError if it is not a snapshot of a known schema."""
+    try:
+        doc = msgpack.unpackb(data, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise SnapshotError(f"snapshot is not valid msgpack: {exc}") from None
+    if not isinstance(doc, dict):
+        raise SnapshotError("snapshot is not a map")
+    schema = doc.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise SnapshotError(f"snapshot schema {schema!r} is not supported (expected {SCHEMA_VERSION})")
+    try:
+        return Snapshot(
+            server_id=int(doc["server_id"]),
+            version=int(doc["version"]),
+            hostname=str(doc["hostname"]),
+            zone=str(doc["zone"]),
+            published_at_ms=int(doc.get("published_at_ms", 0)),
+            pools=tuple(
+                PoolRoute(
+                    smtp_id=int(p["smtp_id"]),
+                    user_id=int(p["user_id"]),
+                    internal_name=str(p["internal_name"]),
+                    feed_type=str(p["feed_type"]),
+                    headers=tuple((str(n), str(v)) for n, v in p["headers"]),
+                    shared=bool(p.get("shared", False)),
+                    ips=tuple(
+                        IpRoute(
+                            address=str(ip["address"]),
+                            weight=int(ip["weight"]),
+                            state=str(ip["state"]),
+                            hostname=str(ip["hostname"]),
+                        )
+                        for ip in p["ips"]
+                    ),
+                )
+                for p in doc["pools"]
+            ),
+            bridges=tuple(
+                BridgeRoute(
+                    bridge_id=int(b["bridge_id"]),
+                    user_id=int(b["user_id"]),
+                    name=str(b["name"]),
+                    username=str(b["username"]),
+                    secret_hash=str(b["secret_hash"]),
+                    smtp_id=int(b["smtp_id"]),
+                    feed_type=str(b["feed_type"]),
+                    trusted_networks=tuple(str(n) for n in b.get("trusted_networks", ())),
+                )
+                for b in doc["bridges"]
+            ),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"snapshot is missing or has a malformed field: {exc!r}") from None
