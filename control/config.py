@@ -1,0 +1,53 @@
+"""Control-plane configuration: built once from flags and environment, then passed down."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def default_data_dir() -> Path:
+    """`$XDG_DATA_HOME/poolmta`, else `~/.local/share/poolmta`."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "poolmta"
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """What the control plane needs to run.
+
+    data_dir: holds `poolmta.db` (SQLite, the system of record) and `admin.token`.
+    redis_url: the Redis snapshots are published to (embedded one's unix-socket URL
+        when the CLI started it).
+    grpc_listen: host:port to serve gRPC on; port 0 picks a free port.
+    admin_token: the platform admin token; None = read or create `<data_dir>/admin.token`.
+    publish_check_interval: seconds between checks that Redis still holds every
+        server's current snapshot (republishing after a Redis loss).
+    reconcile_interval: seconds between passes of the IP reassignment reconciler.
+    """
+
+    data_dir: Path
+    redis_url: str
+    grpc_listen: str = "127.0.0.1:50051"
+    admin_token: str | None = None
+    publish_check_interval: float = 1.0
+    reconcile_interval: float = 0.2
+    grace_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.redis_url:
+            raise ValueError("redis_url is required")
+        host, sep, port = self.grpc_listen.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"grpc_listen must be host:port, got {self.grpc_listen!r}")
+        if self.publish_check_interval <= 0 or self.reconcile_interval <= 0:
+            raise ValueError("intervals must be positive")
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "poolmta.db"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / "admin.token"
