@@ -1,0 +1,96 @@
+"""Domain records <-> protobuf messages, at the edge of the servicers."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from . import models, stats_reader
+from ._pb.poolmta.v1 import poolmta_pb2 as pb
+from .errors import InvalidArgument
+
+
+def timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def tier_name(value: int) -> str:
+    """The domain tier for a proto Tier; InvalidArgument for TIER_UNSPECIFIED or unknown."""
+    if value == pb.TIER_UNSPECIFIED or value not in pb.Tier.values():
+        raise InvalidArgument("tier is required: ESSENTIAL, PRO or BUSINESS")
+    return pb.Tier.Name(value)
+
+
+def window_name(value: int) -> str:
+    return stats_reader.LAST_30_DAYS if value == pb.LAST_30_DAYS else stats_reader.LIFETIME
+
+
+def headers_in(headers) -> list[tuple[str, str]]:
+    return [(h.name, h.value) for h in headers]
+
+
+def account(a: models.Account) -> pb.Account:
+    return pb.Account(user_id=a.user_id, name=a.name, tier=pb.Tier.Value(a.tier), create_time=timestamp(a.created_at))
+
+
+def server(s: models.MtaServer) -> pb.MtaServer:
+    return pb.MtaServer(
+        server_id=s.server_id, hostname=s.hostname, zone=s.zone, routing_version=s.routing_version,
+        shared_pool=s.shared_pool, create_time=timestamp(s.created_at),
+    )
+
+
+def pool(p: models.Pool) -> pb.Pool:
+    return pb.Pool(
+        smtp_id=p.smtp_id, label=p.label, tag=p.tag, internal_name=p.internal_name,
+        server_id=p.server_id, zone=p.zone, feed_type=p.feed_type,
+        headers=[pb.Header(name=n, value=v) for n, v in p.headers],
+        is_default=p.is_default, status=pb.PoolStatus.Value(p.status), ip_count=p.ip_count,
+        bridge_count=p.bridge_count, create_time=timestamp(p.created_at),
+    )
+
+
+def ip(i: models.DedicatedIp) -> pb.DedicatedIp:
+    return pb.DedicatedIp(
+        address=i.address, smtp_id=i.smtp_id, pool_label=i.pool_label, server_id=i.server_id,
+        weight=i.weight, state=pb.IP_ACTIVE if i.state == models.IP_ACTIVE else pb.IP_PAUSED,
+        hostname=i.hostname, pending_operation_id=i.pending_operation_id,
+        create_time=timestamp(i.created_at),
+    )
+
+
+def bridge(b: models.Bridge) -> pb.Bridge:
+    return pb.Bridge(
+        bridge_id=b.bridge_id, name=b.name, smtp_id=0 if b.shared else b.smtp_id,
+        pool_label=b.pool_label, shared=b.shared, server_id=b.server_id, username=b.username,
+        feed_type=b.feed_type, trusted_networks=list(b.trusted_networks), revoked=b.revoked,
+        create_time=timestamp(b.created_at), secret_rotate_time=timestamp(b.secret_rotated_at),
+    )
+
+
+def operation(o: models.Operation) -> pb.Operation:
+    return pb.Operation(
+        operation_id=o.operation_id, state=pb.OperationState.Value(o.state), address=o.address,
+        from_smtp_id=o.from_smtp_id, to_smtp_id=o.to_smtp_id, routing_version=o.routing_version,
+        error=o.error, create_time=timestamp(o.created_at), update_time=timestamp(o.updated_at),
+    )
+
+
+def ip_stats(address: str, c: stats_reader.Counters) -> pb.IpStats:
+    return pb.IpStats(
+        address=address, sent=c.sent, delivered=c.delivered, bounced=c.bounced, deferred=c.deferred,
+        complaints=c.complaints, delivery_rate=c.delivery_rate,
+    )
+
+
+def pool_stats(p: models.Pool, window: int, figures: stats_reader.PoolFigures) -> pb.PoolStats:
+    t = figures.totals
+    return pb.PoolStats(
+        smtp_id=p.smtp_id, label=p.label, internal_name=p.internal_name,
+        window=window or pb.LIFETIME, sent=t.sent, delivered=t.delivered, bounced=t.bounced,
+        deferred=t.deferred, delivery_rate=t.delivery_rate,
+        ips=[ip_stats(a, c) for a, c in figures.per_ip.items()],
+    )

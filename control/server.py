@@ -1,0 +1,111 @@
+"""The control plane process: gRPC server, snapshot publisher and reconciler.
+
+    cp = ControlPlane(config)
+    await cp.start()      # serving; cp.grpc_address says where
+    await cp.stop()       # health NOT_SERVING, drain, stop
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from redis.exceptions import RedisError
+
+from .auth import Authenticator, load_or_create_admin_token
+from .config import ControlConfig
+from .publisher import SnapshotPublisher
+from .reconciler import ChangeFeed, Reconciler
+from .registry import Registry
+from .servicers import Services, add_servicers
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class ControlPlane:
+    """One running control plane. Not reusable after stop()."""
+
+    def __init__(self, config: ControlConfig):
+        self.config = config
+        self.grpc_address = ""
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._store: Store | None = None
+        self._redis: aioredis.Redis | None = None
+        self._service_names: list[str] = []
+
+    @property
+    def admin_token_path(self):
+        return self.config.admin_token_path
+
+    async def start(self) -> None:
+        """Open the store, bind the gRPC port and start serving and publishing."""
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self._store = Store.open(cfg.db_path)
+        registry = Registry(self._store)
+        admin_token = load_or_create_admin_token(cfg.admin_token_path, cfg.admin_token)
+        self._redis = aioredis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        publisher = SnapshotPublisher(self._store, self._redis)
+        feed = ChangeFeed()
+        services = Services(registry, Authenticator(registry, admin_token), publisher, self._redis, feed)
+
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._service_names = add_servicers(server, services)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            server,
+        )
+        host, _, port = cfg.grpc_listen.rpartition(":")
+        bound = server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot listen for gRPC on {cfg.grpc_listen}")
+        self.grpc_address = f"{host}:{bound}"
+        await server.start()
+        self._server = server
+
+        try:
+            await publisher.republish()
+        except (RedisError, OSError) as exc:
+            log.error("Redis unreachable at start (%s); snapshots will be published when it answers", exc)
+        self._tasks = [
+            asyncio.create_task(publisher.run(cfg.publish_check_interval), name="publisher"),
+            asyncio.create_task(
+                Reconciler(registry, publisher, self._redis, feed).run(cfg.reconcile_interval), name="reconciler"
+            ),
+        ]
+        for name in ("", *self._service_names):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("control plane serving gRPC on %s", self.grpc_address)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, let in-flight calls finish within the grace period, stop."""
+        grace = self.config.grace_seconds if grace is None else grace
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()

@@ -1,0 +1,183 @@
+"""Input rules for every name, address and header the control plane accepts.
+
+Each `check_*` returns the normalised value or raises InvalidArgument with a
+message that says what is allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from .errors import InvalidArgument
+
+RESERVED_HEADERS = frozenset({"x-virtual-mta", "x-feedtype", "x-zone", "x-serverid"})
+
+MAX_LABEL = 64
+MAX_TAG = 32
+MAX_HEADER_NAME = 76  # keeps "name: " within the RFC 5322 §2.1.1 78-character line
+MAX_HEADER_VALUE = 900
+MAX_HEADERS = 32
+MAX_WEIGHT = 1000
+MAX_NETWORKS = 64
+
+_LABEL = re.compile(r"^[A-Za-z0-9._-](?:[A-Za-z0-9._ -]*[A-Za-z0-9._-])?$")
+_ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_TAG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+# RFC 5322 §3.6.8: field-name = 1*ftext; ftext = %d33-57 / %d59-126 (printable US-ASCII but ':')
+_FIELD_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+_ZONE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+_FEED_TYPE = re.compile(r"^[A-Za-z0-9._/-]{0,64}$")
+
+
+def check_label(label: str) -> str:
+    """A pool or bridge label: 1-64 chars of letters, digits, '.', '_', '-' (spaces inside)."""
+    label = label.strip()
+    if not label:
+        raise InvalidArgument("label must not be empty")
+    if len(label) > MAX_LABEL:
+        raise InvalidArgument(f"label is {len(label)} characters; the limit is {MAX_LABEL}")
+    if not _LABEL.match(label):
+        raise InvalidArgument(
+            f"label {label!r} may contain only letters, digits, '.', '_', '-' and inner spaces"
+        )
+    return label
+
+
+def check_account_name(name: str) -> str:
+    """An account name: 1-64 letters, digits, '.', '_' or '-'."""
+    if not _ACCOUNT_NAME.match(name or ""):
+        raise InvalidArgument(
+            f"account name {name!r} must be 1-64 letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+def slug_from_label(label: str) -> str:
+    """A tag derived from a label: lowercase, runs of other characters become '-'."""
+    slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")[:MAX_TAG].strip("-")
+    return slug or "pool"
+
+
+def check_tag(tag: str) -> str:
+    """A tag: lowercase letters and digits in '-'-separated words, at most 32 characters."""
+    if not tag or len(tag) > MAX_TAG or not _TAG.match(tag):
+        raise InvalidArgument(
+            f"tag {tag!r} must be 1-{MAX_TAG} lowercase letters and digits, words joined by '-'"
+        )
+    return tag
+
+
+def check_header(name: str, value: str) -> tuple[str, str]:
+    """A custom header: an RFC 5322 field name that is not reserved, and a value without CR/LF."""
+    if not name or not _FIELD_NAME.match(name):
+        raise InvalidArgument(
+            f"header name {name!r} is not a valid field name (printable US-ASCII except ':' and space)"
+        )
+    if len(name) > MAX_HEADER_NAME:
+        raise InvalidArgument(f"header name is {len(name)} characters; the limit is {MAX_HEADER_NAME}")
+    if name.lower() in RESERVED_HEADERS:
+        raise InvalidArgument(
+            f"header {name!r} is stamped by poolmta itself and cannot be set as a custom header"
+        )
+    if "\r" in value or "\n" in value or "\x00" in value:
+        raise InvalidArgument(f"value of header {name!r} must not contain CR, LF or NUL")
+    if len(value.encode("utf-8")) > MAX_HEADER_VALUE:
+        raise InvalidArgument(f"value of header {name!r} is longer than {MAX_HEADER_VALUE} bytes")
+    return name, value.strip(" \t")
+
+
+def check_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A pool's custom headers: each valid, no name twice (case-insensitive), at most 32."""
+    if len(headers) > MAX_HEADERS:
+        raise InvalidArgument(f"{len(headers)} headers given; a pool carries at most {MAX_HEADERS}")
+    seen: set[str] = set()
+    checked = []
+    for name, value in headers:
+        name, value = check_header(name, value)
+        if name.lower() in seen:
+            raise InvalidArgument(f"header {name!r} is given twice")
+        seen.add(name.lower())
+        checked.append((name, value))
+    return checked
+
+
+def check_address(address: str) -> str:
+    """A unicast IPv4 or IPv6 address, normalised (e.g. '2001:DB8::0001' -> '2001:db8::1')."""
+    try:
+        ip = ipaddress.ip_address((address or "").strip())
+    except ValueError:
+        raise InvalidArgument(f"{address!r} is not an IPv4 or IPv6 address") from None
+    if ip.is_unspecified or ip.is_multicast or (ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255")):
+        raise InvalidArgument(f"{address!r} cannot be a sending address (unspecified, multicast or broadcast)")
+    return ip.compressed
+
+
+def check_network(cidr: str) -> str:
+    """A client network in CIDR form, normalised (host bits must be zero)."""
+    try:
+        return ipaddress.ip_network((cidr or "").strip(), strict=True).compressed
+    except ValueError as exc:
+        raise InvalidArgument(f"{cidr!r} is not a network in CIDR form ({exc})") from None
+
+
+def check_networks(cidrs: list[str]) -> list[str]:
+    """A bridge's trusted networks: valid, distinct, not overlapping each other."""
+    if len(cidrs) > MAX_NETWORKS:
+        raise InvalidArgument(f"at most {MAX_NETWORKS} trusted networks per bridge")
+    nets = [ipaddress.ip_network(check_network(c)) for c in cidrs]
+    for i, a in enumerate(nets):
+        for b in nets[i + 1 :]:
+            if a.version == b.version and a.overlaps(b):
+                raise InvalidArgument(f"trusted networks {a} and {b} overlap")
+    return [n.compressed for n in nets]
+
+
+def networks_overlap(a: str, b: str) -> bool:
+    """True when two CIDR networks share an address."""
+    na, nb = ipaddress.ip_network(a), ipaddress.ip_network(b)
+    return na.version == nb.version and na.overlaps(nb)
+
+
+def check_weight(weight: int, *, default: int | None = None) -> int:
+    """A rotation weight 0-1000; `default` replaces 0 when given (proto3 unset)."""
+    if weight == 0 and default is not None:
+        return default
+    if not 0 <= weight <= MAX_WEIGHT:
+        raise InvalidArgument(f"weight must be between 0 and {MAX_WEIGHT}, got {weight}")
+    return weight
+
+
+def check_hostname(hostname: str) -> str:
+    """A DNS hostname (RFC 1123 labels), lowercased, no trailing dot."""
+    hostname = (hostname or "").strip()
+    if not _HOSTNAME.match(hostname):
+        raise InvalidArgument(f"{hostname!r} is not a valid hostname")
+    return hostname.rstrip(".").lower()
+
+
+def check_zone(zone: str) -> str:
+    """A zone name such as US-1, EU-1 or MTA4."""
+    if not _ZONE.match(zone or ""):
+        raise InvalidArgument(f"zone {zone!r} must be 1-32 letters, digits, '-' or '_'")
+    return zone
+
+
+def check_feed_type(feed_type: str) -> str:
+    """A feed type such as 'newsletter' or 'transactional' (may be empty)."""
+    feed_type = (feed_type or "").strip()
+    if not _FEED_TYPE.match(feed_type):
+        raise InvalidArgument(
+            f"feed type {feed_type!r} must be at most 64 letters, digits, '.', '_', '/' or '-'"
+        )
+    return feed_type
+
+
+def check_id(value: int, what: str) -> int:
+    """A positive object id; 0 (unset) or negative is INVALID_ARGUMENT naming the field."""
+    if value <= 0:
+        raise InvalidArgument(f"{what} is required")
+    return value
