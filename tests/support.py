@@ -1,0 +1,48 @@
+"""Helpers shared by the test suite (fixtures live in conftest.py and import these)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that was free a moment ago (the OS picked it for port 0).
+
+    Something else may take it before the caller binds it; use it only for
+    servers whose address must be chosen up front (e.g. a Redis restarted on the
+    same port). Prefer binding port 0 and asking the server for its port.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Poll `predicate` until it is truthy (True) or `timeout` seconds pass (False).
+
+    For asserting things that happen "soon" without asserting how soon:
+    `assert wait_until(lambda: ..., timeout=5)`.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def process_gone(pid: int) -> bool:
+    """True when `pid` no longer exists or is a zombie (exited, not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return True
+    return stat_line[stat_line.rfind(b")") + 2 :][:1] in (b"Z", b"X")
