@@ -1,0 +1,100 @@
+"""Bridges: generated credentials shown once, stored hashed, revocable and rotatable one by one."""
+
+import grpc
+
+from control._pb.poolmta.v1 import poolmta_pb2 as pb
+from control.secrets import verify_secret
+from tests.control_support import *  # noqa: F401,F403 - fixtures
+from tests.control_support import current_snapshot, expect_error
+
+
+async def _pool(acme, server, label="promo"):
+    return await acme.pools.CreatePool(pb.CreatePoolRequest(label=label, server_id=server.server_id, feed_type="newsletter"))
+
+
+async def test_secret_is_returned_once_and_stored_hashed(acme, server, redis_url, control_plane):
+    pool = await _pool(acme, server)
+    created = await acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="web", smtp_id=pool.smtp_id, feed_type="tx"))
+    assert created.bridge.username.startswith("br-") and len(created.secret) >= 40
+    listed = (await acme.bridges.ListBridges(pb.ListBridgesRequest())).bridges
+    assert [b.name for b in listed] == ["web"]
+    assert created.secret not in str(listed) and created.secret not in str(
+        await acme.bridges.GetBridge(pb.GetBridgeRequest(bridge_id=created.bridge.bridge_id))
+    )
+    route = current_snapshot(redis_url, server.server_id).bridges[0]
+    assert route.username == created.bridge.username and route.feed_type == "tx"
+    assert created.secret not in route.secret_hash
+    assert verify_secret(created.secret, route.secret_hash)
+    assert not verify_secret(created.secret + "x", route.secret_hash)
+    db = (control_plane.config.db_path).read_bytes()
+    assert created.secret.encode() not in db
+
+
+async def test_bridges_are_revoked_and_rotated_one_by_one(acme, server, redis_url):
+    pool = await _pool(acme, server)
+    web = await acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="web", smtp_id=pool.smtp_id))
+    mobile = await acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="mobile", smtp_id=pool.smtp_id))
+    await expect_error(
+        acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="web", smtp_id=pool.smtp_id)),
+        grpc.StatusCode.ALREADY_EXISTS, "web",
+    )
+    rotated = await acme.bridges.RotateBridgeSecret(pb.RotateBridgeSecretRequest(bridge_id=web.bridge.bridge_id))
+    assert rotated.secret != web.secret and rotated.bridge.secret_rotate_time.seconds > 0
+    routes = {b.username: b for b in current_snapshot(redis_url, server.server_id).bridges}
+    assert verify_secret(rotated.secret, routes[web.bridge.username].secret_hash)
+    assert not verify_secret(web.secret, routes[web.bridge.username].secret_hash)
+    assert verify_secret(mobile.secret, routes[mobile.bridge.username].secret_hash)
+
+    revoked = await acme.bridges.RevokeBridge(pb.RevokeBridgeRequest(bridge_id=mobile.bridge.bridge_id))
+    assert revoked.revoked
+    routes = {b.username for b in current_snapshot(redis_url, server.server_id).bridges}
+    assert routes == {web.bridge.username}
+    await expect_error(
+        acme.bridges.RotateBridgeSecret(pb.RotateBridgeSecretRequest(bridge_id=mobile.bridge.bridge_id)),
+        grpc.StatusCode.FAILED_PRECONDITION, "revoked",
+    )
+
+
+async def test_bridges_need_a_pool_on_dedicated_tiers(acme, server):
+    await expect_error(acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="web")), grpc.StatusCode.INVALID_ARGUMENT, "smtp_id")
+    await expect_error(
+        acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="web", smtp_id=424242)), grpc.StatusCode.NOT_FOUND
+    )
+
+
+async def test_trusted_networks_are_validated_and_never_overlap_on_a_server(make_account, server, redis_url):
+    acme, _ = await make_account("acme")
+    globex, _ = await make_account("globex")
+    pool = await _pool(acme, server)
+    gpool = await _pool(globex, server, "bulk")
+    await expect_error(
+        acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="x", smtp_id=pool.smtp_id, trusted_networks=["10.0.0.1/8"])),
+        grpc.StatusCode.INVALID_ARGUMENT, "CIDR",
+    )
+    await expect_error(
+        acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="x", smtp_id=pool.smtp_id,
+                                                         trusted_networks=["10.0.0.0/8", "10.1.0.0/16"])),
+        grpc.StatusCode.INVALID_ARGUMENT, "overlap",
+    )
+    app = await acme.bridges.CreateBridge(
+        pb.CreateBridgeRequest(name="app", smtp_id=pool.smtp_id, trusted_networks=["127.0.10.0/24", "::1/128"])
+    )
+    assert list(app.bridge.trusted_networks) == ["127.0.10.0/24", "::1/128"]
+    await expect_error(
+        globex.bridges.CreateBridge(pb.CreateBridgeRequest(name="g", smtp_id=gpool.smtp_id, trusted_networks=["127.0.0.0/16"])),
+        grpc.StatusCode.FAILED_PRECONDITION, "overlaps",
+    )
+    other = await globex.bridges.CreateBridge(pb.CreateBridgeRequest(name="g", smtp_id=gpool.smtp_id))
+    await expect_error(
+        globex.bridges.SetBridgeTrustedNetworks(
+            pb.SetBridgeTrustedNetworksRequest(bridge_id=other.bridge.bridge_id, trusted_networks=["127.0.10.7/32"])),
+        grpc.StatusCode.FAILED_PRECONDITION, "overlaps",
+    )
+    # A bridge may replace its own networks with overlapping ones; revoking frees them.
+    await acme.bridges.SetBridgeTrustedNetworks(
+        pb.SetBridgeTrustedNetworksRequest(bridge_id=app.bridge.bridge_id, trusted_networks=["127.0.10.0/25"]))
+    snap = current_snapshot(redis_url, server.server_id)
+    assert {b.name: b.trusted_networks for b in snap.bridges}["app"] == ("127.0.10.0/25",)
+    await acme.bridges.RevokeBridge(pb.RevokeBridgeRequest(bridge_id=app.bridge.bridge_id))
+    await globex.bridges.SetBridgeTrustedNetworks(
+        pb.SetBridgeTrustedNetworksRequest(bridge_id=other.bridge.bridge_id, trusted_networks=["127.0.10.7/32"]))
