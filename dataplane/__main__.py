@@ -1,0 +1,245 @@
+"""`python -m dataplane` (what `poolmta dataplane` runs): the data plane of one MTA server.
+
+Every option has an environment variable; a flag given on the command line wins.
+The configuration is built and validated here, once, and passed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from . import logs, spool
+from .config import (
+    DEFAULT_INSECURE_AUTH_NETWORKS,
+    DEFAULT_MAX_LINE_LENGTH,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_RECIPIENTS,
+    DEFAULT_SMTP_LISTEN,
+    AuthThrottleConfig,
+    DataplaneConfig,
+    parse_listen,
+)
+
+log = logging.getLogger("poolmta.dataplane")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_SIZE_SUFFIXES = {"k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def default_data_dir() -> Path:
+    """`$XDG_DATA_HOME/poolmta`, else `~/.local/share/poolmta` (as the control plane)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "poolmta"
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K / M / G (binary) suffix: 25M, 1048576."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty size")
+    value = text.strip().lower().removesuffix("b").removesuffix("i")
+    multiplier = _SIZE_SUFFIXES.get(value[-1:], 1)
+    if multiplier != 1:
+        value = value[:-1]
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use bytes, or a K/M/G suffix)")
+    return int(value) * multiplier
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _flag_default(env: dict[str, str], name: str) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return False
+    if raw.strip().lower() in _TRUE:
+        return True
+    if raw.strip().lower() in _FALSE:
+        return False
+    raise SystemExit(f"error: {name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}")
+
+
+def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="poolmta dataplane",
+        description="Run the data plane of one MTA server: the SMTP Bridge in K worker processes.",
+    )
+    e = env.get
+    p.add_argument("--server-id", type=int, default=e("POOLMTA_SERVER_ID"),
+                   help="MTA server whose snapshot to serve (env POOLMTA_SERVER_ID; required)")
+    p.add_argument("--data-dir", type=Path, default=e("POOLMTA_DATA_DIR"),
+                   help="state directory (env POOLMTA_DATA_DIR; default $XDG_DATA_HOME/poolmta "
+                        "or ~/.local/share/poolmta)")
+    p.add_argument("--redis-url", default=e("POOLMTA_REDIS_URL"),
+                   help="Redis URL (env POOLMTA_REDIS_URL); default: the data directory's embedded "
+                        "Redis, started if it is not running")
+    p.add_argument("--smtp-listen", default=e("POOLMTA_SMTP_LISTEN", DEFAULT_SMTP_LISTEN),
+                   help=f"SMTP Bridge host:port (env POOLMTA_SMTP_LISTEN; default {DEFAULT_SMTP_LISTEN}; "
+                        "port 0 picks one)")
+    p.add_argument("--workers", type=int, default=e("POOLMTA_WORKERS"),
+                   help="worker processes (env POOLMTA_WORKERS; default: the number of CPU cores)")
+    p.add_argument("--hostname", default=e("POOLMTA_HOSTNAME"),
+                   help="name in the SMTP banner and EHLO reply (env POOLMTA_HOSTNAME; default: the "
+                        "MTA server's hostname from the snapshot)")
+    p.add_argument("--tls-cert", type=Path, default=e("POOLMTA_TLS_CERT"),
+                   help="PEM certificate (chain) for STARTTLS (env POOLMTA_TLS_CERT; default: a "
+                        "self-signed one generated into <data-dir>/tls/)")
+    p.add_argument("--tls-key", type=Path, default=e("POOLMTA_TLS_KEY"),
+                   help="PEM private key of --tls-cert (env POOLMTA_TLS_KEY)")
+    p.add_argument("--allow-insecure-auth", action="store_true",
+                   default=_flag_default(env, "POOLMTA_ALLOW_INSECURE_AUTH"),
+                   help="accept AUTH before STARTTLS from any client (env POOLMTA_ALLOW_INSECURE_AUTH=1)")
+    p.add_argument("--insecure-auth-networks", type=_networks,
+                   default=e("POOLMTA_INSECURE_AUTH_NETWORKS", ",".join(DEFAULT_INSECURE_AUTH_NETWORKS)),
+                   help="comma-separated client networks that may AUTH before STARTTLS, or 'none' "
+                        "(env POOLMTA_INSECURE_AUTH_NETWORKS; default loopback: "
+                        f"{','.join(DEFAULT_INSECURE_AUTH_NETWORKS)})")
+    p.add_argument("--max-message-size", type=_size,
+                   default=e("POOLMTA_MAX_MESSAGE_SIZE", str(DEFAULT_MAX_MESSAGE_SIZE)),
+                   help="largest message accepted, advertised with SIZE (env POOLMTA_MAX_MESSAGE_SIZE; "
+                        "bytes or K/M/G; default 25M)")
+    p.add_argument("--max-recipients", type=int,
+                   default=e("POOLMTA_MAX_RECIPIENTS", str(DEFAULT_MAX_RECIPIENTS)),
+                   help=f"RCPT TOs per message (env POOLMTA_MAX_RECIPIENTS; default {DEFAULT_MAX_RECIPIENTS})")
+    p.add_argument("--max-line-length", type=int,
+                   default=e("POOLMTA_MAX_LINE_LENGTH", str(DEFAULT_MAX_LINE_LENGTH)),
+                   help="longest message line in octets, CRLF excluded (env POOLMTA_MAX_LINE_LENGTH; "
+                        f"default {DEFAULT_MAX_LINE_LENGTH}, RFC 5322)")
+    defaults = AuthThrottleConfig()
+    p.add_argument("--auth-delay-after", type=int,
+                   default=e("POOLMTA_AUTH_DELAY_AFTER", str(defaults.delay_after)),
+                   help="failed AUTHs from one address before replies are delayed "
+                        f"(env POOLMTA_AUTH_DELAY_AFTER; default {defaults.delay_after})")
+    p.add_argument("--auth-block-after", type=int,
+                   default=e("POOLMTA_AUTH_BLOCK_AFTER", str(defaults.block_after)),
+                   help="failed AUTHs from one address before it gets 421 "
+                        f"(env POOLMTA_AUTH_BLOCK_AFTER; default {defaults.block_after})")
+    p.add_argument("--auth-fail-window", type=float,
+                   default=e("POOLMTA_AUTH_FAIL_WINDOW", str(defaults.window)),
+                   help="seconds a failed AUTH counts against its address "
+                        f"(env POOLMTA_AUTH_FAIL_WINDOW; default {defaults.window:g})")
+    p.add_argument("--log-level", choices=logs.LEVELS, default=e("POOLMTA_LOG_LEVEL", "info"),
+                   help="env POOLMTA_LOG_LEVEL; default info")
+    # Given by `poolmta up` for the REST bridge and the inbound listener, which
+    # are later issues: accepted so `up` can pass them, not served yet.
+    p.add_argument("--http-listen", default=e("POOLMTA_HTTP_LISTEN"), help=argparse.SUPPRESS)
+    p.add_argument("--inbound-listen", default=e("POOLMTA_INBOUND_LISTEN"), help=argparse.SUPPRESS)
+    return p
+
+
+def build_config(args: argparse.Namespace, redis_url: str) -> DataplaneConfig:
+    host, port = parse_listen(args.smtp_listen)
+    return DataplaneConfig(
+        server_id=int(args.server_id),
+        data_dir=args.data_dir,
+        redis_url=redis_url,
+        smtp_host=host,
+        smtp_port=port,
+        workers=int(args.workers) if args.workers is not None else (os.cpu_count() or 1),
+        hostname=args.hostname or None,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        allow_insecure_auth=args.allow_insecure_auth,
+        insecure_auth_networks=args.insecure_auth_networks,
+        max_message_size=args.max_message_size,
+        max_recipients=args.max_recipients,
+        max_line_length=args.max_line_length,
+        auth_throttle=AuthThrottleConfig(
+            delay_after=args.auth_delay_after,
+            block_after=args.auth_block_after,
+            window=args.auth_fail_window,
+        ),
+    )
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def _resolve_redis(data_dir: Path, redis_url: str | None):
+    """(url, EmbeddedRedis we started or None). Without a URL, joins the embedded Redis
+    of the data directory when `poolmta up`/`control` already runs it, else starts it."""
+    from control.embedded_redis import EmbeddedRedis, resolve_redis
+
+    if redis_url:
+        return redis_url, None
+    existing = EmbeddedRedis(data_dir)
+    if _redis_answers(existing.url):
+        return existing.url, None
+    return resolve_redis(data_dir, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(dict(os.environ))
+    args = parser.parse_args(argv)
+    if args.server_id is None:
+        parser.error("--server-id (or POOLMTA_SERVER_ID) is required")
+    if args.data_dir is None:
+        args.data_dir = default_data_dir()
+    args.data_dir = args.data_dir.expanduser().absolute()
+    logs.configure(args.log_level, "supervisor")
+
+    from control.embedded_redis import EmbeddedRedisError
+
+    from .supervisor import StartError, Supervisor
+    from .tls import ensure_self_signed
+
+    try:
+        # Validate everything that does not need Redis first: a typo fails fast.
+        config = build_config(args, redis_url=args.redis_url or "redis://placeholder")
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.http_listen or args.inbound_listen:
+        log.info("--http-listen / --inbound-listen: the REST bridge and inbound listener are not part "
+                 "of this data plane yet; ignored")
+    try:
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+        report = spool.recover(config.spool_dir)
+    except OSError as exc:
+        print(f"error: cannot prepare the spool {config.spool_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    log.info("spool %s: %d message(s) queued (%d bytes), %d partial write(s) removed, %d quarantined in corrupt/",
+             config.spool_dir, report.queued, report.queued_bytes, report.removed_partial, len(report.quarantined))
+    if config.tls_cert is None:
+        cert, key = ensure_self_signed(config.tls_dir, config.hostname or socket.getfqdn())
+    else:
+        cert, key = config.tls_cert, config.tls_key
+    try:
+        redis_url, embedded = _resolve_redis(args.data_dir, args.redis_url)
+    except EmbeddedRedisError as exc:
+        print(f"error: the embedded Redis did not start: {exc}", file=sys.stderr)
+        return 1
+    try:
+        config = dataclasses.replace(config, redis_url=redis_url, tls_cert=cert, tls_key=key)
+        if embedded is not None:
+            log.info("embedded Redis %s (pid %s)", redis_url, embedded.pid)
+        try:
+            return Supervisor(config, log_level=args.log_level).run()
+        except StartError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Routing built from one snapshot: who a Bridge is, which source IP its next
+message leaves from, and which headers are stamped on it.
+
+A `Routing` is built off the hot path (in a thread, when a new snapshot arrives)
+and then only read, except for the rotation table's own position; the worker
+swaps the whole object in one assignment. Per message the hot path is one dict
+lookup, `RotationTable.pick` and `inject` (both `_fastpath`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from _fastpath import NoUsableIp, RotationTable, inject
+from control.snapshot import BridgeRoute, PoolRoute, Snapshot
+
+__all__ = ["NoUsableIp", "PoolGone", "Route", "Routing", "STAMPED_HEADERS", "stamp"]
+
+# The attribution headers every message carries, in this order, before the
+# pool's custom headers. Client-sent copies are removed by `inject`.
+STAMPED_HEADERS = (b"x-virtual-mta", b"x-feedtype", b"x-zone", b"x-serverid")
+
+Header = tuple[bytes, bytes]
+
+
+class PoolGone(LookupError):
+    """The Bridge's pool is not in the snapshot (deleted, or moved to another server)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one message goes: the decision recorded in its spool record."""
+
+    pool: PoolRoute
+    address: str  # source IP
+    ip_hostname: str  # HELO name of that IP
+    feed_type: str
+    headers: list[Header]  # shared between messages: never mutated
+
+
+def _network_key(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int]:
+    return (network.version, -network.prefixlen)
+
+
+class Routing:
+    """Everything a worker routes by, at one snapshot version."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.version = snapshot.version
+        self._pools: dict[int, PoolRoute] = {p.smtp_id: p for p in snapshot.pools}
+        self.rotation = RotationTable.from_pools(
+            [(p.smtp_id, [(ip.address, ip.weight, ip.usable) for ip in p.ips]) for p in snapshot.pools]
+        )
+        self._rotation_index = {p.smtp_id: self.rotation.index_of(p.smtp_id) for p in snapshot.pools}
+        self.bridges_by_username: dict[str, BridgeRoute] = snapshot.bridge_by_username()
+        self.bridges_by_id: dict[int, BridgeRoute] = {b.bridge_id: b for b in snapshot.bridges}
+        self._headers: dict[tuple[int, str], list[Header]] = {}
+        for bridge in snapshot.bridges:
+            pool = self._pools.get(bridge.smtp_id)
+            if pool is not None:
+                self._headers_for(pool, bridge.feed_type or pool.feed_type)
+        # Longest prefix first, so the most specific network wins if two ever overlap
+        # (the control plane refuses overlaps; this keeps a bad snapshot deterministic).
+        trusted = []
+        for bridge in sorted(snapshot.bridges, key=lambda b: b.bridge_id):
+            for cidr in bridge.trusted_networks:
+                try:
+                    trusted.append((ipaddress.ip_network(cidr, strict=False), bridge))
+                except ValueError:
+                    continue  # the control plane validates; never fail a whole snapshot on one entry
+        trusted.sort(key=lambda item: _network_key(item[0]))
+        self._trusted = tuple(trusted)
+
+    def _headers_for(self, pool: PoolRoute, feed_type: str) -> list[Header]:
+        key = (pool.smtp_id, feed_type)
+        headers = self._headers.get(key)
+        if headers is None:
+            snap = self.snapshot
+            headers = [
+                (b"x-virtual-mta", pool.internal_name.encode("utf-8")),
+                (b"x-feedtype", feed_type.encode("utf-8")),
+                (b"x-zone", snap.zone.encode("utf-8")),
+                (b"x-serverid", str(snap.server_id).encode("ascii")),
+                *((n.encode("utf-8"), v.encode("utf-8")) for n, v in pool.headers),
+            ]
+            self._headers[key] = headers
+        return headers
+
+    def pool(self, smtp_id: int) -> PoolRoute:
+        """The pool; PoolGone when this snapshot has no such pool."""
+        try:
+            return self._pools[smtp_id]
+        except KeyError:
+            raise PoolGone(smtp_id) from None
+
+    def current_bridge(self, bridge_id: int, username: str, secret_hash: str) -> BridgeRoute | None:
+        """The Bridge if it still exists with these credentials (not revoked, not rotated)."""
+        bridge = self.bridges_by_id.get(bridge_id)
+        if bridge is None or bridge.username != username or bridge.secret_hash != secret_hash:
+            return None
+        return bridge
+
+    def trusted_bridge(self, client_address: str) -> BridgeRoute | None:
+        """The Bridge whose trusted networks hold `client_address`, if any."""
+        if not self._trusted:
+            return None
+        try:
+            address = ipaddress.ip_address(client_address.split("%", 1)[0])
+        except ValueError:
+            return None
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        for network, bridge in self._trusted:
+            if address.version == network.version and address in network:
+                return bridge
+        return None
+
+    def route(self, bridge: BridgeRoute) -> Route:
+        """Pick the source IP for the Bridge's next message (advances the rotation).
+
+        Raises PoolGone, or NoUsableIp when every IP of the pool is paused.
+        """
+        pool = self.pool(bridge.smtp_id)
+        address, ip_index = self.rotation.pick(self._rotation_index[pool.smtp_id])
+        feed_type = bridge.feed_type or pool.feed_type
+        return Route(
+            pool=pool,
+            address=address,
+            ip_hostname=pool.ips[ip_index].hostname,
+            feed_type=feed_type,
+            headers=self._headers_for(pool, feed_type),
+        )
+
+
+def stamp(raw: bytes, route: Route) -> bytes:
+    """The message with its attribution and custom headers injected (client copies removed)."""
+    return inject(raw, route.headers)

@@ -1,0 +1,506 @@
+"""The SMTP Bridge: aiosmtpd's SMTP protocol with Bridge AUTH, trusted networks,
+limits, and acceptance of each message into the durable spool.
+
+`BridgeSMTP` (one instance per connection) owns the protocol: the 421 when no
+snapshot is loaded, AUTH throttling, the STARTTLS-before-AUTH rule per client
+address, and a DATA reader that finds the end of the message with one buffer
+search instead of one read per line. `BridgeHandler` (one per worker) owns the
+decisions: which Bridge a transaction belongs to, the limits, and at end of
+DATA rotation, stamping, the spool write and the `sent` count, in that order,
+before the 250.
+
+This relies on aiosmtpd 1.4 internals in three places, each marked: the
+per-connection `_auth_require_tls`, the `_handle_client` coroutine (wrapped to
+refuse before the banner), and the stream reader `_reader` (read directly in DATA).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
+
+from control.snapshot import BridgeRoute
+
+from .bridge_auth import AuthThrottle, BridgeIdentity, check_credentials
+from .config import DataplaneConfig
+from .routing import NoUsableIp, PoolGone, stamp
+from .snapshot_loader import SnapshotLoader
+from .spool import Spool, SpoolRecord, SpoolWriteError
+from .stats_batcher import StatsBatcher
+
+log = logging.getLogger("poolmta.dataplane.smtp")
+
+# --- replies -----------------------------------------------------------------
+REPLY_NO_SNAPSHOT = (
+    "421 4.3.2 {host} Service not available: no routing snapshot of MTA server "
+    "{server_id} has been loaded yet (control plane not published, or Redis unreachable); "
+    "try again later"
+)
+REPLY_SHUTTING_DOWN = "421 4.3.2 {host} Service shutting down; try again later"
+REPLY_AUTH_BLOCKED = "421 4.7.0 Too many failed AUTH attempts from {address}; try again later"
+REPLY_AUTH_REQUIRED = (
+    "530 5.7.0 Authentication required: AUTH with the Bridge's username and secret "
+    "(or connect from one of its trusted networks)"
+)
+REPLY_CREDENTIALS_GONE = "530 5.7.8 The Bridge's credentials were revoked or rotated; authenticate again"
+REPLY_MAIL_OK = "250 2.1.0 Ok"
+REPLY_RCPT_OK = "250 2.1.5 Ok"
+REPLY_BAD_ADDRESS_ENCODING = "553 5.6.7 Address is not valid UTF-8"
+REPLY_NEEDS_SMTPUTF8 = "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter on MAIL FROM"
+REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients: at most {limit} per message"
+REPLY_NEED_RCPT = "503 5.5.1 Error: need RCPT command"
+REPLY_DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
+REPLY_START_DATA = "354 End data with <CR><LF>.<CR><LF>"
+REPLY_TOO_BIG = "552 5.3.4 Message size exceeds the limit of {limit} bytes"
+REPLY_LINE_TOO_LONG = "500 5.5.2 A message line is longer than {limit} octets (RFC 5322 section 2.1.1)"
+REPLY_QUEUED = "250 2.0.0 Ok: queued as {id}"
+REPLY_POOL_GONE = "451 4.3.0 The Bridge's pool is not routed by this server right now; try again later"
+REPLY_NO_USABLE_IP = "451 4.3.0 Pool {pool} has no active IP to send from (all paused); try again later"
+REPLY_SPOOL_FAILED = "451 4.3.0 The message could not be stored, nothing was queued; try again later"
+REPLY_INTERNAL_ERROR = "451 4.3.0 Local error in processing; try again later"
+
+EHLO_PIPELINING = "250-PIPELINING"
+
+# End of DATA (RFC 5321 4.1.1.4). Only CRLF counts: a bare LF never ends the
+# message, which is what keeps "SMTP smuggling" out.
+END_OF_DATA = b"\r\n.\r\n"
+
+
+class BridgeEnvelope(Envelope):
+    """An aiosmtpd Envelope that also records which Bridge the transaction is for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bridge: BridgeRoute | None = None
+        self.auth_kind = ""  # "auth" | "trusted"
+        self.snapshot_version = 0
+
+
+def _valid_utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate-escaped bytes that were not UTF-8
+        return False
+    return True
+
+
+def _printable(text: str | None, limit: int = 255) -> str:
+    """`text` reduced to printable ASCII (for trace headers: no CR, LF or controls)."""
+    if not text:
+        return "unknown"
+    return "".join(c if "!" <= c <= "~" else "?" for c in text[:limit])
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def rfc5322_date(epoch: float) -> str:
+    """RFC 5322 section 3.3 date-time in UTC, independent of the locale."""
+    tm = time.gmtime(epoch)
+    return (
+        f"{_DAYS[tm.tm_wday]}, {tm.tm_mday:02d} {_MONTHS[tm.tm_mon - 1]} {tm.tm_year} "
+        f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} +0000"
+    )
+
+
+def _address_literal(address: str) -> str:
+    return f"[IPv6:{address}]" if ":" in address else f"[{address}]"
+
+
+class BridgeSMTP(SMTP):
+    """One SMTP Bridge connection.
+
+    Limits (RFC 5321 4.5.3.1): `command_size_limit` (512) per command line as in
+    aiosmtpd; the message size, recipient count and message line length come from
+    the handler's configuration. The stream reader's limit is set to hold a whole
+    message, because DATA is read with one buffer search.
+    """
+
+    # Slack above the message size limit for the stream reader: the end-of-data
+    # line and a little more, so a message right at the limit is read in one go.
+    READER_SLACK = 64 * 1024
+
+    def __init__(self, handler: BridgeHandler, *, hostname: str, tls_context, loop=None) -> None:
+        config = handler.config
+        # Read by SMTP.__init__ as the StreamReader limit (aiosmtpd internal, see
+        # the module docstring); command lines are still held to 512 octets.
+        self.line_length_limit = config.max_message_size + self.READER_SLACK
+        super().__init__(
+            handler,
+            data_size_limit=config.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=hostname,
+            ident="poolmta",
+            tls_context=tls_context,
+            timeout=config.session_timeout,
+            auth_required=False,
+            auth_require_tls=True,
+            authenticator=handler.authenticate,
+            loop=loop,
+        )
+        self.bridge_handler = handler
+        self.peer_address = ""
+
+    # -- connection -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = not self.peer_address
+        if first:
+            peer = transport.get_extra_info("peername")
+            self.peer_address = str(peer[0]) if peer else "unknown"
+            # Per connection: AUTH before STARTTLS only from the configured networks.
+            self._auth_require_tls = not self.bridge_handler.plaintext_auth_allowed(self.peer_address)
+        super().connection_made(transport)
+        if first:
+            self.bridge_handler.sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.bridge_handler.sessions.discard(self)
+        super().connection_lost(error)
+
+    def _create_envelope(self) -> BridgeEnvelope:
+        return BridgeEnvelope()
+
+    @property
+    def tls_active(self) -> bool:
+        return self._tls_protocol is not None
+
+    async def _handle_client(self) -> None:
+        # Wraps aiosmtpd's session loop: with no snapshot the answer to the
+        # connection is 421 instead of the 220 banner.
+        if self.bridge_handler.loader.current is None:
+            await self.push(REPLY_NO_SNAPSHOT.format(host=self.hostname, server_id=self.bridge_handler.config.server_id))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    # -- AUTH -------------------------------------------------------------
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        if self.bridge_handler.throttle.blocked(self.peer_address):
+            await self._refuse_auth_and_close()
+            return
+        await super().smtp_AUTH(arg)
+
+    async def _refuse_auth_and_close(self) -> None:
+        await self.push(REPLY_AUTH_BLOCKED.format(address=self.peer_address))
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _settle_auth(self, result: AuthResult) -> AuthResult:
+        """Throttle a credential failure: delay the 535, or answer 421 and close."""
+        if result.success or result.handled:
+            return result
+        verdict = self.bridge_handler.throttle.record_failure(self.peer_address)
+        if verdict.block:
+            log.warning("AUTH blocked for %s after repeated failures", self.peer_address)
+            await self._refuse_auth_and_close()
+            return AuthResult(success=False, handled=True)
+        if verdict.delay:
+            await asyncio.sleep(verdict.delay)
+        return result
+
+    async def auth_PLAIN(self, _, args: list[str]) -> AuthResult:
+        return await self._settle_auth(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _, args: list[str]) -> AuthResult:
+        return await self._settle_auth(await super().auth_LOGIN(_, args))
+
+    # -- DATA -------------------------------------------------------------
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push(REPLY_NEED_RCPT)
+            return
+        if arg:
+            await self.push(REPLY_DATA_SYNTAX)
+            return
+        handler = self.bridge_handler
+        handler.in_flight += 1
+        try:
+            await self.push(REPLY_START_DATA)
+            try:
+                content, problem = await self._receive_message()
+            except asyncio.IncompleteReadError:  # the client went away mid-message
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            if problem is None:
+                self.envelope.original_content = self.envelope.content = content
+                status = await self._call_handler_hook("DATA")
+            else:
+                status = problem
+            self._set_post_data_state()
+            await self.push(status)
+        finally:
+            handler.in_flight -= 1
+
+    async def _receive_message(self) -> tuple[bytes, str | None]:
+        """Read the message up to the end-of-data line: (content, None), or (b"", reply)
+        when it breaks a limit (the rest of it is read and discarded first).
+
+        RFC 5321 4.5.2: a line starting with "." loses that dot; "." alone on a
+        line ends the data. The reader only needs per-line care at a line start
+        (and after a CR); from anywhere else the next END_OF_DATA lies wholly in
+        the unread buffer, so one `readuntil` finds it.
+        """
+        reader = self._reader  # aiosmtpd internal, see the module docstring
+        config = self.bridge_handler.config
+        limit = config.max_message_size
+        parts: list[bytes] = []
+        size = 0
+        too_big = False
+        tail = b"\r\n"  # the last bytes read: the DATA command's line end
+        while True:
+            if tail.endswith(b"\r\n"):  # at the start of a line
+                chunk = await reader.readexactly(1)
+                if chunk == b".":
+                    try:
+                        chunk = await reader.readuntil(b"\r\n")
+                    except asyncio.LimitOverrunError as exc:
+                        chunk = await self._discard(exc)
+                        too_big = True
+                    else:
+                        if chunk == b"\r\n":
+                            break
+            elif tail.endswith(b"\r"):
+                chunk = await reader.readexactly(1)
+            else:
+                try:
+                    chunk = await reader.readuntil(END_OF_DATA)
+                except asyncio.LimitOverrunError as exc:
+                    chunk = await self._discard(exc)
+                    too_big = True
+                else:
+                    chunk = chunk[:-3]  # keep the last line's CRLF, drop ".\r\n"
+                    if b"\r\n." in chunk:
+                        chunk = chunk.replace(b"\r\n.", b"\r\n")
+                    size += len(chunk)
+                    if not too_big and size <= limit:
+                        parts.append(chunk)
+                    else:
+                        too_big = True
+                    break
+            size += len(chunk)
+            if too_big or size > limit:
+                too_big = True
+                parts.clear()
+            else:
+                parts.append(chunk)
+            tail = chunk[-2:] if len(chunk) >= 2 else tail[-1:] + chunk
+        if too_big:
+            return b"", REPLY_TOO_BIG.format(limit=limit)
+        content = b"".join(parts)
+        max_line = config.max_line_length
+        if len(content) > max_line and max(map(len, content.split(b"\n"))) > max_line + 1:
+            # +1: split on LF leaves the CR of CRLF on each line.
+            return b"", REPLY_LINE_TOO_LONG.format(limit=max_line)
+        return content, None
+
+    async def _discard(self, exc: asyncio.LimitOverrunError) -> bytes:
+        """Drop buffered data past the limit, keeping enough that an END_OF_DATA
+        straddling the cut is still found by the next search. Returns b"xx" so the
+        caller continues with a buffer search."""
+        keep = len(END_OF_DATA) - 1
+        await self._reader.readexactly(max(exc.consumed - keep, 1))
+        return b"xx"
+
+
+class BridgeHandler:
+    """The decisions of one worker's SMTP Bridge (aiosmtpd handler hooks)."""
+
+    def __init__(
+        self,
+        config: DataplaneConfig,
+        *,
+        loader: SnapshotLoader,
+        spool: Spool,
+        stats: StatsBatcher,
+        throttle: AuthThrottle,
+        worker_id: str,
+    ) -> None:
+        self.config = config
+        self.loader = loader
+        self.spool = spool
+        self.stats = stats
+        self.throttle = throttle
+        self.worker_id = worker_id
+        self.sessions: set[BridgeSMTP] = set()
+        self.in_flight = 0
+        self._plaintext_networks = tuple(
+            ipaddress.ip_network(n, strict=False) for n in config.insecure_auth_networks
+        )
+        self._date_second = -1
+        self._date_text = ""
+
+    # -- policy -----------------------------------------------------------
+
+    def plaintext_auth_allowed(self, client_address: str) -> bool:
+        """True when a client at this address may AUTH before STARTTLS."""
+        if self.config.allow_insecure_auth:
+            return True
+        try:
+            address = ipaddress.ip_address(client_address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address.version == n.version and address in n for n in self._plaintext_networks)
+
+    def authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                     auth_data: LoginPassword) -> AuthResult:
+        """aiosmtpd authenticator: the Bridge of these credentials in the current snapshot."""
+        bridge = check_credentials(self.loader.current, auth_data.login, auth_data.password)
+        if bridge is None:
+            log.info("AUTH %s failed from %s", mechanism, getattr(server, "peer_address", "?"))
+            return AuthResult(success=False, handled=False)
+        return AuthResult(
+            success=True,
+            auth_data=BridgeIdentity(bridge.bridge_id, bridge.username, bridge.secret_hash),
+        )
+
+    # -- hooks ------------------------------------------------------------
+
+    async def handle_EHLO(self, server: BridgeSMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], EHLO_PIPELINING, responses[-1]]
+
+    async def handle_MAIL(self, server: BridgeSMTP, session: Session, envelope: BridgeEnvelope,
+                          address: str, mail_options: list[str]) -> str:
+        routing = self.loader.current
+        assert routing is not None  # never None again once a connection got its banner
+        if session.authenticated:
+            identity: BridgeIdentity = session.auth_data
+            bridge = routing.current_bridge(identity.bridge_id, identity.username, identity.secret_hash)
+            if bridge is None:
+                # Revoked or rotated since AUTH: this session may not start another message.
+                session.authenticated = False
+                session.auth_data = None
+                return REPLY_CREDENTIALS_GONE
+            auth_kind = "auth"
+        else:
+            bridge = routing.trusted_bridge(server.peer_address)
+            if bridge is None:
+                return REPLY_AUTH_REQUIRED
+            auth_kind = "trusted"
+        if not _valid_utf8(address):
+            return REPLY_BAD_ADDRESS_ENCODING
+        if not envelope.smtp_utf8 and not address.isascii():
+            return REPLY_NEEDS_SMTPUTF8
+        envelope.bridge = bridge
+        envelope.auth_kind = auth_kind
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return REPLY_MAIL_OK
+
+    async def handle_RCPT(self, server: BridgeSMTP, session: Session, envelope: BridgeEnvelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            return REPLY_TOO_MANY_RECIPIENTS.format(limit=self.config.max_recipients)
+        if not _valid_utf8(address):
+            return REPLY_BAD_ADDRESS_ENCODING
+        if not envelope.smtp_utf8 and not address.isascii():
+            return REPLY_NEEDS_SMTPUTF8
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return REPLY_RCPT_OK
+
+    async def handle_DATA(self, server: BridgeSMTP, session: Session, envelope: BridgeEnvelope) -> str:
+        """Route, stamp, spool (durably), count; the 250 carries the message id."""
+        routing = self.loader.current
+        bridge = envelope.bridge
+        assert routing is not None and bridge is not None
+        try:
+            route = routing.route(bridge)
+        except PoolGone:
+            log.warning("bridge %d: pool %d not in snapshot %d", bridge.bridge_id, bridge.smtp_id, routing.version)
+            return REPLY_POOL_GONE
+        except NoUsableIp:
+            pool = routing.pool(bridge.smtp_id)
+            log.warning("pool %s has no usable IP in snapshot %d", pool.internal_name, routing.version)
+            return REPLY_NO_USABLE_IP.format(pool=pool.internal_name)
+        message_id = self.spool.new_id()
+        now = time.time()
+        raw = envelope.original_content
+        assert isinstance(raw, bytes)
+        stamped = self._trace_header(server, session, envelope, message_id, now, raw) + stamp(raw, route)
+        record = SpoolRecord(
+            id=message_id,
+            received_ms=int(now * 1000),
+            server_id=self.config.server_id,
+            snapshot_version=routing.version,
+            worker=self.worker_id,
+            client_address=server.peer_address,
+            client_helo=session.host_name or "",
+            tls=server.tls_active,
+            auth=envelope.auth_kind,
+            bridge_id=bridge.bridge_id,
+            bridge_username=bridge.username,
+            user_id=bridge.user_id,
+            smtp_id=route.pool.smtp_id,
+            pool=route.pool.internal_name,
+            ip=route.address,
+            ip_hostname=route.ip_hostname,
+            feed_type=route.feed_type,
+            zone=routing.snapshot.zone,
+            mail_from=envelope.mail_from or "",
+            rcpt_tos=tuple(envelope.rcpt_tos),
+            mail_options=tuple(envelope.mail_options),
+            smtputf8=bool(envelope.smtp_utf8),
+            message=stamped,
+        )
+        try:
+            await self.spool.store(record)
+        except SpoolWriteError as exc:
+            log.error("message from bridge %d not queued: %s", bridge.bridge_id, exc)
+            return REPLY_SPOOL_FAILED
+        self.stats.count_sent(route.pool.smtp_id, route.address)
+        return REPLY_QUEUED.format(id=message_id)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("SMTP session error", exc_info=error)
+        return REPLY_INTERNAL_ERROR
+
+    # -- helpers ----------------------------------------------------------
+
+    def _date(self, now: float) -> str:
+        second = int(now)
+        if second != self._date_second:
+            self._date_second = second
+            self._date_text = rfc5322_date(now)
+        return self._date_text
+
+    def _trace_header(self, server: BridgeSMTP, session: Session, envelope: BridgeEnvelope,
+                      message_id: str, now: float, raw: bytes) -> bytes:
+        """The Received header (RFC 5321 4.4) with the message's own line ending."""
+        lf = raw.find(b"\n")
+        eol = "\n" if lf == 0 or (lf > 0 and raw[lf - 1] != 13) else "\r\n"
+        protocol = "ESMTP" if session.extended_smtp else "SMTP"
+        if server.tls_active:
+            protocol += "S"
+        if envelope.auth_kind == "auth":
+            protocol += "A"  # RFC 3848
+        recipient = ""
+        if len(envelope.rcpt_tos) == 1:
+            recipient = f"{eol}\tfor <{_printable(envelope.rcpt_tos[0], 320)}>"
+        text = (
+            f"Received: from {_printable(session.host_name)} (unknown {_address_literal(server.peer_address)})"
+            f"{eol}\tby {_printable(server.hostname)} (poolmta) with {protocol} id {message_id}"
+            f"{recipient}; {self._date(now)}{eol}"
+        )
+        return text.encode("ascii")

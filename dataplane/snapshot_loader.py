@@ -1,0 +1,213 @@
+"""Keeps a worker on its server's newest routing snapshot, and tells the control plane so.
+
+* At start, loads the version the `current` key names.
+* Follows the pub/sub notices, and on every heartbeat also reads `current`, so a
+  missed notice (or a Redis restart) never strands a worker on an old version.
+* Decodes the snapshot and builds the new `Routing` in a thread (off the event
+  loop that serves SMTP), then swaps it in with one assignment: a message sees
+  either the old routing or the new one, never a mix.
+* Acks: every heartbeat writes "version:unix_ms" under its worker id in the
+  server's worker hash; the entry is removed on a clean stop. An ack is also
+  written right after each swap, so the control plane hears of it at once.
+* Redis down or the control plane silent: the last routing keeps serving and the
+  loader keeps retrying. Before any snapshot was loaded `current` is None and the
+  SMTP Bridge answers 421.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from redis import exceptions as redis_errors
+
+from control import rediskeys
+from control.snapshot import decode
+
+from .routing import Routing
+
+log = logging.getLogger("poolmta.dataplane.snapshot")
+
+REDIS_ERRORS = (redis_errors.RedisError, OSError)
+# An ack entry this much older than the heartbeat TTL belongs to a worker that
+# died without removing it; any worker may delete it.
+STALE_ACK_MS = 12 * rediskeys.WORKER_HEARTBEAT_TTL_MS
+MAX_RETRY_DELAY = 2.0
+
+
+def build_routing(data: bytes) -> Routing:
+    """Decode a snapshot and build its Routing (runs in a thread)."""
+    return Routing(decode(data))
+
+
+class SnapshotLoader:
+    """The routing a worker serves, kept current from Redis.
+
+    `current` is the Routing to use for the next decision (None until the first
+    snapshot loaded). `on_swap` is called with each new Routing after the swap.
+    """
+
+    def __init__(
+        self,
+        redis,
+        server_id: int,
+        worker_id: str,
+        *,
+        heartbeat_interval: float = 0.5,
+        on_swap: Callable[[Routing], None] | None = None,
+    ) -> None:
+        self._redis = redis
+        self.server_id = server_id
+        self.worker_id = worker_id
+        self._interval = heartbeat_interval
+        self._on_swap = on_swap
+        self.current: Routing | None = None
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._redis_down = False
+        self._current_key = rediskeys.snapshot_current_key(server_id)
+        self._acks_key = rediskeys.worker_acks_key(server_id)
+
+    @property
+    def version(self) -> int:
+        """The version served; 0 before the first snapshot."""
+        return self.current.version if self.current is not None else 0
+
+    async def start(self) -> None:
+        """One load attempt now (failure is only logged), then the background tasks."""
+        try:
+            await self._prune_stale_acks()
+            await self.check_current()
+        except REDIS_ERRORS as exc:
+            self._note_redis_error("initial snapshot load", exc)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._heartbeat_loop(), name="snapshot-heartbeat"),
+            loop.create_task(self._notice_loop(), name="snapshot-notices"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop following, and remove this worker's ack (best effort)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._tasks = []
+        try:
+            await asyncio.wait_for(self._redis.hdel(self._acks_key, self.worker_id), 1.0)
+        except (asyncio.TimeoutError, *REDIS_ERRORS):
+            pass
+
+    async def check_current(self) -> None:
+        """Load the version `current` names, if newer than the one served."""
+        raw = await self._redis.get(self._current_key)
+        if raw is not None:
+            await self.load(int(raw))
+
+    async def load(self, version: int) -> bool:
+        """Load and swap in `version` if it is newer than the one served; True if swapped."""
+        if version <= self.version:
+            return False
+        async with self._lock:
+            if version <= self.version:
+                return False
+            data = await self._redis.get(rediskeys.snapshot_key(self.server_id, version))
+            if data is None:
+                log.warning("snapshot version %d of server %d is announced but not in Redis",
+                            version, self.server_id)
+                return False
+            try:
+                routing = await asyncio.to_thread(build_routing, data)
+            except ValueError as exc:  # SnapshotError, or a table the fast path refuses
+                log.error("snapshot version %d of server %d is unusable, keeping version %d: %s",
+                          version, self.server_id, self.version, exc)
+                return False
+            if routing.snapshot.server_id != self.server_id or routing.version != version:
+                log.error("snapshot key of server %d version %d holds server %d version %d; ignored",
+                          self.server_id, version, routing.snapshot.server_id, routing.version)
+                return False
+            previous = self.version
+            self.current = routing
+        log.info("serving snapshot version %d of server %d (was %d)", version, self.server_id, previous)
+        if self._on_swap is not None:
+            self._on_swap(routing)
+        try:
+            await self._ack()
+        except REDIS_ERRORS as exc:
+            self._note_redis_error("ack", exc)
+        return True
+
+    async def _ack(self) -> None:
+        await self._redis.hset(self._acks_key, self.worker_id, f"{self.version}:{int(time.time() * 1000)}")
+
+    async def _prune_stale_acks(self) -> None:
+        now_ms = int(time.time() * 1000)
+        stale = []
+        for field, value in (await self._redis.hgetall(self._acks_key)).items():
+            _, _, heartbeat = value.decode(errors="replace").partition(":")
+            if not heartbeat.isdigit() or now_ms - int(heartbeat) > STALE_ACK_MS:
+                stale.append(field)
+        if stale:
+            await self._redis.hdel(self._acks_key, *stale)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.hset(self._acks_key, self.worker_id, f"{self.version}:{int(time.time() * 1000)}")
+                pipe.get(self._current_key)
+                _, raw = await pipe.execute()
+                if raw is not None:
+                    await self.load(int(raw))
+                self._note_redis_ok()
+            except REDIS_ERRORS as exc:
+                self._note_redis_error("heartbeat", exc)
+            except ValueError as exc:
+                log.error("snapshot current key of server %d is not a version: %s", self.server_id, exc)
+            await asyncio.sleep(self._interval)
+
+    async def _notice_loop(self) -> None:
+        channel = rediskeys.snapshot_channel(self.server_id)
+        delay = 0.1
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                delay = 0.1
+                # A notice published while we were not subscribed is caught here.
+                await self.check_current()
+                while True:
+                    message = await pubsub.get_message(timeout=self._interval * 4)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    try:
+                        version = int(message["data"])
+                    except (TypeError, ValueError):
+                        log.warning("ignoring snapshot notice %r", message["data"])
+                        continue
+                    await self.load(version)
+            except REDIS_ERRORS as exc:
+                self._note_redis_error("notice subscription", exc)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except REDIS_ERRORS:
+                    pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY)
+
+    def _note_redis_error(self, what: str, exc: BaseException) -> None:
+        if not self._redis_down:
+            log.warning("Redis unreachable (%s): %s; serving snapshot version %d and retrying",
+                        what, exc, self.version)
+            self._redis_down = True
+
+    def _note_redis_ok(self) -> None:
+        if self._redis_down:
+            log.info("Redis reachable again; serving snapshot version %d", self.version)
+            self._redis_down = False

@@ -1,0 +1,408 @@
+"""The durable spool: one file per accepted message, fsynced before the client hears 250.
+
+Layout of `<data_dir>/spool/server-<N>/` (all on one filesystem, so renames are atomic):
+
+    tmp/<pid>.<id>.tmp   a record being written by worker process <pid>. Never read.
+                         Removed at start (no worker runs then) and when the
+                         supervisor reaps a dead worker.
+    queue/<id>.msg       one complete record per accepted message, waiting for
+                         the delivery engine, which owns it from here on (rewrites
+                         it the same durable way to append attempts, deletes it
+                         when delivery is final).
+    corrupt/<id>.msg     a queue record that failed the start-up check, moved
+                         aside for an operator, never deleted automatically.
+
+Writing a record (crash safe): write `tmp/…` with O_EXCL, fdatasync it, rename it
+to `queue/<id>.msg`, fsync `queue/`, and only then answer 250. A crash at any
+point leaves either no `queue/` entry (the client got no 250 and retries) or a
+complete one. Concurrent messages share the directory fsync (group commit): one
+fsync covers every rename done before it started.
+
+Message ids are 26 lowercase hex digits: 12 of milliseconds since the epoch (so
+names sort by acceptance time), 8 random per worker process, 6 of a per-process
+counter. They name the files and appear in the 250 reply.
+
+Record format (`queue/<id>.msg`), big-endian integers:
+
+    offset 0         8 bytes   magic b"PMTASPL1" (format version 1)
+    8                4 bytes   M, length of the metadata
+    12               M bytes   metadata, a msgpack map (SpoolRecord fields below)
+    12+M             8 bytes   B, length of the message
+    20+M             B bytes   the stamped message: the client's DATA after
+                               dot-unstuffing, with the Received trace header and the
+                               injected headers at the top; exactly what delivery sends
+    20+M+B           4 bytes   CRC-32 (zlib) of bytes 0 .. 20+M+B
+
+Metadata keys: schema (1), id, received_ms, server_id, snapshot_version, worker,
+client_address, client_helo, tls, auth ("auth" | "trusted"), bridge_id,
+bridge_username, user_id, smtp_id, pool (internal name), ip (chosen source
+address), ip_hostname (its HELO name), feed_type, zone, mail_from, rcpt_tos,
+mail_options, smtputf8, attempts (list of maps appended by the delivery engine:
+at_ms, ip, mx, code, text; empty at acceptance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import msgpack
+
+MAGIC = b"PMTASPL1"
+SCHEMA = 1
+RECORD_SUFFIX = ".msg"
+TEMP_SUFFIX = ".tmp"
+TMP_DIR = "tmp"
+QUEUE_DIR = "queue"
+CORRUPT_DIR = "corrupt"
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+
+_META_LEN = struct.Struct(">I")
+_BODY_LEN = struct.Struct(">Q")
+_CRC = struct.Struct(">I")
+_HEAD = len(MAGIC) + _META_LEN.size
+
+
+class SpoolError(Exception):
+    """Base of spool errors."""
+
+
+class SpoolWriteError(SpoolError):
+    """A record could not be stored durably; nothing of it is left in `queue/`."""
+
+
+class SpoolCorrupt(SpoolError):
+    """Bytes that are not a complete, intact spool record."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolRecord:
+    """One accepted message: its envelope, routing decision and stamped bytes."""
+
+    id: str
+    received_ms: int
+    server_id: int
+    snapshot_version: int
+    worker: str
+    client_address: str
+    client_helo: str
+    tls: bool
+    auth: str  # "auth" (SMTP AUTH) | "trusted" (bound by client network)
+    bridge_id: int
+    bridge_username: str
+    user_id: int
+    smtp_id: int
+    pool: str  # internal name, as stamped in x-virtual-mta
+    ip: str
+    ip_hostname: str
+    feed_type: str
+    zone: str
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    mail_options: tuple[str, ...]
+    smtputf8: bool
+    message: bytes = field(repr=False)
+    attempts: tuple[dict, ...] = ()
+
+
+def encode_record(record: SpoolRecord) -> list[bytes]:
+    """The record's file content as a list of byte strings (written with one writev)."""
+    meta = asdict(record)
+    message = meta.pop("message")
+    meta["schema"] = SCHEMA
+    meta["rcpt_tos"] = list(record.rcpt_tos)
+    meta["mail_options"] = list(record.mail_options)
+    meta["attempts"] = list(record.attempts)
+    packed = msgpack.packb(meta, use_bin_type=True)
+    head = MAGIC + _META_LEN.pack(len(packed))
+    body_len = _BODY_LEN.pack(len(message))
+    crc = zlib.crc32(head)
+    crc = zlib.crc32(packed, crc)
+    crc = zlib.crc32(body_len, crc)
+    crc = zlib.crc32(message, crc)
+    return [head, packed, body_len, message, _CRC.pack(crc)]
+
+
+def decode_record(data: bytes) -> SpoolRecord:
+    """Parse a record file's bytes; SpoolCorrupt when truncated, damaged or unknown."""
+    view = memoryview(data)
+    if len(view) < _HEAD or bytes(view[: len(MAGIC)]) != MAGIC:
+        raise SpoolCorrupt("not a poolmta spool record (bad magic)")
+    (meta_len,) = _META_LEN.unpack_from(view, len(MAGIC))
+    body_at = _HEAD + meta_len + _BODY_LEN.size
+    if len(view) < body_at:
+        raise SpoolCorrupt("record truncated in its metadata")
+    (body_len,) = _BODY_LEN.unpack_from(view, _HEAD + meta_len)
+    end = body_at + body_len
+    if len(view) != end + _CRC.size:
+        raise SpoolCorrupt(f"record is {len(view)} bytes, its lengths say {end + _CRC.size}")
+    (crc,) = _CRC.unpack_from(view, end)
+    if zlib.crc32(view[:end]) != crc:
+        raise SpoolCorrupt("record checksum mismatch")
+    try:
+        meta = msgpack.unpackb(view[_HEAD : _HEAD + meta_len], raw=False)
+        if meta.pop("schema") != SCHEMA:
+            raise SpoolCorrupt("record schema is not supported")
+        meta["rcpt_tos"] = tuple(meta["rcpt_tos"])
+        meta["mail_options"] = tuple(meta["mail_options"])
+        meta["attempts"] = tuple(meta["attempts"])
+        return SpoolRecord(message=bytes(view[body_at:end]), **meta)
+    except SpoolCorrupt:
+        raise
+    except Exception as exc:  # msgpack and the dataclass raise several unrelated types
+        raise SpoolCorrupt(f"record metadata is malformed: {exc!r}") from None
+
+
+def read_record(path: Path) -> SpoolRecord:
+    """Read and verify one record file."""
+    return decode_record(Path(path).read_bytes())
+
+
+def record_path(root: Path, message_id: str) -> Path:
+    return Path(root) / QUEUE_DIR / f"{message_id}{RECORD_SUFFIX}"
+
+
+def queued_ids(root: Path) -> list[str]:
+    """Ids of the records in `queue/`, oldest first."""
+    queue = Path(root) / QUEUE_DIR
+    try:
+        names = os.listdir(queue)
+    except FileNotFoundError:
+        return []
+    return sorted(n[: -len(RECORD_SUFFIX)] for n in names if n.endswith(RECORD_SUFFIX))
+
+
+def iter_records(root: Path) -> Iterator[SpoolRecord]:
+    """Every readable record in `queue/`, oldest first."""
+    for message_id in queued_ids(root):
+        try:
+            yield read_record(record_path(root, message_id))
+        except FileNotFoundError:  # consumed meanwhile
+            continue
+
+
+def prepare(root: Path) -> None:
+    """Create the spool directories (idempotent)."""
+    for sub in (TMP_DIR, QUEUE_DIR, CORRUPT_DIR):
+        (Path(root) / sub).mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+
+
+def remove_temp_files(root: Path, pid: int | None = None) -> int:
+    """Delete partial writes in `tmp/`: those of worker `pid`, or all when None.
+
+    Call with None only while no worker of this spool runs. Returns how many.
+    """
+    tmp = Path(root) / TMP_DIR
+    prefix = f"{pid}." if pid is not None else ""
+    removed = 0
+    try:
+        names = os.listdir(tmp)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                os.unlink(tmp / name)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    queued: int
+    queued_bytes: int
+    removed_partial: int
+    quarantined: tuple[str, ...]
+
+
+def _looks_complete(path: Path) -> bool:
+    """Cheap start-up check: magic and length fields agree with the file size.
+
+    A full checksum check reads every byte; the delivery engine does it when it
+    reads the record. A record that got into `queue/` was fsynced before its
+    rename, so this catches only damage from outside.
+    """
+    with open(path, "rb") as f:
+        head = f.read(_HEAD)
+        if len(head) < _HEAD or head[: len(MAGIC)] != MAGIC:
+            return False
+        (meta_len,) = _META_LEN.unpack_from(head, len(MAGIC))
+        f.seek(_HEAD + meta_len)
+        raw = f.read(_BODY_LEN.size)
+        if len(raw) < _BODY_LEN.size:
+            return False
+        (body_len,) = _BODY_LEN.unpack(raw)
+        size = os.fstat(f.fileno()).st_size
+    return size == _HEAD + meta_len + _BODY_LEN.size + body_len + _CRC.size
+
+
+def recover(root: Path) -> RecoveryReport:
+    """Start-up recovery, run while no worker of this spool runs.
+
+    Creates the directories, deletes every partial write in `tmp/`, and moves
+    `queue/` records that are not complete to `corrupt/`.
+    """
+    root = Path(root)
+    prepare(root)
+    removed = remove_temp_files(root)
+    queued = 0
+    size = 0
+    bad: list[str] = []
+    for message_id in queued_ids(root):
+        path = record_path(root, message_id)
+        try:
+            ok = _looks_complete(path)
+        except OSError:
+            ok = False
+        if ok:
+            queued += 1
+            size += path.stat().st_size
+        else:
+            os.replace(path, root / CORRUPT_DIR / path.name)
+            bad.append(message_id)
+    if bad:
+        _fsync_dir(root / QUEUE_DIR)
+        _fsync_dir(root / CORRUPT_DIR)
+    return RecoveryReport(queued, size, removed, tuple(bad))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file_durably(tmp_path: str, final_path: str, parts: list[bytes]) -> None:
+    """Write `parts` to tmp_path, fdatasync, rename to final_path.
+
+    On any failure nothing is left at either path, and OSError propagates.
+    """
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        try:
+            total = sum(len(p) for p in parts)
+            written = os.writev(fd, parts)
+            if written < total:  # a short write: finish it the slow way
+                rest = memoryview(b"".join(parts))[written:]
+                while rest:
+                    rest = rest[os.write(fd, rest) :]
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp_path, final_path)
+    except BaseException:
+        try:
+            os.unlink(tmp_path)
+        except OSError:
+            pass
+        raise
+
+
+class _GroupFsync:
+    """Coalesces fsyncs of one directory: a caller waits for an fsync that *started*
+    after it asked, and every caller that asked while one ran shares the next."""
+
+    def __init__(self, dir_fd: int, executor: ThreadPoolExecutor) -> None:
+        self._fd = dir_fd
+        self._executor = executor
+        self._waiting: asyncio.Future[None] | None = None
+        self._running = False
+
+    async def sync(self) -> None:
+        waiting = self._waiting
+        if waiting is None:
+            waiting = self._waiting = asyncio.get_running_loop().create_future()
+            if not self._running:
+                self._start()
+        await asyncio.shield(waiting)
+
+    def _start(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        assert waiting is not None
+        self._running = True
+        run = asyncio.get_running_loop().run_in_executor(self._executor, os.fsync, self._fd)
+
+        def finished(done: asyncio.Future[None]) -> None:
+            self._running = False
+            exc = done.exception()
+            if exc is None:
+                waiting.set_result(None)
+            else:
+                waiting.set_exception(exc)
+            if self._waiting is not None:
+                self._start()
+
+        run.add_done_callback(finished)
+
+
+class Spool:
+    """The writing side used by one worker process (asyncio)."""
+
+    def __init__(self, root: Path, *, threads: int = 8) -> None:
+        self.root = Path(root)
+        self._tmp = str(self.root / TMP_DIR)
+        self._queue = str(self.root / QUEUE_DIR)
+        self._pid = os.getpid()
+        self._nonce = secrets.token_hex(4)
+        self._seq = itertools.count()
+        self._executor: ThreadPoolExecutor | None = None
+        self._dir_sync: _GroupFsync | None = None
+        self._dir_fd: int | None = None
+        self._threads = threads
+
+    def open(self) -> None:
+        prepare(self.root)
+        self._dir_fd = os.open(self._queue, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="spool")
+        self._dir_sync = _GroupFsync(self._dir_fd, self._executor)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+    def new_id(self) -> str:
+        """A message id unique across workers and restarts (see the module docstring)."""
+        ms = time.time_ns() // 1_000_000
+        return f"{ms:012x}{self._nonce}{next(self._seq) & 0xFFFFFF:06x}"
+
+    async def store(self, record: SpoolRecord) -> None:
+        """Make `record` durable in `queue/`; SpoolWriteError if it could not be.
+
+        Returns only after the data and the directory entry are on disk.
+        """
+        assert self._executor is not None and self._dir_sync is not None, "Spool.open() first"
+        parts = encode_record(record)
+        tmp_path = f"{self._tmp}/{self._pid}.{record.id}{TEMP_SUFFIX}"
+        final_path = f"{self._queue}/{record.id}{RECORD_SUFFIX}"
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, _write_file_durably, tmp_path, final_path, parts)
+        except OSError as exc:
+            raise SpoolWriteError(f"writing {tmp_path}: {exc.strerror or exc}") from exc
+        try:
+            await self._dir_sync.sync()
+        except OSError as exc:
+            # The rename may not be durable: take it back so a 451 means "not queued".
+            try:
+                os.unlink(final_path)
+            except OSError:
+                pass
+            raise SpoolWriteError(f"fsync of {self._queue}: {exc.strerror or exc}") from exc

@@ -1,0 +1,155 @@
+"""One data-plane worker process: an asyncio loop serving the SMTP Bridge on its
+own SO_REUSEPORT socket (the kernel spreads connections over the workers), with
+its snapshot loader, spool writer and stats batcher.
+
+SIGTERM or SIGINT stops it gracefully: it stops accepting, lets messages whose
+DATA is in progress finish (up to `shutdown_grace`), answers 421 to the idle
+sessions, flushes stats and removes its ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+import redis.asyncio as aioredis
+
+from _fastpath import IMPLEMENTATION
+
+from . import logs
+from .bridge_auth import AuthThrottle
+from .config import DataplaneConfig, format_listen
+from .smtp_bridge import REPLY_SHUTTING_DOWN, BridgeHandler, BridgeSMTP
+from .snapshot_loader import SnapshotLoader
+from .spool import Spool
+from .stats_batcher import StatsBatcher
+from .tls import server_context
+
+log = logging.getLogger("poolmta.dataplane.worker")
+
+LISTEN_BACKLOG = 1024
+_PR_SET_PDEATHSIG = 1
+
+
+def listening_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to host:port with SO_REUSEPORT (and listening, by default)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        if listen:
+            sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the supervisor dies (even by SIGKILL)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+
+
+def worker_main(config: DataplaneConfig, index: int, worker_id: str, ready, log_level: str) -> None:
+    """Process entry point (multiprocessing target): serve until signalled."""
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        return
+    logs.configure(log_level, f"w{index}")
+    try:
+        asyncio.run(Worker(config, index, worker_id).run(ready))
+    except KeyboardInterrupt:
+        pass
+
+
+class Worker:
+    def __init__(self, config: DataplaneConfig, index: int, worker_id: str) -> None:
+        self.config = config
+        self.index = index
+        self.worker_id = worker_id
+
+    def _hostname(self, loader: SnapshotLoader) -> str:
+        if self.config.hostname:
+            return self.config.hostname
+        routing = loader.current
+        if routing is not None and routing.snapshot.hostname:
+            return routing.snapshot.hostname
+        return self._fallback_hostname
+
+    async def run(self, ready) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        self._fallback_hostname = socket.gethostname()
+        log.info("worker %d starting: server %d, fast path %s, spool %s",
+                 self.index, config.server_id, IMPLEMENTATION, config.spool_dir)
+
+        redis = aioredis.Redis.from_url(
+            config.redis_url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10,
+        )
+        loader = SnapshotLoader(redis, config.server_id, self.worker_id,
+                                heartbeat_interval=config.heartbeat_interval)
+        spool = Spool(config.spool_dir)
+        spool.open()
+        stats = StatsBatcher(redis, config.stats_flush_interval)
+        handler = BridgeHandler(
+            config, loader=loader, spool=spool, stats=stats,
+            throttle=AuthThrottle(config.auth_throttle), worker_id=self.worker_id,
+        )
+        assert config.tls_cert is not None and config.tls_key is not None, "the supervisor resolves TLS files"
+        tls_context = server_context(config.tls_cert, config.tls_key)
+        await loader.start()
+        stats.start()
+        sock = listening_socket(config.smtp_host, config.smtp_port)
+        server = await loop.create_server(
+            lambda: BridgeSMTP(handler, hostname=self._hostname(loader), tls_context=tls_context),
+            sock=sock,
+        )
+        log.info("worker %d pid %d listening on %s (snapshot version %d)",
+                 self.index, os.getpid(), format_listen(config.smtp_host, config.smtp_port), loader.version)
+        ready.send(("ready", self.index, os.getpid(), loader.version))
+        ready.close()
+        try:
+            await stop.wait()
+        finally:
+            await self._shutdown(server, handler, loader, stats, spool, redis)
+
+    async def _shutdown(self, server, handler: BridgeHandler, loader, stats, spool, redis) -> None:
+        log.info("worker %d stopping: %d session(s), %d message(s) in DATA",
+                 self.index, len(handler.sessions), handler.in_flight)
+        server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_grace
+        while handler.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        goodbye = (REPLY_SHUTTING_DOWN.format(host=self._hostname(loader)) + "\r\n").encode()
+        for session in list(handler.sessions):
+            transport = session.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(goodbye)
+                transport.close()
+        await asyncio.sleep(0)  # let connection_lost run
+        await stats.close()
+        await loader.stop()
+        spool.close()
+        await redis.aclose()
+        log.info("worker %d stopped", self.index)

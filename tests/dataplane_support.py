@@ -1,0 +1,275 @@
+"""Helpers and fixtures for the data-plane tests: snapshots written straight into
+Redis (no control plane), real `python -m dataplane` processes, and spool readers.
+
+Fixtures defined here are used by importing them into a test module
+(`from tests.dataplane_support import start_dataplane`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.parser
+import email.policy
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from control import rediskeys
+from control.secrets import hash_secret
+from control.snapshot import IP_ACTIVE, BridgeRoute, IpRoute, PoolRoute, Snapshot, encode
+from dataplane import spool
+from tests.support import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"dataplane ready server_id=(\d+) smtp=(\S+) workers=(\d+) snapshot=(\S+)")
+LISTENING = re.compile(r"worker (\d+) pid (\d+) listening")
+QUEUED = re.compile(r"queued as ([0-9a-f]{26})")
+
+ZONE = "US-1"
+HOSTNAME = "mta-test.example"
+
+
+# ---------------------------------------------------------------------------
+# Snapshots
+# ---------------------------------------------------------------------------
+
+
+def make_pool(smtp_id: int, ips, *, user_id: int = 3, tag: str = "promo", server_id: int = 1,
+              feed_type: str = "newsletter", headers=()) -> PoolRoute:
+    """A pool; `ips` is [(address, weight)] or [(address, weight, state)]."""
+    routes = []
+    for entry in ips:
+        address, weight, state = (*entry, IP_ACTIVE)[:3]
+        routes.append(IpRoute(address, weight, state, f"out-{address.replace('.', '-')}.example"))
+    return PoolRoute(
+        smtp_id=smtp_id, user_id=user_id, internal_name=f"{tag}-{user_id}-{server_id}-pool-{smtp_id}",
+        feed_type=feed_type, headers=tuple(headers), ips=tuple(routes),
+    )
+
+
+def make_bridge(bridge_id: int, smtp_id: int, secret: str, *, username: str | None = None,
+                feed_type: str = "", trusted=(), user_id: int = 3) -> BridgeRoute:
+    return BridgeRoute(
+        bridge_id=bridge_id, user_id=user_id, name=f"bridge-{bridge_id}",
+        username=username or f"br-test{bridge_id}", secret_hash=hash_secret(secret),
+        smtp_id=smtp_id, feed_type=feed_type, trusted_networks=tuple(trusted),
+    )
+
+
+def make_snapshot(server_id: int, version: int, pools, bridges, *, zone: str = ZONE) -> Snapshot:
+    return Snapshot(server_id=server_id, version=version, hostname=HOSTNAME, zone=zone,
+                    pools=tuple(pools), bridges=tuple(bridges), published_at_ms=int(time.time() * 1000))
+
+
+def publish(client: redis.Redis, snap: Snapshot, *, notify: bool = True) -> None:
+    """Publish as the control plane does: immutable version key, `current`, then the notice."""
+    client.set(rediskeys.snapshot_key(snap.server_id, snap.version), encode(snap))
+    client.set(rediskeys.snapshot_current_key(snap.server_id), snap.version)
+    if notify:
+        client.publish(rediskeys.snapshot_channel(snap.server_id), str(snap.version))
+
+
+def acked_versions(client: redis.Redis, server_id: int, supervisor_pid: int) -> dict[str, int]:
+    """worker id -> acked version, for the live workers of one data-plane process."""
+    now_ms = int(time.time() * 1000)
+    found = {}
+    for field, value in client.hgetall(rediskeys.worker_acks_key(server_id)).items():
+        worker_id = field.decode()
+        if worker_id.split(":")[1] != str(supervisor_pid):
+            continue
+        version, _, heartbeat = value.decode().partition(":")
+        if now_ms - int(heartbeat) <= rediskeys.WORKER_HEARTBEAT_TTL_MS:
+            found[worker_id] = int(version)
+    return found
+
+
+# ---------------------------------------------------------------------------
+# Data-plane processes
+# ---------------------------------------------------------------------------
+
+
+class Dataplane:
+    """A real `python -m dataplane` process; its stdout and stderr are collected."""
+
+    def __init__(self, data_dir: Path, redis_url: str, server_id: int, *, workers: int = 1,
+                 listen: str = "127.0.0.1:0", args=(), env=None) -> None:
+        self.data_dir = Path(data_dir)
+        self.redis_url = redis_url
+        self.server_id = server_id
+        self.workers = workers
+        self.cmd = [
+            sys.executable, "-m", "dataplane", "--server-id", str(server_id), "--data-dir", str(data_dir),
+            "--smtp-listen", listen, "--workers", str(workers), *args,
+        ]
+        if redis_url:
+            self.cmd += ["--redis-url", redis_url]
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self._readers: list[threading.Thread] = []
+        self.host = ""
+        self.port = 0
+
+    def _pump(self, stream) -> None:
+        for line in stream:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+        stream.close()
+
+    def start(self, timeout: float = 60.0) -> Dataplane:
+        env = dict(os.environ if self.env is None else self.env)
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+        self._readers = [threading.Thread(target=self._pump, args=(s,), daemon=True)
+                         for s in (self.proc.stdout, self.proc.stderr)]
+        for reader in self._readers:
+            reader.start()
+        if not wait_until(lambda: self.ready_match() or self.proc.poll() is not None, timeout):
+            raise AssertionError(f"data plane not ready within {timeout}s:\n{self.log()}")
+        match = self.ready_match()
+        if match is None:
+            raise AssertionError(f"data plane exited with {self.proc.returncode}:\n{self.log()}")
+        host, _, port = match.group(2).rpartition(":")
+        self.host, self.port = host.strip("[]"), int(port)
+        return self
+
+    def ready_match(self):
+        with self._lock:
+            for line in self.lines:
+                match = READY.search(line)
+                if match:
+                    return match
+        return None
+
+    def log(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def worker_pids(self) -> dict[int, int]:
+        """worker index -> pid of its newest process that reported listening."""
+        pids = {}
+        with self._lock:
+            for line in self.lines:
+                match = LISTENING.search(line)
+                if match:
+                    pids[int(match.group(1))] = int(match.group(2))
+        return pids
+
+    def wait_version(self, client: redis.Redis, version: int, timeout: float = 15.0) -> None:
+        """Until every worker of this process acks `version` (or newer)."""
+        def done():
+            acks = acked_versions(client, self.server_id, self.pid)
+            return len(acks) == self.workers and all(v >= version for v in acks.values())
+
+        assert wait_until(done, timeout, 0.02), (
+            f"workers did not ack version {version}: {acked_versions(client, self.server_id, self.pid)}\n{self.log()}"
+        )
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"data plane did not stop within {timeout}s:\n{self.log()}") from None
+        for reader in self._readers:
+            reader.join(5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool" / f"server-{self.server_id}"
+
+    def record(self, message_id: str) -> spool.SpoolRecord:
+        return spool.read_record(spool.record_path(self.spool_dir, message_id))
+
+
+@contextlib.contextmanager
+def running(*args, **kwargs) -> Iterator[Dataplane]:
+    plane = Dataplane(*args, **kwargs)
+    try:
+        yield plane.start()
+    finally:
+        try:
+            plane.stop()
+        finally:
+            plane.kill()
+
+
+@pytest.fixture
+def start_dataplane(tmp_path: Path):
+    """Factory: start_dataplane(redis_url, server_id, **kwargs) -> a started Dataplane,
+    stopped (then killed if need be) after the test. `data_dir` defaults to tmp_path/"dp"."""
+    started: list[Dataplane] = []
+
+    def start(redis_url: str, server_id: int = 1, *, data_dir: Path | None = None, **kwargs) -> Dataplane:
+        plane = Dataplane(data_dir or tmp_path / "dp", redis_url, server_id, **kwargs)
+        started.append(plane)
+        return plane.start()
+
+    yield start
+    for plane in started:
+        try:
+            plane.stop()
+        finally:
+            plane.kill()
+
+
+# ---------------------------------------------------------------------------
+# Messages and the spool
+# ---------------------------------------------------------------------------
+
+
+def message(n: int, *, extra_headers: bytes = b"", body: bytes | None = None) -> bytes:
+    """A small RFC 5322 message with CRLF line ends, unique by `n`."""
+    body = body if body is not None else f"Message number {n}.\r\n".encode()
+    return (
+        b"From: Sender <sender@example.com>\r\n"
+        b"To: Rcpt <rcpt@example.net>\r\n"
+        + f"Subject: test {n}\r\nMessage-ID: <{n}.{time.time_ns()}@example.com>\r\n".encode()
+        + extra_headers
+        + b"\r\n"
+        + body
+    )
+
+
+def queued_id(reply: bytes | str) -> str:
+    text = reply.decode() if isinstance(reply, bytes) else reply
+    match = QUEUED.search(text)
+    assert match, f"no message id in reply {text!r}"
+    return match.group(1)
+
+
+def headers_of(raw: bytes) -> email.message.Message:
+    """The parsed header block (tests only: the stdlib parser is off the hot path)."""
+    return email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw, headersonly=True)
+
+
+def stamped_prefix_and_original(record: spool.SpoolRecord, original: bytes) -> bytes:
+    """The bytes stamped above `original` in the record; asserts the client's bytes follow unchanged."""
+    assert record.message.endswith(original), "the spooled message does not end with the client's bytes"
+    return record.message[: len(record.message) - len(original)]
