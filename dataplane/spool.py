@@ -48,11 +48,12 @@ import itertools
 import os
 import secrets
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import msgpack
@@ -115,14 +116,14 @@ class SpoolRecord:
     attempts: tuple[dict, ...] = ()
 
 
+_META_FIELDS = tuple(f.name for f in fields(SpoolRecord) if f.name != "message")
+
+
 def encode_record(record: SpoolRecord) -> list[bytes]:
     """The record's file content as a list of byte strings (written with one writev)."""
-    meta = asdict(record)
-    message = meta.pop("message")
+    meta = {name: getattr(record, name) for name in _META_FIELDS}  # not asdict: no deep copies
     meta["schema"] = SCHEMA
-    meta["rcpt_tos"] = list(record.rcpt_tos)
-    meta["mail_options"] = list(record.mail_options)
-    meta["attempts"] = list(record.attempts)
+    message = record.message
     packed = msgpack.packb(meta, use_bin_type=True)
     head = MAGIC + _META_LEN.pack(len(packed))
     body_len = _BODY_LEN.pack(len(message))
@@ -286,11 +287,61 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_file_durably(tmp_path: str, final_path: str, parts: list[bytes]) -> None:
-    """Write `parts` to tmp_path, fdatasync, rename to final_path.
+class _GroupFsync:
+    """Group commit of one directory's fsync, for the writer threads.
 
-    On any failure nothing is left at either path, and OSError propagates.
+    A caller needs an fsync that *started* after its rename. Fsyncs run one at a
+    time and are numbered; a caller arriving while number N runs waits for N+1,
+    which the first caller to find none running performs for everyone waiting.
     """
+
+    _KEEP_RESULTS = 64
+
+    def __init__(self, dir_fd: int) -> None:
+        self._fd = dir_fd
+        self._cond = threading.Condition()
+        self._started = 0  # number of the newest fsync started
+        self._finished = 0  # number of the newest fsync finished
+        self._running = False
+        self._errors: dict[int, OSError] = {}
+
+    def sync(self) -> None:
+        """Return once an fsync that started after this call has finished; OSError if it failed."""
+        with self._cond:
+            ticket = self._started + 1
+            while self._finished < ticket:
+                if not self._running:
+                    self._running = True
+                    self._started = number = self._started + 1
+                    break
+                self._cond.wait()
+            else:
+                self._raise_if_failed(ticket)
+                return
+        error = None
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            error = exc
+        with self._cond:
+            self._running = False
+            self._finished = number
+            if error is not None:
+                self._errors[number] = error
+                for old in [n for n in self._errors if n <= number - self._KEEP_RESULTS]:
+                    del self._errors[old]
+            self._cond.notify_all()
+            self._raise_if_failed(ticket)
+
+    def _raise_if_failed(self, ticket: int) -> None:
+        error = self._errors.get(ticket)
+        if error is not None:
+            raise error
+
+
+def _write_durably(tmp_path: str, final_path: str, parts: list[bytes], dir_sync: _GroupFsync) -> None:
+    """Write `parts` to tmp_path, fdatasync, rename to final_path, fsync the directory
+    (group commit). On any failure nothing is left at either path, and OSError propagates."""
     fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         try:
@@ -305,48 +356,21 @@ def _write_file_durably(tmp_path: str, final_path: str, parts: list[bytes]) -> N
             os.close(fd)
         os.rename(tmp_path, final_path)
     except BaseException:
-        try:
-            os.unlink(tmp_path)
-        except OSError:
-            pass
+        _unlink_quietly(tmp_path)
+        raise
+    try:
+        dir_sync.sync()
+    except BaseException:
+        # The rename may not be durable: take it back, so an error means "not queued".
+        _unlink_quietly(final_path)
         raise
 
 
-class _GroupFsync:
-    """Coalesces fsyncs of one directory: a caller waits for an fsync that *started*
-    after it asked, and every caller that asked while one ran shares the next."""
-
-    def __init__(self, dir_fd: int, executor: ThreadPoolExecutor) -> None:
-        self._fd = dir_fd
-        self._executor = executor
-        self._waiting: asyncio.Future[None] | None = None
-        self._running = False
-
-    async def sync(self) -> None:
-        waiting = self._waiting
-        if waiting is None:
-            waiting = self._waiting = asyncio.get_running_loop().create_future()
-            if not self._running:
-                self._start()
-        await asyncio.shield(waiting)
-
-    def _start(self) -> None:
-        waiting, self._waiting = self._waiting, None
-        assert waiting is not None
-        self._running = True
-        run = asyncio.get_running_loop().run_in_executor(self._executor, os.fsync, self._fd)
-
-        def finished(done: asyncio.Future[None]) -> None:
-            self._running = False
-            exc = done.exception()
-            if exc is None:
-                waiting.set_result(None)
-            else:
-                waiting.set_exception(exc)
-            if self._waiting is not None:
-                self._start()
-
-        run.add_done_callback(finished)
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class Spool:
@@ -368,7 +392,7 @@ class Spool:
         prepare(self.root)
         self._dir_fd = os.open(self._queue, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="spool")
-        self._dir_sync = _GroupFsync(self._dir_fd, self._executor)
+        self._dir_sync = _GroupFsync(self._dir_fd)
 
     def close(self) -> None:
         if self._executor is not None:
@@ -394,15 +418,6 @@ class Spool:
         final_path = f"{self._queue}/{record.id}{RECORD_SUFFIX}"
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, _write_file_durably, tmp_path, final_path, parts)
+            await loop.run_in_executor(self._executor, _write_durably, tmp_path, final_path, parts, self._dir_sync)
         except OSError as exc:
-            raise SpoolWriteError(f"writing {tmp_path}: {exc.strerror or exc}") from exc
-        try:
-            await self._dir_sync.sync()
-        except OSError as exc:
-            # The rename may not be durable: take it back so a 451 means "not queued".
-            try:
-                os.unlink(final_path)
-            except OSError:
-                pass
-            raise SpoolWriteError(f"fsync of {self._queue}: {exc.strerror or exc}") from exc
+            raise SpoolWriteError(f"storing {final_path}: {exc.strerror or exc}") from exc

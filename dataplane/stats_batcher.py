@@ -35,16 +35,15 @@ class StatsBatcher:
         self._redis = redis
         self._interval = interval
         self._pending: Counter[CountKey] = Counter()
-        self._day_number = -1
+        self._day_ends = 0.0
         self._day = ""
         self._task: asyncio.Task[None] | None = None
         self._failing = False
 
     def _today(self) -> str:
         now = time.time()
-        number = int(now // 86400)
-        if number != self._day_number:
-            self._day_number = number
+        if now >= self._day_ends:
+            self._day_ends = (now // 86400 + 1) * 86400
             self._day = time.strftime("%Y%m%d", time.gmtime(now))
         return self._day
 

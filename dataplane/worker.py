@@ -17,6 +17,8 @@ import socket
 import sys
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from _fastpath import IMPLEMENTATION
 
@@ -105,6 +107,8 @@ class Worker:
 
         redis = aioredis.Redis.from_url(
             config.redis_url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10,
+            # Fail fast while Redis is down: every caller retries on its own schedule.
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
         )
         loader = SnapshotLoader(redis, config.server_id, self.worker_id,
                                 heartbeat_interval=config.heartbeat_interval)

@@ -1,0 +1,156 @@
+"""The `python -m dataplane` process: the embedded Redis when no URL is given,
+STARTTLS certificates (generated or configured), restart of a dead worker,
+clean stops on SIGINT / SIGTERM, and a clear error for an address in use."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import socket
+import ssl
+import stat
+
+import redis
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from control.embedded_redis import EmbeddedRedis
+from dataplane.tls import ensure_self_signed
+from tests.dataplane_support import (
+    Dataplane,
+    make_bridge,
+    make_pool,
+    make_snapshot,
+    message,
+    publish,
+    queued_id,
+    start_dataplane,  # noqa: F401  (fixture)
+)
+from tests.support import process_gone, wait_until
+
+SERVER = 8
+SECRET = "s3cret"
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("POOLMTA_")}
+
+
+def _publish_routes(client: redis.Redis) -> str:
+    bridge = make_bridge(1, 81, SECRET)
+    publish(client, make_snapshot(SERVER, 1, [make_pool(81, [("192.0.2.81", 1)], server_id=SERVER)], [bridge]))
+    return bridge.username
+
+
+def _send(port: int, username: str) -> str:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.login(username, SECRET)
+        client.mail("sender@example.com")
+        client.rcpt("rcpt@example.net")
+        code, reply = client.data(message(1))
+        assert code == 250, reply
+        return queued_id(reply)
+
+
+def _answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def test_without_a_redis_url_it_joins_or_starts_the_embedded_redis(tmp_path, start_dataplane):
+    # Joined: `poolmta up` / `control` already runs the data directory's embedded Redis.
+    shared = EmbeddedRedis(tmp_path / "shared")
+    url = shared.start()
+    client = redis.Redis.from_url(url)
+    try:
+        username = _publish_routes(client)
+        plane = start_dataplane("", SERVER, data_dir=tmp_path / "shared", env=_clean_env())
+        plane.wait_version(client, 1)
+        _send(plane.port, username)
+        assert plane.stop() == 0
+        assert _answers(url), "a Redis the data plane did not start is left running"
+    finally:
+        client.close()
+        shared.stop()
+
+    # Started: nothing runs yet, so the data plane starts it, and stops it on exit.
+    plane = start_dataplane("", SERVER, data_dir=tmp_path / "own", env=_clean_env())
+    own_url = EmbeddedRedis(tmp_path / "own").url
+    assert _answers(own_url)
+    client = redis.Redis.from_url(own_url)
+    try:
+        username = _publish_routes(client)
+        plane.wait_version(client, 1)
+        _send(plane.port, username)
+    finally:
+        client.close()
+    assert plane.stop() == 0
+    assert not _answers(own_url)
+
+
+def _peer_common_name(port: int) -> str:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.starttls(context=context)
+        der = client.sock.getpeercert(binary_form=True)
+    cert = x509.load_der_x509_certificate(der)
+    return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+
+def test_starttls_with_generated_and_configured_certificates(redis_client, redis_url, tmp_path, start_dataplane):
+    _publish_routes(redis_client)
+    plane = start_dataplane(redis_url, SERVER, args=["--hostname", "bridge.test.example"])
+    key = plane.data_dir / "tls" / "smtp-selfsigned.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert _peer_common_name(plane.port) == "bridge.test.example"
+    assert plane.stop() == 0
+
+    cert, key = ensure_self_signed(tmp_path / "operator-certs", "custom.example")
+    plane = start_dataplane(redis_url, SERVER, data_dir=tmp_path / "dp2",
+                            args=["--tls-cert", str(cert), "--tls-key", str(key)])
+    assert _peer_common_name(plane.port) == "custom.example"
+    assert not (tmp_path / "dp2" / "tls").exists()
+
+
+def test_dead_worker_is_restarted_and_sigint_stops_cleanly(redis_client, redis_url, start_dataplane):
+    username = _publish_routes(redis_client)
+    plane = start_dataplane(redis_url, SERVER, workers=2)
+    first = plane.worker_pids()
+    assert sorted(first) == [0, 1]
+    os.kill(first[1], signal.SIGKILL)
+    assert wait_until(lambda: plane.worker_pids()[1] != first[1], 30), plane.log()
+    plane.wait_version(redis_client, 1)
+    for _ in range(4):  # connections reach both workers again
+        _send(plane.port, username)
+
+    plane.proc.send_signal(signal.SIGINT)
+    assert plane.proc.wait(30) == 0
+    for pid in plane.worker_pids().values():
+        assert wait_until(lambda: process_gone(pid), 10)
+    assert "Traceback" not in plane.log()
+
+
+def test_address_in_use_is_a_clear_error(redis_url, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        plane = Dataplane(tmp_path / "dp", redis_url, SERVER, listen=f"127.0.0.1:{port}")
+        try:
+            plane.start()
+        except AssertionError:
+            pass
+        else:
+            raise AssertionError("the data plane started on a taken port")
+        finally:
+            plane.kill()
+    assert plane.proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in plane.log()
