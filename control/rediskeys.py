@@ -5,7 +5,10 @@ scripts and multi-key commands stay on one slot of a Redis Cluster:
 
 * `{srv:N}` — everything about MTA server N's routing: snapshot versions, the
   `current` pointer, worker acks.
-* `{stats}` is deliberately *not* used: stats keys are spread per pool and per IP.
+* `{stats}` — every counter hash, plus the applied-batch markers, so one Lua
+  script can apply a whole batch of counts exactly once (idempotent flush). Flushes
+  are batched (at most a few per second per worker), so one slot carries them easily.
+* `{msg:ID}` — one message's delivery events.
 
 Both planes import this module (the data plane through the snapshot contract).
 """
@@ -54,20 +57,37 @@ def pool_stats_key(smtp_id: int, day: str | None = None) -> str:
     `day` (YYYYMMDD, UTC) selects a daily bucket; None the lifetime totals.
     """
     suffix = f":d:{day}" if day else ""
-    return f"{PREFIX}:{{pool:{int(smtp_id)}}}:stats{suffix}"
+    return f"{PREFIX}:{{stats}}:pool:{int(smtp_id)}{suffix}"
 
 
 def ip_stats_key(address: str, day: str | None = None) -> str:
     """Hash of counters for one source IP; `day` as for pool_stats_key."""
     suffix = f":d:{day}" if day else ""
-    return f"{PREFIX}:{{ip:{address}}}:stats{suffix}"
+    return f"{PREFIX}:{{stats}}:ip:{address}{suffix}"
 
 
 def pool_ip_stats_key(smtp_id: int, address: str, day: str | None = None) -> str:
     """Hash of counters for one IP *within* one pool (an IP that moved keeps old counts
     under its old pool); `day` as for pool_stats_key."""
     suffix = f":d:{day}" if day else ""
-    return f"{PREFIX}:{{pool:{int(smtp_id)}}}:ip:{address}:stats{suffix}"
+    return f"{PREFIX}:{{stats}}:pool:{int(smtp_id)}:ip:{address}{suffix}"
 
 
 STATS_FIELDS = ("sent", "delivered", "bounced", "deferred", "complaints")
+
+# Daily buckets are kept this long (a rolling 30-day window plus slack).
+STATS_DAY_RETENTION_SECONDS = 35 * 24 * 3600
+
+
+def stats_batch_marker_key(batch_id: str) -> str:
+    """Marks a counter batch as applied, so a retried flush is not counted twice."""
+    return f"{PREFIX}:{{stats}}:batch:{batch_id}"
+
+
+# How long an applied-batch marker is kept: far longer than any retry of that batch.
+STATS_BATCH_MARKER_TTL_SECONDS = 7 * 24 * 3600
+
+
+def message_events_key(message_id: str) -> str:
+    """List of one message's delivery events (JSON, oldest first), for `message status`."""
+    return f"{PREFIX}:{{msg:{message_id}}}:events"
