@@ -82,6 +82,12 @@ class DataplaneConfig:
     max_message_size: advertised with SIZE, enforced with 552.
     max_recipients: RCPT TOs per message; more get 452.
     max_line_length: longest message line accepted (CRLF excluded).
+    auth_throttle: failed-AUTH throttling per client address.
+    session_timeout: seconds an idle SMTP session is kept.
+    heartbeat_interval: seconds between acks; each also checks the `current`
+        snapshot version (so a missed notice is caught within one interval).
+    stats_flush_interval: seconds between stats flushes to Redis.
+    shutdown_grace: seconds a stopping worker lets messages in DATA finish.
     """
 
     server_id: int
@@ -100,7 +106,6 @@ class DataplaneConfig:
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH
     auth_throttle: AuthThrottleConfig = AuthThrottleConfig()
     session_timeout: float = 300.0
-    snapshot_poll_interval: float = 1.0
     heartbeat_interval: float = 0.5
     stats_flush_interval: float = 0.25
     shutdown_grace: float = 10.0
@@ -127,8 +132,7 @@ class DataplaneConfig:
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
                 raise ValueError(f"not a network (CIDR): {network!r}") from None
-        for name in ("session_timeout", "snapshot_poll_interval", "heartbeat_interval",
-                     "stats_flush_interval"):
+        for name in ("session_timeout", "heartbeat_interval", "stats_flush_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.shutdown_grace < 0:

@@ -39,6 +39,23 @@ class Route:
     headers: list[Header]  # shared between messages: never mutated
 
 
+def client_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer address as an IP (an IPv4-mapped IPv6 address as IPv4); None if it is none."""
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def in_networks(text: str, networks) -> bool:
+    """True when the peer address `text` lies in one of `networks`."""
+    address = client_ip(text)
+    return address is not None and any(address.version == n.version and address in n for n in networks)
+
+
 def _network_key(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int]:
     return (network.version, -network.prefixlen)
 
@@ -106,12 +123,9 @@ class Routing:
         """The Bridge whose trusted networks hold `client_address`, if any."""
         if not self._trusted:
             return None
-        try:
-            address = ipaddress.ip_address(client_address.split("%", 1)[0])
-        except ValueError:
+        address = client_ip(client_address)
+        if address is None:
             return None
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
         for network, bridge in self._trusted:
             if address.version == network.version and address in network:
                 return bridge

@@ -29,7 +29,7 @@ from control.snapshot import BridgeRoute
 
 from .bridge_auth import AuthThrottle, BridgeIdentity, check_credentials
 from .config import DataplaneConfig
-from .routing import NoUsableIp, PoolGone, stamp
+from .routing import NoUsableIp, PoolGone, in_networks, stamp
 from .snapshot_loader import SnapshotLoader
 from .spool import Spool, SpoolRecord, SpoolWriteError
 from .stats_batcher import StatsBatcher
@@ -256,12 +256,14 @@ class BridgeSMTP(SMTP):
                 if self.transport is not None:
                     self.transport.close()
                 return
-            if problem is None:
-                self.envelope.original_content = self.envelope.content = content
-                status = await self._call_handler_hook("DATA")
-            else:
-                status = problem
-            self._set_post_data_state()
+            try:
+                if problem is None:
+                    self.envelope.original_content = self.envelope.content = content
+                    status = await self._call_handler_hook("DATA")
+                else:
+                    status = problem
+            finally:
+                self._set_post_data_state()  # even after an error: the next MAIL starts clean
             await self.push(status)
         finally:
             handler.in_flight -= 1
@@ -368,15 +370,7 @@ class BridgeHandler:
 
     def plaintext_auth_allowed(self, client_address: str) -> bool:
         """True when a client at this address may AUTH before STARTTLS."""
-        if self.config.allow_insecure_auth:
-            return True
-        try:
-            address = ipaddress.ip_address(client_address.split("%", 1)[0])
-        except ValueError:
-            return False
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address.version == n.version and address in n for n in self._plaintext_networks)
+        return self.config.allow_insecure_auth or in_networks(client_address, self._plaintext_networks)
 
     def authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
                      auth_data: LoginPassword) -> AuthResult:

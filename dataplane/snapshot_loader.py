@@ -160,8 +160,10 @@ class SnapshotLoader:
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 pipe.hset(self._acks_key, self.worker_id, f"{self.version}:{int(time.time() * 1000)}")
+                # The hash goes away by itself once every worker of the server is gone.
+                pipe.pexpire(self._acks_key, STALE_ACK_MS)
                 pipe.get(self._current_key)
-                _, raw = await pipe.execute()
+                _, _, raw = await pipe.execute()
                 if raw is not None:
                     await self.load(int(raw))
                 self._note_redis_ok()

@@ -71,6 +71,14 @@ def test_size_recipient_and_auth_limits(redis_client, redis_url, start_dataplane
         code, reply = client.data(big)
         assert code == 552, reply  # read to the end, then refused
 
+        # Far past the limit (the reader discards as it goes), and one huge line
+        # starting with a dot: the same reply, and the end of data is still found.
+        for body in ((b"y" * 998 + b"\r\n") * (3 * MAX_SIZE // 1000), b"." * (3 * MAX_SIZE) + b"\r\n"):
+            client.mail("sender@example.com")
+            client.rcpt("rcpt@example.net")
+            code, reply = client.data(b"Subject: big\r\n\r\n" + body)
+            assert code == 552, reply
+
         # The session goes on: the next message is fine.
         client.mail("sender@example.com")
         client.rcpt("rcpt@example.net")

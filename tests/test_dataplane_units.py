@@ -252,3 +252,22 @@ def test_listening_socket_shares_the_port_between_workers():
         plain.close()
     finally:
         first.close()
+
+
+def test_spool_inspect_lists_and_shows_records(tmp_path, capsys):
+    from dataplane import spool_inspect
+
+    root = tmp_path / "spool" / "server-2"
+    spool.prepare(root)
+    record = _record("3" * 26, b"Subject: inspected\r\n\r\nbody\r\n")
+    spool.record_path(root, record.id).write_bytes(b"".join(spool.encode_record(record)))
+
+    assert spool_inspect.main(["--data-dir", str(tmp_path), "--server-id", "2"], env={}) == 0
+    listing = capsys.readouterr().out
+    assert record.id in listing and "pool=promo-3-1-pool-7 ip=192.0.2.1" in listing
+    assert "1 message(s) queued" in listing
+
+    assert spool_inspect.main(["--server-id", "2", record.id], env={"POOLMTA_DATA_DIR": str(tmp_path)}) == 0
+    shown = capsys.readouterr().out
+    assert "bridge_username: br-x" in shown and "Subject: inspected" in shown
+    assert spool_inspect.main(["--data-dir", str(tmp_path), "--server-id", "2", "f" * 26], env={}) == 1
