@@ -114,7 +114,7 @@ class Worker:
                                 heartbeat_interval=config.heartbeat_interval)
         spool = Spool(config.spool_dir)
         spool.open()
-        stats = StatsBatcher(redis, config.stats_flush_interval)
+        stats = StatsBatcher(redis, config.stats_flush_interval, batch_prefix=self.worker_id)
         handler = BridgeHandler(
             config, loader=loader, spool=spool, stats=stats,
             throttle=AuthThrottle(config.auth_throttle), worker_id=self.worker_id,

@@ -22,7 +22,7 @@ from dataplane.bridge_auth import AuthThrottle, check_credentials
 from dataplane.config import AuthThrottleConfig, DataplaneConfig, parse_listen
 from dataplane.routing import NoUsableIp, PoolGone, Routing, stamp
 from dataplane.smtp_bridge import rfc5322_date
-from dataplane.stats_batcher import StatsBatcher
+from dataplane.stats_batcher import _APPLY_BATCH, StatsBatcher
 from tests.dataplane_support import make_bridge, make_pool, make_snapshot
 from tests.support import free_port
 
@@ -169,13 +169,23 @@ async def test_stats_batcher_keeps_counts_while_redis_is_down(redis_url):
 
     up = aioredis.Redis.from_url(redis_url)
     try:
-        batcher._redis = up  # the same batcher, Redis back
+        batcher._script = up.register_script(_APPLY_BATCH)  # the same batcher, Redis back
+        batcher.count_sent(7, "192.0.2.2")  # counted meanwhile: goes in the next batch
+        unsent = batcher._unsent
+        assert await batcher.flush() is False  # the failed batch first, under its own id
         assert await batcher.flush() is True
         day = batcher._today()
-        assert await up.hget(rediskeys.pool_stats_key(7), "sent") == b"3"
-        assert await up.hget(rediskeys.pool_stats_key(7, day), "sent") == b"3"
+        assert await up.hget(rediskeys.pool_stats_key(7), "sent") == b"4"
+        assert await up.hget(rediskeys.pool_stats_key(7, day), "sent") == b"4"
         assert await up.hget(rediskeys.ip_stats_key("192.0.2.1"), "sent") == b"2"
-        assert await up.hget(rediskeys.pool_ip_stats_key(7, "192.0.2.2", day), "sent") == b"1"
+        assert await up.hget(rediskeys.pool_ip_stats_key(7, "192.0.2.2", day), "sent") == b"2"
+        assert 0 < await up.ttl(rediskeys.pool_stats_key(7, day)) <= rediskeys.STATS_DAY_RETENTION_SECONDS
+        assert await up.ttl(rediskeys.pool_stats_key(7)) == -1  # lifetime totals do not expire
+
+        # A retry of a batch Redis already applied (its reply was lost) counts nothing.
+        batcher._unsent = unsent
+        assert await batcher.flush() is True
+        assert await up.hget(rediskeys.pool_stats_key(7), "sent") == b"4"
     finally:
         await up.aclose()
 
