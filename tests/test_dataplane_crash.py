@@ -28,7 +28,7 @@ from tests.support import wait_until
 SERVER = 3
 SECRET = "s3cret"
 MESSAGES = 500
-CLIENTS = 50
+CLIENTS = 250  # concurrent sessions: most of the 500 messages are in flight at once
 KILL_AFTER = 100  # acceptances before the SIGKILL
 
 
