@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import socket
+import ssl
 import sys
 from pathlib import Path
 
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     from control.embedded_redis import EmbeddedRedisError
 
     from .supervisor import StartError, Supervisor
-    from .tls import ensure_self_signed
+    from .tls import ensure_self_signed, server_context
 
     try:
         # Validate everything that does not need Redis first: a typo fails fast.
@@ -218,10 +219,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log.info("spool %s: %d message(s) queued (%d bytes), %d partial write(s) removed, %d quarantined in corrupt/",
              config.spool_dir, report.queued, report.queued_bytes, report.removed_partial, len(report.quarantined))
-    if config.tls_cert is None:
-        cert, key = ensure_self_signed(config.tls_dir, config.hostname or socket.getfqdn())
-    else:
-        cert, key = config.tls_cert, config.tls_key
+    try:
+        if config.tls_cert is None:
+            cert, key = ensure_self_signed(config.tls_dir, config.hostname or socket.getfqdn())
+        else:
+            cert, key = config.tls_cert, config.tls_key
+        server_context(cert, key)  # fail here, clearly, rather than in every worker
+    except (OSError, ssl.SSLError) as exc:
+        print(f"error: cannot load the STARTTLS certificate and key: {exc}", file=sys.stderr)
+        return 1
     try:
         redis_url, embedded = _resolve_redis(args.data_dir, args.redis_url)
     except EmbeddedRedisError as exc:

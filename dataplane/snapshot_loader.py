@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 from redis import exceptions as redis_errors
 
@@ -46,7 +45,7 @@ class SnapshotLoader:
     """The routing a worker serves, kept current from Redis.
 
     `current` is the Routing to use for the next decision (None until the first
-    snapshot loaded). `on_swap` is called with each new Routing after the swap.
+    snapshot loaded).
     """
 
     def __init__(
@@ -56,13 +55,11 @@ class SnapshotLoader:
         worker_id: str,
         *,
         heartbeat_interval: float = 0.5,
-        on_swap: Callable[[Routing], None] | None = None,
     ) -> None:
         self._redis = redis
         self.server_id = server_id
         self.worker_id = worker_id
         self._interval = heartbeat_interval
-        self._on_swap = on_swap
         self.current: Routing | None = None
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -134,8 +131,6 @@ class SnapshotLoader:
             previous = self.version
             self.current = routing
         log.info("serving snapshot version %d of server %d (was %d)", version, self.server_id, previous)
-        if self._on_swap is not None:
-            self._on_swap(routing)
         try:
             await self._ack()
         except REDIS_ERRORS as exc:

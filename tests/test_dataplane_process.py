@@ -151,6 +151,22 @@ def test_address_in_use_is_a_clear_error(redis_url, tmp_path):
         else:
             raise AssertionError("the data plane started on a taken port")
         finally:
-            plane.kill()
+            plane.stop()  # also waits until its output is collected
     assert plane.proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in plane.log()
+
+
+def test_unusable_tls_files_are_a_clear_error(redis_url, tmp_path):
+    bad = tmp_path / "not-a-cert.pem"
+    bad.write_text("not PEM\n")
+    plane = Dataplane(tmp_path / "dp", redis_url, SERVER, args=["--tls-cert", str(bad), "--tls-key", str(bad)])
+    try:
+        plane.start()
+    except AssertionError:
+        pass
+    else:
+        raise AssertionError("the data plane started with an unusable certificate")
+    finally:
+        plane.stop()  # also waits until its output is collected
+    assert plane.proc.returncode == 1
+    assert "cannot load the STARTTLS certificate and key" in plane.log()
