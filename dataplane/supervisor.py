@@ -154,8 +154,10 @@ class Supervisor:
             self._serve()
             return 0
         finally:
+            log.info("stopping %d worker(s)", sum(1 for s in self._slots if s.process is not None))
             self._stop_all()
             reservation.close()
+            log.info("stopped")
 
     def _wait_started(self) -> list[int] | None:
         """Versions the workers started with, once every one is listening; None when

@@ -170,3 +170,29 @@ def test_unusable_tls_files_are_a_clear_error(redis_url, tmp_path):
         plane.stop()  # also waits until its output is collected
     assert plane.proc.returncode == 1
     assert "cannot load the STARTTLS certificate and key" in plane.log()
+
+
+def test_sigterm_lets_a_message_in_data_finish(redis_client, redis_url, start_dataplane):
+    username = _publish_routes(redis_client)
+    plane = start_dataplane(redis_url, SERVER)
+    client = smtplib.SMTP("127.0.0.1", plane.port, timeout=20)
+    try:
+        client.login(username, SECRET)
+        client.mail("sender@example.com")
+        client.rcpt("rcpt@example.net")
+        code, _ = client.docmd("DATA")
+        assert code == 354
+        client.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+        plane.proc.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: "1 message(s) in DATA" in plane.log(), 10), plane.log()
+        client.send(b"second half\r\n.\r\n")
+        code, reply = client.getreply()
+        assert code == 250, reply
+        message_id = queued_id(reply)
+        code, goodbye = client.getreply()  # then the session is closed
+        assert code == 421 and b"shutting down" in goodbye
+    finally:
+        client.close()
+    assert plane.proc.wait(30) == 0
+    record = plane.record(message_id)
+    assert record.message.endswith(b"Subject: in flight\r\n\r\nfirst half\r\nsecond half\r\n")
