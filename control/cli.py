@@ -1,0 +1,290 @@
+"""`poolmta`: the command line (console script `poolmta = control.cli:main`).
+
+    poolmta up | control | dataplane ARGS...          run the servers
+    poolmta account | server | pool | ip | bridge | op | stats ...   client commands
+
+Global options go before or after the command: --data-dir, --redis-url, --grpc,
+--token, --json, -v. Settings are read here, once, from flags and the
+environment (POOLMTA_DATA_DIR, POOLMTA_REDIS_URL, POOLMTA_GRPC, POOLMTA_TOKEN,
+POOLMTA_ADMIN_TOKEN) and passed down.
+
+Exit codes: 0 success, 1 an error (a gRPC status, an unreachable control plane,
+a failed operation), 2 a usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cli_client import EXIT_USAGE, CliError, ControlClient, resolve_token
+from .cli_commands import Context, add_client_commands
+from .cli_render import Printer
+from .config import default_data_dir
+
+DEFAULT_GRPC = "127.0.0.1:50051"
+DEFAULT_SMTP_LISTEN = "127.0.0.1:2525"
+EXIT_INTERRUPTED = 130
+SERVER_COMMANDS = ("up", "control")
+
+# Global options, for finding the command word before argparse runs (see _split_passthrough).
+_GLOBAL_VALUE_OPTIONS = ("--data-dir", "--redis-url", "--grpc", "--token")
+_GLOBAL_FLAGS = ("--json", "-v", "--verbose")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The global options, resolved from flags, then environment, then defaults.
+
+    data_dir_given / redis_url: whether the user named them (flag or environment),
+    so `poolmta dataplane` forwards only what was given.
+    token: --token or POOLMTA_TOKEN; admin_token: POOLMTA_ADMIN_TOKEN.
+    """
+
+    data_dir: Path
+    data_dir_given: bool
+    redis_url: str | None
+    grpc: str
+    token: str | None
+    admin_token: str | None
+    json: bool
+    verbose: bool
+
+    @classmethod
+    def build(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+        def env(name: str) -> str | None:
+            return environ.get(name) or None
+
+        data_dir = getattr(args, "data_dir", None) or env("POOLMTA_DATA_DIR")
+        return cls(
+            data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(),
+            data_dir_given=bool(data_dir),
+            redis_url=getattr(args, "redis_url", None) or env("POOLMTA_REDIS_URL"),
+            grpc=getattr(args, "grpc", None) or env("POOLMTA_GRPC") or DEFAULT_GRPC,
+            token=getattr(args, "token", None) or env("POOLMTA_TOKEN"),
+            admin_token=env("POOLMTA_ADMIN_TOKEN"),
+            json=getattr(args, "json", False),
+            verbose=getattr(args, "verbose", False),
+        )
+
+
+# -- parsing ------------------------------------------------------------------------
+
+
+def listen_arg(value: str) -> str:
+    """A HOST:PORT to listen on (port 0 picks a free one)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def global_options() -> argparse.ArgumentParser:
+    """The options every command takes; SUPPRESS defaults let them go before or after the
+    command word without the subcommand's parser resetting what came before."""
+    parser = argparse.ArgumentParser(add_help=False)
+    g = parser.add_argument_group("global options (before or after the command)")
+    s = argparse.SUPPRESS
+    g.add_argument("--data-dir", type=Path, default=s, metavar="DIR",
+                   help=f"state directory (env POOLMTA_DATA_DIR; default {default_data_dir()})")
+    g.add_argument("--redis-url", default=s, metavar="URL",
+                   help="Redis to use (env POOLMTA_REDIS_URL); without one, up and control start an embedded Redis")
+    g.add_argument("--grpc", default=s, metavar="HOST:PORT",
+                   help=f"control plane address for client commands (env POOLMTA_GRPC; default {DEFAULT_GRPC})")
+    g.add_argument("--token", default=s,
+                   help="API token for client commands (env POOLMTA_TOKEN; default the admin token "
+                   "in <data-dir>/admin.token)")
+    g.add_argument("--json", action="store_true", default=s, help="machine-readable output (client commands)")
+    g.add_argument("-v", "--verbose", action="store_true", default=s,
+                   help="debug logging, and tracebacks for unexpected errors")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = global_options()
+    parser = argparse.ArgumentParser(
+        prog="poolmta", parents=[common],
+        description="Dedicated-IP pools for senders: Pools, Bridges, IP rotation, per-Pool stats.",
+        epilog="Exit codes: 0 ok, 1 error, 2 usage error, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"poolmta {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser("up", parents=[common], help="run everything for one MTA server on this host",
+                            description="Embedded Redis (unless --redis-url), the control plane and the data "
+                            "plane of one MTA server. Ctrl-C or SIGTERM stops it all.")
+    p.add_argument("--grpc-listen", type=listen_arg, default=DEFAULT_GRPC, metavar="HOST:PORT",
+                   help=f"control plane gRPC address (default {DEFAULT_GRPC})")
+    p.add_argument("--smtp-listen", type=listen_arg, default=DEFAULT_SMTP_LISTEN, metavar="HOST:PORT",
+                   help=f"SMTP bridge address (default {DEFAULT_SMTP_LISTEN})")
+    p.add_argument("--http-listen", type=listen_arg, metavar="HOST:PORT",
+                   help="REST bridge, /metrics and /healthz address (data plane default 127.0.0.1:8025)")
+    p.add_argument("--inbound-listen", type=listen_arg, metavar="HOST:PORT",
+                   help="bounce / FBL listener address (data plane default 127.0.0.1:2526)")
+    p.add_argument("--server-id", type=positive_int, default=1, metavar="N", help="the MTA server this host runs "
+                   "(default 1)")
+    p.add_argument("--workers", type=positive_int, metavar="K", help="data-plane worker processes")
+    p.add_argument("--no-dataplane", dest="dataplane", action="store_false",
+                   help="run Redis and the control plane only")
+
+    p = commands.add_parser("control", parents=[common], help="run the control plane only",
+                            description="Embedded Redis (unless --redis-url) and the control plane.")
+    p.add_argument("--grpc-listen", type=listen_arg, default=DEFAULT_GRPC, metavar="HOST:PORT",
+                   help=f"control plane gRPC address (default {DEFAULT_GRPC})")
+
+    p = commands.add_parser("dataplane", parents=[common], help="run a data plane (python -m dataplane ARGS...)",
+                            description="Runs `python -m dataplane ARGS...`; every argument after `dataplane` "
+                            "is passed through, after the global --data-dir / --redis-url when given.")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+
+    add_client_commands(commands, [common])
+    return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("poolmta")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def _split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """(global options, data-plane args) when the command is `dataplane`, else None.
+
+    argparse cannot hand an option-looking remainder (`--server-id 1`) to a
+    subcommand, so the command word is found here, skipping global options.
+    """
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in _GLOBAL_VALUE_OPTIONS:
+            i += 2
+        elif token in _GLOBAL_FLAGS or token.partition("=")[0] in _GLOBAL_VALUE_OPTIONS:
+            i += 1
+        else:
+            return (list(argv[:i]), list(argv[i + 1 :])) if token == "dataplane" else None
+    return None
+
+
+def _attach_values(argv: Sequence[str]) -> list[str]:
+    """`--token VALUE` as `--token=VALUE` (likewise the other global options with a value).
+
+    Tokens are URL-safe base64 and may begin with '-', which argparse would take for
+    an option; the word after one of these options is always its value.
+    """
+    out: list[str] = []
+    words = iter(argv)
+    for word in words:
+        value = next(words, None) if word in _GLOBAL_VALUE_OPTIONS else None
+        out.append(word if value is None else f"{word}={value}")
+    return out
+
+
+def _configure_logging(settings: Settings, command: str) -> None:
+    if settings.verbose:
+        level = logging.DEBUG
+    elif command in SERVER_COMMANDS:
+        level = logging.INFO
+    else:
+        level = logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# -- running ------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `poolmta` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    passthrough = _split_passthrough(argv)
+    try:
+        args = parser.parse_args(_attach_values(passthrough[0] + ["dataplane"] if passthrough else argv))
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    settings = Settings.build(args, os.environ)
+    _configure_logging(settings, args.command)
+    try:
+        if passthrough is not None:
+            return _exec_dataplane(settings, passthrough[1])
+        if args.command in SERVER_COMMANDS:
+            return _serve(settings, args)
+        return _client_command(settings, args)
+    except CliError as exc:
+        sys.stdout.flush()
+        sys.stderr.write(f"error: {exc}\n")
+        if exc.hint:
+            sys.stderr.write(f"hint: {exc.hint}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`poolmta pool list | head -1`): stop quietly, and
+        # point stdout at /dev/null so the interpreter's final flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback only with -v
+        if settings.verbose:
+            traceback.print_exc()
+        sys.stderr.write(f"error: unexpected {type(exc).__name__}: {exc}"
+                         f"{'' if settings.verbose else ' (run with -v for the traceback)'}\n")
+        return 1
+
+
+def _client_command(settings: Settings, args: argparse.Namespace) -> int:
+    def connect() -> ControlClient:
+        token = resolve_token(settings.token, settings.admin_token, settings.data_dir)
+        return ControlClient(settings.grpc, token)
+
+    ctx = Context(Printer(settings.json), connect)
+    try:
+        return args.handler(ctx, args)
+    finally:
+        ctx.close()
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from .cli_serve import ServeOptions, serve
+
+    up = args.command == "up"
+    opts = ServeOptions(
+        data_dir=settings.data_dir, redis_url=settings.redis_url, grpc_listen=args.grpc_listen,
+        admin_token=settings.admin_token, dataplane=up and args.dataplane,
+        **(
+            dict(server_id=args.server_id, smtp_listen=args.smtp_listen, http_listen=args.http_listen,
+                 inbound_listen=args.inbound_listen, workers=args.workers)
+            if up else {}
+        ),
+    )
+    return serve(opts, sys.stdout)
+
+
+def _exec_dataplane(settings: Settings, args: list[str]) -> int:
+    from .cli_serve import exec_dataplane
+
+    try:
+        exec_dataplane(args, settings.data_dir if settings.data_dir_given else None, settings.redis_url)
+    except OSError as exc:
+        raise CliError(f"cannot run the data plane ({sys.executable} -m dataplane): {exc.strerror}") from None
+    return 1  # not reached: execv does not return
+
+
+if __name__ == "__main__":
+    sys.exit(main())

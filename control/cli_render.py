@@ -1,0 +1,372 @@
+"""What the `poolmta` command line prints: rich tables for people, JSON for scripts.
+
+People see enum names without their prefixes (IP_ACTIVE -> active; tiers stay
+ESSENTIAL / PRO / BUSINESS) and timestamps as ISO-8601 UTC. `--json` prints the
+reply message as protobuf's canonical JSON mapping with the proto field names
+(so int64 ids are strings) and every field present, defaults included; streams
+print one compact JSON object per line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import IO
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from ._pb.poolmta.v1 import poolmta_pb2 as pb
+
+# Wide enough that piped tables are not folded at 80 columns.
+PIPE_WIDTH = 200
+NONE = "-"
+
+
+# -- values ---------------------------------------------------------------------
+
+
+def when(message: Message, field: str) -> str:
+    """A Timestamp field as ISO-8601 UTC (`2026-11-27T22:06:38Z`), "-" when unset."""
+    if not message.HasField(field):
+        return NONE
+    ts = getattr(message, field)
+    moment = datetime.fromtimestamp(ts.seconds, UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def tier(value: int) -> str:
+    return NONE if value == pb.TIER_UNSPECIFIED else pb.Tier.Name(value)
+
+
+def ip_state(value: int) -> str:
+    return NONE if value == pb.IP_STATE_UNSPECIFIED else pb.IpState.Name(value).removeprefix("IP_").lower()
+
+
+def pool_status(value: int) -> str:
+    return NONE if value == pb.POOL_STATUS_UNSPECIFIED else pb.PoolStatus.Name(value).lower()
+
+
+def op_state(value: int) -> str:
+    return NONE if value == pb.OPERATION_STATE_UNSPECIFIED else pb.OperationState.Name(value).lower()
+
+
+WINDOWS = {"lifetime": pb.LIFETIME, "30d": pb.LAST_30_DAYS}
+_WINDOW_NAMES = {v: k for k, v in WINDOWS.items()}
+
+
+def window(value: int) -> str:
+    return _WINDOW_NAMES.get(value, "lifetime")
+
+
+def count(n: int) -> str:
+    return f"{n:,}"
+
+
+def rate(delivery_rate: float, delivered: int, bounced: int) -> str:
+    """"97.0%", or "-" while nothing has been delivered or bounced yet."""
+    if delivered + bounced == 0:
+        return NONE
+    return f"{delivery_rate * 100:.1f}%"
+
+
+def yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def text(value: object) -> str:
+    value = "" if value is None else str(value)
+    return value if value else NONE
+
+
+def pool_ref(smtp_id: int, label: str) -> str:
+    return f"{label} ({smtp_id})" if label else str(smtp_id)
+
+
+def headers(items: Iterable[pb.Header]) -> str:
+    return "\n".join(f"{h.name}: {h.value}" for h in items) or NONE
+
+
+# -- the printer --------------------------------------------------------------------
+
+
+class Printer:
+    """Writes one command's output to stdout (and notes to stderr)."""
+
+    def __init__(self, json_mode: bool, out: IO[str] | None = None, err: IO[str] | None = None):
+        self.json_mode = json_mode
+        self.out = out if out is not None else sys.stdout
+        self.err = err if err is not None else sys.stderr
+        is_tty = hasattr(self.out, "isatty") and self.out.isatty()
+        self.console = Console(
+            file=self.out, highlight=False, markup=False, emoji=False,
+            width=None if is_tty else PIPE_WIDTH,
+        )
+
+    # plain lines: never wrapped or styled, so secrets copy cleanly
+    def line(self, value: str = "") -> None:
+        self.out.write(value + "\n")
+        self.out.flush()
+
+    def note(self, value: str) -> None:
+        self.err.write(value + "\n")
+        self.err.flush()
+
+    def show(self, renderable: RenderableType) -> None:
+        self.console.print(renderable)
+
+    def json(self, message: Message | dict, compact: bool = False) -> None:
+        data = message if isinstance(message, dict) else to_dict(message)
+        if compact:
+            self.line(json.dumps(data, separators=(",", ":")))
+        else:
+            self.line(json.dumps(data, indent=2))
+
+
+def to_dict(message: Message) -> dict:
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+# -- tables -----------------------------------------------------------------------
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[str]], title: str | None = None) -> Table:
+    t = Table(*columns, box=box.SIMPLE_HEAD, show_edge=False, title=title, title_justify="left", pad_edge=False)
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
+def details(rows: Sequence[tuple[str, str]]) -> Text:
+    """One object as aligned `Field  value` lines (multi-line values indented)."""
+    width = max((len(name) for name, _ in rows), default=0)
+    out = Text()
+    for i, (name, value) in enumerate(rows):
+        first, *more = value.split("\n")
+        if i:
+            out.append("\n")
+        out.append(name.ljust(width), style="bold")
+        out.append(f"  {first}")
+        for line in more:
+            out.append("\n" + " " * (width + 2) + line)
+    return out
+
+
+def account(a: pb.Account) -> Text:
+    return details(
+        [("ID", str(a.user_id)), ("Name", a.name), ("Tier", tier(a.tier)), ("Created", when(a, "create_time"))]
+    )
+
+
+def accounts(items: Sequence[pb.Account]) -> Table:
+    return table(
+        ["ID", "NAME", "TIER", "CREATED"],
+        [(str(a.user_id), a.name, tier(a.tier), when(a, "create_time")) for a in items],
+    )
+
+
+def server(s: pb.MtaServer) -> Text:
+    return details(
+        [
+            ("ID", str(s.server_id)), ("Hostname", s.hostname), ("Zone", s.zone),
+            ("Routing version", str(s.routing_version)), ("Shared pool", text(s.shared_pool)),
+            ("Created", when(s, "create_time")),
+        ]
+    )
+
+
+def servers(items: Sequence[pb.MtaServer]) -> Table:
+    return table(
+        ["ID", "HOSTNAME", "ZONE", "ROUTING VERSION", "SHARED POOL", "CREATED"],
+        [
+            (str(s.server_id), s.hostname, s.zone, str(s.routing_version), text(s.shared_pool),
+             when(s, "create_time"))
+            for s in items
+        ],
+    )
+
+
+def routing_status(status: pb.RoutingStatus) -> Group:
+    summary = details(
+        [
+            ("Server", str(status.server_id)),
+            ("Routing version", str(status.routing_version)),
+            ("Published version", str(status.published_version) if status.published_version else "none"),
+            ("Live workers", str(len(status.workers))),
+        ]
+    )
+    workers = table(
+        ["WORKER", "SERVES VERSION", "UP TO DATE"],
+        [(w.worker_id, str(w.version), yes(w.version >= status.routing_version)) for w in status.workers],
+    )
+    return Group(summary, Text(""), workers) if status.workers else Group(summary)
+
+
+def republished(reply: pb.RepublishSnapshotsResponse) -> Table:
+    return table(["SERVER", "VERSION"], [(str(s.server_id), str(s.version)) for s in reply.snapshots])
+
+
+def pool(p: pb.Pool) -> Text:
+    return details(
+        [
+            ("ID (smtp_id)", str(p.smtp_id)), ("Label", p.label), ("Tag", p.tag),
+            ("Internal name", p.internal_name), ("Server", str(p.server_id)), ("Zone", text(p.zone)),
+            ("Status", pool_status(p.status)), ("Default", yes(p.is_default)),
+            ("Feed type", text(p.feed_type)), ("Headers", headers(p.headers)),
+            ("IPs", str(p.ip_count)), ("Bridges", str(p.bridge_count)), ("Created", when(p, "create_time")),
+        ]
+    )
+
+
+def pools(items: Sequence[pb.Pool]) -> Table:
+    return table(
+        ["ID", "LABEL", "STATUS", "DEFAULT", "IPS", "BRIDGES", "SERVER", "ZONE", "FEED TYPE", "INTERNAL NAME"],
+        [
+            (str(p.smtp_id), p.label, pool_status(p.status), "yes" if p.is_default else "",
+             str(p.ip_count), str(p.bridge_count), str(p.server_id), text(p.zone), text(p.feed_type),
+             p.internal_name)
+            for p in items
+        ],
+    )
+
+
+def pool_headers(p: pb.Pool) -> Table:
+    return table(["NAME", "VALUE"], [(h.name, h.value) for h in p.headers],
+                 title=f"Custom headers of pool {pool_ref(p.smtp_id, p.label)}")
+
+
+def ip(i: pb.DedicatedIp) -> Text:
+    return details(
+        [
+            ("Address", i.address), ("Pool", pool_ref(i.smtp_id, i.pool_label)), ("Server", str(i.server_id)),
+            ("Weight", str(i.weight)), ("State", ip_state(i.state)), ("HELO hostname", text(i.hostname)),
+            ("Pending operation", text(i.pending_operation_id)), ("Created", when(i, "create_time")),
+        ]
+    )
+
+
+def ips(items: Sequence[pb.DedicatedIp]) -> Table:
+    return table(
+        ["ADDRESS", "POOL", "SERVER", "WEIGHT", "STATE", "HELO HOSTNAME", "PENDING OPERATION"],
+        [
+            (i.address, pool_ref(i.smtp_id, i.pool_label), str(i.server_id), str(i.weight),
+             ip_state(i.state), text(i.hostname), text(i.pending_operation_id))
+            for i in items
+        ],
+    )
+
+
+def _bridge_route(b: pb.Bridge) -> str:
+    return f"shared pool of server {b.server_id}" if b.shared else pool_ref(b.smtp_id, b.pool_label)
+
+
+def bridge(b: pb.Bridge) -> Text:
+    return details(
+        [
+            ("ID", str(b.bridge_id)), ("Name", b.name), ("Routes through", _bridge_route(b)),
+            ("Server", str(b.server_id)), ("Username", b.username), ("Feed type", text(b.feed_type)),
+            ("Trusted networks", "\n".join(b.trusted_networks) or NONE),
+            ("State", "revoked" if b.revoked else "active"), ("Created", when(b, "create_time")),
+            ("Secret rotated", when(b, "secret_rotate_time")),
+        ]
+    )
+
+
+def bridges(items: Sequence[pb.Bridge]) -> Table:
+    return table(
+        ["ID", "NAME", "ROUTES THROUGH", "USERNAME", "FEED TYPE", "TRUSTED NETWORKS", "STATE", "CREATED"],
+        [
+            (str(b.bridge_id), b.name, _bridge_route(b), b.username, text(b.feed_type),
+             ", ".join(b.trusted_networks) or NONE, "revoked" if b.revoked else "active", when(b, "create_time"))
+            for b in items
+        ],
+    )
+
+
+def operation(op: pb.Operation) -> Text:
+    return details(
+        [
+            ("ID", op.operation_id), ("State", op_state(op.state)), ("Address", op.address),
+            ("From pool", str(op.from_smtp_id)), ("To pool", str(op.to_smtp_id)),
+            ("Routing version", str(op.routing_version) if op.routing_version else NONE),
+            ("Error", text(op.error)), ("Created", when(op, "create_time")), ("Updated", when(op, "update_time")),
+        ]
+    )
+
+
+def operation_line(op: pb.Operation) -> str:
+    """One line per state change of a watched operation."""
+    stamp = when(op, "update_time") if op.HasField("update_time") else when(op, "create_time")
+    line = (f"{stamp}  {op.operation_id}  {op_state(op.state):<8}  {op.address}  "
+            f"pool {op.from_smtp_id} -> {op.to_smtp_id}")
+    if op.routing_version:
+        line += f"  routing v{op.routing_version}"
+    if op.error:
+        line += f"  error: {op.error}"
+    return line
+
+
+# -- stats --------------------------------------------------------------------------
+
+
+def _figures(rows: Sequence[tuple[str, int]]) -> Table:
+    t = Table(box=None, show_header=False, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    for name, value in rows:
+        t.add_row(name, count(value))
+    return t
+
+
+def _ips_plural(n: int) -> str:
+    return f"{n} IP" if n == 1 else f"{n} IPs"
+
+
+def pool_stats(s: pb.PoolStats, live: bool = False) -> Group:
+    """The product's per-pool panel: three totals, the delivery rate, then one row per IP."""
+    parts: list[RenderableType] = [
+        Text(f"Sending stats of {s.label} pool", style="bold"),
+        Text(f"{s.internal_name} · smtp_id {s.smtp_id} · {window(s.window)}"),
+        Text(""),
+        _figures([("Total Sent", s.sent), ("Total Delivered", s.delivered), ("Total Bounced", s.bounced)]),
+        Text(""),
+        Text(f"Delivery rate {rate(s.delivery_rate, s.delivered, s.bounced)} · "
+             f"across {_ips_plural(len(s.ips))} in this Pool"),
+    ]
+    if live:
+        parts.append(Text(f"live · DSN-fed aggregate · {window(s.window)}", style="dim"))
+    if s.ips:
+        parts += [
+            Text(""),
+            table(
+                ["ADDRESS", "SENT", "DELIVERED", "BOUNCED", "DEFERRED", "COMPLAINTS", "DELIVERY RATE"],
+                [
+                    (i.address, count(i.sent), count(i.delivered), count(i.bounced), count(i.deferred),
+                     count(i.complaints), rate(i.delivery_rate, i.delivered, i.bounced))
+                    for i in s.ips
+                ],
+            ),
+        ]
+    return Group(*parts)
+
+
+def ip_stats(s: pb.IpStats, window_value: int) -> Group:
+    return Group(
+        Text(f"Sending stats of IP {s.address}", style="bold"),
+        Text(window(window_value)),
+        Text(""),
+        _figures(
+            [("Total Sent", s.sent), ("Total Delivered", s.delivered), ("Total Bounced", s.bounced),
+             ("Complaints", s.complaints), ("Deferred", s.deferred)]
+        ),
+        Text(""),
+        Text(f"Delivery rate {rate(s.delivery_rate, s.delivered, s.bounced)}"),
+    )

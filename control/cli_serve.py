@@ -1,0 +1,335 @@
+"""The server commands of the `poolmta` command line: `up`, `control`, `dataplane`.
+
+`up` runs everything for one MTA server on this host, in this order: the embedded
+Redis (unless a Redis URL is given), the control plane in this process, then the
+data plane as a child process (`python -m dataplane ...`; `control` never imports
+`dataplane`). SIGINT / SIGTERM stop it all in reverse order: the data plane gets
+SIGTERM (SIGKILL after a grace period), the control plane stops gracefully, then
+Redis. A data plane that exits on its own is an error: the rest is stopped and
+`up` exits non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit, urlunsplit
+
+import grpc
+
+from ._pb.poolmta.v1 import poolmta_pb2 as pb
+from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
+from .cli_client import CliError
+from .config import ControlConfig
+from .embedded_redis import EmbeddedRedis, EmbeddedRedisError, resolve_redis
+
+log = logging.getLogger(__name__)
+
+DATAPLANE_READY = "dataplane ready"
+DEFAULT_SMTP_LISTEN = "127.0.0.1:2525"
+# How long the data plane gets to finish in-flight SMTP sessions after SIGTERM.
+DATAPLANE_STOP_SECONDS = 15.0
+# How much longer than its gRPC grace period the control plane gets to stop.
+CONTROL_STOP_EXTRA_SECONDS = 5.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What `poolmta up` / `poolmta control` run with (built once from flags and environment).
+
+    admin_token: POOLMTA_ADMIN_TOKEN, or None for `<data_dir>/admin.token`.
+    dataplane: start the data plane child (False for `control` and `up --no-dataplane`).
+    http_listen, inbound_listen, workers: passed to the data plane only when given.
+    """
+
+    data_dir: Path
+    redis_url: str | None
+    grpc_listen: str
+    admin_token: str | None = None
+    dataplane: bool = False
+    server_id: int = 1
+    smtp_listen: str = DEFAULT_SMTP_LISTEN
+    http_listen: str | None = None
+    inbound_listen: str | None = None
+    workers: int | None = None
+
+
+def serve(opts: ServeOptions, out: IO[str]) -> int:
+    """Run until SIGINT/SIGTERM (exit 0) or an unexpected data-plane exit (exit 1)."""
+    try:
+        opts.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create the data directory {opts.data_dir}: {exc.strerror}") from None
+    try:
+        redis_url, embedded = resolve_redis(opts.data_dir, opts.redis_url)
+    except EmbeddedRedisError as exc:
+        raise CliError(f"the embedded Redis did not start: {exc}") from None
+    try:
+        return asyncio.run(_Stack(opts, redis_url, embedded, out).run())
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def exec_dataplane(args: list[str], data_dir: Path | None, redis_url: str | None) -> None:
+    """Replace this process with `python -m dataplane [global options] ARGS...`.
+
+    The global --data-dir / --redis-url go first, so the same options in ARGS win.
+    """
+    forwarded: list[str] = []
+    if data_dir is not None:
+        forwarded += ["--data-dir", str(data_dir)]
+    if redis_url:
+        forwarded += ["--redis-url", redis_url]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "dataplane", *forwarded, *args])
+
+
+def redact(url: str) -> str:
+    """A Redis URL fit to print: the password, if any, replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class _Stack:
+    """One run of the control plane (and data plane child) on a started Redis."""
+
+    def __init__(self, opts: ServeOptions, redis_url: str, embedded: EmbeddedRedis | None, out: IO[str]):
+        self.opts = opts
+        self.redis_url = redis_url
+        self.embedded = embedded
+        self.out = out
+        self.stopping = asyncio.Event()
+        self.dataplane: asyncio.subprocess.Process | None = None
+        self._pumps: list[asyncio.Task] = []
+        self._ready = asyncio.Event()
+        self._ready_line = ""
+
+    def say(self, message: str) -> None:
+        self.out.write(f"poolmta: {message}\n")
+        self.out.flush()
+
+    async def run(self) -> int:
+        # The control plane imports grpc.aio servers, Redis and SQLite: only `up`
+        # and `control` pay for that, not every client command.
+        from .server import ControlPlane
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopping.set)
+
+        opts = self.opts
+        self.say(f"data directory {opts.data_dir}")
+        if self.embedded is not None:
+            self.say(f"Redis {self.redis_url} (embedded, pid {self.embedded.pid})")
+        else:
+            self.say(f"Redis {redact(self.redis_url)}")
+
+        cp = ControlPlane(
+            ControlConfig(
+                data_dir=opts.data_dir, redis_url=self.redis_url, grpc_listen=opts.grpc_listen,
+                admin_token=opts.admin_token,
+            )
+        )
+        try:
+            await cp.start()
+        except (OSError, RuntimeError) as exc:
+            await stop_within(cp.stop(0), CONTROL_STOP_EXTRA_SECONDS)
+            raise CliError(f"the control plane could not start on {opts.grpc_listen}: {exc}") from None
+        exit_code = 0
+        try:
+            self.say(f"control plane (gRPC) listening on {cp.grpc_address}")
+            if opts.admin_token:
+                self.say("admin token: the one in POOLMTA_ADMIN_TOKEN")
+            else:
+                self.say(f"admin token in {cp.admin_token_path} (client commands read it from there)")
+            if opts.dataplane:
+                exit_code = await self._run_with_dataplane(cp)
+            else:
+                self.say("up; Ctrl-C or SIGTERM stops it")
+                await self.stopping.wait()
+        finally:
+            self.say("stopping")
+            await self._stop_dataplane()
+            await stop_within(cp.stop(), cp.config.grace_seconds + CONTROL_STOP_EXTRA_SECONDS)
+            for task in self._pumps:
+                task.cancel()
+            await asyncio.gather(*self._pumps, return_exceptions=True)
+        self.say("stopped")
+        return exit_code
+
+    async def _run_with_dataplane(self, cp) -> int:
+        opts = self.opts
+        await self._announce_server(cp)
+        await self._start_dataplane()
+        self.say(f"data plane for MTA server {opts.server_id} starting (pid {self.dataplane.pid}): "
+                 f"SMTP bridge on {opts.smtp_listen}")
+        stop_wait = asyncio.create_task(self.stopping.wait())
+        exited = asyncio.create_task(self.dataplane.wait())
+        ready_wait = asyncio.create_task(self._ready.wait())
+        try:
+            pending = {stop_wait, exited, ready_wait}
+            while True:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if ready_wait in done:
+                    smtp = re.search(r"\bsmtp=(\S+)", self._ready_line)
+                    where = f" (SMTP bridge on {smtp.group(1)})" if smtp else ""
+                    self.say(f"data plane ready{where}; up. Ctrl-C or SIGTERM stops it")
+                if stop_wait in done:
+                    return 0
+                if exited in done:
+                    code = self.dataplane.returncode
+                    await self._drain_pumps()
+                    self.out.flush()
+                    sys.stderr.write(
+                        f"\nerror: THE DATA PLANE EXITED UNEXPECTEDLY (exit code {code}); "
+                        "stopping the control plane and Redis. Its output above says why.\n\n"
+                    )
+                    sys.stderr.flush()
+                    return 1
+        finally:
+            for task in (stop_wait, exited, ready_wait):
+                task.cancel()
+
+    async def _announce_server(self, cp) -> None:
+        """Say which MTA server this host runs, or how to register it when it is not yet."""
+        token = self.opts.admin_token or cp.admin_token_path.read_text(encoding="utf-8").strip()
+        async with grpc.aio.insecure_channel(cp.grpc_address) as channel:
+            try:
+                server = await rpc.MtaServerServiceStub(channel).GetMtaServer(
+                    pb.GetMtaServerRequest(server_id=self.opts.server_id),
+                    metadata=(("authorization", f"Bearer {token}"),), timeout=5,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    log.warning("could not check MTA server %s: %s", self.opts.server_id, exc.details())
+                    return
+                self.say(
+                    f"MTA server {self.opts.server_id} is not registered yet: its data plane answers "
+                    "421 until it is. Register it with:\n"
+                    "    poolmta server register --hostname <public hostname> --zone <zone, e.g. US-1>"
+                )
+                return
+        self.say(f"MTA server {server.server_id}: {server.hostname}, zone {server.zone}")
+
+    def _dataplane_command(self) -> list[str]:
+        opts = self.opts
+        cmd = [
+            sys.executable, "-m", "dataplane", "--server-id", str(opts.server_id),
+            "--data-dir", str(opts.data_dir), "--redis-url", self.redis_url, "--smtp-listen", opts.smtp_listen,
+        ]
+        if opts.http_listen:
+            cmd += ["--http-listen", opts.http_listen]
+        if opts.inbound_listen:
+            cmd += ["--inbound-listen", opts.inbound_listen]
+        if opts.workers is not None:
+            cmd += ["--workers", str(opts.workers)]
+        return cmd
+
+    def _ready_seen(self, line: str) -> None:
+        if not self._ready.is_set():
+            self._ready_line = line
+            self._ready.set()
+
+    async def _start_dataplane(self) -> None:
+        # Its own session: a terminal's Ctrl-C reaches `up` alone, which then stops
+        # the data plane in order; PDEATHSIG stops it if `up` itself is killed.
+        self.dataplane = await asyncio.create_subprocess_exec(
+            *self._dataplane_command(),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+        )
+        self._pumps = [
+            asyncio.create_task(_pump(self.dataplane.stdout, self.out, self._ready_seen)),
+            asyncio.create_task(_pump(self.dataplane.stderr, sys.stderr, self._ready_seen)),
+        ]
+
+    async def _stop_dataplane(self) -> None:
+        proc = self.dataplane
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), DATAPLANE_STOP_SECONDS)
+        except TimeoutError:
+            sys.stderr.write(f"poolmta: the data plane did not stop within {DATAPLANE_STOP_SECONDS:g}s; killing it\n")
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        await self._drain_pumps()
+
+    async def _drain_pumps(self) -> None:
+        """Let the pumps forward the exited data plane's last words."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._pumps, return_exceptions=True), 2.0)
+
+
+async def stop_within(stopping: Coroutine, timeout: float) -> None:
+    """Await `stopping`; if it has not finished after `timeout` seconds, cancel every
+    other task of the loop until it has.
+
+    A background loop that swallows its cancellation (a Redis client can turn a
+    cancelled read into a connection error, which such a loop retries) must not
+    keep SIGTERM from stopping poolmta.
+    """
+    task = asyncio.ensure_future(stopping)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        sys.stderr.write(f"poolmta: the control plane did not stop within {timeout:g}s; cancelling what is left\n")
+    while not task.done():
+        for other in asyncio.all_tasks():
+            if other is not task and other is not asyncio.current_task():
+                other.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    task.result()
+
+
+async def _pump(stream: asyncio.StreamReader, sink: IO[str], on_ready: Callable[[str], None]) -> None:
+    """Forward a child's output line by line, calling `on_ready` with the data plane's ready line."""
+    while line := await stream.readline():
+        decoded = line.decode("utf-8", "replace")
+        sink.write(decoded)
+        sink.flush()
+        if DATAPLANE_READY in decoded:
+            on_ready(decoded)
+
+
+def _die_with_parent(parent_pid: int):
+    """preexec_fn: the child gets SIGTERM when the thread that forked it dies (Linux).
+
+    Exits at once if the parent already died before prctl took effect.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
