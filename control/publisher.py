@@ -86,6 +86,13 @@ def build_snapshot(store: Store, server_id: int) -> snapshot.Snapshot:
         )
 
 
+def reraise_if_cancelling() -> None:
+    """Inside an except block of a background loop: stop if the task is being cancelled."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class SnapshotPublisher:
     """Keeps every server's snapshot in Redis at the version SQLite says."""
 
@@ -163,10 +170,13 @@ class SnapshotPublisher:
                     log.warning("Redis reachable again; snapshots are up to date")
                 failing = False
             except (RedisError, OSError) as exc:
+                # redis-py may turn a cancellation mid-read into ConnectionError.
+                reraise_if_cancelling()
                 if not failing:
                     log.error("cannot publish snapshots, Redis unreachable (%s); retrying", exc)
                 failing = True
             except Exception:
+                reraise_if_cancelling()
                 log.exception("snapshot publishing failed; retrying")
             await asyncio.sleep(interval)
 

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from . import models, workers
-from .publisher import SnapshotPublisher
+from .publisher import SnapshotPublisher, reraise_if_cancelling
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,9 @@ class Reconciler:
             try:
                 await self.step()
             except (RedisError, OSError) as exc:
+                reraise_if_cancelling()
                 log.warning("reconciler waiting for Redis: %s", exc)
             except Exception:
+                reraise_if_cancelling()
                 log.exception("reconciler pass failed; retrying")
             await asyncio.sleep(interval)

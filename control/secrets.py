@@ -15,8 +15,12 @@ _SCHEME = "sha256$"
 
 
 def generate_secret() -> str:
-    """A new URL-safe secret with 256 bits of entropy."""
-    return secrets.token_urlsafe(32)
+    """A new URL-safe secret with 256 bits of entropy that never starts with '-' or '_'
+    (so it is never mistaken for an option on a command line)."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if token[0].isalnum():
+            return token
 
 
 def hash_secret(secret: str) -> str:

@@ -97,7 +97,10 @@ class ControlPlane:
             self._server = None
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=max(grace, 1.0))
+            for task in pending:
+                log.error("background task %s did not stop within %.1fs", task.get_name(), max(grace, 1.0))
         self._tasks = []
         if self._redis is not None:
             await self._redis.aclose()

@@ -25,7 +25,7 @@ from ._pb.poolmta.v1 import poolmta_pb2 as pb
 from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc_pb
 from .auth import Authenticator
 from .errors import DomainError, Unavailable
-from .publisher import SnapshotPublisher
+from .publisher import SnapshotPublisher, reraise_if_cancelling
 from .reconciler import ChangeFeed
 from .registry import Registry
 
@@ -349,6 +349,7 @@ class StatsServicer(_Servicer, rpc_pb.StatsServiceServicer):
             try:
                 stats = await self._pool_stats(account, request.smtp_id, request.window)
             except (RedisError, OSError) as exc:
+                reraise_if_cancelling()
                 log.warning("WatchPoolStats waiting for Redis: %s", exc)
                 await asyncio.sleep(1.0)
                 continue
