@@ -418,6 +418,11 @@ def stats_ip(ctx: Context, a) -> int:
     return _emit(ctx, stats, lambda s: render.ip_stats(s, a.window))
 
 
+def message_status(ctx: Context, a) -> int:
+    status = ctx.client.call("stats", "GetMessageStatus", pb.GetMessageStatusRequest(message_id=a.id))
+    return _emit(ctx, status, render.message_status)
+
+
 # -- parsers ------------------------------------------------------------------------
 
 
@@ -566,3 +571,8 @@ def add_client_commands(commands, parents: list[argparse.ArgumentParser]) -> Non
     p = leaf(subs, "ip", stats_ip, "one IP's figures, complaints included")
     p.add_argument("address")
     p.add_argument("--window", type=window_arg, default=pb.LIFETIME, metavar="{lifetime,30d}")
+
+    # message
+    subs = group("message", "delivery events of one message (account token)")
+    p = leaf(subs, "status", message_status, "every delivery outcome of a message, by recipient")
+    p.add_argument("id", metavar="MESSAGE_ID", help="the id from the bridge's 250 reply")

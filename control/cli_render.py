@@ -314,6 +314,21 @@ def operation_line(op: pb.Operation) -> str:
     return line
 
 
+def message_status(m: pb.MessageStatus) -> Table:
+    """One row per delivery attempt outcome of a message, oldest first."""
+    outcome = {pb.DELIVERED: "delivered", pb.BOUNCED: "bounced", pb.DEFERRED: "deferred"}
+    return table(
+        ("Time", "Recipient", "Outcome", "Attempt", "Pool", "IP", "Reply"),
+        (
+            (when(e, "time"), e.recipient,
+             outcome.get(e.outcome, "?") + (" (final)" if e.final and e.outcome == pb.DEFERRED else ""),
+             str(e.attempt), pool_ref(e.smtp_id, e.pool), e.ip, e.reply)
+            for e in m.events
+        ),
+        title=f"Message {m.message_id}",
+    )
+
+
 # -- stats --------------------------------------------------------------------------
 
 

@@ -94,3 +94,26 @@ def pool_stats(p: models.Pool, window: int, figures: stats_reader.PoolFigures) -
         deferred=t.deferred, delivery_rate=t.delivery_rate,
         ips=[ip_stats(a, c) for a, c in figures.per_ip.items()],
     )
+
+
+_OUTCOMES = {"delivered": pb.DELIVERED, "bounced": pb.BOUNCED, "deferred": pb.DEFERRED}
+
+
+def message_status(message_id: str, events: list[dict]) -> pb.MessageStatus:
+    return pb.MessageStatus(
+        message_id=message_id,
+        events=[
+            pb.DeliveryEvent(
+                time=timestamp(int(e.get("ts_ms", 0)) / 1000),
+                recipient=str(e.get("rcpt", "")),
+                outcome=_OUTCOMES.get(e.get("outcome"), pb.DELIVERY_OUTCOME_UNSPECIFIED),
+                smtp_id=int(e.get("smtp_id", 0)),
+                pool=str(e.get("pool", "")),
+                ip=str(e.get("ip", "")),
+                reply=str(e.get("reply", "")),
+                attempt=int(e.get("attempt", 0)),
+                final=bool(e.get("final", False)),
+            )
+            for e in events
+        ],
+    )

@@ -24,7 +24,7 @@ from . import convert, stats_reader, workers
 from ._pb.poolmta.v1 import poolmta_pb2 as pb
 from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc_pb
 from .auth import Authenticator
-from .errors import DomainError, Unavailable
+from .errors import DomainError, InvalidArgument, NotFound, Unavailable
 from .publisher import SnapshotPublisher, reraise_if_cancelling
 from .reconciler import ChangeFeed
 from .registry import Registry
@@ -341,6 +341,17 @@ class StatsServicer(_Servicer, rpc_pb.StatsServiceServicer):
         ip = self.registry.get_ip(account, request.address)
         counters = await stats_reader.ip_figures(self.services.redis, ip.address, convert.window_name(request.window))
         return convert.ip_stats(ip.address, counters)
+
+    @rpc(ACCOUNT)
+    async def GetMessageStatus(self, request, context, account):
+        message_id = request.message_id.strip()
+        if not message_id or len(message_id) > 64 or not message_id.isalnum():
+            raise InvalidArgument("message_id must be the id from the bridge's 250 reply (letters and digits)")
+        events = await stats_reader.message_events(self.services.redis, message_id)
+        mine = [e for e in events if e.get("user_id") == account.user_id]
+        if not mine:
+            raise NotFound(f"no delivery events for message {message_id} (unknown, not yet attempted, or expired)")
+        return convert.message_status(message_id, mine)
 
     @rpc(ACCOUNT)
     async def WatchPoolStats(self, request, context, account):

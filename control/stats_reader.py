@@ -7,6 +7,7 @@ buckets of the last 30 UTC days, today included. One pipelined round trip per re
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -80,3 +81,17 @@ async def ip_figures(redis: aioredis.Redis, address: str, window: str) -> Counte
     for day in window_days(window):
         pipe.hgetall(rediskeys.ip_stats_key(address, day))
     return _sum(await pipe.execute())
+
+
+async def message_events(redis: aioredis.Redis, message_id: str) -> list[dict]:
+    """A message's delivery events (decoded JSON objects, oldest first); [] if none."""
+    raw = await redis.lrange(rediskeys.message_events_key(message_id), 0, -1)
+    events = []
+    for item in raw:
+        try:
+            event = json.loads(item)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events

@@ -61,3 +61,25 @@ async def test_watch_pool_stats_pushes_changes(acme, server, redis_client):
 async def test_stats_of_unknown_objects_are_not_found(acme, server):
     await expect_error(acme.stats.GetPoolStats(pb.GetPoolStatsRequest(smtp_id=77)), grpc.StatusCode.NOT_FOUND)
     await expect_error(acme.stats.GetIpStats(pb.GetIpStatsRequest(address="127.0.0.99")), grpc.StatusCode.NOT_FOUND)
+
+
+async def test_message_status_shows_the_accounts_own_events(make_account, server, redis_client):
+    import json
+
+    acme, account = await make_account("acme")
+    globex, _ = await make_account("globex")
+    key = rediskeys.message_events_key("0123abcd")
+    base = {"message_id": "0123abcd", "user_id": account.user_id, "bridge_id": 1, "smtp_id": 2,
+            "pool": "promo-1-1-pool-2", "ip": "127.0.0.2"}
+    redis_client.rpush(key, json.dumps({**base, "ts_ms": 1_000, "rcpt": "defer@x.test", "outcome": "deferred",
+                                        "reply": "451 4.3.0 later", "attempt": 1, "final": False}))
+    redis_client.rpush(key, json.dumps({**base, "ts_ms": 2_000, "rcpt": "defer@x.test", "outcome": "delivered",
+                                        "reply": "250 2.0.0 ok", "attempt": 2, "final": True}))
+    status = await acme.stats.GetMessageStatus(pb.GetMessageStatusRequest(message_id="0123abcd"))
+    assert [(e.outcome, e.attempt, e.final, e.reply) for e in status.events] == [
+        (pb.DEFERRED, 1, False, "451 4.3.0 later"), (pb.DELIVERED, 2, True, "250 2.0.0 ok")]
+    assert status.events[1].time.seconds == 2 and status.events[0].ip == "127.0.0.2"
+    await expect_error(globex.stats.GetMessageStatus(pb.GetMessageStatusRequest(message_id="0123abcd")),
+                       grpc.StatusCode.NOT_FOUND)
+    await expect_error(acme.stats.GetMessageStatus(pb.GetMessageStatusRequest(message_id="../etc")),
+                       grpc.StatusCode.INVALID_ARGUMENT)
