@@ -1,0 +1,50 @@
+"""The per-message hot path: source-IP rotation and header injection.
+
+Each routine is a Cython module with a pure-Python twin of identical behaviour
+(`_rotation_c` / `_rotation_py`, `_headers_c` / `_headers_py`). This module picks
+one pair: the compiled one unless `POOLMTA_NO_EXTENSIONS=1` (the same switch that
+skips the Cython build) or the compiled modules fail to import, in which case the
+twins serve and a RuntimeWarning says why. `IMPLEMENTATION` is "c" or "py".
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from ._errors import MAX_WEIGHT, NoUsableIp
+
+__all__ = [
+    "IMPLEMENTATION",
+    "MAX_WEIGHT",
+    "RESERVED_HEADERS",
+    "NoUsableIp",
+    "RotationTable",
+    "inject",
+]
+
+IMPLEMENTATION: str
+
+if os.environ.get("POOLMTA_NO_EXTENSIONS") == "1":
+    from ._headers_py import RESERVED_HEADERS, inject
+    from ._rotation_py import RotationTable
+
+    IMPLEMENTATION = "py"
+else:
+    try:
+        from ._headers_c import RESERVED_HEADERS, inject
+        from ._rotation_c import RotationTable
+
+        IMPLEMENTATION = "c"
+    except ImportError as exc:
+        warnings.warn(
+            f"poolmta: the compiled fast path did not load ({exc}); using the pure-Python "
+            "twins, which are several times slower. Reinstall with a C compiler and Cython, "
+            "or set POOLMTA_NO_EXTENSIONS=1 to choose them on purpose.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        from ._headers_py import RESERVED_HEADERS, inject
+        from ._rotation_py import RotationTable
+
+        IMPLEMENTATION = "py"
