@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import socket
 import ssl
 import sys
@@ -17,14 +18,26 @@ from pathlib import Path
 
 from . import logs, spool
 from .config import (
+    DEFAULT_EVENT_RETENTION,
     DEFAULT_INSECURE_AUTH_NETWORKS,
+    DEFAULT_MAX_CONN_PER_DESTINATION,
+    DEFAULT_MAX_CONN_PER_IP,
     DEFAULT_MAX_LINE_LENGTH,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_RECIPIENTS,
+    DEFAULT_QUEUE_LIFETIME,
+    DEFAULT_RETRY_SCHEDULE,
     DEFAULT_SMTP_LISTEN,
+    SMTP_PORT,
     AuthThrottleConfig,
     DataplaneConfig,
+    DeliveryConfig,
+    format_duration,
+    parse_duration,
+    parse_hostport,
     parse_listen,
+    parse_retry_schedule,
+    parse_route,
 )
 
 log = logging.getLogger("poolmta.dataplane")
@@ -51,6 +64,29 @@ def _size(text: str) -> int:
     if not value.isdigit():
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (use bytes, or a K/M/G suffix)")
     return int(value) * multiplier
+
+
+def _argument(parse):
+    """An argparse type from a parser raising ValueError (argparse then shows our message)."""
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _routes_from_env(text: str | None) -> list[tuple[str, str, int]]:
+    """POOLMTA_ROUTE: routes separated by commas or whitespace."""
+    if not text:
+        return []
+    try:
+        return [parse_route(part) for part in re.split(r"[,\s]+", text.strip()) if part]
+    except ValueError as exc:
+        raise SystemExit(f"error: POOLMTA_ROUTE: {exc}") from None
 
 
 def _networks(text: str) -> tuple[str, ...]:
@@ -129,11 +165,52 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
                    default=e("POOLMTA_AUTH_FAIL_WINDOW", str(defaults.window)),
                    help="seconds a failed AUTH counts against its address "
                         f"(env POOLMTA_AUTH_FAIL_WINDOW; default {defaults.window:g})")
+    d = p.add_argument_group("delivery")
+    d.add_argument("--route", action="append", type=_argument(parse_route), metavar="DOMAIN=HOST:PORT",
+                   default=None,
+                   help="deliver DOMAIN's mail to HOST:PORT instead of its MX; repeatable; '*' = every "
+                        "domain, an exact domain wins over '*' (env POOLMTA_ROUTE, comma-separated)")
+    d.add_argument("--smarthost", type=_argument(lambda v: parse_hostport(v, what="--smarthost",
+                                                                             default_port=SMTP_PORT)),
+                   default=e("POOLMTA_SMARTHOST"), metavar="HOST:PORT",
+                   help="relay every domain without a --route through HOST:PORT (env POOLMTA_SMARTHOST)")
+    d.add_argument("--retry-schedule", type=_argument(parse_retry_schedule),
+                   default=e("POOLMTA_RETRY_SCHEDULE", ",".join(map(format_duration, DEFAULT_RETRY_SCHEDULE))),
+                   metavar="D1,D2,...",
+                   help="waits before retry 1, 2, ... of a deferred recipient; the last repeats; s/m/h/d "
+                        "suffixes, fractions allowed (env POOLMTA_RETRY_SCHEDULE; default "
+                        f"{','.join(map(format_duration, DEFAULT_RETRY_SCHEDULE))})")
+    d.add_argument("--queue-lifetime", type=_argument(parse_duration),
+                   default=e("POOLMTA_QUEUE_LIFETIME", format_duration(DEFAULT_QUEUE_LIFETIME)), metavar="DURATION",
+                   help="how long after acceptance a deferred recipient is retried before it bounces "
+                        f"(env POOLMTA_QUEUE_LIFETIME; default {format_duration(DEFAULT_QUEUE_LIFETIME)})")
+    d.add_argument("--max-conn-per-ip", type=int, default=e("POOLMTA_MAX_CONN_PER_IP", str(DEFAULT_MAX_CONN_PER_IP)),
+                   metavar="N", help="outbound connections per source IP, for the whole server "
+                                     f"(env POOLMTA_MAX_CONN_PER_IP; default {DEFAULT_MAX_CONN_PER_IP})")
+    d.add_argument("--max-conn-per-destination", type=int,
+                   default=e("POOLMTA_MAX_CONN_PER_DESTINATION", str(DEFAULT_MAX_CONN_PER_DESTINATION)),
+                   metavar="N", help="outbound connections per destination (domain, or route target), for the "
+                                     "whole server (env POOLMTA_MAX_CONN_PER_DESTINATION; default "
+                                     f"{DEFAULT_MAX_CONN_PER_DESTINATION})")
+    d.add_argument("--event-retention", type=_argument(parse_duration),
+                   default=e("POOLMTA_EVENT_RETENTION", format_duration(DEFAULT_EVENT_RETENTION)), metavar="DURATION",
+                   help="how long a message's delivery events stay in Redis for `message status` "
+                        f"(env POOLMTA_EVENT_RETENTION; default {format_duration(DEFAULT_EVENT_RETENTION)})")
+    d.add_argument("--dns-server", type=_argument(lambda v: parse_hostport(v, what="--dns-server", default_port=53)),
+                   default=e("POOLMTA_DNS_SERVER"), metavar="HOST[:PORT]",
+                   help="DNS resolver for MX and address lookups (env POOLMTA_DNS_SERVER; default: the "
+                        "system's, /etc/resolv.conf)")
+    d.add_argument("--mx-port", type=int, default=e("POOLMTA_MX_PORT", str(SMTP_PORT)), metavar="PORT",
+                   help=f"port of the mail servers found by MX lookup (env POOLMTA_MX_PORT; default {SMTP_PORT})")
+    d.add_argument("--no-delivery", action="store_true", default=_flag_default(env, "POOLMTA_NO_DELIVERY"),
+                   help="accept and spool only, deliver nothing (benchmarks of the accept path; "
+                        "env POOLMTA_NO_DELIVERY=1)")
     p.add_argument("--log-level", choices=logs.LEVELS, default=e("POOLMTA_LOG_LEVEL", "info"),
                    help="env POOLMTA_LOG_LEVEL; default info")
     # Given by `poolmta up` for the REST bridge and the inbound listener, which
     # are later issues: accepted so `up` can pass them, not served yet.
     p.add_argument("--http-listen", default=e("POOLMTA_HTTP_LISTEN"), help=argparse.SUPPRESS)
+    p.set_defaults(env_route=e("POOLMTA_ROUTE"))
     p.add_argument("--inbound-listen", default=e("POOLMTA_INBOUND_LISTEN"), help=argparse.SUPPRESS)
     return p
 
@@ -159,6 +236,18 @@ def build_config(args: argparse.Namespace, redis_url: str) -> DataplaneConfig:
             delay_after=args.auth_delay_after,
             block_after=args.auth_block_after,
             window=args.auth_fail_window,
+        ),
+        delivery=DeliveryConfig(
+            enabled=not args.no_delivery,
+            routes=tuple(args.route if args.route is not None else _routes_from_env(args.env_route)),
+            smarthost=args.smarthost,
+            retry_schedule=args.retry_schedule,
+            queue_lifetime=args.queue_lifetime,
+            max_conn_per_ip=int(args.max_conn_per_ip),
+            max_conn_per_destination=int(args.max_conn_per_destination),
+            event_retention=args.event_retention,
+            dns_server=args.dns_server,
+            mx_port=int(args.mx_port),
         ),
     )
 
@@ -213,7 +302,11 @@ def main(argv: list[str] | None = None) -> int:
                  "of this data plane yet; ignored")
     try:
         args.data_dir.mkdir(parents=True, exist_ok=True)
+        spool.lock(config.spool_dir)  # its descriptor stays open, and the lock held, until exit
         report = spool.recover(config.spool_dir)
+    except spool.SpoolLocked as exc:
+        print(f"error: {exc} (is this MTA server's data plane already running?)", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"error: cannot prepare the spool {config.spool_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 1

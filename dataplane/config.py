@@ -4,7 +4,9 @@ environment, validated here, then passed down. No other module reads the environ
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MIB = 1024 * 1024
@@ -20,6 +22,188 @@ DEFAULT_MAX_LINE_LENGTH = 998
 # Clients on these networks may AUTH without STARTTLS: loopback traffic never
 # leaves the host, so there is nothing to sniff.
 DEFAULT_INSECURE_AUTH_NETWORKS = ("127.0.0.0/8", "::1/128")
+
+
+MINUTE = 60.0
+HOUR = 3600.0
+DAY = 86400.0
+
+# Like Postfix (minimal_backoff_time 300 s, doubling, maximal 4000 s) and
+# Exim's default retry rule: minutes at first, growing, capped; the last repeats.
+DEFAULT_RETRY_SCHEDULE = (5 * MINUTE, 10 * MINUTE, 20 * MINUTE, 40 * MINUTE, HOUR, 2 * HOUR)
+# Postfix's maximal_queue_lifetime; RFC 5321 4.5.4.1 says "at least 4-5 days".
+DEFAULT_QUEUE_LIFETIME = 3 * DAY
+DEFAULT_EVENT_RETENTION = 7 * DAY
+# Both per MTA server (split over the workers). The destination limit is half
+# the IP limit, so one slow destination never holds all of an IP's connections.
+DEFAULT_MAX_CONN_PER_IP = 20
+DEFAULT_MAX_CONN_PER_DESTINATION = 10
+SMTP_PORT = 25
+WILDCARD_ROUTE = "*"
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": MINUTE, "h": HOUR, "d": DAY}
+_DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `0.5s`, `5m`, `1.5h`, `3d` -> seconds (> 0); ValueError naming the problem."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)] if match else 0.0
+    if not match or not 0 < seconds < math.inf:
+        raise ValueError(f"not a duration: {text!r} (a positive number with an optional s, m, h or d suffix, "
+                         "e.g. 0.5s, 5m, 2h, 3d)")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling parse_duration reads back: 300 -> 5m, 0.5 -> 0.5s."""
+    for unit, size in (("d", DAY), ("h", HOUR), ("m", MINUTE)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def parse_retry_schedule(text: str) -> tuple[float, ...]:
+    """`5m,10m,20m,1h` -> delays in seconds before retry 1, 2, 3, ...; the last repeats."""
+    parts = [part for part in text.split(",") if part.strip()]
+    if not parts:
+        raise ValueError(f"retry schedule must list at least one duration (e.g. 5m,10m,20m,1h), got {text!r}")
+    return tuple(parse_duration(part) for part in parts)
+
+
+def parse_hostport(value: str, *, what: str, default_port: int | None = None) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` (or `host` / `[v6]` when there is a default port) -> (host, port)."""
+    text = value.strip()
+    port = ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            port = rest[1:] if rest.startswith(":") else "x"
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host = text if ":" not in text else ""  # a bare IPv6 address needs brackets
+    if not port and default_port is not None:
+        port = str(default_port)
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{what} must be HOST:PORT (e.g. 127.0.0.1:2626, [::1]:2626), got {value!r}")
+    return host, int(port)
+
+
+def normalize_domain(domain: str) -> str:
+    """A destination domain as routes and connection limits key it: lower case, no final dot."""
+    return domain.strip().rstrip(".").lower()
+
+
+def parse_route(value: str) -> tuple[str, str, int]:
+    """`example.com=127.0.0.1:2626` or `*=host:port` -> (domain, host, port)."""
+    domain, sep, target = value.partition("=")
+    domain = normalize_domain(domain)
+    if not sep or not domain or not target.strip():
+        raise ValueError(f"route must be DOMAIN=HOST:PORT (or '*=HOST:PORT' for every domain), got {value!r}")
+    if domain != WILDCARD_ROUTE and not _DOMAIN.fullmatch(domain):
+        raise ValueError(f"route {value!r}: {domain!r} is not a domain name (or *)")
+    host, port = parse_hostport(target, what=f"route {value!r}: the target", default_port=SMTP_PORT)
+    return domain, host, port
+
+
+@dataclass(frozen=True)
+class SmtpTimeouts:
+    """Seconds the delivery client waits (RFC 5321 4.5.3.2 gives the minimums a
+    client should allow for each reply; connect is Postfix's smtp_connect_timeout)."""
+
+    connect: float = 30.0
+    greeting: float = 300.0  # 4.5.3.2.1 initial 220: 5 minutes
+    command: float = 300.0  # EHLO, STARTTLS, MAIL (4.5.3.2.2), RCPT (4.5.3.2.3), RSET, QUIT
+    data_start: float = 120.0  # 4.5.3.2.4 DATA initiation: 2 minutes
+    data_block: float = 180.0  # 4.5.3.2.5 each block of data: 3 minutes
+    data_end: float = 600.0  # 4.5.3.2.6 DATA termination: 10 minutes
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "greeting", "command", "data_start", "data_block", "data_end"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"SMTP {name} timeout must be positive")
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """How a worker delivers what it spooled.
+
+    enabled: False = accept and spool only (benchmarks of the accept path).
+    routes: (domain, host, port); an exact domain beats "*", which beats the
+        smarthost, which beats MX lookup.
+    smarthost: (host, port) for every domain without a route.
+    retry_schedule: seconds before retry 1, 2, ...; the last repeats.
+    queue_lifetime: seconds after acceptance a deferred recipient is bounced.
+    max_conn_per_ip, max_conn_per_destination: concurrent outbound connections
+        per source IP and per destination, for the whole MTA server (each
+        worker gets its share, rounded up).
+    event_retention: seconds a message's delivery events stay in Redis.
+    dns_server: (host, port) of the resolver for MX/A/AAAA lookups; None =
+        the system's (/etc/resolv.conf).
+    mx_port: port of the hosts found by MX lookup (25; another for tests).
+    idle_timeout: seconds an idle outbound connection is kept for reuse.
+    max_messages_per_connection: transactions before a connection is renewed.
+    rescan_interval: seconds between scans of the spool for records this
+        worker owns but does not know (a safety net: records are handed over
+        in memory at acceptance, and found by the scan at start).
+    flush_max_events: events per stats/events batch (a flush starts early
+        when this many wait).
+    max_pending_events: events kept in memory while Redis is unreachable;
+        older ones are dropped past it (logged and counted).
+    """
+
+    enabled: bool = True
+    routes: tuple[tuple[str, str, int], ...] = ()
+    smarthost: tuple[str, int] | None = None
+    retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    queue_lifetime: float = DEFAULT_QUEUE_LIFETIME
+    max_conn_per_ip: int = DEFAULT_MAX_CONN_PER_IP
+    max_conn_per_destination: int = DEFAULT_MAX_CONN_PER_DESTINATION
+    event_retention: float = DEFAULT_EVENT_RETENTION
+    dns_server: tuple[str, int] | None = None
+    mx_port: int = SMTP_PORT
+    timeouts: SmtpTimeouts = field(default_factory=SmtpTimeouts)
+    idle_timeout: float = 5.0
+    max_messages_per_connection: int = 1000
+    rescan_interval: float = 30.0
+    flush_max_events: int = 1000
+    max_pending_events: int = 100_000
+
+    def __post_init__(self) -> None:
+        domains = [domain for domain, _, _ in self.routes]
+        duplicates = sorted({d for d in domains if domains.count(d) > 1})
+        if duplicates:
+            raise ValueError(f"more than one --route for {', '.join(duplicates)}")
+        if self.smarthost is not None and WILDCARD_ROUTE in domains:
+            raise ValueError("--smarthost and --route '*=...' both name where every domain goes; give one")
+        if not self.retry_schedule or any(not d > 0 for d in self.retry_schedule):
+            raise ValueError("the retry schedule needs at least one positive duration")
+        for name in ("queue_lifetime", "event_retention", "idle_timeout", "rescan_interval"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name.replace('_', ' ')} must be positive")
+        for name in ("max_conn_per_ip", "max_conn_per_destination", "max_messages_per_connection",
+                     "flush_max_events", "max_pending_events"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.mx_port <= 65535:
+            raise ValueError(f"MX port must be 1-65535, got {self.mx_port}")
+
+    def route_for(self, domain: str) -> tuple[str, int] | None:
+        """The static next hop of `domain` (normalized): its route, the `*` route,
+        the smarthost, or None (MX lookup)."""
+        wildcard = None
+        for route_domain, host, port in self.routes:
+            if route_domain == domain:
+                return host, port
+            if route_domain == WILDCARD_ROUTE:
+                wildcard = (host, port)
+        return wildcard or self.smarthost
+
+    def share(self, limit: int, workers: int) -> int:
+        """One worker's share of a server-wide connection limit (rounded up)."""
+        return max(1, -(-limit // workers))
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -87,7 +271,9 @@ class DataplaneConfig:
     heartbeat_interval: seconds between acks; each also checks the `current`
         snapshot version (so a missed notice is caught within one interval).
     stats_flush_interval: seconds between stats flushes to Redis.
-    shutdown_grace: seconds a stopping worker lets messages in DATA finish.
+    shutdown_grace: seconds a stopping worker lets messages in DATA (and
+        outbound transactions) finish.
+    delivery: the delivery engine's settings.
     """
 
     server_id: int
@@ -109,6 +295,7 @@ class DataplaneConfig:
     heartbeat_interval: float = 0.5
     stats_flush_interval: float = 0.25
     shutdown_grace: float = 10.0
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
     def __post_init__(self) -> None:
         if self.server_id < 1:

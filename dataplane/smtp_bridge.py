@@ -351,8 +351,10 @@ class BridgeHandler:
         stats: StatsBatcher,
         throttle: AuthThrottle,
         worker_id: str,
+        delivery=None,
     ) -> None:
         self.config = config
+        self.delivery = delivery  # DeliveryEngine, or None with --no-delivery
         self.loader = loader
         self.spool = spool
         self.stats = stats
@@ -484,7 +486,10 @@ class BridgeHandler:
         except SpoolWriteError as exc:
             log.error("message from bridge %d not queued: %s", bridge.bridge_id, exc)
             return REPLY_SPOOL_FAILED
-        self.stats.count_sent(route.pool.smtp_id, route.address)
+        # One per distinct recipient: delivered, bounced and deferred count recipients too.
+        self.stats.count_sent(route.pool.smtp_id, route.address, len(dict.fromkeys(record.rcpt_tos)))
+        if self.delivery is not None:
+            self.delivery.accepted(record)
         return REPLY_QUEUED.format(id=message_id)
 
     async def handle_exception(self, error: Exception) -> str:

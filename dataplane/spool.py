@@ -22,6 +22,12 @@ Message ids are 26 lowercase hex digits: 12 of milliseconds since the epoch (so
 names sort by acceptance time), 8 random per worker process, 6 of a per-process
 counter. They name the files and appear in the 250 reply.
 
+Ownership: of K workers, worker i delivers exactly the records whose id's
+counter is i modulo K (`owner_of`). A worker draws its counters from its own
+residue class, so it owns what it accepts (handed to its delivery engine in
+memory); a restarted worker i finds the same set by scanning `queue/`; with a
+different K after a restart, every record still has exactly one owner.
+
 Record format (`queue/<id>.msg`), big-endian integers:
 
     offset 0         8 bytes   magic b"PMTASPL1" (format version 1)
@@ -37,8 +43,11 @@ Metadata keys: schema (1), id, received_ms, server_id, snapshot_version, worker,
 client_address, client_helo, tls, auth ("auth" | "trusted"), bridge_id,
 bridge_username, user_id, smtp_id, pool (internal name), ip (chosen source
 address), ip_hostname (its HELO name), feed_type, zone, mail_from, rcpt_tos,
-mail_options, smtputf8, attempts (list of maps appended by the delivery engine:
-at_ms, ip, mx, code, text; empty at acceptance).
+mail_options, smtputf8, attempts (list of maps appended by the delivery engine,
+one per recipient per attempt: at_ms, rcpt, outcome ("delivered" | "bounced" |
+"deferred"), code, text (the reply), ip (the source IP used), mx (the server
+that answered, "" if none), attempt (1, 2, ... for that recipient); empty at
+acceptance). A recipient with a delivered or bounced entry is final.
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import msgpack
@@ -169,6 +178,11 @@ def read_record(path: Path) -> SpoolRecord:
     return decode_record(Path(path).read_bytes())
 
 
+def owner_of(message_id: str, owners: int) -> int:
+    """The index of the worker (of `owners`) that delivers this message (see the module docstring)."""
+    return int(message_id[-6:], 16) % owners
+
+
 def record_path(root: Path, message_id: str) -> Path:
     return Path(root) / QUEUE_DIR / f"{message_id}{RECORD_SUFFIX}"
 
@@ -218,6 +232,29 @@ def remove_temp_files(root: Path, pid: int | None = None) -> int:
             except FileNotFoundError:
                 pass
     return removed
+
+
+LOCK_NAME = "lock"
+
+
+class SpoolLocked(SpoolError):
+    """Another data plane holds the spool (two would deliver the same records)."""
+
+
+def lock(root: Path) -> int:
+    """Take the spool's exclusive lock for this process's life (a file descriptor, to keep
+    open); SpoolLocked if another process holds it. The supervisor holds it: with two
+    data planes on one spool, every record would have two owners."""
+    import fcntl
+
+    prepare(root)
+    fd = os.open(Path(root) / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SpoolLocked(f"another data plane is using the spool {root}") from None
+    return fd
 
 
 @dataclass(frozen=True)
@@ -373,11 +410,36 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
-class Spool:
-    """The writing side used by one worker process (asyncio)."""
+def _remove_durably(path: str, dir_sync: _GroupFsync) -> bool:
+    """Unlink `path` and fsync its directory (group commit); False if it was not there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    dir_sync.sync()
+    return True
 
-    def __init__(self, root: Path, *, threads: int = 8) -> None:
+
+def _rewrite_attempts(path: str, tmp_path: str, attempts: tuple[dict, ...], dir_sync: _GroupFsync) -> None:
+    """Replace the record at `path` with a copy whose attempts are `attempts`, durably."""
+    record = replace(read_record(Path(path)), attempts=attempts)
+    _write_durably(tmp_path, path, encode_record(record), dir_sync)
+
+
+class Spool:
+    """The spool as one worker process uses it (asyncio): storing accepted
+    records, and the delivery engine's rewrites and removals.
+
+    `owner`/`owners`: this worker's index and the number of workers; the ids it
+    makes are ones it owns (see `owner_of`).
+    """
+
+    def __init__(self, root: Path, *, threads: int = 8, owner: int = 0, owners: int = 1) -> None:
+        if not 0 <= owner < owners:
+            raise ValueError(f"owner index {owner} is not in 0..{owners - 1}")
         self.root = Path(root)
+        self.owner = owner
+        self.owners = owners
         self._tmp = str(self.root / TMP_DIR)
         self._queue = str(self.root / QUEUE_DIR)
         self._pid = os.getpid()
@@ -403,9 +465,11 @@ class Spool:
             self._dir_fd = None
 
     def new_id(self) -> str:
-        """A message id unique across workers and restarts (see the module docstring)."""
+        """A message id unique across workers and restarts, owned by this worker
+        (see the module docstring)."""
         ms = time.time_ns() // 1_000_000
-        return f"{ms:012x}{self._nonce}{next(self._seq) & 0xFFFFFF:06x}"
+        counter = (next(self._seq) % (0x1000000 // self.owners)) * self.owners + self.owner
+        return f"{ms:012x}{self._nonce}{counter:06x}"
 
     async def store(self, record: SpoolRecord) -> None:
         """Make `record` durable in `queue/`; SpoolWriteError if it could not be.
@@ -421,3 +485,46 @@ class Spool:
             await loop.run_in_executor(self._executor, _write_durably, tmp_path, final_path, parts, self._dir_sync)
         except OSError as exc:
             raise SpoolWriteError(f"storing {final_path}: {exc.strerror or exc}") from exc
+
+    async def remove(self, message_id: str) -> bool:
+        """Delete a record whose delivery is final, durably; False if it was already gone."""
+        assert self._executor is not None and self._dir_sync is not None, "Spool.open() first"
+        path = f"{self._queue}/{message_id}{RECORD_SUFFIX}"
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _remove_durably, path, self._dir_sync)
+
+    async def rewrite_attempts(self, message_id: str, attempts: tuple[dict, ...]) -> None:
+        """Rewrite a record with its attempts replaced, durably (message bytes read
+        back from the record itself). One call per message at a time.
+
+        Raises SpoolWriteError, SpoolCorrupt, or FileNotFoundError.
+        """
+        assert self._executor is not None and self._dir_sync is not None, "Spool.open() first"
+        path = f"{self._queue}/{message_id}{RECORD_SUFFIX}"
+        tmp_path = f"{self._tmp}/{self._pid}.{message_id}{TEMP_SUFFIX}"
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, _rewrite_attempts, path, tmp_path, attempts, self._dir_sync)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise SpoolWriteError(f"rewriting {path}: {exc.strerror or exc}") from exc
+
+    async def read(self, message_id: str) -> SpoolRecord:
+        """Read and verify a record off the event loop (FileNotFoundError, SpoolCorrupt)."""
+        assert self._executor is not None, "Spool.open() first"
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, read_record, record_path(self.root, message_id))
+
+    async def list_ids(self) -> list[str]:
+        """Ids in `queue/`, oldest first, listed off the event loop."""
+        assert self._executor is not None, "Spool.open() first"
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, queued_ids, self.root)
+
+    def quarantine(self, message_id: str) -> None:
+        """Move a damaged record to `corrupt/` for an operator."""
+        try:
+            os.replace(record_path(self.root, message_id), self.root / CORRUPT_DIR / f"{message_id}{RECORD_SUFFIX}")
+        except FileNotFoundError:
+            pass

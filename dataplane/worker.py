@@ -1,10 +1,11 @@
 """One data-plane worker process: an asyncio loop serving the SMTP Bridge on its
 own SO_REUSEPORT socket (the kernel spreads connections over the workers), with
-its snapshot loader, spool writer and stats batcher.
+its snapshot loader, spool writer, delivery engine and stats batcher.
 
 SIGTERM or SIGINT stops it gracefully: it stops accepting, lets messages whose
 DATA is in progress finish (up to `shutdown_grace`), answers 421 to the idle
-sessions, flushes stats and removes its ack.
+sessions, lets outbound transactions under way finish (up to `shutdown_grace`),
+flushes stats and events, and removes its ack.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from _fastpath import IMPLEMENTATION
 from . import logs
 from .bridge_auth import AuthThrottle
 from .config import DataplaneConfig, format_listen
+from .delivery import DeliveryEngine
 from .smtp_bridge import REPLY_SHUTTING_DOWN, BridgeHandler, BridgeSMTP
 from .snapshot_loader import SnapshotLoader
 from .spool import Spool
@@ -112,12 +114,23 @@ class Worker:
         )
         loader = SnapshotLoader(redis, config.server_id, self.worker_id,
                                 heartbeat_interval=config.heartbeat_interval)
-        spool = Spool(config.spool_dir)
+        spool = Spool(config.spool_dir, owner=self.index, owners=config.workers)
         spool.open()
-        stats = StatsBatcher(redis, config.stats_flush_interval, batch_prefix=self.worker_id)
+        delivery_config = config.delivery
+        stats = StatsBatcher(
+            redis, config.stats_flush_interval, batch_prefix=self.worker_id,
+            max_batch_events=delivery_config.flush_max_events,
+            max_pending_events=delivery_config.max_pending_events,
+            event_ttl=delivery_config.event_retention,
+        )
+        delivery = None
+        if delivery_config.enabled:
+            delivery = DeliveryEngine(config, loader=loader, spool=spool, stats=stats, index=self.index)
+        else:
+            log.info("worker %d: delivery is off (--no-delivery): messages stay in the spool", self.index)
         handler = BridgeHandler(
             config, loader=loader, spool=spool, stats=stats,
-            throttle=AuthThrottle(config.auth_throttle), worker_id=self.worker_id,
+            throttle=AuthThrottle(config.auth_throttle), worker_id=self.worker_id, delivery=delivery,
         )
         assert config.tls_cert is not None and config.tls_key is not None, "the supervisor resolves TLS files"
         tls_context = server_context(config.tls_cert, config.tls_key)
@@ -133,11 +146,14 @@ class Worker:
         ready.send(("ready", self.index, os.getpid(), loader.version))
         ready.close()
         try:
+            if delivery is not None:
+                await delivery.start()
             await stop.wait()
         finally:
-            await self._shutdown(server, handler, loader, stats, spool, redis)
+            await self._shutdown(server, handler, loader, stats, spool, redis, delivery)
 
-    async def _shutdown(self, server, handler: BridgeHandler, loader, stats, spool, redis) -> None:
+    async def _shutdown(self, server, handler: BridgeHandler, loader, stats, spool, redis,
+                        delivery: DeliveryEngine | None) -> None:
         log.info("worker %d stopping: %d session(s), %d message(s) in DATA",
                  self.index, len(handler.sessions), handler.in_flight)
         server.close()
@@ -152,6 +168,8 @@ class Worker:
                 transport.write(goodbye)
                 transport.close()
         await asyncio.sleep(0)  # let connection_lost run
+        if delivery is not None:
+            await delivery.stop(max(0.0, deadline - loop.time()) + 1.0)
         await stats.close()
         await loader.stop()
         spool.close()

@@ -1,5 +1,6 @@
 """Helpers and fixtures for the data-plane tests: snapshots written straight into
-Redis (no control plane), real `python -m dataplane` processes, and spool readers.
+Redis (no control plane), real `python -m dataplane` and `python -m dataplane.sink`
+processes, concurrent senders, spool, stats and event readers.
 
 Fixtures defined here are used by importing them into a test module
 (`from tests.dataplane_support import start_dataplane`).
@@ -7,19 +8,24 @@ Fixtures defined here are used by importing them into a test module
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.parser
 import email.policy
+import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiosmtplib
 import pytest
 import redis
 
@@ -98,10 +104,14 @@ def acked_versions(client: redis.Redis, server_id: int, supervisor_pid: int) -> 
 
 
 class Dataplane:
-    """A real `python -m dataplane` process; its stdout and stderr are collected."""
+    """A real `python -m dataplane` process; its stdout and stderr are collected.
+
+    `delivery=False` (the default) adds `--no-delivery`: tests of the accept path
+    read the spool records the delivery engine would consume.
+    """
 
     def __init__(self, data_dir: Path, redis_url: str, server_id: int, *, workers: int = 1,
-                 listen: str = "127.0.0.1:0", args=(), env=None) -> None:
+                 listen: str = "127.0.0.1:0", args=(), env=None, delivery: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.redis_url = redis_url
         self.server_id = server_id
@@ -110,6 +120,8 @@ class Dataplane:
             sys.executable, "-m", "dataplane", "--server-id", str(server_id), "--data-dir", str(data_dir),
             "--smtp-listen", listen, "--workers", str(workers), *args,
         ]
+        if not delivery:  # tests of the accept path read the records the delivery engine would consume
+            self.cmd.append("--no-delivery")
         if redis_url:
             self.cmd += ["--redis-url", redis_url]
         self.env = env
@@ -273,3 +285,158 @@ def stamped_prefix_and_original(record: spool.SpoolRecord, original: bytes) -> b
     """The bytes stamped above `original` in the record; asserts the client's bytes follow unchanged."""
     assert record.message.endswith(original), "the spooled message does not end with the client's bytes"
     return record.message[: len(record.message) - len(original)]
+
+
+# ---------------------------------------------------------------------------
+# The destination: `python -m dataplane.sink`
+# ---------------------------------------------------------------------------
+
+
+class Sink:
+    """A real `python -m dataplane.sink` process with its --log and --counts-file."""
+
+    def __init__(self, run_dir: Path, *args: str, listen: str = "127.0.0.1:0") -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = run_dir / "log.jsonl"
+        self.counts_path = run_dir / "counts.json"
+        command = [sys.executable, "-m", "dataplane.sink", "--listen", listen,
+                   "--log", str(self.log_path), "--counts-file", str(self.counts_path), *args]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     cwd=ROOT, stdin=subprocess.DEVNULL)
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith("sink ready listen="):
+            self.proc.kill()
+            raise AssertionError(f"the sink did not start: {line!r} {self.proc.communicate(timeout=10)}")
+        host, _, port = line.strip().removeprefix("sink ready listen=").split(",")[0].rpartition(":")
+        self.host, self.port = host, int(port)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def log(self) -> list[dict]:
+        """One entry per accepted message (complete lines only)."""
+        if not self.log_path.exists():
+            return []
+        text = self.log_path.read_text()
+        return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+    def counts(self) -> dict:
+        try:
+            return json.loads(self.counts_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_sink(tmp_path: Path):
+    """Factory: start_sink(*args) -> a started Sink (stopped after the test)."""
+    started: list[Sink] = []
+
+    def start(*args: str, listen: str = "127.0.0.1:0") -> Sink:
+        sink = Sink(tmp_path / f"sink{len(started)}", *args, listen=listen)
+        started.append(sink)
+        return sink
+
+    yield start
+    for sink in started:
+        sink.stop()
+
+
+def sink_outcomes(sink_log: list[dict]) -> tuple[Counter, Counter]:
+    """From a sink's log: (accepted recipients per peer IP, messages per Message-ID)."""
+    per_peer: Counter = Counter()
+    per_message: Counter = Counter()
+    for entry in sink_log:
+        per_peer[entry["peer"]] += len(entry["rcpts"])
+        per_message[entry["message_id"]] += 1
+    return per_peer, per_message
+
+
+# ---------------------------------------------------------------------------
+# Sending through the Bridge, concurrently
+# ---------------------------------------------------------------------------
+
+
+async def _send_session(port: int, username: str, secret: str, batch, accepted: dict, attempts: int = 20) -> None:
+    """Send `batch` [(key, rcpts, bytes)] over one session, reconnecting after a lost
+    connection (a message without a 250 is sent again, as a real client would)."""
+    pending = list(batch)
+    client = None
+    failures = 0
+    while pending:
+        try:
+            if client is None:
+                client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=30)
+                await client.connect()
+                await client.login(username, secret)
+            key, rcpts, raw = pending[0]
+            errors, reply = await client.sendmail("sender@example.com", rcpts, raw)
+            assert not errors, errors
+            accepted[key] = queued_id(reply)
+            pending.pop(0)
+        except (aiosmtplib.SMTPException, OSError):
+            failures += 1
+            assert failures < attempts, "too many failed sends"
+            if client is not None:
+                client.close()
+            client = None
+            await asyncio.sleep(0.1)
+    if client is not None:
+        await client.quit()
+
+
+def send_all(port: int, username: str, secret: str, messages, *, sessions: int = 10) -> dict:
+    """Send [(key, rcpts, bytes)] over `sessions` concurrent SMTP sessions; {key: message id}."""
+    accepted: dict = {}
+
+    async def run() -> None:
+        await asyncio.gather(*(_send_session(port, username, secret, messages[i::sessions], accepted)
+                               for i in range(sessions)))
+
+    asyncio.run(run())
+    return accepted
+
+
+# ---------------------------------------------------------------------------
+# Stats and events in Redis
+# ---------------------------------------------------------------------------
+
+
+def stat(client: redis.Redis, key: str, field: str) -> int:
+    return int(client.hget(key, field) or 0)
+
+
+def stats_of(client: redis.Redis, smtp_id: int, ips, *, day: str | None = None) -> dict:
+    """{"pool": {field: n}, ip: {field: n}, ("pool", ip): {field: n}} for the stats fields."""
+    def read(key: str) -> dict:
+        return {f: stat(client, key, f) for f in rediskeys.STATS_FIELDS}
+
+    found = {"pool": read(rediskeys.pool_stats_key(smtp_id, day))}
+    for ip in ips:
+        found[ip] = read(rediskeys.ip_stats_key(ip, day))
+        found[("pool", ip)] = read(rediskeys.pool_ip_stats_key(smtp_id, ip, day))
+    return found
+
+
+def events_of(client: redis.Redis, message_id: str) -> list[dict]:
+    return [json.loads(raw) for raw in client.lrange(rediskeys.message_events_key(message_id), 0, -1)]
+
+
+def queue_empty(plane: Dataplane) -> bool:
+    return not spool.queued_ids(plane.spool_dir)
+
+
+def today() -> str:
+    return time.strftime("%Y%m%d", time.gmtime())
