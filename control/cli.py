@@ -1,6 +1,7 @@
 """`poolmta`: the command line (console script `poolmta = control.cli:main`).
 
-    poolmta up | control | dataplane ARGS...          run the servers
+    poolmta up | control | dataplane ARGS... | sink ARGS...   run the servers
+    poolmta demo [--messages N] [--keep-running]       the whole story on loopback
     poolmta account | server | pool | ip | bridge | op | stats ...   client commands
 
 Global options go before or after the command: --data-dir, --redis-url, --grpc,
@@ -33,6 +34,8 @@ DEFAULT_GRPC = "127.0.0.1:50051"
 DEFAULT_SMTP_LISTEN = "127.0.0.1:2525"
 EXIT_INTERRUPTED = 130
 SERVER_COMMANDS = ("up", "control")
+# Commands whose arguments go, untouched, to another program (see _find_passthrough).
+PASSTHROUGH_COMMANDS = ("dataplane", "sink", "demo")
 
 # Global options, for finding the command word before argparse runs (see _split_passthrough).
 _GLOBAL_VALUE_OPTIONS = ("--data-dir", "--redis-url", "--grpc", "--token")
@@ -154,6 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "is passed through, after the global --data-dir / --redis-url when given.")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
 
+    p = commands.add_parser("sink", parents=[common], help="run a destination MTA for demos and benchmarks "
+                            "(python -m dataplane.sink ARGS...)",
+                            description="Runs `python -m dataplane.sink ARGS...` (`poolmta sink --help` lists "
+                            "its options): accepts mail, or bounces / defers recipients by rule, and records "
+                            "the address each client connected from.")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+
+    p = commands.add_parser("demo", parents=[common], help="the whole story on loopback in one command",
+                            description="Starts Redis, the control plane, the data plane and a sink in a "
+                            "temporary directory, builds an account with three Pools, sends mail through "
+                            "their Bridges and shows the per-Pool stats (`poolmta demo --help` lists its "
+                            "options).")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+
     add_client_commands(commands, [common])
     return parser
 
@@ -165,8 +182,9 @@ def _version() -> str:
         return "(not installed)"
 
 
-def _split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]] | None:
-    """(global options, data-plane args) when the command is `dataplane`, else None.
+def _find_passthrough(argv: Sequence[str]) -> tuple[str, list[str], list[str]] | None:
+    """(command, global options, its args) when the command is one of PASSTHROUGH_COMMANDS,
+    else None.
 
     argparse cannot hand an option-looking remainder (`--server-id 1`) to a
     subcommand, so the command word is found here, skipping global options.
@@ -179,8 +197,14 @@ def _split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]] | Non
         elif token in _GLOBAL_FLAGS or token.partition("=")[0] in _GLOBAL_VALUE_OPTIONS:
             i += 1
         else:
-            return (list(argv[:i]), list(argv[i + 1 :])) if token == "dataplane" else None
+            return (token, list(argv[:i]), list(argv[i + 1 :])) if token in PASSTHROUGH_COMMANDS else None
     return None
+
+
+def _split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """(global options, data-plane args) when the command is `dataplane`, else None."""
+    found = _find_passthrough(argv)
+    return (found[1], found[2]) if found is not None and found[0] == "dataplane" else None
 
 
 def _attach_values(argv: Sequence[str]) -> list[str]:
@@ -214,16 +238,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one `poolmta` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    passthrough = _split_passthrough(argv)
+    passthrough = _find_passthrough(argv)
     try:
-        args = parser.parse_args(_attach_values(passthrough[0] + ["dataplane"] if passthrough else argv))
+        args = parser.parse_args(_attach_values(passthrough[1] + [passthrough[0]] if passthrough else argv))
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     settings = Settings.build(args, os.environ)
     _configure_logging(settings, args.command)
     try:
         if passthrough is not None:
-            return _exec_dataplane(settings, passthrough[1])
+            command, _, rest = passthrough
+            if command == "sink":
+                return _exec_sink(rest)
+            if command == "demo":
+                from .demo import main as demo_main
+
+                return demo_main(rest)
+            return _exec_dataplane(settings, rest)
         if args.command in SERVER_COMMANDS:
             return _serve(settings, args)
         return _client_command(settings, args)
@@ -283,6 +314,16 @@ def _exec_dataplane(settings: Settings, args: list[str]) -> int:
         exec_dataplane(args, settings.data_dir if settings.data_dir_given else None, settings.redis_url)
     except OSError as exc:
         raise CliError(f"cannot run the data plane ({sys.executable} -m dataplane): {exc.strerror}") from None
+    return 1  # not reached: execv does not return
+
+
+def _exec_sink(args: list[str]) -> int:
+    from .cli_serve import exec_sink
+
+    try:
+        exec_sink(args)
+    except OSError as exc:
+        raise CliError(f"cannot run the sink ({sys.executable} -m dataplane.sink): {exc.strerror}") from None
     return 1  # not reached: execv does not return
 
 

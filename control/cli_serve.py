@@ -1,4 +1,4 @@
-"""The server commands of the `poolmta` command line: `up`, `control`, `dataplane`.
+"""The server commands of the `poolmta` command line: `up`, `control`, `dataplane`, `sink`.
 
 `up` runs everything for one MTA server on this host, in this order: the embedded
 Redis (unless a Redis URL is given), the control plane in this process, then the
@@ -95,6 +95,13 @@ def exec_dataplane(args: list[str], data_dir: Path | None, redis_url: str | None
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-m", "dataplane", *forwarded, *args])
+
+
+def exec_sink(args: list[str]) -> None:
+    """Replace this process with `python -m dataplane.sink ARGS...` (`poolmta sink`)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "dataplane.sink", *args])
 
 
 def redact(url: str) -> str:

@@ -1,0 +1,40 @@
+"""The end-to-end load harness (`bench/load.py`) on a tiny workload against the full
+stack and the bare aiosmtpd baseline, run as the documented command. Its numbers
+must be consistent with each other; their size is never asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LOAD = Path(__file__).resolve().parent.parent / "bench" / "load.py"
+MESSAGES = 50
+
+
+def test_tiny_run_reports_consistent_numbers(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(LOAD), "--messages", str(MESSAGES), "--size", "2K", "--concurrency", "5",
+         "--per-connection", "4", "--baseline", "aiosmtpd", "--timeout", "60", "--json"],
+        capture_output=True, text=True, timeout=150, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    results = {r["system"].split()[0]: r for r in json.loads(proc.stdout)}
+    assert set(results) == {"poolmta", "bare"}
+
+    for r in results.values():
+        assert (r["messages"], r["size"], r["concurrency"], r["per_connection"]) == (MESSAGES, 2000, 5, 4)
+        assert r["accepted"] == MESSAGES and r["failed"] == 0 and r["errors"] == []
+        assert 0 < r["p50_ms"] <= r["p99_ms"]
+        assert r["accept_seconds"] > 0
+        assert r["accept_rate"] == pytest.approx(MESSAGES / r["accept_seconds"], rel=0.01)
+        assert r["cpu_seconds"] > 0 and r["cpu_per_1000"] > 0 and r["cpu_includes"]
+
+    poolmta = results["poolmta"]
+    assert poolmta["relayed"] == MESSAGES  # every accepted message reached the sink
+    assert 0 < poolmta["relayed_rate"]
+    assert "data plane" in poolmta["cpu_includes"]
+    assert results["bare"]["relayed"] is None  # the baseline relays nothing
