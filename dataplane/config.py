@@ -61,7 +61,12 @@ def format_duration(seconds: float) -> str:
     for unit, size in (("d", DAY), ("h", HOUR), ("m", MINUTE)):
         if seconds >= size and (seconds / size).is_integer():
             return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
+    if float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    text = repr(float(seconds))
+    if "e" in text:  # repr's exponent form is not a duration; spell it out
+        text = f"{seconds:.20f}".rstrip("0")
+    return f"{text}s"
 
 
 def parse_retry_schedule(text: str) -> tuple[float, ...]:

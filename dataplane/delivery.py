@@ -39,7 +39,7 @@ import json
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from _fastpath import NoUsableIp, RotationTable
 
@@ -62,12 +62,12 @@ from .smtp_reply import (
     DEFERRED,
     DELIVERED,
     EXPIRED,
-    GREETING_REFUSED,
     LOCAL_ERROR,
     NEEDS_SMTPUTF8,
     NO_ADDRESS,
     NO_SOURCE_IP,
     PROTOCOL_ERROR,
+    SESSION_REFUSED,
     STAGE_DATA,
     STAGE_MAIL,
     STAGE_RCPT,
@@ -81,6 +81,8 @@ from .spool import Spool, SpoolCorrupt, SpoolError, SpoolRecord, owner_of
 
 log = logging.getLogger("poolmta.dataplane.delivery")
 
+# Recipients per transaction: the number every server must accept (RFC 5321 4.5.3.1.8).
+MAX_RCPTS_PER_TRANSACTION = 100
 # Connection attempts per job over all hosts and addresses (Postfix's smtp_mx_address_limit).
 MAX_CONNECT_ATTEMPTS = 5
 # A host whose TLS handshake failed is reached in plaintext for this long.
@@ -334,8 +336,9 @@ class DeliveryEngine:
         for domain, rcpts in groups.items():
             for rcpt in rcpts:
                 rcpt.busy = True
-            message.jobs += 1
-            self._spawn(self._prepare(_Job(message, domain, rcpts)))
+            for start in range(0, len(rcpts), MAX_RCPTS_PER_TRANSACTION):
+                message.jobs += 1
+                self._spawn(self._prepare(_Job(message, domain, rcpts[start:start + MAX_RCPTS_PER_TRANSACTION])))
         self._schedule(message)  # recipients not due yet
 
     def _spawn(self, coro) -> None:
@@ -787,14 +790,12 @@ class DeliveryEngine:
 
 
 def _without_bytes(record: SpoolRecord) -> SpoolRecord:
-    from dataclasses import replace
-
     return replace(record, message=b"")
 
 
 def _session_failure(exc: SessionError, host: str) -> Reply:
     if exc.reply is not None:
-        return local_reply(GREETING_REFUSED, host=host, reply=exc.reply)
+        return local_reply(SESSION_REFUSED, host=host, reply=exc.reply)
     if exc.timeout:
         return local_reply(TIMED_OUT, when=exc.when, host=host)
     if str(exc).startswith(("malformed", "reply l")):

@@ -37,7 +37,7 @@ import math
 import secrets
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from redis import exceptions as redis_errors
 
@@ -47,6 +47,8 @@ log = logging.getLogger("poolmta.dataplane.stats")
 
 # (field, day "YYYYMMDD", smtp_id, ip address)
 CountKey = tuple[str, str, int, str]
+
+_FIELDS = frozenset(rediskeys.STATS_FIELDS)
 
 # Distinct count keys kept while Redis is down (a key per field, day, pool and
 # IP: far more than any server has); new keys past it are dropped and logged.
@@ -90,7 +92,7 @@ class _Batch:
     keys: list[str]
     args: list[str | int]
     counts: int
-    events: list[tuple[str, str]] = field(default_factory=list)  # (message id, JSON)
+    events: tuple[tuple[str, str], ...] = ()  # (message id, JSON)
 
 
 class StatsBatcher:
@@ -130,7 +132,10 @@ class StatsBatcher:
         return self._day
 
     def count(self, field: str, smtp_id: int, address: str, n: int = 1) -> None:
-        """Add `n` to `field` of the pool, the IP and the pool+IP (today's bucket and lifetime)."""
+        """Add `n` to `field` (one of `rediskeys.STATS_FIELDS`: sent, delivered, bounced,
+        deferred, complaints) of the pool, the IP and the pool+IP (today's bucket and lifetime)."""
+        if field not in _FIELDS:
+            raise ValueError(f"not a stats field: {field!r} (one of {', '.join(rediskeys.STATS_FIELDS)})")
         key = (field, self._today(), smtp_id, address)
         if key not in self._pending and len(self._pending) >= MAX_COUNT_KEYS:
             self.metrics["counts_dropped"] += n
@@ -200,7 +205,7 @@ class StatsBatcher:
         counts = sum(self._pending.values())
         self._pending = Counter()
         take = min(len(self._events), self.max_batch_events)
-        events = [self._events.popleft() for _ in range(take)]
+        events = tuple(self._events.popleft() for _ in range(take))
         if self._dropping and len(self._events) < self.max_pending_events // 2:
             self._dropping = False
         return _Batch(batch_id, keys, args, counts, events)
