@@ -81,6 +81,11 @@ from .spool import Spool, SpoolCorrupt, SpoolError, SpoolRecord, owner_of
 
 log = logging.getLogger("poolmta.dataplane.delivery")
 
+# Records read per trip to the spool's threads when scanning.
+SCAN_BATCH = 64
+# A busy connection gives its slot up after this many jobs when another
+# destination or IP waits for one (fairness under sustained load).
+YIELD_AFTER_JOBS = 20
 # Recipients per transaction: the number every server must accept (RFC 5321 4.5.3.1.8).
 MAX_RCPTS_PER_TRANSACTION = 100
 # Connection attempts per job over all hosts and addresses (Postfix's smtp_mx_address_limit).
@@ -148,6 +153,7 @@ class _Session:
 
     key: tuple[str, str]
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    jobs: int = 0
     idle: bool = False
     evicted: bool = False
     in_transaction: bool = False
@@ -268,21 +274,24 @@ class DeliveryEngine:
         self._scan_removed = set()
         found = 0
         try:
-            for message_id in await self.spool.list_ids():
-                if owner_of(message_id, self.owners) != self.index or message_id in self._messages:
-                    continue
-                try:
-                    record = await self.spool.read(message_id)
-                except FileNotFoundError:
-                    continue
-                except SpoolCorrupt as exc:
-                    log.error("delivery: spool record %s is damaged (%s); moved to corrupt/", message_id, exc)
-                    self.spool.quarantine(message_id)
-                    continue
-                if message_id in self._scan_removed or message_id in self._messages:
-                    continue  # delivered and removed while this scan read it
-                self._submit(_without_bytes(record), now=time.time())
-                found += 1
+            ids = [i for i in await self.spool.list_ids()
+                   if owner_of(i, self.owners) == self.index and i not in self._messages]
+            for start in range(0, len(ids), SCAN_BATCH):
+                chunk = ids[start:start + SCAN_BATCH]
+                for message_id, record in zip(chunk, await self.spool.read_many(chunk), strict=True):
+                    if isinstance(record, SpoolCorrupt):
+                        log.error("delivery: spool record %s is damaged (%s); moved to corrupt/", message_id, record)
+                        self.spool.quarantine(message_id)
+                        continue
+                    if isinstance(record, FileNotFoundError):
+                        continue  # consumed meanwhile
+                    if isinstance(record, OSError):
+                        log.error("delivery: cannot read spool record %s: %s", message_id, record)
+                        continue
+                    if message_id in self._scan_removed or message_id in self._messages:
+                        continue  # delivered and removed while this scan read it
+                    self._submit(_without_bytes(record), now=time.time())
+                    found += 1
         except OSError as exc:
             log.error("delivery: cannot scan the spool: %s", exc)
         finally:
@@ -486,6 +495,12 @@ class DeliveryEngine:
                     session.wake.set()
                     return
 
+    def _someone_waits_for(self, key: tuple[str, str]) -> bool:
+        """True when another (destination, IP) pair waits for a slot this session holds."""
+        site, ip = key
+        return any(other != key and (other[0] == site or other[1] == ip) and self._queues.get(other)
+                   for other in self._starved)
+
     def _session_ended(self, session: _Session) -> None:
         site, ip = session.key
         self._per_ip[ip] -= 1
@@ -545,6 +560,9 @@ class DeliveryEngine:
                     await self._internal_error(job)
                 finally:
                     session.in_transaction = False
+                session.jobs += 1
+                if session.jobs % YIELD_AFTER_JOBS == 0 and self._someone_waits_for(session.key):
+                    break  # give the slot to a waiting destination or IP (it is requeued behind it)
         except asyncio.CancelledError:
             pass
         finally:
@@ -578,7 +596,7 @@ class DeliveryEngine:
                 for with_tls in ((True, False) if use_tls else (False,)):
                     try:
                         connection = await SmtpConnection.open(
-                            address, hop.port, source_ip=job.ip, helo_name=job.helo or job.ip,
+                            address, hop.port, source_ip=job.ip, helo_name=job.helo or _literal(job.ip),
                             timeouts=self.delivery.timeouts, server_name=hop.name,
                             tls_context=self.tls_context if with_tls else None)
                     except BindError as exc:
@@ -787,6 +805,11 @@ class DeliveryEngine:
                  self.metrics[DEFERRED], self.metrics["connections"], self.metrics["tls_connections"],
                  self.metrics["bind_failures"], self.metrics["dns_failures"], self.metrics["ip_repicks"],
                  stats["events_dropped"])
+
+
+def _literal(ip: str) -> str:
+    """An IP as an EHLO address literal (RFC 5321 4.1.3), for an IP without a hostname."""
+    return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
 
 
 def _without_bytes(record: SpoolRecord) -> SpoolRecord:

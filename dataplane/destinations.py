@@ -31,7 +31,7 @@ import dns.name
 import dns.resolver
 
 from .config import DeliveryConfig
-from .smtp_reply import DNS_FAILED, NO_SUCH_DOMAIN, NULL_MX, Reply, local_reply
+from .smtp_reply import BAD_DOMAIN, DNS_FAILED, NO_SUCH_DOMAIN, NULL_MX, Reply, local_reply
 
 DNS_LIFETIME = 10.0
 MAX_CACHE_SECONDS = 3600.0
@@ -163,9 +163,18 @@ class Destinations:
     async def _lookup_mx(self, domain: str) -> tuple[Destination, float]:
         port = self.config.mx_port
         try:
+            name = dns.name.from_text(domain) if domain else None
+        except dns.exception.SyntaxError as exc:
+            name = None
+            problem = str(exc) or "not a domain name"
+        else:
+            problem = "the address has no domain"
+        if name is None:
+            raise LookupFailed(local_reply(BAD_DOMAIN, domain=domain, error=problem))
+        try:
             resolver = self.resolver()
             self.lookups += 1
-            answer = await resolver.resolve(dns.name.from_text(domain), "MX", search=False)
+            answer = await resolver.resolve(name, "MX", search=False)
         except dns.resolver.NXDOMAIN:
             raise LookupFailed(local_reply(NO_SUCH_DOMAIN, domain=domain)) from None
         except dns.resolver.NoAnswer:

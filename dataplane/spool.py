@@ -516,6 +516,22 @@ class Spool:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, read_record, record_path(self.root, message_id))
 
+    async def read_many(self, message_ids: list[str]) -> list[SpoolRecord | SpoolError | OSError]:
+        """Read and verify several records in one trip off the event loop: for each id its
+        record, or the SpoolCorrupt / OSError (FileNotFoundError: consumed meanwhile) it got."""
+        assert self._executor is not None, "Spool.open() first"
+
+        def read_all() -> list[SpoolRecord | SpoolError | OSError]:
+            found: list[SpoolRecord | SpoolError | OSError] = []
+            for message_id in message_ids:
+                try:
+                    found.append(read_record(record_path(self.root, message_id)))
+                except (SpoolCorrupt, OSError) as exc:
+                    found.append(exc)
+            return found
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, read_all)
+
     async def list_ids(self) -> list[str]:
         """Ids in `queue/`, oldest first, listed off the event loop."""
         assert self._executor is not None, "Spool.open() first"
