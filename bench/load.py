@@ -362,14 +362,17 @@ def _with_cpu(result: Result, seconds: float, includes: str) -> None:
     result.cpu_includes = includes
 
 
-async def measure_poolmta(workload: Workload, workers: int) -> Result:
-    """Stand up poolmta (as the demo does), drive one Bridge with AUTH, measure."""
+async def measure_poolmta(workload: Workload, workers: int, accept_only: bool = False) -> Result:
+    """Stand up poolmta (as the demo does), drive one Bridge with AUTH, measure.
+    `accept_only`: the data plane spools and delivers nothing (`--no-delivery`)."""
     import grpc
 
     from control.demo import DEMO_POOLS, Stack, StackOptions, provision, wait_for_routing
 
     with tempfile.TemporaryDirectory(prefix="poolmta-load-") as tmp:
-        async with Stack(StackOptions(data_dir=Path(tmp), workers=workers, sink_store=False)) as stack:
+        options = StackOptions(data_dir=Path(tmp), workers=workers, sink_store=False,
+                               dataplane_args=("--no-delivery",) if accept_only else ())
+        async with Stack(options) as stack:
             async with grpc.aio.insecure_channel(stack.grpc_address) as channel:
                 tenant = await provision(channel, stack.admin_token, DEMO_POOLS[:1])
                 await wait_for_routing(channel, stack.admin_token, tenant.server.server_id, workers, 60,
@@ -379,11 +382,13 @@ async def measure_poolmta(workload: Workload, workers: int) -> Result:
             before = int(read_counts(stack.sink_counts_path).get("accepted", 0))
             cpu0 = tree_cpu_seconds(roots[:2]) + _self_cpu()
             client = await run_client(*stack.smtp_address, workload, pool.bridge.username, pool.secret)
-            relayed, relayed_at = await wait_relayed(stack.sink_counts_path, before, client["accepted"],
-                                                     workload.timeout)
+            if not accept_only:
+                relayed, relayed_at = await wait_relayed(stack.sink_counts_path, before, client["accepted"],
+                                                         workload.timeout)
             cpu = tree_cpu_seconds(roots[:2]) + _self_cpu() - cpu0
-            result = summarise("poolmta", workload, client)
-            _with_relay(result, client, relayed, relayed_at)
+            result = summarise("poolmta (accept only)" if accept_only else "poolmta", workload, client)
+            if not accept_only:
+                _with_relay(result, client, relayed, relayed_at)
             _with_cpu(result, cpu, f"data plane tree ({workers} workers), redis-server, control plane process")
             return result
 
@@ -517,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=_named_address, action="append", default=[], metavar="[NAME=]HOST:PORT",
                    help="drive this SMTP server instead of poolmta (no AUTH); repeatable")
     p.add_argument("--poolmta", action="store_true", help="with --target: measure poolmta too")
+    p.add_argument("--accept-only", action="store_true",
+                   help="also measure poolmta with delivery off (data plane --no-delivery): the Bridge alone")
     p.add_argument("--baseline", choices=["aiosmtpd"], help="also measure a bare aiosmtpd that only answers 250")
     p.add_argument("--sink-listen", metavar="HOST:PORT",
                    help="run a sink here for the targets to relay to, and report their relayed rate")
@@ -542,6 +549,8 @@ async def run(args: argparse.Namespace) -> list[Result]:
             for _ in range(args.repeat):
                 if not args.target or args.poolmta:
                     results.append(await measure_poolmta(workload, args.workers))
+                if args.accept_only:
+                    results.append(await measure_poolmta(workload, args.workers, accept_only=True))
                 for name, host, port in args.target:
                     results.append(await measure_target(name, host, port, workload,
                                                         sink.counts_path if sink else None, pids.get(name)))
@@ -559,7 +568,12 @@ def main(argv: list[str] | None = None) -> int:
         return client_main(argv[1])
     if argv[:1] == [BASELINE_MODE]:
         return baseline_main()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        Workload(args.messages, args.size, args.concurrency, args.per_connection, args.timeout)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         results = asyncio.run(run(args))
     except KeyboardInterrupt:

@@ -851,7 +851,12 @@ async def run(options: DemoOptions, data_dir: Path, console: Console) -> int:
                     f"each from the IP StatsService credits.", style="bold green"))
             if options.keep_running:
                 show_endpoints(console, stack, tenant, data_dir)
-                await asyncio.Event().wait()  # until Ctrl-C / SIGTERM cancels us
+                try:
+                    await asyncio.Event().wait()  # until Ctrl-C / SIGTERM cancels us
+                except asyncio.CancelledError:
+                    # Stopping here is the normal end of --keep-running: the exit code
+                    # stays the checks' verdict.
+                    asyncio.current_task().uncancel()
             return EXIT_FAILED if problems else EXIT_OK
 
 
