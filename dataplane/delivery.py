@@ -771,8 +771,9 @@ class DeliveryEngine:
                           "may repeat them", message.id, exc)
 
     async def _finish_message(self, message: _Message) -> None:
+        # Known (in _messages) until its file is gone, and remembered by a scan under
+        # way: a spool scan never takes a finished message for a new one.
         message.gone = True
-        self._messages.pop(message.id, None)
         if self._scan_removed is not None:
             self._scan_removed.add(message.id)
         try:
@@ -780,6 +781,10 @@ class DeliveryEngine:
         except OSError as exc:
             log.error("delivery: %s is final but its spool record could not be removed (%s); "
                       "a restart would deliver it again", message.id, exc)
+        finally:
+            self._messages.pop(message.id, None)
+            if self._scan_removed is not None:
+                self._scan_removed.add(message.id)
 
     # -- metrics -------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ recovers them all from the spool at once: every queue is full from the start."""
 
 from __future__ import annotations
 
+import itertools
+
 from tests.dataplane_support import (
     Dataplane,
     make_bridge,
@@ -51,7 +53,7 @@ def test_destinations_take_turns_on_a_busy_ip(redis_client, redis_url, start_sin
         # Every destination got its turn early on, long before any queue was done, and
         # they kept taking turns (one after the other would be 3 runs).
         assert set(order[:PER_DOMAIN]) == set(DOMAINS), order[:PER_DOMAIN]
-        runs = 1 + sum(1 for before, after in zip(order, order[1:]) if before != after)
+        runs = 1 + sum(1 for before, after in itertools.pairwise(order) if before != after)
         assert runs >= 10, order
         assert "Traceback" not in plane.log()
     finally:
