@@ -78,6 +78,7 @@ from .smtp_reply import (
     local_reply,
 )
 from .spool import Spool, SpoolCorrupt, SpoolError, SpoolRecord, owner_of
+from .tasks import reraise_if_cancelling
 
 log = logging.getLogger("poolmta.dataplane.delivery")
 
@@ -365,6 +366,7 @@ class DeliveryEngine:
         try:
             await self._prepare_job(job)
         except Exception:
+            reraise_if_cancelling()
             log.exception("delivery: %s: internal error preparing delivery to %s", job.message.id, job.domain)
             await self._internal_error(job)
 
@@ -553,6 +555,7 @@ class DeliveryEngine:
                 try:
                     connection = await self._deliver(session, job, connection)
                 except Exception:
+                    reraise_if_cancelling()
                     log.exception("delivery: %s: internal error delivering to %s", job.message.id, job.domain)
                     if connection is not None:
                         connection.abort()

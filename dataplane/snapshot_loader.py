@@ -26,6 +26,7 @@ from control import rediskeys
 from control.snapshot import decode
 
 from .routing import Routing
+from .tasks import reraise_if_cancelling
 
 log = logging.getLogger("poolmta.dataplane.snapshot")
 
@@ -199,6 +200,7 @@ class SnapshotLoader:
             delay = min(delay * 2, MAX_RETRY_DELAY)
 
     def _note_redis_error(self, what: str, exc: BaseException) -> None:
+        reraise_if_cancelling()
         if not self._redis_down:
             log.warning("Redis unreachable (%s): %s; serving snapshot version %d and retrying",
                         what, exc, self.version)

@@ -43,6 +43,8 @@ from redis import exceptions as redis_errors
 
 from control import rediskeys
 
+from .tasks import reraise_if_cancelling
+
 log = logging.getLogger("poolmta.dataplane.stats")
 
 # (field, day "YYYYMMDD", smtp_id, ip address)
@@ -235,6 +237,7 @@ class StatsBatcher:
         try:
             await self._apply(batch)
         except (redis_errors.RedisError, OSError) as exc:
+            reraise_if_cancelling()
             self.metrics["flush_failures"] += 1
             if not self._failing:
                 log.warning("stats flush failed, keeping %d counts and %d events in memory: %s",

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -70,6 +71,21 @@ def _die_with_parent() -> None:
         return
 
 
+# A stop that has not finished this long after the grace period is a bug; the worker
+# exits anyway rather than linger (every 250-acknowledged message is in the spool).
+HARD_STOP_AFTER_GRACE = 10.0
+
+
+def _arm_hard_stop(index: int, seconds: float) -> None:
+    def hard_exit() -> None:
+        os.write(2, f"worker {index}: shutdown did not finish within {seconds:.0f}s; exiting\n".encode())
+        os._exit(70)
+
+    timer = threading.Timer(seconds, hard_exit)
+    timer.daemon = True
+    timer.start()
+
+
 def worker_main(config: DataplaneConfig, index: int, worker_id: str, ready, log_level: str) -> None:
     """Process entry point (multiprocessing target): serve until signalled."""
     parent = os.getppid()
@@ -101,8 +117,14 @@ class Worker:
         config = self.config
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+
+        def request_stop() -> None:
+            if not stop.is_set():
+                stop.set()
+                _arm_hard_stop(self.index, config.shutdown_grace + HARD_STOP_AFTER_GRACE)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, request_stop)
         self._fallback_hostname = socket.gethostname()
         log.info("worker %d starting: server %d, fast path %s, spool %s",
                  self.index, config.server_id, IMPLEMENTATION, config.spool_dir)

@@ -328,6 +328,21 @@ class Sink:
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
 
+    def settled_counts(self, timeout: float = 10.0) -> dict:
+        """The counts once the file stops changing: the sink rewrites it within 200 ms
+        of a change, so two equal reads 300 ms apart show everything it has seen."""
+        deadline = time.monotonic() + timeout
+        previous = self.counts()
+        while True:
+            time.sleep(0.3)
+            current = self.counts()
+            if {k: v for k, v in current.items() if k != "updated_at"} == {
+                    k: v for k, v in previous.items() if k != "updated_at"}:
+                return current
+            if time.monotonic() > deadline:
+                raise AssertionError("the sink's counts kept changing")
+            previous = current
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

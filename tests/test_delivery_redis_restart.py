@@ -75,7 +75,7 @@ def test_counts_stay_exact_across_a_redis_restart(fresh_redis, start_dataplane, 
 
         assert wait_until(settled, timeout=90, interval=0.2), stats_of(client, 11, IPS)
 
-        counts = sink.counts()
+        counts = sink.settled_counts()
         per_peer, per_message = sink_outcomes(sink.log())
         assert set(per_message.values()) == {1}
         stats = stats_of(client, 11, IPS)
