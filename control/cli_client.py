@@ -31,7 +31,8 @@ _CONNECT_PROBE_SECONDS = 1.0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
-_STUBS = {
+# Every poolmta service stub, by the short name client code uses.
+STUBS = {
     "accounts": rpc.AccountServiceStub,
     "servers": rpc.MtaServerServiceStub,
     "pools": rpc.PoolServiceStub,
@@ -100,7 +101,7 @@ class ControlClient:
     def _method(self, service: str, method: str):
         stub = self._stubs.get(service)
         if stub is None:
-            stub = self._stubs[service] = _STUBS[service](self._channel)
+            stub = self._stubs[service] = STUBS[service](self._channel)
         return getattr(stub, method)
 
     def call(self, service: str, method: str, request):

@@ -54,7 +54,7 @@ from rich.text import Text
 
 from . import cli_render as render
 from ._pb.poolmta.v1 import poolmta_pb2 as pb
-from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
+from .cli_client import STUBS
 from .cli_serve import (
     CONTROL_STOP_EXTRA_SECONDS,
     DATAPLANE_READY,
@@ -394,18 +394,9 @@ def _host_port(text: str) -> tuple[str, int]:
 class Api:
     """The gRPC stubs, every call carrying one bearer token and a deadline."""
 
-    _STUBS = {
-        "accounts": rpc.AccountServiceStub,
-        "servers": rpc.MtaServerServiceStub,
-        "pools": rpc.PoolServiceStub,
-        "ips": rpc.IpServiceStub,
-        "bridges": rpc.BridgeServiceStub,
-        "stats": rpc.StatsServiceStub,
-    }
-
     def __init__(self, channel: grpc.aio.Channel, token: str):
         self._metadata = (("authorization", f"Bearer {token}"),)
-        self._stubs = {name: stub(channel) for name, stub in self._STUBS.items()}
+        self._stubs = {name: stub(channel) for name, stub in STUBS.items()}
 
     async def __call__(self, service: str, method: str, request):
         try:

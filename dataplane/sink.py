@@ -50,6 +50,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
+from dataplane.config import format_listen, parse_listen
 from dataplane.sink_rules import DEFAULT_RULES, ActionKind, Rule, RuleSet, parse_rule
 
 log = logging.getLogger("poolmta.sink")
@@ -87,21 +88,6 @@ _SIMPLE_PATH = re.compile(rf"<({_DOT_ATOM}@{_DOT_ATOM})>[ \t]*([^(]*)", re.ASCII
 # ---------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """`host:port` or `[v6]:port` -> (host, port); ValueError naming the problem."""
-    host, sep, port = value.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"listen address must be HOST:PORT (e.g. {DEFAULT_LISTEN}), got {value!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
-
-
-def format_listen(host: str, port: int) -> str:
-    """The inverse of parse_listen (brackets around an IPv6 host)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
