@@ -213,9 +213,9 @@ class DeliveryConfig:
 
 def parse_listen(value: str) -> tuple[str, int]:
     """`host:port` or `[v6]:port` -> (host, port); ValueError naming the problem."""
-    host, sep, port = value.rpartition(":")
+    host, sep, port = value.strip().rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"listen address must be host:port (e.g. 127.0.0.1:2525), got {value!r}")
+        raise ValueError(f"listen address must be HOST:PORT (e.g. 127.0.0.1:2525 or [::1]:2525), got {value!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)

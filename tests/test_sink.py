@@ -545,4 +545,4 @@ def test_bad_arguments_exit_2_with_the_reason() -> None:
         [sys.executable, "-m", "dataplane.sink", "--listen", "localhost"], capture_output=True, text=True, timeout=20
     )
     assert result.returncode == 2
-    assert "listen address must be HOST:PORT (e.g. 127.0.0.1:2626), got 'localhost'" in result.stderr
+    assert "listen address must be HOST:PORT (e.g. 127.0.0.1:2525 or [::1]:2525), got 'localhost'" in result.stderr
