@@ -7,6 +7,7 @@ import ipaddress
 import math
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 MIB = 1024 * 1024
@@ -64,8 +65,8 @@ def format_duration(seconds: float) -> str:
     if float(seconds).is_integer():
         return f"{int(seconds)}s"
     text = repr(float(seconds))
-    if "e" in text:  # repr's exponent form is not a duration; spell it out
-        text = f"{seconds:.20f}".rstrip("0")
+    if "e" in text:  # repr's exponent form is not a duration; spell out the same digits
+        text = format(Decimal(text), "f")
     return f"{text}s"
 
 
