@@ -10,14 +10,27 @@ Plain helpers (free ports, polling) live in `tests/support.py`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import settings
 
 from control.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from tests.support import free_port
+
+# ---------------------------------------------------------------------------
+# Hypothesis
+# ---------------------------------------------------------------------------
+
+# CI (which sets CI=true) runs the property tests with a fixed seed, so a red build
+# is always reproducible; a developer's run keeps exploring new examples, and what
+# it finds becomes an @example.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 # ---------------------------------------------------------------------------
 # Redis
