@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 PROTO_ROOT = ROOT / "proto"
@@ -83,14 +83,8 @@ def extensions() -> list:
 generate_stubs()
 
 setup(
-    packages=[
-        "control",
-        "control._pb",
-        "control._pb.poolmta",
-        "control._pb.poolmta.v1",
-        "dataplane",
-        "_fastpath",
-    ],
+    # Every package and subpackage of the three trees (control._pb exists by now).
+    packages=find_packages(include=["control", "control.*", "dataplane", "dataplane.*", "_fastpath"]),
     package_data={"_fastpath": ["*.pyx", "*.pxd"]},
     ext_modules=extensions(),
 )
