@@ -4,7 +4,7 @@ Per recipient: 2yz delivered, 5yz bounced (the reply kept), 4yz or a failed
 connection deferred and retried on the retry schedule until the queue lifetime
 ends, then bounced (`smtp_reply.classify`; the expiry is applied here). Each
 outcome is counted (delivered / bounced / deferred, under the record's pool and
-the IP the attempt used) and becomes an event in the message's Redis
+the IP the attempt used) and becomes a `DeliveryEvent` in the message's Redis
 list; both go out with the stats batcher's next flush. The record is rewritten
 with its attempts when recipients remain, and deleted once every recipient is
 final.
@@ -19,11 +19,12 @@ the restart (and counted again: the counts follow what destinations received).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
 from typing import NamedTuple
+
+from control.contract.delivery_event import DeliveryEvent
 
 from ..config import DeliveryConfig, format_duration
 from ..smtp_reply import BOUNCED, DEFERRED, EXPIRED, LOCAL_ERROR, Reply, local_reply
@@ -74,12 +75,12 @@ class Outcomes:
                 rcpt.next_at = next_attempt_at(self.delivery.retry_schedule, rcpt.attempts, now, message.deadline)
             self.metrics[outcome] += 1
             self.stats.count(outcome, record.smtp_id, ip)
-            self.stats.event(record.id, json.dumps({
-                "ts_ms": int(now * 1000), "message_id": record.id, "user_id": record.user_id,
-                "bridge_id": record.bridge_id, "rcpt": rcpt.address, "outcome": outcome,
-                "smtp_id": record.smtp_id, "pool": record.pool, "ip": ip, "reply": str(reply),
-                "attempt": rcpt.attempts, "final": final,
-            }, separators=(",", ":")))
+            self.stats.event(record.id, DeliveryEvent(
+                ts_ms=int(now * 1000), message_id=record.id, user_id=record.user_id,
+                bridge_id=record.bridge_id, rcpt=rcpt.address, outcome=outcome,
+                smtp_id=record.smtp_id, pool=record.pool, ip=ip, reply=str(reply),
+                attempt=rcpt.attempts, final=final,
+            ).encode())
             entries.append({"at_ms": int(now * 1000), "rcpt": rcpt.address, "outcome": outcome,
                             "code": reply.code, "text": reply.text, "ip": ip, "mx": mx, "attempt": rcpt.attempts})
             log.info("%s to=<%s> pool=%s ip=%s relay=%s attempt=%d %s: %s",
