@@ -1,7 +1,9 @@
 """Egress: which source IP a message leaves from, and the connection slots of
 each (destination, source IP) pair.
 
-Source IP: a job keeps the record's IP while it is usable in the
+Source IP: one `SourceSelector` per snapshot, built by `routing.Routing` and
+shared by acceptance (which picks each message's IP) and delivery: one rotation
+per pool, not two. A job keeps the record's IP while it is usable in the
 current snapshot, in whatever pool it is now (a message routed before its IP
 moved keeps that IP and its original pool's attribution). An IP that is paused,
 at weight 0, or gone from the snapshot (released) is replaced by a fresh pick
@@ -25,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from _fastpath import NoUsableIp, RotationTable
 
@@ -46,6 +50,49 @@ log = logging.getLogger("poolmta.dataplane.delivery")
 YIELD_AFTER_JOBS = 20
 
 Pair = tuple[str, str]  # (destination site, source IP)
+
+
+class IpState(NamedTuple):
+    """A source IP as one snapshot has it."""
+
+    usable: bool  # active and weight > 0: rotation may pick it
+    hostname: str  # its HELO name
+
+
+class SourceSelector:
+    """Source-IP selection for every pool of one snapshot: each pool's smooth
+    weighted rotation (one `_fastpath.RotationTable`) and each IP's state.
+
+    Built once per snapshot, off the hot path; then only the rotation's position
+    changes. `pools` are the snapshot's pools (`smtp_id`, and `ips` with
+    `address`, `weight`, `usable`, `hostname`).
+    """
+
+    __slots__ = ("_ips", "_pools", "_table")
+
+    def __init__(self, pools: Iterable) -> None:
+        pools = tuple(pools)
+        self._table = RotationTable.from_pools(
+            [(p.smtp_id, [(ip.address, ip.weight, ip.usable) for ip in p.ips]) for p in pools])
+        # Per pool, its index in the table and each IP's HELO name by position: one
+        # dict lookup per pick on the hot path.
+        self._pools = {p.smtp_id: (self._table.index_of(p.smtp_id), tuple(ip.hostname for ip in p.ips))
+                       for p in pools}
+        self._ips = {ip.address: IpState(ip.usable, ip.hostname) for p in pools for ip in p.ips}
+
+    def pick(self, smtp_id: int) -> tuple[str, str]:
+        """The pool's next source IP and its HELO name (advances the pool's rotation).
+
+        Raises KeyError when the snapshot has no such pool, NoUsableIp when none of
+        its IPs is usable.
+        """
+        index, hostnames = self._pools[smtp_id]
+        address, ip_index = self._table.pick(index)
+        return address, hostnames[ip_index]
+
+    def ip(self, address: str) -> IpState | None:
+        """The IP's state in this snapshot; None when no pool has it (released)."""
+        return self._ips.get(address)
 
 
 @dataclass(eq=False)
@@ -86,7 +133,6 @@ class Egress:
         self._per_ip: Counter[str] = Counter()
         self._per_site: Counter[str] = Counter()
         self._starved: OrderedDict[Pair, None] = OrderedDict()
-        self._rotation: tuple[object, RotationTable, dict[str, tuple[bool, str]]] | None = None
         self._stopping = False
 
     @property
@@ -134,32 +180,20 @@ class Egress:
         routing = self.loader.current
         if routing is None:
             return message.ip, message.helo
-        table, ips = self._rotation_of(routing)
-        state = ips.get(message.ip)
-        if state is not None and state[0]:
-            return message.ip, state[1] or message.helo
+        sources: SourceSelector = routing.sources
+        state = sources.ip(message.ip)
+        if state is not None and state.usable:
+            return message.ip, state.hostname or message.helo
         try:
-            pool = routing.snapshot.pool(message.record.smtp_id)
-            address, ip_index = table.pick(table.index_of(message.record.smtp_id))
+            address, hostname = sources.pick(message.record.smtp_id)
         except (KeyError, NoUsableIp):
             return None
         why = "released" if state is None else "paused or at weight 0"
         log.info("delivery: %s: source IP %s is %s; now sending from %s of pool %s",
                  message.id, message.ip, why, address, message.record.pool)
         self.metrics["ip_repicks"] += 1
-        message.ip, message.helo = address, pool.ips[ip_index].hostname
+        message.ip, message.helo = address, hostname
         return message.ip, message.helo
-
-    def _rotation_of(self, routing) -> tuple[RotationTable, dict[str, tuple[bool, str]]]:
-        """The delivery engine's own rotation (acceptance's stays exact) and IP states, per snapshot."""
-        cached = self._rotation
-        if cached is None or cached[0] is not routing:
-            pools = routing.snapshot.pools
-            table = RotationTable.from_pools(
-                [(p.smtp_id, [(ip.address, ip.weight, ip.usable) for ip in p.ips]) for p in pools])
-            ips = {ip.address: (ip.usable, ip.hostname) for p in pools for ip in p.ips}
-            cached = self._rotation = (routing, table, ips)
-        return cached[1], cached[2]
 
     # -- connection slots ---------------------------------------------------------
 
