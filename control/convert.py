@@ -6,6 +6,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from . import models, stats_reader
 from ._pb.poolmta.v1 import poolmta_pb2 as pb
+from .contract.delivery_event import BOUNCED, DEFERRED, DELIVERED, DeliveryEvent
 from .errors import InvalidArgument
 
 
@@ -96,23 +97,25 @@ def pool_stats(p: models.Pool, window: int, figures: stats_reader.PoolFigures) -
     )
 
 
-_OUTCOMES = {"delivered": pb.DELIVERED, "bounced": pb.BOUNCED, "deferred": pb.DEFERRED}
+_OUTCOMES = {DELIVERED: pb.DELIVERED, BOUNCED: pb.BOUNCED, DEFERRED: pb.DEFERRED}
 
 
-def message_status(message_id: str, events: list[dict]) -> pb.MessageStatus:
+def message_status(message_id: str, events: list[DeliveryEvent]) -> pb.MessageStatus:
+    """The message's events as the API shows them; an outcome this version does not
+    know becomes DELIVERY_OUTCOME_UNSPECIFIED."""
     return pb.MessageStatus(
         message_id=message_id,
         events=[
             pb.DeliveryEvent(
-                time=timestamp(int(e.get("ts_ms", 0)) / 1000),
-                recipient=str(e.get("rcpt", "")),
-                outcome=_OUTCOMES.get(e.get("outcome"), pb.DELIVERY_OUTCOME_UNSPECIFIED),
-                smtp_id=int(e.get("smtp_id", 0)),
-                pool=str(e.get("pool", "")),
-                ip=str(e.get("ip", "")),
-                reply=str(e.get("reply", "")),
-                attempt=int(e.get("attempt", 0)),
-                final=bool(e.get("final", False)),
+                time=timestamp(e.ts_ms / 1000),
+                recipient=e.rcpt,
+                outcome=_OUTCOMES.get(e.outcome, pb.DELIVERY_OUTCOME_UNSPECIFIED),
+                smtp_id=e.smtp_id,
+                pool=e.pool,
+                ip=e.ip,
+                reply=e.reply,
+                attempt=e.attempt,
+                final=e.final,
             )
             for e in events
         ],

@@ -348,7 +348,7 @@ class StatsServicer(_Servicer, rpc_pb.StatsServiceServicer):
         if not message_id or len(message_id) > 64 or not message_id.isalnum():
             raise InvalidArgument("message_id must be the id from the bridge's 250 reply (letters and digits)")
         events = await stats_reader.message_events(self.services.redis, message_id)
-        mine = [e for e in events if e.get("user_id") == account.user_id]
+        mine = [e for e in events if e.user_id == account.user_id]
         if not mine:
             raise NotFound(f"no delivery events for message {message_id} (unknown, not yet attempted, or expired)")
         return convert.message_status(message_id, mine)

@@ -7,12 +7,12 @@ buckets of the last 30 UTC days, today included. One pipelined round trip per re
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
 from . import rediskeys
+from .contract.delivery_event import DeliveryEvent, DeliveryEventError
 
 LIFETIME = "lifetime"
 LAST_30_DAYS = "30d"
@@ -83,15 +83,14 @@ async def ip_figures(redis: aioredis.Redis, address: str, window: str) -> Counte
     return _sum(await pipe.execute())
 
 
-async def message_events(redis: aioredis.Redis, message_id: str) -> list[dict]:
-    """A message's delivery events (decoded JSON objects, oldest first); [] if none."""
+async def message_events(redis: aioredis.Redis, message_id: str) -> list[DeliveryEvent]:
+    """A message's delivery events, oldest first; [] if none. An entry that is not
+    a delivery event is left out rather than failing the whole list."""
     raw = await redis.lrange(rediskeys.message_events_key(message_id), 0, -1)
     events = []
     for item in raw:
         try:
-            event = json.loads(item)
-        except ValueError:
+            events.append(DeliveryEvent.decode(item))
+        except DeliveryEventError:
             continue
-        if isinstance(event, dict):
-            events.append(event)
     return events

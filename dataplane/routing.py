@@ -5,6 +5,8 @@ A `Routing` is built off the hot path (in a thread, when a new snapshot arrives)
 and then only read, except for the rotation table's own position; the worker
 swaps the whole object in one assignment. Per message the hot path is one dict
 lookup, `RotationTable.pick` and `inject` (both `_fastpath`).
+The source-IP selector it builds is the one delivery re-picks from too, so a
+pool has one rotation per worker.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from _fastpath import NoUsableIp, RotationTable, inject
+from _fastpath import NoUsableIp, inject
 from control.snapshot import BridgeRoute, PoolRoute, Snapshot
+
+from .delivery.egress import SourceSelector
 
 __all__ = ["NoUsableIp", "PoolGone", "Route", "Routing", "STAMPED_HEADERS", "stamp"]
 
@@ -67,10 +71,7 @@ class Routing:
         self.snapshot = snapshot
         self.version = snapshot.version
         self._pools: dict[int, PoolRoute] = {p.smtp_id: p for p in snapshot.pools}
-        self.rotation = RotationTable.from_pools(
-            [(p.smtp_id, [(ip.address, ip.weight, ip.usable) for ip in p.ips]) for p in snapshot.pools]
-        )
-        self._rotation_index = {p.smtp_id: self.rotation.index_of(p.smtp_id) for p in snapshot.pools}
+        self.sources = SourceSelector(snapshot.pools)
         self.bridges_by_username: dict[str, BridgeRoute] = snapshot.bridge_by_username()
         self.bridges_by_id: dict[int, BridgeRoute] = {b.bridge_id: b for b in snapshot.bridges}
         self._headers: dict[tuple[int, str], list[Header]] = {}
@@ -137,12 +138,12 @@ class Routing:
         Raises PoolGone, or NoUsableIp when every IP of the pool is paused.
         """
         pool = self.pool(bridge.smtp_id)
-        address, ip_index = self.rotation.pick(self._rotation_index[pool.smtp_id])
+        address, ip_hostname = self.sources.pick(pool.smtp_id)
         feed_type = bridge.feed_type or pool.feed_type
         return Route(
             pool=pool,
             address=address,
-            ip_hostname=pool.ips[ip_index].hostname,
+            ip_hostname=ip_hostname,
             feed_type=feed_type,
             headers=self._headers_for(pool, feed_type),
         )

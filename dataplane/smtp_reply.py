@@ -16,10 +16,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-DELIVERED = "delivered"
-BOUNCED = "bounced"
-DEFERRED = "deferred"
-OUTCOMES = (DELIVERED, BOUNCED, DEFERRED)
+# The outcome names belong to the delivery event (both planes read them); they are
+# re-exported here because classification is where the data plane meets them.
+from control.contract.delivery_event import BOUNCED, DEFERRED, DELIVERED, OUTCOMES  # noqa: F401
 
 # Stages of a transaction, for the rules that depend on which command a reply answers.
 STAGE_CONNECT = "connect"

@@ -2,7 +2,8 @@
 classification, retry schedules and durations, routes and their precedence, the
 DATA payload (CRLF and dot-stuffing, checked against the sink's reader), MX
 ordering, spool ownership, the spool's rewrite and removal, the delivery flags,
-and the stats batcher's events against a real Redis."""
+source-IP selection shared with acceptance, and the stats batcher's events
+against a real Redis."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import asyncio
 import json
 import random
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import redis.asyncio as aioredis
@@ -29,12 +31,15 @@ from dataplane.config import (
     parse_retry_schedule,
     parse_route,
 )
-from dataplane.delivery import next_attempt_at, retry_delay
+from dataplane.delivery import DeliveryEngine, next_attempt_at, retry_delay
+from dataplane.delivery.queue import QueuedMessage
 from dataplane.destinations import address_literal, order_mx
+from dataplane.routing import NoUsableIp, Routing
 from dataplane.sink import read_data
 from dataplane.smtp_client import data_payload
 from dataplane.smtp_reply import BOUNCED, DEFERRED, DELIVERED, STAGE_DATA, STAGE_MAIL, STAGE_RCPT, Reply, classify
 from dataplane.stats_batcher import _APPLY_BATCH, StatsBatcher
+from tests.dataplane_support import make_bridge, make_pool, make_snapshot
 from tests.support import free_port
 
 # --- replies -------------------------------------------------------------------
@@ -291,6 +296,58 @@ def test_only_one_data_plane_holds_a_spool(tmp_path):
     finally:
         os.close(fd)
     os.close(spool.lock(tmp_path))  # free again once the holder is gone
+
+
+# --- source IPs: one rotation per pool, shared with acceptance ----------------------------
+
+
+def test_acceptance_and_delivery_pick_from_one_rotation_per_pool():
+    pool = make_pool(7, [("192.0.2.1", 1), ("192.0.2.2", 1), ("192.0.2.3", 0)])
+    bridge = make_bridge(1, 7, "s3cret")
+    routing = Routing(make_snapshot(1, 1, [pool, make_pool(8, [("192.0.2.9", 0)])], [bridge]))
+    sources = routing.sources
+    assert sources.ip("192.0.2.1") == (True, "out-192-0-2-1.example")
+    assert sources.ip("192.0.2.3") == (False, "out-192-0-2-3.example")
+    assert sources.ip("198.51.100.7") is None
+    # Acceptance's picks and delivery's re-picks advance the same rotation.
+    picks = [routing.route(bridge).address, sources.pick(7), routing.route(bridge).address, sources.pick(7)]
+    assert picks == ["192.0.2.1", ("192.0.2.2", "out-192-0-2-2.example"), "192.0.2.1",
+                     ("192.0.2.2", "out-192-0-2-2.example")]
+    with pytest.raises(NoUsableIp):
+        sources.pick(8)
+    with pytest.raises(KeyError):
+        sources.pick(99)
+
+
+def test_a_message_keeps_its_usable_ip_and_replaces_an_unusable_one(tmp_path):
+    config = build_config(build_parser({}).parse_args(["--server-id", "1"]), "redis://x")
+    loader = SimpleNamespace(current=None)
+    engine = DeliveryEngine(config, loader=loader, spool=spool.Spool(tmp_path), stats=None, index=0)
+    source_for = engine.egress.source_for
+
+    def queued(ip: str, smtp_id: int = 7) -> QueuedMessage:
+        record = replace(_record("0" * 26), ip=ip, smtp_id=smtp_id)
+        return QueuedMessage(record=record, pending={}, deadline=0.0, ip=ip, helo="recorded.example")
+
+    # No snapshot loaded yet: the record's IP as it is.
+    assert source_for(queued("192.0.2.3")) == ("192.0.2.3", "recorded.example")
+    bridge = make_bridge(1, 7, "s3cret")
+    loader.current = routing = Routing(make_snapshot(1, 1, [
+        make_pool(7, [("192.0.2.1", 1), ("192.0.2.2", 1), ("192.0.2.3", 0)]),
+        make_pool(8, [("192.0.2.8", 1)]), make_pool(9, [("192.0.2.9", 0)])], [bridge]))
+    # Usable, even in another pool now: kept, with the snapshot's HELO name.
+    assert source_for(queued("192.0.2.8")) == ("192.0.2.8", "out-192-0-2-8.example")
+    assert engine.metrics["ip_repicks"] == 0
+    # At weight 0, or released: a fresh pick from the pool's one rotation, kept by the message.
+    assert routing.route(bridge).address == "192.0.2.1"
+    paused, released = queued("192.0.2.3"), queued("198.51.100.7")
+    assert source_for(paused) == ("192.0.2.2", "out-192-0-2-2.example")
+    assert (paused.ip, paused.helo) == ("192.0.2.2", "out-192-0-2-2.example")
+    assert source_for(released) == ("192.0.2.1", "out-192-0-2-1.example")
+    assert engine.metrics["ip_repicks"] == 2
+    # Nothing to pick from: no source IP (the job is deferred).
+    assert source_for(queued("192.0.2.9", smtp_id=9)) is None
+    assert source_for(queued("198.51.100.7", smtp_id=99)) is None
 
 
 # --- the stats batcher's events ------------------------------------------------------------

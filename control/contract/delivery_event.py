@@ -1,0 +1,97 @@
+"""The delivery event: what the data plane says about one attempt to deliver one
+recipient of a message, and what the control plane shows back (`message status`).
+
+The data plane appends each event, encoded here, to the message's Redis list
+(`rediskeys.message_events_key`); the control plane decodes the list with
+`DeliveryEvent.decode`. The wire format is a compact JSON object with the
+field names below; it is what events already in Redis hold, so it stays as it
+is. Decoding is lenient where it can be (a missing field takes its default,
+numbers written as strings are read, an unknown outcome is kept as it came)
+and refuses anything that is not such an object with `DeliveryEventError`.
+
+Stdlib only: both planes import this module, and the data plane may not import
+anything else of `control`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+__all__ = ["BOUNCED", "DEFERRED", "DELIVERED", "OUTCOMES", "DeliveryEvent", "DeliveryEventError"]
+
+# What an attempt did for a recipient (also the names of the stats counters).
+DELIVERED = "delivered"  # the destination accepted it (2yz)
+BOUNCED = "bounced"  # refused for good (5yz), or the queue lifetime ended: final
+DEFERRED = "deferred"  # refused for now (4yz, no connection...): retried later
+OUTCOMES = (DELIVERED, BOUNCED, DEFERRED)
+
+# How much of a refused input an error message quotes.
+_QUOTED = 60
+
+
+class DeliveryEventError(ValueError):
+    """Bytes that are not a delivery event (not JSON, not an object, or a field of the wrong kind)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryEvent:
+    """One recipient's outcome of one delivery attempt."""
+
+    ts_ms: int  # when the outcome was known, Unix time in milliseconds
+    message_id: str
+    user_id: int  # the account that sent the message
+    bridge_id: int
+    rcpt: str  # the recipient's address
+    outcome: str  # DELIVERED | BOUNCED | DEFERRED (decoded events keep what they say)
+    smtp_id: int  # the pool the message was routed through (its attribution)
+    pool: str  # that pool's internal name
+    ip: str  # the source IP the attempt used
+    reply: str  # the reply that decided, as "code text"
+    attempt: int  # 1 for the recipient's first attempt
+    final: bool  # no further attempt follows (delivered or bounced)
+
+    def encode(self) -> str:
+        """The event as the compact JSON object stored in Redis (keys in field order)."""
+        return json.dumps({
+            "ts_ms": self.ts_ms, "message_id": self.message_id, "user_id": self.user_id,
+            "bridge_id": self.bridge_id, "rcpt": self.rcpt, "outcome": self.outcome,
+            "smtp_id": self.smtp_id, "pool": self.pool, "ip": self.ip, "reply": self.reply,
+            "attempt": self.attempt, "final": self.final,
+        }, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> DeliveryEvent:
+        """The event in `raw` (as `encode` writes it). A missing field takes its
+        default (0, "" or False); DeliveryEventError when `raw` is not a JSON object
+        or a field cannot be read as its type."""
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise DeliveryEventError(f"not a delivery event (not JSON): {_prefix(raw)}") from exc
+        if not isinstance(data, dict):
+            raise DeliveryEventError(f"not a delivery event (not a JSON object): {_prefix(raw)}")
+        get = data.get
+        try:
+            return cls(
+                ts_ms=int(get("ts_ms", 0)),
+                message_id=str(get("message_id", "")),
+                user_id=int(get("user_id", 0)),
+                bridge_id=int(get("bridge_id", 0)),
+                rcpt=str(get("rcpt", "")),
+                outcome=str(get("outcome", "")),
+                smtp_id=int(get("smtp_id", 0)),
+                pool=str(get("pool", "")),
+                ip=str(get("ip", "")),
+                reply=str(get("reply", "")),
+                attempt=int(get("attempt", 0)),
+                final=bool(get("final", False)),
+            )
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise DeliveryEventError(f"not a delivery event ({exc}): {_prefix(raw)}") from exc
+
+
+def _prefix(raw: bytes | str) -> str:
+    """A short, printable prefix of refused input (error messages never echo more)."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
+    return repr(text[:_QUOTED]) + ("..." if len(text) > _QUOTED else "")

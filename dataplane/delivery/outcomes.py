@@ -1,0 +1,144 @@
+"""Outcomes: what each recipient's attempt ended in, made visible and durable.
+
+Per recipient: 2yz delivered, 5yz bounced (the reply kept), 4yz or a failed
+connection deferred and retried on the retry schedule until the queue lifetime
+ends, then bounced (`smtp_reply.classify`; the expiry is applied here). Each
+outcome is counted (delivered / bounced / deferred, under the record's pool and
+the IP the attempt used) and becomes a `DeliveryEvent` in the message's Redis
+list; both go out with the stats batcher's next flush. The record is rewritten
+with its attempts when recipients remain, and deleted once every recipient is
+final.
+
+At-least-once: a recipient's outcome is made durable in the spool right after
+its reply, before the connection carries anything else. A crash (even SIGKILL)
+therefore repeats only deliveries in flight at that moment: a transaction
+under way, or one whose reply had come but whose spool update had not finished;
+at most one per open connection. Their recipients are delivered again after
+the restart (and counted again: the counts follow what destinations received).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import NamedTuple
+
+from control.contract.delivery_event import DeliveryEvent
+
+from ..config import DeliveryConfig, format_duration
+from ..smtp_reply import BOUNCED, DEFERRED, EXPIRED, LOCAL_ERROR, Reply, local_reply
+from ..spool import Spool, SpoolCorrupt, SpoolError
+from .queue import DeliveryJob, DeliveryQueue, QueuedMessage, Recipient, next_attempt_at
+
+log = logging.getLogger("poolmta.dataplane.delivery")
+
+
+class RecipientOutcome(NamedTuple):
+    """What one attempt did for one recipient: the reply that decided and its outcome."""
+
+    recipient: Recipient
+    reply: Reply
+    outcome: str  # DELIVERED | BOUNCED | DEFERRED
+
+
+class Outcomes:
+    """Records outcomes: counts, events, the spool record, and what is left to retry."""
+
+    def __init__(self, delivery: DeliveryConfig, *, queue: DeliveryQueue, spool: Spool, stats,
+                 metrics: Counter[str]) -> None:
+        self.delivery = delivery
+        self.queue = queue
+        self.spool = spool
+        self.stats = stats
+        self.metrics = metrics
+
+    async def finish_job(self, job: DeliveryJob, results: list[RecipientOutcome], mx: str) -> None:
+        """Record the outcome of each recipient of a job: count it, make it an event,
+        make it durable in the spool, and schedule what is left."""
+        message = job.message
+        record = message.record
+        now = time.time()
+        ip = job.ip or message.ip
+        entries = []
+        for rcpt, reply, outcome in results:
+            rcpt.attempts += 1
+            rcpt.busy = False
+            if outcome == DEFERRED and message.expired(now):
+                reply = local_reply(EXPIRED, lifetime=format_duration(self.delivery.queue_lifetime),
+                                    attempts=rcpt.attempts, last=reply)
+                outcome = BOUNCED
+            final = outcome != DEFERRED
+            if final:
+                message.pending.pop(rcpt.address, None)
+            else:
+                rcpt.next_at = next_attempt_at(self.delivery.retry_schedule, rcpt.attempts, now, message.deadline)
+            self.metrics[outcome] += 1
+            self.stats.count(outcome, record.smtp_id, ip)
+            self.stats.event(record.id, DeliveryEvent(
+                ts_ms=int(now * 1000), message_id=record.id, user_id=record.user_id,
+                bridge_id=record.bridge_id, rcpt=rcpt.address, outcome=outcome,
+                smtp_id=record.smtp_id, pool=record.pool, ip=ip, reply=str(reply),
+                attempt=rcpt.attempts, final=final,
+            ).encode())
+            entries.append({"at_ms": int(now * 1000), "rcpt": rcpt.address, "outcome": outcome,
+                            "code": reply.code, "text": reply.text, "ip": ip, "mx": mx, "attempt": rcpt.attempts})
+            log.info("%s to=<%s> pool=%s ip=%s relay=%s attempt=%d %s: %s",
+                     record.id, rcpt.address, record.pool, ip, mx or "none", rcpt.attempts, outcome, reply)
+        message.attempts.extend(entries)
+        message.jobs -= 1
+        if message.jobs == 0 and message.pending:
+            message.payload = None  # read again when the retry is due
+        await self._persist(message)
+        if message.pending and not message.gone:
+            self.queue.schedule(message)
+
+    async def finish_all(self, job: DeliveryJob, reply: Reply, outcome: str, mx: str = "") -> None:
+        """Every recipient of the job gets the same reply and outcome (see `finish_job`)."""
+        await self.finish_job(job, [RecipientOutcome(r, reply, outcome) for r in job.rcpts], mx)
+
+    async def internal_error(self, job: DeliveryJob) -> None:
+        """A job hit a bug: defer it (the retry schedule applies), never strand it."""
+        reply = local_reply(LOCAL_ERROR)
+        try:
+            await self.finish_job(job, [RecipientOutcome(r, reply, DEFERRED) for r in job.rcpts if r.busy], "")
+        except Exception:
+            log.exception("delivery: %s: internal error recording a deferral", job.message.id)
+
+    async def _persist(self, message: QueuedMessage) -> None:
+        """Make the message's state durable: remove the record when every recipient is
+        final and no job is running, else rewrite it with its attempts."""
+        async with message.lock:
+            if message.gone:
+                return
+            if not message.pending and message.jobs == 0:
+                await self.finish_message(message)
+                return
+            try:
+                await self.spool.rewrite_attempts(message.id, tuple(message.attempts))
+            except (FileNotFoundError, SpoolCorrupt) as exc:
+                self.lost(message, exc)
+            except SpoolError as exc:
+                log.error("delivery: %s: cannot record its attempts in the spool (%s); a restart "
+                          "may repeat them", message.id, exc)
+
+    async def finish_message(self, message: QueuedMessage) -> None:
+        """Every recipient is final: remove the message's record from the spool."""
+        self.queue.removing(message)
+        try:
+            await self.spool.remove(message.id)
+        except OSError as exc:
+            log.error("delivery: %s is final but its spool record could not be removed (%s); "
+                      "a restart would deliver it again", message.id, exc)
+        finally:
+            self.queue.removed(message)
+
+    def lost(self, message: QueuedMessage, exc: BaseException) -> None:
+        """The message's record disappeared or is damaged (`exc` says which): quarantine
+        a damaged one, and stop delivering it."""
+        if isinstance(exc, SpoolCorrupt):
+            log.error("delivery: spool record %s is damaged (%s); moved to corrupt/", message.id, exc)
+            self.spool.quarantine(message.id)
+        else:
+            log.warning("delivery: spool record %s disappeared (removed by hand?); forgetting it", message.id)
+        self.queue.forget(message)

@@ -1,0 +1,92 @@
+"""The delivery event of `control.contract`: the exact wire format both planes and
+the events already in Redis share, a lossless round trip, tolerance of what older
+or partial events lack, and one clear refusal of anything else."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from control.contract import delivery_event
+from control.contract.delivery_event import BOUNCED, DEFERRED, DELIVERED, OUTCOMES, DeliveryEvent, DeliveryEventError
+from dataplane import smtp_reply
+
+EVENT = DeliveryEvent(
+    ts_ms=1_700_000_000_123, message_id="01HZX3", user_id=3, bridge_id=9, rcpt="r@example.net",
+    outcome=DEFERRED, smtp_id=7, pool="promo-3-1-pool-7", ip="192.0.2.1",
+    reply="451 4.2.1 mailbox busy", attempt=2, final=False,
+)
+
+# The bytes the data plane wrote before the event had a type: they must still decode.
+WIRE = ('{"ts_ms":1700000000123,"message_id":"01HZX3","user_id":3,"bridge_id":9,"rcpt":"r@example.net",'
+        '"outcome":"deferred","smtp_id":7,"pool":"promo-3-1-pool-7","ip":"192.0.2.1",'
+        '"reply":"451 4.2.1 mailbox busy","attempt":2,"final":false}')
+
+
+def test_encode_writes_the_compact_wire_format():
+    assert EVENT.encode() == WIRE
+
+
+def test_decode_reads_the_wire_format_from_bytes_and_text():
+    assert DeliveryEvent.decode(WIRE) == EVENT
+    assert DeliveryEvent.decode(WIRE.encode()) == EVENT
+
+
+events = st.builds(
+    DeliveryEvent,
+    ts_ms=st.integers(min_value=0, max_value=2**53), message_id=st.text(), user_id=st.integers(min_value=0),
+    bridge_id=st.integers(min_value=0), rcpt=st.text(), outcome=st.sampled_from(OUTCOMES),
+    smtp_id=st.integers(min_value=0), pool=st.text(), ip=st.text(), reply=st.text(),
+    attempt=st.integers(min_value=0, max_value=1000), final=st.booleans(),
+)
+
+
+@given(events)
+def test_round_trip_is_lossless(event):
+    assert DeliveryEvent.decode(event.encode()) == event
+    assert DeliveryEvent.decode(event.encode().encode("utf-8")) == event
+
+
+def test_missing_fields_take_their_defaults():
+    assert DeliveryEvent.decode(b"{}") == DeliveryEvent(
+        ts_ms=0, message_id="", user_id=0, bridge_id=0, rcpt="", outcome="", smtp_id=0, pool="", ip="",
+        reply="", attempt=0, final=False)
+    partial = DeliveryEvent.decode(json.dumps({"rcpt": "a@x.test", "outcome": "delivered", "final": True}))
+    assert (partial.rcpt, partial.outcome, partial.final, partial.attempt) == ("a@x.test", DELIVERED, True, 0)
+
+
+def test_lenient_fields_unknown_outcomes_and_extra_keys_are_read():
+    event = DeliveryEvent.decode(json.dumps({
+        "ts_ms": "2000", "smtp_id": 2.0, "attempt": "3", "outcome": "quarantined", "later_field": [1]}))
+    assert (event.ts_ms, event.smtp_id, event.attempt, event.outcome) == (2000, 2, 3, "quarantined")
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"not json", b"\xff\xfe", b"[1, 2]", b'"text"', b"null", b"42",
+    b'{"ts_ms": "soon"}', b'{"attempt": [1]}', b'{"user_id": {}}', b'{"ts_ms": 1e400}',
+    b"[" * 100_000,
+])
+def test_garbage_is_refused_with_one_exception_type(raw):
+    with pytest.raises(DeliveryEventError, match="^not a delivery event"):
+        DeliveryEvent.decode(raw)
+
+
+def test_a_refusal_quotes_only_a_short_prefix_of_the_input():
+    with pytest.raises(DeliveryEventError) as caught:
+        DeliveryEvent.decode("x" * 10_000)
+    assert len(str(caught.value)) < 200
+
+
+def test_events_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        EVENT.outcome = BOUNCED  # type: ignore[misc]
+
+
+def test_both_planes_use_one_definition_of_the_outcome_names():
+    assert OUTCOMES == (DELIVERED, BOUNCED, DEFERRED) == ("delivered", "bounced", "deferred")
+    assert (smtp_reply.DELIVERED, smtp_reply.BOUNCED, smtp_reply.DEFERRED) == OUTCOMES
+    assert smtp_reply.OUTCOMES is delivery_event.OUTCOMES
