@@ -269,6 +269,12 @@ def message(n: int, *, extra_headers: bytes = b"", body: bytes | None = None) ->
     )
 
 
+def dot_stuffed(lines: list[bytes]) -> bytes:
+    """What a client puts on the wire for these lines in DATA (RFC 5321 section
+    4.5.2), each with its CRLF, before the end-of-data line."""
+    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
+
+
 def queued_id(reply: bytes | str) -> str:
     text = reply.decode() if isinstance(reply, bytes) else reply
     match = QUEUED.search(text)

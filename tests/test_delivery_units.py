@@ -31,7 +31,7 @@ from dataplane.config import (
 )
 from dataplane.delivery import next_attempt_at, retry_delay
 from dataplane.destinations import address_literal, order_mx
-from dataplane.sink import read_data
+from dataplane.smtp_wire import read_data
 from dataplane.smtp_client import data_payload
 from dataplane.smtp_reply import BOUNCED, DEFERRED, DELIVERED, STAGE_DATA, STAGE_MAIL, STAGE_RCPT, Reply, classify
 from dataplane.stats_batcher import _APPLY_BATCH, StatsBatcher
