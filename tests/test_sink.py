@@ -323,6 +323,28 @@ def test_accepts_and_records_the_peer_it_was_reached_from(start_sink) -> None:
     assert counts["bytes"] == len(MESSAGE) and counts["final"] is False
 
 
+def test_seq_counts_every_event_and_a_log_line_says_when_the_counts_include_it(start_sink) -> None:
+    sink = start_sink("--rule", "stall*=hang")
+    with sink.smtp(source="127.0.0.10") as client:  # 1: the connection
+        client.ehlo()
+        client.mail("app@example.com")
+        assert client.rcpt("bounce-1@example.net")[0] == 550  # 2: a rule-matched RCPT
+        assert client.rcpt("user@example.net")[0] == 250  # no rule: not an event
+        client.rset()
+        assert client.sendmail("app@example.com", ["user@example.net"], MESSAGE) == {}  # 3: accepted
+    [record] = sink.log()
+    assert record["seq"] == 3
+    assert sink.counts_reach(seq=3, connections=1, rejected=1, accepted=1)
+
+    with socket.create_connection(sink.address, timeout=10, source_address=("127.0.0.10", 0)) as stalled:  # 4
+        assert _replies(stalled, 1)[0].startswith(b"220 ")
+        stalled.sendall(b"EHLO s.example\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<stall-1@example.net>\r\nDATA\r\n")
+        assert [reply[:3] for reply in _replies(stalled, 4)] == [b"250", b"250", b"250", b"354"]  # 5: its RCPT
+        stalled.sendall(_wire(MESSAGE))  # 6: held
+        assert sink.counts_reach(seq=6, hung=1)
+    assert sink.counts()["rcpt_attempts"] == {"bounce-1@example.net": 1, "stall-1@example.net": 1}
+
+
 def test_bounce_star_is_rejected_at_rcpt_and_defer_star_twice_then_accepted(start_sink) -> None:
     sink = start_sink()
     with sink.smtp(source="127.0.0.4") as client:
