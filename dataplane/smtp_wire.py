@@ -24,8 +24,8 @@ from aiosmtpd.smtp import SMTP, syntax
 # RFC 5321 section 4.1.2: a Path with a Dot-string local part and a domain, then
 # the ESMTP parameters. The domain is a dot-atom as aiosmtpd's parser reads it
 # (a superset of the hostnames RFC 5321 allows: aiosmtpd decides what is valid).
-# Parameters may not start with "(" or whitespace other than the one separating
-# run of SP/HTAB: aiosmtpd's parser drops a comment there, and this one would not.
+# After the SP/HTAB that follow the ">", the parameters may not start with "(" or
+# other whitespace: aiosmtpd's parser would drop a comment or more folding there.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 _SIMPLE_PATH = re.compile(rf"<({_DOT_ATOM}@{_DOT_ATOM})>[ \t]*((?:[^(\s][^\r\n]*)?)", re.ASCII)
