@@ -3,25 +3,25 @@ limits, and acceptance of each message into the durable spool.
 
 `BridgeSMTP` (one instance per connection) owns the protocol: the 421 when no
 snapshot is loaded, AUTH throttling, the STARTTLS-before-AUTH rule per client
-address, and a DATA reader that finds the end of the message with one buffer
-search instead of one read per line. `BridgeHandler` (one per worker) owns the
-decisions: which Bridge a transaction belongs to, the limits, and at end of
-DATA rotation, stamping, the spool write and the `sent` count, in that order,
-before the 250.
+address, and the limits on DATA (the wire parsing it shares with the sink is
+`dataplane.smtp_wire`). `BridgeHandler` (one per worker) owns the decisions:
+which Bridge a transaction belongs to, the limits, and at end of DATA rotation,
+stamping, the spool write and the `sent` count, in that order, before the 250.
 
-This relies on aiosmtpd 1.4 internals in three places, each marked: the
-per-connection `_auth_require_tls`, the `_handle_client` coroutine (wrapped to
-refuse before the banner), and the stream reader `_reader` (read directly in DATA).
+This relies on aiosmtpd 1.4 internals in two places, each marked: the
+per-connection `_auth_require_tls` and the `_handle_client` coroutine (wrapped to
+refuse before the banner); `dataplane.smtp_wire` names the ones it relies on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import ipaddress
 import logging
-import re
 import time
+from collections.abc import Iterator
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
@@ -30,6 +30,7 @@ from control.snapshot import BridgeRoute
 from .bridge_auth import AuthThrottle, BridgeIdentity, check_credentials
 from .config import DataplaneConfig
 from .routing import NoUsableIp, PoolGone, in_networks, stamp
+from .smtp_wire import WireSMTP
 from .snapshot_loader import SnapshotLoader
 from .spool import Spool, SpoolRecord, SpoolWriteError
 from .stats_batcher import StatsBatcher
@@ -66,19 +67,6 @@ REPLY_SPOOL_FAILED = "451 4.3.0 The message could not be stored, nothing was que
 REPLY_INTERNAL_ERROR = "451 4.3.0 Local error in processing; try again later"
 
 EHLO_PIPELINING = "250-PIPELINING"
-
-# A plain ASCII path `<dot-atom@domain>`, then optional ESMTP parameters: the
-# common case, parsed here with one regex. Anything else goes to aiosmtpd's RFC
-# 5322 parser (which builds a class per call), with the same results.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_SIMPLE_PATH = re.compile(
-    rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:[ \t]+([A-Za-z0-9][^\r\n]*))?\Z"
-)
-
-# End of DATA (RFC 5321 4.1.1.4). Only CRLF counts: a bare LF never ends the
-# message, which is what keeps "SMTP smuggling" out.
-END_OF_DATA = b"\r\n.\r\n"
-
 
 class BridgeEnvelope(Envelope):
     """An aiosmtpd Envelope that also records which Bridge the transaction is for."""
@@ -124,14 +112,22 @@ def _address_literal(address: str) -> str:
     return f"[IPv6:{address}]" if ":" in address else f"[{address}]"
 
 
-class BridgeSMTP(SMTP):
+class BridgeSMTP(WireSMTP):
     """One SMTP Bridge connection.
 
     Limits (RFC 5321 4.5.3.1): `command_size_limit` (512) per command line as in
     aiosmtpd; the message size, recipient count and message line length come from
     the handler's configuration. The stream reader's limit is set to hold a whole
-    message, because DATA is read with one buffer search.
+    message, because DATA is read with one buffer search; the size counts the
+    message's own bytes (dot-stuffing removed), and data that overruns the reader
+    is too big at once, never buffered further.
     """
+
+    reply_need_rcpt = REPLY_NEED_RCPT
+    reply_data_syntax = REPLY_DATA_SYNTAX
+    reply_start_data = REPLY_START_DATA
+    count_stuffing = False
+    whole_in_buffer = True
 
     # Slack above the message size limit for the stream reader: the end-of-data
     # line and a little more, so a message right at the limit is read in one go.
@@ -179,12 +175,6 @@ class BridgeSMTP(SMTP):
 
     def _create_envelope(self) -> BridgeEnvelope:
         return BridgeEnvelope()
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        match = _SIMPLE_PATH.match(arg) if arg else None
-        if match is not None:
-            return match.group(1), match.group(2) or ""
-        return super()._getaddr(arg)
 
     @property
     def tls_active(self) -> bool:
@@ -235,108 +225,28 @@ class BridgeSMTP(SMTP):
 
     # -- DATA -------------------------------------------------------------
 
-    @syntax("DATA")
-    async def smtp_DATA(self, arg: str) -> None:
-        if await self.check_helo_needed():
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push(REPLY_NEED_RCPT)
-            return
-        if arg:
-            await self.push(REPLY_DATA_SYNTAX)
-            return
+    @contextlib.contextmanager
+    def message_in_flight(self) -> Iterator[None]:
+        """Counts the message in `in_flight`, which a stopping worker waits on."""
         handler = self.bridge_handler
         handler.in_flight += 1
         try:
-            await self.push(REPLY_START_DATA)
-            try:
-                content, problem = await self._receive_message()
-            except asyncio.IncompleteReadError:  # the client went away mid-message
-                if self.transport is not None:
-                    self.transport.close()
-                return
-            try:
-                if problem is None:
-                    self.envelope.original_content = self.envelope.content = content
-                    status = await self._call_handler_hook("DATA")
-                else:
-                    status = problem
-            finally:
-                self._set_post_data_state()  # even after an error: the next MAIL starts clean
-            await self.push(status)
+            yield
         finally:
             handler.in_flight -= 1
 
-    async def _receive_message(self) -> tuple[bytes, str | None]:
-        """Read the message up to the end-of-data line: (content, None), or (b"", reply)
-        when it breaks a limit (the rest of it is read and discarded first).
-
-        RFC 5321 4.5.2: a line starting with "." loses that dot; "." alone on a
-        line ends the data. The reader only needs per-line care at a line start
-        (and after a CR); from anywhere else the next END_OF_DATA lies wholly in
-        the unread buffer, so one `readuntil` finds it.
-        """
-        reader = self._reader  # aiosmtpd internal, see the module docstring
+    async def message_received(self, content: bytes | None) -> str:
+        """The reply to the end of DATA: a limit's reply, or the handler's (spooled, 250)."""
         config = self.bridge_handler.config
-        limit = config.max_message_size
-        parts: list[bytes] = []
-        size = 0
-        too_big = False
-        tail = b"\r\n"  # the last bytes read: the DATA command's line end
-        while True:
-            if tail.endswith(b"\r\n"):  # at the start of a line
-                chunk = await reader.readexactly(1)
-                if chunk == b".":
-                    try:
-                        chunk = await reader.readuntil(b"\r\n")
-                    except asyncio.LimitOverrunError as exc:
-                        chunk = await self._discard(exc)
-                        too_big = True
-                    else:
-                        if chunk == b"\r\n":
-                            break
-            elif tail.endswith(b"\r"):
-                chunk = await reader.readexactly(1)
-            else:
-                try:
-                    chunk = await reader.readuntil(END_OF_DATA)
-                except asyncio.LimitOverrunError as exc:
-                    chunk = await self._discard(exc)
-                    too_big = True
-                else:
-                    chunk = chunk[:-3]  # keep the last line's CRLF, drop ".\r\n"
-                    if b"\r\n." in chunk:
-                        chunk = chunk.replace(b"\r\n.", b"\r\n")
-                    size += len(chunk)
-                    if not too_big and size <= limit:
-                        parts.append(chunk)
-                    else:
-                        too_big = True
-                    break
-            size += len(chunk)
-            if too_big or size > limit:
-                too_big = True
-                parts.clear()
-            else:
-                parts.append(chunk)
-            tail = chunk[-2:] if len(chunk) >= 2 else tail[-1:] + chunk
-        if too_big:
-            return b"", REPLY_TOO_BIG.format(limit=limit)
-        content = b"".join(parts)
+        if content is None:
+            return REPLY_TOO_BIG.format(limit=config.max_message_size)
         max_line = config.max_line_length
         if len(content) > max_line and max(map(len, content.split(b"\n"))) > max_line + 1:
             # +1: split on LF leaves the CR of CRLF on each line.
-            return b"", REPLY_LINE_TOO_LONG.format(limit=max_line)
-        return content, None
-
-    async def _discard(self, exc: asyncio.LimitOverrunError) -> bytes:
-        """Drop buffered data past the limit, keeping enough that an END_OF_DATA
-        straddling the cut is still found by the next search. Returns b"xx" so the
-        caller continues with a buffer search."""
-        keep = len(END_OF_DATA) - 1
-        await self._reader.readexactly(max(exc.consumed - keep, 1))
-        return b"xx"
+            return REPLY_LINE_TOO_LONG.format(limit=max_line)
+        assert self.envelope is not None
+        self.envelope.original_content = self.envelope.content = content
+        return await self._call_handler_hook("DATA")
 
 
 class BridgeHandler:

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiosmtplib
@@ -269,6 +269,12 @@ def message(n: int, *, extra_headers: bytes = b"", body: bytes | None = None) ->
     )
 
 
+def dot_stuffed(lines: list[bytes]) -> bytes:
+    """What a client puts on the wire for these lines in DATA (RFC 5321 section
+    4.5.2), each with its CRLF, before the end-of-data line."""
+    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
+
+
 def queued_id(reply: bytes | str) -> str:
     text = reply.decode() if isinstance(reply, bytes) else reply
     match = QUEUED.search(text)
@@ -328,20 +334,26 @@ class Sink:
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
 
-    def settled_counts(self, timeout: float = 10.0) -> dict:
-        """The counts once the file stops changing: the sink rewrites it within 200 ms
-        of a change, so two equal reads 300 ms apart show everything it has seen."""
-        deadline = time.monotonic() + timeout
-        previous = self.counts()
-        while True:
-            time.sleep(0.3)
-            current = self.counts()
-            if {k: v for k, v in current.items() if k != "updated_at"} == {
-                    k: v for k, v in previous.items() if k != "updated_at"}:
-                return current
-            if time.monotonic() > deadline:
-                raise AssertionError("the sink's counts kept changing")
-            previous = current
+    def wait_counts(self, reached: Callable[[dict], object], what: str, timeout: float = 30.0) -> dict:
+        """The counts once `reached(counts)` holds. The sink rewrites the file within
+        200 ms of every event it counts, so this waits for what the test expects, never
+        for a quiet spell (which a loaded machine can fake). AssertionError naming
+        `what`, with the last counts read, when they do not get there in `timeout`."""
+        last: dict = {}
+
+        def check() -> object:
+            nonlocal last
+            last = self.counts()
+            return reached(last)
+
+        if not wait_until(check, timeout, 0.05):
+            raise AssertionError(f"the sink's counts did not reach {what} within {timeout:g}s; last read: {last}")
+        return last
+
+    def wait_rcpt_replies(self, n: int, timeout: float = 30.0) -> dict:
+        """The counts once they include `n` answered recipients (see `rcpt_replies`)."""
+        return self.wait_counts(lambda counts: rcpt_replies(counts) >= n,
+                                f"{n} recipient replies (accepted_rcpts + rejected + deferred)", timeout)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -367,6 +379,12 @@ def start_sink(tmp_path: Path):
     yield start
     for sink in started:
         sink.stop()
+
+
+def rcpt_replies(counts: dict) -> int:
+    """Recipients the sink has answered in `counts`: each accepted recipient of an
+    accepted message, each 5xx (rejected) and each 4xx (deferred) RCPT reply."""
+    return counts.get("accepted_rcpts", 0) + counts.get("rejected", 0) + counts.get("deferred", 0)
 
 
 def sink_outcomes(sink_log: list[dict]) -> tuple[Counter, Counter]:

@@ -35,7 +35,7 @@ from dataplane.delivery import DeliveryEngine, next_attempt_at, retry_delay
 from dataplane.delivery.queue import QueuedMessage
 from dataplane.destinations import address_literal, order_mx
 from dataplane.routing import NoUsableIp, Routing
-from dataplane.sink import read_data
+from dataplane.smtp_wire import read_data
 from dataplane.smtp_client import data_payload
 from dataplane.smtp_reply import BOUNCED, DEFERRED, DELIVERED, STAGE_DATA, STAGE_MAIL, STAGE_RCPT, Reply, classify
 from dataplane.stats_batcher import _APPLY_BATCH, StatsBatcher

@@ -1,9 +1,9 @@
-"""`poolmta sink`: the rule grammar, the DATA reader and header scan, and a real sink
-process on loopback reached from chosen source addresses."""
+"""`poolmta sink`: the rule grammar, the header scan, and a real sink process on
+loopback reached from chosen source addresses (its DATA reader and MAIL/RCPT parser:
+test_smtp_wire.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import select
@@ -14,15 +14,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from email._header_value_parser import get_angle_addr
 from pathlib import Path
 
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
 
-from dataplane.sink import header_fields, parse_simple_path, peer_ip, read_data
-from dataplane.sink_rules import (
+from dataplane.sink.rules import (
     DEFAULT_RULES,
     Action,
     ActionKind,
@@ -31,6 +27,8 @@ from dataplane.sink_rules import (
     parse_action,
     parse_rule,
 )
+from dataplane.sink.server import header_fields, peer_ip
+from tests.dataplane_support import dot_stuffed
 from tests.support import wait_until
 
 REPLY = ActionKind.REPLY
@@ -142,62 +140,8 @@ def test_rcpt_reply_counts_attempts_per_recipient() -> None:
 
 
 # ---------------------------------------------------------------------------
-# Per-message work (pure): DATA reader, header scan, MAIL/RCPT fast path
+# Per-message work (pure): header scan, peer address
 # ---------------------------------------------------------------------------
-
-
-def _stuff(lines: list[bytes]) -> bytes:
-    """What a client puts on the wire for these lines (RFC 5321 section 4.5.2)."""
-    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
-
-
-def _wire(message: bytes) -> bytes:
-    """`message` (CRLF lines) as a DATA payload, terminator included."""
-    return _stuff(message.split(b"\r\n")[:-1]) + b".\r\n"
-
-
-async def _read_fed(wire: bytes, piece: int, limit: int | None) -> tuple[bytes | None, bytes]:
-    # A small reader limit so the limit-overrun path is taken all the time.
-    reader = asyncio.StreamReader(limit=16)
-
-    async def feed() -> None:
-        for start in range(0, len(wire), piece):
-            reader.feed_data(wire[start : start + piece])
-            await asyncio.sleep(0)
-        reader.feed_eof()
-
-    feeder = asyncio.create_task(feed())
-    content = await read_data(reader, limit)
-    await feeder
-    return content, await reader.read()
-
-
-_line = st.one_of(
-    st.binary(max_size=40).filter(lambda b: b"\r\n" not in b),
-    st.sampled_from([b"", b".", b"..", b".x", b"x.", b"\r", b"\n.", b". "]),
-)
-
-
-@given(
-    lines=st.lists(_line, max_size=12),
-    tail=st.sampled_from([b"", b"QUIT\r\n", b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", b".\r\n"]),
-    piece=st.integers(1, 70),
-    limit=st.none() | st.integers(0, 300),
-)
-@example(lines=[], tail=b"QUIT\r\n", piece=1, limit=None)
-@example(lines=[b""], tail=b"", piece=5, limit=None)
-@example(lines=[b"."], tail=b"", piece=3, limit=None)
-@example(lines=[b"x" * 100, b"."], tail=b"NOOP\r\n", piece=64, limit=50)
-@settings(max_examples=300, deadline=None)
-def test_read_data_undoes_dot_stuffing_and_leaves_pipelined_commands(
-    lines: list[bytes], tail: bytes, piece: int, limit: int | None
-) -> None:
-    message = b"".join(line + b"\r\n" for line in lines)
-    stuffed = _stuff(lines)
-    content, rest = asyncio.run(_read_fed(stuffed + b".\r\n" + tail, piece, limit))
-    # aiosmtpd's rule: too big when the stuffed bytes before the terminator exceed the limit.
-    assert content == (None if limit is not None and len(stuffed) > limit else message)
-    assert rest == tail
 
 
 def test_header_fields_reads_only_the_header_block() -> None:
@@ -228,44 +172,6 @@ def test_header_fields_reads_only_the_header_block() -> None:
     assert header_fields(b"X-ServerID: 4", ("x-serverid",)) == {"x-serverid": "4"}
     assert header_fields(b"\r\nX-ServerID: 4\r\n", ("x-serverid",)) == {"x-serverid": None}
     assert header_fields(b"X-Zone: \xff\r\n\r\n", ("x-zone",)) == {"x-zone": "\ufffd"}
-
-
-_atext = st.sampled_from("abcXYZ019!#$%&'*+/=?^_`{|}~-")
-_dot_atom = st.lists(st.text(_atext, min_size=1, max_size=6), min_size=1, max_size=3).map(".".join)
-
-
-@given(
-    arg=st.one_of(
-        st.builds(
-            lambda local, domain, space, params: f"<{local}@{domain}>{space}{params}",
-            _dot_atom,
-            _dot_atom,
-            st.sampled_from(["", " ", "  ", "\t"]),
-            st.text("SIZE=19BODY8ITMExp.) ", max_size=20),
-        ),
-        st.text('<>@a.(" )\\[]é', max_size=20).map(lambda s: "<" + s),
-    )
-)
-@example(arg="<a@b> SIZE=10")
-@example(arg="<>")
-@example(arg="<a@b>(comment) SIZE=1")
-@example(arg="<a@b.>")
-@settings(max_examples=300, deadline=None)
-def test_the_mail_rcpt_fast_path_agrees_with_aiosmtpd(arg: str) -> None:
-    simple = parse_simple_path(arg)
-    if simple is None:
-        return
-    address, rest = get_angle_addr(arg)
-    assert simple == (address.addr_spec, rest)
-
-
-def test_the_mail_rcpt_fast_path_takes_the_common_forms() -> None:
-    assert parse_simple_path("<Alice.B+tag@Mail-1.Example.com> SIZE=1200 BODY=8BITMIME") == (
-        "Alice.B+tag@Mail-1.Example.com",
-        "SIZE=1200 BODY=8BITMIME",
-    )
-    assert parse_simple_path("<>") is None  # null sender: aiosmtpd's parser
-    assert parse_simple_path('<"quoted"@example.com>') is None
 
 
 def test_peer_ip_shows_ipv4_mapped_addresses_as_ipv4() -> None:
@@ -363,6 +269,11 @@ def start_sink(tmp_path: Path) -> Iterator:
         sink.proc.communicate(timeout=10)
 
 
+def _wire(message: bytes) -> bytes:
+    """`message` (CRLF lines) as a DATA payload, terminator included."""
+    return dot_stuffed(message.split(b"\r\n")[:-1]) + b".\r\n"
+
+
 def _replies(sock: socket.socket, count: int) -> list[bytes]:
     """Read `count` complete SMTP replies (multi-line ones as one), first lines only."""
     data = b""
@@ -410,6 +321,28 @@ def test_accepts_and_records_the_peer_it_was_reached_from(start_sink) -> None:
     counts = sink.counts()
     assert counts["peers"]["127.0.0.3"] == {"connections": 1, "accepted": 1, "rejected": 0, "deferred": 0, "hung": 0}
     assert counts["bytes"] == len(MESSAGE) and counts["final"] is False
+
+
+def test_seq_counts_every_event_and_a_log_line_says_when_the_counts_include_it(start_sink) -> None:
+    sink = start_sink("--rule", "stall*=hang")
+    with sink.smtp(source="127.0.0.10") as client:  # 1: the connection
+        client.ehlo()
+        client.mail("app@example.com")
+        assert client.rcpt("bounce-1@example.net")[0] == 550  # 2: a rule-matched RCPT
+        assert client.rcpt("user@example.net")[0] == 250  # no rule: not an event
+        client.rset()
+        assert client.sendmail("app@example.com", ["user@example.net"], MESSAGE) == {}  # 3: accepted
+    [record] = sink.log()
+    assert record["seq"] == 3
+    assert sink.counts_reach(seq=3, connections=1, rejected=1, accepted=1)
+
+    with socket.create_connection(sink.address, timeout=10, source_address=("127.0.0.10", 0)) as stalled:  # 4
+        assert _replies(stalled, 1)[0].startswith(b"220 ")
+        stalled.sendall(b"EHLO s.example\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<stall-1@example.net>\r\nDATA\r\n")
+        assert [reply[:3] for reply in _replies(stalled, 4)] == [b"250", b"250", b"250", b"354"]  # 5: its RCPT
+        stalled.sendall(_wire(MESSAGE))  # 6: held
+        assert sink.counts_reach(seq=6, hung=1)
+    assert sink.counts()["rcpt_attempts"] == {"bounce-1@example.net": 1, "stall-1@example.net": 1}
 
 
 def test_bounce_star_is_rejected_at_rcpt_and_defer_star_twice_then_accepted(start_sink) -> None:
