@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from . import rediskeys
+from .contract import rediskeys
 
 LIFETIME = "lifetime"
 LAST_30_DAYS = "30d"

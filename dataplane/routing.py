@@ -13,7 +13,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from _fastpath import NoUsableIp, RotationTable, inject
-from control.snapshot import BridgeRoute, PoolRoute, Snapshot
+from control.contract.snapshot import BridgeRoute, PoolRoute, Snapshot
 
 __all__ = ["NoUsableIp", "PoolGone", "Route", "Routing", "STAMPED_HEADERS", "stamp"]
 

@@ -22,8 +22,8 @@ import time
 
 from redis import exceptions as redis_errors
 
-from control import rediskeys
-from control.snapshot import decode
+from control.contract import rediskeys
+from control.contract.snapshot import decode
 
 from .routing import Routing
 from .tasks import reraise_if_cancelling
