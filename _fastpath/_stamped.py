@@ -25,4 +25,6 @@ class StampedHeaders(NamedTuple, Generic[AnyStr]):
     server_id: AnyStr  # that MTA server's id
 
 
-STAMPED_HEADERS: StampedHeaders[bytes] = StampedHeaders(b"x-virtual-mta", b"x-feedtype", b"x-zone", b"x-serverid")
+STAMPED_HEADERS: StampedHeaders[bytes] = StampedHeaders(
+    b"x-virtual-mta", b"x-feedtype", b"x-zone", b"x-serverid"
+)
