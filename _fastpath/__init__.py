@@ -5,6 +5,10 @@ Each routine is a Cython module with a pure-Python twin of identical behaviour
 one pair: the compiled one unless `POOLMTA_NO_EXTENSIONS=1` (the same switch that
 skips the Cython build) or the compiled modules fail to import, in which case the
 twins serve and a RuntimeWarning says why. `IMPLEMENTATION` is "c" or "py".
+
+`RESERVED_HEADERS` names the attribution headers poolmta stamps (defined in
+`_stamped`, used by both twins): the one definition the planes share, through
+`control.contract.headers`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import warnings
 
 from ._errors import MAX_WEIGHT, NoUsableIp
+from ._stamped import STAMPED_HEADERS as RESERVED_HEADERS
 
 __all__ = [
     "IMPLEMENTATION",
@@ -26,13 +31,13 @@ __all__ = [
 IMPLEMENTATION: str
 
 if os.environ.get("POOLMTA_NO_EXTENSIONS") == "1":
-    from ._headers_py import RESERVED_HEADERS, inject
+    from ._headers_py import inject
     from ._rotation_py import RotationTable
 
     IMPLEMENTATION = "py"
 else:
     try:
-        from ._headers_c import RESERVED_HEADERS, inject
+        from ._headers_c import inject
         from ._rotation_c import RotationTable
 
         IMPLEMENTATION = "c"
@@ -44,7 +49,7 @@ else:
             RuntimeWarning,
             stacklevel=2,
         )
-        from ._headers_py import RESERVED_HEADERS, inject
+        from ._headers_py import inject
         from ._rotation_py import RotationTable
 
         IMPLEMENTATION = "py"

@@ -24,13 +24,14 @@ from cpython.object cimport PyObject
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, memset
 
-from . import _errors
+from . import _errors, _stamped
 
 __all__ = ["RESERVED_HEADERS", "inject"]
 
-# Attribution headers only the platform may set; always removed from the client's
-# message, whether or not they are injected again. Same tuple as the pure twin.
-RESERVED_HEADERS = (b"x-virtual-mta", b"x-feedtype", b"x-zone", b"x-serverid")
+# The attribution headers only the platform may set (see `_stamped`); always
+# removed from the client's message, whether or not they are injected again.
+# The C table `_RESERVED` below is built from it at import.
+RESERVED_HEADERS = _stamped.STAMPED_HEADERS
 
 
 cdef extern from *:
@@ -140,7 +141,8 @@ cdef struct Removal:
 
 
 cdef enum:
-    RESERVED_COUNT = 4
+    # Room in the C table of reserved names; the import check refuses more.
+    RESERVED_ROOM = 8
     # Headers to inject, and left-out stretches, that fit on the stack; more
     # go to the heap.
     STACK_STAMPS = 28
@@ -153,15 +155,9 @@ cdef enum:
     VALUE_NOT_BYTES = 4
     INVALID_VALUE = 5
 
-cdef FieldName _RESERVED[RESERVED_COUNT]
-_RESERVED[0].data = <const unsigned char*>b"x-virtual-mta"
-_RESERVED[0].size = 13
-_RESERVED[1].data = <const unsigned char*>b"x-feedtype"
-_RESERVED[1].size = 10
-_RESERVED[2].data = <const unsigned char*>b"x-zone"
-_RESERVED[2].size = 6
-_RESERVED[3].data = <const unsigned char*>b"x-serverid"
-_RESERVED[3].size = 10
+# RESERVED_HEADERS as C data, filled at import (below, once _set_head exists).
+cdef FieldName _RESERVED[RESERVED_ROOM]
+cdef Py_ssize_t _reserved_count = 0
 
 # Byte classes, built once at import.
 # ASCII case folding: field names compare case-insensitively (§1.2.2).
@@ -236,8 +232,22 @@ cdef inline void _set_head(FieldName* name) noexcept nogil:
     name.head_mask = _load8(mask)
 
 
-for _byte in range(RESERVED_COUNT):
-    _set_head(&_RESERVED[_byte])
+# The names point into the bytes objects RESERVED_HEADERS keeps alive. Only
+# names `_is_reserved_name` compares exactly are accepted: up to 16 bytes of
+# lower-case letters, digits and '-' (two folded words; see there).
+for _name in RESERVED_HEADERS:
+    if (
+        _reserved_count == RESERVED_ROOM
+        or type(_name) is not bytes
+        or not 0 < len(_name) <= 16
+        or _name.translate(None, b"abcdefghijklmnopqrstuvwxyz0123456789-")
+    ):
+        raise ImportError(f"_headers_c cannot hold the reserved header name {_name!r}")
+    _RESERVED[_reserved_count].data = <const unsigned char*>PyBytes_AS_STRING(_name)
+    _RESERVED[_reserved_count].size = PyBytes_GET_SIZE(_name)
+    _set_head(&_RESERVED[_reserved_count])
+    _reserved_count += 1
+del _name
 
 
 cdef inline bint _same_letters(
@@ -254,8 +264,9 @@ cdef inline bint _is_reserved_name(const FieldName* name, const FieldName* reser
     """Whether a valid field name is `reserved`, case-insensitively.
 
     Compares whole folded words: for ftext bytes against a reserved name (ASCII
-    letters and '-'), OR 0x20 equality is exactly case-insensitive equality, and
-    the head and tail words cover up to 16 bytes (the reserved names are shorter).
+    letters, digits and '-'), OR 0x20 equality is exactly case-insensitive
+    equality, and the head and tail words cover up to 16 bytes (the import-time
+    check keeps the reserved names within that).
     """
     return (
         name.size == reserved.size
@@ -425,13 +436,13 @@ def inject(raw, headers):
     cdef list items = headers if type(headers) is list else list(headers)
     cdef Py_ssize_t count = len(items)
     cdef Stamp stack_stamps[STACK_STAMPS]
-    cdef FieldName stack_names[STACK_STAMPS + RESERVED_COUNT]
+    cdef FieldName stack_names[STACK_STAMPS + RESERVED_ROOM]
     cdef Stamp* stamps
     cdef FieldName* names
     if count <= STACK_STAMPS:
         return _inject(raw, items, stack_stamps, stack_names)
     stamps = <Stamp*>PyMem_Malloc(count * sizeof(Stamp))
-    names = <FieldName*>PyMem_Malloc((count + RESERVED_COUNT) * sizeof(FieldName))
+    names = <FieldName*>PyMem_Malloc((count + _reserved_count) * sizeof(FieldName))
     try:
         if stamps == NULL or names == NULL:
             raise MemoryError()
@@ -449,11 +460,11 @@ cdef object _inject(bytes raw, list items, Stamp* stamps, FieldName* names):
     cdef Removal removal
 
     removal.names = names
-    removal.count = RESERVED_COUNT
+    removal.count = _reserved_count
     memset(removal.may_matter, 0, sizeof(removal.may_matter))
     removal.may_matter[10] = 1  # LF, CR: the empty line
     removal.may_matter[13] = 1
-    for k in range(RESERVED_COUNT):
+    for k in range(_reserved_count):
         names[k] = _RESERVED[k]
         _add_first(&removal, _RESERVED[k].data[0])
 
@@ -465,7 +476,7 @@ cdef object _inject(bytes raw, list items, Stamp* stamps, FieldName* names):
         fields_size += stamps[k].name.size + 2 + stamps[k].value_size
         # Removed like the reserved ones; a reserved name stamped again is
         # already on the list.
-        for j in range(RESERVED_COUNT):
+        for j in range(_reserved_count):
             if _is_reserved_name(&stamps[k].name, &_RESERVED[j]):
                 break
         else:

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import re
 
-from . import _errors
+from . import _errors, _stamped
 
 __all__ = ["RESERVED_HEADERS", "inject"]
 
-# Attribution headers only the platform may set; always removed from the client's
-# message, whether or not they are injected again.
-RESERVED_HEADERS = (b"x-virtual-mta", b"x-feedtype", b"x-zone", b"x-serverid")
+# The attribution headers only the platform may set (see `_stamped`); always
+# removed from the client's message, whether or not they are injected again.
+RESERVED_HEADERS = _stamped.STAMPED_HEADERS
 
 # RFC 5322 §3.6.8: field-name = 1*ftext; ftext = %d33-57 / %d59-126.
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")

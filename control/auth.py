@@ -11,7 +11,7 @@ import hmac
 import os
 from pathlib import Path
 
-from . import secrets
+from .contract import secrets
 from .errors import PermissionDenied, Unauthenticated
 from .models import Account
 from .registry import Registry

@@ -63,6 +63,7 @@ from .cli_serve import (
     stop_within,
 )
 from .config import ControlConfig
+from .contract.headers import STAMPED_HEADER_NAMES
 from .embedded_redis import EmbeddedRedis, EmbeddedRedisError
 
 EXIT_OK = 0
@@ -89,8 +90,6 @@ BOUNCE_LOCAL_PART = "bounce"
 DEFER_LOCAL_PART = "defer"
 # Every domain goes to the sink; deferred recipients are retried quickly.
 RETRY_SCHEDULE = "0.5s,1s,2s"
-
-STAMPED_HEADERS = ("x-virtual-mta", "x-feedtype", "x-zone", "x-serverid")
 
 
 class DemoError(Exception):
@@ -653,7 +652,7 @@ def received_message(stack: Stack, internal_name: str) -> tuple[dict, bytes] | N
         return None
     for line in lines:
         record = json.loads(line)
-        if record.get("x-virtual-mta") == internal_name:
+        if record.get(STAMPED_HEADER_NAMES.virtual_mta) == internal_name:
             try:
                 return record, (stack.sink_store_dir / f"{record['n']}.eml").read_bytes()
             except OSError:
@@ -763,7 +762,7 @@ def show_received(console: Console, stack: Stack, tenant: Tenant) -> None:
     body = Text()
     for line in header_section(data).split("\n"):
         name = line.split(":", 1)[0].strip().lower()
-        style = "bold cyan" if name in STAMPED_HEADERS or name == "received" else "cyan" if name in custom else ""
+        style = "bold cyan" if name in STAMPED_HEADER_NAMES or name == "received" else "cyan" if name in custom else ""
         body.append(line + "\n", style=style)
     console.print(body, end="")
 

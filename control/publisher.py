@@ -18,7 +18,7 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import rediskeys, snapshot
+from .contract import rediskeys, snapshot
 from .store import Store
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ import logging
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import models, workers
+from . import models
+from .contract import acks
 from .publisher import SnapshotPublisher, reraise_if_cancelling
 from .registry import Registry
 
@@ -74,7 +75,7 @@ class Reconciler:
     async def _applied(self, server_id: int, version: int) -> bool:
         if await self._publisher.published_version(server_id) < version:
             return False
-        live = await workers.live_workers(self._redis, server_id)
+        live = await acks.live_workers(self._redis, server_id)
         return all(ack.version >= version for ack in live)
 
     async def run(self, interval: float) -> None:

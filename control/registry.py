@@ -12,7 +12,8 @@ from __future__ import annotations
 import sqlite3
 import uuid
 
-from . import models, secrets, validation
+from . import models, validation
+from .contract import secrets
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from .models import Account
 from .store import Store, is_unique_violation

@@ -20,10 +20,11 @@ import grpc
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import convert, stats_reader, workers
+from . import convert, stats_reader
 from ._pb.poolmta.v1 import poolmta_pb2 as pb
 from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc_pb
 from .auth import Authenticator
+from .contract import acks
 from .errors import DomainError, InvalidArgument, NotFound, Unavailable
 from .publisher import SnapshotPublisher, reraise_if_cancelling
 from .reconciler import ChangeFeed
@@ -179,7 +180,7 @@ class MtaServerServicer(_Servicer, rpc_pb.MtaServerServiceServicer):
         server = self.registry.get_server(request.server_id)
         try:
             published = await self.services.publisher.published_version(server.server_id)
-            live = await workers.live_workers(self.services.redis, server.server_id)
+            live = await acks.live_workers(self.services.redis, server.server_id)
         except (RedisError, OSError) as exc:
             raise Unavailable(f"Redis is unreachable: {exc}") from None
         return pb.RoutingStatus(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from . import rediskeys
+from .contract import rediskeys
 from .contract.delivery_event import DeliveryEvent, DeliveryEventError
 
 LIFETIME = "lifetime"

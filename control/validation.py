@@ -9,9 +9,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from .contract.headers import STAMPED_HEADER_NAMES
 from .errors import InvalidArgument
-
-RESERVED_HEADERS = frozenset({"x-virtual-mta", "x-feedtype", "x-zone", "x-serverid"})
 
 MAX_LABEL = 64
 MAX_TAG = 32
@@ -79,7 +78,7 @@ def check_header(name: str, value: str) -> tuple[str, str]:
         )
     if len(name) > MAX_HEADER_NAME:
         raise InvalidArgument(f"header name is {len(name)} characters; the limit is {MAX_HEADER_NAME}")
-    if name.lower() in RESERVED_HEADERS:
+    if name.lower() in STAMPED_HEADER_NAMES:
         raise InvalidArgument(
             f"header {name!r} is stamped by poolmta itself and cannot be set as a custom header"
         )

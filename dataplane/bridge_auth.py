@@ -8,8 +8,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from control.secrets import hash_secret, verify_secret
-from control.snapshot import BridgeRoute
+from control.contract.secrets import hash_secret, verify_secret
+from control.contract.snapshot import BridgeRoute
 
 from .config import AuthThrottleConfig
 from .routing import Routing
@@ -32,7 +32,7 @@ class BridgeIdentity:
 def check_credentials(routing: Routing | None, login: bytes, password: bytes) -> BridgeRoute | None:
     """The Bridge these AUTH credentials belong to, or None.
 
-    The secret is compared in constant time (control.secrets.verify_secret), and
+    The secret is compared in constant time (control.contract.secrets.verify_secret), and
     an unknown username is compared against a dummy hash.
     """
     try:

@@ -15,15 +15,12 @@ import ipaddress
 from dataclasses import dataclass
 
 from _fastpath import NoUsableIp, inject
-from control.snapshot import BridgeRoute, PoolRoute, Snapshot
+from control.contract.headers import STAMPED_HEADERS
+from control.contract.snapshot import BridgeRoute, PoolRoute, Snapshot
 
 from .delivery.egress import SourceSelector
 
-__all__ = ["NoUsableIp", "PoolGone", "Route", "Routing", "STAMPED_HEADERS", "stamp"]
-
-# The attribution headers every message carries, in this order, before the
-# pool's custom headers. Client-sent copies are removed by `inject`.
-STAMPED_HEADERS = (b"x-virtual-mta", b"x-feedtype", b"x-zone", b"x-serverid")
+__all__ = ["NoUsableIp", "PoolGone", "Route", "Routing", "stamp"]
 
 Header = tuple[bytes, bytes]
 
@@ -96,11 +93,13 @@ class Routing:
         headers = self._headers.get(key)
         if headers is None:
             snap = self.snapshot
+            # The attribution headers, in their order, before the pool's custom
+            # headers; `inject` removes client-sent copies.
             headers = [
-                (b"x-virtual-mta", pool.internal_name.encode("utf-8")),
-                (b"x-feedtype", feed_type.encode("utf-8")),
-                (b"x-zone", snap.zone.encode("utf-8")),
-                (b"x-serverid", str(snap.server_id).encode("ascii")),
+                (STAMPED_HEADERS.virtual_mta, pool.internal_name.encode("utf-8")),
+                (STAMPED_HEADERS.feed_type, feed_type.encode("utf-8")),
+                (STAMPED_HEADERS.zone, snap.zone.encode("utf-8")),
+                (STAMPED_HEADERS.server_id, str(snap.server_id).encode("ascii")),
                 *((n.encode("utf-8"), v.encode("utf-8")) for n, v in pool.headers),
             ]
             self._headers[key] = headers

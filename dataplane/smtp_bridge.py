@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
-from control.snapshot import BridgeRoute
+from control.contract.snapshot import BridgeRoute
 
 from .bridge_auth import AuthThrottle, BridgeIdentity, check_credentials
 from .config import DataplaneConfig

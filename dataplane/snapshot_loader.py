@@ -6,9 +6,10 @@
 * Decodes the snapshot and builds the new `Routing` in a thread (off the event
   loop that serves SMTP), then swaps it in with one assignment: a message sees
   either the old routing or the new one, never a mix.
-* Acks: every heartbeat writes "version:unix_ms" under its worker id in the
-  server's worker hash; the entry is removed on a clean stop. An ack is also
-  written right after each swap, so the control plane hears of it at once.
+* Acks: every heartbeat writes its entry (format in `control.contract.acks`)
+  under its worker id in the server's worker hash; the entry is removed on a
+  clean stop. An ack is also written right after each swap, so the control
+  plane hears of it at once.
 * Redis down or the control plane silent: the last routing keeps serving and the
   loader keeps retrying. Before any snapshot was loaded `current` is None and the
   SMTP Bridge answers 421.
@@ -22,8 +23,9 @@ import time
 
 from redis import exceptions as redis_errors
 
-from control import rediskeys
-from control.snapshot import decode
+from control.contract import rediskeys
+from control.contract.acks import format_ack, parse_ack
+from control.contract.snapshot import decode
 
 from .routing import Routing
 from .tasks import reraise_if_cancelling
@@ -138,15 +140,18 @@ class SnapshotLoader:
             self._note_redis_error("ack", exc)
         return True
 
+    def _ack_entry(self) -> str:
+        return format_ack(self.version, int(time.time() * 1000))
+
     async def _ack(self) -> None:
-        await self._redis.hset(self._acks_key, self.worker_id, f"{self.version}:{int(time.time() * 1000)}")
+        await self._redis.hset(self._acks_key, self.worker_id, self._ack_entry())
 
     async def _prune_stale_acks(self) -> None:
         now_ms = int(time.time() * 1000)
         stale = []
         for field, value in (await self._redis.hgetall(self._acks_key)).items():
-            _, _, heartbeat = value.decode(errors="replace").partition(":")
-            if not heartbeat.isdigit() or now_ms - int(heartbeat) > STALE_ACK_MS:
+            ack = parse_ack(field.decode(errors="replace"), value.decode(errors="replace"))
+            if ack is None or now_ms - ack.heartbeat_ms > STALE_ACK_MS:
                 stale.append(field)
         if stale:
             await self._redis.hdel(self._acks_key, *stale)
@@ -155,7 +160,7 @@ class SnapshotLoader:
         while True:
             try:
                 pipe = self._redis.pipeline(transaction=False)
-                pipe.hset(self._acks_key, self.worker_id, f"{self.version}:{int(time.time() * 1000)}")
+                pipe.hset(self._acks_key, self.worker_id, self._ack_entry())
                 # The hash goes away by itself once every worker of the server is gone.
                 pipe.pexpire(self._acks_key, STALE_ACK_MS)
                 pipe.get(self._current_key)

@@ -7,8 +7,8 @@ event). A background task turns what is waiting into one batch at most every
 it in one round trip:
 
 * counts: one Lua script HINCRBYs the lifetime and daily hashes of the pool,
-  the IP and the pool+IP (key names from `control.rediskeys`, all under the
-  `{stats}` hash tag), daily hashes expiring after the retention period;
+  the IP and the pool+IP (key names from `control.contract.rediskeys`, all
+  under the `{stats}` hash tag), daily hashes expiring after the retention period;
 * events: one Lua script per message RPUSHes its events (JSON) to the
   message's event list (`{msg:ID}` tag) and sets the list's expiry.
 
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from redis import exceptions as redis_errors
 
-from control import rediskeys
+from control.contract import rediskeys
 
 from .tasks import reraise_if_cancelling
 

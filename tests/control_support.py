@@ -11,10 +11,10 @@ import grpc
 import pytest
 import redis
 
-from control import rediskeys, snapshot
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
 from control.config import ControlConfig
+from control.contract import rediskeys, snapshot
 from control.server import ControlPlane
 
 STUBS = {

@@ -29,9 +29,9 @@ import aiosmtplib
 import pytest
 import redis
 
-from control import rediskeys
-from control.secrets import hash_secret
-from control.snapshot import IP_ACTIVE, BridgeRoute, IpRoute, PoolRoute, Snapshot, encode
+from control.contract import rediskeys
+from control.contract.secrets import hash_secret
+from control.contract.snapshot import IP_ACTIVE, BridgeRoute, IpRoute, PoolRoute, Snapshot, encode
 from dataplane import spool
 from tests.support import wait_until
 

@@ -26,11 +26,11 @@ import pytest
 import redis
 
 from control import cli_render as render
-from control import rediskeys
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.cli import _split_passthrough, main
 from control.cli_serve import stop_within
 from control.config import ControlConfig
+from control.contract import rediskeys
 from control.server import ControlPlane
 from tests.support import free_port, process_gone, wait_until
 

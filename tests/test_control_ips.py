@@ -6,8 +6,8 @@ import time
 import grpc
 import redis
 
-from control import rediskeys
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
+from control.contract import rediskeys
 from tests.control_support import *  # noqa: F401,F403 - fixtures
 from tests.control_support import current_snapshot, eventually, expect_error
 

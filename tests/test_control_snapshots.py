@@ -6,8 +6,8 @@ import grpc
 import redis
 import redis.asyncio as aioredis
 
-from control import rediskeys, snapshot
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
+from control.contract import rediskeys, snapshot
 from control.publisher import build_snapshot
 from control.server import ControlPlane
 from control.store import Store

@@ -4,8 +4,8 @@ import datetime as dt
 
 import grpc
 
-from control import rediskeys
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
+from control.contract import rediskeys
 from tests.control_support import *  # noqa: F401,F403 - fixtures
 from tests.control_support import expect_error
 

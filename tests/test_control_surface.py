@@ -1,8 +1,6 @@
-"""The standard gRPC surface (health, reflection), the store's own invariants, and layering."""
+"""The standard gRPC surface (health, reflection) and the store's own invariants."""
 
-import ast
 import sqlite3
-from pathlib import Path
 
 import grpc
 import pytest
@@ -13,7 +11,6 @@ from control import models
 from control.store import MIGRATIONS, Store
 from tests.control_support import *  # noqa: F401,F403 - fixtures
 
-ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {f"poolmta.v1.{name}" for name in (
     "AccountService", "MtaServerService", "PoolService", "IpService", "BridgeService", "StatsService")}
 
@@ -109,29 +106,3 @@ def test_the_database_itself_holds_the_invariants(tmp_path):
 def test_internal_name_pattern():
     assert models.internal_pool_name("acme-promo", 7, 3, 42) == "acme-promo-7-3-pool-42"
 
-
-def _imports(package: str) -> set[str]:
-    found = set()
-    for path in (ROOT / package).rglob("*.py"):
-        if "_pb" in path.parts:
-            continue
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                found.add(node.module)
-                found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return found
-
-
-def test_layering():
-    control = _imports("control")
-    assert not {m for m in control if m.split(".")[0] == "dataplane"}, "control must never import dataplane"
-    # The snapshot contract (schema, key names, secret check), and the embedded Redis
-    # for `python -m dataplane` run on its own.
-    contract = ("control.contract", "control.snapshot", "control.rediskeys", "control.secrets", "control.embedded_redis")
-    used = {m for m in _imports("dataplane") if m.split(".")[0] == "control" and m != "control"}
-    outside = {m for m in used if not any(m == c or m.startswith(c + ".") for c in contract)}
-    assert not outside, f"dataplane imports {outside}"
-    fastpath = {m for m in _imports("_fastpath") if m.split(".")[0] in ("control", "dataplane")}
-    assert not fastpath, "_fastpath imports nothing of the project"

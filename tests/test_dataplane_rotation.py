@@ -7,7 +7,7 @@ import smtplib
 import time
 from collections import Counter
 
-from control import rediskeys
+from control.contract import rediskeys
 from tests.dataplane_support import (
     make_bridge,
     make_pool,

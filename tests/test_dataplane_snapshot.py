@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import redis
 
-from control import rediskeys
-from control.snapshot import IP_PAUSED
+from control.contract import rediskeys
+from control.contract.snapshot import IP_PAUSED
 from tests.dataplane_support import (
     acked_versions,
     headers_of,

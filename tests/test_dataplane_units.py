@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from control import rediskeys
-from control.snapshot import IP_PAUSED
+from control.contract import rediskeys
+from control.contract.snapshot import IP_PAUSED
 from dataplane import spool
 from dataplane.__main__ import build_config, build_parser
 from dataplane.bridge_auth import AuthThrottle, check_credentials

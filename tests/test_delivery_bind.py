@@ -5,7 +5,7 @@ pool's other IP delivers as usual."""
 
 from __future__ import annotations
 
-from control import rediskeys
+from control.contract import rediskeys
 from tests.dataplane_support import (
     events_of,
     make_bridge,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from control import rediskeys
-from control.snapshot import IP_PAUSED
+from control.contract import rediskeys
+from control.contract.snapshot import IP_PAUSED
 from tests.dataplane_support import (
     Sink,
     events_of,

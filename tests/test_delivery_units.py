@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from control import rediskeys
+from control.contract import rediskeys
 from dataplane import spool
 from dataplane.__main__ import build_config, build_parser
 from dataplane.config import (

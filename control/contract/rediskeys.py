@@ -10,7 +10,7 @@ scripts and multi-key commands stay on one slot of a Redis Cluster:
   are batched (at most a few per second per worker), so one slot carries them easily.
 * `{msg:ID}` — one message's delivery events.
 
-Both planes import this module (the data plane through the snapshot contract).
+Part of `control.contract`: the control plane and the data plane both import it.
 """
 
 PREFIX = "poolmta"

@@ -59,7 +59,7 @@ class BridgeRoute:
     user_id: int
     name: str
     username: str
-    secret_hash: str  # see control.secrets for the format
+    secret_hash: str  # see control.contract.secrets for the format
     smtp_id: int  # the pool (the shared pool for ESSENTIAL bridges)
     feed_type: str  # override; empty = the pool's
     trusted_networks: tuple[str, ...] = ()

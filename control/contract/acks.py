@@ -1,5 +1,12 @@
-"""What the control plane knows of data-plane workers: the snapshot version each
-live worker serves, read from the ack hash the workers refresh in Redis."""
+"""Worker acks: which snapshot version each data-plane worker of an MTA server serves.
+
+Every worker writes one entry under its worker id in its server's ack hash
+(`rediskeys.worker_acks_key`): "version:heartbeat_unix_ms", refreshed on every
+heartbeat and right after each snapshot swap. The control plane reads the hash
+to know which version every live worker serves (an Operation is done once they
+all serve its version). This module owns the entry format on both sides:
+`format_ack` for the workers, `parse_ack` and `live_workers` for whoever reads.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +20,16 @@ from . import rediskeys
 
 @dataclass(frozen=True)
 class WorkerAck:
+    """One worker's entry: the version it serves and when it last said so."""
+
     worker_id: str
     version: int
     heartbeat_ms: int
+
+
+def format_ack(version: int, heartbeat_ms: int) -> str:
+    """The entry of a worker serving `version`, alive at `heartbeat_ms` (Unix milliseconds)."""
+    return f"{int(version)}:{int(heartbeat_ms)}"
 
 
 def parse_ack(worker_id: str, raw: str) -> WorkerAck | None:

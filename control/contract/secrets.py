@@ -5,6 +5,10 @@ Every secret here is generated with 256 bits of entropy, shown once, and stored 
 passwords against guessing; a 256-bit random value cannot be guessed, and SMTP
 AUTH runs once per connection at thousands of connections per second, so a single
 SHA-256 is the right cost here.
+
+The control plane generates secrets and stores their hashes; the data plane checks
+a Bridge's secret at SMTP AUTH against the hash in the snapshot. Both must agree
+on the stored form, so it lives in the contract.
 """
 
 import hashlib
