@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 from rich.live import Live
 
-from . import cli_render as render
-from ._pb.poolmta.v1 import poolmta_pb2 as pb
-from .cli_client import EXIT_ERROR, EXIT_USAGE, CliError, ControlClient
-from .cli_render import Printer
+from . import render
+from .._pb.poolmta.v1 import poolmta_pb2 as pb
+from .client import EXIT_ERROR, EXIT_USAGE, CliError, ControlClient
+from .render import Printer
 
 TIERS = ("ESSENTIAL", "PRO", "BUSINESS")
 DEFAULT_SMTP_PORT = 2525

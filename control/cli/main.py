@@ -1,4 +1,4 @@
-"""`poolmta`: the command line (console script `poolmta = control.cli:main`).
+"""`poolmta`: the command line (console script `poolmta = control.cli.main:main`).
 
     poolmta up | control | dataplane ARGS... | sink ARGS...   run the servers
     poolmta demo [--messages N] [--keep-running]       the whole story on loopback
@@ -25,10 +25,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli_client import EXIT_USAGE, CliError, ControlClient, resolve_token
-from .cli_commands import Context, add_client_commands
-from .cli_render import Printer
-from .config import default_data_dir
+from .client import EXIT_USAGE, CliError, ControlClient, resolve_token
+from .commands import Context, add_client_commands
+from .render import Printer
+from ..config import default_data_dir
 
 DEFAULT_GRPC = "127.0.0.1:50051"
 DEFAULT_SMTP_LISTEN = "127.0.0.1:2525"
@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if command == "sink":
                 return _exec_sink(rest)
             if command == "demo":
-                from .demo import main as demo_main
+                from .demo.main import main as demo_main
 
                 return demo_main(rest)
             return _exec_dataplane(settings, rest)
@@ -292,7 +292,7 @@ def _client_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from .cli_serve import ServeOptions, serve
+    from .serve import ServeOptions, serve
 
     up = args.command == "up"
     opts = ServeOptions(
@@ -308,7 +308,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _exec_dataplane(settings: Settings, args: list[str]) -> int:
-    from .cli_serve import exec_dataplane
+    from .serve import exec_dataplane
 
     try:
         exec_dataplane(args, settings.data_dir if settings.data_dir_given else None, settings.redis_url)
@@ -318,7 +318,7 @@ def _exec_dataplane(settings: Settings, args: list[str]) -> int:
 
 
 def _exec_sink(args: list[str]) -> int:
-    from .cli_serve import exec_sink
+    from .serve import exec_sink
 
     try:
         exec_sink(args)
@@ -326,6 +326,3 @@ def _exec_sink(args: list[str]) -> int:
         raise CliError(f"cannot run the sink ({sys.executable} -m dataplane.sink): {exc.strerror}") from None
     return 1  # not reached: execv does not return
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ._pb.poolmta.v1 import poolmta_pb2 as pb
+from .._pb.poolmta.v1 import poolmta_pb2 as pb
 
 # Wide enough that piped tables are not folded at 80 columns.
 PIPE_WIDTH = 200

@@ -27,11 +27,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 
-from ._pb.poolmta.v1 import poolmta_pb2 as pb
-from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
-from .cli_client import CliError
-from .config import ControlConfig
-from .embedded_redis import EmbeddedRedis, EmbeddedRedisError, resolve_redis
+from .._pb.poolmta.v1 import poolmta_pb2 as pb
+from .._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
+from .client import CliError
+from ..config import ControlConfig
+from ..embedded_redis import EmbeddedRedis, EmbeddedRedisError, resolve_redis
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class _Stack:
     async def run(self) -> int:
         # The control plane imports grpc.aio servers, Redis and SQLite: only `up`
         # and `control` pay for that, not every client command.
-        from .server import ControlPlane
+        from ..server import ControlPlane
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

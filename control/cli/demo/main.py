@@ -1,4 +1,4 @@
-"""`poolmta demo` (``python -m control.demo``): the whole story on loopback, in one command.
+"""`poolmta demo` (``python -m control.cli.demo``): the whole story on loopback, in one command.
 
 Nothing needs to run before it. In a temporary data directory it starts the
 embedded Redis and the control plane in this process, then `poolmta sink` (the
@@ -52,18 +52,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from . import cli_render as render
-from ._pb.poolmta.v1 import poolmta_pb2 as pb
-from .cli_client import STUBS
-from .cli_serve import (
+from .. import render
+from ..._pb.poolmta.v1 import poolmta_pb2 as pb
+from ..client import STUBS
+from ..serve import (
     CONTROL_STOP_EXTRA_SECONDS,
     DATAPLANE_READY,
     DATAPLANE_STOP_SECONDS,
     _die_with_parent,
     stop_within,
 )
-from .config import ControlConfig
-from .embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from ...config import ControlConfig
+from ...embedded_redis import EmbeddedRedis, EmbeddedRedisError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -310,7 +310,7 @@ class Stack:
         await self.stop()
 
     async def start(self) -> None:
-        from .server import ControlPlane
+        from ...server import ControlPlane
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.redis = EmbeddedRedis(self.data_dir)
@@ -960,6 +960,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

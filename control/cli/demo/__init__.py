@@ -1,0 +1,1 @@
+"""`poolmta demo`: the whole story on loopback, in one command (see `main`)."""
