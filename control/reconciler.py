@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from . import models, workers
-from .publisher import SnapshotPublisher, reraise_if_cancelling
+from .contract.runtime import reraise_if_cancelling
+from .publisher import SnapshotPublisher
 from .registry import Registry
 
 log = logging.getLogger(__name__)

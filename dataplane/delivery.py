@@ -42,6 +42,7 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field, replace
 
 from _fastpath import NoUsableIp, RotationTable
+from control.contract.runtime import reraise_if_cancelling
 
 from .config import DataplaneConfig, format_duration, normalize_domain
 from .destinations import Destination, Destinations, LookupFailed, family_of
@@ -78,7 +79,6 @@ from .smtp_reply import (
     local_reply,
 )
 from .spool import Spool, SpoolCorrupt, SpoolError, SpoolRecord, owner_of
-from .tasks import reraise_if_cancelling
 
 log = logging.getLogger("poolmta.dataplane.delivery")
 

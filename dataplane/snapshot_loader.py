@@ -23,10 +23,10 @@ import time
 from redis import exceptions as redis_errors
 
 from control import rediskeys
+from control.contract.runtime import reraise_if_cancelling
 from control.snapshot import decode
 
 from .routing import Routing
-from .tasks import reraise_if_cancelling
 
 log = logging.getLogger("poolmta.dataplane.snapshot")
 
