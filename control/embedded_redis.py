@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from .contract.runtime import die_with_parent
+
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "redis_server_executable", "resolve_redis"]
 
 LOG_LEVELS = frozenset({"debug", "verbose", "notice", "warning"})
@@ -47,7 +49,6 @@ SUN_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
 # Where the socket goes when `<data_dir>/redis/redis.sock` is too long.
 SHORT_SOCKET_ROOT = Path("/tmp")
 
-_PR_SET_PDEATHSIG = 1
 _POLL_INTERVAL = 0.02
 _LOG_TAIL_LINES = 25
 
@@ -330,7 +331,7 @@ class EmbeddedRedis:
                 stderr=log,
                 close_fds=True,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(parent_pid),
+                preexec_fn=die_with_parent(parent_pid),
             )
 
     def _wait_ready(self, timeout: float) -> None:
@@ -451,30 +452,6 @@ def resolve_redis(data_dir: Path, redis_url: str | None) -> tuple[str, EmbeddedR
 
 
 # -- module helpers ---------------------------------------------------------
-
-
-def _die_with_parent(parent_pid: int):
-    """preexec_fn for the child: SIGTERM me when the forking thread of `parent_pid` dies.
-
-    Linux only; elsewhere it does nothing. Closes the fork/prctl race: if the
-    parent died before prctl took effect, the child exits at once.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return preexec
 
 
 def _make_private_dir(path: Path) -> None:

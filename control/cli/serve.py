@@ -31,6 +31,7 @@ from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from .._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
 from .client import CliError
 from ..config import ControlConfig
+from ..contract.runtime import die_with_parent
 from ..embedded_redis import EmbeddedRedis, EmbeddedRedisError, resolve_redis
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ DEFAULT_SMTP_LISTEN = "127.0.0.1:2525"
 DATAPLANE_STOP_SECONDS = 15.0
 # How much longer than its gRPC grace period the control plane gets to stop.
 CONTROL_STOP_EXTRA_SECONDS = 5.0
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -262,7 +262,7 @@ class _Stack:
         self.dataplane = await asyncio.create_subprocess_exec(
             *self._dataplane_command(),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+            start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
         )
         self._pumps = [
             asyncio.create_task(_pump(self.dataplane.stdout, self.out, self._ready_seen)),
@@ -318,25 +318,3 @@ async def _pump(stream: asyncio.StreamReader, sink: IO[str], on_ready: Callable[
         sink.flush()
         if DATAPLANE_READY in decoded:
             on_ready(decoded)
-
-
-def _die_with_parent(parent_pid: int):
-    """preexec_fn: the child gets SIGTERM when the thread that forked it dies (Linux).
-
-    Exits at once if the parent already died before prctl took effect.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return preexec

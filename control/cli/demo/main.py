@@ -59,10 +59,10 @@ from ..serve import (
     CONTROL_STOP_EXTRA_SECONDS,
     DATAPLANE_READY,
     DATAPLANE_STOP_SECONDS,
-    _die_with_parent,
     stop_within,
 )
 from ...config import ControlConfig
+from ...contract.runtime import die_with_parent
 from ...embedded_redis import EmbeddedRedis, EmbeddedRedisError
 
 EXIT_OK = 0
@@ -197,7 +197,7 @@ class _Child:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept for the child's life
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
-            start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+            start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
         )
         try:
             line = await asyncio.wait_for(self._ready_line(), timeout)
