@@ -16,6 +16,8 @@ import ssl
 import sys
 from pathlib import Path
 
+from control.contract.runtime import default_data_dir
+
 from . import logs, spool
 from .config import (
     DEFAULT_EVENT_RETENTION,
@@ -45,12 +47,6 @@ log = logging.getLogger("poolmta.dataplane")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _SIZE_SUFFIXES = {"k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def default_data_dir() -> Path:
-    """`$XDG_DATA_HOME/poolmta`, else `~/.local/share/poolmta` (as the control plane)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "poolmta"
 
 
 def _size(text: str) -> int:
@@ -278,12 +274,13 @@ def _resolve_redis(data_dir: Path, redis_url: str | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser(dict(os.environ))
+    env = dict(os.environ)
+    parser = build_parser(env)
     args = parser.parse_args(argv)
     if args.server_id is None:
         parser.error("--server-id (or POOLMTA_SERVER_ID) is required")
     if args.data_dir is None:
-        args.data_dir = default_data_dir()
+        args.data_dir = default_data_dir(env)
     args.data_dir = args.data_dir.expanduser().absolute()
     logs.configure(args.log_level, "supervisor")
 

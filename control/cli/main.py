@@ -25,10 +25,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contract.runtime import default_data_dir
 from .client import EXIT_USAGE, CliError, ControlClient, resolve_token
 from .commands import Context, add_client_commands
 from .render import Printer
-from ..config import default_data_dir
 
 DEFAULT_GRPC = "127.0.0.1:50051"
 DEFAULT_SMTP_LISTEN = "127.0.0.1:2525"
@@ -67,7 +67,7 @@ class Settings:
 
         data_dir = getattr(args, "data_dir", None) or env("POOLMTA_DATA_DIR")
         return cls(
-            data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(),
+            data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(environ),
             data_dir_given=bool(data_dir),
             redis_url=getattr(args, "redis_url", None) or env("POOLMTA_REDIS_URL"),
             grpc=getattr(args, "grpc", None) or env("POOLMTA_GRPC") or DEFAULT_GRPC,
@@ -106,7 +106,7 @@ def global_options() -> argparse.ArgumentParser:
     g = parser.add_argument_group("global options (before or after the command)")
     s = argparse.SUPPRESS
     g.add_argument("--data-dir", type=Path, default=s, metavar="DIR",
-                   help=f"state directory (env POOLMTA_DATA_DIR; default {default_data_dir()})")
+                   help=f"state directory (env POOLMTA_DATA_DIR; default {default_data_dir(os.environ)})")
     g.add_argument("--redis-url", default=s, metavar="URL",
                    help="Redis to use (env POOLMTA_REDIS_URL); without one, up and control start an embedded Redis")
     g.add_argument("--grpc", default=s, metavar="HOST:PORT",
