@@ -127,9 +127,8 @@ def _imports(package: str) -> set[str]:
 def test_layering():
     control = _imports("control")
     assert not {m for m in control if m.split(".")[0] == "dataplane"}, "control must never import dataplane"
-    # The snapshot contract (schema, key names, secret check), and the embedded Redis
-    # for `python -m dataplane` run on its own.
-    contract = ("control.snapshot", "control.rediskeys", "control.secrets", "control.embedded_redis")
+    # The snapshot contract (schema, key names, secret check), and control.contract.
+    contract = ("control.snapshot", "control.rediskeys", "control.secrets", "control.contract")
     used = {m for m in _imports("dataplane") if m.split(".")[0] == "control" and m != "control"}
     outside = {m for m in used if not any(m == c or m.startswith(c + ".") for c in contract)}
     assert not outside, f"dataplane imports {outside}"

@@ -154,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("dataplane", parents=[common], help="run a data plane (python -m dataplane ARGS...)",
                             description="Runs `python -m dataplane ARGS...`; every argument after `dataplane` "
-                            "is passed through, after the global --data-dir / --redis-url when given.")
+                            "is passed through, after the global --data-dir / --redis-url when given. Without a "
+                            "Redis URL and with no embedded Redis running for the data directory, it starts that "
+                            "Redis and runs the data plane beside it.")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
 
     p = commands.add_parser("sink", parents=[common], help="run a destination MTA for demos and benchmarks "
@@ -254,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from .demo.main import main as demo_main
 
                 return demo_main(rest)
-            return _exec_dataplane(settings, rest)
+            return _run_dataplane(settings, rest)
         if args.command in SERVER_COMMANDS:
             return _serve(settings, args)
         return _client_command(settings, args)
@@ -307,22 +309,20 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return serve(opts, sys.stdout)
 
 
-def _exec_dataplane(settings: Settings, args: list[str]) -> int:
-    from .serve import exec_dataplane
+def _run_dataplane(settings: Settings, args: list[str]) -> int:
+    from .passthrough import run_dataplane
 
     try:
-        exec_dataplane(args, settings.data_dir if settings.data_dir_given else None, settings.redis_url)
+        return run_dataplane(args, settings.data_dir, settings.data_dir_given, settings.redis_url, sys.stdout)
     except OSError as exc:
         raise CliError(f"cannot run the data plane ({sys.executable} -m dataplane): {exc.strerror}") from None
-    return 1  # not reached: execv does not return
 
 
 def _exec_sink(args: list[str]) -> int:
-    from .serve import exec_sink
+    from .passthrough import exec_sink
 
     try:
-        exec_sink(args)
+        return exec_sink(args)
     except OSError as exc:
         raise CliError(f"cannot run the sink ({sys.executable} -m dataplane.sink): {exc.strerror}") from None
-    return 1  # not reached: execv does not return
 

@@ -55,12 +55,8 @@ from rich.text import Text
 from .. import render
 from ..._pb.poolmta.v1 import poolmta_pb2 as pb
 from ..client import STUBS
-from ..serve import (
-    CONTROL_STOP_EXTRA_SECONDS,
-    DATAPLANE_READY,
-    DATAPLANE_STOP_SECONDS,
-    stop_within,
-)
+from ..children import DATAPLANE_READY, DATAPLANE_STOP_SECONDS
+from ..serve import CONTROL_STOP_EXTRA_SECONDS, stop_within
 from ...config import ControlConfig
 from ...contract.runtime import die_with_parent
 from ...embedded_redis import EmbeddedRedis, EmbeddedRedisError
