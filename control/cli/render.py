@@ -138,8 +138,13 @@ def to_dict(message: Message) -> dict:
 # -- tables -----------------------------------------------------------------------
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence[str]], title: str | None = None) -> Table:
+def table(columns: Sequence[str], rows: Iterable[Sequence[str]], title: str | None = None,
+          right: Iterable[int] = ()) -> Table:
+    """The CLI's table: `columns` headers, then `rows`; the columns at the indices in
+    `right` (figures) are aligned right."""
     t = Table(*columns, box=box.SIMPLE_HEAD, show_edge=False, title=title, title_justify="left", pad_edge=False)
+    for index in right:
+        t.columns[index].justify = "right"
     for row in rows:
         t.add_row(*row)
     return t
@@ -341,7 +346,8 @@ def _figures(rows: Sequence[tuple[str, int]]) -> Table:
     return t
 
 
-def _ips_plural(n: int) -> str:
+def plural_ips(n: int) -> str:
+    """"1 IP", "3 IPs"."""
     return f"{n} IP" if n == 1 else f"{n} IPs"
 
 
@@ -354,7 +360,7 @@ def pool_stats(s: pb.PoolStats, live: bool = False) -> Group:
         _figures([("Total Sent", s.sent), ("Total Delivered", s.delivered), ("Total Bounced", s.bounced)]),
         Text(""),
         Text(f"Delivery rate {rate(s.delivery_rate, s.delivered, s.bounced)} · "
-             f"across {_ips_plural(len(s.ips))} in this Pool"),
+             f"across {plural_ips(len(s.ips))} in this Pool"),
     ]
     if live:
         parts.append(Text(f"live · DSN-fed aggregate · {window(s.window)}", style="dim"))
