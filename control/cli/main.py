@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..contract.runtime import default_data_dir
+from . import admin_commands, tenant_commands
 from .client import EXIT_USAGE, CliError, ControlClient, resolve_token
-from .commands import Context, add_client_commands
+from .commands import CommandTree, Context
 from .render import Printer
 
 DEFAULT_GRPC = "127.0.0.1:50051"
@@ -173,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "options).")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
 
-    add_client_commands(commands, [common])
+    tree = CommandTree(commands, [common])
+    admin_commands.add(tree)
+    tenant_commands.add(tree)
     return parser
 
 

@@ -1,60 +1,18 @@
-"""The client commands of the `poolmta` command line: their arguments and what
-each one calls on the control plane's gRPC API.
-
-    account  create | list | show | tier | token
-    server   register | list | show | shared-ip {add,list,release} | republish | status
-    pool     create | list | show | rename | set-default | delete | headers | feed-type
-    ip       provision | list | show | assign | pause | resume | weight | release
-    bridge   create | list | show | revoke | rotate | trust
-    op       show | watch
-    stats    pool | ip
-
-A handler takes the Context and the parsed arguments and returns the exit code;
-failures are raised as CliError. POOL arguments take an smtp_id or a label.
-"""
+"""The account commands of the `poolmta` command line (an account token): dedicated
+Pools, IPs and their reassignment operations, Bridges, stats, message status."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from rich.live import Live
 
-from . import render
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
-from .client import EXIT_ERROR, EXIT_USAGE, CliError, ControlClient
-from .render import Printer
+from . import render
+from .client import EXIT_ERROR, EXIT_USAGE, CliError
+from .commands import CommandTree, Context, done, emit
 
-TIERS = ("ESSENTIAL", "PRO", "BUSINESS")
 DEFAULT_SMTP_PORT = 2525
-
-
-@dataclass
-class Context:
-    """What a client command works with: where to print, and a client made on first use."""
-
-    printer: Printer
-    connect: Callable[[], ControlClient]
-    _client: ControlClient | None = field(default=None, repr=False)
-
-    @property
-    def client(self) -> ControlClient:
-        if self._client is None:
-            self._client = self.connect()
-        return self._client
-
-    @property
-    def json(self) -> bool:
-        return self.printer.json_mode
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-
-# -- argument types ---------------------------------------------------------------
 
 
 def header_arg(value: str) -> pb.Header:
@@ -64,131 +22,11 @@ def header_arg(value: str) -> pb.Header:
     return pb.Header(name=name.strip(), value=text)
 
 
-def tier_arg(value: str) -> str:
-    upper = value.upper()
-    if upper not in TIERS:
-        raise argparse.ArgumentTypeError(f"tier must be one of {', '.join(TIERS)}, got {value!r}")
-    return upper
-
-
 def window_arg(value: str) -> int:
     try:
         return render.WINDOWS[value.lower()]
     except KeyError:
         raise argparse.ArgumentTypeError(f"window must be lifetime or 30d, got {value!r}") from None
-
-
-def _emit(ctx: Context, message, human) -> int:
-    """Print `message` as JSON, or `human(message)` as a rich renderable."""
-    if ctx.json:
-        ctx.printer.json(message)
-    else:
-        ctx.printer.show(human(message))
-    return 0
-
-
-# -- account ------------------------------------------------------------------------
-
-
-def account_create(ctx: Context, a) -> int:
-    request = pb.CreateAccountRequest(name=a.name, tier=pb.Tier.Value(a.tier))
-    reply = ctx.client.call("accounts", "CreateAccount", request)
-    if ctx.json:
-        ctx.printer.json(reply)
-        return 0
-    p = ctx.printer
-    p.show(render.account(reply.account))
-    p.line()
-    p.line("API token (shown once: only its hash is stored, so save it now):")
-    p.line(reply.token)
-    p.line()
-    p.line("Pool, ip, bridge and stats commands take it as --token or POOLMTA_TOKEN.")
-    return 0
-
-
-def account_list(ctx: Context, a) -> int:
-    return _emit(ctx, ctx.client.call("accounts", "ListAccounts", pb.ListAccountsRequest()),
-                 lambda r: render.accounts(r.accounts))
-
-
-def account_show(ctx: Context, a) -> int:
-    return _emit(ctx, ctx.client.call("accounts", "GetAccount", pb.GetAccountRequest(user_id=a.id)), render.account)
-
-
-def account_tier(ctx: Context, a) -> int:
-    request = pb.SetAccountTierRequest(user_id=a.id, tier=pb.Tier.Value(a.tier))
-    return _emit(ctx, ctx.client.call("accounts", "SetAccountTier", request), render.account)
-
-
-def account_token(ctx: Context, a) -> int:
-    request = pb.IssueAccountTokenRequest(user_id=a.id, revoke_existing=a.revoke_existing)
-    reply = ctx.client.call("accounts", "IssueAccountToken", request)
-    if ctx.json:
-        ctx.printer.json(reply)
-        return 0
-    p = ctx.printer
-    revoked = " Every earlier token of the account is revoked." if a.revoke_existing else ""
-    p.line(f"New API token for account {a.id} (shown once: only its hash is stored, so save it now).{revoked}")
-    p.line(reply.token)
-    return 0
-
-
-# -- server -------------------------------------------------------------------------
-
-
-def server_register(ctx: Context, a) -> int:
-    request = pb.RegisterMtaServerRequest(hostname=a.hostname, zone=a.zone)
-    reply = ctx.client.call("servers", "RegisterMtaServer", request)
-    _emit(ctx, reply, render.server)
-    if not ctx.json:
-        ctx.printer.line()
-        ctx.printer.line(f"Its data plane: poolmta up --server-id {reply.server_id}  "
-                         f"(or poolmta dataplane --server-id {reply.server_id})")
-    return 0
-
-
-def server_list(ctx: Context, a) -> int:
-    return _emit(ctx, ctx.client.call("servers", "ListMtaServers", pb.ListMtaServersRequest()),
-                 lambda r: render.servers(r.servers))
-
-
-def server_show(ctx: Context, a) -> int:
-    return _emit(ctx, ctx.client.call("servers", "GetMtaServer", pb.GetMtaServerRequest(server_id=a.id)),
-                 render.server)
-
-
-def shared_ip_add(ctx: Context, a) -> int:
-    request = pb.ProvisionSharedIpRequest(server_id=a.server_id, address=a.address, weight=a.weight or 0,
-                                          hostname=a.hostname or "")
-    return _emit(ctx, ctx.client.call("servers", "ProvisionSharedIp", request), render.ip)
-
-
-def shared_ip_list(ctx: Context, a) -> int:
-    return _emit(ctx, ctx.client.call("servers", "ListSharedIps", pb.ListSharedIpsRequest(server_id=a.server_id)),
-                 lambda r: render.ips(r.ips))
-
-
-def shared_ip_release(ctx: Context, a) -> int:
-    reply = ctx.client.call("servers", "ReleaseSharedIp", pb.ReleaseSharedIpRequest(address=a.address))
-    return _done(ctx, reply, f"Released shared IP {a.address}.")
-
-
-def server_republish(ctx: Context, a) -> int:
-    request = pb.RepublishSnapshotsRequest(server_id=a.id or 0)
-    return _emit(ctx, ctx.client.call("servers", "RepublishSnapshots", request), render.republished)
-
-
-def server_status(ctx: Context, a) -> int:
-    request = pb.GetRoutingStatusRequest(server_id=a.id)
-    return _emit(ctx, ctx.client.call("servers", "GetRoutingStatus", request), render.routing_status)
-
-
-def _done(ctx: Context, reply, message: str) -> int:
-    if ctx.json:
-        ctx.printer.json(reply)
-    else:
-        ctx.printer.line(message)
-    return 0
 
 
 # -- pool ---------------------------------------------------------------------------
@@ -197,32 +35,32 @@ def _done(ctx: Context, reply, message: str) -> int:
 def pool_create(ctx: Context, a) -> int:
     request = pb.CreatePoolRequest(label=a.label, server_id=a.server, tag=a.tag or "", feed_type=a.feed_type or "",
                                    headers=a.headers or [])
-    return _emit(ctx, ctx.client.call("pools", "CreatePool", request), render.pool)
+    return emit(ctx, ctx.client.call("pools", "CreatePool", request), render.pool)
 
 
 def pool_list(ctx: Context, a) -> int:
-    return _emit(ctx, ctx.client.call("pools", "ListPools", pb.ListPoolsRequest()), lambda r: render.pools(r.pools))
+    return emit(ctx, ctx.client.call("pools", "ListPools", pb.ListPoolsRequest()), lambda r: render.pools(r.pools))
 
 
 def pool_show(ctx: Context, a) -> int:
     smtp_id = ctx.client.resolve_pool(a.pool)
-    return _emit(ctx, ctx.client.call("pools", "GetPool", pb.GetPoolRequest(smtp_id=smtp_id)), render.pool)
+    return emit(ctx, ctx.client.call("pools", "GetPool", pb.GetPoolRequest(smtp_id=smtp_id)), render.pool)
 
 
 def pool_rename(ctx: Context, a) -> int:
     request = pb.RenamePoolRequest(smtp_id=ctx.client.resolve_pool(a.pool), label=a.new_label)
-    return _emit(ctx, ctx.client.call("pools", "RenamePool", request), render.pool)
+    return emit(ctx, ctx.client.call("pools", "RenamePool", request), render.pool)
 
 
 def pool_set_default(ctx: Context, a) -> int:
     request = pb.SetDefaultPoolRequest(smtp_id=ctx.client.resolve_pool(a.pool))
-    return _emit(ctx, ctx.client.call("pools", "SetDefaultPool", request), render.pool)
+    return emit(ctx, ctx.client.call("pools", "SetDefaultPool", request), render.pool)
 
 
 def pool_delete(ctx: Context, a) -> int:
     smtp_id = ctx.client.resolve_pool(a.pool)
     reply = ctx.client.call("pools", "DeletePool", pb.DeletePoolRequest(smtp_id=smtp_id))
-    return _done(ctx, reply, f"Deleted pool {smtp_id}.")
+    return done(ctx, reply, f"Deleted pool {smtp_id}.")
 
 
 def pool_headers(ctx: Context, a) -> int:
@@ -245,7 +83,7 @@ def pool_headers(ctx: Context, a) -> int:
 
 def pool_feed_type(ctx: Context, a) -> int:
     request = pb.SetPoolFeedTypeRequest(smtp_id=ctx.client.resolve_pool(a.pool), feed_type=a.feed_type)
-    return _emit(ctx, ctx.client.call("pools", "SetPoolFeedType", request), render.pool)
+    return emit(ctx, ctx.client.call("pools", "SetPoolFeedType", request), render.pool)
 
 
 # -- ip -----------------------------------------------------------------------------
@@ -255,17 +93,17 @@ def ip_provision(ctx: Context, a) -> int:
     smtp_id = ctx.client.resolve_pool(a.pool) if a.pool else 0
     request = pb.ProvisionIpRequest(address=a.address, smtp_id=smtp_id, server_id=a.server or 0,
                                     weight=a.weight or 0, hostname=a.hostname or "")
-    return _emit(ctx, ctx.client.call("ips", "ProvisionIp", request), render.ip)
+    return emit(ctx, ctx.client.call("ips", "ProvisionIp", request), render.ip)
 
 
 def ip_list(ctx: Context, a) -> int:
     smtp_id = ctx.client.resolve_pool(a.pool) if a.pool else 0
-    return _emit(ctx, ctx.client.call("ips", "ListIps", pb.ListIpsRequest(smtp_id=smtp_id)),
+    return emit(ctx, ctx.client.call("ips", "ListIps", pb.ListIpsRequest(smtp_id=smtp_id)),
                  lambda r: render.ips(r.ips))
 
 
 def ip_show(ctx: Context, a) -> int:
-    return _emit(ctx, ctx.client.call("ips", "GetIp", pb.GetIpRequest(address=a.address)), render.ip)
+    return emit(ctx, ctx.client.call("ips", "GetIp", pb.GetIpRequest(address=a.address)), render.ip)
 
 
 def ip_assign(ctx: Context, a) -> int:
@@ -287,21 +125,21 @@ def ip_assign(ctx: Context, a) -> int:
 
 
 def ip_pause(ctx: Context, a) -> int:
-    return _emit(ctx, ctx.client.call("ips", "PauseIp", pb.PauseIpRequest(address=a.address)), render.ip)
+    return emit(ctx, ctx.client.call("ips", "PauseIp", pb.PauseIpRequest(address=a.address)), render.ip)
 
 
 def ip_resume(ctx: Context, a) -> int:
-    return _emit(ctx, ctx.client.call("ips", "ResumeIp", pb.ResumeIpRequest(address=a.address)), render.ip)
+    return emit(ctx, ctx.client.call("ips", "ResumeIp", pb.ResumeIpRequest(address=a.address)), render.ip)
 
 
 def ip_weight(ctx: Context, a) -> int:
     request = pb.SetIpWeightRequest(address=a.address, weight=a.weight)
-    return _emit(ctx, ctx.client.call("ips", "SetIpWeight", request), render.ip)
+    return emit(ctx, ctx.client.call("ips", "SetIpWeight", request), render.ip)
 
 
 def ip_release(ctx: Context, a) -> int:
     reply = ctx.client.call("ips", "ReleaseIp", pb.ReleaseIpRequest(address=a.address))
-    return _done(ctx, reply, f"Released IP {a.address}.")
+    return done(ctx, reply, f"Released IP {a.address}.")
 
 
 # -- op -----------------------------------------------------------------------------
@@ -309,7 +147,7 @@ def ip_release(ctx: Context, a) -> int:
 
 def op_show(ctx: Context, a) -> int:
     op = ctx.client.call("ips", "GetOperation", pb.GetOperationRequest(operation_id=a.id))
-    return _emit(ctx, op, render.operation)
+    return emit(ctx, op, render.operation)
 
 
 def op_watch(ctx: Context, a) -> int:
@@ -371,22 +209,22 @@ def _bridge_with_secret(ctx: Context, reply: pb.BridgeWithSecret, what: str) -> 
 
 def bridge_list(ctx: Context, a) -> int:
     smtp_id = ctx.client.resolve_pool(a.pool) if a.pool else 0
-    return _emit(ctx, ctx.client.call("bridges", "ListBridges", pb.ListBridgesRequest(smtp_id=smtp_id)),
+    return emit(ctx, ctx.client.call("bridges", "ListBridges", pb.ListBridgesRequest(smtp_id=smtp_id)),
                  lambda r: render.bridges(r.bridges))
 
 
 def bridge_show(ctx: Context, a) -> int:
-    return _emit(ctx, ctx.client.call("bridges", "GetBridge", pb.GetBridgeRequest(bridge_id=a.id)), render.bridge)
+    return emit(ctx, ctx.client.call("bridges", "GetBridge", pb.GetBridgeRequest(bridge_id=a.id)), render.bridge)
 
 
 def bridge_revoke(ctx: Context, a) -> int:
-    return _emit(ctx, ctx.client.call("bridges", "RevokeBridge", pb.RevokeBridgeRequest(bridge_id=a.id)),
+    return emit(ctx, ctx.client.call("bridges", "RevokeBridge", pb.RevokeBridgeRequest(bridge_id=a.id)),
                  render.bridge)
 
 
 def bridge_trust(ctx: Context, a) -> int:
     request = pb.SetBridgeTrustedNetworksRequest(bridge_id=a.id, trusted_networks=a.cidrs)
-    return _emit(ctx, ctx.client.call("bridges", "SetBridgeTrustedNetworks", request), render.bridge)
+    return emit(ctx, ctx.client.call("bridges", "SetBridgeTrustedNetworks", request), render.bridge)
 
 
 # -- stats --------------------------------------------------------------------------
@@ -396,7 +234,7 @@ def stats_pool(ctx: Context, a) -> int:
     smtp_id = ctx.client.resolve_pool(a.pool)
     if not a.watch:
         stats = ctx.client.call("stats", "GetPoolStats", pb.GetPoolStatsRequest(smtp_id=smtp_id, window=a.window))
-        return _emit(ctx, stats, render.pool_stats)
+        return emit(ctx, stats, render.pool_stats)
     updates = ctx.client.stream("stats", "WatchPoolStats", pb.WatchPoolStatsRequest(smtp_id=smtp_id, window=a.window))
     p = ctx.printer
     if ctx.json:
@@ -415,128 +253,79 @@ def stats_pool(ctx: Context, a) -> int:
 
 def stats_ip(ctx: Context, a) -> int:
     stats = ctx.client.call("stats", "GetIpStats", pb.GetIpStatsRequest(address=a.address, window=a.window))
-    return _emit(ctx, stats, lambda s: render.ip_stats(s, a.window))
+    return emit(ctx, stats, lambda s: render.ip_stats(s, a.window))
 
 
 def message_status(ctx: Context, a) -> int:
     status = ctx.client.call("stats", "GetMessageStatus", pb.GetMessageStatusRequest(message_id=a.id))
-    return _emit(ctx, status, render.message_status)
+    return emit(ctx, status, render.message_status)
 
 
 # -- parsers ------------------------------------------------------------------------
 
 
-def add_client_commands(commands, parents: list[argparse.ArgumentParser]) -> None:
-    """Add the client command groups to the top-level subparsers `commands`."""
+def _pool_option(parser: argparse.ArgumentParser, help_text: str, required: bool = False) -> None:
+    parser.add_argument("--pool", metavar="POOL", required=required, help=help_text + " (smtp_id or label)")
 
-    def group(name: str, help_text: str):
-        parser = commands.add_parser(name, help=help_text, description=help_text, parents=parents)
-        return parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
 
-    def leaf(subs, name: str, handler, help_text: str):
-        parser = subs.add_parser(name, help=help_text, description=help_text, parents=parents)
-        parser.set_defaults(handler=handler)
-        return parser
-
-    def pool_option(parser, help_text: str, required: bool = False):
-        parser.add_argument("--pool", metavar="POOL", required=required, help=help_text + " (smtp_id or label)")
-
-    # account
-    subs = group("account", "tenant accounts (admin token)")
-    p = leaf(subs, "create", account_create, "create an account; prints its API token once")
-    p.add_argument("name")
-    p.add_argument("--tier", type=tier_arg, required=True, metavar="{ESSENTIAL,PRO,BUSINESS}")
-    leaf(subs, "list", account_list, "list every account")
-    p = leaf(subs, "show", account_show, "show one account")
-    p.add_argument("id", type=int, metavar="ID")
-    p = leaf(subs, "tier", account_tier, "change an account's tier")
-    p.add_argument("id", type=int, metavar="ID")
-    p.add_argument("tier", type=tier_arg, metavar="{ESSENTIAL,PRO,BUSINESS}")
-    p = leaf(subs, "token", account_token, "issue a new API token (printed once)")
-    p.add_argument("id", type=int, metavar="ID")
-    p.add_argument("--revoke-existing", action="store_true", help="revoke every earlier token of the account")
-
-    # server
-    subs = group("server", "MTA servers and their shared pools (admin token)")
-    p = leaf(subs, "register", server_register, "register an MTA server")
-    p.add_argument("--hostname", required=True, help="its public hostname (default HELO name of its IPs)")
-    p.add_argument("--zone", required=True, help="its zone, e.g. US-1, EU-1, MTA4")
-    leaf(subs, "list", server_list, "list MTA servers")
-    p = leaf(subs, "show", server_show, "show one MTA server")
-    p.add_argument("id", type=int, metavar="ID")
-    shared = subs.add_parser("shared-ip", help="IPs of a server's shared pool (ESSENTIAL traffic)",
-                             description="IPs of a server's shared pool (ESSENTIAL traffic)", parents=parents)
-    shared_subs = shared.add_subparsers(dest="shared_ip_command", metavar="COMMAND", required=True)
-    p = leaf(shared_subs, "add", shared_ip_add, "add an IP to a server's shared pool")
-    p.add_argument("server_id", type=int, metavar="SERVER_ID")
-    p.add_argument("address")
-    p.add_argument("--weight", type=int, help="rotation weight (default 1)")
-    p.add_argument("--hostname", help="HELO hostname (default the server's hostname)")
-    p = leaf(shared_subs, "list", shared_ip_list, "list a server's shared IPs")
-    p.add_argument("server_id", type=int, metavar="SERVER_ID")
-    p = leaf(shared_subs, "release", shared_ip_release, "remove an IP from its shared pool")
-    p.add_argument("address")
-    p = leaf(subs, "republish", server_republish, "rebuild routing snapshots from SQLite and publish them")
-    p.add_argument("id", type=int, nargs="?", metavar="SERVER_ID", help="only this server (default every server)")
-    p = leaf(subs, "status", server_status, "routing versions and the version each live worker serves")
-    p.add_argument("id", type=int, metavar="SERVER_ID")
-
+def add(tree: CommandTree) -> None:
+    """Add the `pool`, `ip`, `bridge`, `op`, `stats` and `message` groups."""
     # pool
-    subs = group("pool", "dedicated pools (account token)")
-    p = leaf(subs, "create", pool_create, "create a pool on an MTA server")
+    subs = tree.group("pool", "dedicated pools (account token)")
+    p = tree.leaf(subs, "create", pool_create, "create a pool on an MTA server")
     p.add_argument("label")
     p.add_argument("--server", type=int, required=True, metavar="ID", help="MTA server (fixes the zone)")
     p.add_argument("--tag", help="slug for the internal name (default derived from the label)")
     p.add_argument("--feed-type", help="stamped as x-feedtype")
     p.add_argument("--header", dest="headers", type=header_arg, action="extend", nargs="+", metavar="NAME=VALUE",
                    help="a custom header stamped on every message (repeatable)")
-    leaf(subs, "list", pool_list, "list the account's pools")
-    p = leaf(subs, "show", pool_show, "show one pool")
+    tree.leaf(subs, "list", pool_list, "list the account's pools")
+    p = tree.leaf(subs, "show", pool_show, "show one pool")
     p.add_argument("pool", metavar="POOL")
-    p = leaf(subs, "rename", pool_rename, "change a pool's label (its internal name stays)")
+    p = tree.leaf(subs, "rename", pool_rename, "change a pool's label (its internal name stays)")
     p.add_argument("pool", metavar="POOL")
     p.add_argument("new_label", metavar="NEW_LABEL")
-    p = leaf(subs, "set-default", pool_set_default, "make the pool new IPs land in")
+    p = tree.leaf(subs, "set-default", pool_set_default, "make the pool new IPs land in")
     p.add_argument("pool", metavar="POOL")
-    p = leaf(subs, "delete", pool_delete, "delete an empty, non-default pool")
+    p = tree.leaf(subs, "delete", pool_delete, "delete an empty, non-default pool")
     p.add_argument("pool", metavar="POOL")
-    p = leaf(subs, "headers", pool_headers, "show, replace (--set) or clear (--clear) a pool's custom headers")
+    p = tree.leaf(subs, "headers", pool_headers, "show, replace (--set) or clear (--clear) a pool's custom headers")
     p.add_argument("pool", metavar="POOL")
     p.add_argument("--set", type=header_arg, action="extend", nargs="+", metavar="NAME=VALUE",
                    help="replace every custom header with these")
     p.add_argument("--clear", action="store_true", help="remove every custom header")
-    p = leaf(subs, "feed-type", pool_feed_type, "change a pool's feed type")
+    p = tree.leaf(subs, "feed-type", pool_feed_type, "change a pool's feed type")
     p.add_argument("pool", metavar="POOL")
     p.add_argument("feed_type", metavar="TYPE")
 
     # ip
-    subs = group("ip", "dedicated IPs (account token)")
-    p = leaf(subs, "provision", ip_provision, "add a dedicated IP (to the default pool unless --pool)")
+    subs = tree.group("ip", "dedicated IPs (account token)")
+    p = tree.leaf(subs, "provision", ip_provision, "add a dedicated IP (to the default pool unless --pool)")
     p.add_argument("address")
-    pool_option(p, "pool to land in (default the default pool)")
+    _pool_option(p, "pool to land in (default the default pool)")
     p.add_argument("--server", type=int, metavar="ID", help="MTA server; needed for the account's first IP")
     p.add_argument("--weight", type=int, help="rotation weight 1-1000 (default 1)")
     p.add_argument("--hostname", help="HELO hostname (default the server's hostname)")
-    p = leaf(subs, "list", ip_list, "list the account's IPs")
-    pool_option(p, "only this pool's IPs")
-    p = leaf(subs, "show", ip_show, "show one IP")
+    p = tree.leaf(subs, "list", ip_list, "list the account's IPs")
+    _pool_option(p, "only this pool's IPs")
+    p = tree.leaf(subs, "show", ip_show, "show one IP")
     p.add_argument("address")
-    p = leaf(subs, "assign", ip_assign, "queue moving an IP to another pool of its MTA server")
+    p = tree.leaf(subs, "assign", ip_assign, "queue moving an IP to another pool of its MTA server")
     p.add_argument("address")
     p.add_argument("pool", metavar="POOL")
     p.add_argument("--wait", action="store_true", help="follow the operation until DONE or FAILED")
     for name, handler, help_text in (("pause", ip_pause, "take an IP out of rotation"),
                                      ("resume", ip_resume, "put an IP back into rotation"),
                                      ("release", ip_release, "remove an IP from the account")):
-        p = leaf(subs, name, handler, help_text)
+        p = tree.leaf(subs, name, handler, help_text)
         p.add_argument("address")
-    p = leaf(subs, "weight", ip_weight, "change an IP's rotation weight (0 takes it out of rotation)")
+    p = tree.leaf(subs, "weight", ip_weight, "change an IP's rotation weight (0 takes it out of rotation)")
     p.add_argument("address")
     p.add_argument("weight", type=int, metavar="W")
 
     # bridge
-    subs = group("bridge", "SMTP / API credentials exposing a pool (account token)")
-    p = leaf(subs, "create", bridge_create, "create a bridge; prints its secret once")
+    subs = tree.group("bridge", "SMTP / API credentials exposing a pool (account token)")
+    p = tree.leaf(subs, "create", bridge_create, "create a bridge; prints its secret once")
     p.add_argument("name")
     route = p.add_mutually_exclusive_group(required=True)
     route.add_argument("--pool", metavar="POOL", help="pool to route through (smtp_id or label; PRO, BUSINESS)")
@@ -544,35 +333,35 @@ def add_client_commands(commands, parents: list[argparse.ArgumentParser]) -> Non
     p.add_argument("--feed-type", help="overrides the pool's x-feedtype")
     p.add_argument("--trust", action="extend", nargs="+", metavar="CIDR",
                    help="client networks that may send without AUTH")
-    p = leaf(subs, "list", bridge_list, "list the account's bridges (never their secrets)")
-    pool_option(p, "only this pool's bridges")
+    p = tree.leaf(subs, "list", bridge_list, "list the account's bridges (never their secrets)")
+    _pool_option(p, "only this pool's bridges")
     for name, handler, help_text in (("show", bridge_show, "show one bridge (never its secret)"),
                                      ("revoke", bridge_revoke, "revoke a bridge"),
                                      ("rotate", bridge_rotate, "replace a bridge's secret; prints the new one once")):
-        p = leaf(subs, name, handler, help_text)
+        p = tree.leaf(subs, name, handler, help_text)
         p.add_argument("id", type=int, metavar="ID")
-    p = leaf(subs, "trust", bridge_trust, "replace the networks trusted to send without AUTH (none = clear)")
+    p = tree.leaf(subs, "trust", bridge_trust, "replace the networks trusted to send without AUTH (none = clear)")
     p.add_argument("id", type=int, metavar="ID")
     p.add_argument("cidrs", nargs="*", metavar="CIDR")
 
     # op
-    subs = group("op", "IP reassignment operations (account token)")
-    p = leaf(subs, "show", op_show, "show an operation")
+    subs = tree.group("op", "IP reassignment operations (account token)")
+    p = tree.leaf(subs, "show", op_show, "show an operation")
     p.add_argument("id", metavar="ID")
-    p = leaf(subs, "watch", op_watch, "follow an operation until DONE or FAILED (exit 1 on FAILED)")
+    p = tree.leaf(subs, "watch", op_watch, "follow an operation until DONE or FAILED (exit 1 on FAILED)")
     p.add_argument("id", metavar="ID")
 
     # stats
-    subs = group("stats", "Sent / Delivered / Bounced per pool and per IP (account token)")
-    p = leaf(subs, "pool", stats_pool, "a pool's totals, delivery rate and per-IP breakdown")
+    subs = tree.group("stats", "Sent / Delivered / Bounced per pool and per IP (account token)")
+    p = tree.leaf(subs, "pool", stats_pool, "a pool's totals, delivery rate and per-IP breakdown")
     p.add_argument("pool", metavar="POOL")
     p.add_argument("--window", type=window_arg, default=pb.LIFETIME, metavar="{lifetime,30d}")
     p.add_argument("--watch", action="store_true", help="keep redrawing as the figures change, until Ctrl-C")
-    p = leaf(subs, "ip", stats_ip, "one IP's figures, complaints included")
+    p = tree.leaf(subs, "ip", stats_ip, "one IP's figures, complaints included")
     p.add_argument("address")
     p.add_argument("--window", type=window_arg, default=pb.LIFETIME, metavar="{lifetime,30d}")
 
     # message
-    subs = group("message", "delivery events of one message (account token)")
-    p = leaf(subs, "status", message_status, "every delivery outcome of a message, by recipient")
+    subs = tree.group("message", "delivery events of one message (account token)")
+    p = tree.leaf(subs, "status", message_status, "every delivery outcome of a message, by recipient")
     p.add_argument("id", metavar="MESSAGE_ID", help="the id from the bridge's 250 reply")
