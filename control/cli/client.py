@@ -90,6 +90,7 @@ class ControlClient:
         self._stubs: dict[str, object] = {}
 
     def close(self) -> None:
+        """Close the channel (idempotent)."""
         self._channel.close()
 
     def __enter__(self) -> ControlClient:

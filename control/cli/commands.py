@@ -36,15 +36,18 @@ class Context:
 
     @property
     def client(self) -> ControlClient:
+        """The client to the control plane, connected on first use."""
         if self._client is None:
             self._client = self.connect()
         return self._client
 
     @property
     def json(self) -> bool:
+        """True when the command prints JSON (--json)."""
         return self.printer.json_mode
 
     def close(self) -> None:
+        """Close the client, if one was made."""
         if self._client is not None:
             self._client.close()
             self._client = None

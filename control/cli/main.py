@@ -63,6 +63,7 @@ class Settings:
 
     @classmethod
     def build(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+        """The settings from parsed `args`, then `environ`, then the defaults."""
         def env(name: str) -> str | None:
             return environ.get(name) or None
 
@@ -91,6 +92,7 @@ def listen_arg(value: str) -> str:
 
 
 def positive_int(value: str) -> int:
+    """An argparse type: an integer of at least 1."""
     try:
         number = int(value)
     except ValueError:
@@ -122,6 +124,7 @@ def global_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `poolmta` parser: every command, each taking the global options."""
     common = global_options()
     parser = argparse.ArgumentParser(
         prog="poolmta", parents=[common],

@@ -36,6 +36,8 @@ class Api:
 
 @dataclass(frozen=True)
 class ProvisionedPool:
+    """One Pool of the plan as created: the Pool, its Bridge and the Bridge's secret."""
+
     plan: PoolPlan
     pool: pb.Pool
     bridge: pb.Bridge

@@ -65,6 +65,7 @@ class ChildProcess:
 
     @property
     def pid(self) -> int | None:
+        """Its process id once started."""
         return self.proc.pid if self.proc is not None else None
 
     async def start(self, timeout: float = START_TIMEOUT) -> str:
@@ -100,6 +101,7 @@ class ChildProcess:
             self._log.flush()
 
     def running(self) -> bool:
+        """True from start until it exits."""
         return self.proc is not None and self.proc.returncode is None
 
     async def stop(self, timeout: float) -> None:
@@ -115,6 +117,7 @@ class ChildProcess:
             self._log = None
 
     def log_tail(self) -> str:
+        """The last lines of its log, as the end of an error message ("" when none)."""
         try:
             lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
@@ -149,18 +152,22 @@ class Stack:
 
     @property
     def logs_dir(self) -> Path:
+        """Where the children's logs go."""
         return self.data_dir / "logs"
 
     @property
     def sink_counts_path(self) -> Path:
+        """The sink's counts file (accepted, rejected, deferred; per peer address)."""
         return self.data_dir / "sink-counts.json"
 
     @property
     def sink_log_path(self) -> Path:
+        """The sink's JSON line per message (with `sink_store`)."""
         return self.data_dir / "sink.jsonl"
 
     @property
     def sink_store_dir(self) -> Path:
+        """Where the sink keeps each message as `<n>.eml` (with `sink_store`)."""
         return self.data_dir / "sink"
 
     async def __aenter__(self) -> Stack:
@@ -175,6 +182,8 @@ class Stack:
         await self.stop()
 
     async def start(self) -> None:
+        """Start Redis, the sink, the data plane and the control plane, in that order;
+        DemoError saying which did not start. Prefer `async with`, which stops it all."""
         from ...server import ControlPlane
 
         self.data_dir.mkdir(parents=True, exist_ok=True)

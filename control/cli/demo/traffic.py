@@ -23,6 +23,8 @@ from .provision import Tenant
 
 @dataclass(frozen=True)
 class Message:
+    """One message of the plan: the Pool (index into the plan) whose Bridge sends it."""
+
     pool: int  # index into the plan
     recipient: str
     data: bytes
@@ -39,6 +41,7 @@ class PoolTally:
 
     @property
     def delivered(self) -> int:
+        """What StatsService must count delivered: every sent message that does not bounce."""
         return self.sent - self.bounce
 
 

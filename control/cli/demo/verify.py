@@ -22,6 +22,7 @@ SINK_COUNTS_SETTLE_SECONDS = 5.0
 
 
 async def pool_stats(api: Api, tenant: Tenant) -> list[pb.PoolStats]:
+    """StatsService's lifetime figures of every Pool of the tenant, in plan order."""
     return list(await asyncio.gather(*(
         api("stats", "GetPoolStats", pb.GetPoolStatsRequest(smtp_id=p.pool.smtp_id, window=pb.LIFETIME))
         for p in tenant.pools
