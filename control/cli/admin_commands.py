@@ -40,7 +40,7 @@ def _account_create(ctx: Context, a) -> int:
 
 def _account_list(ctx: Context, a) -> int:
     return emit(ctx, ctx.client.call("accounts", "ListAccounts", pb.ListAccountsRequest()),
-                 lambda r: render.accounts(r.accounts))
+                lambda r: render.accounts(r.accounts))
 
 
 def _account_show(ctx: Context, a) -> int:
@@ -81,12 +81,12 @@ def _server_register(ctx: Context, a) -> int:
 
 def _server_list(ctx: Context, a) -> int:
     return emit(ctx, ctx.client.call("servers", "ListMtaServers", pb.ListMtaServersRequest()),
-                 lambda r: render.servers(r.servers))
+                lambda r: render.servers(r.servers))
 
 
 def _server_show(ctx: Context, a) -> int:
     return emit(ctx, ctx.client.call("servers", "GetMtaServer", pb.GetMtaServerRequest(server_id=a.id)),
-                 render.server)
+                render.server)
 
 
 def _shared_ip_add(ctx: Context, a) -> int:
@@ -97,7 +97,7 @@ def _shared_ip_add(ctx: Context, a) -> int:
 
 def _shared_ip_list(ctx: Context, a) -> int:
     return emit(ctx, ctx.client.call("servers", "ListSharedIps", pb.ListSharedIpsRequest(server_id=a.server_id)),
-                 lambda r: render.ips(r.ips))
+                lambda r: render.ips(r.ips))
 
 
 def _shared_ip_release(ctx: Context, a) -> int:

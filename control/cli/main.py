@@ -331,4 +331,3 @@ def _exec_sink(args: list[str]) -> int:
         return exec_sink(args)
     except OSError as exc:
         raise CliError(f"cannot run the sink ({sys.executable} -m dataplane.sink): {exc.strerror}") from None
-

@@ -99,7 +99,7 @@ def _ip_provision(ctx: Context, a) -> int:
 def _ip_list(ctx: Context, a) -> int:
     smtp_id = ctx.client.resolve_pool(a.pool) if a.pool else 0
     return emit(ctx, ctx.client.call("ips", "ListIps", pb.ListIpsRequest(smtp_id=smtp_id)),
-                 lambda r: render.ips(r.ips))
+                lambda r: render.ips(r.ips))
 
 
 def _ip_show(ctx: Context, a) -> int:
@@ -210,7 +210,7 @@ def _bridge_with_secret(ctx: Context, reply: pb.BridgeWithSecret, what: str) -> 
 def _bridge_list(ctx: Context, a) -> int:
     smtp_id = ctx.client.resolve_pool(a.pool) if a.pool else 0
     return emit(ctx, ctx.client.call("bridges", "ListBridges", pb.ListBridgesRequest(smtp_id=smtp_id)),
-                 lambda r: render.bridges(r.bridges))
+                lambda r: render.bridges(r.bridges))
 
 
 def _bridge_show(ctx: Context, a) -> int:
@@ -219,7 +219,7 @@ def _bridge_show(ctx: Context, a) -> int:
 
 def _bridge_revoke(ctx: Context, a) -> int:
     return emit(ctx, ctx.client.call("bridges", "RevokeBridge", pb.RevokeBridgeRequest(bridge_id=a.id)),
-                 render.bridge)
+                render.bridge)
 
 
 def _bridge_trust(ctx: Context, a) -> int:

@@ -65,4 +65,3 @@ class DemoOptions:
             raise ValueError("bounce and defer shares must add up to at most 1")
         if self.timeout <= 0:
             raise ValueError("--timeout must be positive")
-
