@@ -367,7 +367,9 @@ async def measure_poolmta(workload: Workload, workers: int, accept_only: bool = 
     `accept_only`: the data plane spools and delivers nothing (`--no-delivery`)."""
     import grpc
 
-    from control.demo import DEMO_POOLS, Stack, StackOptions, provision, wait_for_routing
+    from control.cli.demo.plan import DEMO_POOLS
+    from control.cli.demo.provision import provision, wait_for_routing
+    from control.cli.demo.stack import Stack, StackOptions
 
     with tempfile.TemporaryDirectory(prefix="poolmta-load-") as tmp:
         options = StackOptions(data_dir=Path(tmp), workers=workers, sink_store=False,

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-
-
-def default_data_dir() -> Path:
-    """`$XDG_DATA_HOME/poolmta`, else `~/.local/share/poolmta`."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "poolmta"
 
 
 @dataclass(frozen=True)

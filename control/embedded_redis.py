@@ -25,7 +25,6 @@ import atexit
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
 import signal
 import socket
@@ -37,17 +36,12 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from .contract.runtime import die_with_parent, embedded_redis_socket
+
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "redis_server_executable", "resolve_redis"]
 
 LOG_LEVELS = frozenset({"debug", "verbose", "notice", "warning"})
 
-# Linux sun_path is 108 bytes including the terminating NUL; macOS/BSD 104.
-SUN_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
-
-# Where the socket goes when `<data_dir>/redis/redis.sock` is too long.
-SHORT_SOCKET_ROOT = Path("/tmp")
-
-_PR_SET_PDEATHSIG = 1
 _POLL_INTERVAL = 0.02
 _LOG_TAIL_LINES = 25
 
@@ -84,7 +78,9 @@ class EmbeddedRedis:
     (107 bytes on Linux), the socket is placed in `/tmp/poolmta-redis-<uid>-<hash>/`
     instead: a directory derived from the data directory, created with mode 0700
     and refused unless it is a real directory owned by this user with no group or
-    other permissions; it is removed again by `stop()`.
+    other permissions; it is removed again by `stop()`. Both paths come from
+    `control.contract.runtime.embedded_redis_socket`, which is where a data plane
+    started on its own looks for the Redis of its data directory.
 
     With `port`, it listens on 127.0.0.1:port only, and not on a unix socket.
 
@@ -111,11 +107,9 @@ class EmbeddedRedis:
         self.socket_path: Path | None = None
         self._short_socket_dir: Path | None = None
         if self.port is None:
-            self.socket_path = self.redis_dir / "redis.sock"
-            if len(os.fsencode(self.socket_path)) > SUN_PATH_MAX:
-                digest = hashlib.sha256(os.fsencode(self.redis_dir)).hexdigest()[:16]
-                self._short_socket_dir = SHORT_SOCKET_ROOT / f"poolmta-redis-{os.getuid()}-{digest}"
-                self.socket_path = self._short_socket_dir / "redis.sock"
+            self.socket_path = embedded_redis_socket(self.data_dir)
+            if self.socket_path.parent != self.redis_dir:
+                self._short_socket_dir = self.socket_path.parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
         self._guard = threading.RLock()
@@ -330,7 +324,7 @@ class EmbeddedRedis:
                 stderr=log,
                 close_fds=True,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(parent_pid),
+                preexec_fn=die_with_parent(parent_pid),
             )
 
     def _wait_ready(self, timeout: float) -> None:
@@ -451,30 +445,6 @@ def resolve_redis(data_dir: Path, redis_url: str | None) -> tuple[str, EmbeddedR
 
 
 # -- module helpers ---------------------------------------------------------
-
-
-def _die_with_parent(parent_pid: int):
-    """preexec_fn for the child: SIGTERM me when the forking thread of `parent_pid` dies.
-
-    Linux only; elsewhere it does nothing. Closes the fork/prctl race: if the
-    parent died before prctl took effect, the child exits at once.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return preexec
 
 
 def _make_private_dir(path: Path) -> None:

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .contract import rediskeys, snapshot
+from .contract.runtime import reraise_if_cancelling
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -84,13 +85,6 @@ def build_snapshot(store: Store, server_id: int) -> snapshot.Snapshot:
             bridges=bridges,
             published_at_ms=int(time.time() * 1000),
         )
-
-
-def reraise_if_cancelling() -> None:
-    """Inside an except block of a background loop: stop if the task is being cancelled."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 class SnapshotPublisher:

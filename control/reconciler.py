@@ -18,7 +18,8 @@ from redis.exceptions import RedisError
 
 from . import models
 from .contract import acks
-from .publisher import SnapshotPublisher, reraise_if_cancelling
+from .contract.runtime import reraise_if_cancelling
+from .publisher import SnapshotPublisher
 from .registry import Registry
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,9 @@ from ._pb.poolmta.v1 import poolmta_pb2 as pb
 from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc_pb
 from .auth import Authenticator
 from .contract import acks
+from .contract.runtime import reraise_if_cancelling
 from .errors import DomainError, InvalidArgument, NotFound, Unavailable
-from .publisher import SnapshotPublisher, reraise_if_cancelling
+from .publisher import SnapshotPublisher
 from .reconciler import ChangeFeed
 from .registry import Registry
 

@@ -16,6 +16,8 @@ import ssl
 import sys
 from pathlib import Path
 
+from control.contract.runtime import default_data_dir, embedded_redis_url, redis_answers
+
 from . import logs, spool
 from .config import (
     DEFAULT_EVENT_RETENTION,
@@ -45,12 +47,6 @@ log = logging.getLogger("poolmta.dataplane")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _SIZE_SUFFIXES = {"k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def default_data_dir() -> Path:
-    """`$XDG_DATA_HOME/poolmta`, else `~/.local/share/poolmta` (as the control plane)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "poolmta"
 
 
 def _size(text: str) -> int:
@@ -119,7 +115,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
                         "or ~/.local/share/poolmta)")
     p.add_argument("--redis-url", default=e("POOLMTA_REDIS_URL"),
                    help="Redis URL (env POOLMTA_REDIS_URL); default: the data directory's embedded "
-                        "Redis, started if it is not running")
+                        "Redis, which `poolmta up`, `poolmta control` or `poolmta dataplane` runs")
     p.add_argument("--smtp-listen", default=e("POOLMTA_SMTP_LISTEN", DEFAULT_SMTP_LISTEN),
                    help=f"SMTP Bridge host:port (env POOLMTA_SMTP_LISTEN; default {DEFAULT_SMTP_LISTEN}; "
                         "port 0 picks one)")
@@ -252,42 +248,23 @@ def build_config(args: argparse.Namespace, redis_url: str) -> DataplaneConfig:
     )
 
 
-def _redis_answers(url: str) -> bool:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-    try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
-    finally:
-        client.close()
-
-
-def _resolve_redis(data_dir: Path, redis_url: str | None):
-    """(url, EmbeddedRedis we started or None). Without a URL, joins the embedded Redis
-    of the data directory when `poolmta up`/`control` already runs it, else starts it."""
-    from control.embedded_redis import EmbeddedRedis, resolve_redis
-
-    if redis_url:
-        return redis_url, None
-    existing = EmbeddedRedis(data_dir)
-    if _redis_answers(existing.url):
-        return existing.url, None
-    return resolve_redis(data_dir, None)
+def _join_embedded_redis(data_dir: Path) -> str | None:
+    """The URL of the data directory's embedded Redis when it answers (`poolmta up`,
+    `control` or `dataplane` runs it), else None: the data plane starts no Redis itself."""
+    url = embedded_redis_url(data_dir)
+    return url if redis_answers(url) else None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser(dict(os.environ))
+    env = dict(os.environ)
+    parser = build_parser(env)
     args = parser.parse_args(argv)
     if args.server_id is None:
         parser.error("--server-id (or POOLMTA_SERVER_ID) is required")
     if args.data_dir is None:
-        args.data_dir = default_data_dir()
+        args.data_dir = default_data_dir(env)
     args.data_dir = args.data_dir.expanduser().absolute()
     logs.configure(args.log_level, "supervisor")
-
-    from control.embedded_redis import EmbeddedRedisError
 
     from .supervisor import StartError, Supervisor
     from .tls import ensure_self_signed, server_context
@@ -321,23 +298,19 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ssl.SSLError) as exc:
         print(f"error: cannot load the STARTTLS certificate and key: {exc}", file=sys.stderr)
         return 1
-    try:
-        redis_url, embedded = _resolve_redis(args.data_dir, args.redis_url)
-    except EmbeddedRedisError as exc:
-        print(f"error: the embedded Redis did not start: {exc}", file=sys.stderr)
+    redis_url = args.redis_url or _join_embedded_redis(args.data_dir)
+    if redis_url is None:
+        print(f"error: no Redis to use: the embedded Redis of {args.data_dir} does not answer "
+              f"({embedded_redis_url(args.data_dir)}). Start `poolmta up` or `poolmta control` with this data "
+              "directory, run the data plane as `poolmta dataplane` (which starts that Redis), "
+              "or pass --redis-url.", file=sys.stderr)
         return 1
+    config = dataclasses.replace(config, redis_url=redis_url, tls_cert=cert, tls_key=key)
     try:
-        config = dataclasses.replace(config, redis_url=redis_url, tls_cert=cert, tls_key=key)
-        if embedded is not None:
-            log.info("embedded Redis %s (pid %s)", redis_url, embedded.pid)
-        try:
-            return Supervisor(config, log_level=args.log_level).run()
-        except StartError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    finally:
-        if embedded is not None:
-            embedded.stop()
+        return Supervisor(config, log_level=args.log_level).run()
+    except StartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

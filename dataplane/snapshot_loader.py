@@ -25,10 +25,10 @@ from redis import exceptions as redis_errors
 
 from control.contract import rediskeys
 from control.contract.acks import format_ack, parse_ack
+from control.contract.runtime import reraise_if_cancelling
 from control.contract.snapshot import decode
 
 from .routing import Routing
-from .tasks import reraise_if_cancelling
 
 log = logging.getLogger("poolmta.dataplane.snapshot")
 

@@ -14,12 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from control.contract.runtime import default_data_dir
+
 from . import spool
-
-
-def _default_data_dir(env: dict[str, str]) -> Path:
-    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "poolmta"
 
 
 def _when(ms: int) -> str:
@@ -64,7 +61,7 @@ def _show(root: Path, ids: list[str], out) -> int:
 def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
     env = dict(os.environ) if env is None else env
     p = argparse.ArgumentParser(prog="python -m dataplane.spool_inspect", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", type=Path, default=env.get("POOLMTA_DATA_DIR") or _default_data_dir(env))
+    p.add_argument("--data-dir", type=Path, default=env.get("POOLMTA_DATA_DIR") or default_data_dir(env))
     p.add_argument("--server-id", type=int, default=env.get("POOLMTA_SERVER_ID"), required="POOLMTA_SERVER_ID" not in env)
     p.add_argument("ids", nargs="*", metavar="ID", help="message ids to show in full")
     args = p.parse_args(argv)

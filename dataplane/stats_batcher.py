@@ -42,8 +42,7 @@ from dataclasses import dataclass
 from redis import exceptions as redis_errors
 
 from control.contract import rediskeys
-
-from .tasks import reraise_if_cancelling
+from control.contract.runtime import reraise_if_cancelling
 
 log = logging.getLogger("poolmta.dataplane.stats")
 

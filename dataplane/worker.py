@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 
 import redis.asyncio as aioredis
@@ -23,6 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from _fastpath import IMPLEMENTATION
+from control.contract.runtime import die_with_parent
 
 from . import logs
 from .bridge_auth import AuthThrottle
@@ -37,7 +37,6 @@ from .tls import server_context
 log = logging.getLogger("poolmta.dataplane.worker")
 
 LISTEN_BACKLOG = 1024
-_PR_SET_PDEATHSIG = 1
 
 
 def listening_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
@@ -59,18 +58,6 @@ def listening_socket(host: str, port: int, *, listen: bool = True) -> socket.soc
     return sock
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this worker when the supervisor dies (even by SIGKILL)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-
-
 # A stop that has not finished this long after the grace period is a bug; the worker
 # exits anyway rather than linger (every 250-acknowledged message is in the spool).
 HARD_STOP_AFTER_GRACE = 10.0
@@ -88,10 +75,9 @@ def _arm_hard_stop(index: int, seconds: float) -> None:
 
 def worker_main(config: DataplaneConfig, index: int, worker_id: str, ready, log_level: str) -> None:
     """Process entry point (multiprocessing target): serve until signalled."""
-    parent = os.getppid()
-    _die_with_parent()
-    if os.getppid() != parent:  # the supervisor died before prctl took effect
-        return
+    stop_with_supervisor = die_with_parent(os.getppid())
+    if stop_with_supervisor is not None:  # SIGTERM when the supervisor dies, even by SIGKILL
+        stop_with_supervisor()
     logs.configure(log_level, f"w{index}")
     try:
         asyncio.run(Worker(config, index, worker_id).run(ready))

@@ -1,6 +1,6 @@
 """The `poolmta` command line against a real control plane on a real Redis.
 
-Client commands run in-process through `control.cli.main(argv)` (fast; output
+Client commands run in-process through `control.cli.main.main(argv)` (fast; output
 captured with capsys) against a ControlPlane served from a background thread's
 event loop, so the CLI's blocking gRPC calls never stall it. Exit codes,
 tracebacks, signals and `poolmta up` run as real subprocesses.
@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from control import cli_render as render
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
-from control.cli import _split_passthrough, main
-from control.cli_serve import stop_within
+from control.cli import render
+from control.cli.main import _split_passthrough, main
+from control.cli.serve import stop_within
 from control.config import ControlConfig
 from control.contract import rediskeys
 from control.server import ControlPlane

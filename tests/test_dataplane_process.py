@@ -5,11 +5,13 @@ clean stops on SIGINT / SIGTERM, and a clear error for an address in use."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import smtplib
 import socket
 import ssl
 import stat
+import subprocess
 
 import redis
 from cryptography import x509
@@ -19,6 +21,7 @@ from control.embedded_redis import EmbeddedRedis
 from dataplane.tls import ensure_self_signed
 from tests.dataplane_support import (
     Dataplane,
+    acked_versions,
     make_bridge,
     make_pool,
     make_snapshot,
@@ -79,19 +82,35 @@ def test_without_a_redis_url_it_joins_or_starts_the_embedded_redis(tmp_path, sta
         client.close()
         shared.stop()
 
-    # Started: nothing runs yet, so the data plane starts it, and stops it on exit.
-    plane = start_dataplane("", SERVER, data_dir=tmp_path / "own", env=_clean_env())
-    own_url = EmbeddedRedis(tmp_path / "own").url
-    assert _answers(own_url)
-    client = redis.Redis.from_url(own_url)
+    # Nothing runs yet: the data plane starts no Redis itself (it imports nothing of
+    # the control plane); it says how to get one and exits.
+    alone = subprocess.run(Dataplane(tmp_path / "alone", "", SERVER).cmd, env=_clean_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert alone.returncode == 1, alone.stderr
+    assert "poolmta up" in alone.stderr and "poolmta dataplane" in alone.stderr and "--redis-url" in alone.stderr
+    assert not _answers(EmbeddedRedis(tmp_path / "alone").url)
+
+    # Started: `poolmta dataplane` starts it, runs the data plane beside it, and stops both on exit.
+    plane = Dataplane(tmp_path / "own", "", SERVER, env=_clean_env())
+    plane.cmd[1:3] = ["-m", "control.cli", "dataplane"]
     try:
-        username = _publish_routes(client)
-        plane.wait_version(client, 1)
-        _send(plane.port, username)
+        plane.start()
+        own_url = EmbeddedRedis(tmp_path / "own").url
+        assert _answers(own_url)
+        dataplane_pid = int(re.search(r"poolmta: data plane starting \(pid (\d+)\)", plane.log()).group(1))
+        client = redis.Redis.from_url(own_url)
+        try:
+            username = _publish_routes(client)
+            assert wait_until(lambda: list(acked_versions(client, SERVER, dataplane_pid).values()) == [1], 15), \
+                plane.log()
+            _send(plane.port, username)
+        finally:
+            client.close()
+        assert plane.stop() == 0
     finally:
-        client.close()
-    assert plane.stop() == 0
+        plane.kill()
     assert not _answers(own_url)
+    assert process_gone(dataplane_pid)
 
 
 def _peer_common_name(port: int) -> str:

@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from control.demo import BOUNCE_LOCAL_PART, DEMO_POOLS, DemoOptions, plan_messages
+from control.cli.demo.plan import BOUNCE_LOCAL_PART, DEMO_POOLS, DemoOptions
+from control.cli.demo.traffic import plan_messages
 
 MESSAGES = 300
 DEMO_DEADLINE = 90.0

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from control.contract.runtime import SUN_PATH_MAX
 from control.embedded_redis import (
-    SUN_PATH_MAX,
     EmbeddedRedis,
     EmbeddedRedisError,
     redis_server_executable,

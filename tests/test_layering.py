@@ -22,15 +22,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ("_fastpath", "control", "dataplane")
 
-# Imports the layering allows for now, as (file, module). Temporary:
-# `python -m dataplane` run on its own starts an embedded Redis, through
-# control.embedded_redis. Another branch of the restructure removes that import;
-# the lead empties this set when merging it (test_temporary_exceptions_still_apply
-# fails until then, so the exception cannot outlive its reason).
-TEMPORARY_EXCEPTIONS = {
-    ("dataplane/__main__.py", "control.embedded_redis"),
-}
-
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
@@ -113,12 +104,7 @@ def test_dataplane_imports_only_the_fast_path_and_the_contract():
     assert any(within(module, "control.contract") for _, module in imports), "the reader sees no imports"
     allowed = ("dataplane", "_fastpath", "control.contract")
     outside = {(path, module) for path, module in imports if not within(module, *allowed)}
-    assert outside <= TEMPORARY_EXCEPTIONS, f"dataplane imports {sorted(outside - TEMPORARY_EXCEPTIONS)}"
-
-
-def test_temporary_exceptions_still_apply():
-    unused = TEMPORARY_EXCEPTIONS - project_imports("dataplane")
-    assert not unused, f"{sorted(unused)} no longer happen: remove them from TEMPORARY_EXCEPTIONS"
+    assert not outside, f"dataplane imports {sorted(outside)}"
 
 
 def test_control_never_imports_dataplane():

@@ -38,7 +38,7 @@ from ..destinations import Destinations, LookupFailed
 from ..smtp_client import SmtpConnection
 from ..smtp_reply import DEFERRED, NO_SOURCE_IP, STAGE_RCPT, classify, local_reply
 from ..spool import SpoolCorrupt
-from ..tasks import reraise_if_cancelling
+from control.contract.runtime import reraise_if_cancelling
 from .dispatcher import Dispatcher, quit_quietly
 from .outcomes import Outcomes
 from .queue import DeliveryJob, DeliveryQueue, QueuedMessage

@@ -1,4 +1,4 @@
-"""The server commands of the `poolmta` command line: `up`, `control`, `dataplane`, `sink`.
+"""The server commands of the `poolmta` command line that run the control plane: `up` and `control`.
 
 `up` runs everything for one MTA server on this host, in this order: the embedded
 Redis (unless a Redis URL is given), the control plane in this process, then the
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import signal
 import subprocess
@@ -27,21 +26,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 
-from ._pb.poolmta.v1 import poolmta_pb2 as pb
-from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
-from .cli_client import CliError
-from .config import ControlConfig
-from .embedded_redis import EmbeddedRedis, EmbeddedRedisError, resolve_redis
+from .._pb.poolmta.v1 import poolmta_pb2 as pb
+from .._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
+from ..config import ControlConfig
+from ..embedded_redis import EmbeddedRedis, EmbeddedRedisError, resolve_redis
+from .children import DATAPLANE_READY, DATAPLANE_STOP_SECONDS, start_child, stop_child
+from .client import CliError
 
 log = logging.getLogger(__name__)
 
-DATAPLANE_READY = "dataplane ready"
 DEFAULT_SMTP_LISTEN = "127.0.0.1:2525"
-# How long the data plane gets to finish in-flight SMTP sessions after SIGTERM.
-DATAPLANE_STOP_SECONDS = 15.0
 # How much longer than its gRPC grace period the control plane gets to stop.
 CONTROL_STOP_EXTRA_SECONDS = 5.0
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -82,28 +78,6 @@ def serve(opts: ServeOptions, out: IO[str]) -> int:
             embedded.stop()
 
 
-def exec_dataplane(args: list[str], data_dir: Path | None, redis_url: str | None) -> None:
-    """Replace this process with `python -m dataplane [global options] ARGS...`.
-
-    The global --data-dir / --redis-url go first, so the same options in ARGS win.
-    """
-    forwarded: list[str] = []
-    if data_dir is not None:
-        forwarded += ["--data-dir", str(data_dir)]
-    if redis_url:
-        forwarded += ["--redis-url", redis_url]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "dataplane", *forwarded, *args])
-
-
-def exec_sink(args: list[str]) -> None:
-    """Replace this process with `python -m dataplane.sink ARGS...` (`poolmta sink`)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "dataplane.sink", *args])
-
-
 def redact(url: str) -> str:
     """A Redis URL fit to print: the password, if any, replaced by ***."""
     parts = urlsplit(url)
@@ -137,7 +111,7 @@ class _Stack:
     async def run(self) -> int:
         # The control plane imports grpc.aio servers, Redis and SQLite: only `up`
         # and `control` pay for that, not every client command.
-        from .server import ControlPlane
+        from ..server import ControlPlane
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -257,13 +231,7 @@ class _Stack:
             self._ready.set()
 
     async def _start_dataplane(self) -> None:
-        # Its own session: a terminal's Ctrl-C reaches `up` alone, which then stops
-        # the data plane in order; PDEATHSIG stops it if `up` itself is killed.
-        self.dataplane = await asyncio.create_subprocess_exec(
-            *self._dataplane_command(),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
-        )
+        self.dataplane = await start_child(self._dataplane_command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._pumps = [
             asyncio.create_task(_pump(self.dataplane.stdout, self.out, self._ready_seen)),
             asyncio.create_task(_pump(self.dataplane.stderr, sys.stderr, self._ready_seen)),
@@ -273,15 +241,7 @@ class _Stack:
         proc = self.dataplane
         if proc is None or proc.returncode is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), DATAPLANE_STOP_SECONDS)
-        except TimeoutError:
-            sys.stderr.write(f"poolmta: the data plane did not stop within {DATAPLANE_STOP_SECONDS:g}s; killing it\n")
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        await stop_child(proc, DATAPLANE_STOP_SECONDS, "poolmta: the data plane")
         await self._drain_pumps()
 
     async def _drain_pumps(self) -> None:
@@ -318,25 +278,3 @@ async def _pump(stream: asyncio.StreamReader, sink: IO[str], on_ready: Callable[
         sink.flush()
         if DATAPLANE_READY in decoded:
             on_ready(decoded)
-
-
-def _die_with_parent(parent_pid: int):
-    """preexec_fn: the child gets SIGTERM when the thread that forked it dies (Linux).
-
-    Exits at once if the parent already died before prctl took effect.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return preexec

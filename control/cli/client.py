@@ -18,8 +18,8 @@ from pathlib import Path
 
 import grpc
 
-from ._pb.poolmta.v1 import poolmta_pb2 as pb
-from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
+from .._pb.poolmta.v1 import poolmta_pb2 as pb
+from .._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class ControlClient:
         self._stubs: dict[str, object] = {}
 
     def close(self) -> None:
+        """Close the channel (idempotent)."""
         self._channel.close()
 
     def __enter__(self) -> ControlClient:

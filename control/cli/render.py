@@ -22,7 +22,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ._pb.poolmta.v1 import poolmta_pb2 as pb
+from .._pb.poolmta.v1 import poolmta_pb2 as pb
 
 # Wide enough that piped tables are not folded at 80 columns.
 PIPE_WIDTH = 200
@@ -42,18 +42,22 @@ def when(message: Message, field: str) -> str:
 
 
 def tier(value: int) -> str:
+    """A Tier as people read it: ESSENTIAL, PRO, BUSINESS ("-" unset)."""
     return NONE if value == pb.TIER_UNSPECIFIED else pb.Tier.Name(value)
 
 
 def ip_state(value: int) -> str:
+    """An IpState without its prefix: active, paused ("-" unset)."""
     return NONE if value == pb.IP_STATE_UNSPECIFIED else pb.IpState.Name(value).removeprefix("IP_").lower()
 
 
 def pool_status(value: int) -> str:
+    """A PoolStatus in lower case ("-" unset)."""
     return NONE if value == pb.POOL_STATUS_UNSPECIFIED else pb.PoolStatus.Name(value).lower()
 
 
 def op_state(value: int) -> str:
+    """An OperationState in lower case: queued, applying, done, failed ("-" unset)."""
     return NONE if value == pb.OPERATION_STATE_UNSPECIFIED else pb.OperationState.Name(value).lower()
 
 
@@ -62,10 +66,12 @@ _WINDOW_NAMES = {v: k for k, v in WINDOWS.items()}
 
 
 def window(value: int) -> str:
+    """A stats window by its command-line name: lifetime, 30d."""
     return _WINDOW_NAMES.get(value, "lifetime")
 
 
 def count(n: int) -> str:
+    """A count with thousands separators: 12,345."""
     return f"{n:,}"
 
 
@@ -77,19 +83,23 @@ def rate(delivery_rate: float, delivered: int, bounced: int) -> str:
 
 
 def yes(flag: bool) -> str:
+    """yes / no."""
     return "yes" if flag else "no"
 
 
 def text(value: object) -> str:
+    """The value as text, "-" when it is empty or None."""
     value = "" if value is None else str(value)
     return value if value else NONE
 
 
 def pool_ref(smtp_id: int, label: str) -> str:
+    """A pool as `label (smtp_id)`, or the smtp_id alone when there is no label."""
     return f"{label} ({smtp_id})" if label else str(smtp_id)
 
 
 def headers(items: Iterable[pb.Header]) -> str:
+    """Custom headers, one `Name: value` per line ("-" when none)."""
     return "\n".join(f"{h.name}: {h.value}" for h in items) or NONE
 
 
@@ -109,19 +119,23 @@ class Printer:
             width=None if is_tty else PIPE_WIDTH,
         )
 
-    # plain lines: never wrapped or styled, so secrets copy cleanly
+    # Plain lines: never wrapped or styled, so secrets copy cleanly.
     def line(self, value: str = "") -> None:
+        """One plain line on stdout."""
         self.out.write(value + "\n")
         self.out.flush()
 
     def note(self, value: str) -> None:
+        """One plain line on stderr (what is not the command's output)."""
         self.err.write(value + "\n")
         self.err.flush()
 
     def show(self, renderable: RenderableType) -> None:
+        """A rich table or text on stdout."""
         self.console.print(renderable)
 
     def json(self, message: Message | dict, compact: bool = False) -> None:
+        """`message` as JSON: indented, or one line when `compact` (streams)."""
         data = message if isinstance(message, dict) else to_dict(message)
         if compact:
             self.line(json.dumps(data, separators=(",", ":")))
@@ -130,6 +144,7 @@ class Printer:
 
 
 def to_dict(message: Message) -> dict:
+    """A reply as --json prints it: proto field names, every field present."""
     return json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
@@ -138,8 +153,13 @@ def to_dict(message: Message) -> dict:
 # -- tables -----------------------------------------------------------------------
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence[str]], title: str | None = None) -> Table:
+def table(columns: Sequence[str], rows: Iterable[Sequence[str]], title: str | None = None,
+          right: Iterable[int] = ()) -> Table:
+    """The CLI's table: `columns` headers, then `rows`; the columns at the indices in
+    `right` (figures) are aligned right."""
     t = Table(*columns, box=box.SIMPLE_HEAD, show_edge=False, title=title, title_justify="left", pad_edge=False)
+    for index in right:
+        t.columns[index].justify = "right"
     for row in rows:
         t.add_row(*row)
     return t
@@ -161,12 +181,14 @@ def details(rows: Sequence[tuple[str, str]]) -> Text:
 
 
 def account(a: pb.Account) -> Text:
+    """One account, field by field."""
     return details(
         [("ID", str(a.user_id)), ("Name", a.name), ("Tier", tier(a.tier)), ("Created", when(a, "create_time"))]
     )
 
 
 def accounts(items: Sequence[pb.Account]) -> Table:
+    """Accounts, one row each."""
     return table(
         ["ID", "NAME", "TIER", "CREATED"],
         [(str(a.user_id), a.name, tier(a.tier), when(a, "create_time")) for a in items],
@@ -174,6 +196,7 @@ def accounts(items: Sequence[pb.Account]) -> Table:
 
 
 def server(s: pb.MtaServer) -> Text:
+    """One MTA server, field by field."""
     return details(
         [
             ("ID", str(s.server_id)), ("Hostname", s.hostname), ("Zone", s.zone),
@@ -184,6 +207,7 @@ def server(s: pb.MtaServer) -> Text:
 
 
 def servers(items: Sequence[pb.MtaServer]) -> Table:
+    """MTA servers, one row each."""
     return table(
         ["ID", "HOSTNAME", "ZONE", "ROUTING VERSION", "SHARED POOL", "CREATED"],
         [
@@ -195,6 +219,7 @@ def servers(items: Sequence[pb.MtaServer]) -> Table:
 
 
 def routing_status(status: pb.RoutingStatus) -> Group:
+    """A server's routing versions, then the version each live worker serves."""
     summary = details(
         [
             ("Server", str(status.server_id)),
@@ -211,10 +236,12 @@ def routing_status(status: pb.RoutingStatus) -> Group:
 
 
 def republished(reply: pb.RepublishSnapshotsResponse) -> Table:
+    """The snapshot version published for each server."""
     return table(["SERVER", "VERSION"], [(str(s.server_id), str(s.version)) for s in reply.snapshots])
 
 
 def pool(p: pb.Pool) -> Text:
+    """One pool, field by field."""
     return details(
         [
             ("ID (smtp_id)", str(p.smtp_id)), ("Label", p.label), ("Tag", p.tag),
@@ -227,6 +254,7 @@ def pool(p: pb.Pool) -> Text:
 
 
 def pools(items: Sequence[pb.Pool]) -> Table:
+    """Pools, one row each."""
     return table(
         ["ID", "LABEL", "STATUS", "DEFAULT", "IPS", "BRIDGES", "SERVER", "ZONE", "FEED TYPE", "INTERNAL NAME"],
         [
@@ -239,11 +267,13 @@ def pools(items: Sequence[pb.Pool]) -> Table:
 
 
 def pool_headers(p: pb.Pool) -> Table:
+    """A pool's custom headers, one row each."""
     return table(["NAME", "VALUE"], [(h.name, h.value) for h in p.headers],
                  title=f"Custom headers of pool {pool_ref(p.smtp_id, p.label)}")
 
 
 def ip(i: pb.DedicatedIp) -> Text:
+    """One dedicated IP, field by field."""
     return details(
         [
             ("Address", i.address), ("Pool", pool_ref(i.smtp_id, i.pool_label)), ("Server", str(i.server_id)),
@@ -254,6 +284,7 @@ def ip(i: pb.DedicatedIp) -> Text:
 
 
 def ips(items: Sequence[pb.DedicatedIp]) -> Table:
+    """Dedicated IPs, one row each."""
     return table(
         ["ADDRESS", "POOL", "SERVER", "WEIGHT", "STATE", "HELO HOSTNAME", "PENDING OPERATION"],
         [
@@ -269,6 +300,7 @@ def _bridge_route(b: pb.Bridge) -> str:
 
 
 def bridge(b: pb.Bridge) -> Text:
+    """One Bridge, field by field (never its secret)."""
     return details(
         [
             ("ID", str(b.bridge_id)), ("Name", b.name), ("Routes through", _bridge_route(b)),
@@ -281,6 +313,7 @@ def bridge(b: pb.Bridge) -> Text:
 
 
 def bridges(items: Sequence[pb.Bridge]) -> Table:
+    """Bridges, one row each (never their secrets)."""
     return table(
         ["ID", "NAME", "ROUTES THROUGH", "USERNAME", "FEED TYPE", "TRUSTED NETWORKS", "STATE", "CREATED"],
         [
@@ -292,6 +325,7 @@ def bridges(items: Sequence[pb.Bridge]) -> Table:
 
 
 def operation(op: pb.Operation) -> Text:
+    """One operation, field by field."""
     return details(
         [
             ("ID", op.operation_id), ("State", op_state(op.state)), ("Address", op.address),
@@ -341,7 +375,8 @@ def _figures(rows: Sequence[tuple[str, int]]) -> Table:
     return t
 
 
-def _ips_plural(n: int) -> str:
+def plural_ips(n: int) -> str:
+    """"1 IP", "3 IPs"."""
     return f"{n} IP" if n == 1 else f"{n} IPs"
 
 
@@ -354,7 +389,7 @@ def pool_stats(s: pb.PoolStats, live: bool = False) -> Group:
         _figures([("Total Sent", s.sent), ("Total Delivered", s.delivered), ("Total Bounced", s.bounced)]),
         Text(""),
         Text(f"Delivery rate {rate(s.delivery_rate, s.delivered, s.bounced)} · "
-             f"across {_ips_plural(len(s.ips))} in this Pool"),
+             f"across {plural_ips(len(s.ips))} in this Pool"),
     ]
     if live:
         parts.append(Text(f"live · DSN-fed aggregate · {window(s.window)}", style="dim"))
@@ -374,6 +409,7 @@ def pool_stats(s: pb.PoolStats, live: bool = False) -> Group:
 
 
 def ip_stats(s: pb.IpStats, window_value: int) -> Group:
+    """One IP's figures (complaints and deferrals included) and delivery rate."""
     return Group(
         Text(f"Sending stats of IP {s.address}", style="bold"),
         Text(window(window_value)),

@@ -1,4 +1,4 @@
-"""`poolmta`: the command line (console script `poolmta = control.cli:main`).
+"""`poolmta`: the command line (console script `poolmta = control.cli.main:main`).
 
     poolmta up | control | dataplane ARGS... | sink ARGS...   run the servers
     poolmta demo [--messages N] [--keep-running]       the whole story on loopback
@@ -25,10 +25,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli_client import EXIT_USAGE, CliError, ControlClient, resolve_token
-from .cli_commands import Context, add_client_commands
-from .cli_render import Printer
-from .config import default_data_dir
+from ..contract.runtime import default_data_dir
+from . import admin_commands, tenant_commands
+from .client import EXIT_USAGE, CliError, ControlClient, resolve_token
+from .commands import CommandTree, Context
+from .render import Printer
 
 DEFAULT_GRPC = "127.0.0.1:50051"
 DEFAULT_SMTP_LISTEN = "127.0.0.1:2525"
@@ -62,12 +63,13 @@ class Settings:
 
     @classmethod
     def build(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+        """The settings from parsed `args`, then `environ`, then the defaults."""
         def env(name: str) -> str | None:
             return environ.get(name) or None
 
         data_dir = getattr(args, "data_dir", None) or env("POOLMTA_DATA_DIR")
         return cls(
-            data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(),
+            data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(environ),
             data_dir_given=bool(data_dir),
             redis_url=getattr(args, "redis_url", None) or env("POOLMTA_REDIS_URL"),
             grpc=getattr(args, "grpc", None) or env("POOLMTA_GRPC") or DEFAULT_GRPC,
@@ -90,6 +92,7 @@ def listen_arg(value: str) -> str:
 
 
 def positive_int(value: str) -> int:
+    """An argparse type: an integer of at least 1."""
     try:
         number = int(value)
     except ValueError:
@@ -106,7 +109,7 @@ def global_options() -> argparse.ArgumentParser:
     g = parser.add_argument_group("global options (before or after the command)")
     s = argparse.SUPPRESS
     g.add_argument("--data-dir", type=Path, default=s, metavar="DIR",
-                   help=f"state directory (env POOLMTA_DATA_DIR; default {default_data_dir()})")
+                   help=f"state directory (env POOLMTA_DATA_DIR; default {default_data_dir(os.environ)})")
     g.add_argument("--redis-url", default=s, metavar="URL",
                    help="Redis to use (env POOLMTA_REDIS_URL); without one, up and control start an embedded Redis")
     g.add_argument("--grpc", default=s, metavar="HOST:PORT",
@@ -121,6 +124,7 @@ def global_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `poolmta` parser: every command, each taking the global options."""
     common = global_options()
     parser = argparse.ArgumentParser(
         prog="poolmta", parents=[common],
@@ -154,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("dataplane", parents=[common], help="run a data plane (python -m dataplane ARGS...)",
                             description="Runs `python -m dataplane ARGS...`; every argument after `dataplane` "
-                            "is passed through, after the global --data-dir / --redis-url when given.")
+                            "is passed through, after the global --data-dir / --redis-url when given. Without a "
+                            "Redis URL and with no embedded Redis running for the data directory, it starts that "
+                            "Redis and runs the data plane beside it.")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
 
     p = commands.add_parser("sink", parents=[common], help="run a destination MTA for demos and benchmarks "
@@ -171,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "options).")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
 
-    add_client_commands(commands, [common])
+    tree = CommandTree(commands, [common])
+    admin_commands.add(tree)
+    tenant_commands.add(tree)
     return parser
 
 
@@ -251,10 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if command == "sink":
                 return _exec_sink(rest)
             if command == "demo":
-                from .demo import main as demo_main
+                from .demo.main import main as demo_main
 
                 return demo_main(rest)
-            return _exec_dataplane(settings, rest)
+            return _run_dataplane(settings, rest)
         if args.command in SERVER_COMMANDS:
             return _serve(settings, args)
         return _client_command(settings, args)
@@ -292,7 +300,7 @@ def _client_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from .cli_serve import ServeOptions, serve
+    from .serve import ServeOptions, serve
 
     up = args.command == "up"
     opts = ServeOptions(
@@ -307,25 +315,19 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return serve(opts, sys.stdout)
 
 
-def _exec_dataplane(settings: Settings, args: list[str]) -> int:
-    from .cli_serve import exec_dataplane
+def _run_dataplane(settings: Settings, args: list[str]) -> int:
+    from .passthrough import run_dataplane
 
     try:
-        exec_dataplane(args, settings.data_dir if settings.data_dir_given else None, settings.redis_url)
+        return run_dataplane(args, settings.data_dir, settings.data_dir_given, settings.redis_url, sys.stdout)
     except OSError as exc:
         raise CliError(f"cannot run the data plane ({sys.executable} -m dataplane): {exc.strerror}") from None
-    return 1  # not reached: execv does not return
 
 
 def _exec_sink(args: list[str]) -> int:
-    from .cli_serve import exec_sink
+    from .passthrough import exec_sink
 
     try:
-        exec_sink(args)
+        return exec_sink(args)
     except OSError as exc:
         raise CliError(f"cannot run the sink ({sys.executable} -m dataplane.sink): {exc.strerror}") from None
-    return 1  # not reached: execv does not return
-
-
-if __name__ == "__main__":
-    sys.exit(main())

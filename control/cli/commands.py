@@ -1,0 +1,93 @@
+"""The client commands of the `poolmta` command line: what each of them works with,
+and the command tree they are added to. The commands themselves:
+
+    account  create | list | show | tier | token                          admin_commands
+    server   register | list | show | shared-ip {add,list,release} | republish | status
+    pool     create | list | show | rename | set-default | delete | headers | feed-type
+    ip       provision | list | show | assign | pause | resume | weight | release
+    bridge   create | list | show | revoke | rotate | trust              tenant_commands
+    op       show | watch
+    stats    pool | ip
+    message  status
+
+A handler takes the Context and the parsed arguments and returns the exit code;
+failures are raised as CliError. POOL arguments take an smtp_id or a label.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .client import ControlClient
+from .render import Printer
+
+Handler = Callable[["Context", argparse.Namespace], int]
+
+
+@dataclass
+class Context:
+    """What a client command works with: where to print, and a client made on first use."""
+
+    printer: Printer
+    connect: Callable[[], ControlClient]
+    _client: ControlClient | None = field(default=None, repr=False)
+
+    @property
+    def client(self) -> ControlClient:
+        """The client to the control plane, connected on first use."""
+        if self._client is None:
+            self._client = self.connect()
+        return self._client
+
+    @property
+    def json(self) -> bool:
+        """True when the command prints JSON (--json)."""
+        return self.printer.json_mode
+
+    def close(self) -> None:
+        """Close the client, if one was made."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def emit(ctx: Context, message, human) -> int:
+    """Print `message` as JSON, or `human(message)` as a rich renderable."""
+    if ctx.json:
+        ctx.printer.json(message)
+    else:
+        ctx.printer.show(human(message))
+    return 0
+
+
+def done(ctx: Context, reply, message: str) -> int:
+    """Print `reply` as JSON, or `message` as a line for people."""
+    if ctx.json:
+        ctx.printer.json(reply)
+    else:
+        ctx.printer.line(message)
+    return 0
+
+
+class CommandTree:
+    """Adds command groups and commands under the top-level subparsers `commands`;
+    every parser takes the global options (`parents`)."""
+
+    def __init__(self, commands, parents: list[argparse.ArgumentParser]):
+        self._commands = commands
+        self._parents = parents
+
+    def group(self, name: str, help_text: str, within=None):
+        """A group of commands (`poolmta NAME COMMAND`), within another group's
+        subparsers when given; returns the subparsers its commands go in."""
+        parser = (within or self._commands).add_parser(name, help=help_text, description=help_text,
+                                                       parents=self._parents)
+        return parser.add_subparsers(dest=f"{name.replace('-', '_')}_command", metavar="COMMAND", required=True)
+
+    def leaf(self, subs, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        """A command of a group, run by `handler`; returns its parser, for its arguments."""
+        parser = subs.add_parser(name, help=help_text, description=help_text, parents=self._parents)
+        parser.set_defaults(handler=handler)
+        return parser

@@ -1,0 +1,189 @@
+"""What the demo prints, built from the CLI's renderers (`control.cli.render`): the
+story as it goes, the product's "Sending stats" panel, a message as the destination
+received it, the destination's view of the source IPs, the verdict, and with
+--keep-running how to reach what keeps running."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from ..._pb.poolmta.v1 import poolmta_pb2 as pb
+from ...contract.headers import STAMPED_HEADER_NAMES
+from .. import render
+from .provision import Tenant
+from .stack import Stack
+from .verify import SourceCheck
+
+
+def say(console: Console, message: str) -> None:
+    """One line of the story, printed as it is (no markup)."""
+    console.print(Text(message))
+
+
+def progress(console: Console) -> Progress:
+    """The progress bars of sending and delivering: description, bar, done/total, rate, time."""
+    return Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console)
+
+
+def show_stack(console: Console, stack: Stack, workers: int, seconds: float, data_dir: Path) -> None:
+    """What runs where, once the stack is up."""
+    say(console, f"poolmta demo: embedded Redis, control plane (gRPC {stack.grpc_address}), data plane "
+                 f"({workers} workers, SMTP {address(stack.smtp_address)}) and sink ({address(stack.sink_address)}) "
+                 f"up in {seconds:.1f}s; data in {data_dir}")
+
+
+def show_tenant(console: Console, tenant: Tenant) -> None:
+    """The MTA server, the account and, per Pool, its internal name, IPs and Bridge."""
+    say(console, f"MTA server {tenant.server.server_id} ({tenant.server.hostname}, zone {tenant.server.zone}); "
+                 f"account {tenant.account.name} (user {tenant.account.user_id}, PRO)")
+    for p in tenant.pools:
+        default = ", default" if p.pool.is_default else ""
+        say(console, f"  Pool {p.pool.label} = {p.pool.internal_name} ({render.plural_ips(len(p.plan.addresses))}: "
+                     f"{', '.join(p.plan.addresses)}{default}); Bridge {p.plan.bridge} (user {p.bridge.username}, "
+                     f"feed type {p.bridge.feed_type})")
+
+
+def pools_table(tenant: Tenant, pools: list[pb.Pool], stats: list[pb.PoolStats]) -> Table:
+    """The product's list of Dedicated Pools: one row per Pool with its totals."""
+    by_id = {p.smtp_id: p for p in pools}
+    rows = []
+    for s in stats:
+        pool = by_id.get(s.smtp_id)
+        rows.append((
+            s.label, render.pool_status(pool.status) if pool else render.NONE, str(len(s.ips)),
+            render.count(s.sent), render.count(s.delivered), render.count(s.bounced),
+            render.rate(s.delivery_rate, s.delivered, s.bounced),
+        ))
+    return render.table(["Pool", "Status", "IPs", "Total Sent", "Total Delivered", "Total Bounced", "Delivery rate"],
+                        rows, title=f"Dedicated Pools of {tenant.account.name} "
+                                    f"(user {tenant.account.user_id}, {render.tier(tenant.account.tier)}) "
+                                    f"on MTA server {tenant.server.server_id}, zone {tenant.server.zone}",
+                        right=range(2, 7))
+
+
+def show_panel(console: Console, tenant: Tenant, pools: list[pb.Pool], stats: list[pb.PoolStats]) -> None:
+    """The "Sending stats" panel: the Pools table, then the first Pool's drill-in."""
+    console.print()
+    console.print(pools_table(tenant, pools, stats))
+    console.print()
+    console.print(render.pool_stats(stats[0], live=True))
+
+
+def show_received(console: Console, stack: Stack, tenant: Tenant) -> None:
+    """The header section of a message of the first Pool as the sink received it,
+    stamped and custom headers highlighted."""
+    first = tenant.pools[0]
+    found = received_message(stack, first.pool.internal_name)
+    console.print()
+    if found is None:
+        console.print(Text(f"(the sink kept no message from {first.plan.label})", style="dim"))
+        return
+    record, data = found
+    console.print(Text(f"A message of {first.plan.label} as the destination received it "
+                       f"(sink message #{record['n']}, {len(data):,} bytes, connected from {record['peer']}; "
+                       f"headers only)", style="bold"))
+    custom = {name.lower() for name, _ in first.plan.headers}
+    body = Text()
+    for line in header_section(data).split("\n"):
+        name = line.split(":", 1)[0].strip().lower()
+        style = "bold cyan" if name in STAMPED_HEADER_NAMES or name == "received" else "cyan" if name in custom else ""
+        body.append(line + "\n", style=style)
+    console.print(body, end="")
+
+
+def received_message(stack: Stack, internal_name: str) -> tuple[dict, bytes] | None:
+    """The first message the sink received from the Pool `internal_name`: its log record and bytes."""
+    try:
+        lines = stack.sink_log_path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        record = json.loads(line)
+        if record.get(STAMPED_HEADER_NAMES.virtual_mta) == internal_name:
+            try:
+                return record, (stack.sink_store_dir / f"{record['n']}.eml").read_bytes()
+            except OSError:
+                return None
+    return None
+
+
+def header_section(message: bytes) -> str:
+    """The message's header lines (unfolded lines kept as sent), CRLF or LF endings."""
+    text = message.decode("utf-8", "replace").replace("\r\n", "\n")
+    return text.split("\n\n", 1)[0]
+
+
+def sources_table(checks: list[SourceCheck]) -> Table:
+    """The sink's view of the source addresses next to StatsService's per-IP figures."""
+    rows = []
+    for check in checks:
+        seen, ip = check.seen, check.ip
+        sink = (render.count(int(seen.get("connections", 0))), render.count(int(seen.get("accepted", 0))))
+        if ip is None:
+            rows.append((check.address, check.pool, *sink, "", "", "", "", "", "MISMATCH"))
+        else:
+            rows.append((check.address, check.pool, *sink, render.count(int(seen.get("rejected", 0))),
+                         render.count(int(seen.get("deferred", 0))), render.count(ip.sent),
+                         render.count(ip.delivered), render.count(ip.bounced),
+                         "MISMATCH" if check.problem else "ok"))
+    return render.table(["Source IP", "Pool", "Sink connections", "Sink accepted", "Sink 5xx", "Sink 4xx",
+                         "Stats sent", "Stats delivered", "Stats bounced", "Check"], rows,
+                        title="Where the mail came from, as the destination saw it (sink) and as StatsService "
+                              "counts it",
+                        right=range(2, 9))
+
+
+def show_verdict(console: Console, problems: list[str], stats: list[pb.PoolStats], counts: dict) -> None:
+    """CHECK FAILED with every problem, or OK with the totals that add up."""
+    console.print()
+    if problems:
+        console.print(Text("CHECK FAILED:", style="bold red"))
+        for problem in problems:
+            console.print(Text(f"  - {problem}"))
+        return
+    sent = sum(s.sent for s in stats)
+    delivered = sum(s.delivered for s in stats)
+    bounced = sum(s.bounced for s in stats)
+    console.print(Text(
+        f"OK: StatsService counts {sent:,} sent = {delivered:,} delivered + {bounced:,} bounced, "
+        f"exactly what the demo sent, Pool by Pool and IP by IP; the sink accepted "
+        f"{int(counts.get('accepted', 0)):,} messages, as many as were delivered, "
+        f"each from the IP StatsService credits.", style="bold green"))
+
+
+def show_endpoints(console: Console, stack: Stack, tenant: Tenant, data_dir: Path) -> None:
+    """How to reach what --keep-running leaves running, and commands to try."""
+    grpc_flags = f"--grpc {stack.grpc_address}"
+    lines = [
+        "",
+        "Everything keeps running until Ctrl-C:",
+        f"  control plane (gRPC)  {stack.grpc_address}",
+        f"  admin token           {stack.admin_token}",
+        f"  acme's account token  {tenant.token}",
+        f"  SMTP Bridge           {address(stack.smtp_address)} (AUTH PLAIN/LOGIN without STARTTLS on loopback)",
+    ]
+    for p in tenant.pools:
+        lines.append(f"    {p.plan.bridge:<12} {p.pool.label:<20} user {p.bridge.username}  secret {p.secret}")
+    lines += [
+        f"  sink (destination)    {address(stack.sink_address)}; counts in {stack.sink_counts_path}",
+        f"  data directory        {data_dir} (removed on exit)",
+        "",
+        "Try:",
+        f"  poolmta {grpc_flags} --token {tenant.token} pool list",
+        f"  poolmta {grpc_flags} --token {tenant.token} stats pool {tenant.pools[0].pool.label} --watch",
+        f"  poolmta {grpc_flags} --token {stack.admin_token} server status 1",
+    ]
+    for line in lines:
+        say(console, line)
+
+
+def address(host_port: tuple[str, int]) -> str:
+    """`host:port`."""
+    return f"{host_port[0]}:{host_port[1]}"

@@ -1,0 +1,124 @@
+"""What the demo checks: StatsService counts every message it sent, delivered or
+bounced, Pool by Pool and IP by IP, and the destination (the sink) saw as many
+messages from each source IP as StatsService says were delivered from it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from rich.progress import Progress
+
+from ..._pb.poolmta.v1 import poolmta_pb2 as pb
+from . import DemoError
+from .provision import Api, Tenant
+from .stack import Stack
+from .traffic import PoolTally
+
+STATS_POLL_SECONDS = 0.25
+# The sink rewrites its counts file at most every 200 ms.
+SINK_COUNTS_SETTLE_SECONDS = 5.0
+
+
+async def pool_stats(api: Api, tenant: Tenant) -> list[pb.PoolStats]:
+    """StatsService's lifetime figures of every Pool of the tenant, in plan order."""
+    return list(await asyncio.gather(*(
+        api("stats", "GetPoolStats", pb.GetPoolStatsRequest(smtp_id=p.pool.smtp_id, window=pb.LIFETIME))
+        for p in tenant.pools
+    )))
+
+
+async def wait_until_final(api: Api, tenant: Tenant, tallies: list[PoolTally], timeout: float, progress: Progress,
+                           stack: Stack) -> list[pb.PoolStats]:
+    """Until StatsService counts every message sent as delivered or bounced in every Pool
+    (deferred ones are delivered by a retry). DemoError with what is missing at the deadline."""
+    total = sum(t.sent for t in tallies)
+    task = progress.add_task("Delivering (StatsService)", total=total, rate="")
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = await pool_stats(api, tenant)
+        final = sum(s.delivered + s.bounced for s in stats)
+        deferred = sum(s.deferred for s in stats)
+        progress.update(task, completed=min(final, total), rate=f"{deferred} deferral(s) retried")
+        if all(s.delivered + s.bounced >= t.sent and s.sent >= t.sent for s, t in zip(stats, tallies, strict=True)):
+            return stats
+        stack.check_children()
+        if time.monotonic() > deadline:
+            missing = "; ".join(
+                f"{s.label}: sent {t.sent}, StatsService sent {s.sent}, delivered {s.delivered}, "
+                f"bounced {s.bounced}, deferred {s.deferred} ({t.sent - s.delivered - s.bounced} not final)"
+                for s, t in zip(stats, tallies, strict=True)
+            )
+            raise DemoError(f"not every message was delivered or bounced within {timeout:g}s: {missing}")
+        await asyncio.sleep(STATS_POLL_SECONDS)
+
+
+async def settled_sink_counts(stack: Stack, delivered: int) -> dict:
+    """The sink's counts once they show `delivered` accepted messages (or after a few seconds)."""
+    deadline = time.monotonic() + SINK_COUNTS_SETTLE_SECONDS
+    while True:
+        counts = stack.sink_counts()
+        if counts.get("accepted", 0) >= delivered or time.monotonic() > deadline:
+            return counts
+        await asyncio.sleep(0.1)
+
+
+def check_totals(tallies: list[PoolTally], stats: list[pb.PoolStats], counts: dict) -> list[str]:
+    """Every discrepancy between what was sent, what StatsService counts and what the sink saw."""
+    problems = []
+    for tally, s in zip(tallies, stats, strict=True):
+        expected = (("sent", tally.sent), ("delivered", tally.delivered), ("bounced", tally.bounce))
+        for name, want in expected:
+            got = getattr(s, name)
+            if got != want:
+                problems.append(f"{s.label}: StatsService says {name} {got}, the demo expected {want}")
+        for name in ("sent", "delivered", "bounced"):
+            per_ip = sum(getattr(ip, name) for ip in s.ips)
+            if per_ip != getattr(s, name):
+                problems.append(f"{s.label}: its IPs' {name} add up to {per_ip}, "
+                                f"the Pool's total is {getattr(s, name)}")
+    delivered = sum(s.delivered for s in stats)
+    accepted = int(counts.get("accepted", 0))
+    if accepted != delivered:
+        problems.append(f"the sink accepted {accepted} message(s), StatsService counts {delivered} delivered")
+    return problems
+
+
+@dataclass(frozen=True)
+class SourceCheck:
+    """One source address: what the sink saw from it next to what StatsService counts.
+
+    seen: the sink's counts for connections from it ({} when none came).
+    ip: StatsService's figures for it; None for an address in no Pool.
+    problem: the discrepancy, "" when the two agree.
+    """
+
+    address: str
+    pool: str
+    seen: dict
+    ip: pb.IpStats | None
+    problem: str = ""
+
+
+def check_sources(stats: list[pb.PoolStats], counts: dict) -> list[SourceCheck]:
+    """Every Pool IP, and every other address the sink accepted mail from, checked:
+    the sink must have accepted exactly as many messages from an IP as StatsService
+    counts delivered from it, and none from an address in no Pool."""
+    peers = counts.get("peers", {})
+    checks = []
+    for s in stats:
+        for ip in s.ips:
+            seen = peers.get(ip.address, {})
+            accepted = int(seen.get("accepted", 0))
+            problem = "" if accepted == ip.delivered else (
+                f"{ip.address} ({s.label}): the sink accepted {accepted} message(s) from it, "
+                f"StatsService counts {ip.delivered} delivered")
+            checks.append(SourceCheck(ip.address, s.label, seen, ip, problem))
+    known = {check.address for check in checks}
+    for address, seen in sorted(peers.items()):
+        if address not in known and seen.get("accepted"):
+            checks.append(SourceCheck(address, "?", seen, None,
+                                      f"the sink accepted {seen['accepted']} message(s) from {address}, "
+                                      "which is in no Pool"))
+    return checks

@@ -1,0 +1,367 @@
+"""The account commands of the `poolmta` command line (an account token): dedicated
+Pools, IPs and their reassignment operations, Bridges, stats, message status."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.live import Live
+
+from .._pb.poolmta.v1 import poolmta_pb2 as pb
+from . import render
+from .client import EXIT_ERROR, EXIT_USAGE, CliError
+from .commands import CommandTree, Context, done, emit
+
+DEFAULT_SMTP_PORT = 2525
+
+
+def _header_arg(value: str) -> pb.Header:
+    name, sep, text = value.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {value!r}")
+    return pb.Header(name=name.strip(), value=text)
+
+
+def _window_arg(value: str) -> int:
+    try:
+        return render.WINDOWS[value.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"window must be lifetime or 30d, got {value!r}") from None
+
+
+# -- pool ---------------------------------------------------------------------------
+
+
+def _pool_create(ctx: Context, a) -> int:
+    request = pb.CreatePoolRequest(label=a.label, server_id=a.server, tag=a.tag or "", feed_type=a.feed_type or "",
+                                   headers=a.headers or [])
+    return emit(ctx, ctx.client.call("pools", "CreatePool", request), render.pool)
+
+
+def _pool_list(ctx: Context, a) -> int:
+    return emit(ctx, ctx.client.call("pools", "ListPools", pb.ListPoolsRequest()), lambda r: render.pools(r.pools))
+
+
+def _pool_show(ctx: Context, a) -> int:
+    smtp_id = ctx.client.resolve_pool(a.pool)
+    return emit(ctx, ctx.client.call("pools", "GetPool", pb.GetPoolRequest(smtp_id=smtp_id)), render.pool)
+
+
+def _pool_rename(ctx: Context, a) -> int:
+    request = pb.RenamePoolRequest(smtp_id=ctx.client.resolve_pool(a.pool), label=a.new_label)
+    return emit(ctx, ctx.client.call("pools", "RenamePool", request), render.pool)
+
+
+def _pool_set_default(ctx: Context, a) -> int:
+    request = pb.SetDefaultPoolRequest(smtp_id=ctx.client.resolve_pool(a.pool))
+    return emit(ctx, ctx.client.call("pools", "SetDefaultPool", request), render.pool)
+
+
+def _pool_delete(ctx: Context, a) -> int:
+    smtp_id = ctx.client.resolve_pool(a.pool)
+    reply = ctx.client.call("pools", "DeletePool", pb.DeletePoolRequest(smtp_id=smtp_id))
+    return done(ctx, reply, f"Deleted pool {smtp_id}.")
+
+
+def _pool_headers(ctx: Context, a) -> int:
+    if a.set and a.clear:
+        raise CliError("give either --set or --clear, not both", EXIT_USAGE)
+    smtp_id = ctx.client.resolve_pool(a.pool)
+    if a.set or a.clear:
+        request = pb.SetPoolHeadersRequest(smtp_id=smtp_id, headers=[] if a.clear else a.set)
+        pool = ctx.client.call("pools", "SetPoolHeaders", request)
+    else:
+        pool = ctx.client.call("pools", "GetPool", pb.GetPoolRequest(smtp_id=smtp_id))
+    if ctx.json:
+        ctx.printer.json(pool)
+    elif pool.headers:
+        ctx.printer.show(render.pool_headers(pool))
+    else:
+        ctx.printer.line(f"Pool {render.pool_ref(pool.smtp_id, pool.label)} has no custom headers.")
+    return 0
+
+
+def _pool_feed_type(ctx: Context, a) -> int:
+    request = pb.SetPoolFeedTypeRequest(smtp_id=ctx.client.resolve_pool(a.pool), feed_type=a.feed_type)
+    return emit(ctx, ctx.client.call("pools", "SetPoolFeedType", request), render.pool)
+
+
+# -- ip -----------------------------------------------------------------------------
+
+
+def _ip_provision(ctx: Context, a) -> int:
+    smtp_id = ctx.client.resolve_pool(a.pool) if a.pool else 0
+    request = pb.ProvisionIpRequest(address=a.address, smtp_id=smtp_id, server_id=a.server or 0,
+                                    weight=a.weight or 0, hostname=a.hostname or "")
+    return emit(ctx, ctx.client.call("ips", "ProvisionIp", request), render.ip)
+
+
+def _ip_list(ctx: Context, a) -> int:
+    smtp_id = ctx.client.resolve_pool(a.pool) if a.pool else 0
+    return emit(ctx, ctx.client.call("ips", "ListIps", pb.ListIpsRequest(smtp_id=smtp_id)),
+                lambda r: render.ips(r.ips))
+
+
+def _ip_show(ctx: Context, a) -> int:
+    return emit(ctx, ctx.client.call("ips", "GetIp", pb.GetIpRequest(address=a.address)), render.ip)
+
+
+def _ip_assign(ctx: Context, a) -> int:
+    request = pb.AssignPoolRequest(address=a.address, smtp_id=ctx.client.resolve_pool(a.pool))
+    op = ctx.client.call("ips", "AssignPool", request)
+    if not a.wait:
+        if ctx.json:
+            ctx.printer.json(op)
+        else:
+            ctx.printer.line(f"Operation {op.operation_id} {render.op_state(op.state)}: moving {op.address} "
+                             f"from pool {op.from_smtp_id} to pool {op.to_smtp_id}.")
+            ctx.printer.line(f"Follow it with: poolmta op watch {op.operation_id}")
+        return 0
+    if ctx.json:
+        ctx.printer.json(op, compact=True)
+    else:
+        ctx.printer.line(render.operation_line(op))
+    return _watch_operation(ctx, op.operation_id, last_state=op.state)
+
+
+def _ip_pause(ctx: Context, a) -> int:
+    return emit(ctx, ctx.client.call("ips", "PauseIp", pb.PauseIpRequest(address=a.address)), render.ip)
+
+
+def _ip_resume(ctx: Context, a) -> int:
+    return emit(ctx, ctx.client.call("ips", "ResumeIp", pb.ResumeIpRequest(address=a.address)), render.ip)
+
+
+def _ip_weight(ctx: Context, a) -> int:
+    request = pb.SetIpWeightRequest(address=a.address, weight=a.weight)
+    return emit(ctx, ctx.client.call("ips", "SetIpWeight", request), render.ip)
+
+
+def _ip_release(ctx: Context, a) -> int:
+    reply = ctx.client.call("ips", "ReleaseIp", pb.ReleaseIpRequest(address=a.address))
+    return done(ctx, reply, f"Released IP {a.address}.")
+
+
+# -- op -----------------------------------------------------------------------------
+
+
+def _op_show(ctx: Context, a) -> int:
+    op = ctx.client.call("ips", "GetOperation", pb.GetOperationRequest(operation_id=a.id))
+    return emit(ctx, op, render.operation)
+
+
+def _op_watch(ctx: Context, a) -> int:
+    return _watch_operation(ctx, a.id, last_state=None)
+
+
+def _watch_operation(ctx: Context, operation_id: str, last_state: int | None) -> int:
+    """Print each state change of the operation until DONE (exit 0) or FAILED (exit 1)."""
+    final = None
+    for op in ctx.client.stream("ips", "WatchOperation", pb.WatchOperationRequest(operation_id=operation_id)):
+        if op.state != last_state:
+            if ctx.json:
+                ctx.printer.json(op, compact=True)
+            else:
+                ctx.printer.line(render.operation_line(op))
+            last_state = op.state
+        final = op
+        if op.state in (pb.DONE, pb.FAILED):
+            break
+    if final is None or final.state not in (pb.DONE, pb.FAILED):
+        raise CliError(f"the control plane ended the watch of operation {operation_id} before it finished")
+    if final.state == pb.FAILED:
+        raise CliError(f"operation {operation_id} failed: {final.error or 'no reason given'}", EXIT_ERROR)
+    return 0
+
+
+# -- bridge -------------------------------------------------------------------------
+
+
+def _bridge_create(ctx: Context, a) -> int:
+    smtp_id = ctx.client.resolve_pool(a.pool) if a.pool else 0
+    request = pb.CreateBridgeRequest(name=a.name, smtp_id=smtp_id, server_id=a.server or 0,
+                                     feed_type=a.feed_type or "", trusted_networks=a.trust or [])
+    reply = ctx.client.call("bridges", "CreateBridge", request)
+    return _bridge_with_secret(ctx, reply, "SMTP secret")
+
+
+def _bridge_rotate(ctx: Context, a) -> int:
+    reply = ctx.client.call("bridges", "RotateBridgeSecret", pb.RotateBridgeSecretRequest(bridge_id=a.id))
+    return _bridge_with_secret(ctx, reply, "New SMTP secret (the old one no longer works)")
+
+
+def _bridge_with_secret(ctx: Context, reply: pb.BridgeWithSecret, what: str) -> int:
+    if ctx.json:
+        ctx.printer.json(reply)
+        return 0
+    b = reply.bridge
+    p = ctx.printer
+    p.show(render.bridge(b))
+    p.line()
+    p.line(f"SMTP username: {b.username}")
+    p.line(f"{what} (shown once: only its hash is stored, so save it now):")
+    p.line(reply.secret)
+    p.line()
+    p.line(f"Send with SMTP AUTH (PLAIN or LOGIN) as {b.username} to the SMTP bridge of MTA server "
+           f"{b.server_id} (port {DEFAULT_SMTP_PORT} unless its data plane was started with --smtp-listen).")
+    return 0
+
+
+def _bridge_list(ctx: Context, a) -> int:
+    smtp_id = ctx.client.resolve_pool(a.pool) if a.pool else 0
+    return emit(ctx, ctx.client.call("bridges", "ListBridges", pb.ListBridgesRequest(smtp_id=smtp_id)),
+                lambda r: render.bridges(r.bridges))
+
+
+def _bridge_show(ctx: Context, a) -> int:
+    return emit(ctx, ctx.client.call("bridges", "GetBridge", pb.GetBridgeRequest(bridge_id=a.id)), render.bridge)
+
+
+def _bridge_revoke(ctx: Context, a) -> int:
+    return emit(ctx, ctx.client.call("bridges", "RevokeBridge", pb.RevokeBridgeRequest(bridge_id=a.id)),
+                render.bridge)
+
+
+def _bridge_trust(ctx: Context, a) -> int:
+    request = pb.SetBridgeTrustedNetworksRequest(bridge_id=a.id, trusted_networks=a.cidrs)
+    return emit(ctx, ctx.client.call("bridges", "SetBridgeTrustedNetworks", request), render.bridge)
+
+
+# -- stats --------------------------------------------------------------------------
+
+
+def _stats_pool(ctx: Context, a) -> int:
+    smtp_id = ctx.client.resolve_pool(a.pool)
+    if not a.watch:
+        stats = ctx.client.call("stats", "GetPoolStats", pb.GetPoolStatsRequest(smtp_id=smtp_id, window=a.window))
+        return emit(ctx, stats, render.pool_stats)
+    updates = ctx.client.stream("stats", "WatchPoolStats", pb.WatchPoolStatsRequest(smtp_id=smtp_id, window=a.window))
+    p = ctx.printer
+    if ctx.json:
+        for stats in updates:
+            p.json(stats, compact=True)
+    elif p.console.is_terminal:
+        with Live(console=p.console, auto_refresh=False) as live:
+            for stats in updates:
+                live.update(render.pool_stats(stats, live=True), refresh=True)
+    else:
+        for stats in updates:
+            p.show(render.pool_stats(stats, live=True))
+            p.line()
+    raise CliError(f"the control plane ended the stats stream of pool {smtp_id}")
+
+
+def _stats_ip(ctx: Context, a) -> int:
+    stats = ctx.client.call("stats", "GetIpStats", pb.GetIpStatsRequest(address=a.address, window=a.window))
+    return emit(ctx, stats, lambda s: render.ip_stats(s, a.window))
+
+
+def _message_status(ctx: Context, a) -> int:
+    status = ctx.client.call("stats", "GetMessageStatus", pb.GetMessageStatusRequest(message_id=a.id))
+    return emit(ctx, status, render.message_status)
+
+
+# -- parsers ------------------------------------------------------------------------
+
+
+def _pool_option(parser: argparse.ArgumentParser, help_text: str, required: bool = False) -> None:
+    parser.add_argument("--pool", metavar="POOL", required=required, help=help_text + " (smtp_id or label)")
+
+
+def add(tree: CommandTree) -> None:
+    """Add the `pool`, `ip`, `bridge`, `op`, `stats` and `message` groups."""
+    # pool
+    subs = tree.group("pool", "dedicated pools (account token)")
+    p = tree.leaf(subs, "create", _pool_create, "create a pool on an MTA server")
+    p.add_argument("label")
+    p.add_argument("--server", type=int, required=True, metavar="ID", help="MTA server (fixes the zone)")
+    p.add_argument("--tag", help="slug for the internal name (default derived from the label)")
+    p.add_argument("--feed-type", help="stamped as x-feedtype")
+    p.add_argument("--header", dest="headers", type=_header_arg, action="extend", nargs="+", metavar="NAME=VALUE",
+                   help="a custom header stamped on every message (repeatable)")
+    tree.leaf(subs, "list", _pool_list, "list the account's pools")
+    p = tree.leaf(subs, "show", _pool_show, "show one pool")
+    p.add_argument("pool", metavar="POOL")
+    p = tree.leaf(subs, "rename", _pool_rename, "change a pool's label (its internal name stays)")
+    p.add_argument("pool", metavar="POOL")
+    p.add_argument("new_label", metavar="NEW_LABEL")
+    p = tree.leaf(subs, "set-default", _pool_set_default, "make the pool new IPs land in")
+    p.add_argument("pool", metavar="POOL")
+    p = tree.leaf(subs, "delete", _pool_delete, "delete an empty, non-default pool")
+    p.add_argument("pool", metavar="POOL")
+    p = tree.leaf(subs, "headers", _pool_headers, "show, replace (--set) or clear (--clear) a pool's custom headers")
+    p.add_argument("pool", metavar="POOL")
+    p.add_argument("--set", type=_header_arg, action="extend", nargs="+", metavar="NAME=VALUE",
+                   help="replace every custom header with these")
+    p.add_argument("--clear", action="store_true", help="remove every custom header")
+    p = tree.leaf(subs, "feed-type", _pool_feed_type, "change a pool's feed type")
+    p.add_argument("pool", metavar="POOL")
+    p.add_argument("feed_type", metavar="TYPE")
+
+    # ip
+    subs = tree.group("ip", "dedicated IPs (account token)")
+    p = tree.leaf(subs, "provision", _ip_provision, "add a dedicated IP (to the default pool unless --pool)")
+    p.add_argument("address")
+    _pool_option(p, "pool to land in (default the default pool)")
+    p.add_argument("--server", type=int, metavar="ID", help="MTA server; needed for the account's first IP")
+    p.add_argument("--weight", type=int, help="rotation weight 1-1000 (default 1)")
+    p.add_argument("--hostname", help="HELO hostname (default the server's hostname)")
+    p = tree.leaf(subs, "list", _ip_list, "list the account's IPs")
+    _pool_option(p, "only this pool's IPs")
+    p = tree.leaf(subs, "show", _ip_show, "show one IP")
+    p.add_argument("address")
+    p = tree.leaf(subs, "assign", _ip_assign, "queue moving an IP to another pool of its MTA server")
+    p.add_argument("address")
+    p.add_argument("pool", metavar="POOL")
+    p.add_argument("--wait", action="store_true", help="follow the operation until DONE or FAILED")
+    for name, handler, help_text in (("pause", _ip_pause, "take an IP out of rotation"),
+                                     ("resume", _ip_resume, "put an IP back into rotation"),
+                                     ("release", _ip_release, "remove an IP from the account")):
+        p = tree.leaf(subs, name, handler, help_text)
+        p.add_argument("address")
+    p = tree.leaf(subs, "weight", _ip_weight, "change an IP's rotation weight (0 takes it out of rotation)")
+    p.add_argument("address")
+    p.add_argument("weight", type=int, metavar="W")
+
+    # bridge
+    subs = tree.group("bridge", "SMTP / API credentials exposing a pool (account token)")
+    p = tree.leaf(subs, "create", _bridge_create, "create a bridge; prints its secret once")
+    p.add_argument("name")
+    route = p.add_mutually_exclusive_group(required=True)
+    route.add_argument("--pool", metavar="POOL", help="pool to route through (smtp_id or label; PRO, BUSINESS)")
+    route.add_argument("--server", type=int, metavar="ID", help="MTA server whose shared pool it uses (ESSENTIAL)")
+    p.add_argument("--feed-type", help="overrides the pool's x-feedtype")
+    p.add_argument("--trust", action="extend", nargs="+", metavar="CIDR",
+                   help="client networks that may send without AUTH")
+    p = tree.leaf(subs, "list", _bridge_list, "list the account's bridges (never their secrets)")
+    _pool_option(p, "only this pool's bridges")
+    for name, handler, help_text in (("show", _bridge_show, "show one bridge (never its secret)"),
+                                     ("revoke", _bridge_revoke, "revoke a bridge"),
+                                     ("rotate", _bridge_rotate, "replace a bridge's secret; prints the new one once")):
+        p = tree.leaf(subs, name, handler, help_text)
+        p.add_argument("id", type=int, metavar="ID")
+    p = tree.leaf(subs, "trust", _bridge_trust, "replace the networks trusted to send without AUTH (none = clear)")
+    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("cidrs", nargs="*", metavar="CIDR")
+
+    # op
+    subs = tree.group("op", "IP reassignment operations (account token)")
+    p = tree.leaf(subs, "show", _op_show, "show an operation")
+    p.add_argument("id", metavar="ID")
+    p = tree.leaf(subs, "watch", _op_watch, "follow an operation until DONE or FAILED (exit 1 on FAILED)")
+    p.add_argument("id", metavar="ID")
+
+    # stats
+    subs = tree.group("stats", "Sent / Delivered / Bounced per pool and per IP (account token)")
+    p = tree.leaf(subs, "pool", _stats_pool, "a pool's totals, delivery rate and per-IP breakdown")
+    p.add_argument("pool", metavar="POOL")
+    p.add_argument("--window", type=_window_arg, default=pb.LIFETIME, metavar="{lifetime,30d}")
+    p.add_argument("--watch", action="store_true", help="keep redrawing as the figures change, until Ctrl-C")
+    p = tree.leaf(subs, "ip", _stats_ip, "one IP's figures, complaints included")
+    p.add_argument("address")
+    p.add_argument("--window", type=_window_arg, default=pb.LIFETIME, metavar="{lifetime,30d}")
+
+    # message
+    subs = tree.group("message", "delivery events of one message (account token)")
+    p = tree.leaf(subs, "status", _message_status, "every delivery outcome of a message, by recipient")
+    p.add_argument("id", metavar="MESSAGE_ID", help="the id from the bridge's 250 reply")

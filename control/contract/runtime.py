@@ -1,0 +1,120 @@
+"""The process and task conventions both planes' processes share.
+
+A process of the control plane (`poolmta up`, `poolmta control`, the demo) and one
+of the data plane (`python -m dataplane` and its workers) agree on these without
+importing each other:
+
+* where the data directory is by default, and where the embedded Redis of a data
+  directory listens: a data plane started on its own finds the Redis that
+  `poolmta up` / `poolmta control` runs for the same directory;
+* a child process dies with the thread that started it (Linux PR_SET_PDEATHSIG),
+  so no crash of a parent leaves a server running;
+* a background loop that retries on errors still stops when its task is cancelled.
+
+Like the rest of `control.contract`, this module imports nothing else of `control`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+# Linux sun_path is 108 bytes including the terminating NUL; macOS/BSD 104.
+SUN_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
+
+# Where the embedded Redis's socket goes when `<data_dir>/redis/redis.sock` is too long.
+SHORT_SOCKET_ROOT = Path("/tmp")
+
+_PR_SET_PDEATHSIG = 1
+
+
+# -- the data directory and its embedded Redis ------------------------------------
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    """The data directory when none is given: `$XDG_DATA_HOME/poolmta`, else
+    `~/.local/share/poolmta` (`environ` is the environment the caller was started with)."""
+    base = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "poolmta"
+
+
+def embedded_redis_socket(data_dir: Path) -> Path:
+    """The unix socket the embedded Redis of `data_dir` listens on.
+
+    `<data_dir>/redis/redis.sock`; when that path is longer than a unix socket
+    allows (107 bytes on Linux), `/tmp/poolmta-redis-<uid>-<hash>/redis.sock`
+    instead, the directory named after a hash of `<data_dir>/redis`. A relative
+    `data_dir` is taken from the current directory.
+    """
+    redis_dir = Path(data_dir).absolute() / "redis"
+    path = redis_dir / "redis.sock"
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        return path
+    digest = hashlib.sha256(os.fsencode(redis_dir)).hexdigest()[:16]
+    return SHORT_SOCKET_ROOT / f"poolmta-redis-{os.getuid()}-{digest}" / "redis.sock"
+
+
+def embedded_redis_url(data_dir: Path) -> str:
+    """The URL of the embedded Redis of `data_dir` (`unix://…/redis.sock`); it answers
+    only while a poolmta process runs that Redis."""
+    return f"unix://{embedded_redis_socket(data_dir)}"
+
+
+def redis_answers(url: str, timeout: float = 0.5) -> bool:
+    """True when the Redis at `url` answers PING within `timeout` seconds; never raises."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+# -- processes and tasks -------------------------------------------------------------
+
+
+def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A function to run in a child of `parent_pid`, first thing: from then on the
+    child gets SIGTERM when the thread that started it dies (even by SIGKILL), and if
+    the parent already died before that took effect, the child exits at once (code 1).
+
+    Pass it as `preexec_fn` to subprocess, or call it at the top of a
+    multiprocessing target. None where there is no such thing (not Linux).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    # Looked up here, in the parent: a preexec_fn runs between fork and exec, where
+    # loading a library could deadlock on a lock another thread held at the fork.
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
+
+
+def reraise_if_cancelling() -> None:
+    """Call inside an `except` block of a retry loop: when the running task is being
+    cancelled, raise CancelledError instead of retrying.
+
+    redis-py can surface a cancellation that lands mid-read as ConnectionError; a
+    loop that retries on Redis errors would otherwise swallow the cancellation and
+    keep its process from ever stopping."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
