@@ -81,7 +81,10 @@ def test_demo_shows_the_panel_with_totals_that_add_up_and_leaves_nothing_running
         deadline = time.monotonic() + DEMO_DEADLINE
         try:
             while proc.poll() is None and time.monotonic() < deadline:
-                seen.update(_descendants(proc.pid))
+                # A zombie's command line reads empty: keep what a live process showed.
+                for key, cmdline in _descendants(proc.pid).items():
+                    if cmdline or key not in seen:
+                        seen[key] = cmdline
                 time.sleep(0.1)
         finally:
             if proc.poll() is None:
