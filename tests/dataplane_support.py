@@ -2,8 +2,8 @@
 Redis (no control plane), real `python -m dataplane` and `python -m dataplane.sink`
 processes, concurrent senders, spool, stats and event readers.
 
-Fixtures defined here are used by importing them into a test module
-(`from tests.dataplane_support import start_dataplane`).
+Its fixtures (`start_dataplane`, `start_sink`) reach every test module through
+`pytest_plugins` in `tests/conftest.py`.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import socket
 import time
@@ -21,18 +23,38 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> bool:
-    """Poll `predicate` until it is truthy (True) or `timeout` seconds pass (False).
+# Polling: the suite's one way to wait for something that happens "soon" without
+# asserting how soon. One rule in two forms, because a test on an event loop must
+# not block it (its in-process servers run there): `wait_until` for plain code,
+# `eventually` inside a coroutine.
 
-    For asserting things that happen "soon" without asserting how soon:
-    `assert wait_until(lambda: ..., timeout=5)`.
+
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> object:
+    """Poll `predicate` until it is truthy: its value, or False once `timeout` seconds pass.
+
+    `assert wait_until(lambda: ..., timeout=5)`, with a message that says what was awaited.
     """
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (value := predicate()):
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
-    return True
+    return value
+
+
+async def eventually(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> object:
+    """Poll `predicate` (plain or async) until it is truthy, without blocking the event
+    loop: its value; AssertionError once `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout:g}s")
+        await asyncio.sleep(interval)
 
 
 def process_gone(pid: int) -> bool:

@@ -465,6 +465,7 @@ def test_ip_provision_assign_wait_and_state_changes(cli, acme):
     assert "NOT_FOUND" in refused.err
 
 
+@pytest.mark.slow
 def test_op_watch_exits_1_when_the_operation_fails(start_control_plane, capsys):
     # A reconciler that never gets round to it keeps the operation QUEUED until
     # releasing the IP fails it.
@@ -571,6 +572,7 @@ def test_stats_pool_and_ip(cli, acme, redis_url):
     assert month["sent"] == "0"  # only the lifetime hash was written
 
 
+@pytest.mark.slow
 def test_stats_watch_follows_changes_until_ctrl_c(cli, acme, redis_url):
     cli.ok("--token", acme, "pool", "create", "live", "--server", "1")
     watcher = subprocess.Popen(
@@ -599,6 +601,7 @@ def run_poolmta(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           timeout=timeout, env=subprocess_env())
 
 
+@pytest.mark.slow
 def test_grpc_error_exits_1_with_the_status_and_no_traceback(cli):
     done = run_poolmta(*cli.argv("account", "show", "42"))
     assert done.returncode == 1
@@ -606,6 +609,7 @@ def test_grpc_error_exits_1_with_the_status_and_no_traceback(cli):
     assert "Traceback" not in done.stderr and done.stdout == ""
 
 
+@pytest.mark.slow
 def test_unreachable_control_plane_names_the_address_and_poolmta_up(tmp_path):
     address = f"127.0.0.1:{free_port()}"
     done = run_poolmta("--grpc", address, "--token", "t0ken", "pool", "list")

@@ -8,8 +8,8 @@ import redis
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.contract import rediskeys
-from tests.control_support import *  # noqa: F401,F403 - fixtures
-from tests.control_support import current_snapshot, eventually, expect_error
+from tests.control_support import current_snapshot, expect_error
+from tests.support import eventually
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

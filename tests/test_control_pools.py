@@ -6,7 +6,6 @@ import grpc
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.contract.headers import STAMPED_HEADER_NAMES
-from tests.control_support import *  # noqa: F401,F403 - fixtures
 from tests.control_support import current_snapshot, expect_error
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

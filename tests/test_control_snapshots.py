@@ -11,8 +11,8 @@ from control.contract import rediskeys, snapshot
 from control.publisher import build_snapshot
 from control.server import ControlPlane
 from control.store import Store
-from tests.control_support import *  # noqa: F401,F403 - fixtures
-from tests.control_support import Client, current_snapshot, eventually, start_config
+from tests.control_support import Client, current_snapshot, start_config
+from tests.support import eventually
 
 
 def _routing(snap: snapshot.Snapshot):

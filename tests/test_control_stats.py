@@ -6,7 +6,6 @@ import grpc
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.contract import rediskeys
-from tests.control_support import *  # noqa: F401,F403 - fixtures
 from tests.control_support import expect_error
 
 

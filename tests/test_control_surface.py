@@ -9,7 +9,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from control import models
 from control.store import MIGRATIONS, Store
-from tests.control_support import *  # noqa: F401,F403 - fixtures
 
 SERVICES = {f"poolmta.v1.{name}" for name in (
     "AccountService", "MtaServerService", "PoolService", "IpService", "BridgeService", "StatsService")}

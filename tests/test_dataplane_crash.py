@@ -11,6 +11,7 @@ import random
 import signal
 
 import aiosmtplib
+import pytest
 
 from dataplane import spool
 from tests.dataplane_support import (
@@ -24,6 +25,9 @@ from tests.dataplane_support import (
     stamped_prefix_and_original,
 )
 from tests.support import wait_until
+
+# Every test here starts and kills data-plane processes.
+pytestmark = pytest.mark.slow
 
 SERVER = 3
 SECRET = "s3cret"

@@ -17,7 +17,6 @@ from tests.dataplane_support import (
     publish,
     queued_id,
     stamped_prefix_and_original,
-    start_dataplane,  # noqa: F401  (fixture)
 )
 
 SERVER = 4

@@ -4,6 +4,8 @@ clean stops on SIGINT / SIGTERM, and a clear error for an address in use."""
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import re
 import signal
@@ -28,9 +30,11 @@ from tests.dataplane_support import (
     message,
     publish,
     queued_id,
-    start_dataplane,  # noqa: F401  (fixture)
 )
 from tests.support import process_gone, wait_until
+
+# Every test here starts data-plane processes.
+pytestmark = pytest.mark.slow
 
 SERVER = 8
 SECRET = "s3cret"

@@ -14,6 +14,9 @@ from hypothesis import strategies as st
 
 from tests.dataplane_support import Dataplane, make_bridge, make_pool, make_snapshot, publish, queued_id
 
+# The module's data plane is a real `python -m dataplane` process.
+pytestmark = pytest.mark.slow
+
 SERVER = 7
 SECRET = "s3cret"
 

@@ -23,7 +23,6 @@ from tests.dataplane_support import (
     message,
     publish,
     queued_id,
-    start_dataplane,  # noqa: F401  (fixture)
 )
 from tests.support import wait_until
 

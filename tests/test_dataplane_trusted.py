@@ -13,7 +13,6 @@ from tests.dataplane_support import (
     message,
     publish,
     queued_id,
-    start_dataplane,  # noqa: F401  (fixture)
 )
 
 SERVER = 6

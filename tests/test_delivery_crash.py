@@ -17,8 +17,6 @@ from tests.dataplane_support import (
     publish,
     queue_empty,
     send_all,
-    start_dataplane,  # noqa: F401  (fixture)
-    start_sink,  # noqa: F401  (fixture)
     stats_of,
 )
 from tests.support import wait_until

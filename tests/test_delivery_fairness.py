@@ -18,7 +18,6 @@ from tests.dataplane_support import (
     publish,
     queue_empty,
     send_all,
-    start_sink,  # noqa: F401  (fixture)
 )
 from tests.support import wait_until
 

@@ -15,8 +15,6 @@ from tests.dataplane_support import (
     message,
     publish,
     send_all,
-    start_dataplane,  # noqa: F401  (fixture)
-    start_sink,  # noqa: F401  (fixture)
     stats_of,
 )
 from tests.support import wait_until

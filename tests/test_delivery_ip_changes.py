@@ -23,7 +23,6 @@ from tests.dataplane_support import (
     queue_empty,
     send_all,
     sink_outcomes,
-    start_dataplane,  # noqa: F401  (fixture)
     stat,
 )
 from tests.support import free_port, wait_until

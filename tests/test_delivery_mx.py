@@ -23,8 +23,6 @@ from tests.dataplane_support import (
     message,
     publish,
     send_all,
-    start_dataplane,  # noqa: F401  (fixture)
-    start_sink,  # noqa: F401  (fixture)
 )
 from tests.support import wait_until
 

@@ -22,8 +22,6 @@ from tests.dataplane_support import (
     queue_empty,
     send_all,
     sink_outcomes,
-    start_dataplane,  # noqa: F401  (fixture)
-    start_sink,  # noqa: F401  (fixture)
     stats_of,
     today,
 )

@@ -20,8 +20,6 @@ from tests.dataplane_support import (
     queue_empty,
     send_all,
     sink_outcomes,
-    start_dataplane,  # noqa: F401  (fixture)
-    start_sink,  # noqa: F401  (fixture)
     stats_of,
 )
 from tests.support import wait_until

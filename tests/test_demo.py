@@ -5,6 +5,8 @@ message, and leave no process behind."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import re
@@ -16,6 +18,9 @@ from pathlib import Path
 
 from control.cli.demo.plan import BOUNCE_LOCAL_PART, DEMO_POOLS, DemoOptions
 from control.cli.demo.traffic import plan_messages
+
+# Every test here runs `poolmta` with its child processes.
+pytestmark = pytest.mark.slow
 
 MESSAGES = 300
 DEMO_DEADLINE = 90.0

@@ -103,6 +103,7 @@ def test_acknowledged_counter_survives_a_redis_crash(fresh_redis: EmbeddedRedis)
         client.close()
 
 
+@pytest.mark.slow
 def test_a_server_left_by_a_crashed_run_is_killed_at_next_start(tmp_path: Path) -> None:
     # A crashed run: its redis-server still serves the data dir, nobody owns it.
     with EmbeddedRedis(tmp_path) as server:
@@ -146,6 +147,7 @@ def test_a_second_owner_of_a_live_data_dir_is_refused(tmp_path: Path) -> None:
         client.close()
 
 
+@pytest.mark.slow
 def test_redis_dies_when_its_parent_process_is_killed(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-try:  # tests/ imported as a package or as a plain directory
-    from ._fastpath_impls import load, headers  # noqa: F401
-except ImportError:
-    from _fastpath_impls import load, headers  # noqa: F401
+from tests._fastpath_impls import load
 
 STAMP = [
     (b"X-Virtual-MTA", b"news-7-2-pool-31"),

@@ -16,10 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-try:  # tests/ imported as a package or as a plain directory
-    from ._fastpath_impls import load_both
-except ImportError:
-    from _fastpath_impls import load_both
+from tests._fastpath_impls import load_both
 
 from _fastpath import RESERVED_HEADERS
 from _fastpath._errors import MAX_WEIGHT

@@ -9,10 +9,7 @@ from itertools import repeat
 
 import pytest
 
-try:  # tests/ imported as a package or as a plain directory
-    from ._fastpath_impls import load, rotation  # noqa: F401
-except ImportError:
-    from _fastpath_impls import load, rotation  # noqa: F401
+from tests._fastpath_impls import load
 
 from _fastpath._errors import MAX_WEIGHT, NoUsableIp
 

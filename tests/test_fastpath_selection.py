@@ -10,10 +10,7 @@ from pathlib import Path
 
 import _fastpath
 
-try:  # tests/ imported as a package or as a plain directory
-    from ._fastpath_impls import built_without_extensions
-except ImportError:
-    from _fastpath_impls import built_without_extensions
+from tests._fastpath_impls import built_without_extensions
 
 PACKAGE_DIR = Path(_fastpath.__file__).resolve().parent
 PROJECT_PACKAGES = {"control", "dataplane", "poolmta"}

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# The load harness starts the whole stack.
+pytestmark = pytest.mark.slow
+
 LOAD = Path(__file__).resolve().parent.parent / "bench" / "load.py"
 MESSAGES = 50
 
