@@ -18,13 +18,16 @@ from dataplane import smtp_reply
 EVENT = DeliveryEvent(
     ts_ms=1_700_000_000_123, message_id="01HZX3", user_id=3, bridge_id=9, rcpt="r@example.net",
     outcome=DEFERRED, smtp_id=7, pool="promo-3-1-pool-7", ip="192.0.2.1",
-    reply="451 4.2.1 mailbox busy", attempt=2, final=False,
+    reply="451 4.2.1 mailbox busy", attempt=2, final=False, rcpt_index=4,
 )
 
-# The bytes the data plane wrote before the event had a type: they must still decode.
 WIRE = ('{"ts_ms":1700000000123,"message_id":"01HZX3","user_id":3,"bridge_id":9,"rcpt":"r@example.net",'
         '"outcome":"deferred","smtp_id":7,"pool":"promo-3-1-pool-7","ip":"192.0.2.1",'
-        '"reply":"451 4.2.1 mailbox busy","attempt":2,"final":false}')
+        '"reply":"451 4.2.1 mailbox busy","attempt":2,"final":false,"rcpt_index":4}')
+
+# The bytes the data plane wrote before events carried the recipient's index: they
+# must still decode, with the index unknown.
+WIRE_BEFORE_RCPT_INDEX = WIRE.replace(',"rcpt_index":4', "")
 
 
 def test_encode_writes_the_compact_wire_format():
@@ -36,12 +39,17 @@ def test_decode_reads_the_wire_format_from_bytes_and_text():
     assert DeliveryEvent.decode(WIRE.encode()) == EVENT
 
 
+def test_events_written_before_the_recipient_index_still_decode():
+    assert DeliveryEvent.decode(WIRE_BEFORE_RCPT_INDEX) == dataclasses.replace(EVENT, rcpt_index=-1)
+
+
 events = st.builds(
     DeliveryEvent,
     ts_ms=st.integers(min_value=0, max_value=2**53), message_id=st.text(), user_id=st.integers(min_value=0),
     bridge_id=st.integers(min_value=0), rcpt=st.text(), outcome=st.sampled_from(OUTCOMES),
     smtp_id=st.integers(min_value=0), pool=st.text(), ip=st.text(), reply=st.text(),
     attempt=st.integers(min_value=0, max_value=1000), final=st.booleans(),
+    rcpt_index=st.integers(min_value=-1, max_value=65535),
 )
 
 

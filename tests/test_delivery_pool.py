@@ -105,6 +105,8 @@ def test_a_thousand_messages_leave_from_their_pool_ips_and_stats_match_the_sink(
             outcomes[event["outcome"]] += 1
         final = {e["rcpt"]: e for e in events if e["final"]}
         assert set(final) == set(rcpt_list)
+        # Each event names its recipient's place in the envelope (what VERP encodes).
+        assert all(e["rcpt_index"] == rcpt_list.index(e["rcpt"]) for e in events), events
         header = raw.split(b"Message-ID: ", 1)[1].split(b"\r\n", 1)[0].decode()
         entry = by_message_id.get(header)
         if entry is None:

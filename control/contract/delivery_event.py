@@ -50,6 +50,9 @@ class DeliveryEvent:
     reply: str  # the reply that decided, as "code text"
     attempt: int  # 1 for the recipient's first attempt
     final: bool  # no further attempt follows (delivered or bounced)
+    # The recipient's position in the message's envelope, as a VERP return path names
+    # it; -1 in events written before it was recorded.
+    rcpt_index: int = -1
 
     def encode(self) -> str:
         """The event as the compact JSON object stored in Redis (keys in field order)."""
@@ -57,13 +60,13 @@ class DeliveryEvent:
             "ts_ms": self.ts_ms, "message_id": self.message_id, "user_id": self.user_id,
             "bridge_id": self.bridge_id, "rcpt": self.rcpt, "outcome": self.outcome,
             "smtp_id": self.smtp_id, "pool": self.pool, "ip": self.ip, "reply": self.reply,
-            "attempt": self.attempt, "final": self.final,
+            "attempt": self.attempt, "final": self.final, "rcpt_index": self.rcpt_index,
         }, separators=(",", ":"))
 
     @classmethod
     def decode(cls, raw: bytes | str) -> DeliveryEvent:
         """The event in `raw` (as `encode` writes it). A missing field takes its
-        default (0, "" or False); DeliveryEventError when `raw` is not a JSON object
+        default (0, "", False, or -1 for `rcpt_index`); DeliveryEventError when `raw` is not a JSON object
         or a field cannot be read as its type."""
         try:
             data = json.loads(raw)
@@ -86,6 +89,7 @@ class DeliveryEvent:
                 reply=str(get("reply", "")),
                 attempt=int(get("attempt", 0)),
                 final=bool(get("final", False)),
+                rcpt_index=int(get("rcpt_index", -1)),
             )
         except (TypeError, ValueError, OverflowError) as exc:
             raise DeliveryEventError(f"not a delivery event ({exc}): {_prefix(raw)}") from exc

@@ -9,6 +9,7 @@ scripts and multi-key commands stay on one slot of a Redis Cluster:
   script can apply a whole batch of counts exactly once (idempotent flush). Flushes
   are batched (at most a few per second per worker), so one slot carries them easily.
 * `{msg:ID}` — one message's delivery events.
+* `{supp:USER}` — one account's suppression list.
 
 Part of `control.contract`: the control plane and the data plane both import it.
 """
@@ -91,3 +92,10 @@ STATS_BATCH_MARKER_TTL_SECONDS = 7 * 24 * 3600
 def message_events_key(message_id: str) -> str:
     """List of one message's delivery events (JSON, oldest first), for `message status`."""
     return f"{PREFIX}:{{msg:{message_id}}}:events"
+
+
+def suppression_key(user_id: int) -> str:
+    """Hash of one account's suppressed recipients: lower-cased address -> JSON
+    {"reason", "at_ms", "message_id", "source"}. Bridges of the account refuse RCPT
+    to any address in it; permanent bounces and complaints add to it."""
+    return f"{PREFIX}:{{supp:{int(user_id)}}}:addresses"

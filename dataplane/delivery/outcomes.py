@@ -79,7 +79,7 @@ class Outcomes:
                 ts_ms=int(now * 1000), message_id=record.id, user_id=record.user_id,
                 bridge_id=record.bridge_id, rcpt=rcpt.address, outcome=outcome,
                 smtp_id=record.smtp_id, pool=record.pool, ip=ip, reply=str(reply),
-                attempt=rcpt.attempts, final=final,
+                attempt=rcpt.attempts, final=final, rcpt_index=rcpt.index,
             ).encode())
             entries.append({"at_ms": int(now * 1000), "rcpt": rcpt.address, "outcome": outcome,
                             "code": reply.code, "text": reply.text, "ip": ip, "mx": mx, "attempt": rcpt.attempts})

@@ -60,6 +60,7 @@ class Recipient:
 
     address: str
     domain: str
+    index: int  # its position in the envelope (`rcpt_tos`): what a VERP return path names
     attempts: int = 0
     next_at: float = 0.0  # when it is due (Unix time)
     busy: bool = False  # in a job right now
@@ -147,10 +148,10 @@ class DeliveryQueue:
                 final.add(rcpt)
         deadline = record.received_ms / 1000.0 + self.delivery.queue_lifetime
         pending: dict[str, Recipient] = {}
-        for address in record.rcpt_tos:
+        for index, address in enumerate(record.rcpt_tos):
             if address in final or address in pending:
                 continue
-            state = Recipient(address, normalize_domain(address.rpartition("@")[2]), attempts[address])
+            state = Recipient(address, normalize_domain(address.rpartition("@")[2]), index, attempts[address])
             state.next_at = (next_attempt_at(self.delivery.retry_schedule, state.attempts, last[address], deadline)
                              if state.attempts else now)
             pending[address] = state
