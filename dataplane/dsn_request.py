@@ -23,7 +23,7 @@ nothing else is buffered.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 MAX_ENVID = 100  # RFC 3461 4.4
@@ -225,39 +225,33 @@ def parse_orcpt(value: str) -> OriginalRecipient:
     return OriginalRecipient(addr_type=addr_type, address=address)
 
 
-def _collect(params: Iterable[str], wanted: tuple[str, ...]) -> dict[str, str]:
-    found: dict[str, str] = {}
+def _parsed(params: Iterable[str], parsers: dict[str, Callable[[str], object]]) -> dict[str, object]:
+    """{field name: parsed value} for the keywords `parsers` knows, the field name being
+    the keyword in lower case; other keywords belong to other extensions."""
+    found: dict[str, object] = {}
     for param in params:
         keyword, equals, value = param.partition("=")
         keyword = keyword.upper()  # RFC 5321 2.4: keywords are case-insensitive
-        if keyword not in wanted:
+        if keyword not in parsers:
             continue
         if not equals or not value:
             raise DsnParamError(f"{keyword} needs a value ({keyword}=...)")
-        if keyword in found:
+        if keyword.lower() in found:
             raise DsnParamError(f"{keyword} given twice")  # ambiguous: refuse rather than guess
-        found[keyword] = value
+        found[keyword.lower()] = parsers[keyword](value)
     return found
 
 
 def parse_mail_params(params: Iterable[str]) -> MailDsnParams:
     """RET and ENVID from the parameters of MAIL FROM ("KEY=VALUE" strings);
     DsnParamError if either is invalid or repeated."""
-    found = _collect(params, ("RET", "ENVID"))
-    return MailDsnParams(
-        ret=parse_ret(found["RET"]) if "RET" in found else None,
-        envid=parse_envid(found["ENVID"]) if "ENVID" in found else None,
-    )
+    return MailDsnParams(**_parsed(params, {"RET": parse_ret, "ENVID": parse_envid}))
 
 
 def parse_rcpt_params(params: Iterable[str]) -> RcptDsnParams:
     """NOTIFY and ORCPT from the parameters of one RCPT TO ("KEY=VALUE" strings);
     DsnParamError if either is invalid or repeated."""
-    found = _collect(params, ("NOTIFY", "ORCPT"))
-    return RcptDsnParams(
-        notify=parse_notify(found["NOTIFY"]) if "NOTIFY" in found else None,
-        orcpt=parse_orcpt(found["ORCPT"]) if "ORCPT" in found else None,
-    )
+    return RcptDsnParams(**_parsed(params, {"NOTIFY": parse_notify, "ORCPT": parse_orcpt}))
 
 
 # --- whether a DSN is due ---------------------------------------------------
