@@ -125,6 +125,12 @@ class VerpToken:
         return int(self.message_id[:12], 16)
 
 
+def _quote(text: str) -> str:
+    # Escaped to ASCII (no CR/LF), and short: refusals end up in logs and SMTP replies.
+    quoted = ascii(text[:64])
+    return quoted if len(quoted) <= 80 else quoted[:80] + "..."
+
+
 def check_bounce_domain(domain: str) -> str:
     """`domain` as a bounce domain: lowercased, one trailing dot removed, RFC 5321
     4.1.2 syntax (LDH labels of 1-63 octets, ASCII: give IDNs as A-labels), at most
@@ -134,11 +140,12 @@ def check_bounce_domain(domain: str) -> str:
     name = domain[:-1] if domain.endswith(".") else domain
     name = name.lower()
     if not name.isascii():
-        raise VerpError(VerpReason.INVALID, f"bounce domain {domain[:64]!r} is not ASCII; give its A-label (xn--) form")
+        raise VerpError(VerpReason.INVALID,
+                        f"bounce domain {_quote(domain)} is not ASCII; give its A-label (xn--) form")
     if len(name) > MAX_DOMAIN_LENGTH:
         raise VerpError(VerpReason.INVALID, f"bounce domain is {len(name)} octets; the limit is {MAX_DOMAIN_LENGTH}")
     if not _DOMAIN.fullmatch(name):
-        raise VerpError(VerpReason.INVALID, f"{domain[:64]!r} is not a valid domain name")
+        raise VerpError(VerpReason.INVALID, f"{_quote(domain)} is not a valid domain name")
     return name
 
 
@@ -178,7 +185,8 @@ class VerpCodec:
         of message `message_id` (26 lowercase hex digits) on `domain`, signed with the
         keyring's current key. VerpError(INVALID) for an argument out of range."""
         if not isinstance(message_id, str) or not _MESSAGE_ID.fullmatch(message_id):
-            raise VerpError(VerpReason.INVALID, f"message id {str(message_id)[:40]!r} is not 26 lowercase hex digits")
+            raise VerpError(VerpReason.INVALID,
+                            f"message id {_quote(str(message_id))} is not 26 lowercase hex digits")
         if type(rcpt_index) is not int or not 0 <= rcpt_index <= MAX_RCPT_INDEX:
             raise VerpError(VerpReason.INVALID,
                             f"recipient index must be 0..{MAX_RCPT_INDEX}, got {str(rcpt_index)[:20]}")
@@ -199,24 +207,24 @@ class VerpCodec:
             raise VerpError(VerpReason.MALFORMED, f"{len(address)} characters; an address has at most {MAX_PATH}")
         local, at, domain = address.rpartition("@")
         if not at or not local[:len(PREFIX)].lower() == PREFIX:
-            raise VerpError(VerpReason.NOT_OURS, repr(address[:64]))
+            raise VerpError(VerpReason.NOT_OURS, _quote(address))
         domain = domain[:-1].lower() if domain.endswith(".") else domain.lower()
         if domains is not None and domain not in domains:
-            raise VerpError(VerpReason.NOT_OURS, f"domain {domain[:64]!r} is not a bounce domain here")
+            raise VerpError(VerpReason.NOT_OURS, f"domain {_quote(domain)} is not a bounce domain here")
         token = local[len(PREFIX):]
         if not _TOKEN.fullmatch(token) or not _DOMAIN.fullmatch(domain):
-            raise VerpError(VerpReason.MALFORMED, repr(address[:64]))
+            raise VerpError(VerpReason.MALFORMED, _quote(address))
         try:
             raw = base64.b32decode(token.upper())
         except binascii.Error:  # the regex admits only alphabet characters; kept for safety
-            raise VerpError(VerpReason.MALFORMED, repr(address[:64])) from None
+            raise VerpError(VerpReason.MALFORMED, _quote(address)) from None
         payload, mac = raw[:_PAYLOAD_BYTES], raw[_PAYLOAD_BYTES:]
         key_id = payload[15]
         key = self._key(key_id)
         # RFC 2104 section 5 truncation; compared in constant time, so a forger learns
         # nothing from how long the refusal took.
         if not hmac.compare_digest(mac, _mac(key.secret, payload, domain)):
-            raise VerpError(VerpReason.BAD_MAC, repr(address[:64]))
+            raise VerpError(VerpReason.BAD_MAC, _quote(address))
         found = VerpToken(message_id=payload[:13].hex(), rcpt_index=int.from_bytes(payload[13:15], "big"),
                           key_id=key_id)
         age = self._clock() - found.accepted_ms / 1000.0

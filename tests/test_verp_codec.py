@@ -224,6 +224,10 @@ def test_not_ours_and_malformed(codec: VerpCodec):
     ):
         assert refusal(codec, address) is VerpReason.MALFORMED, address
     assert refusal(codec, "b-" + "x" * 5000 + "@" + DOMAIN) is VerpReason.MALFORMED
+    # Found by hypothesis: escapes made the quoted address in the message long.
+    with pytest.raises(VerpError) as caught:
+        codec.decode("0" * 8 + "\x1f" * 14 + "\x08" + "\U00010000" * 50)
+    assert len(str(caught.value)) < 200 and str(caught.value).isascii()
     for junk in (None, b"b-x@y", 42, ["b-"]):
         assert refusal(codec, junk) is VerpReason.MALFORMED
 
