@@ -50,7 +50,10 @@ its inbound listener with no new DNS record. A pool may name its own bounce doma
 sender is the account's and aligns with its From domain for DMARC.
 
 Keys are in a `dataplane.verp_keyring.VerpKeyring`; the codec signs with its
-current key and verifies with any key it still holds.
+current key and verifies with any key it still holds. It looks at the keyring
+file every `reload_interval` (60 s), and at once when an address names a key it
+does not know, so a rotation or retirement made elsewhere (another worker, the
+CLI) reaches every process without a restart.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ MAX_DOMAIN_LENGTH = MAX_PATH - LOCAL_PART_LENGTH - 1
 MAX_INPUT = 1024  # decode looks at no more than this many characters
 DEFAULT_MAX_AGE = 30 * 86400.0
 DEFAULT_CLOCK_SKEW = 300.0
+DEFAULT_RELOAD_INTERVAL = 60.0
 _MAC_CONTEXT = b"poolmta-verp-1\x00"
 _PAYLOAD_BYTES = 16  # message id 13, recipient index 2, key id 1
 
@@ -166,19 +170,39 @@ class VerpCodec:
 
     max_age: seconds after acceptance an address is still honoured (> 0).
     clock_skew: seconds a message id's time may be ahead of this clock (>= 0).
+    reload_interval: seconds between looks at the keyring file (>= 0), so a rotation
+        or retirement made by another process takes effect here within that time;
+        an address naming a key this process does not know looks at once.
     clock: seconds since the epoch (tests pass their own).
     """
 
     def __init__(self, keyring: VerpKeyring, max_age: float = DEFAULT_MAX_AGE,
-                 clock_skew: float = DEFAULT_CLOCK_SKEW, clock: Callable[[], float] = time.time) -> None:
+                 clock_skew: float = DEFAULT_CLOCK_SKEW, reload_interval: float = DEFAULT_RELOAD_INTERVAL,
+                 clock: Callable[[], float] = time.time) -> None:
         if not max_age > 0:
             raise VerpError(VerpReason.INVALID, f"max age must be positive, got {max_age}")
         if not clock_skew >= 0:
             raise VerpError(VerpReason.INVALID, f"clock skew must not be negative, got {clock_skew}")
+        if not reload_interval >= 0:
+            raise VerpError(VerpReason.INVALID, f"reload interval must not be negative, got {reload_interval}")
         self.keyring = keyring
         self.max_age = max_age
         self.clock_skew = clock_skew
+        self.reload_interval = reload_interval
         self._clock = clock
+        self._next_reload = time.monotonic() + reload_interval
+
+    def _reload(self, due: bool = False) -> None:
+        """Re-read the keyring if it changed, when the interval has passed or `due`."""
+        now = time.monotonic()
+        if not due and now < self._next_reload:
+            return
+        self._next_reload = now + self.reload_interval
+        try:
+            self.keyring.reload_if_changed()
+        except KeyringError as exc:
+            # Keep working with the keys held: a broken file must not stop mail or bounces.
+            log.warning("VERP keyring not reloaded: %s", exc)
 
     def encode(self, message_id: str, rcpt_index: int, domain: str) -> str:
         """The bounce address for recipient `rcpt_index` (0-based, at most MAX_RCPT_INDEX)
@@ -191,6 +215,7 @@ class VerpCodec:
             raise VerpError(VerpReason.INVALID,
                             f"recipient index must be 0..{MAX_RCPT_INDEX}, got {str(rcpt_index)[:20]}")
         domain = check_bounce_domain(domain)
+        self._reload()
         key = self.keyring.current
         payload = bytes.fromhex(message_id) + rcpt_index.to_bytes(2, "big") + bytes((key.id,))
         token = base64.b32encode(payload + _mac(key.secret, payload, domain)).decode("ascii").lower()
@@ -220,6 +245,7 @@ class VerpCodec:
             raise VerpError(VerpReason.MALFORMED, _quote(address)) from None
         payload, mac = raw[:_PAYLOAD_BYTES], raw[_PAYLOAD_BYTES:]
         key_id = payload[15]
+        self._reload()
         key = self._key(key_id)
         # RFC 2104 section 5 truncation; compared in constant time, so a forger learns
         # nothing from how long the refusal took.
@@ -238,11 +264,7 @@ class VerpCodec:
         key = self.keyring.key(key_id)
         if key is None:
             # Another process may have rotated: look at the file once before refusing.
-            try:
-                self.keyring.reload_if_changed()
-            except KeyringError as exc:
-                # Keep verifying with the keys held: a broken file must not stop the listener.
-                log.warning("VERP keyring not reloaded: %s", exc)
+            self._reload(due=True)
             key = self.keyring.key(key_id)
         if key is None:
             raise VerpError(VerpReason.UNKNOWN_KEY, f"key id {key_id}")

@@ -211,6 +211,30 @@ def test_a_key_rotated_in_another_process_is_found_on_first_use(tmp_path: Path):
     assert listener.keyring.current.id == worker_keyring.current.id
 
 
+def test_rotation_and_retirement_elsewhere_take_effect_within_the_reload_interval(tmp_path: Path):
+    path = tmp_path / "verp.keys"
+    worker = codec_at(VerpKeyring.load_or_create(path), reload_interval=0)
+    patient = codec_at(VerpKeyring.load_or_create(path))  # the default: looks every 60 s
+    sent = worker.encode(message_id(), 1, DOMAIN)
+    operator = VerpKeyring.load_or_create(path)  # e.g. the CLI
+    new_key = operator.rotate()
+    assert worker.decode(worker.encode(message_id(), 2, DOMAIN)).key_id == new_key.id  # signs with the new key
+    operator.retire(1)
+    assert refusal(worker, sent) is VerpReason.UNKNOWN_KEY
+    assert patient.decode(sent).key_id == 1  # until its next look at the file
+    with pytest.raises(VerpError, match="reload interval"):
+        VerpCodec(operator, reload_interval=-1)
+
+
+def test_a_damaged_keyring_file_does_not_stop_a_running_codec(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    path = tmp_path / "verp.keys"
+    codec = codec_at(VerpKeyring.load_or_create(path), reload_interval=0)
+    sent = codec.encode(message_id(), 3, DOMAIN)
+    path.write_text("{")
+    assert codec.decode(sent).rcpt_index == 3 and codec.encode(message_id(), 4, DOMAIN)
+    assert "VERP keyring not reloaded" in caplog.text
+
+
 def test_not_ours_and_malformed(codec: VerpCodec):
     good = codec.encode(message_id(), 0, DOMAIN)
     token = good[2:42]
