@@ -150,6 +150,8 @@ def build_dsn(
     if len(recipients) > MAX_RECIPIENTS:
         raise DsnError(f"{len(recipients)} recipients; one DSN reports on at most {MAX_RECIPIENTS}")
     recipients = [_with_action(r) for r in recipients]
+    if not isinstance(mail_params, MailDsnParams):
+        raise DsnError(f"mail_params must be MailDsnParams, not {type(mail_params).__name__}")
     if not isinstance(original, bytes | bytearray | memoryview):
         raise DsnError(f"the original message must be bytes, not {type(original).__name__}")
     if type(max_returned) is not int or max_returned < 0:
@@ -254,8 +256,8 @@ def _per_message(host: str, envid: str | None, arrival: datetime) -> Message:
     block = Message(policy=email.policy.compat32)
     _set(block, "Reporting-MTA", f"dns; {host}")  # RFC 3464 2.2.2
     if envid is not None:  # RFC 3464 2.2.1: the ENVID, xtext-decoded
-        if not envid or len(envid) > MAX_FIELD or not all(" " <= c <= "~" for c in envid):
-            raise DsnError(f"ENVID {ascii(envid[:64])} is not printable US-ASCII of 1-{MAX_FIELD} characters")
+        if not isinstance(envid, str) or not 0 < len(envid) <= MAX_FIELD or not all(" " <= c <= "~" for c in envid):
+            raise DsnError(f"ENVID {ascii(str(envid)[:64])} is not printable US-ASCII of 1-{MAX_FIELD} characters")
         _set(block, "Original-Envelope-Id", envid)
     _set(block, "Arrival-Date", format_datetime(arrival))  # RFC 3464 2.2.5
     return block

@@ -154,7 +154,9 @@ class VerpKeyring:
 
     def prune(self, max_age: float, now: float | None = None) -> tuple[int, ...]:
         """Remove the keys superseded more than `max_age` seconds ago (every address they
-        signed is older than that, so it has expired anyway); returns their ids."""
+        signed is older than that, so it has expired anyway); returns their ids. Pass the
+        codec's max age: a process that signed with the old key until its next look at
+        the file (the codec's reload interval) loses that much of its addresses' life."""
         if not max_age > 0:
             raise KeyringError(f"max age must be positive, got {max_age}")
         now = time.time() if now is None else now

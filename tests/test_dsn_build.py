@@ -303,6 +303,7 @@ def test_no_input_breaks_the_structure(reports: list[DsnRecipient], ret, envid):
     ({"max_returned": 1.5}, "non-negative"), ({"original": "Subject: x"}, "must be bytes"),
     ({"recipients": ["r@x"]}, "DsnRecipient"),
     ({"mail_params": MailDsnParams(envid="a\r\nb")}, "ENVID"), ({"mail_params": MailDsnParams(envid="")}, "ENVID"),
+    ({"mail_params": MailDsnParams(envid=7)}, "ENVID"), ({"mail_params": {"ret": "FULL"}}, "MailDsnParams"),
 ])
 def test_refused_input(kwargs, why):
     with pytest.raises(DsnError, match=why):
