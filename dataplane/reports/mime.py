@@ -99,9 +99,9 @@ def content_type(part: Message) -> str:
 def walk_parts(msg: Message) -> Walk:
     """Depth-first parts of `msg` (itself first), at most MAX_PARTS, MAX_DEPTH deep.
 
-    A returned message (RETURNED_TYPES) is listed but not entered: what is inside
-    it is the sender's own content, not the report's. Iterative, so a deep tree
-    cannot exhaust the stack the way Message.walk() can.
+    Only multipart/* parts are entered: a returned message (RETURNED_TYPES) is
+    listed but what is inside it is the sender's content, not the report's.
+    Iterative, so a deep tree cannot exhaust the stack the way Message.walk() can.
     """
     parts: list[Message] = []
     parts_cut = depth_cut = False
@@ -113,7 +113,9 @@ def walk_parts(msg: Message) -> Walk:
             break
         parts.append(part)
         payload = part.get_payload()
-        if not isinstance(payload, list) or content_type(part) in RETURNED_TYPES:
+        # Only multiparts hold MIME parts: a message/* part's sub-messages are a
+        # returned message (not the report's) or a report's field blocks.
+        if not isinstance(payload, list) or not content_type(part).startswith("multipart/"):
             continue
         if depth >= MAX_DEPTH:
             depth_cut = depth_cut or bool(payload)
@@ -140,6 +142,21 @@ def _transfer_decode(data: bytes, cte: str) -> bytes:
 
 def _message_bytes(msg: Message) -> bytes:
     """`msg` serialised back to the bytes it was parsed from (8-bit kept as is)."""
+    payload = msg.get_payload()
+    if isinstance(payload, str):
+        # Written by hand rather than by the generator: the generator refolds
+        # headers and always puts a blank line before the body, but where the
+        # feedparser met a line that is not a field (transfer-encoded text) it
+        # recorded MissingHeaderBodySeparatorDefect and no blank line was there.
+        head = "".join(f"{name}: {value}\n" for name, value in msg.raw_items())
+        gap = "" if any(isinstance(d, email.errors.MissingHeaderBodySeparatorDefect) for d in msg.defects) else "\n"
+        # decode=True gives the body's original bytes; without it compat32 turns
+        # 8-bit bytes into U+FFFD.
+        try:
+            body = msg.get_payload(decode=True)
+        except DECODE_ERRORS:
+            body = b""
+        return (head + gap).encode("utf-8", "surrogateescape") + (body if isinstance(body, bytes) else b"")
     out = BytesIO()
     try:
         BytesGenerator(out, mangle_from_=False, maxheaderlen=0, policy=compat32).flatten(msg)

@@ -114,14 +114,15 @@ def normalise_address(value: str) -> str:
     text = _COMMENT.sub(" ", text)
     if "<" in text:
         text = text.split("<", 1)[1].split(">", 1)[0]
-    tokens = text.split()
+    tokens = [token.strip("\"'<>,;:") for token in text.split()]
+    tokens = [token for token in tokens if token and "<" not in token and ">" not in token]
     candidates = [token for token in tokens if "@" in token]
     if not candidates:
         # A gateway's non-Internet address (RFC 3464 appendix example "unknown;
         # nair_s") is still the recipient the report names: kept as written.
         return tokens[0] if len(tokens) == 1 and len(tokens[0]) <= MAX_ADDRESS else ""
-    address = candidates[0].strip("\"'<>,;:")
-    local, _, domain = address.rpartition("@")
-    if not local or not domain or len(address) > MAX_ADDRESS:
+    local, _, domain = candidates[0].rpartition("@")
+    domain = domain.lower().rstrip(".")
+    if not local or not domain or len(candidates[0]) > MAX_ADDRESS:
         return ""
-    return f"{local}@{domain.lower().rstrip('.')}"
+    return f"{local}@{domain}"
