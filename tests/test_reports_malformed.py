@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dataplane.reports import MAX_PARSED_BYTES, MAX_RECIPIENTS, Report, parse_report
-from dataplane.reports.limits import MAX_ADDRESS, MAX_DIAGNOSTIC, MAX_VALUE
+from dataplane.reports.limits import MAX_ADDRESS, MAX_CONTAINERS, MAX_DIAGNOSTIC, MAX_HEADER_FIELDS, MAX_VALUE
 from dataplane.reports.parser import PARSER_ERROR
 
 CORPUS = Path(__file__).parent / "data" / "reports"
@@ -107,26 +107,27 @@ def test_recipient_blocks_without_address_or_outcome_are_dropped_and_counted():
     assert any(note.startswith("2 recipient block(s)") for note in report.notes)
 
 
-def test_missing_action_is_taken_from_the_status_class():
-    blocks = "Final-Recipient: rfc822; a@example.org\nStatus: 5.1.1\n\nFinal-Recipient: rfc822; b@example.org\nStatus: 4.2.2\n"
+@pytest.mark.parametrize(
+    ("blocks", "expected"),
+    [
+        pytest.param(
+            "Final-Recipient: rfc822; a@example.org\nStatus: 5.1.1\n\n"
+            "Final-Recipient: rfc822; b@example.org\nStatus: 4.2.2\n",
+            [("a@example.org", "failed", "5.1.1", True), ("b@example.org", "delayed", "4.2.2", False)],
+            id="no-action-so-the-status-class-stands-for-it",
+        ),
+        pytest.param(
+            "Final-Recipient: rfc822; a@example.org\nAction: failed\nStatus: five\n"
+            "Diagnostic-Code: smtp; 452 4.2.2 over quota\n\n"
+            "Final-Recipient: rfc822; b@example.org\nAction: failed\nDiagnostic-Code: smtp; 550 no such user\n",
+            [("a@example.org", "failed", "4.2.2", False), ("b@example.org", "failed", "", True)],
+            id="garbled-or-missing-status-so-the-diagnostic-code-speaks",
+        ),
+    ],
+)
+def test_incomplete_recipient_blocks_are_judged_from_what_they_carry(blocks: str, expected: list):
     report = _parsed(_dsn(blocks))
-    assert [(r.address, r.action, r.permanent) for r in report.recipients] == [
-        ("a@example.org", "failed", True),
-        ("b@example.org", "delayed", False),
-    ]
-
-
-def test_status_missing_or_garbled_falls_back_to_the_diagnostic_code():
-    blocks = (
-        "Final-Recipient: rfc822; a@example.org\nAction: failed\nStatus: five\n"
-        "Diagnostic-Code: smtp; 452 4.2.2 over quota\n\n"
-        "Final-Recipient: rfc822; b@example.org\nAction: failed\nDiagnostic-Code: smtp; 550 no such user\n"
-    )
-    report = _parsed(_dsn(blocks))
-    assert [(r.address, r.status, r.permanent) for r in report.recipients] == [
-        ("a@example.org", "4.2.2", False),
-        ("b@example.org", "", True),
-    ]
+    assert [(r.address, r.action, r.status, r.permanent) for r in report.recipients] == expected
 
 
 def test_no_blank_line_between_per_message_and_recipient_fields():
@@ -161,6 +162,16 @@ def test_unknown_charset_and_undecodable_bytes_in_a_nonstandard_bounce():
     report = _parsed(data)
     assert report.kind == "nonstandard"
     assert [(r.address, r.permanent) for r in report.recipients] == [("gone@example.net", True)]
+
+
+@pytest.mark.parametrize("from_line", [b"", b"From: \n", b"From: ,,,\n"], ids=["none", "empty", "no-address"])
+def test_a_nonstandard_bounce_without_a_usable_from_is_still_detected(from_line: bytes):
+    # flufl.bounce's Yale detector fails on such a message and would stop the
+    # detectors after it (qmail among them) without the parser's placeholder.
+    data = (CORPUS / "qmail_permanent.eml").read_bytes().replace(b"From: MAILER-DAEMON@mail.example.net\n", from_line)
+    report = _parsed(data)
+    assert [(r.address, r.permanent) for r in report.recipients] == [("gone@example.net", True)]
+    assert report.notes == ()
 
 
 def test_undecodable_bytes_in_returned_headers_become_replacement_characters():
@@ -208,20 +219,48 @@ def test_a_dsn_followed_by_a_huge_returned_message_is_still_read():
     assert any(note.startswith("parsed the first") for note in report.notes)
 
 
-def test_deeply_nested_multiparts_are_unknown():
-    depth = 5000
-    data = "".join(f"Content-Type: multipart/mixed; boundary=b{i}\n\n--b{i}\n" for i in range(depth))
+@pytest.mark.parametrize("container", ["multipart/mixed; boundary=b{i}\n\n--b{i}", "message/rfc822\n"])
+def test_deeply_nested_parts_are_unknown(container: str):
+    data = "".join(f"Content-Type: {container.format(i=i)}\n" for i in range(5000))
     report = _parsed((data + "Content-Type: text/plain\n\nx\n").encode())
     assert report.kind == "unknown"
+    assert report.problem == f"5000 multipart or message parts declared (at most {MAX_CONTAINERS} are read)"
 
 
 def test_nesting_past_the_walk_limit_is_ignored_not_followed():
-    depth = 200  # parseable by the stdlib, deeper than the walk goes
+    depth = MAX_CONTAINERS - 1  # parsed, but deeper than the walk goes
     head = "".join(f"Content-Type: multipart/mixed; boundary=b{i}\n\n--b{i}\n" for i in range(depth))
     tail = "".join(f"\n--b{i}--\n" for i in reversed(range(depth)))
     report = _parsed((head + "Content-Type: message/delivery-status\n\n" + ONE_FAILED + tail).encode())
     assert report.kind == "unknown"
     assert "ignored MIME parts nested too deeply" in report.notes
+
+
+def test_huge_address_headers_are_cut_between_addresses():
+    many = ", ".join(f"r{i}@example.org" for i in range(100_000))
+    report = _parsed(f"From: {many}\nX-Failed-Recipients: {many}\n\nThis message was created automatically.\n".encode())
+    assert report.kind == "nonstandard"
+    addresses = [r.address for r in report.recipients]
+    assert 0 < len(addresses) <= MAX_RECIPIENTS
+    # Cut at a comma: every address kept is whole.
+    assert set(addresses) <= {f"r{i}@example.org" for i in range(100_000)}
+    assert any(note.startswith("cut header fields") for note in report.notes)
+
+
+@pytest.mark.parametrize("fold", ["", "\n "])
+def test_huge_content_type_parameter_lists_are_cut_before_parsing(fold: str):
+    params = fold.join(f'p{i}="v;{i}";' for i in range(100_000))
+    data = f"Content-Type: multipart/report; report-type=delivery-status; {params} boundary=B\n\n--B\n"
+    report = _parsed((data + f"Content-Type: message/delivery-status\n\n{ONE_FAILED}--B--\n").encode())
+    # The boundary was past the cut, so the body is not split into parts.
+    assert report.kind == "unknown"
+
+
+def test_many_header_fields_are_cut():
+    data = b"X-Junk: 1\n" * 100_000 + b"From: MAILER-DAEMON@example.org\n\nhello\n"
+    report = _parsed(data)
+    assert report.kind == "unknown"
+    assert any(note.startswith(f"cut header fields to {MAX_HEADER_FIELDS} per part") for note in report.notes)
 
 
 def test_ten_thousand_parts_are_walked_only_up_to_the_limit():
@@ -234,14 +273,18 @@ def test_ten_thousand_parts_are_walked_only_up_to_the_limit():
 
 def test_a_dsn_part_after_ten_thousand_parts_is_beyond_the_walk():
     parts = "".join("--P\nContent-Type: text/plain\n\nx\n" for _ in range(10_000))
-    data = f"Content-Type: multipart/report; boundary=P\n\n{parts}--P\nContent-Type: message/delivery-status\n\n{ONE_FAILED}--P--\n"
+    dsn_part = f"--P\nContent-Type: message/delivery-status\n\n{ONE_FAILED}--P--\n"
+    data = f"Content-Type: multipart/report; boundary=P\n\n{parts}{dsn_part}"
     assert _parsed(data.encode()).recipients == ()
 
 
+def _failed_blocks(count: int) -> str:
+    block = "Final-Recipient: rfc822; r{i}@example.org\nAction: failed\nStatus: 5.1.1\n"
+    return "\n".join(block.format(i=i) for i in range(count))
+
+
 def test_recipients_are_capped_and_the_cap_is_noted():
-    blocks = "\n".join(
-        f"Final-Recipient: rfc822; r{i}@example.org\nAction: failed\nStatus: 5.1.1\n" for i in range(MAX_RECIPIENTS + 500)
-    )
+    blocks = _failed_blocks(MAX_RECIPIENTS + 500)
     report = _parsed(_dsn(blocks))
     assert len(report.recipients) == MAX_RECIPIENTS
     assert report.recipients[-1].address == f"r{MAX_RECIPIENTS - 1}@example.org"
@@ -249,9 +292,7 @@ def test_recipients_are_capped_and_the_cap_is_noted():
 
 
 def test_exactly_the_cap_is_not_noted():
-    blocks = "\n".join(
-        f"Final-Recipient: rfc822; r{i}@example.org\nAction: failed\nStatus: 5.1.1\n" for i in range(MAX_RECIPIENTS)
-    )
+    blocks = _failed_blocks(MAX_RECIPIENTS)
     report = _parsed(_dsn(blocks))
     assert len(report.recipients) == MAX_RECIPIENTS
     assert report.notes == ()

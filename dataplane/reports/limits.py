@@ -16,6 +16,12 @@ needed even when the returned message is huge; the rest is ignored (noted)."""
 MAX_PARTS = 256
 """MIME parts walked (depth-first). Real reports have 3 to a few dozen."""
 
+MAX_CONTAINERS = 64
+"""Multipart and message/* parts a message may declare before it is not parsed at
+all: the stdlib parser nests a level of recursion per container, at a cost that
+grows with the depth. A bounce has a handful (report, alternative, returned
+message and its own parts)."""
+
 MAX_DEPTH = 12
 """MIME nesting levels walked. Parts deeper than this are ignored."""
 
@@ -29,6 +35,14 @@ recipient (RFC 3464 section 2.1), and one more to see that the cap was passed.""
 
 MAX_FIELDS_PER_BLOCK = 64
 """Header fields read per block (a per-recipient block defines 10, RFC 3464 2.3)."""
+
+MAX_HEADER_FIELDS = 500
+"""Header fields kept per MIME part (a real message has well under 100)."""
+
+MAX_HEADER_VALUE = 16 * 1024
+"""Longest header value kept in a MIME part. The stdlib's address and parameter
+parsers, which flufl.bounce's detectors call, take about 0.05 s on 16 KiB and
+grow with the length; an Exim X-Failed-Recipients of a few hundred addresses fits."""
 
 MAX_RETURNED_HEADERS = 200
 """Header fields kept from the returned original message."""
@@ -46,6 +60,11 @@ MAX_DIAGNOSTIC = 1000
 MAX_SCANNED_TEXT = 256 * 1024
 """Characters of a nonstandard bounce's human-readable text searched for a
 recipient's status code."""
+
+MAX_DETECTOR_TEXT = 64 * 1024
+"""Characters of body text handed to flufl.bounce's detectors, over all parts.
+They try some 60 patterns on every line; a bounce's own text is a few KiB, and
+64 KiB keeps the worst case (garbage) near a tenth of a second."""
 
 MAX_NOTES = 16
 """Notes kept per report."""

@@ -24,8 +24,17 @@ from email.generator import BytesGenerator
 from email.message import Message
 from email.policy import compat32
 from io import BytesIO
+from typing import AnyStr
 
-from .limits import MAX_DEPTH, MAX_FIELDS_PER_BLOCK, MAX_PARTS, MAX_VALUE
+from .limits import (
+    MAX_CONTAINERS,
+    MAX_DEPTH,
+    MAX_FIELDS_PER_BLOCK,
+    MAX_HEADER_FIELDS,
+    MAX_HEADER_VALUE,
+    MAX_PARTS,
+    MAX_VALUE,
+)
 
 # What a report's third part may be (RFC 6522 section 3; RFC 3464 section 2;
 # RFC 5965 section 2 item d; RFC 6533 sections 6.3 and 6.4 for the UTF-8 forms).
@@ -49,20 +58,51 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _FIELD_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 3.6.8: printable ASCII but ':'
 
 
-class MimeTooDeep(Exception):
-    """The message nests MIME parts deeper than the stdlib parser can follow."""
+# A Content-Type field with its continuation lines (RFC 5322 2.2.3).
+_LONG_CONTENT_TYPE = re.compile(rb"^content-type:(?:[^\r\n]|\r?\n[ \t])*", re.IGNORECASE | re.MULTILINE)
+
+
+def _cut_at_separator(value: AnyStr, limit: int, separators: tuple[AnyStr, AnyStr]) -> AnyStr:
+    # Cut at the last list separator before the limit, so no address or
+    # parameter is kept half.
+    cut = value[:limit]
+    at = max(cut.rfind(separators[0]), cut.rfind(separators[1]))
+    return cut[:at] if at > 0 else cut
+
+
+def _shorten_content_type(found: re.Match[bytes]) -> bytes:
+    # The feedparser reads every part's Content-Type parameters while it parses,
+    # with work that grows faster than the length; a field longer than any real
+    # one is cut before parsing.
+    field = found.group(0)
+    return field if len(field) <= MAX_HEADER_VALUE else _cut_at_separator(field, MAX_HEADER_VALUE, (b";", b";"))
+
+
+# A part that holds other parts (RFC 2046 5.1 multipart, 5.2 message).
+_CONTAINER = re.compile(rb"^content-type:[ \t]*(?:\r?\n[ \t]+)?(?:multipart|message)/", re.IGNORECASE | re.MULTILINE)
+
+
+class MimeTooComplex(Exception):
+    """The message declares more nested parts than the parser reads."""
 
 
 def parse_message(data: bytes) -> Message:
-    """A compat32 message tree of `data`; raises only MimeTooDeep.
+    """A compat32 message tree of `data`; raises only MimeTooComplex.
 
-    The feedparser follows nested multiparts recursively, so a few thousand levels
-    exhaust the interpreter's recursion limit; that is turned into MimeTooDeep.
+    Content-Type fields longer than MAX_HEADER_VALUE are cut first. The
+    feedparser follows nested parts recursively, with work that grows with the
+    depth, and a few thousand levels exhaust the recursion limit: a message that
+    declares more than MAX_CONTAINERS multipart or message parts is refused
+    before parsing (RecursionError stays caught as a second guard).
     """
+    data = _LONG_CONTENT_TYPE.sub(_shorten_content_type, bytes(data))
+    containers = len(_CONTAINER.findall(data))
+    if containers > MAX_CONTAINERS:
+        raise MimeTooComplex(f"{containers} multipart or message parts declared (at most {MAX_CONTAINERS} are read)")
     try:
-        return email.message_from_bytes(bytes(data), policy=compat32)
+        return email.message_from_bytes(data, policy=compat32)
     except RecursionError:
-        raise MimeTooDeep("MIME parts nested too deeply to parse") from None
+        raise MimeTooComplex("MIME parts nested too deeply to parse") from None
 
 
 def clean(value: object, limit: int = MAX_VALUE) -> str:
@@ -123,6 +163,27 @@ def walk_parts(msg: Message) -> Walk:
         children = [child for child in payload[:MAX_PARTS] if isinstance(child, Message)]
         stack.extend((child, depth + 1) for child in reversed(children))
     return Walk(tuple(parts), parts_cut, depth_cut)
+
+
+def trim_headers(walk: Walk) -> bool:
+    """Cut, in place, each walked part's header to MAX_HEADER_FIELDS fields of at
+    most MAX_HEADER_VALUE characters; True when anything was cut.
+
+    Everything after the parse (content-type parameters, flufl.bounce's address
+    parsing of From and X-Failed-Recipients) then works on bounded strings.
+    """
+    cut = False
+    for part in walk.parts:
+        items = part.raw_items()
+        fields = list(items)
+        if len(fields) <= MAX_HEADER_FIELDS and all(len(str(v)) <= MAX_HEADER_VALUE for _, v in fields):
+            continue
+        cut = True
+        for name in set(part.keys()):
+            del part[name]
+        for name, value in fields[:MAX_HEADER_FIELDS]:
+            part[name] = _cut_at_separator(str(value), MAX_HEADER_VALUE, (",", ";"))
+    return cut
 
 
 def _transfer_decode(data: bytes, cte: str) -> bytes:

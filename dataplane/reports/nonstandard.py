@@ -13,11 +13,12 @@ import logging
 import re
 from dataclasses import dataclass
 from email.message import Message
+from email.utils import getaddresses
 
 from flufl.bounce import all_failures
 
-from .limits import MAX_DIAGNOSTIC, MAX_RECIPIENTS, MAX_RETURNED_HEADERS, MAX_SCANNED_TEXT
-from .mime import RETURNED_TYPES, Walk, clean, content_type, field_blocks
+from .limits import MAX_DETECTOR_TEXT, MAX_DIAGNOSTIC, MAX_RECIPIENTS, MAX_RETURNED_HEADERS, MAX_SCANNED_TEXT
+from .mime import DECODE_ERRORS, RETURNED_TYPES, Walk, clean, content_type, field_blocks
 from .results import Action, RecipientStatus
 from .status import decide, enhanced_code, normalise_address, reply_class
 
@@ -56,15 +57,42 @@ def prune_for_detectors(msg: Message, walk: Walk) -> None:
     flufl.bounce's detectors walk every part and scan every line with dozens of
     patterns; only walked parts (MAX_PARTS, MAX_DEPTH) are left for them, and a
     returned message is emptied because its text is the sender's, where a
-    detector's phrase could appear by chance.
+    detector's phrase could appear by chance; the text of the other parts is cut
+    to MAX_DETECTOR_TEXT characters in all.
     """
     visited = {id(part) for part in walk.parts}
+    budget = MAX_DETECTOR_TEXT
     for part in walk.parts:
         payload = part.get_payload()
         if content_type(part) in RETURNED_TYPES:
             part.set_payload([] if isinstance(payload, list) else "")
         elif isinstance(payload, list):
             part.set_payload([child for child in payload if id(child) in visited])
+        elif isinstance(payload, str):
+            part.set_payload(payload[:budget])
+            budget = max(0, budget - len(payload))
+
+
+# RFC 2606 section 2: ".invalid" names nothing, so no detector takes it for a
+# provider's mailer-daemon.
+_PLACEHOLDER_FROM = "unknown@unknown.invalid"
+
+
+def _give_detectors_a_from(msg: Message) -> None:
+    """Give `msg` a From address when it has none the stdlib can parse.
+
+    flufl.bounce's Yale detector indexes getaddresses(...)[0], which since the
+    stricter getaddresses of Python 3.11.x / 3.12 is an empty list for a missing
+    or empty From; the IndexError then stops all_failures before the qmail,
+    Postfix and text-pattern detectors run. A placeholder avoids that.
+    """
+    try:
+        parsed = getaddresses([str(msg.get("from", ""))])
+    except DECODE_ERRORS:
+        parsed = []
+    if not parsed:
+        del msg["from"]
+        msg["From"] = _PLACEHOLDER_FROM
 
 
 def _address_window(address: str, lines: list[str]) -> str:
@@ -115,6 +143,7 @@ def detect(msg: Message, text: str) -> Detected:
     transient cause). Sorted by address; at most MAX_RECIPIENTS. Never raises:
     a detector that fails leaves a note and no recipients.
     """
+    _give_detectors_a_from(msg)
     try:
         temporary, permanent = all_failures(msg)
     # flufl.bounce re-raises whatever one of its heuristic detectors raised on a

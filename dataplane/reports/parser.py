@@ -14,16 +14,24 @@ from email.message import Message
 
 from .arf import FEEDBACK_REPORT_TYPE, read_feedback
 from .dsn import DELIVERY_STATUS_TYPES, read_delivery_status
-from .limits import MAX_NOTES, MAX_PARSED_BYTES, MAX_RETURNED_HEADERS, MAX_SCANNED_TEXT
+from .limits import (
+    MAX_HEADER_FIELDS,
+    MAX_HEADER_VALUE,
+    MAX_NOTES,
+    MAX_PARSED_BYTES,
+    MAX_RETURNED_HEADERS,
+    MAX_SCANNED_TEXT,
+)
 from .mime import (
     RETURNED_TYPES,
-    MimeTooDeep,
+    MimeTooComplex,
     Walk,
     content_type,
     iter_leaf_text,
     parse_message,
     part_bytes,
     returned_headers,
+    trim_headers,
     walk_parts,
 )
 from .nonstandard import detect, inline_copy_headers, prune_for_detectors
@@ -92,13 +100,15 @@ def _parse(data: bytes) -> Report:
         data = data[:MAX_PARSED_BYTES]
     try:
         msg = parse_message(data)
-    except MimeTooDeep as exc:
+    except MimeTooComplex as exc:
         return Report(kind="unknown", problem=str(exc), notes=tuple(notes))
     walk = walk_parts(msg)
     if walk.parts_cut:
         notes.append(f"walked the first {len(walk.parts)} MIME parts")
     if walk.depth_cut:
         notes.append("ignored MIME parts nested too deeply")
+    if trim_headers(walk):
+        notes.append(f"cut header fields to {MAX_HEADER_FIELDS} per part, {MAX_HEADER_VALUE} characters each")
 
     machine = _first(walk, _MACHINE_TYPES)
     if machine is not None:

@@ -9,7 +9,7 @@ limit of its field (see `limits`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 ReportKind = Literal["dsn", "arf", "nonstandard", "unknown"]
@@ -118,35 +118,20 @@ class Report:
         return None
 
 
+def _fields_to_json(record: RecipientStatus | Feedback) -> dict[str, Any]:
+    # Every field by its own name, so the JSON form follows the dataclass.
+    values = ((f.name, getattr(record, f.name)) for f in fields(record))
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in values}
+
+
 def recipient_to_json(recipient: RecipientStatus) -> dict[str, Any]:
     """One recipient as a JSON-ready dict (every field, plus `failed`)."""
-    return {
-        "address": recipient.address,
-        "status": recipient.status,
-        "action": recipient.action,
-        "permanent": recipient.permanent,
-        "failed": recipient.failed,
-        "diagnostic": recipient.diagnostic,
-        "final_recipient": recipient.final_recipient,
-        "original_recipient": recipient.original_recipient,
-        "remote_mta": recipient.remote_mta,
-    }
+    return {**_fields_to_json(recipient), "failed": recipient.failed}
 
 
 def feedback_to_json(feedback: Feedback) -> dict[str, Any]:
     """A feedback report's fields as a JSON-ready dict (tuples become lists)."""
-    return {
-        "feedback_type": feedback.feedback_type,
-        "user_agent": feedback.user_agent,
-        "version": feedback.version,
-        "source_ip": feedback.source_ip,
-        "original_mail_from": feedback.original_mail_from,
-        "original_rcpt_to": list(feedback.original_rcpt_to),
-        "arrival_date": feedback.arrival_date,
-        "reported_domain": list(feedback.reported_domain),
-        "reporting_mta": feedback.reporting_mta,
-        "incidents": feedback.incidents,
-    }
+    return _fields_to_json(feedback)
 
 
 def to_json(report: Report) -> dict[str, Any]:
