@@ -174,6 +174,22 @@ def test_a_nonstandard_bounce_without_a_usable_from_is_still_detected(from_line:
     assert report.notes == ()
 
 
+def test_a_nonstandard_recipients_code_is_read_beside_that_address_not_a_longer_one():
+    data = (
+        b"From: MAILER-DAEMON@mail.example.net\nSubject: failure notice\n\n"
+        b"Hi. This is the qmail-send program at mail.example.net.\n"
+        b"I'm afraid I wasn't able to deliver your message to the following addresses.\n\n"
+        b"<joann@example.org>:\nRemote host said: 452 4.2.2 mailbox full\n\n"
+        b"<ann@example.org>:\nRemote host said: 550 5.1.1 no such user\n\n"
+        b"--- Below this line is a copy of the message.\n"
+    )
+    report = _parsed(data)
+    assert [(r.address, r.status, r.permanent) for r in report.recipients] == [
+        ("ann@example.org", "5.1.1", True),
+        ("joann@example.org", "4.2.2", False),
+    ]
+
+
 def test_undecodable_bytes_in_returned_headers_become_replacement_characters():
     data = (CORPUS / "postfix_dsn_user_unknown.eml").read_bytes().replace(
         b"Subject: Your November digest", b"Subject: caf\xe9 \xff digest"

@@ -95,13 +95,28 @@ def _give_detectors_a_from(msg: Message) -> None:
         msg["From"] = _PLACEHOLDER_FROM
 
 
-def _address_window(address: str, lines: list[str]) -> str:
+@dataclass(frozen=True, slots=True)
+class _Text:
+    """A bounce's text as lines, with the lower-cased lines that name an address
+    indexed once (a bounce can list hundreds of recipients)."""
+
+    lines: list[str]
+    addressed: list[tuple[int, str]]
+
+    @classmethod
+    def of(cls, text: str) -> _Text:
+        lines = text.split("\n")
+        return cls(lines, [(i, line.lower()) for i, line in enumerate(lines) if "@" in line])
+
+
+def _address_window(address: str, text: _Text) -> str:
     """The first line naming `address` that, with the few after it, carries a
     status or reply code, joined with those; "" when none does."""
-    needle = address.lower()
-    for index, line in enumerate(lines):
-        if needle in line.lower():
-            window = " ".join(lines[index : index + 1 + _CONTEXT_LINES])
+    # Whole addresses only: ann@example.org must not match joann@example.org.
+    mention = re.compile(rf"(?<![\w.+=-]){re.escape(address.lower())}(?![\w-]|\.\w)")
+    for index, lowered in text.addressed:
+        if mention.search(lowered):
+            window = " ".join(text.lines[index : index + 1 + _CONTEXT_LINES])
             if enhanced_code(window) or reply_class(window):
                 return window
     return ""
@@ -116,10 +131,10 @@ def _first_coded_line(lines: list[str]) -> str:
     return ""
 
 
-def _recipient(address: str, flagged_temporary: bool, text: str, lines: list[str]) -> RecipientStatus:
+def _recipient(address: str, flagged_temporary: bool, text: str, lines: _Text) -> RecipientStatus:
     # No code beside the address: the text's first code speaks for the whole
     # bounce (Gmail- and Outlook-style texts put it under "The response was:").
-    evidence = _address_window(address, lines) or _first_coded_line(lines)
+    evidence = _address_window(address, lines) or _first_coded_line(lines.lines)
     action: Action = "delayed" if flagged_temporary else "failed"
     _, status, permanent = decide(action, "", evidence) or (action, "", False)
     if permanent and not (status or reply_class(evidence)) and _TRANSIENT.search(text):
@@ -155,7 +170,7 @@ def detect(msg: Message, text: str) -> Detected:
     # Codes in an inlined copy of the original message are the sender's text.
     copy = _INLINE_COPY.search(text)
     text = text[: copy.start()] if copy else text
-    lines = text.split("\n")
+    lines = _Text.of(text)
     found: dict[str, bool] = {}
     for raw, is_temporary in [(a, False) for a in permanent] + [(a, True) for a in temporary]:
         address = normalise_address(raw.decode("ascii", "replace"))

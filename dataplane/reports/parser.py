@@ -23,6 +23,7 @@ from .limits import (
     MAX_SCANNED_TEXT,
 )
 from .mime import (
+    DECODE_ERRORS,
     RETURNED_TYPES,
     MimeTooComplex,
     Walk,
@@ -83,7 +84,7 @@ def _human_text(walk: Walk) -> str:
 def _report_type_note(msg: Message, machine: Message) -> str | None:
     try:
         declared = str(msg.get_param("report-type", "") or "").strip().lower()
-    except (TypeError, ValueError):
+    except DECODE_ERRORS:
         declared = ""
     expected = _REPORT_TYPE_OF.get(content_type(machine), "")
     if content_type(msg) == "multipart/report" and declared and declared != expected:
