@@ -12,11 +12,11 @@ from __future__ import annotations
 import sqlite3
 import uuid
 
-from . import models, validation
-from .contract import secrets
-from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from .models import Account
-from .store import Store, is_unique_violation
+from .. import models, validation
+from ..contract import secrets
+from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ..models import Account
+from ..store import Store, is_unique_violation
 
 SHARED_POOL_LABEL = "shared"
 SHARED_POOL_TAG = "shared"
