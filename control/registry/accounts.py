@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from .. import models, validation
 from ..contract import secrets
-from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from ..errors import FailedPrecondition, InvalidArgument
 from ..models import Account
-from ..store import Store, is_unique_violation
+from ..store import Store
 from . import lookups
 
 
@@ -33,12 +31,8 @@ class Accounts:
         tier = _check_tier(tier)
         token = secrets.generate_secret()
         with self.store.write() as s:
-            try:
+            with lookups.unique(f"an account named {name!r} already exists"):
                 user_id = s.insert_account(name, tier)
-            except sqlite3.IntegrityError as exc:
-                if is_unique_violation(exc):
-                    raise AlreadyExists(f"an account named {name!r} already exists") from None
-                raise
             s.insert_token(user_id, secrets.hash_secret(token))
             account = s.account(user_id)
         return account, token

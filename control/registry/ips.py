@@ -3,12 +3,10 @@ rotation weight, pause and resume, and release."""
 
 from __future__ import annotations
 
-import sqlite3
-
 from .. import models, validation
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from ..models import Account
-from ..store import Store, is_unique_violation
+from ..store import Store
 from . import lookups
 from .accounts import require_dedicated_tier
 from .pools import DEFAULT_POOL_LABEL, insert_pool
@@ -17,15 +15,12 @@ from .pools import DEFAULT_POOL_LABEL, insert_pool
 def insert_ip(s: Store, *, address: str, user_id: int | None, pool: models.Pool, weight: int, hostname: str) -> None:
     """Insert an IP into `pool` (user_id None for a shared pool); AlreadyExists when the
     address is provisioned anywhere on the platform."""
+    taken = f"IP {address} is already provisioned on this platform"
     if s.ip(address) is not None:
-        raise AlreadyExists(f"IP {address} is already provisioned on this platform")
-    try:
+        raise AlreadyExists(taken)
+    with lookups.unique(taken):
         s.insert_ip(address=address, user_id=user_id, server_id=pool.server_id,
                     smtp_id=pool.smtp_id, weight=weight, hostname=hostname)
-    except sqlite3.IntegrityError as exc:
-        if is_unique_violation(exc):
-            raise AlreadyExists(f"IP {address} is already provisioned on this platform") from None
-        raise
 
 
 class DedicatedIps:

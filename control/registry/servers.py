@@ -3,11 +3,9 @@ and its IPs, through which ESSENTIAL accounts send."""
 
 from __future__ import annotations
 
-import sqlite3
-
 from .. import models, validation
-from ..errors import AlreadyExists, NotFound
-from ..store import Store, is_unique_violation
+from ..errors import NotFound
+from ..store import Store
 from . import lookups
 from .ips import insert_ip
 
@@ -25,12 +23,8 @@ class MtaServers:
         hostname = validation.check_hostname(hostname)
         zone = validation.check_zone(zone)
         with self.store.write() as s:
-            try:
+            with lookups.unique(f"an MTA server with hostname {hostname!r} is already registered"):
                 server_id = s.insert_server(hostname, zone)
-            except sqlite3.IntegrityError as exc:
-                if is_unique_violation(exc):
-                    raise AlreadyExists(f"an MTA server with hostname {hostname!r} is already registered") from None
-                raise
             s.insert_pool(
                 user_id=None, server_id=server_id, label=SHARED_POOL_LABEL, tag=SHARED_POOL_TAG,
                 feed_type="", is_default=False, is_shared=True,

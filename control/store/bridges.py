@@ -22,6 +22,7 @@ class BridgeQueries(Connection):
         self, *, user_id: int, name: str, smtp_id: int, server_id: int, username: str,
         secret_hash: str, feed_type: str,
     ) -> int:
+        """Insert a bridge; returns its bridge_id."""
         return self._insert(
             """INSERT INTO bridges (user_id, name, smtp_id, server_id, username, secret_hash,
                                     feed_type, created_at)
@@ -39,26 +40,27 @@ class BridgeQueries(Connection):
         return models.Bridge(**d)
 
     def bridge(self, bridge_id: int) -> models.Bridge | None:
+        """The bridge `bridge_id` with its trusted networks, None if there is none."""
         row = self._one(_BRIDGE_SELECT + " WHERE b.bridge_id = ?", (bridge_id,))
         return self._bridge_from_row(row) if row else None
 
     def bridges_of(self, user_id: int, smtp_id: int = 0) -> list[models.Bridge]:
-        if smtp_id:
-            rows = self._all(
-                _BRIDGE_SELECT + " WHERE b.user_id = ? AND b.smtp_id = ? ORDER BY b.bridge_id",
-                (user_id, smtp_id),
-            )
-        else:
-            rows = self._all(_BRIDGE_SELECT + " WHERE b.user_id = ? ORDER BY b.bridge_id", (user_id,))
+        """The account's bridges (revoked ones included), of pool `smtp_id` only unless it is 0."""
+        rows = self._all(
+            _BRIDGE_SELECT + " WHERE b.user_id = ? AND (? = 0 OR b.smtp_id = ?) ORDER BY b.bridge_id",
+            (user_id, smtp_id, smtp_id),
+        )
         return [self._bridge_from_row(r) for r in rows]
 
     def bridge_networks(self, bridge_id: int) -> tuple[str, ...]:
+        """The bridge's trusted networks (CIDR), in the order given."""
         rows = self._all(
             "SELECT cidr FROM bridge_networks WHERE bridge_id = ? ORDER BY position", (bridge_id,)
         )
         return tuple(r[0] for r in rows)
 
     def set_bridge_networks(self, bridge_id: int, cidrs: list[str]) -> None:
+        """Replace the bridge's trusted networks, keeping their order."""
         self._conn.execute("DELETE FROM bridge_networks WHERE bridge_id = ?", (bridge_id,))
         self._conn.executemany(
             "INSERT INTO bridge_networks (bridge_id, position, cidr) VALUES (?, ?, ?)",
@@ -75,12 +77,14 @@ class BridgeQueries(Connection):
         return [(r[0], r[1]) for r in rows]
 
     def revoke_bridge(self, bridge_id: int) -> None:
+        """Mark the bridge revoked (once: a revoked bridge keeps its first revocation time)."""
         self._conn.execute(
             "UPDATE bridges SET revoked_at = ? WHERE bridge_id = ? AND revoked_at IS NULL",
             (time.time(), bridge_id),
         )
 
     def set_bridge_secret(self, bridge_id: int, secret_hash: str) -> None:
+        """Replace the bridge's secret hash and note when it was rotated."""
         self._conn.execute(
             "UPDATE bridges SET secret_hash = ?, secret_rotated_at = ? WHERE bridge_id = ?",
             (secret_hash, time.time(), bridge_id),

@@ -19,16 +19,19 @@ class ServerQueries(Connection):
     """MTA servers, and the routing version each routing change bumps."""
 
     def insert_server(self, hostname: str, zone: str) -> int:
+        """Insert an MTA server; returns its server_id (IntegrityError if the hostname is taken)."""
         return self._insert(
             "INSERT INTO mta_servers (hostname, zone, created_at) VALUES (?, ?, ?)",
             (hostname, zone, time.time()),
         )
 
     def server(self, server_id: int) -> models.MtaServer | None:
+        """The MTA server `server_id` with its shared pool's name, None if there is none."""
         row = self._one(_SERVER_SELECT + " WHERE s.server_id = ?", (server_id,))
         return models.MtaServer(**dict(row)) if row else None
 
     def servers(self) -> list[models.MtaServer]:
+        """Every MTA server, by server_id."""
         return [models.MtaServer(**dict(r)) for r in self._all(_SERVER_SELECT + " ORDER BY s.server_id")]
 
     def bump_routing_version(self, server_id: int) -> int:
@@ -40,4 +43,5 @@ class ServerQueries(Connection):
         return self._one("SELECT routing_version FROM mta_servers WHERE server_id = ?", (server_id,))[0]
 
     def routing_versions(self) -> dict[int, int]:
+        """server_id -> current routing version, for every MTA server."""
         return {r[0]: r[1] for r in self._all("SELECT server_id, routing_version FROM mta_servers")}
