@@ -1,0 +1,117 @@
+"""Bridges: how applications reach a pool. Generated credentials (the secret shown
+once, kept hashed), revoke and rotate one by one, and trusted client networks that
+never overlap between bridges of one MTA server."""
+
+from __future__ import annotations
+
+from .. import models, validation
+from ..contract import secrets
+from ..errors import AlreadyExists, FailedPrecondition
+from ..models import Account
+from ..store import Store
+from . import lookups
+
+
+class Bridges:
+    """The rules of an account's bridges."""
+
+    store: Store
+
+    def create_bridge(
+        self, account: Account, *, name: str, smtp_id: int = 0, server_id: int = 0,
+        feed_type: str = "", trusted_networks: list[str] = (),
+    ) -> tuple[models.Bridge, str]:
+        """Create a bridge with a generated username and secret (returned once).
+
+        PRO/BUSINESS bridges name their pool; ESSENTIAL bridges name an MTA server and
+        route through its shared pool."""
+        name = validation.check_label(name)
+        feed_type = validation.check_feed_type(feed_type)
+        networks = validation.check_networks(list(trusted_networks))
+        secret = secrets.generate_secret()
+        with self.store.write() as s:
+            if account.tier in models.DEDICATED_TIERS:
+                validation.check_id(smtp_id, "smtp_id (the pool the bridge routes through)")
+                pool = lookups.pool(s, account, smtp_id)
+            else:
+                if smtp_id:
+                    raise FailedPrecondition(
+                        f"account {account.name!r} is on the {account.tier} tier, which has no "
+                        "dedicated pools; leave the pool unset and name the MTA server (server_id): "
+                        "the bridge routes through that server's shared pool"
+                    )
+                validation.check_id(server_id, "server_id (whose shared pool the bridge routes through)")
+                lookups.server(s, server_id)
+                pool = s.shared_pool(server_id)
+            if server_id and server_id != pool.server_id:
+                raise FailedPrecondition(
+                    f"pool {pool.label!r} is on MTA server {pool.server_id}, not {server_id}"
+                )
+            if any(b.name == name for b in s.bridges_of(account.user_id)):
+                raise AlreadyExists(f"a bridge named {name!r} already exists")
+            _check_networks_free(s, pool.server_id, networks, excluding_bridge=0)
+            bridge_id = s.insert_bridge(
+                user_id=account.user_id, name=name, smtp_id=pool.smtp_id, server_id=pool.server_id,
+                username=secrets.generate_username(), secret_hash=secrets.hash_secret(secret),
+                feed_type=feed_type,
+            )
+            if networks:
+                s.set_bridge_networks(bridge_id, networks)
+            s.bump_routing_version(pool.server_id)
+            return s.bridge(bridge_id), secret
+
+    def get_bridge(self, account: Account, bridge_id: int) -> models.Bridge:
+        """The account's bridge `bridge_id` (revoked ones included), or NotFound."""
+        with self.store.read() as s:
+            return lookups.bridge(s, account, bridge_id)
+
+    def list_bridges(self, account: Account, smtp_id: int = 0) -> list[models.Bridge]:
+        """The account's bridges, of one pool when `smtp_id` is given (NotFound if it is
+        not the account's)."""
+        with self.store.read() as s:
+            if smtp_id:
+                lookups.pool(s, account, smtp_id)
+            return s.bridges_of(account.user_id, smtp_id)
+
+    def revoke_bridge(self, account: Account, bridge_id: int) -> models.Bridge:
+        """Revoke a bridge; it stops authenticating once workers have the new snapshot."""
+        with self.store.write() as s:
+            bridge = lookups.bridge(s, account, bridge_id)
+            if not bridge.revoked:
+                s.revoke_bridge(bridge_id)
+                s.bump_routing_version(bridge.server_id)
+            return s.bridge(bridge_id)
+
+    def rotate_bridge_secret(self, account: Account, bridge_id: int) -> tuple[models.Bridge, str]:
+        """Replace the bridge's secret; returns the new one (shown once)."""
+        secret = secrets.generate_secret()
+        with self.store.write() as s:
+            bridge = lookups.bridge(s, account, bridge_id)
+            if bridge.revoked:
+                raise FailedPrecondition(f"bridge {bridge.name!r} is revoked; create a new bridge instead")
+            s.set_bridge_secret(bridge_id, secrets.hash_secret(secret))
+            s.bump_routing_version(bridge.server_id)
+            return s.bridge(bridge_id), secret
+
+    def set_bridge_trusted_networks(self, account: Account, bridge_id: int, cidrs: list[str]) -> models.Bridge:
+        """Replace the client networks that may send through the bridge without AUTH."""
+        networks = validation.check_networks(list(cidrs))
+        with self.store.write() as s:
+            bridge = lookups.bridge(s, account, bridge_id)
+            if bridge.revoked:
+                raise FailedPrecondition(f"bridge {bridge.name!r} is revoked")
+            _check_networks_free(s, bridge.server_id, networks, excluding_bridge=bridge_id)
+            s.set_bridge_networks(bridge_id, networks)
+            s.bump_routing_version(bridge.server_id)
+            return s.bridge(bridge_id)
+
+
+def _check_networks_free(s: Store, server_id: int, networks: list[str], *, excluding_bridge: int) -> None:
+    # The other bridge may belong to another account: name only the network.
+    for _other_bridge, other in s.networks_on_server(server_id, excluding_bridge=excluding_bridge):
+        for net in networks:
+            if validation.networks_overlap(net, other):
+                raise FailedPrecondition(
+                    f"trusted network {net} overlaps {other}, already trusted by another bridge on "
+                    "the same MTA server; a client address must map to exactly one bridge"
+                )

@@ -1,0 +1,123 @@
+"""Pools of an account: creation on an MTA server, label, default, custom headers,
+feed type, and deletion once nothing depends on the pool."""
+
+from __future__ import annotations
+
+from .. import models, validation
+from ..errors import AlreadyExists, FailedPrecondition
+from ..models import Account
+from ..store import Store
+from . import lookups
+from .accounts import require_dedicated_tier
+
+DEFAULT_POOL_LABEL = "default"
+
+
+def insert_pool(s: Store, account: Account, *, label: str, tag: str, server_id: int, feed_type: str) -> int:
+    """Insert an account's pool under a label it does not use yet; the account's
+    first pool becomes its default. Returns the new smtp_id."""
+    _check_label_free(s, account, label)
+    # Exactly one default pool: the account's first pool is it.
+    first = s.default_pool(account.user_id) is None
+    return s.insert_pool(
+        user_id=account.user_id, server_id=server_id, label=label, tag=tag,
+        feed_type=feed_type, is_default=first,
+    )
+
+
+class Pools:
+    """The rules of an account's pools."""
+
+    store: Store
+
+    def create_pool(
+        self, account: Account, *, label: str, server_id: int, tag: str = "", feed_type: str = "",
+        headers: list[tuple[str, str]] = (),
+    ) -> models.Pool:
+        """Create a pool on an MTA server; the account's first pool becomes its default."""
+        require_dedicated_tier(account, "creating a pool")
+        label = validation.check_label(label)
+        tag = validation.check_tag(tag) if tag else validation.slug_from_label(label)
+        feed_type = validation.check_feed_type(feed_type)
+        headers = validation.check_headers(list(headers))
+        validation.check_id(server_id, "server_id")
+        with self.store.write() as s:
+            lookups.server(s, server_id)
+            smtp_id = insert_pool(s, account, label=label, tag=tag, server_id=server_id, feed_type=feed_type)
+            if headers:
+                s.set_pool_headers(smtp_id, headers)
+            s.bump_routing_version(server_id)
+            return s.pool(smtp_id)
+
+    def get_pool(self, account: Account, smtp_id: int) -> models.Pool:
+        """The account's pool `smtp_id`, or NotFound."""
+        with self.store.read() as s:
+            return lookups.pool(s, account, smtp_id)
+
+    def list_pools(self, account: Account) -> list[models.Pool]:
+        """The account's pools, oldest first."""
+        with self.store.read() as s:
+            return s.pools_of(account.user_id)
+
+    def rename_pool(self, account: Account, smtp_id: int, label: str) -> models.Pool:
+        """Change the label; the internal name never changes."""
+        label = validation.check_label(label)
+        with self.store.write() as s:
+            pool = lookups.pool(s, account, smtp_id)
+            if pool.label != label:
+                _check_label_free(s, account, label)
+                s.rename_pool(smtp_id, label)
+            return s.pool(smtp_id)
+
+    def set_default_pool(self, account: Account, smtp_id: int) -> models.Pool:
+        """Make the pool the account's one default pool (where new IPs land)."""
+        with self.store.write() as s:
+            lookups.pool(s, account, smtp_id)
+            s.set_default_pool(account.user_id, smtp_id)
+            return s.pool(smtp_id)
+
+    def delete_pool(self, account: Account, smtp_id: int) -> None:
+        """Delete a pool that has no IPs, no active bridges and is not the default."""
+        with self.store.write() as s:
+            pool = lookups.pool(s, account, smtp_id)
+            problems = []
+            if pool.ip_count:
+                problems.append(
+                    f"reassign its {pool.ip_count} IP(s) to another pool (poolmta ip assign ADDRESS POOL)"
+                )
+            if pool.bridge_count:
+                problems.append(f"revoke its {pool.bridge_count} bridge(s) (poolmta bridge revoke ID)")
+            if pool.is_default:
+                problems.append("make another pool the default (poolmta pool set-default POOL)")
+            pending = s.pending_operations_into(smtp_id)
+            if pending:
+                problems.append(f"wait for operation(s) {', '.join(pending)} moving IPs into it")
+            if problems:
+                raise FailedPrecondition(
+                    f"pool {pool.label!r} cannot be deleted yet: " + "; ".join(problems)
+                )
+            s.delete_pool(smtp_id)
+            s.bump_routing_version(pool.server_id)
+
+    def set_pool_headers(self, account: Account, smtp_id: int, headers: list[tuple[str, str]]) -> models.Pool:
+        """Replace the pool's custom headers."""
+        headers = validation.check_headers(list(headers))
+        with self.store.write() as s:
+            pool = lookups.pool(s, account, smtp_id)
+            s.set_pool_headers(smtp_id, headers)
+            s.bump_routing_version(pool.server_id)
+            return s.pool(smtp_id)
+
+    def set_pool_feed_type(self, account: Account, smtp_id: int, feed_type: str) -> models.Pool:
+        """Replace the pool's feed type."""
+        feed_type = validation.check_feed_type(feed_type)
+        with self.store.write() as s:
+            pool = lookups.pool(s, account, smtp_id)
+            s.set_pool_feed_type(smtp_id, feed_type)
+            s.bump_routing_version(pool.server_id)
+            return s.pool(smtp_id)
+
+
+def _check_label_free(s: Store, account: Account, label: str) -> None:
+    if any(p.label == label for p in s.pools_of(account.user_id)):
+        raise AlreadyExists(f"a pool labelled {label!r} already exists in this account")

@@ -1,0 +1,70 @@
+"""MTA servers (admin calls): registration with a zone, and each server's shared pool
+and its IPs, through which ESSENTIAL accounts send."""
+
+from __future__ import annotations
+
+from .. import models, validation
+from ..errors import NotFound
+from ..store import Store
+from . import lookups
+from .ips import insert_ip
+
+SHARED_POOL_LABEL = "shared"
+SHARED_POOL_TAG = "shared"
+
+
+class MtaServers:
+    """The rules of MTA servers and their shared pools."""
+
+    store: Store
+
+    def register_server(self, hostname: str, zone: str) -> models.MtaServer:
+        """Register an MTA server with its zone, and create its shared pool."""
+        hostname = validation.check_hostname(hostname)
+        zone = validation.check_zone(zone)
+        with self.store.write() as s:
+            with lookups.unique(f"an MTA server with hostname {hostname!r} is already registered"):
+                server_id = s.insert_server(hostname, zone)
+            s.insert_pool(
+                user_id=None, server_id=server_id, label=SHARED_POOL_LABEL, tag=SHARED_POOL_TAG,
+                feed_type="", is_default=False, is_shared=True,
+            )
+            return s.server(server_id)
+
+    def get_server(self, server_id: int) -> models.MtaServer:
+        """The MTA server `server_id`, or NotFound."""
+        with self.store.read() as s:
+            return lookups.server(s, server_id)
+
+    def list_servers(self) -> list[models.MtaServer]:
+        """Every registered MTA server, in registration order."""
+        with self.store.read() as s:
+            return s.servers()
+
+    def provision_shared_ip(self, server_id: int, address: str, weight: int, hostname: str) -> models.DedicatedIp:
+        """Add an IP to a server's shared pool."""
+        address = validation.check_address(address)
+        weight = validation.check_weight(weight, default=1)
+        with self.store.write() as s:
+            server = lookups.server(s, server_id)
+            pool = s.shared_pool(server_id)
+            insert_ip(s, address=address, user_id=None, pool=pool, weight=weight,
+                      hostname=validation.check_hostname(hostname) if hostname else server.hostname)
+            s.bump_routing_version(server_id)
+            return s.ip(address)
+
+    def list_shared_ips(self, server_id: int) -> list[models.DedicatedIp]:
+        """The IPs of the server's shared pool; NotFound for an unknown server."""
+        with self.store.read() as s:
+            lookups.server(s, server_id)
+            return s.ips_in_pool(s.shared_pool(server_id).smtp_id)
+
+    def release_shared_ip(self, address: str) -> None:
+        """Remove an IP from its server's shared pool; NotFound unless it is a shared-pool IP."""
+        address = validation.check_address(address)
+        with self.store.write() as s:
+            ip = s.ip(address)
+            if ip is None or ip.user_id is not None:
+                raise NotFound(f"no shared-pool IP {address}")
+            s.delete_ip(address)
+            s.bump_routing_version(ip.server_id)

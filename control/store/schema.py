@@ -1,0 +1,142 @@
+"""SQLite schema and its migrations: the tables, keys and indexes that hold the
+invariants listed in `control.store`."""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the initial schema
+    """
+    CREATE TABLE accounts (
+        user_id     INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        tier        TEXT NOT NULL CHECK (tier IN ('ESSENTIAL', 'PRO', 'BUSINESS')),
+        created_at  REAL NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        token_hash  TEXT PRIMARY KEY,
+        user_id     INTEGER NOT NULL REFERENCES accounts (user_id) ON DELETE CASCADE,
+        created_at  REAL NOT NULL,
+        revoked_at  REAL
+    );
+    CREATE TABLE mta_servers (
+        server_id        INTEGER PRIMARY KEY,
+        hostname         TEXT NOT NULL UNIQUE,
+        zone             TEXT NOT NULL,
+        routing_version  INTEGER NOT NULL DEFAULT 1 CHECK (routing_version > 0),
+        created_at       REAL NOT NULL
+    );
+    CREATE TABLE pools (
+        smtp_id        INTEGER PRIMARY KEY,
+        user_id        INTEGER REFERENCES accounts (user_id),
+        server_id      INTEGER NOT NULL REFERENCES mta_servers (server_id),
+        label          TEXT NOT NULL,
+        tag            TEXT NOT NULL,
+        internal_name  TEXT NOT NULL UNIQUE,
+        feed_type      TEXT NOT NULL DEFAULT '',
+        is_default     INTEGER NOT NULL DEFAULT 0 CHECK (is_default IN (0, 1)),
+        is_shared      INTEGER NOT NULL DEFAULT 0 CHECK (is_shared IN (0, 1)),
+        created_at     REAL NOT NULL,
+        UNIQUE (user_id, label),
+        UNIQUE (smtp_id, server_id),
+        CHECK ((is_shared = 1) = (user_id IS NULL)),
+        CHECK (NOT (is_shared = 1 AND is_default = 1))
+    );
+    CREATE UNIQUE INDEX pools_one_default_per_account ON pools (user_id) WHERE is_default = 1;
+    CREATE UNIQUE INDEX pools_one_shared_per_server ON pools (server_id) WHERE is_shared = 1;
+    CREATE TABLE pool_headers (
+        smtp_id   INTEGER NOT NULL REFERENCES pools (smtp_id) ON DELETE CASCADE,
+        position  INTEGER NOT NULL,
+        name      TEXT NOT NULL,
+        value     TEXT NOT NULL,
+        PRIMARY KEY (smtp_id, position)
+    );
+    CREATE UNIQUE INDEX pool_headers_unique_name ON pool_headers (smtp_id, name COLLATE NOCASE);
+    CREATE TABLE ips (
+        address     TEXT PRIMARY KEY,
+        user_id     INTEGER REFERENCES accounts (user_id),
+        server_id   INTEGER NOT NULL,
+        smtp_id     INTEGER NOT NULL,
+        weight      INTEGER NOT NULL CHECK (weight BETWEEN 0 AND 1000),
+        state       TEXT NOT NULL CHECK (state IN ('active', 'paused')),
+        hostname    TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        FOREIGN KEY (smtp_id, server_id) REFERENCES pools (smtp_id, server_id)
+    );
+    CREATE INDEX ips_by_pool ON ips (smtp_id);
+    CREATE INDEX ips_by_account ON ips (user_id);
+    CREATE TABLE bridges (
+        bridge_id          INTEGER PRIMARY KEY,
+        user_id            INTEGER NOT NULL REFERENCES accounts (user_id),
+        name               TEXT NOT NULL,
+        smtp_id            INTEGER NOT NULL,
+        server_id          INTEGER NOT NULL,
+        username           TEXT NOT NULL UNIQUE,
+        secret_hash        TEXT NOT NULL,
+        feed_type          TEXT NOT NULL DEFAULT '',
+        created_at         REAL NOT NULL,
+        secret_rotated_at  REAL,
+        revoked_at         REAL,
+        UNIQUE (user_id, name),
+        FOREIGN KEY (smtp_id, server_id) REFERENCES pools (smtp_id, server_id)
+    );
+    CREATE INDEX bridges_by_pool ON bridges (smtp_id);
+    CREATE TABLE bridge_networks (
+        bridge_id  INTEGER NOT NULL REFERENCES bridges (bridge_id) ON DELETE CASCADE,
+        position   INTEGER NOT NULL,
+        cidr       TEXT NOT NULL,
+        PRIMARY KEY (bridge_id, position)
+    );
+    CREATE TABLE operations (
+        operation_id     TEXT PRIMARY KEY,
+        user_id          INTEGER NOT NULL REFERENCES accounts (user_id),
+        address          TEXT NOT NULL,
+        from_smtp_id     INTEGER NOT NULL,
+        to_smtp_id       INTEGER NOT NULL,
+        state            TEXT NOT NULL CHECK (state IN ('QUEUED', 'APPLYING', 'DONE', 'FAILED')),
+        routing_version  INTEGER NOT NULL DEFAULT 0,
+        server_id        INTEGER NOT NULL,
+        error            TEXT NOT NULL DEFAULT '',
+        created_at       REAL NOT NULL,
+        updated_at       REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX operations_one_pending_per_ip ON operations (address)
+        WHERE state IN ('QUEUED', 'APPLYING');
+    CREATE INDEX operations_pending ON operations (state) WHERE state IN ('QUEUED', 'APPLYING');
+    """,
+)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the database up to the newest schema in one transaction; refuse a
+    database newer than this poolmta."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        current = row[0] if row else 0
+        if row is None:
+            conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+        if current > len(MIGRATIONS):
+            raise RuntimeError(
+                f"database schema version {current} is newer than this poolmta "
+                f"({len(MIGRATIONS)}); upgrade poolmta"
+            )
+        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute("UPDATE schema_version SET version = ?", (version,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The migration the database is at (0 before the first)."""
+    return conn.execute("SELECT version FROM schema_version").fetchone()[0]
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

@@ -1,0 +1,47 @@
+"""The store's SQL for MTA servers and their routing versions."""
+
+from __future__ import annotations
+
+import time
+
+from .. import models
+from .connection import Connection
+
+_SERVER_SELECT = """
+    SELECT s.server_id, s.hostname, s.zone, s.routing_version, s.created_at,
+           COALESCE((SELECT p.internal_name FROM pools p
+                     WHERE p.server_id = s.server_id AND p.is_shared = 1), '') AS shared_pool
+    FROM mta_servers s
+"""
+
+
+class ServerQueries(Connection):
+    """MTA servers, and the routing version each routing change bumps."""
+
+    def insert_server(self, hostname: str, zone: str) -> int:
+        """Insert an MTA server; returns its server_id (IntegrityError if the hostname is taken)."""
+        return self._insert(
+            "INSERT INTO mta_servers (hostname, zone, created_at) VALUES (?, ?, ?)",
+            (hostname, zone, time.time()),
+        )
+
+    def server(self, server_id: int) -> models.MtaServer | None:
+        """The MTA server `server_id` with its shared pool's name, None if there is none."""
+        row = self._one(_SERVER_SELECT + " WHERE s.server_id = ?", (server_id,))
+        return models.MtaServer(**dict(row)) if row else None
+
+    def servers(self) -> list[models.MtaServer]:
+        """Every MTA server, by server_id."""
+        return [models.MtaServer(**dict(r)) for r in self._all(_SERVER_SELECT + " ORDER BY s.server_id")]
+
+    def bump_routing_version(self, server_id: int) -> int:
+        """Mark a routing change on `server_id`; returns the new version."""
+        self._conn.execute(
+            "UPDATE mta_servers SET routing_version = routing_version + 1 WHERE server_id = ?",
+            (server_id,),
+        )
+        return self._one("SELECT routing_version FROM mta_servers WHERE server_id = ?", (server_id,))[0]
+
+    def routing_versions(self) -> dict[int, int]:
+        """server_id -> current routing version, for every MTA server."""
+        return {r[0]: r[1] for r in self._all("SELECT server_id, routing_version FROM mta_servers")}
