@@ -337,7 +337,7 @@ class DataplaneConfig:
 
     @property
     def spool_dir(self) -> Path:
-        """`<data_dir>/spool/server-<N>/`; layout in `dataplane.spool`."""
+        """`<data_dir>/spool/server-<N>/`; layout in `dataplane.spool.directory`."""
         return self.data_dir / "spool" / f"server-{self.server_id}"
 
     @property
