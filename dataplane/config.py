@@ -3,6 +3,8 @@ environment, validated here, then passed down. No other module reads the environ
 
 from __future__ import annotations
 
+import argparse
+import functools
 import ipaddress
 import math
 import re
@@ -45,6 +47,20 @@ WILDCARD_ROUTE = "*"
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "m": MINUTE, "h": HOUR, "d": DAY}
 _DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def argument_type(parse):
+    """An argparse `type=` from a parser that raises ValueError: a bad value then exits 2
+    with the parser's own message, not argparse's bare "invalid value"."""
+
+    @functools.wraps(parse)
+    def convert(value: str):
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 def parse_duration(text: str) -> float:
