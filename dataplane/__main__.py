@@ -16,7 +16,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from control.contract.runtime import default_data_dir, embedded_redis_url, redis_answers
+from control.contract.runtime import DEFAULT_SMTP_LISTEN, default_data_dir, embedded_redis_url, redis_answers
 
 from . import logs, spool
 from .config import (
@@ -29,7 +29,6 @@ from .config import (
     DEFAULT_MAX_RECIPIENTS,
     DEFAULT_QUEUE_LIFETIME,
     DEFAULT_RETRY_SCHEDULE,
-    DEFAULT_SMTP_LISTEN,
     SMTP_PORT,
     AuthThrottleConfig,
     DataplaneConfig,

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+from control.contract.runtime import DEFAULT_SMTP_PORT
+
 MIB = 1024 * 1024
 
-DEFAULT_SMTP_LISTEN = "127.0.0.1:2525"
 # Large enough for a ~18 MB attachment after base64 (33 % overhead); what the
 # common sending services accept (Mailgun 25 MB, SendGrid 30 MB).
 DEFAULT_MAX_MESSAGE_SIZE = 25 * MIB
@@ -302,7 +303,7 @@ class DataplaneConfig:
     data_dir: Path
     redis_url: str
     smtp_host: str = "127.0.0.1"
-    smtp_port: int = 2525
+    smtp_port: int = DEFAULT_SMTP_PORT
     workers: int = 1
     hostname: str | None = None
     tls_cert: Path | None = None

@@ -25,14 +25,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..contract.runtime import default_data_dir
+from ..contract.runtime import DEFAULT_SMTP_LISTEN, default_data_dir
 from . import admin_commands, tenant_commands
 from .client import EXIT_USAGE, CliError, ControlClient, resolve_token
 from .commands import CommandTree, Context
 from .render import Printer
 
 DEFAULT_GRPC = "127.0.0.1:50051"
-DEFAULT_SMTP_LISTEN = "127.0.0.1:2525"
 EXIT_INTERRUPTED = 130
 SERVER_COMMANDS = ("up", "control")
 # Commands whose arguments go, untouched, to another program (see _find_passthrough).

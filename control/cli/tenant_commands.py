@@ -8,11 +8,10 @@ import argparse
 from rich.live import Live
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
+from ..contract.runtime import DEFAULT_SMTP_PORT
 from . import render
 from .client import EXIT_ERROR, EXIT_USAGE, CliError
 from .commands import CommandTree, Context, done, emit
-
-DEFAULT_SMTP_PORT = 2525
 
 
 def _header_arg(value: str) -> pb.Header:
