@@ -16,7 +16,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from control.contract.runtime import default_data_dir, embedded_redis_url, redis_answers
+from control.contract.runtime import DEFAULT_SMTP_LISTEN, default_data_dir, embedded_redis_url, redis_answers
 
 from . import logs, spool
 from .config import (
@@ -29,11 +29,11 @@ from .config import (
     DEFAULT_MAX_RECIPIENTS,
     DEFAULT_QUEUE_LIFETIME,
     DEFAULT_RETRY_SCHEDULE,
-    DEFAULT_SMTP_LISTEN,
     SMTP_PORT,
     AuthThrottleConfig,
     DataplaneConfig,
     DeliveryConfig,
+    argument_type,
     format_duration,
     parse_duration,
     parse_hostport,
@@ -62,19 +62,6 @@ def _size(text: str) -> int:
     return int(value) * multiplier
 
 
-def _argument(parse):
-    """An argparse type from a parser raising ValueError (argparse then shows our message)."""
-
-    def convert(text: str):
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = parse.__name__
-    return convert
-
-
 def _routes_from_env(text: str | None) -> list[tuple[str, str, int]]:
     """POOLMTA_ROUTE: routes separated by commas or whitespace."""
     if not text:
@@ -100,6 +87,14 @@ def _flag_default(env: dict[str, str], name: str) -> bool:
     if raw.strip().lower() in _FALSE:
         return False
     raise SystemExit(f"error: {name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}")
+
+
+def _add_duration(group, env: dict[str, str], flag: str, env_name: str, default: float, help_text: str) -> None:
+    """Add a duration option (s/m/h/d suffixes) whose default is `env_name`, else `default`;
+    its help ends with both."""
+    shown = format_duration(default)
+    group.add_argument(flag, type=argument_type(parse_duration), default=env.get(env_name, shown), metavar="DURATION",
+                       help=f"{help_text} (env {env_name}; default {shown})")
 
 
 def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
@@ -162,24 +157,22 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
                    help="seconds a failed AUTH counts against its address "
                         f"(env POOLMTA_AUTH_FAIL_WINDOW; default {defaults.window:g})")
     d = p.add_argument_group("delivery")
-    d.add_argument("--route", action="append", type=_argument(parse_route), metavar="DOMAIN=HOST:PORT",
+    d.add_argument("--route", action="append", type=argument_type(parse_route), metavar="DOMAIN=HOST:PORT",
                    default=None,
                    help="deliver DOMAIN's mail to HOST:PORT instead of its MX; repeatable; '*' = every "
                         "domain, an exact domain wins over '*' (env POOLMTA_ROUTE, comma-separated)")
-    d.add_argument("--smarthost", type=_argument(lambda v: parse_hostport(v, what="--smarthost",
+    d.add_argument("--smarthost", type=argument_type(lambda v: parse_hostport(v, what="--smarthost",
                                                                              default_port=SMTP_PORT)),
                    default=e("POOLMTA_SMARTHOST"), metavar="HOST:PORT",
                    help="relay every domain without a --route through HOST:PORT (env POOLMTA_SMARTHOST)")
-    d.add_argument("--retry-schedule", type=_argument(parse_retry_schedule),
+    d.add_argument("--retry-schedule", type=argument_type(parse_retry_schedule),
                    default=e("POOLMTA_RETRY_SCHEDULE", ",".join(map(format_duration, DEFAULT_RETRY_SCHEDULE))),
                    metavar="D1,D2,...",
                    help="waits before retry 1, 2, ... of a deferred recipient; the last repeats; s/m/h/d "
                         "suffixes, fractions allowed (env POOLMTA_RETRY_SCHEDULE; default "
                         f"{','.join(map(format_duration, DEFAULT_RETRY_SCHEDULE))})")
-    d.add_argument("--queue-lifetime", type=_argument(parse_duration),
-                   default=e("POOLMTA_QUEUE_LIFETIME", format_duration(DEFAULT_QUEUE_LIFETIME)), metavar="DURATION",
-                   help="how long after acceptance a deferred recipient is retried before it bounces "
-                        f"(env POOLMTA_QUEUE_LIFETIME; default {format_duration(DEFAULT_QUEUE_LIFETIME)})")
+    _add_duration(d, env, "--queue-lifetime", "POOLMTA_QUEUE_LIFETIME", DEFAULT_QUEUE_LIFETIME,
+                  "how long after acceptance a deferred recipient is retried before it bounces")
     d.add_argument("--max-conn-per-ip", type=int, default=e("POOLMTA_MAX_CONN_PER_IP", str(DEFAULT_MAX_CONN_PER_IP)),
                    metavar="N", help="outbound connections per source IP, for the whole server "
                                      f"(env POOLMTA_MAX_CONN_PER_IP; default {DEFAULT_MAX_CONN_PER_IP})")
@@ -188,11 +181,10 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
                    metavar="N", help="outbound connections per destination (domain, or route target), for the "
                                      "whole server (env POOLMTA_MAX_CONN_PER_DESTINATION; default "
                                      f"{DEFAULT_MAX_CONN_PER_DESTINATION})")
-    d.add_argument("--event-retention", type=_argument(parse_duration),
-                   default=e("POOLMTA_EVENT_RETENTION", format_duration(DEFAULT_EVENT_RETENTION)), metavar="DURATION",
-                   help="how long a message's delivery events stay in Redis for `message status` "
-                        f"(env POOLMTA_EVENT_RETENTION; default {format_duration(DEFAULT_EVENT_RETENTION)})")
-    d.add_argument("--dns-server", type=_argument(lambda v: parse_hostport(v, what="--dns-server", default_port=53)),
+    _add_duration(d, env, "--event-retention", "POOLMTA_EVENT_RETENTION", DEFAULT_EVENT_RETENTION,
+                  "how long a message's delivery events stay in Redis for `message status`")
+    d.add_argument("--dns-server",
+                   type=argument_type(lambda v: parse_hostport(v, what="--dns-server", default_port=53)),
                    default=e("POOLMTA_DNS_SERVER"), metavar="HOST[:PORT]",
                    help="DNS resolver for MX and address lookups (env POOLMTA_DNS_SERVER; default: the "
                         "system's, /etc/resolv.conf)")

@@ -3,6 +3,8 @@ environment, validated here, then passed down. No other module reads the environ
 
 from __future__ import annotations
 
+import argparse
+import functools
 import ipaddress
 import math
 import re
@@ -10,9 +12,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+from control.contract.runtime import DEFAULT_SMTP_PORT
+
 MIB = 1024 * 1024
 
-DEFAULT_SMTP_LISTEN = "127.0.0.1:2525"
 # Large enough for a ~18 MB attachment after base64 (33 % overhead); what the
 # common sending services accept (Mailgun 25 MB, SendGrid 30 MB).
 DEFAULT_MAX_MESSAGE_SIZE = 25 * MIB
@@ -45,6 +48,20 @@ WILDCARD_ROUTE = "*"
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "m": MINUTE, "h": HOUR, "d": DAY}
 _DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def argument_type(parse):
+    """An argparse `type=` from a parser that raises ValueError: a bad value then exits 2
+    with the parser's own message, not argparse's bare "invalid value"."""
+
+    @functools.wraps(parse)
+    def convert(value: str):
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 def parse_duration(text: str) -> float:
@@ -286,7 +303,7 @@ class DataplaneConfig:
     data_dir: Path
     redis_url: str
     smtp_host: str = "127.0.0.1"
-    smtp_port: int = 2525
+    smtp_port: int = DEFAULT_SMTP_PORT
     workers: int = 1
     hostname: str | None = None
     tls_cert: Path | None = None
@@ -337,7 +354,7 @@ class DataplaneConfig:
 
     @property
     def spool_dir(self) -> Path:
-        """`<data_dir>/spool/server-<N>/`; layout in `dataplane.spool`."""
+        """`<data_dir>/spool/server-<N>/`; layout in `dataplane.spool.directory`."""
         return self.data_dir / "spool" / f"server-{self.server_id}"
 
     @property

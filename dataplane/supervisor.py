@@ -22,13 +22,14 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import IO
 
+from control.contract.runtime import DATAPLANE_READY_LINE
+
 from . import spool
 from .config import DataplaneConfig, format_listen
 from .worker import listening_socket, worker_main
 
 log = logging.getLogger("poolmta.dataplane.supervisor")
 
-READY_LINE = "dataplane ready server_id={server_id} smtp={smtp} workers={workers} snapshot={snapshot}"
 START_TIMEOUT = 60.0
 # A worker that dies sooner than this after its start is restarted after a
 # growing delay (a crash loop must not spin the CPU).
@@ -146,7 +147,7 @@ class Supervisor:
             if versions is None:
                 return 1 if not self._stopping else 0
             snapshot = min(versions) if versions and min(versions) > 0 else "none"
-            self.out.write(READY_LINE.format(
+            self.out.write(DATAPLANE_READY_LINE.format(
                 server_id=config.server_id, smtp=format_listen(config.smtp_host, port),
                 workers=config.workers, snapshot=snapshot,
             ) + "\n")

@@ -22,8 +22,6 @@ from ..contract.runtime import die_with_parent
 # What a child's output can be handed to: a pipe, a file, or None (ours).
 Output = int | IO | None
 
-# What the data plane prints once every worker serves (`dataplane ready ... smtp=HOST:PORT ...`).
-DATAPLANE_READY = "dataplane ready"
 # How long the data plane gets to finish in-flight SMTP sessions after SIGTERM.
 DATAPLANE_STOP_SECONDS = 15.0
 

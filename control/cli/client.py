@@ -176,3 +176,8 @@ class ControlClient:
             return int(wanted)
         known = ", ".join(sorted(repr(p.label) for p in pools)) or "none yet"
         raise CliError(f"no pool with the label or id {wanted!r} (this account's pools: {known})")
+
+    def resolve_optional_pool(self, text: str | None) -> int:
+        """`resolve_pool(text)` when a POOL was given, else 0: no pool named, so the server
+        chooses (the default pool) or does not filter (list commands)."""
+        return self.resolve_pool(text) if text else 0

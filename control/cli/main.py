@@ -25,14 +25,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..contract.runtime import default_data_dir
+from ..contract.runtime import DEFAULT_SMTP_LISTEN, default_data_dir
 from . import admin_commands, tenant_commands
 from .client import EXIT_USAGE, CliError, ControlClient, resolve_token
 from .commands import CommandTree, Context
 from .render import Printer
 
 DEFAULT_GRPC = "127.0.0.1:50051"
-DEFAULT_SMTP_LISTEN = "127.0.0.1:2525"
 EXIT_INTERRUPTED = 130
 SERVER_COMMANDS = ("up", "control")
 # Commands whose arguments go, untouched, to another program (see _find_passthrough).
@@ -156,31 +155,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-listen", type=listen_arg, default=DEFAULT_GRPC, metavar="HOST:PORT",
                    help=f"control plane gRPC address (default {DEFAULT_GRPC})")
 
-    p = commands.add_parser("dataplane", parents=[common], help="run a data plane (python -m dataplane ARGS...)",
-                            description="Runs `python -m dataplane ARGS...`; every argument after `dataplane` "
-                            "is passed through, after the global --data-dir / --redis-url when given. Without a "
-                            "Redis URL and with no embedded Redis running for the data directory, it starts that "
-                            "Redis and runs the data plane beside it.")
-    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
-
-    p = commands.add_parser("sink", parents=[common], help="run a destination MTA for demos and benchmarks "
-                            "(python -m dataplane.sink ARGS...)",
-                            description="Runs `python -m dataplane.sink ARGS...` (`poolmta sink --help` lists "
-                            "its options): accepts mail, or bounces / defers recipients by rule, and records "
-                            "the address each client connected from.")
-    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
-
-    p = commands.add_parser("demo", parents=[common], help="the whole story on loopback in one command",
-                            description="Starts Redis, the control plane, the data plane and a sink in a "
-                            "temporary directory, builds an account with three Pools, sends mail through "
-                            "their Bridges and shows the per-Pool stats (`poolmta demo --help` lists its "
-                            "options).")
-    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+    _add_passthrough(commands, common, "dataplane", help_text="run a data plane (python -m dataplane ARGS...)",
+                     description="Runs `python -m dataplane ARGS...`; every argument after `dataplane` "
+                     "is passed through, after the global --data-dir / --redis-url when given. Without a "
+                     "Redis URL and with no embedded Redis running for the data directory, it starts that "
+                     "Redis and runs the data plane beside it.")
+    _add_passthrough(commands, common, "sink", help_text="run a destination MTA for demos and benchmarks "
+                     "(python -m dataplane.sink ARGS...)",
+                     description="Runs `python -m dataplane.sink ARGS...` (`poolmta sink --help` lists "
+                     "its options): accepts mail, or bounces / defers recipients by rule, and records "
+                     "the address each client connected from.")
+    _add_passthrough(commands, common, "demo", help_text="the whole story on loopback in one command",
+                     description="Starts Redis, the control plane, the data plane and a sink in a "
+                     "temporary directory, builds an account with three Pools, sends mail through "
+                     "their Bridges and shows the per-Pool stats (`poolmta demo --help` lists its "
+                     "options).")
 
     tree = CommandTree(commands, [common])
     admin_commands.add(tree)
     tenant_commands.add(tree)
     return parser
+
+
+def _add_passthrough(commands, common: argparse.ArgumentParser, name: str, *, help_text: str,
+                     description: str) -> None:
+    """Add one of PASSTHROUGH_COMMANDS: its parser only documents it (`poolmta NAME --help`
+    is the other program's), since `main` hands its arguments over before argparse sees them."""
+    assert name in PASSTHROUGH_COMMANDS
+    parser = commands.add_parser(name, parents=[common], help=help_text, description=description)
+    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
 
 
 def _version() -> str:

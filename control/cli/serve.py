@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import signal
 import subprocess
 import sys
@@ -29,13 +28,13 @@ import grpc
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from .._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
 from ..config import ControlConfig
+from ..contract.runtime import DATAPLANE_READY, DEFAULT_SMTP_LISTEN, ready_line_smtp
 from ..embedded_redis import EmbeddedRedis, EmbeddedRedisError, resolve_redis
-from .children import DATAPLANE_READY, DATAPLANE_STOP_SECONDS, start_child, stop_child
+from .children import DATAPLANE_STOP_SECONDS, start_child, stop_child
 from .client import CliError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SMTP_LISTEN = "127.0.0.1:2525"
 # How much longer than its gRPC grace period the control plane gets to stop.
 CONTROL_STOP_EXTRA_SECONDS = 5.0
 
@@ -171,8 +170,8 @@ class _Stack:
             while True:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 if ready_wait in done:
-                    smtp = re.search(r"\bsmtp=(\S+)", self._ready_line)
-                    where = f" (SMTP bridge on {smtp.group(1)})" if smtp else ""
+                    smtp = ready_line_smtp(self._ready_line)
+                    where = f" (SMTP bridge on {smtp})" if smtp else ""
                     self.say(f"data plane ready{where}; up. Ctrl-C or SIGTERM stops it")
                 if stop_wait in done:
                     return 0

@@ -8,11 +8,10 @@ import argparse
 from rich.live import Live
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
+from ..contract.runtime import DEFAULT_SMTP_PORT
 from . import render
 from .client import EXIT_ERROR, EXIT_USAGE, CliError
 from .commands import CommandTree, Context, done, emit
-
-DEFAULT_SMTP_PORT = 2525
 
 
 def _header_arg(value: str) -> pb.Header:
@@ -90,14 +89,14 @@ def _pool_feed_type(ctx: Context, a) -> int:
 
 
 def _ip_provision(ctx: Context, a) -> int:
-    smtp_id = ctx.client.resolve_pool(a.pool) if a.pool else 0
+    smtp_id = ctx.client.resolve_optional_pool(a.pool)
     request = pb.ProvisionIpRequest(address=a.address, smtp_id=smtp_id, server_id=a.server or 0,
                                     weight=a.weight or 0, hostname=a.hostname or "")
     return emit(ctx, ctx.client.call("ips", "ProvisionIp", request), render.ip)
 
 
 def _ip_list(ctx: Context, a) -> int:
-    smtp_id = ctx.client.resolve_pool(a.pool) if a.pool else 0
+    smtp_id = ctx.client.resolve_optional_pool(a.pool)
     return emit(ctx, ctx.client.call("ips", "ListIps", pb.ListIpsRequest(smtp_id=smtp_id)),
                 lambda r: render.ips(r.ips))
 
@@ -178,7 +177,7 @@ def _watch_operation(ctx: Context, operation_id: str, last_state: int | None) ->
 
 
 def _bridge_create(ctx: Context, a) -> int:
-    smtp_id = ctx.client.resolve_pool(a.pool) if a.pool else 0
+    smtp_id = ctx.client.resolve_optional_pool(a.pool)
     request = pb.CreateBridgeRequest(name=a.name, smtp_id=smtp_id, server_id=a.server or 0,
                                      feed_type=a.feed_type or "", trusted_networks=a.trust or [])
     reply = ctx.client.call("bridges", "CreateBridge", request)
@@ -208,7 +207,7 @@ def _bridge_with_secret(ctx: Context, reply: pb.BridgeWithSecret, what: str) -> 
 
 
 def _bridge_list(ctx: Context, a) -> int:
-    smtp_id = ctx.client.resolve_pool(a.pool) if a.pool else 0
+    smtp_id = ctx.client.resolve_optional_pool(a.pool)
     return emit(ctx, ctx.client.call("bridges", "ListBridges", pb.ListBridgesRequest(smtp_id=smtp_id)),
                 lambda r: render.bridges(r.bridges))
 

@@ -7,6 +7,8 @@ importing each other:
 * where the data directory is by default, and where the embedded Redis of a data
   directory listens: a data plane started on its own finds the Redis that
   `poolmta up` / `poolmta control` runs for the same directory;
+* the SMTP Bridge's default address, and the ready lines the data plane and the
+  sink print once they serve, which `poolmta up` and the demo wait for;
 * a child process dies with the thread that started it (Linux PR_SET_PDEATHSIG),
   so no crash of a parent leaves a server running;
 * a background loop that retries on errors still stops when its task is cancelled.
@@ -76,6 +78,28 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
         return False
     finally:
         client.close()
+
+
+# -- default addresses and ready lines ---------------------------------------------
+
+# ARCHITECTURE.md, "Runtime defaults": everything binds 127.0.0.1; the SMTP Bridge 2525.
+DEFAULT_SMTP_PORT = 2525
+DEFAULT_SMTP_LISTEN = f"127.0.0.1:{DEFAULT_SMTP_PORT}"
+
+# What the data plane prints on stdout once every worker serves, e.g.
+#   dataplane ready server_id=1 smtp=127.0.0.1:2525 workers=2 snapshot=7
+# (snapshot=none before the first snapshot); a line holding DATAPLANE_READY is that line.
+DATAPLANE_READY = "dataplane ready"
+DATAPLANE_READY_LINE = DATAPLANE_READY + " server_id={server_id} smtp={smtp} workers={workers} snapshot={snapshot}"
+
+# What the sink prints once it listens: SINK_READY and its addresses, comma-separated
+# (`sink ready listen=127.0.0.1:2626`).
+SINK_READY = "sink ready listen="
+
+
+def ready_line_smtp(line: str) -> str | None:
+    """The SMTP Bridge address (`HOST:PORT`) a data plane's ready line names, or None."""
+    return next((word.split("=", 1)[1] for word in line.split() if word.startswith("smtp=")), None)
 
 
 # -- processes and tasks -------------------------------------------------------------

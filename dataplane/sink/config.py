@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataplane.config import parse_listen
+from dataplane.config import argument_type, parse_listen
 
 from .rules import DEFAULT_RULES, Rule, parse_rule
 
@@ -56,19 +55,6 @@ class SinkConfig:
             raise ValueError("--idle-timeout must be a positive number of seconds")
 
 
-def _argument(parse):
-    """Wrap a parser raising ValueError so argparse shows our message, not 'invalid value'."""
-
-    @functools.wraps(parse)
-    def convert(value: str):
-        try:
-            return parse(value)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return convert
-
-
 def _listen_list(value: str) -> list[tuple[str, int]]:
     return [parse_listen(part) for part in value.split(",") if part.strip()] or [parse_listen(value)]
 
@@ -102,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--listen",
         action="append",
-        type=_argument(_listen_list),
+        type=argument_type(_listen_list),
         metavar="HOST:PORT",
         help=f"address to listen on; repeatable or comma-separated; port 0 = any (default {DEFAULT_LISTEN})",
     )
@@ -111,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rule",
         action="append",
         default=[],
-        type=_argument(parse_rule),
+        type=argument_type(parse_rule),
         metavar="PATTERN=ACTION",
         help="answer matching recipients by rule; repeatable; checked in order, before the defaults",
     )
@@ -120,24 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log", type=Path, metavar="PATH", help="append one JSON line per accepted message")
     parser.add_argument("--counts-file", type=Path, metavar="PATH", help="keep a JSON file of counts up to date")
     parser.add_argument("--print-counts", action="store_true", help="print a table of counts on exit")
-    parser.add_argument("--print-every", type=_argument(_seconds), metavar="SECONDS", help="print it periodically too")
+    parser.add_argument("--print-every", type=argument_type(_seconds), metavar="SECONDS",
+                        help="print it periodically too")
     parser.add_argument(
         "--show-last",
-        type=_argument(_count),
+        type=argument_type(_count),
         default=0,
         metavar="K",
         help="keep the last K raw messages in memory and print them with the counts",
     )
     parser.add_argument(
         "--max-message-size",
-        type=_argument(_count),
+        type=argument_type(_count),
         default=DEFAULT_MAX_MESSAGE_SIZE,
         metavar="BYTES",
         help=f"answer 552 to larger messages (default {DEFAULT_MAX_MESSAGE_SIZE})",
     )
     parser.add_argument(
         "--idle-timeout",
-        type=_argument(_seconds),
+        type=argument_type(_seconds),
         default=DEFAULT_IDLE_TIMEOUT,
         metavar="SECONDS",
         help=f"close connections idle this long, hung ones included (default {DEFAULT_IDLE_TIMEOUT:g})",

@@ -34,6 +34,8 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
+from control.contract.headers import STAMPED_HEADER_NAMES
+from control.contract.runtime import SINK_READY
 from dataplane.config import format_listen
 from dataplane.smtp_wire import WireSMTP
 
@@ -43,10 +45,10 @@ from .rules import ActionKind, RuleSet
 
 log = logging.getLogger("poolmta.sink")
 
-# The headers copied into each --log record (lower case, as matched).
-LOGGED_HEADERS = ("message-id", "x-virtual-mta", "x-feedtype", "x-zone", "x-serverid")
+# The headers copied into each --log record (lower case, as matched): the message id
+# and the attribution headers the data plane stamps.
+LOGGED_HEADERS = ("message-id", *STAMPED_HEADER_NAMES)
 
-READY_LINE = "sink ready listen={}"
 BANNER_IDENT = "poolmta sink"
 RCPT_OK = "250 2.1.5 Ok"
 DATA_OK = "250 2.0.0 Ok: queued as {n}"
@@ -351,7 +353,7 @@ async def serve(config: SinkConfig) -> int:
                 return 1
         sink.listen = [format_listen(*sock.getsockname()[:2]) for server in servers for sock in server.sockets]
         sink.write_counts()
-        print(READY_LINE.format(",".join(sink.listen)), flush=True)
+        print(SINK_READY + ",".join(sink.listen), flush=True)
         if config.counts_path is not None:
             tasks.append(asyncio.create_task(_every(COUNTS_INTERVAL, sink.write_counts_if_changed)))
         if config.print_every is not None:

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import IO
 
 from ...config import ControlConfig
+from ...contract.runtime import DATAPLANE_READY, SINK_READY, ready_line_smtp
 from ...embedded_redis import EmbeddedRedis, EmbeddedRedisError
-from ..children import DATAPLANE_READY, DATAPLANE_STOP_SECONDS, start_child, stop_child
+from ..children import DATAPLANE_STOP_SECONDS, start_child, stop_child
 from ..serve import CONTROL_STOP_EXTRA_SECONDS, stop_within
 from . import DemoError
 
-SINK_READY = "sink ready listen="
 # How long a child gets to print its ready line (the data plane spawns fresh interpreters).
 START_TIMEOUT = 60.0
 SINK_STOP_SECONDS = 5.0
@@ -200,7 +200,7 @@ class Stack:
         self.dataplane = ChildProcess("the data plane", self._dataplane_command(redis_url),
                                 self.logs_dir / "dataplane.log", DATAPLANE_READY)
         ready = await self.dataplane.start()
-        smtp = next((word.split("=", 1)[1] for word in ready.split() if word.startswith("smtp=")), None)
+        smtp = ready_line_smtp(ready)
         if smtp is None:
             raise DemoError(f"the data plane's ready line names no SMTP address: {ready!r}")
         self.smtp_address = _host_port(smtp)

@@ -1,0 +1,153 @@
+"""A spool record: one accepted message as a file of `queue/` holds it.
+
+Record format (`queue/<id>.msg`), big-endian integers:
+
+    offset 0         8 bytes   magic b"PMTASPL1" (format version 1)
+    8                4 bytes   M, length of the metadata
+    12               M bytes   metadata, a msgpack map (SpoolRecord fields below)
+    12+M             8 bytes   B, length of the message
+    20+M             B bytes   the stamped message: the client's DATA after
+                               dot-unstuffing, with the Received trace header and the
+                               injected headers at the top; exactly what delivery sends
+    20+M+B           4 bytes   CRC-32 (zlib) of bytes 0 .. 20+M+B
+
+Metadata keys: schema (1), id, received_ms, server_id, snapshot_version, worker,
+client_address, client_helo, tls, auth ("auth" | "trusted"), bridge_id,
+bridge_username, user_id, smtp_id, pool (internal name), ip (chosen source
+address), ip_hostname (its HELO name), feed_type, zone, mail_from, rcpt_tos,
+mail_options, smtputf8, attempts (list of maps appended by the delivery engine,
+one per recipient per attempt: at_ms, rcpt, outcome ("delivered" | "bounced" |
+"deferred"), code, text (the reply), ip (the source IP used), mx (the server
+that answered, "" if none), attempt (1, 2, ... for that recipient); empty at
+acceptance). A recipient with a delivered or bounced entry is final.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import msgpack
+
+MAGIC = b"PMTASPL1"
+SCHEMA = 1
+
+_META_LEN = struct.Struct(">I")
+_BODY_LEN = struct.Struct(">Q")
+_CRC = struct.Struct(">I")
+_HEAD = len(MAGIC) + _META_LEN.size
+
+
+class SpoolError(Exception):
+    """Base of spool errors."""
+
+
+class SpoolCorrupt(SpoolError):
+    """Bytes that are not a complete, intact spool record."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolRecord:
+    """One accepted message: its envelope, routing decision and stamped bytes."""
+
+    id: str
+    received_ms: int
+    server_id: int
+    snapshot_version: int
+    worker: str
+    client_address: str
+    client_helo: str
+    tls: bool
+    auth: str  # "auth" (SMTP AUTH) | "trusted" (bound by client network)
+    bridge_id: int
+    bridge_username: str
+    user_id: int
+    smtp_id: int
+    pool: str  # internal name, as stamped in x-virtual-mta
+    ip: str
+    ip_hostname: str
+    feed_type: str
+    zone: str
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    mail_options: tuple[str, ...]
+    smtputf8: bool
+    message: bytes = field(repr=False)
+    attempts: tuple[dict, ...] = ()
+
+
+_META_FIELDS = tuple(f.name for f in fields(SpoolRecord) if f.name != "message")
+
+
+def encode_record(record: SpoolRecord) -> list[bytes]:
+    """The record's file content as a list of byte strings (written with one writev)."""
+    meta = {name: getattr(record, name) for name in _META_FIELDS}  # not asdict: no deep copies
+    meta["schema"] = SCHEMA
+    message = record.message
+    packed = msgpack.packb(meta, use_bin_type=True)
+    head = MAGIC + _META_LEN.pack(len(packed))
+    body_len = _BODY_LEN.pack(len(message))
+    crc = zlib.crc32(head)
+    crc = zlib.crc32(packed, crc)
+    crc = zlib.crc32(body_len, crc)
+    crc = zlib.crc32(message, crc)
+    return [head, packed, body_len, message, _CRC.pack(crc)]
+
+
+def decode_record(data: bytes) -> SpoolRecord:
+    """Parse a record file's bytes; SpoolCorrupt when truncated, damaged or unknown."""
+    view = memoryview(data)
+    if len(view) < _HEAD or bytes(view[: len(MAGIC)]) != MAGIC:
+        raise SpoolCorrupt("not a poolmta spool record (bad magic)")
+    (meta_len,) = _META_LEN.unpack_from(view, len(MAGIC))
+    body_at = _HEAD + meta_len + _BODY_LEN.size
+    if len(view) < body_at:
+        raise SpoolCorrupt("record truncated in its metadata")
+    (body_len,) = _BODY_LEN.unpack_from(view, _HEAD + meta_len)
+    end = body_at + body_len
+    if len(view) != end + _CRC.size:
+        raise SpoolCorrupt(f"record is {len(view)} bytes, its lengths say {end + _CRC.size}")
+    (crc,) = _CRC.unpack_from(view, end)
+    if zlib.crc32(view[:end]) != crc:
+        raise SpoolCorrupt("record checksum mismatch")
+    try:
+        meta = msgpack.unpackb(view[_HEAD : _HEAD + meta_len], raw=False)
+        if meta.pop("schema") != SCHEMA:
+            raise SpoolCorrupt("record schema is not supported")
+        meta["rcpt_tos"] = tuple(meta["rcpt_tos"])
+        meta["mail_options"] = tuple(meta["mail_options"])
+        meta["attempts"] = tuple(meta["attempts"])
+        return SpoolRecord(message=bytes(view[body_at:end]), **meta)
+    except SpoolCorrupt:
+        raise
+    except Exception as exc:  # msgpack and the dataclass raise several unrelated types
+        raise SpoolCorrupt(f"record metadata is malformed: {exc!r}") from None
+
+
+def read_record(path: Path) -> SpoolRecord:
+    """Read and verify one record file."""
+    return decode_record(Path(path).read_bytes())
+
+
+def looks_complete(path: Path) -> bool:
+    """Cheap start-up check: magic and length fields agree with the file size.
+
+    A full checksum check reads every byte; the delivery engine does it when it
+    reads the record. A record that got into `queue/` was fsynced before its
+    rename, so this catches only damage from outside.
+    """
+    with open(path, "rb") as f:
+        head = f.read(_HEAD)
+        if len(head) < _HEAD or head[: len(MAGIC)] != MAGIC:
+            return False
+        (meta_len,) = _META_LEN.unpack_from(head, len(MAGIC))
+        f.seek(_HEAD + meta_len)
+        raw = f.read(_BODY_LEN.size)
+        if len(raw) < _BODY_LEN.size:
+            return False
+        (body_len,) = _BODY_LEN.unpack(raw)
+        size = os.fstat(f.fileno()).st_size
+    return size == _HEAD + meta_len + _BODY_LEN.size + body_len + _CRC.size
