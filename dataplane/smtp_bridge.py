@@ -88,6 +88,16 @@ def _valid_utf8(text: str) -> bool:
     return True
 
 
+def _address_refusal(address: str, smtp_utf8: bool) -> str | None:
+    """The 553 refusing a MAIL FROM / RCPT TO address for its encoding, or None when it may
+    be used: UTF-8 only, and non-ASCII only when MAIL FROM carried SMTPUTF8 (RFC 6531)."""
+    if not _valid_utf8(address):
+        return REPLY_BAD_ADDRESS_ENCODING
+    if not smtp_utf8 and not address.isascii():
+        return REPLY_NEEDS_SMTPUTF8
+    return None
+
+
 def _printable(text: str | None, limit: int = 255) -> str:
     """`text` reduced to printable ASCII (for trace headers: no CR, LF or controls)."""
     if not text:
@@ -325,10 +335,9 @@ class BridgeHandler:
             if bridge is None:
                 return REPLY_AUTH_REQUIRED
             auth_kind = "trusted"
-        if not _valid_utf8(address):
-            return REPLY_BAD_ADDRESS_ENCODING
-        if not envelope.smtp_utf8 and not address.isascii():
-            return REPLY_NEEDS_SMTPUTF8
+        refusal = _address_refusal(address, envelope.smtp_utf8)
+        if refusal is not None:
+            return refusal
         envelope.bridge = bridge
         envelope.auth_kind = auth_kind
         envelope.mail_from = address
@@ -339,10 +348,9 @@ class BridgeHandler:
                           address: str, rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return REPLY_TOO_MANY_RECIPIENTS.format(limit=self.config.max_recipients)
-        if not _valid_utf8(address):
-            return REPLY_BAD_ADDRESS_ENCODING
-        if not envelope.smtp_utf8 and not address.isascii():
-            return REPLY_NEEDS_SMTPUTF8
+        refusal = _address_refusal(address, envelope.smtp_utf8)
+        if refusal is not None:
+            return refusal
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return REPLY_RCPT_OK
