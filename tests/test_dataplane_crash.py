@@ -69,7 +69,10 @@ async def _client(port: int, username: str, numbers: list[int], originals: dict[
             client = None
             await asyncio.sleep(0.1)
     if client is not None:
-        await client.quit()
+        try:
+            await client.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            client.close()  # every message has its 250: a kill during QUIT loses nothing
 
 
 async def _send_all(plane: Dataplane, username: str, originals: dict[int, bytes]):
