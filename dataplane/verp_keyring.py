@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import fcntl
 import json
 import math
@@ -46,6 +45,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from .spool.durable import replace_durably
 
 FORMAT = "poolmta-verp-keyring"
 VERSION = 1
@@ -306,25 +307,7 @@ def _write(path: Path, keys: dict[int, VerpKey], current: int) -> None:
     }
     data = json.dumps(doc, indent=1).encode("ascii") + b"\n"
     # The lock is held, so a leftover temporary file is a crashed writer's: replace it.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-        try:
-            os.fchmod(fd, FILE_MODE)  # whatever the umask says
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_durably(path, data, FILE_MODE)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise KeyringError(f"cannot write the VERP keyring {path}: {exc.strerror}") from exc

@@ -108,6 +108,32 @@ def write_durably(tmp_path: str, final_path: str, parts: list[bytes], dir_sync: 
         raise
 
 
+def replace_durably(path: Path, data: bytes, mode: int) -> None:
+    """Replace the file `path` with `data` (permissions `mode`, whatever the umask) so
+    that a crash at any instant leaves the old file or the new one, never a mix.
+
+    For small files rewritten rarely (no group commit). The caller serialises writers
+    of one path; a temporary file a crashed writer left is replaced. OSError on
+    failure, with nothing left but the old file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        _unlink_quietly(str(tmp))
+        raise
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
