@@ -330,7 +330,7 @@ class StatsServicer(_Servicer, rpc_pb.StatsServiceServicer):
         pool = self.registry.get_pool(account, smtp_id)
         addresses = [ip.address for ip in self.registry.list_ips(account, smtp_id)]
         figures = await stats_reader.pool_figures(
-            self.services.redis, smtp_id, addresses, convert.window_name(window)
+            self.services.redis, pool.server_id, smtp_id, addresses, convert.window_name(window)
         )
         return convert.pool_stats(pool, window, figures)
 
@@ -341,7 +341,9 @@ class StatsServicer(_Servicer, rpc_pb.StatsServiceServicer):
     @rpc(ACCOUNT)
     async def GetIpStats(self, request, context, account):
         ip = self.registry.get_ip(account, request.address)
-        counters = await stats_reader.ip_figures(self.services.redis, ip.address, convert.window_name(request.window))
+        counters = await stats_reader.ip_figures(
+            self.services.redis, ip.server_id, ip.address, convert.window_name(request.window)
+        )
         return convert.ip_stats(ip.address, counters)
 
     @rpc(ACCOUNT)

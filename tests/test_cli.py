@@ -552,10 +552,10 @@ def test_stats_pool_and_ip(cli, acme, redis_url):
     for address in ("192.0.2.31", "192.0.2.32"):
         cli.ok("--token", acme, "ip", "provision", address, "--pool", "promo")
     smtp_id = 2
-    _count(redis_url, rediskeys.pool_stats_key(smtp_id), sent=1000, delivered=970, bounced=30)
-    _count(redis_url, rediskeys.pool_ip_stats_key(smtp_id, "192.0.2.31"), sent=600, delivered=590, bounced=10)
-    _count(redis_url, rediskeys.pool_ip_stats_key(smtp_id, "192.0.2.32"), sent=400, delivered=380, bounced=20)
-    _count(redis_url, rediskeys.ip_stats_key("192.0.2.32"), sent=400, delivered=380, bounced=20, complaints=3)
+    _count(redis_url, rediskeys.pool_stats_key(1, smtp_id), sent=1000, delivered=970, bounced=30)
+    _count(redis_url, rediskeys.pool_ip_stats_key(1, smtp_id, "192.0.2.31"), sent=600, delivered=590, bounced=10)
+    _count(redis_url, rediskeys.pool_ip_stats_key(1, smtp_id, "192.0.2.32"), sent=400, delivered=380, bounced=20)
+    _count(redis_url, rediskeys.ip_stats_key(1, "192.0.2.32"), sent=400, delivered=380, bounced=20, complaints=3)
 
     panel = cli.ok("--token", acme, "stats", "pool", "promo").out
     assert "Sending stats of promo pool" in panel
@@ -581,7 +581,7 @@ def test_stats_watch_follows_changes_until_ctrl_c(cli, acme, redis_url):
     )
     try:
         assert json.loads(watcher.stdout.readline())["sent"] == "0"
-        _count(redis_url, rediskeys.pool_stats_key(2), sent=7)
+        _count(redis_url, rediskeys.pool_stats_key(1, 2), sent=7)
         assert json.loads(watcher.stdout.readline())["sent"] == "7"
         watcher.send_signal(signal.SIGINT)
         out, err = watcher.communicate(timeout=20)
