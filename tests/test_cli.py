@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
-from control.cli import render
+from control.cli import render, trends
 from control.cli.main import _split_passthrough, main
 from control.cli.serve import stop_within
 from control.config import ControlConfig
@@ -570,6 +570,49 @@ def test_stats_pool_and_ip(cli, acme, redis_url):
     assert re.search(r"Complaints\s+3", ip_panel) and "Delivery rate 95.0%" in ip_panel
     month = cli.ok("--token", acme, "--json", "stats", "ip", "192.0.2.32", "--window", "30d").json()
     assert month["sent"] == "0"  # only the lifetime hash was written
+
+
+def test_sparklines_scale_each_counter_to_its_peak_and_columns_sum_runs():
+    assert trends.sparkline([0, 1, 2, 4, 8]) == " ▁▂▄█"
+    assert trends.sparkline([0, 0]) == "  " and trends.sparkline([-1, 3]) == " █"
+    assert trends.columns(list(range(10)), 4) == [0 + 1 + 2, 3 + 4 + 5, 6 + 7 + 8, 9]
+    assert trends.columns([5, 6], 60) == [5, 6]
+
+
+def test_stats_trend_of_a_pool_and_an_ip(cli, acme, redis_url):
+    cli.ok("--token", acme, "pool", "create", "promo", "--server", "1")
+    cli.ok("--token", acme, "ip", "provision", "192.0.2.41", "--pool", "promo")
+    smtp_id, now = 2, time.time()
+    for ago, sent, bounced in ((0, 30, 3), (120, 10, 0), (7200, 50, 5)):
+        at = now - ago
+        for key in (rediskeys.pool_stats_key(1, smtp_id, rediskeys.MINUTE, at),
+                    rediskeys.pool_stats_key(1, smtp_id, rediskeys.HOUR, at),
+                    rediskeys.ip_stats_key(1, "192.0.2.41", rediskeys.MINUTE, at),
+                    rediskeys.pool_ip_stats_key(1, smtp_id, "192.0.2.41", rediskeys.MINUTE, at)):
+            _count(redis_url, key, sent=sent, delivered=sent - bounced, bounced=bounced)
+
+    chart = cli.ok("--token", acme, "stats", "pool", "promo", "--trend").out
+    assert "Trend of promo pool" in chart and "per minute · last 60 minutes" in chart
+    sent_row = next(line for line in chart.splitlines() if line.startswith("Sent"))
+    assert sent_row.rstrip().endswith("40  peak 30/minute") and "█" in sent_row
+    assert "Total Sent 40 · Delivered 37 · Bounced 3 · Delivery rate 92.5%" in chart
+
+    hours = cli.ok("--token", acme, "--json", "stats", "pool", "promo", "--hours", "3").json()
+    assert hours["resolution"] == "HOUR" and len(hours["points"]) == 3 and hours["sent"] == "90"
+    assert hours["points"][0]["sent"] == "50"  # two hours ago; the rest in the last hour or this one
+    share = cli.ok("--token", acme, "--json", "stats", "pool", "promo", "--trend", "--ip", "192.0.2.41").json()
+    assert share["address"] == "192.0.2.41" and share["sent"] == "40"
+    ip = cli.ok("--token", acme, "--json", "stats", "ip", "192.0.2.41", "--minutes", "5").json()
+    assert len(ip["points"]) == 5 and ip["sent"] == "40" and ip["smtp_id"] == "0"
+    assert "Trend of IP 192.0.2.41" in cli.ok("--token", acme, "stats", "ip", "192.0.2.41", "--trend").out
+
+    assert "does not go with --trend" in cli.fails(2, "--token", acme, "stats", "pool", "promo", "--trend",
+                                                   "--watch").err
+    assert "give it with --trend" in cli.fails(2, "--token", acme, "stats", "pool", "promo", "--ip", "192.0.2.41").err
+    cli.fails(2, "--token", acme, "stats", "ip", "192.0.2.41", "--minutes", "0")
+    cli.fails(2, "--token", acme, "stats", "ip", "192.0.2.41", "--minutes", "5", "--hours", "2")
+    too_many = cli.fails(1, "--token", acme, "stats", "pool", "promo", "--minutes", "2881").err
+    assert "INVALID_ARGUMENT" in too_many and "between 1 and 2880" in too_many
 
 
 @pytest.mark.slow
