@@ -64,6 +64,7 @@ EXTRA_RATIOS = [
     ("inject", "py", "c"),
     ("inject", "stdlib", "c"),
     ("inject", "c", "copy"),
+    ("stats flush", "trends", "days"),
 ]
 
 

@@ -6,6 +6,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from . import models, stats_reader
 from ._pb.poolmta.v1 import poolmta_pb2 as pb
+from .contract import rediskeys
 from .contract.delivery_event import BOUNCED, DEFERRED, DELIVERED, DeliveryEvent
 from .errors import InvalidArgument
 
@@ -23,6 +24,17 @@ def tier_name(value: int) -> str:
     if value == pb.TIER_UNSPECIFIED or value not in pb.Tier.values():
         raise InvalidArgument("tier is required: ESSENTIAL, PRO or BUSINESS")
     return pb.Tier.Name(value)
+
+
+_RESOLUTIONS = {pb.MINUTE: rediskeys.MINUTE, pb.HOUR: rediskeys.HOUR}
+
+
+def trend_resolution(value: int) -> rediskeys.Resolution:
+    """The bucket size of a proto TrendResolution; InvalidArgument when unset or unknown."""
+    try:
+        return _RESOLUTIONS[value]
+    except KeyError:
+        raise InvalidArgument("resolution is required: MINUTE (kept 48 hours) or HOUR (kept 30 days)") from None
 
 
 def window_name(value: int) -> str:
@@ -94,6 +106,23 @@ def pool_stats(p: models.Pool, window: int, figures: stats_reader.PoolFigures) -
         window=window or pb.LIFETIME, sent=t.sent, delivered=t.delivered, bounced=t.bounced,
         deferred=t.deferred, delivery_rate=t.delivery_rate,
         ips=[ip_stats(a, c) for a, c in figures.per_ip.items()],
+    )
+
+
+def trend(t: stats_reader.Trend, *, smtp_id: int = 0, pool_label: str = "", address: str = "") -> pb.Trend:
+    """A trend's points (oldest first, zeros where nothing was counted) and their totals."""
+    totals = t.totals
+    return pb.Trend(
+        smtp_id=smtp_id, pool_label=pool_label, address=address,
+        resolution=next(v for v, r in _RESOLUTIONS.items() if r == t.resolution),
+        points=[
+            pb.TrendPoint(time=timestamp(p.start), sent=p.counters.sent, delivered=p.counters.delivered,
+                          bounced=p.counters.bounced, deferred=p.counters.deferred,
+                          complaints=p.counters.complaints)
+            for p in t.points
+        ],
+        sent=totals.sent, delivered=totals.delivered, bounced=totals.bounced, deferred=totals.deferred,
+        complaints=totals.complaints, delivery_rate=totals.delivery_rate,
     )
 
 

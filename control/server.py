@@ -22,6 +22,7 @@ from .publisher import SnapshotPublisher
 from .reconciler import ChangeFeed, Reconciler
 from .registry import Registry
 from .servicers import Services, add_servicers
+from .stats_migration import migrate_legacy_counters, migrate_when_redis_answers
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,14 @@ class ControlPlane:
              reflection.SERVICE_NAME],
             server,
         )
+        # Counters under the old single `{stats}` tag move under their server's tag
+        # before StatsService answers; if Redis is down, as soon as it answers.
+        try:
+            await migrate_legacy_counters(self._redis, self._store)
+        except (RedisError, OSError) as exc:
+            log.error("Redis unreachable at start (%s); old counters will be moved when it answers", exc)
+            self._tasks.append(asyncio.create_task(migrate_when_redis_answers(self._redis, self._store),
+                                                   name="stats-migration"))
         host, _, port = cfg.grpc_listen.rpartition(":")
         bound = server.add_insecure_port(f"{host}:{port}")
         if bound == 0:
@@ -77,7 +86,7 @@ class ControlPlane:
             await publisher.republish()
         except (RedisError, OSError) as exc:
             log.error("Redis unreachable at start (%s); snapshots will be published when it answers", exc)
-        self._tasks = [
+        self._tasks += [
             asyncio.create_task(publisher.run(cfg.publish_check_interval), name="publisher"),
             asyncio.create_task(
                 Reconciler(registry, publisher, self._redis, feed).run(cfg.reconcile_interval), name="reconciler"

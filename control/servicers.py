@@ -20,7 +20,7 @@ import grpc
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import convert, stats_reader
+from . import convert, stats_reader, validation
 from ._pb.poolmta.v1 import poolmta_pb2 as pb
 from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc_pb
 from .auth import Authenticator
@@ -330,7 +330,7 @@ class StatsServicer(_Servicer, rpc_pb.StatsServiceServicer):
         pool = self.registry.get_pool(account, smtp_id)
         addresses = [ip.address for ip in self.registry.list_ips(account, smtp_id)]
         figures = await stats_reader.pool_figures(
-            self.services.redis, smtp_id, addresses, convert.window_name(window)
+            self.services.redis, pool.server_id, smtp_id, addresses, convert.window_name(window)
         )
         return convert.pool_stats(pool, window, figures)
 
@@ -341,8 +341,28 @@ class StatsServicer(_Servicer, rpc_pb.StatsServiceServicer):
     @rpc(ACCOUNT)
     async def GetIpStats(self, request, context, account):
         ip = self.registry.get_ip(account, request.address)
-        counters = await stats_reader.ip_figures(self.services.redis, ip.address, convert.window_name(request.window))
+        counters = await stats_reader.ip_figures(
+            self.services.redis, ip.server_id, ip.address, convert.window_name(request.window)
+        )
         return convert.ip_stats(ip.address, counters)
+
+    @rpc(ACCOUNT)
+    async def GetPoolTrend(self, request, context, account):
+        resolution = convert.trend_resolution(request.resolution)
+        points = validation.check_trend_points(resolution, request.points)
+        pool = self.registry.get_pool(account, request.smtp_id)
+        address = self.registry.get_ip(account, request.address).address if request.address else None
+        trend = await stats_reader.trend(self.services.redis, pool.server_id, resolution, points,
+                                         smtp_id=pool.smtp_id, address=address)
+        return convert.trend(trend, smtp_id=pool.smtp_id, pool_label=pool.label, address=address or "")
+
+    @rpc(ACCOUNT)
+    async def GetIpTrend(self, request, context, account):
+        resolution = convert.trend_resolution(request.resolution)
+        points = validation.check_trend_points(resolution, request.points)
+        ip = self.registry.get_ip(account, request.address)
+        trend = await stats_reader.trend(self.services.redis, ip.server_id, resolution, points, address=ip.address)
+        return convert.trend(trend, address=ip.address)
 
     @rpc(ACCOUNT)
     async def GetMessageStatus(self, request, context, account):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from .contract import rediskeys
 from .contract.headers import STAMPED_HEADER_NAMES
 from .errors import InvalidArgument
 
@@ -180,3 +181,21 @@ def check_id(value: int, what: str) -> int:
     if value <= 0:
         raise InvalidArgument(f"{what} is required")
     return value
+
+
+# A trend's length when the request gives none: the last hour of minutes, the last day of hours.
+DEFAULT_TREND_POINTS = {rediskeys.MINUTE: 60, rediskeys.HOUR: 24}
+
+
+def check_trend_points(resolution: rediskeys.Resolution, points: int) -> int:
+    """How many `resolution` buckets a trend shows: 1 up to as many as are kept (2,880
+    minutes, 720 hours); 0 (unset) is DEFAULT_TREND_POINTS."""
+    if points == 0:
+        return DEFAULT_TREND_POINTS[resolution]
+    most = resolution.retention_seconds // resolution.seconds
+    if not 1 <= points <= most:
+        raise InvalidArgument(
+            f"points must be between 1 and {most} for {resolution.name} buckets "
+            f"(kept {resolution.retention_seconds // 3600} hours), got {points}"
+        )
+    return points

@@ -6,11 +6,16 @@ event). A background task turns what is waiting into one batch at most every
 `interval` seconds, or as soon as `max_batch_events` events wait, and applies
 it in one round trip:
 
-* counts: one Lua script HINCRBYs the lifetime and daily hashes of the pool,
-  the IP and the pool+IP (key names from `control.contract.rediskeys`, all
-  under the `{stats}` hash tag), daily hashes expiring after the retention period;
+* counts: one Lua script HINCRBYs every counter hash a count touches
+  (`rediskeys.count_targets`: lifetime totals and the day, hour and minute
+  buckets of the pool, the IP and the pool+IP, all under the worker's MTA server
+  tag `{stats:N}`), buckets expiring at their retention (EXPIREAT);
 * events: one Lua script per message RPUSHes its events (JSON) to the
   message's event list (`{msg:ID}` tag) and sets the list's expiry.
+
+A correction made elsewhere (an asynchronous bounce moving a recipient from
+delivered to bounced) uses the same script through `apply_counts_once`, with a
+marker of its own, so it too applies once however often it is retried.
 
 With events the scripts go in one pipeline (still one round trip; each script
 stays on its own hash slot, so a Redis Cluster works).
@@ -22,8 +27,13 @@ same JSON). A batch whose flush failed (Redis down, or the reply lost after
 Redis applied it) is retried later, unchanged, before anything newer, so it
 applies once either way.
 
+A count goes into the buckets of the minute it was counted in (not the minute it
+is flushed in), so trends show when things happened even after Redis was down.
 While Redis is unreachable, counts wait in memory: they are summed per key
-(field, day, pool, IP), so they take room per key, not per event. Events wait
+(field, minute, pool, IP), so they take room per key, not per event. A long
+outage gives up detail before counts: past half of MAX_COUNT_KEYS new counts are
+kept per hour (their minute buckets are not written), past three quarters per
+day, and only past the bound are they dropped (logged, `counts_dropped`). Events wait
 too, up to `max_pending_events`; past that the oldest are dropped, which is
 logged and counted in `metrics["events_dropped"]`.
 """
@@ -37,6 +47,7 @@ import math
 import secrets
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from redis import exceptions as redis_errors
@@ -46,27 +57,35 @@ from control.contract.runtime import reraise_if_cancelling
 
 log = logging.getLogger("poolmta.dataplane.stats")
 
-# (field, day "YYYYMMDD", smtp_id, ip address)
-CountKey = tuple[str, str, int, str]
+# (field, the finest bucket known (MINUTE, or HOUR / DAY in a long outage), that
+# bucket's start (unix seconds), smtp_id, ip address)
+CountKey = tuple[str, rediskeys.Resolution, int, int, str]
 
 _FIELDS = frozenset(rediskeys.STATS_FIELDS)
 
-# Distinct count keys kept while Redis is down (a key per field, day, pool and
-# IP: far more than any server has); new keys past it are dropped and logged.
+# Distinct count keys kept while Redis is down (a key per field, minute, pool and
+# IP: a 50-IP server's four hours of minutes, then five days of hours, then four
+# months of days); new keys past it are dropped and logged.
 MAX_COUNT_KEYS = 100_000
 
-# KEYS[1] the batch marker, KEYS[2..] counter hashes; ARGV[1] marker TTL, ARGV[2]
-# daily-bucket TTL, then per counter hash: field, increment, "1" if daily.
+# KEYS[1] the batch marker, KEYS[2..] counter hashes; ARGV[1] marker TTL, then per
+# counter hash: when it expires (unix seconds, 0 for never), how many fields
+# follow, and that many field, increment pairs.
 _APPLY_BATCH = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   return 0
 end
-local day_ttl = tonumber(ARGV[2])
+local a = 2
 for i = 2, #KEYS do
-  local a = 3 + (i - 2) * 3
-  redis.call('HINCRBY', KEYS[i], ARGV[a], ARGV[a + 1])
-  if ARGV[a + 2] == '1' then
-    redis.call('EXPIRE', KEYS[i], day_ttl)
+  local expires_at = tonumber(ARGV[a])
+  local fields = tonumber(ARGV[a + 1])
+  a = a + 2
+  for f = 1, fields do
+    redis.call('HINCRBY', KEYS[i], ARGV[a], ARGV[a + 1])
+    a = a + 2
+  end
+  if expires_at > 0 then
+    redis.call('EXPIREAT', KEYS[i], expires_at)
   end
 end
 return 1
@@ -87,6 +106,54 @@ return added
 """
 
 
+# A change to counters: (field, smtp_id, address, when it happened (unix seconds),
+# the finest bucket it is known to, amount; negative takes away).
+CountChange = tuple[str, int, str, float, rediskeys.Resolution, int]
+
+
+def counts_script_input(server_id: int, marker_id: str, changes: Iterable[CountChange],
+                        now: float, marker_ttl: int = rediskeys.STATS_BATCH_MARKER_TTL_SECONDS,
+                        ) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of the counts script (_APPLY_BATCH) applying `changes` to every
+    hash `rediskeys.count_targets` names for them, once per `marker_id` (the script
+    does nothing when the marker `stats_batch_marker_key(server_id, marker_id)`
+    exists; it is kept `marker_ttl` seconds)."""
+    increments: dict[str, tuple[int | None, Counter[str]]] = {}
+    targets: dict[tuple, tuple[rediskeys.CountTarget, ...]] = {}
+    for field, smtp_id, address, at, finest, n in changes:
+        where = (smtp_id, address, at, finest)
+        if where not in targets:  # the fields of one pool, IP and minute share their keys
+            targets[where] = rediskeys.count_targets(server_id, smtp_id, address, at, now, finest)
+        for target in targets[where]:
+            increments.setdefault(target.key, (target.expires_at, Counter()))[1][field] += n
+    keys = [rediskeys.stats_batch_marker_key(server_id, marker_id)]
+    args: list[str | int] = [marker_ttl]
+    for key, (expires_at, fields) in increments.items():
+        keys.append(key)
+        args += [expires_at or 0, len(fields)]
+        for field, n in fields.items():
+            args += [field, n]
+    return keys, args
+
+
+async def apply_counts_once(redis, server_id: int, marker_id: str, changes: Iterable[CountChange],
+                            now: float | None = None,
+                            marker_ttl: int = rediskeys.STATS_BATCH_MARKER_TTL_SECONDS) -> bool:
+    """Apply `changes` to the counters of MTA server `server_id` (lifetime totals and
+    the buckets of the time each happened) exactly once per `marker_id`, in one Lua
+    script: True when applied now, False when that marker was applied before. For a
+    correction outside the batcher, such as an asynchronous bounce moving a recipient
+    from delivered to bounced on the buckets of its delivery:
+
+        await apply_counts_once(redis, server_id, f"async-bounce:{message_id}:{rcpt_index}",
+                                [("delivered", smtp_id, ip, delivered_at, MINUTE, -1),
+                                 ("bounced", smtp_id, ip, delivered_at, MINUTE, 1)])
+
+    Raises redis-py's errors (RedisError, OSError): retrying with the same marker is safe."""
+    keys, args = counts_script_input(server_id, marker_id, changes, time.time() if now is None else now, marker_ttl)
+    return bool(await redis.register_script(_APPLY_BATCH)(keys=keys, args=args))
+
+
 @dataclass(frozen=True)
 class _Batch:
     batch_id: str
@@ -97,16 +164,20 @@ class _Batch:
 
 
 class StatsBatcher:
-    """In-memory counters and events of one worker, flushed every `interval` seconds.
+    """In-memory counters and events of one worker of MTA server `server_id`, flushed
+    every `interval` seconds.
 
     `batch_prefix` must be unique per process (the worker id); a random part is
-    added so a restarted worker never reuses an id.
+    added so a restarted worker never reuses an id. `clock` says what time it is
+    (unix seconds): the bucket a count goes into.
     """
 
-    def __init__(self, redis, interval: float = 0.25, *, batch_prefix: str = "worker",
+    def __init__(self, redis, interval: float = 0.25, *, server_id: int, batch_prefix: str = "worker",
                  max_batch_events: int = 1000, max_pending_events: int = 100_000,
-                 event_ttl: float = 7 * 86400.0) -> None:
+                 event_ttl: float = 7 * 86400.0, clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
+        self._server_id = server_id
+        self._clock = clock
         self._interval = interval
         self._pending: Counter[CountKey] = Counter()
         self._events: deque[tuple[str, str]] = deque()
@@ -114,31 +185,31 @@ class StatsBatcher:
         self._script = redis.register_script(_APPLY_BATCH)
         self._prefix = f"{batch_prefix}:{secrets.token_hex(4)}"
         self._seq = itertools.count(1)
-        self._day_ends = 0.0
-        self._day = ""
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._failing = False
         self._dropping = False
+        self._coarse = False
         self.max_batch_events = max_batch_events
         self.max_pending_events = max_pending_events
         self.event_ttl = max(1, math.ceil(event_ttl))
         self.metrics: Counter[str] = Counter()
 
-    def _today(self) -> str:
-        now = time.time()
-        if now >= self._day_ends:
-            self._day_ends = (now // 86400 + 1) * 86400
-            self._day = time.strftime("%Y%m%d", time.gmtime(now))
-        return self._day
-
     def count(self, field: str, smtp_id: int, address: str, n: int = 1) -> None:
         """Add `n` to `field` (one of `rediskeys.STATS_FIELDS`: sent, delivered, bounced,
-        deferred, complaints) of the pool, the IP and the pool+IP (today's bucket and lifetime)."""
+        deferred, complaints) of the pool, the IP and the pool+IP: their lifetime totals and
+        the day, hour and minute buckets of now."""
         if field not in _FIELDS:
             raise ValueError(f"not a stats field: {field!r} (one of {', '.join(rediskeys.STATS_FIELDS)})")
-        key = (field, self._today(), smtp_id, address)
-        if key not in self._pending and len(self._pending) >= MAX_COUNT_KEYS:
+        waiting = len(self._pending)
+        resolution = (rediskeys.MINUTE if waiting < MAX_COUNT_KEYS // 2
+                      else rediskeys.HOUR if waiting < MAX_COUNT_KEYS * 3 // 4 else rediskeys.DAY)
+        if resolution is not rediskeys.MINUTE and not self._coarse:
+            self._coarse = True
+            log.warning("stats: %d distinct counters wait for Redis; new counts are kept per %s, "
+                        "without their minute buckets", waiting, resolution.name)
+        key = (field, resolution, resolution.start(self._clock()), smtp_id, address)
+        if key not in self._pending and waiting >= MAX_COUNT_KEYS:
             self.metrics["counts_dropped"] += n
             log.error("stats: %d distinct counters wait for Redis already; dropping %d %s count(s) of pool %d, IP %s",
                       MAX_COUNT_KEYS, n, field, smtp_id, address)
@@ -146,6 +217,7 @@ class StatsBatcher:
         self._pending[key] += n
 
     def count_sent(self, smtp_id: int, address: str, n: int = 1) -> None:
+        """count("sent", ...): a message accepted for `n` distinct recipients."""
         self.count("sent", smtp_id, address, n)
 
     def event(self, message_id: str, event_json: str) -> None:
@@ -190,21 +262,16 @@ class StatsBatcher:
                 self._wake.set()  # a full batch more is waiting: flush it now
 
     def _next_batch(self) -> _Batch:
-        increments: Counter[tuple[str, str, bool]] = Counter()
-        for (field, day, smtp_id, address), n in self._pending.items():
-            for bucket in (None, day):
-                daily = bucket is not None
-                increments[(rediskeys.pool_stats_key(smtp_id, bucket), field, daily)] += n
-                increments[(rediskeys.ip_stats_key(address, bucket), field, daily)] += n
-                increments[(rediskeys.pool_ip_stats_key(smtp_id, address, bucket), field, daily)] += n
         batch_id = f"{self._prefix}:{next(self._seq)}"
-        keys = [rediskeys.stats_batch_marker_key(batch_id)]
-        args: list[str | int] = [rediskeys.STATS_BATCH_MARKER_TTL_SECONDS, rediskeys.STATS_DAY_RETENTION_SECONDS]
-        for (key, field, daily), n in increments.items():
-            keys.append(key)
-            args += [field, n, "1" if daily else "0"]
+        keys, args = counts_script_input(
+            self._server_id, batch_id,
+            ((field, smtp_id, address, start, finest, n)
+             for (field, finest, start, smtp_id, address), n in self._pending.items()),
+            self._clock(),
+        )
         counts = sum(self._pending.values())
         self._pending = Counter()
+        self._coarse = False
         take = min(len(self._events), self.max_batch_events)
         events = tuple(self._events.popleft() for _ in range(take))
         if self._dropping and len(self._events) < self.max_pending_events // 2:

@@ -126,7 +126,7 @@ class Worker:
         spool.open()
         delivery_config = config.delivery
         stats = StatsBatcher(
-            redis, config.stats_flush_interval, batch_prefix=self.worker_id,
+            redis, config.stats_flush_interval, server_id=config.server_id, batch_prefix=self.worker_id,
             max_batch_events=delivery_config.flush_max_events,
             max_pending_events=delivery_config.max_pending_events,
             event_ttl=delivery_config.event_retention,

@@ -451,16 +451,30 @@ def stat(client: redis.Redis, key: str, field: str) -> int:
     return int(client.hget(key, field) or 0)
 
 
-def stats_of(client: redis.Redis, smtp_id: int, ips, *, day: str | None = None) -> dict:
-    """{"pool": {field: n}, ip: {field: n}, ("pool", ip): {field: n}} for the stats fields."""
+def stats_of(client: redis.Redis, server_id: int, smtp_id: int, ips, *,
+             resolution: rediskeys.Resolution | None = None, at: float | None = None) -> dict:
+    """{"pool": {field: n}, ip: {field: n}, ("pool", ip): {field: n}} for the stats fields
+    of MTA server `server_id`: the lifetime totals, or the `resolution` bucket holding `at`."""
     def read(key: str) -> dict:
         return {f: stat(client, key, f) for f in rediskeys.STATS_FIELDS}
 
-    found = {"pool": read(rediskeys.pool_stats_key(smtp_id, day))}
+    found = {"pool": read(rediskeys.pool_stats_key(server_id, smtp_id, resolution, at))}
     for ip in ips:
-        found[ip] = read(rediskeys.ip_stats_key(ip, day))
-        found[("pool", ip)] = read(rediskeys.pool_ip_stats_key(smtp_id, ip, day))
+        found[ip] = read(rediskeys.ip_stats_key(server_id, ip, resolution, at))
+        found[("pool", ip)] = read(rediskeys.pool_ip_stats_key(server_id, smtp_id, ip, resolution, at))
     return found
+
+
+def bucket_sums(client: redis.Redis, server_id: int, smtp_id: int, ips, resolution: rediskeys.Resolution,
+                since: float) -> dict:
+    """stats_of, summed over every `resolution` bucket from the one holding `since` to now."""
+    sums: dict = {}
+    for at in range(resolution.start(since), int(time.time()) + 1, resolution.seconds):
+        for scope, figures in stats_of(client, server_id, smtp_id, ips, resolution=resolution, at=at).items():
+            total = sums.setdefault(scope, dict.fromkeys(rediskeys.STATS_FIELDS, 0))
+            for field, n in figures.items():
+                total[field] += n
+    return sums
 
 
 def events_of(client: redis.Redis, message_id: str) -> list[dict]:
@@ -471,5 +485,3 @@ def queue_empty(plane: Dataplane) -> bool:
     return not spool.queued_ids(plane.spool_dir)
 
 
-def today() -> str:
-    return time.strftime("%Y%m%d", time.gmtime())

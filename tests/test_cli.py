@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
-from control.cli import render
+from control.cli import render, trends
 from control.cli.main import _split_passthrough, main
 from control.cli.serve import stop_within
 from control.config import ControlConfig
@@ -552,10 +552,10 @@ def test_stats_pool_and_ip(cli, acme, redis_url):
     for address in ("192.0.2.31", "192.0.2.32"):
         cli.ok("--token", acme, "ip", "provision", address, "--pool", "promo")
     smtp_id = 2
-    _count(redis_url, rediskeys.pool_stats_key(smtp_id), sent=1000, delivered=970, bounced=30)
-    _count(redis_url, rediskeys.pool_ip_stats_key(smtp_id, "192.0.2.31"), sent=600, delivered=590, bounced=10)
-    _count(redis_url, rediskeys.pool_ip_stats_key(smtp_id, "192.0.2.32"), sent=400, delivered=380, bounced=20)
-    _count(redis_url, rediskeys.ip_stats_key("192.0.2.32"), sent=400, delivered=380, bounced=20, complaints=3)
+    _count(redis_url, rediskeys.pool_stats_key(1, smtp_id), sent=1000, delivered=970, bounced=30)
+    _count(redis_url, rediskeys.pool_ip_stats_key(1, smtp_id, "192.0.2.31"), sent=600, delivered=590, bounced=10)
+    _count(redis_url, rediskeys.pool_ip_stats_key(1, smtp_id, "192.0.2.32"), sent=400, delivered=380, bounced=20)
+    _count(redis_url, rediskeys.ip_stats_key(1, "192.0.2.32"), sent=400, delivered=380, bounced=20, complaints=3)
 
     panel = cli.ok("--token", acme, "stats", "pool", "promo").out
     assert "Sending stats of promo pool" in panel
@@ -572,6 +572,49 @@ def test_stats_pool_and_ip(cli, acme, redis_url):
     assert month["sent"] == "0"  # only the lifetime hash was written
 
 
+def test_sparklines_scale_each_counter_to_its_peak_and_columns_sum_runs():
+    assert trends.sparkline([0, 1, 2, 4, 8]) == " ▁▂▄█"
+    assert trends.sparkline([0, 0]) == "  " and trends.sparkline([-1, 3]) == " █"
+    assert trends.columns(list(range(10)), 4) == [0 + 1 + 2, 3 + 4 + 5, 6 + 7 + 8, 9]
+    assert trends.columns([5, 6], 60) == [5, 6]
+
+
+def test_stats_trend_of_a_pool_and_an_ip(cli, acme, redis_url):
+    cli.ok("--token", acme, "pool", "create", "promo", "--server", "1")
+    cli.ok("--token", acme, "ip", "provision", "192.0.2.41", "--pool", "promo")
+    smtp_id, now = 2, time.time()
+    for ago, sent, bounced in ((0, 30, 3), (120, 10, 0), (7200, 50, 5)):
+        at = now - ago
+        for key in (rediskeys.pool_stats_key(1, smtp_id, rediskeys.MINUTE, at),
+                    rediskeys.pool_stats_key(1, smtp_id, rediskeys.HOUR, at),
+                    rediskeys.ip_stats_key(1, "192.0.2.41", rediskeys.MINUTE, at),
+                    rediskeys.pool_ip_stats_key(1, smtp_id, "192.0.2.41", rediskeys.MINUTE, at)):
+            _count(redis_url, key, sent=sent, delivered=sent - bounced, bounced=bounced)
+
+    chart = cli.ok("--token", acme, "stats", "pool", "promo", "--trend").out
+    assert "Trend of promo pool" in chart and "per minute · last 60 minutes" in chart
+    sent_row = next(line for line in chart.splitlines() if line.startswith("Sent"))
+    assert sent_row.rstrip().endswith("40  peak 30/minute") and "█" in sent_row
+    assert "Total Sent 40 · Delivered 37 · Bounced 3 · Delivery rate 92.5%" in chart
+
+    hours = cli.ok("--token", acme, "--json", "stats", "pool", "promo", "--hours", "3").json()
+    assert hours["resolution"] == "HOUR" and len(hours["points"]) == 3 and hours["sent"] == "90"
+    assert hours["points"][0]["sent"] == "50"  # two hours ago; the rest in the last hour or this one
+    share = cli.ok("--token", acme, "--json", "stats", "pool", "promo", "--trend", "--ip", "192.0.2.41").json()
+    assert share["address"] == "192.0.2.41" and share["sent"] == "40"
+    ip = cli.ok("--token", acme, "--json", "stats", "ip", "192.0.2.41", "--minutes", "5").json()
+    assert len(ip["points"]) == 5 and ip["sent"] == "40" and ip["smtp_id"] == "0"
+    assert "Trend of IP 192.0.2.41" in cli.ok("--token", acme, "stats", "ip", "192.0.2.41", "--trend").out
+
+    assert "does not go with --trend" in cli.fails(2, "--token", acme, "stats", "pool", "promo", "--trend",
+                                                   "--watch").err
+    assert "give it with --trend" in cli.fails(2, "--token", acme, "stats", "pool", "promo", "--ip", "192.0.2.41").err
+    cli.fails(2, "--token", acme, "stats", "ip", "192.0.2.41", "--minutes", "0")
+    cli.fails(2, "--token", acme, "stats", "ip", "192.0.2.41", "--minutes", "5", "--hours", "2")
+    too_many = cli.fails(1, "--token", acme, "stats", "pool", "promo", "--minutes", "2881").err
+    assert "INVALID_ARGUMENT" in too_many and "between 1 and 2880" in too_many
+
+
 @pytest.mark.slow
 def test_stats_watch_follows_changes_until_ctrl_c(cli, acme, redis_url):
     cli.ok("--token", acme, "pool", "create", "live", "--server", "1")
@@ -581,7 +624,7 @@ def test_stats_watch_follows_changes_until_ctrl_c(cli, acme, redis_url):
     )
     try:
         assert json.loads(watcher.stdout.readline())["sent"] == "0"
-        _count(redis_url, rediskeys.pool_stats_key(2), sent=7)
+        _count(redis_url, rediskeys.pool_stats_key(1, 2), sent=7)
         assert json.loads(watcher.stdout.readline())["sent"] == "7"
         watcher.send_signal(signal.SIGINT)
         out, err = watcher.communicate(timeout=20)

@@ -1,6 +1,6 @@
 """StatsService reads the counters the data plane flushes into Redis, per pool and per IP."""
 
-import datetime as dt
+import time
 
 import grpc
 
@@ -9,8 +9,8 @@ from control.contract import rediskeys
 from tests.control_support import expect_error
 
 
-def _day(offset: int) -> str:
-    return (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=offset)).strftime("%Y%m%d")
+def _day(offset: int) -> float:
+    return time.time() - offset * 86400
 
 
 async def _pool_with_ips(acme, server):
@@ -30,12 +30,13 @@ async def test_pool_stats_start_at_zero(acme, server):
 async def test_pool_and_ip_stats_read_lifetime_and_30_day_figures(acme, server, redis_client):
     pool = await _pool_with_ips(acme, server)
     sid = pool.smtp_id
-    redis_client.hset(rediskeys.pool_stats_key(sid), mapping={"sent": 100, "delivered": 90, "bounced": 10})
-    redis_client.hset(rediskeys.pool_ip_stats_key(sid, "127.0.0.2"), mapping={"sent": 60, "delivered": 57, "bounced": 3})
-    redis_client.hset(rediskeys.pool_ip_stats_key(sid, "127.0.0.3"), mapping={"sent": 40, "delivered": 33, "bounced": 7})
-    redis_client.hset(rediskeys.ip_stats_key("127.0.0.2"), mapping={"sent": 60, "delivered": 57, "complaints": 2})
+    redis_client.hset(rediskeys.pool_stats_key(server.server_id, sid), mapping={"sent": 100, "delivered": 90, "bounced": 10})
+    redis_client.hset(rediskeys.pool_ip_stats_key(server.server_id, sid, "127.0.0.2"), mapping={"sent": 60, "delivered": 57, "bounced": 3})
+    redis_client.hset(rediskeys.pool_ip_stats_key(server.server_id, sid, "127.0.0.3"), mapping={"sent": 40, "delivered": 33, "bounced": 7})
+    redis_client.hset(rediskeys.ip_stats_key(server.server_id, "127.0.0.2"), mapping={"sent": 60, "delivered": 57, "complaints": 2})
     for day, sent in ((_day(0), 5), (_day(29), 7), (_day(30), 1000)):  # the last one is outside the window
-        redis_client.hset(rediskeys.pool_stats_key(sid, day), mapping={"sent": sent, "delivered": sent})
+        redis_client.hset(rediskeys.pool_stats_key(server.server_id, sid, rediskeys.DAY, day),
+                          mapping={"sent": sent, "delivered": sent})
     life = await acme.stats.GetPoolStats(pb.GetPoolStatsRequest(smtp_id=sid, window=pb.LIFETIME))
     assert (life.sent, life.delivered, life.bounced) == (100, 90, 10)
     assert abs(life.delivery_rate - 0.9) < 1e-9
@@ -51,7 +52,7 @@ async def test_watch_pool_stats_pushes_changes(acme, server, redis_client):
     call = acme.stats.WatchPoolStats(pb.WatchPoolStatsRequest(smtp_id=pool.smtp_id), timeout=20)
     first = await call.read()
     assert first.sent == 0
-    redis_client.hincrby(rediskeys.pool_stats_key(pool.smtp_id), "sent", 3)
+    redis_client.hincrby(rediskeys.pool_stats_key(server.server_id, pool.smtp_id), "sent", 3)
     second = await call.read()
     assert second.sent == 3
     call.cancel()

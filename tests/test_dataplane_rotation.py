@@ -46,14 +46,15 @@ def test_rotation_is_exact_over_400_messages(redis_client, redis_url, start_data
     first = plane.record(ids[0])
     assert first.ip_hostname == f"out-{first.ip.replace('.', '-')}.example"
 
-    day = time.strftime("%Y%m%d", time.gmtime())
+    now, day = time.time(), rediskeys.DAY
 
     def sent(key: str) -> int:
         return int(redis_client.hget(key, "sent") or 0)
 
-    assert wait_until(lambda: sent(rediskeys.pool_stats_key(7)) == 400, timeout=10)
-    assert sent(rediskeys.pool_stats_key(7, day)) == 400
+    assert wait_until(lambda: sent(rediskeys.pool_stats_key(SERVER, 7)) == 400, timeout=10)
+    assert sent(rediskeys.pool_stats_key(SERVER, 7, day, now)) == 400
     for address, weight in IPS:
-        for key in (rediskeys.ip_stats_key(address), rediskeys.ip_stats_key(address, day),
-                    rediskeys.pool_ip_stats_key(7, address), rediskeys.pool_ip_stats_key(7, address, day)):
+        for key in (rediskeys.ip_stats_key(SERVER, address), rediskeys.ip_stats_key(SERVER, address, day, now),
+                    rediskeys.pool_ip_stats_key(SERVER, 7, address),
+                    rediskeys.pool_ip_stats_key(SERVER, 7, address, day, now)):
             assert sent(key) == 100 * weight, key

@@ -123,7 +123,7 @@ def test_redis_down_keeps_serving_and_counts_survive(fresh_redis, start_dataplan
         plane = start_dataplane(fresh_redis.url, SERVER)
         plane.wait_version(client, 1)
         assert _try_send(plane.port, bridge.username)[0] == 250
-        assert wait_until(lambda: client.hget(rediskeys.pool_stats_key(31), "sent") == b"1", DEADLINE)
+        assert wait_until(lambda: client.hget(rediskeys.pool_stats_key(SERVER, 31), "sent") == b"1", DEADLINE)
 
         fresh_redis.kill()
         for n in range(3):  # served from the last snapshot; counts kept in memory
@@ -133,7 +133,7 @@ def test_redis_down_keeps_serving_and_counts_survive(fresh_redis, start_dataplan
         fresh_redis.start()
         client.close()
         client = redis.Redis.from_url(fresh_redis.url)
-        assert wait_until(lambda: client.hget(rediskeys.pool_stats_key(31), "sent") == b"4", DEADLINE)
+        assert wait_until(lambda: client.hget(rediskeys.pool_stats_key(SERVER, 31), "sent") == b"4", DEADLINE)
         plane.wait_version(client, 1)
 
         # Notices work again after the reconnect.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from dataclasses import replace
 
 import pytest
@@ -159,7 +160,7 @@ def test_routing_picks_stamps_and_binds_trusted_networks():
 async def test_stats_batcher_keeps_counts_while_redis_is_down(redis_url):
     down = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5,
                           retry=Retry(NoBackoff(), 0))
-    batcher = StatsBatcher(down)
+    batcher = StatsBatcher(down, server_id=1)
     batcher.count_sent(7, "192.0.2.1")
     batcher.count_sent(7, "192.0.2.1")
     batcher.count_sent(7, "192.0.2.2")
@@ -174,18 +175,18 @@ async def test_stats_batcher_keeps_counts_while_redis_is_down(redis_url):
         unsent = batcher._unsent
         assert await batcher.flush() is False  # the failed batch first, under its own id
         assert await batcher.flush() is True
-        day = batcher._today()
-        assert await up.hget(rediskeys.pool_stats_key(7), "sent") == b"4"
-        assert await up.hget(rediskeys.pool_stats_key(7, day), "sent") == b"4"
-        assert await up.hget(rediskeys.ip_stats_key("192.0.2.1"), "sent") == b"2"
-        assert await up.hget(rediskeys.pool_ip_stats_key(7, "192.0.2.2", day), "sent") == b"2"
-        assert 0 < await up.ttl(rediskeys.pool_stats_key(7, day)) <= rediskeys.STATS_DAY_RETENTION_SECONDS
-        assert await up.ttl(rediskeys.pool_stats_key(7)) == -1  # lifetime totals do not expire
+        day, now = rediskeys.DAY, time.time()
+        assert await up.hget(rediskeys.pool_stats_key(1, 7), "sent") == b"4"
+        assert await up.hget(rediskeys.pool_stats_key(1, 7, day, now), "sent") == b"4"
+        assert await up.hget(rediskeys.ip_stats_key(1, "192.0.2.1"), "sent") == b"2"
+        assert await up.hget(rediskeys.pool_ip_stats_key(1, 7, "192.0.2.2", day, now), "sent") == b"2"
+        assert 0 < await up.ttl(rediskeys.pool_stats_key(1, 7, day, now)) <= rediskeys.STATS_DAY_RETENTION_SECONDS
+        assert await up.ttl(rediskeys.pool_stats_key(1, 7)) == -1  # lifetime totals do not expire
 
         # A retry of a batch Redis already applied (its reply was lost) counts nothing.
         batcher._unsent = unsent
         assert await batcher.flush() is True
-        assert await up.hget(rediskeys.pool_stats_key(7), "sent") == b"4"
+        assert await up.hget(rediskeys.pool_stats_key(1, 7), "sent") == b"4"
     finally:
         await up.aclose()
 

@@ -33,7 +33,7 @@ def test_an_unbindable_source_ip_defers_and_never_falls_back(redis_client, redis
     plan = [(n, [f"rcpt{n}@example.net"], message(n)) for n in range(4)]
     ids = send_all(plane.port, "br-test1", SECRET, plan, sessions=1)
 
-    deferred_key = rediskeys.pool_ip_stats_key(23, ABSENT)
+    deferred_key = rediskeys.pool_ip_stats_key(SERVER, 23, ABSENT)
     assert wait_until(lambda: stat(redis_client, deferred_key, "deferred") >= 4, timeout=20)
     assert wait_until(lambda: sink.counts().get("accepted") == 2, timeout=10)
     stuck = [n for n in ids if events_of(redis_client, ids[n])[0]["ip"] == ABSENT]
@@ -44,7 +44,7 @@ def test_an_unbindable_source_ip_defers_and_never_falls_back(redis_client, redis
         events = events_of(redis_client, ids[n])
         assert events and all(e["outcome"] == "deferred" and e["ip"] == ABSENT for e in events)
         assert events[0]["reply"].startswith(f"451 4.4.0 source IP {ABSENT} cannot be bound: ")
-    assert stat(redis_client, rediskeys.ip_stats_key(ABSENT), "delivered") == 0
+    assert stat(redis_client, rediskeys.ip_stats_key(SERVER, ABSENT), "delivered") == 0
     assert plane.stop() == 0
     log = plane.log()
     assert f"source IP {ABSENT} cannot be bound" in log

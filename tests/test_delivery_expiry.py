@@ -33,11 +33,12 @@ def test_a_recipient_deferred_until_the_queue_lifetime_ends_is_bounced(
     ids = send_all(plane.port, "br-test1", SECRET, plan, sessions=2)
 
     def bounced() -> int:
-        return stats_of(redis_client, 9, [])["pool"]["bounced"]
+        return stats_of(redis_client, SERVER, 9, [])["pool"]["bounced"]
 
-    assert wait_until(lambda: bounced() == 10 and queue_empty(plane), timeout=30), stats_of(redis_client, 9, [IP])
+    assert wait_until(lambda: bounced() == 10 and queue_empty(plane), timeout=30), \
+        stats_of(redis_client, SERVER, 9, [IP])
 
-    stats = stats_of(redis_client, 9, [IP])
+    stats = stats_of(redis_client, SERVER, 9, [IP])
     assert stats["pool"]["delivered"] == 10
     # The sink answered every attempt the events count: a 451 per attempt to a never*
     # recipient, a 250 to each fine one.

@@ -65,7 +65,8 @@ def test_a_silent_destination_does_not_block_the_others(redis_client, redis_url,
         ids = send_all(plane.port, "br-test1", SECRET, plan, sessions=1)
 
         assert wait_until(lambda: sink.counts().get("accepted") == 200, timeout=60), sink.counts()
-        assert wait_until(lambda: stats_of(redis_client, 15, [])["pool"]["delivered"] == 200, timeout=10)
+        assert wait_until(lambda: stats_of(redis_client, SERVER, 15, [])["pool"]["delivered"] == 200,
+                          timeout=10)
         queued = set(spool.queued_ids(plane.spool_dir))
         assert queued == {ids[n] for n in range(20)}  # the silent destination's, still waiting
         assert 1 <= len(silent.held) <= 2  # its share of connections, no more

@@ -47,7 +47,7 @@ def test_moved_ip_keeps_its_pool_paused_and_released_ips_are_replaced(
     ids = send_all(plane.port, bridge.username, SECRET, plan, sessions=1)
     routed = {n: plane.record(ids[n]).ip for n in ids}
     assert Counter(routed.values()) == {MOVES: 2, PAUSES: 2, GOES: 2}
-    assert wait_until(lambda: stat(redis_client, rediskeys.pool_stats_key(21), "deferred") >= 6, timeout=20)
+    assert wait_until(lambda: stat(redis_client, rediskeys.pool_stats_key(SERVER, 21), "deferred") >= 6, timeout=20)
 
     # MOVES goes to pool B, PAUSES is paused, GOES is released, NEW joins pool A.
     moved_a = make_pool(21, [(PAUSES, 1, IP_PAUSED), (NEW, 1)], server_id=SERVER)
@@ -65,12 +65,12 @@ def test_moved_ip_keeps_its_pool_paused_and_released_ips_are_replaced(
     def delivered(key: str) -> int:
         return stat(redis_client, key, "delivered")
 
-    assert wait_until(lambda: delivered(rediskeys.pool_stats_key(21)) == 6, timeout=10)
-    assert delivered(rediskeys.pool_stats_key(22)) == 0  # the moved IP's mail stays pool A's
-    assert delivered(rediskeys.pool_ip_stats_key(21, MOVES)) == 2
-    assert delivered(rediskeys.pool_ip_stats_key(22, MOVES)) == 0
-    assert delivered(rediskeys.pool_ip_stats_key(21, NEW)) == 4
-    assert delivered(rediskeys.ip_stats_key(PAUSES)) == delivered(rediskeys.ip_stats_key(GOES)) == 0
+    assert wait_until(lambda: delivered(rediskeys.pool_stats_key(SERVER, 21)) == 6, timeout=10)
+    assert delivered(rediskeys.pool_stats_key(SERVER, 22)) == 0  # the moved IP's mail stays pool A's
+    assert delivered(rediskeys.pool_ip_stats_key(SERVER, 21, MOVES)) == 2
+    assert delivered(rediskeys.pool_ip_stats_key(SERVER, 22, MOVES)) == 0
+    assert delivered(rediskeys.pool_ip_stats_key(SERVER, 21, NEW)) == 4
+    assert delivered(rediskeys.ip_stats_key(SERVER, PAUSES)) == delivered(rediskeys.ip_stats_key(SERVER, GOES)) == 0
     for n, ip in routed.items():
         final = [e for e in events_of(redis_client, ids[n]) if e["final"]]
         assert [(e["outcome"], e["pool"], e["ip"]) for e in final] == [

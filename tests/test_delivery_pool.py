@@ -4,13 +4,17 @@ workers to a real `poolmta sink` over loopback.
 The sink sees every message from the source address its pool chose (127.0.0.2-4),
 `bounce*` recipients are bounced with the sink's 550 kept, `defer*` recipients are
 delivered after two 451s, and the counters in Redis (pool, IP, pool+IP; lifetime
-and today's bucket) equal exactly what the sink recorded. Each outcome is an event
+and today's bucket) equal exactly what the sink recorded, and the minute and hour
+buckets add up to the lifetime totals. Each outcome is an event
 in the message's Redis list.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+
+from control.contract import rediskeys
 
 from tests.dataplane_support import (
     events_of,
@@ -22,8 +26,8 @@ from tests.dataplane_support import (
     queue_empty,
     send_all,
     sink_outcomes,
+    bucket_sums,
     stats_of,
-    today,
 )
 from tests.support import wait_until
 
@@ -53,6 +57,7 @@ def test_a_thousand_messages_leave_from_their_pool_ips_and_stats_match_the_sink(
                             args=["--route", f"*={sink.address}", "--retry-schedule", "0.2s,0.4s"])
 
     plan = [(n, _rcpts(n), message(n)) for n in range(MESSAGES)]
+    began = time.time()
     ids = send_all(plane.port, bridge.username, SECRET, plan, sessions=10)
     assert len(set(ids.values())) == MESSAGES
 
@@ -62,11 +67,11 @@ def test_a_thousand_messages_leave_from_their_pool_ips_and_stats_match_the_sink(
     delivered = len(rcpts) - len(bounced)
 
     def settled() -> bool:
-        pool_stats = stats_of(redis_client, 7, [])["pool"]
+        pool_stats = stats_of(redis_client, SERVER, 7, [])["pool"]
         return (queue_empty(plane) and pool_stats["delivered"] == delivered
                 and pool_stats["bounced"] == len(bounced) and sink.counts().get("accepted_rcpts") == delivered)
 
-    assert wait_until(settled, timeout=90, interval=0.2), (stats_of(redis_client, 7, IPS), sink.counts())
+    assert wait_until(settled, timeout=90, interval=0.2), (stats_of(redis_client, SERVER, 7, IPS), sink.counts())
 
     # What the sink recorded, per peer address.
     log = sink.log()
@@ -79,8 +84,8 @@ def test_a_thousand_messages_leave_from_their_pool_ips_and_stats_match_the_sink(
     assert counts["rejected"] == len(bounced) and counts["deferred"] == 2 * len(deferred)
 
     # Counters: exactly the sink's, per IP, per pool+IP and for the pool, lifetime and today.
-    for day in (None, today()):
-        stats = stats_of(redis_client, 7, IPS, day=day)
+    for resolution in (None, rediskeys.DAY):
+        stats = stats_of(redis_client, SERVER, 7, IPS, resolution=resolution, at=time.time())
         for ip in IPS:
             peer = counts["peers"][ip]
             expected = {"delivered": per_peer[ip], "bounced": peer["rejected"], "deferred": peer["deferred"]}
@@ -92,6 +97,11 @@ def test_a_thousand_messages_leave_from_their_pool_ips_and_stats_match_the_sink(
         assert stats["pool"]["delivered"] == delivered
         assert stats["pool"]["bounced"] == len(bounced)
         assert stats["pool"]["deferred"] == 2 * len(deferred)
+    # Trends add up: every minute's and every hour's buckets since the first send sum
+    # to the lifetime totals, for the pool, each IP and each pool+IP.
+    lifetime = stats_of(redis_client, SERVER, 7, IPS)
+    assert bucket_sums(redis_client, SERVER, 7, IPS, rediskeys.MINUTE, began) == lifetime
+    assert bucket_sums(redis_client, SERVER, 7, IPS, rediskeys.HOUR, began) == lifetime
 
     # The sink saw each message from the IP its events name, with the pool's header.
     by_message_id = {entry["message_id"]: entry for entry in log}

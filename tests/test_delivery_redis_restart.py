@@ -1,16 +1,20 @@
 """Redis killed and restarted while 600 messages are accepted and delivered: the
 data plane keeps accepting and delivering, keeps the counts and events in memory
 meanwhile, and once Redis is back the counters equal exactly what the sink
-recorded, and every message has each of its events exactly once."""
+recorded (lifetime totals, and the minute and hour buckets adding up to them), and
+every message has each of its events exactly once."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import redis
 
+from control.contract import rediskeys
 from tests.dataplane_support import (
+    bucket_sums,
     events_of,
     make_bridge,
     make_pool,
@@ -46,6 +50,7 @@ def test_counts_stay_exact_across_a_redis_restart(fresh_redis, start_dataplane, 
         plane.wait_version(client, 1)
 
         plan = [(n, _rcpts(n), message(n)) for n in range(MESSAGES)]
+        began = time.time()
         ids: dict = {}
         sender = threading.Thread(target=lambda: ids.update(send_all(plane.port, "br-test1", SECRET, plan,
                                                                      sessions=4)))
@@ -68,17 +73,17 @@ def test_counts_stay_exact_across_a_redis_restart(fresh_redis, start_dataplane, 
         delivered = MESSAGES - bounced
 
         def settled() -> bool:
-            pool = stats_of(client, 11, [])["pool"]
+            pool = stats_of(client, SERVER, 11, [])["pool"]
             return queue_empty(plane) and pool["delivered"] == delivered and pool["bounced"] == bounced
 
-        assert wait_until(settled, timeout=90, interval=0.2), stats_of(client, 11, IPS)
+        assert wait_until(settled, timeout=90, interval=0.2), stats_of(client, SERVER, 11, IPS)
 
         # Every RCPT the engine made was answered: one per message, two more per defer* one.
         defers = sum(1 for _, rs, _ in plan if rs[0].startswith("defer"))
         counts = sink.wait_rcpt_replies(MESSAGES + 2 * defers)
         per_peer, per_message = sink_outcomes(sink.log())
         assert set(per_message.values()) == {1}
-        stats = stats_of(client, 11, IPS)
+        stats = stats_of(client, SERVER, 11, IPS)
         for ip in IPS:
             assert stats[ip]["delivered"] == per_peer[ip]
             assert stats[ip]["bounced"] == counts["peers"][ip]["rejected"]
@@ -92,6 +97,9 @@ def test_counts_stay_exact_across_a_redis_restart(fresh_redis, start_dataplane, 
             expected = ({"bounced": 1} if rcpts[0].startswith("bounce")
                         else {"deferred": 2, "delivered": 1} if rcpts[0].startswith("defer") else {"delivered": 1})
             assert outcomes == expected, (n, outcomes)
+        # The minute and hour buckets were applied exactly once too: they add up to the totals.
+        for resolution in (rediskeys.MINUTE, rediskeys.HOUR):
+            assert bucket_sums(client, SERVER, 11, IPS, resolution, began) == stats, resolution
         assert "stats flush failed" in plane.log() and "stats flush recovered" in plane.log()
     finally:
         client.close()

@@ -356,7 +356,7 @@ def test_a_message_keeps_its_usable_ip_and_replaces_an_unusable_one(tmp_path):
 async def test_events_are_applied_once_with_their_counts_and_expire(redis_url):
     client = aioredis.Redis.from_url(redis_url)
     try:
-        batcher = StatsBatcher(client, batch_prefix="t", event_ttl=3600)
+        batcher = StatsBatcher(client, server_id=1, batch_prefix="t", event_ttl=3600)
         batcher.count("delivered", 7, "192.0.2.1")
         batcher.event("m1", json.dumps({"rcpt": "a", "outcome": "delivered"}))
         batcher.event("m1", json.dumps({"rcpt": "b", "outcome": "bounced"}))
@@ -366,7 +366,7 @@ async def test_events_are_applied_once_with_their_counts_and_expire(redis_url):
         key = rediskeys.message_events_key("m1")
         assert [json.loads(e)["rcpt"] for e in await client.lrange(key, 0, -1)] == ["a", "b"]
         assert 0 < await client.ttl(key) <= 3600
-        assert await client.hget(rediskeys.pool_stats_key(7), "delivered") == b"1"
+        assert await client.hget(rediskeys.pool_stats_key(1, 7), "delivered") == b"1"
 
         # A batch whose reply was lost is sent again with the same id and JSON: applied once.
         batcher.event("m1", json.dumps({"rcpt": "a", "outcome": "delivered", "attempt": 2}))
@@ -377,14 +377,14 @@ async def test_events_are_applied_once_with_their_counts_and_expire(redis_url):
         batcher._unsent = again
         assert await batcher.flush() is True
         assert await client.llen(key) == 3
-        assert await client.hget(rediskeys.pool_stats_key(7), "delivered") == b"2"
+        assert await client.hget(rediskeys.pool_stats_key(1, 7), "delivered") == b"2"
     finally:
         await client.aclose()
 
 
 async def test_events_wait_for_redis_within_a_bound_and_counts_are_never_dropped(redis_url):
     down = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
-    batcher = StatsBatcher(down, max_batch_events=10, max_pending_events=25)
+    batcher = StatsBatcher(down, server_id=1, max_batch_events=10, max_pending_events=25)
     for n in range(40):
         batcher.count("deferred", 7, "192.0.2.1")
         batcher.event(f"m{n}", json.dumps({"n": n}))
@@ -398,7 +398,7 @@ async def test_events_wait_for_redis_within_a_bound_and_counts_are_never_dropped
         batcher._script = up.register_script(_APPLY_BATCH)  # Redis is back
         while not await batcher.flush():
             pass
-        assert await up.hget(rediskeys.pool_stats_key(7), "deferred") == b"40"
+        assert await up.hget(rediskeys.pool_stats_key(1, 7), "deferred") == b"40"
         kept = [n for n in range(40) if await up.exists(rediskeys.message_events_key(f"m{n}"))]
         assert kept == list(range(15, 40))  # the oldest were dropped, the newest kept
         assert batcher.metrics["flushes"] == 3  # at most max_batch_events events per batch

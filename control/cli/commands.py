@@ -53,6 +53,17 @@ class Context:
             self._client = None
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
 def emit(ctx: Context, message, human) -> int:
     """Print `message` as JSON, or `human(message)` as a rich renderable."""
     if ctx.json:

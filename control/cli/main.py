@@ -28,7 +28,7 @@ from pathlib import Path
 from ..contract.runtime import DEFAULT_SMTP_LISTEN, default_data_dir
 from . import admin_commands, tenant_commands
 from .client import EXIT_USAGE, CliError, ControlClient, resolve_token
-from .commands import CommandTree, Context
+from .commands import CommandTree, Context, positive_int
 from .render import Printer
 
 DEFAULT_GRPC = "127.0.0.1:50051"
@@ -88,17 +88,6 @@ def listen_arg(value: str) -> str:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return value
-
-
-def positive_int(value: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
 
 
 def global_options() -> argparse.ArgumentParser:

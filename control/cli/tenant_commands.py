@@ -9,7 +9,7 @@ from rich.live import Live
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from ..contract.runtime import DEFAULT_SMTP_PORT
-from . import render
+from . import render, trends
 from .client import EXIT_ERROR, EXIT_USAGE, CliError
 from .commands import CommandTree, Context, done, emit
 
@@ -231,6 +231,10 @@ def _bridge_trust(ctx: Context, a) -> int:
 
 def _stats_pool(ctx: Context, a) -> int:
     smtp_id = ctx.client.resolve_pool(a.pool)
+    if trends.wanted(a):
+        return trends.show_pool_trend(ctx, smtp_id, a)
+    if a.ip:
+        raise CliError("--ip picks one IP's share of the pool's trend: give it with --trend", EXIT_USAGE)
     if not a.watch:
         stats = ctx.client.call("stats", "GetPoolStats", pb.GetPoolStatsRequest(smtp_id=smtp_id, window=a.window))
         return emit(ctx, stats, render.pool_stats)
@@ -251,6 +255,8 @@ def _stats_pool(ctx: Context, a) -> int:
 
 
 def _stats_ip(ctx: Context, a) -> int:
+    if trends.wanted(a):
+        return trends.show_ip_trend(ctx, a)
     stats = ctx.client.call("stats", "GetIpStats", pb.GetIpStatsRequest(address=a.address, window=a.window))
     return emit(ctx, stats, lambda s: render.ip_stats(s, a.window))
 
@@ -351,14 +357,17 @@ def add(tree: CommandTree) -> None:
     p.add_argument("id", metavar="ID")
 
     # stats
-    subs = tree.group("stats", "Sent / Delivered / Bounced per pool and per IP (account token)")
-    p = tree.leaf(subs, "pool", _stats_pool, "a pool's totals, delivery rate and per-IP breakdown")
+    subs = tree.group("stats", "Sent / Delivered / Bounced per pool and per IP, totals and trends (account token)")
+    p = tree.leaf(subs, "pool", _stats_pool, "a pool's totals, delivery rate and per-IP breakdown, or its trend")
     p.add_argument("pool", metavar="POOL")
     p.add_argument("--window", type=_window_arg, default=pb.LIFETIME, metavar="{lifetime,30d}")
     p.add_argument("--watch", action="store_true", help="keep redrawing as the figures change, until Ctrl-C")
+    trends.add_options(p)
+    p.add_argument("--ip", metavar="ADDRESS", help="with --trend: only this IP's share of the pool")
     p = tree.leaf(subs, "ip", _stats_ip, "one IP's figures, complaints included")
     p.add_argument("address")
     p.add_argument("--window", type=_window_arg, default=pb.LIFETIME, metavar="{lifetime,30d}")
+    trends.add_options(p)
 
     # message
     subs = tree.group("message", "delivery events of one message (account token)")

@@ -5,14 +5,19 @@ scripts and multi-key commands stay on one slot of a Redis Cluster:
 
 * `{srv:N}` — everything about MTA server N's routing: snapshot versions, the
   `current` pointer, worker acks.
-* `{stats}` — every counter hash, plus the applied-batch markers, so one Lua
-  script can apply a whole batch of counts exactly once (idempotent flush). Flushes
-  are batched (at most a few per second per worker), so one slot carries them easily.
+* `{stats:N}` — every counter hash of MTA server N (lifetime totals and day, hour
+  and minute buckets of its pools, IPs and pools+IPs), plus the applied-batch
+  markers of its workers, so one Lua script applies a whole batch of a worker's
+  counts exactly once (idempotent flush), while a Redis Cluster spreads servers
+  over its nodes.
 * `{msg:ID}` — one message's delivery events.
 * `{supp:USER}` — one account's suppression list.
 
 Part of `control.contract`: the control plane and the data plane both import it.
 """
+
+import time
+from dataclasses import dataclass
 
 PREFIX = "poolmta"
 
@@ -52,41 +57,150 @@ WORKER_HEARTBEAT_TTL_MS = 5_000
 SNAPSHOT_RETENTION_SECONDS = 7 * 24 * 3600
 
 
-def pool_stats_key(smtp_id: int, day: str | None = None) -> str:
-    """Hash of counters (sent, delivered, bounced, deferred, complaints) for a pool.
+# -- counters: `{stats:N}` ---------------------------------------------------------
 
-    `day` (YYYYMMDD, UTC) selects a daily bucket; None the lifetime totals.
+
+@dataclass(frozen=True)
+class Resolution:
+    """A size of counter bucket: how its name reads, how long it is and how long it is kept.
+
+    A bucket holds the counts of [start, start + seconds), start a multiple of
+    `seconds` in UTC, and lives until `retention_seconds` after its start.
     """
-    suffix = f":d:{day}" if day else ""
-    return f"{PREFIX}:{{stats}}:pool:{int(smtp_id)}{suffix}"
+
+    name: str
+    letter: str
+    seconds: int
+    retention_seconds: int
+    label_format: str  # strftime of the bucket's start (UTC)
+
+    def start(self, at: float) -> int:
+        """The start (unix seconds) of the bucket holding time `at`."""
+        return int(at // self.seconds) * self.seconds
+
+    def label(self, at: float) -> str:
+        """The bucket of `at` as its key names it, e.g. `202611272206` for a minute."""
+        return time.strftime(self.label_format, time.gmtime(self.start(at)))
+
+    def expires_at(self, at: float) -> int:
+        """When the bucket holding `at` goes (unix seconds): its start plus the retention."""
+        return self.start(at) + self.retention_seconds
 
 
-def ip_stats_key(address: str, day: str | None = None) -> str:
-    """Hash of counters for one source IP; `day` as for pool_stats_key."""
-    suffix = f":d:{day}" if day else ""
-    return f"{PREFIX}:{{stats}}:ip:{address}{suffix}"
+# Trends: per minute for 48 h, per hour for 30 days (issue 9); days for the lifetime
+# and rolling 30-day windows of GetPoolStats / GetIpStats (35 days: the window plus slack).
+MINUTE = Resolution("minute", "m", 60, 48 * 3600, "%Y%m%d%H%M")
+HOUR = Resolution("hour", "h", 3600, 30 * 86400, "%Y%m%d%H")
+DAY = Resolution("day", "d", 86400, 35 * 86400, "%Y%m%d")
+RESOLUTIONS = (DAY, HOUR, MINUTE)
 
-
-def pool_ip_stats_key(smtp_id: int, address: str, day: str | None = None) -> str:
-    """Hash of counters for one IP *within* one pool (an IP that moved keeps old counts
-    under its old pool); `day` as for pool_stats_key."""
-    suffix = f":d:{day}" if day else ""
-    return f"{PREFIX}:{{stats}}:pool:{int(smtp_id)}:ip:{address}{suffix}"
-
+# Daily buckets are kept this long (a rolling 30-day window plus slack).
+STATS_DAY_RETENTION_SECONDS = DAY.retention_seconds
 
 STATS_FIELDS = ("sent", "delivered", "bounced", "deferred", "complaints")
 
-# Daily buckets are kept this long (a rolling 30-day window plus slack).
-STATS_DAY_RETENTION_SECONDS = 35 * 24 * 3600
+
+def _stats_tag(server_id: int) -> str:
+    return f"{PREFIX}:{{stats:{int(server_id)}}}"
 
 
-def stats_batch_marker_key(batch_id: str) -> str:
-    """Marks a counter batch as applied, so a retried flush is not counted twice."""
-    return f"{PREFIX}:{{stats}}:batch:{batch_id}"
+def counter_key(server_id: int, smtp_id: int | None = None, address: str | None = None,
+                resolution: Resolution | None = None, at: float | None = None) -> str:
+    """The name of one counter hash (fields: STATS_FIELDS); every counter key is made here.
+
+    Scope: a pool (`smtp_id`), an IP (`address`), or an IP within a pool (both: an IP
+    that moved keeps its old counts under its old pool). Bucket: the lifetime totals
+    when `resolution` is None, else the `resolution` bucket holding time `at`.
+    Every key of MTA server `server_id` carries its tag `{stats:N}`: a pool and its
+    IPs belong to one server, so one worker's batch stays on one Redis Cluster slot.
+
+        poolmta:{stats:1}:pool:7                     pool 7, lifetime
+        poolmta:{stats:1}:ip:192.0.2.1:h:2026112722  IP, the hour 22:00 UTC
+        poolmta:{stats:1}:pool:7:ip:192.0.2.1:m:202611272206
+    """
+    if smtp_id is None and address is None:
+        raise ValueError("a counter key needs a pool, an IP or both")
+    scope = ":".join(
+        ([f"pool:{int(smtp_id)}"] if smtp_id is not None else []) + ([f"ip:{address}"] if address is not None else [])
+    )
+    if resolution is None:
+        return f"{_stats_tag(server_id)}:{scope}"
+    if at is None:
+        raise ValueError(f"a {resolution.name} bucket needs the time it holds")
+    return f"{_stats_tag(server_id)}:{scope}:{resolution.letter}:{resolution.label(at)}"
+
+
+def pool_stats_key(server_id: int, smtp_id: int, resolution: Resolution | None = None,
+                   at: float | None = None) -> str:
+    """A pool's counter hash: lifetime, or the `resolution` bucket holding `at`."""
+    return counter_key(server_id, smtp_id=smtp_id, resolution=resolution, at=at)
+
+
+def ip_stats_key(server_id: int, address: str, resolution: Resolution | None = None,
+                 at: float | None = None) -> str:
+    """One source IP's counter hash (every pool it has been in, complaints included)."""
+    return counter_key(server_id, address=address, resolution=resolution, at=at)
+
+
+def pool_ip_stats_key(server_id: int, smtp_id: int, address: str, resolution: Resolution | None = None,
+                      at: float | None = None) -> str:
+    """One IP's counter hash *within* one pool (an IP that moved keeps old counts
+    under its old pool)."""
+    return counter_key(server_id, smtp_id=smtp_id, address=address, resolution=resolution, at=at)
+
+
+@dataclass(frozen=True)
+class CountTarget:
+    """One counter hash a count goes into, and when it expires (None: never)."""
+
+    key: str
+    expires_at: int | None
+
+
+def count_targets(server_id: int, smtp_id: int, address: str, at: float,
+                  now: float | None = None, finest: Resolution = MINUTE) -> tuple[CountTarget, ...]:
+    """Every counter hash that a count for (server, pool, IP) at time `at` touches.
+
+    This is THE definition of where a count lives; whoever changes counters uses it
+    (the stats batcher, and any later correction such as an asynchronous bounce
+    moving a recipient from delivered to bounced on the buckets of its delivery):
+
+    * the pool, the IP and the pool+IP, in that order; for each the lifetime
+      totals, then the day, hour and minute buckets holding `at` (12 targets);
+    * all of them under `{stats:server_id}`: one Lua script can apply them together
+      (the same Redis Cluster slot), which is how a count stays exactly-once;
+    * a writer adds the same amount to the same field of every target, then sets
+      each bucket's expiry with EXPIREAT `expires_at` (lifetime: None, no expiry).
+      The expiry depends only on the bucket, so every writer sets the same one;
+    * a bucket already gone by `now` (default: `at`) is left out, so a correction
+      to an old count never re-creates an expired bucket (its totals still move);
+    * buckets finer than `finest` are left out: a count known only to the hour
+      (`finest=HOUR`) or the day (`DAY`) moves no minute bucket.
+    """
+    now = at if now is None else now
+    targets = []
+    for scope in ({"smtp_id": smtp_id}, {"address": address}, {"smtp_id": smtp_id, "address": address}):
+        targets.append(CountTarget(counter_key(server_id, **scope), None))
+        for resolution in RESOLUTIONS:
+            expires_at = resolution.expires_at(at)
+            if expires_at > now and resolution.seconds >= finest.seconds:
+                targets.append(CountTarget(counter_key(server_id, **scope, resolution=resolution, at=at), expires_at))
+    return tuple(targets)
+
+
+def stats_batch_marker_key(server_id: int, batch_id: str) -> str:
+    """Marks a counter batch of MTA server `server_id` as applied, so a retried flush
+    is not counted twice; in the server's `{stats:N}` slot, beside its counters."""
+    return f"{_stats_tag(server_id)}:batch:{batch_id}"
 
 
 # How long an applied-batch marker is kept: far longer than any retry of that batch.
 STATS_BATCH_MARKER_TTL_SECONDS = 7 * 24 * 3600
+
+# Before issue 9 every counter and batch marker shared one `{stats}` tag:
+# `poolmta:{stats}:` + the same scope and bucket as counter_key (days only). The
+# control plane moves such keys under their server's tag once, at start.
+LEGACY_STATS_PREFIX = f"{PREFIX}:{{stats}}:"
 
 
 def message_events_key(message_id: str) -> str:
