@@ -182,8 +182,10 @@ class Worker:
     async def _shutdown(self, listeners: list[tuple], loader, stats, spool, redis,
                         delivery: DeliveryEngine | None) -> None:
         handlers = [handler for _, handler in listeners]
-        log.info("worker %d stopping: %d session(s), %d message(s) or report(s) in DATA", self.index,
-                 sum(len(h.sessions) for h in handlers), sum(h.in_flight for h in handlers))
+        bridge, *inbound = handlers
+        log.info("worker %d stopping: %d session(s), %d message(s) in DATA%s", self.index, len(bridge.sessions),
+                 bridge.in_flight, "".join(f"; inbound: {len(h.sessions)} session(s), {h.in_flight} report(s) in DATA"
+                                           for h in inbound))
         for server, _ in listeners:
             server.close()
         loop = asyncio.get_running_loop()

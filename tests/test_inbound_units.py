@@ -155,6 +155,11 @@ async def test_without_verp_our_received_line_or_the_message_index_names_the_mes
     refuted = by_index.replace("pool-7", "pool-8")
     found = await attributor.attribute(parse_report(dsn("a@example.net", returned=refuted)), [], SNAPSHOT, DOMAINS)
     assert not found.targets and "is not the pool of message" in found.reason
+    # A Received line of ours naming a message without events (expired) does not stop the index.
+    expired = f"Received: by {HOSTNAME} (poolmta) with ESMTPA id {_id(age_ms=9 * DAY_MS, counter=9)}; then\n"
+    found = await attributor.attribute(parse_report(dsn("a@example.net", returned=expired + by_index)), [],
+                                       SNAPSHOT, DOMAINS)
+    assert [(t.via, t.message_id) for t in found.targets] == [("message-id", indexed)]
     unknown = "Message-ID: <nope@acme.example>\n"
     found = await attributor.attribute(parse_report(dsn("a@example.net", returned=unknown)), [], SNAPSHOT, DOMAINS)
     assert not found.targets and "is not in the message index" in found.reason

@@ -211,8 +211,7 @@ class Attributor:
             found = await self._by_message(token.message_id, claims, report, "verp", notes, token.rcpt_index)
             if found is not None:
                 return found
-        message_id, via = await self._message_from_headers(report, notes)
-        if message_id:
+        for message_id, via in await self._messages_from_headers(report, notes):
             found = await self._by_message(message_id, claims, report, via, notes)
             if found is not None:
                 return found
@@ -239,22 +238,22 @@ class Attributor:
 
     # -- 2. the returned headers ------------------------------------------------------
 
-    async def _message_from_headers(self, report: Report, notes: list[str]) -> tuple[str, str]:
-        """(our message id, how it was found) from the returned headers, or ("", "")."""
-        for name, value in report.returned_headers:
-            if name.lower() == "received":
-                match = _OUR_RECEIVED.search(value)
-                if match:
-                    return match.group(1), "received"
+    async def _messages_from_headers(self, report: Report, notes: list[str]) -> list[tuple[str, str]]:
+        """[(our message id, how it was found)] the returned headers name: the ids in
+        our Received lines, then the one the message index holds for the Message-ID."""
+        found = list(dict.fromkeys(
+            (match.group(1), "received") for name, value in report.returned_headers
+            if name.lower() == "received" for match in [_OUR_RECEIVED.search(value)] if match
+        ))
         header_id = indexed_message_id(report.returned_header("message-id"))
-        if header_id is None:
-            return "", ""
-        found = await self.redis.get(rediskeys.message_index_key(header_id))
-        message_id = found.decode("ascii", "replace") if isinstance(found, bytes) else (found or "")
-        if not _MESSAGE_ID.fullmatch(message_id):
-            notes.append(f"Message-ID <{quoted(header_id)}> is not in the message index")
-            return "", ""
-        return message_id, "message-id"
+        if header_id is not None:
+            value = await self.redis.get(rediskeys.message_index_key(header_id))
+            message_id = value.decode("ascii", "replace") if isinstance(value, bytes) else (value or "")
+            if _MESSAGE_ID.fullmatch(message_id):
+                found.append((message_id, "message-id"))
+            else:
+                notes.append(f"Message-ID <{quoted(header_id)}> is not in the message index")
+        return found
 
     def _by_pool(self, claims: list[_Claim], report: Report, snapshot: Snapshot,
                  notes: list[str]) -> Attribution | None:
