@@ -8,8 +8,8 @@ from __future__ import annotations
 import smtplib
 from collections.abc import Sequence
 
+from dataplane.inbound import verp_codec
 from dataplane.verp import VerpCodec
-from dataplane.verp_keyring import KEYRING_FILE, VerpKeyring
 from tests.dataplane_support import HOSTNAME
 
 BOUNDARY = "==report-boundary=="
@@ -17,7 +17,7 @@ BOUNDARY = "==report-boundary=="
 
 def codec_of(data_dir) -> VerpCodec:
     """The VERP codec of a data directory's keyring, as the data plane makes it."""
-    return VerpCodec(VerpKeyring.load_or_create(data_dir / KEYRING_FILE))
+    return verp_codec(data_dir)
 
 
 def return_path(codec: VerpCodec, message_id: str, rcpt_index: int, domain: str = HOSTNAME) -> str:

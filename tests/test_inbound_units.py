@@ -235,12 +235,14 @@ def _counts(client, day: str | None = None) -> dict:
 
 
 def test_counter_keys_are_the_lifetime_and_daily_hashes_of_pool_ip_and_pool_ip():
-    assert counter_keys(7, IP, "20261130") == [
-        (rediskeys.pool_stats_key(7), False), (rediskeys.pool_stats_key(7, "20261130"), True),
-        (rediskeys.ip_stats_key(IP), False), (rediskeys.ip_stats_key(IP, "20261130"), True),
-        (rediskeys.pool_ip_stats_key(7, IP), False), (rediskeys.pool_ip_stats_key(7, IP, "20261130"), True),
+    at_ms = 1_795_996_800_000 + 3_600_000  # 2026-11-30T01:00:00Z
+    kept = rediskeys.STATS_DAY_RETENTION_SECONDS
+    assert counter_keys(7, IP, at_ms) == [
+        (rediskeys.pool_stats_key(7), 0), (rediskeys.pool_stats_key(7, "20261130"), kept),
+        (rediskeys.ip_stats_key(IP), 0), (rediskeys.ip_stats_key(IP, "20261130"), kept),
+        (rediskeys.pool_ip_stats_key(7, IP), 0), (rediskeys.pool_ip_stats_key(7, IP, "20261130"), kept),
     ]
-    assert counter_keys(7, "", "20261130") == counter_keys(7, IP, "20261130")[:2]
+    assert counter_keys(7, "", at_ms) == counter_keys(7, IP, at_ms)[:2]
 
 
 async def test_a_bounce_moves_delivered_to_bounced_on_the_delivery_day_once(redis, redis_client):

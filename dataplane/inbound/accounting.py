@@ -40,16 +40,15 @@ from control.contract.unattributed import RAW_KEPT_BYTES, UnattributedReport
 
 from .attribution import BOUNCE, Target
 
-# KEYS: every key the ops name, by index. ARGV[1] marker TTL, ARGV[2] daily-bucket
-# TTL, ARGV[3] event-list TTL, then per target: its marker's KEYS index, its op
-# count, and the ops, each one of
-#   H key field increment daily   (HINCRBY; EXPIRE the daily bucket)
+# KEYS: every key the ops name, by index. ARGV[1] marker TTL, ARGV[2] event-list
+# TTL, then per target: its marker's KEYS index, its op count, and the ops, each one of
+#   H key field increment ttl     (HINCRBY; then EXPIRE the key unless ttl is 0)
 #   E key event                   (RPUSH an event; EXPIRE the list)
 #   S key field value             (HSETNX: the suppression list)
 # Returns, per target, 1 when applied now, 0 when its marker was there already.
 _APPLY_REPORT = """
 local applied = {}
-local i = 4
+local i = 3
 while i <= #ARGV do
   local fresh = redis.call('SET', KEYS[tonumber(ARGV[i])], '1', 'NX', 'EX', ARGV[1])
   local ops = tonumber(ARGV[i + 1])
@@ -59,13 +58,13 @@ while i <= #ARGV do
     if op == 'H' then
       if fresh then
         redis.call('HINCRBY', key, ARGV[i + 2], ARGV[i + 3])
-        if ARGV[i + 4] == '1' then redis.call('EXPIRE', key, ARGV[2]) end
+        if ARGV[i + 4] ~= '0' then redis.call('EXPIRE', key, ARGV[i + 4]) end
       end
       i = i + 5
     elseif op == 'E' then
       if fresh then
         redis.call('RPUSH', key, ARGV[i + 2])
-        redis.call('EXPIRE', key, ARGV[3])
+        redis.call('EXPIRE', key, ARGV[2])
       end
       i = i + 3
     else
@@ -91,22 +90,21 @@ return 1
 """
 
 
-def counter_keys(smtp_id: int, ip: str, day: str) -> list[tuple[str, bool]]:
+def counter_keys(smtp_id: int, ip: str, at_ms: int) -> list[tuple[str, int]]:
     """Every counter hash that counting one recipient's bounce or complaint touches, as
-    (key, is a daily bucket): the lifetime totals and `day`'s bucket (YYYYMMDD, UTC) of
-    the pool, the IP and the pool+IP; without an `ip`, the pool's only. The one place
-    that knows the counter layout a move follows."""
-    keys = [(rediskeys.pool_stats_key(smtp_id), False), (rediskeys.pool_stats_key(smtp_id, day), True)]
+    (key, seconds it is kept, 0 = for good): the lifetime totals and the bucket of the
+    day `at_ms` falls in (UTC) of the pool, the IP and the pool+IP; without an `ip`,
+    the pool's only. The one place that knows the counter layout a move follows (a
+    bucket per minute or hour of `at_ms` belongs here too)."""
+    day = time.strftime("%Y%m%d", time.gmtime(at_ms / 1000))
+    kept = rediskeys.STATS_DAY_RETENTION_SECONDS
+    keys = [(rediskeys.pool_stats_key(smtp_id), 0), (rediskeys.pool_stats_key(smtp_id, day), kept)]
     if ip:
         keys += [
-            (rediskeys.ip_stats_key(ip), False), (rediskeys.ip_stats_key(ip, day), True),
-            (rediskeys.pool_ip_stats_key(smtp_id, ip), False), (rediskeys.pool_ip_stats_key(smtp_id, ip, day), True),
+            (rediskeys.ip_stats_key(ip), 0), (rediskeys.ip_stats_key(ip, day), kept),
+            (rediskeys.pool_ip_stats_key(smtp_id, ip), 0), (rediskeys.pool_ip_stats_key(smtp_id, ip, day), kept),
         ]
     return keys
-
-
-def _day(at_ms: int) -> str:
-    return time.strftime("%Y%m%d", time.gmtime(at_ms / 1000))
 
 
 class _Script:
@@ -159,17 +157,16 @@ class Accounting:
     async def apply(self, targets: Sequence[Target], now_ms: int) -> list[bool]:
         """Count each target once (see the module docstring); per target, True when it
         was counted now, False when an earlier report had counted it already."""
-        script = _Script(rediskeys.REPORT_MARKER_TTL_SECONDS, rediskeys.STATS_DAY_RETENTION_SECONDS, self.event_ttl)
+        script = _Script(rediskeys.REPORT_MARKER_TTL_SECONDS, self.event_ttl)
         for target in targets:
             script.target(rediskeys.report_marker_key(target.subject))
-            day = _day(target.at_ms or now_ms)
             if target.kind == BOUNCE:
                 moves = (("delivered", -1), ("bounced", 1)) if target.counted == DELIVERED else ()
             else:
                 moves = (("complaints", 1),)
-            for key, daily in counter_keys(target.smtp_id, target.ip, day):
+            for key, ttl in counter_keys(target.smtp_id, target.ip, target.at_ms or now_ms):
                 for field, n in moves:
-                    script.op("H", key, field, n, "1" if daily else "0")
+                    script.op("H", key, field, n, ttl)
             if target.message_id and (moves or target.counted != BOUNCED):
                 script.op("E", rediskeys.message_events_key(target.message_id), self._event(target, now_ms))
             if target.user_id and target.rcpt:
