@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from control.contract import rediskeys
-from control.contract.delivery_event import DELIVERED, DeliveryEvent, decode_list
+from control.contract.delivery_event import DeliveryEvent, decode_list
 from control.contract.headers import STAMPED_HEADER_NAMES
 from control.contract.snapshot import PoolRoute, Snapshot
 
@@ -316,7 +316,7 @@ class Attributor:
             for claim in claims:
                 address = claim.address if claim.address in recipients else only
                 event = _last_delivery(events, address=address) if address else None
-                if event is None and claim.kind == COMPLAINT:
+                if event is None and claim.kind == COMPLAINT and recipients:
                     # A complaint that names none of several recipients (feedback loops
                     # often redact it) still counts once for the message's pool and IP.
                     pairs.append((claim, _last_delivery(events, address=min(recipients)), False))
@@ -345,5 +345,3 @@ class Attributor:
             reply=_reply(claim, report),
         )
 
-
-__all__ = ["BOUNCE", "COMPLAINT", "DELIVERED", "Attribution", "Attributor", "Target", "verp_codec"]
