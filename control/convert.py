@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from . import models, stats_reader
+from . import models, reports_reader, stats_reader
 from ._pb.poolmta.v1 import poolmta_pb2 as pb
 from .contract import rediskeys
-from .contract.delivery_event import BOUNCED, DEFERRED, DELIVERED, DeliveryEvent
+from .contract.delivery_event import BOUNCED, COMPLAINED, DEFERRED, DELIVERED, DeliveryEvent
 from .errors import InvalidArgument
 
 
@@ -104,7 +104,7 @@ def pool_stats(p: models.Pool, window: int, figures: stats_reader.PoolFigures) -
     return pb.PoolStats(
         smtp_id=p.smtp_id, label=p.label, internal_name=p.internal_name,
         window=window or pb.LIFETIME, sent=t.sent, delivered=t.delivered, bounced=t.bounced,
-        deferred=t.deferred, delivery_rate=t.delivery_rate,
+        deferred=t.deferred, delivery_rate=t.delivery_rate, complaints=t.complaints,
         ips=[ip_stats(a, c) for a, c in figures.per_ip.items()],
     )
 
@@ -126,7 +126,7 @@ def trend(t: stats_reader.Trend, *, smtp_id: int = 0, pool_label: str = "", addr
     )
 
 
-_OUTCOMES = {DELIVERED: pb.DELIVERED, BOUNCED: pb.BOUNCED, DEFERRED: pb.DEFERRED}
+_OUTCOMES = {DELIVERED: pb.DELIVERED, BOUNCED: pb.BOUNCED, DEFERRED: pb.DEFERRED, COMPLAINED: pb.COMPLAINED}
 
 
 def message_status(message_id: str, events: list[DeliveryEvent]) -> pb.MessageStatus:
@@ -145,7 +145,24 @@ def message_status(message_id: str, events: list[DeliveryEvent]) -> pb.MessageSt
                 reply=e.reply,
                 attempt=e.attempt,
                 final=e.final,
+                source=e.source,
             )
             for e in events
         ],
+    )
+
+
+def unattributed_reports(found: reports_reader.UnattributedReports) -> pb.ListUnattributedReportsResponse:
+    """The kept reports as the API shows them, newest first, with the servers' totals."""
+    return pb.ListUnattributedReportsResponse(
+        reports=[
+            pb.UnattributedReport(
+                time=timestamp(r.at_ms / 1000), server_id=r.server_id, reason=r.reason, kind=r.kind, peer=r.peer,
+                mail_from=r.mail_from, rcpt_to=list(r.rcpt_tos), size=r.size, subject=r.subject, sha256=r.sha256,
+                raw=r.raw, truncated=r.truncated,
+            )
+            for r in found.reports
+        ],
+        unattributed_total=found.unattributed_total,
+        too_big_total=found.too_big_total,
     )

@@ -20,11 +20,11 @@ import grpc
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import convert, stats_reader, validation
+from . import convert, reports_reader, stats_reader, validation
 from ._pb.poolmta.v1 import poolmta_pb2 as pb
 from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc_pb
 from .auth import Authenticator
-from .contract import acks
+from .contract import acks, rediskeys
 from .contract.runtime import reraise_if_cancelling
 from .errors import DomainError, InvalidArgument, NotFound, Unavailable
 from .publisher import SnapshotPublisher
@@ -37,6 +37,7 @@ ADMIN = "admin"
 ACCOUNT = "account"
 INTERNAL_MESSAGE = "internal error; the control-plane log has the details"
 STATS_POLL_SECONDS = 0.25
+DEFAULT_UNATTRIBUTED_LIMIT = 50
 
 
 @dataclass
@@ -188,6 +189,21 @@ class MtaServerServicer(_Servicer, rpc_pb.MtaServerServiceServicer):
             server_id=server.server_id, routing_version=server.routing_version, published_version=published,
             workers=[pb.WorkerAck(worker_id=a.worker_id, version=a.version) for a in live],
         )
+
+    @rpc(ADMIN)
+    async def ListUnattributedReports(self, request, context, admin):
+        limit = request.limit or DEFAULT_UNATTRIBUTED_LIMIT
+        if not 0 < limit <= rediskeys.UNATTRIBUTED_KEPT:
+            raise InvalidArgument(f"limit must be 1-{rediskeys.UNATTRIBUTED_KEPT} (0 = {DEFAULT_UNATTRIBUTED_LIMIT})")
+        if request.server_id:
+            server_ids = [self.registry.get_server(request.server_id).server_id]
+        else:
+            server_ids = [s.server_id for s in self.registry.list_servers()]
+        try:
+            found = await reports_reader.unattributed_reports(self.services.redis, server_ids, limit)
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"Redis is unreachable: {exc}") from None
+        return convert.unattributed_reports(found)
 
 
 class PoolServicer(_Servicer, rpc_pb.PoolServiceServicer):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from .contract import rediskeys
-from .contract.delivery_event import DeliveryEvent, DeliveryEventError
+from .contract.delivery_event import DeliveryEvent, decode_list
 
 LIFETIME = "lifetime"
 LAST_30_DAYS = "30d"
@@ -146,11 +146,4 @@ async def trend(redis: aioredis.Redis, server_id: int, resolution: rediskeys.Res
 async def message_events(redis: aioredis.Redis, message_id: str) -> list[DeliveryEvent]:
     """A message's delivery events, oldest first; [] if none. An entry that is not
     a delivery event is left out rather than failing the whole list."""
-    raw = await redis.lrange(rediskeys.message_events_key(message_id), 0, -1)
-    events = []
-    for item in raw:
-        try:
-            events.append(DeliveryEvent.decode(item))
-        except DeliveryEventError:
-            continue
-    return events
+    return decode_list(await redis.lrange(rediskeys.message_events_key(message_id), 0, -1))

@@ -16,11 +16,19 @@ import ssl
 import sys
 from pathlib import Path
 
-from control.contract.runtime import DEFAULT_SMTP_LISTEN, default_data_dir, embedded_redis_url, redis_answers
+from control.contract.runtime import (
+    DEFAULT_INBOUND_LISTEN,
+    DEFAULT_SMTP_LISTEN,
+    default_data_dir,
+    embedded_redis_url,
+    redis_answers,
+)
 
 from . import logs, spool
 from .config import (
     DEFAULT_EVENT_RETENTION,
+    DEFAULT_INBOUND_MAX_CONNECTIONS,
+    DEFAULT_INBOUND_MAX_MESSAGE_SIZE,
     DEFAULT_INSECURE_AUTH_NETWORKS,
     DEFAULT_MAX_CONN_PER_DESTINATION,
     DEFAULT_MAX_CONN_PER_IP,
@@ -33,9 +41,11 @@ from .config import (
     AuthThrottleConfig,
     DataplaneConfig,
     DeliveryConfig,
+    InboundConfig,
     argument_type,
     format_duration,
     parse_duration,
+    parse_fbl_address,
     parse_hostport,
     parse_listen,
     parse_retry_schedule,
@@ -193,14 +203,43 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     d.add_argument("--no-delivery", action="store_true", default=_flag_default(env, "POOLMTA_NO_DELIVERY"),
                    help="accept and spool only, deliver nothing (benchmarks of the accept path; "
                         "env POOLMTA_NO_DELIVERY=1)")
+    i = p.add_argument_group("inbound listener (bounces and feedback reports)")
+    i.add_argument("--inbound-listen", default=e("POOLMTA_INBOUND_LISTEN", DEFAULT_INBOUND_LISTEN),
+                   metavar="HOST:PORT|none",
+                   help="where the inbound listener takes bounces and feedback reports (port 25 on a real MX; "
+                        f"port 0 picks one; 'none' turns it off; env POOLMTA_INBOUND_LISTEN; default "
+                        f"{DEFAULT_INBOUND_LISTEN})")
+    i.add_argument("--inbound-max-size", type=_size,
+                   default=e("POOLMTA_INBOUND_MAX_SIZE", str(DEFAULT_INBOUND_MAX_MESSAGE_SIZE)),
+                   help="largest report accepted, advertised with SIZE (env POOLMTA_INBOUND_MAX_SIZE; bytes or "
+                        "K/M/G; default 10M)")
+    i.add_argument("--inbound-max-connections", type=int,
+                   default=e("POOLMTA_INBOUND_MAX_CONNECTIONS", str(DEFAULT_INBOUND_MAX_CONNECTIONS)), metavar="N",
+                   help="concurrent inbound sessions for the whole server; more get 421 (env "
+                        f"POOLMTA_INBOUND_MAX_CONNECTIONS; default {DEFAULT_INBOUND_MAX_CONNECTIONS})")
+    i.add_argument("--fbl-address", action="append", type=argument_type(parse_fbl_address), default=None,
+                   metavar="ADDRESS",
+                   help="an address registered with a provider's feedback loop; repeatable; fbl@, abuse@ and "
+                        "postmaster@ each bounce domain are always taken (env POOLMTA_FBL_ADDRESS, "
+                        "comma-separated)")
     p.add_argument("--log-level", choices=logs.LEVELS, default=e("POOLMTA_LOG_LEVEL", "info"),
                    help="env POOLMTA_LOG_LEVEL; default info")
-    # Given by `poolmta up` for the REST bridge and the inbound listener, which
-    # are later issues: accepted so `up` can pass them, not served yet.
+    # Given by `poolmta up` for the REST bridge, a later issue: accepted so `up`
+    # can pass it, not served yet.
     p.add_argument("--http-listen", default=e("POOLMTA_HTTP_LISTEN"), help=argparse.SUPPRESS)
-    p.set_defaults(env_route=e("POOLMTA_ROUTE"))
-    p.add_argument("--inbound-listen", default=e("POOLMTA_INBOUND_LISTEN"), help=argparse.SUPPRESS)
+    p.set_defaults(env_route=e("POOLMTA_ROUTE"), env_fbl=e("POOLMTA_FBL_ADDRESS"))
     return p
+
+
+def _inbound_config(args: argparse.Namespace) -> InboundConfig:
+    """The inbound listener's settings; ValueError naming a bad one."""
+    fbl = args.fbl_address
+    if fbl is None:
+        fbl = [parse_fbl_address(a) for a in re.split(r"[,\s]+", args.env_fbl or "") if a]
+    enabled = args.inbound_listen.strip().lower() not in ("none", "off")
+    host, port = parse_listen(args.inbound_listen) if enabled else ("127.0.0.1", 0)
+    return InboundConfig(enabled=enabled, host=host, port=port, max_message_size=args.inbound_max_size,
+                         fbl_addresses=tuple(dict.fromkeys(fbl)), max_connections=int(args.inbound_max_connections))
 
 
 def build_config(args: argparse.Namespace, redis_url: str) -> DataplaneConfig:
@@ -237,6 +276,7 @@ def build_config(args: argparse.Namespace, redis_url: str) -> DataplaneConfig:
             dns_server=args.dns_server,
             mx_port=int(args.mx_port),
         ),
+        inbound=_inbound_config(args),
     )
 
 
@@ -266,9 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         config = build_config(args, redis_url=args.redis_url or "redis://placeholder")
     except ValueError as exc:
         parser.error(str(exc))
-    if args.http_listen or args.inbound_listen:
-        log.info("--http-listen / --inbound-listen: the REST bridge and inbound listener are not part "
-                 "of this data plane yet; ignored")
+    if args.http_listen:
+        log.info("--http-listen: the REST bridge is not part of this data plane yet; ignored")
     try:
         args.data_dir.mkdir(parents=True, exist_ok=True)
         spool.lock(config.spool_dir)  # its descriptor stays open, and the lock held, until exit
@@ -290,6 +329,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ssl.SSLError) as exc:
         print(f"error: cannot load the STARTTLS certificate and key: {exc}", file=sys.stderr)
         return 1
+    if config.inbound.enabled:
+        from .inbound import verp_codec
+        from .verp_keyring import KeyringError
+
+        try:
+            verp_codec(args.data_dir)  # created once here; fail clearly rather than in every worker
+        except KeyringError as exc:
+            print(f"error: the inbound listener cannot check bounce addresses: {exc}", file=sys.stderr)
+            return 1
     redis_url = args.redis_url or _join_embedded_redis(args.data_dir)
     if redis_url is None:
         print(f"error: no Redis to use: the embedded Redis of {args.data_dir} does not answer "

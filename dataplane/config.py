@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from control.contract.runtime import DEFAULT_SMTP_PORT
+from control.contract.runtime import DEFAULT_INBOUND_PORT, DEFAULT_SMTP_PORT
 
 MIB = 1024 * 1024
 
@@ -226,7 +226,12 @@ class DeliveryConfig:
 
     def share(self, limit: int, workers: int) -> int:
         """One worker's share of a server-wide connection limit (rounded up)."""
-        return max(1, -(-limit // workers))
+        return worker_share(limit, workers)
+
+
+def worker_share(limit: int, workers: int) -> int:
+    """One worker's share of a server-wide limit (rounded up, at least 1)."""
+    return max(1, -(-limit // workers))
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -269,6 +274,66 @@ class AuthThrottleConfig:
             raise ValueError("AUTH throttle window must be positive and 0 <= base delay <= max delay")
 
 
+# A report carries the returned message (RFC 3462 / RFC 6522 section 3), so it is as
+# large as what we sent, but the parser reads only its first 2 MiB: 10 MB covers the
+# returned message of all but the largest mail, far below the Bridge's 25 MB.
+DEFAULT_INBOUND_MAX_MESSAGE_SIZE = 10 * MIB
+# Postfix's default_process_limit: concurrent SMTP sessions of one server.
+DEFAULT_INBOUND_MAX_CONNECTIONS = 100
+# A report goes to one return path (RFC 3464 section 2: one DSN per envelope sender);
+# a few more cover an FBL report copied to several addresses.
+DEFAULT_INBOUND_MAX_RECIPIENTS = 20
+_ADDRESS = re.compile(r"[^@\s<>]{1,64}@[A-Za-z0-9.-]{1,255}")
+
+
+def parse_fbl_address(value: str) -> str:
+    """A feedback-loop address (`fbl@acme.example`) as the inbound listener compares it:
+    lower case; ValueError naming the problem."""
+    address = value.strip().lower()
+    if not _ADDRESS.fullmatch(address) or not address.isascii():
+        raise ValueError(f"not an FBL address: {value[:80]!r} (an address like fbl@example.com)")
+    return address
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    """The inbound listener of every worker: bounces (to VERP return paths) and
+    feedback reports (to FBL addresses) come in here (`dataplane.inbound`).
+
+    enabled: False = no inbound listener (`--inbound-listen none`).
+    host, port: where it listens, shared by all workers (SO_REUSEPORT); port 0 lets
+        the supervisor pick one.
+    max_message_size: largest report accepted, advertised with SIZE (552 beyond).
+    fbl_addresses: addresses registered with providers' feedback loops (lower case),
+        accepted beside `fbl@`, `abuse@` and `postmaster@` each bounce domain.
+    max_connections: concurrent inbound sessions for the whole server (each worker
+        gets its share, rounded up); more get 421.
+    max_recipients: RCPT TOs per transaction; more get 452.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_INBOUND_PORT
+    max_message_size: int = DEFAULT_INBOUND_MAX_MESSAGE_SIZE
+    fbl_addresses: tuple[str, ...] = ()
+    max_connections: int = DEFAULT_INBOUND_MAX_CONNECTIONS
+    max_recipients: int = DEFAULT_INBOUND_MAX_RECIPIENTS
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"inbound port must be 0-65535, got {self.port}")
+        if self.max_message_size < 1024:
+            raise ValueError(f"inbound max size must be at least 1024 bytes, got {self.max_message_size}")
+        if self.max_connections < 1 or self.max_recipients < 1:
+            raise ValueError("inbound connection and recipient limits must be at least 1")
+        for address in self.fbl_addresses:
+            parse_fbl_address(address)
+
+    @property
+    def listen(self) -> str:
+        return format_listen(self.host, self.port)
+
+
 @dataclass(frozen=True)
 class DataplaneConfig:
     """What one data-plane server (supervisor plus its workers) needs to run.
@@ -297,6 +362,7 @@ class DataplaneConfig:
     shutdown_grace: seconds a stopping worker lets messages in DATA (and
         outbound transactions) finish.
     delivery: the delivery engine's settings.
+    inbound: the inbound listener's settings.
     """
 
     server_id: int
@@ -319,6 +385,7 @@ class DataplaneConfig:
     stats_flush_interval: float = 0.25
     shutdown_grace: float = 10.0
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
 
     def __post_init__(self) -> None:
         if self.server_id < 1:
@@ -360,3 +427,4 @@ class DataplaneConfig:
     @property
     def tls_dir(self) -> Path:
         return self.data_dir / "tls"
+

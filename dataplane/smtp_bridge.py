@@ -29,6 +29,7 @@ from control.contract.snapshot import BridgeRoute
 
 from .bridge_auth import AuthThrottle, BridgeIdentity, check_credentials
 from .config import DataplaneConfig
+from .message_headers import header_fields, indexed_message_id
 from .routing import NoUsableIp, PoolGone, in_networks, stamp
 from .smtp_wire import WireSMTP
 from .snapshot_loader import SnapshotLoader
@@ -67,6 +68,9 @@ REPLY_SPOOL_FAILED = "451 4.3.0 The message could not be stored, nothing was que
 REPLY_INTERNAL_ERROR = "451 4.3.0 Local error in processing; try again later"
 
 EHLO_PIPELINING = "250-PIPELINING"
+
+_MESSAGE_ID_FIELD = ("message-id",)
+
 
 class BridgeEnvelope(Envelope):
     """An aiosmtpd Envelope that also records which Bridge the transaction is for."""
@@ -406,6 +410,11 @@ class BridgeHandler:
             return REPLY_SPOOL_FAILED
         # One per distinct recipient: delivered, bounced and deferred count recipients too.
         self.stats.count_sent(route.pool.smtp_id, route.address, len(dict.fromkeys(record.rcpt_tos)))
+        # The message index: a report that returns only the original headers finds
+        # this message by its Message-ID (dataplane.inbound.attribution).
+        header_id = indexed_message_id(header_fields(raw, _MESSAGE_ID_FIELD)["message-id"])
+        if header_id is not None:
+            self.stats.index_message(header_id, message_id)
         if self.delivery is not None:
             self.delivery.accepted(record)
         return REPLY_QUEUED.format(id=message_id)

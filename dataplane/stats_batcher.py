@@ -11,19 +11,23 @@ it in one round trip:
   buckets of the pool, the IP and the pool+IP, all under the worker's MTA server
   tag `{stats:N}`), buckets expiring at their retention (EXPIREAT);
 * events: one Lua script per message RPUSHes its events (JSON) to the
-  message's event list (`{msg:ID}` tag) and sets the list's expiry.
+  message's event list (`{msg:ID}` tag) and sets the list's expiry;
+* the message index: a SET per accepted message with a Message-ID header,
+  `rediskeys.message_index_key(Message-ID)` -> our message id, expiring with the
+  events (a report that returns only the original headers finds its message
+  through it while the message's events last).
 
 A correction made elsewhere (an asynchronous bounce moving a recipient from
 delivered to bounced) uses the same script through `apply_counts_once`, with a
 marker of its own, so it too applies once however often it is retried.
 
-With events the scripts go in one pipeline (still one round trip; each script
-stays on its own hash slot, so a Redis Cluster works).
+With events or index entries the scripts and SETs go in one pipeline (still one
+round trip; each command stays on its own hash slot, so a Redis Cluster works).
 
 Exactly once: each batch has an id, and the counts script first sets the
 batch's marker key with NX, applying nothing if the marker exists; the events
 script skips an event already in the list (a retried batch carries the very
-same JSON). A batch whose flush failed (Redis down, or the reply lost after
+same JSON); an index entry is a plain SET of the same value. A batch whose flush failed (Redis down, or the reply lost after
 Redis applied it) is retried later, unchanged, before anything newer, so it
 applies once either way.
 
@@ -35,7 +39,8 @@ outage gives up detail before counts: past half of MAX_COUNT_KEYS new counts are
 kept per hour (their minute buckets are not written), past three quarters per
 day, and only past the bound are they dropped (logged, `counts_dropped`). Events wait
 too, up to `max_pending_events`; past that the oldest are dropped, which is
-logged and counted in `metrics["events_dropped"]`.
+logged and counted in `metrics["events_dropped"]`. Index entries likewise
+(`metrics["index_dropped"]`): losing one only costs a report its header attribution.
 """
 
 from __future__ import annotations
@@ -161,6 +166,7 @@ class _Batch:
     args: list[str | int]
     counts: int
     events: tuple[tuple[str, str], ...] = ()  # (message id, JSON)
+    index: tuple[tuple[str, str], ...] = ()  # (message index key, our message id)
 
 
 class StatsBatcher:
@@ -181,6 +187,7 @@ class StatsBatcher:
         self._interval = interval
         self._pending: Counter[CountKey] = Counter()
         self._events: deque[tuple[str, str]] = deque()
+        self._index: deque[tuple[str, str]] = deque()
         self._unsent: _Batch | None = None
         self._script = redis.register_script(_APPLY_BATCH)
         self._prefix = f"{batch_prefix}:{secrets.token_hex(4)}"
@@ -234,6 +241,15 @@ class StatsBatcher:
         elif len(events) >= self.max_batch_events and self._wake is not None:
             self._wake.set()
 
+    def index_message(self, header_message_id: str, message_id: str) -> None:
+        """Queue a message index entry: the Message-ID header value (as
+        `message_headers.indexed_message_id` gives it) names our message id."""
+        index = self._index
+        index.append((rediskeys.message_index_key(header_message_id), message_id))
+        if len(index) > self.max_pending_events:
+            index.popleft()
+            self.metrics["index_dropped"] += 1
+
     @property
     def pending(self) -> int:
         """Counts not yet known to be in Redis."""
@@ -243,6 +259,11 @@ class StatsBatcher:
     def pending_events(self) -> int:
         """Events not yet known to be in Redis."""
         return len(self._events) + (len(self._unsent.events) if self._unsent else 0)
+
+    @property
+    def pending_index(self) -> int:
+        """Message index entries not yet known to be in Redis."""
+        return len(self._index) + (len(self._unsent.index) if self._unsent else 0)
 
     def start(self) -> None:
         self._wake = asyncio.Event()
@@ -276,10 +297,12 @@ class StatsBatcher:
         events = tuple(self._events.popleft() for _ in range(take))
         if self._dropping and len(self._events) < self.max_pending_events // 2:
             self._dropping = False
-        return _Batch(batch_id, keys, args, counts, events)
+        take = min(len(self._index), self.max_batch_events)
+        index = tuple(self._index.popleft() for _ in range(take))
+        return _Batch(batch_id, keys, args, counts, events, index)
 
     async def _apply(self, batch: _Batch) -> None:
-        if not batch.events:
+        if not batch.events and not batch.index:
             await self._script(keys=batch.keys, args=batch.args)
             return
         # The client the counts script belongs to carries the whole batch.
@@ -291,12 +314,14 @@ class StatsBatcher:
             by_message.setdefault(message_id, []).append(text)
         for message_id, texts in by_message.items():
             pipe.eval(_APPEND_EVENTS, 1, rediskeys.message_events_key(message_id), self.event_ttl, *texts)
+        for key, message_id in batch.index:
+            pipe.set(key, message_id, ex=self.event_ttl)
         await pipe.execute()
 
     async def flush(self) -> bool:
         """Send what was counted and the events waiting; True when nothing is left pending."""
         if self._unsent is None:
-            if not self._pending and not self._events:
+            if not self._pending and not self._events and not self._index:
                 return True
             self._unsent = self._next_batch()
         batch = self._unsent
@@ -315,7 +340,7 @@ class StatsBatcher:
         if self._failing:
             log.info("stats flush recovered")
             self._failing = False
-        return not self._pending and not self._events
+        return not self._pending and not self._events and not self._index
 
     async def close(self, timeout: float = 2.0) -> None:
         """Stop the background task and try to flush what is left."""
@@ -332,6 +357,6 @@ class StatsBatcher:
                     await asyncio.sleep(0.1)
         except (TimeoutError, redis_errors.RedisError, OSError):
             pass
-        if self.pending or self.pending_events:
-            log.warning("exiting with %d stats counts and %d events not flushed to Redis",
-                        self.pending, self.pending_events)
+        if self.pending or self.pending_events or self.pending_index:
+            log.warning("exiting with %d stats counts, %d events and %d message index entries not flushed "
+                        "to Redis", self.pending, self.pending_events, self.pending_index)

@@ -3,9 +3,9 @@
 them all on SIGINT / SIGTERM.
 
 Before the workers start it holds a bound (not listening) SO_REUSEPORT socket on
-the SMTP address: that fails early and clearly when the address is taken, turns
-port 0 into a concrete port every worker then binds, and keeps the port reserved
-while a worker restarts. Workers are spawned (fresh interpreters, nothing
+the SMTP address, and one on the inbound listener's: that fails early and clearly
+when an address is taken, turns port 0 into a concrete port every worker then
+binds, and keeps the ports reserved while a worker restarts. Workers are spawned (fresh interpreters, nothing
 inherited but the configuration) and die with the supervisor (PDEATHSIG).
 """
 
@@ -22,7 +22,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import IO
 
-from control.contract.runtime import DATAPLANE_READY_LINE
+from control.contract.runtime import DATAPLANE_READY_INBOUND, DATAPLANE_READY_LINE
 
 from . import spool
 from .config import DataplaneConfig, format_listen
@@ -39,6 +39,14 @@ MAX_RESTART_DELAY = 10.0
 
 class StartError(RuntimeError):
     """The data plane could not start; the message says why."""
+
+
+def _reserve(host: str, port: int, listen: str) -> socket.socket:
+    """A bound, not listening, SO_REUSEPORT socket on host:port; StartError if it is taken."""
+    try:
+        return listening_socket(host, port, listen=False)
+    except OSError as exc:
+        raise StartError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
 
 
 @dataclasses.dataclass
@@ -134,30 +142,35 @@ class Supervisor:
         """Serve until SIGINT / SIGTERM; the exit code (0 after a clean stop)."""
         self._install_signals()
         config = self.config
+        reservations = []
         try:
-            reservation = listening_socket(config.smtp_host, config.smtp_port, listen=False)
-        except OSError as exc:
-            raise StartError(f"cannot listen on {config.smtp_listen}: {exc.strerror or exc}") from None
-        try:
-            port = reservation.getsockname()[1]
-            self.config = config = dataclasses.replace(config, smtp_port=port)
+            reservations.append(_reserve(config.smtp_host, config.smtp_port, config.smtp_listen))
+            port = reservations[0].getsockname()[1]
+            config = dataclasses.replace(config, smtp_port=port)
+            if config.inbound.enabled:
+                reservations.append(_reserve(config.inbound.host, config.inbound.port, config.inbound.listen))
+                config = dataclasses.replace(config, inbound=dataclasses.replace(
+                    config.inbound, port=reservations[1].getsockname()[1]))
+            self.config = config
             for slot in self._slots:
                 self._start(slot)
             versions = self._wait_started()
             if versions is None:
                 return 1 if not self._stopping else 0
             snapshot = min(versions) if versions and min(versions) > 0 else "none"
+            inbound = DATAPLANE_READY_INBOUND.format(inbound=config.inbound.listen) if config.inbound.enabled else ""
             self.out.write(DATAPLANE_READY_LINE.format(
                 server_id=config.server_id, smtp=format_listen(config.smtp_host, port),
                 workers=config.workers, snapshot=snapshot,
-            ) + "\n")
+            ) + inbound + "\n")
             self.out.flush()
             self._serve()
             return 0
         finally:
             log.info("stopping %d worker(s)", sum(1 for s in self._slots if s.process is not None))
             self._stop_all()
-            reservation.close()
+            for reservation in reservations:
+                reservation.close()
             log.info("stopped")
 
     def _wait_started(self) -> list[int] | None:

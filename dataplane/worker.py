@@ -1,10 +1,11 @@
-"""One data-plane worker process: an asyncio loop serving the SMTP Bridge on its
-own SO_REUSEPORT socket (the kernel spreads connections over the workers), with
-its snapshot loader, spool writer, delivery engine and stats batcher.
+"""One data-plane worker process: an asyncio loop serving the SMTP Bridge and the
+inbound listener, each on its own SO_REUSEPORT socket (the kernel spreads
+connections over the workers), with its snapshot loader, spool writer, delivery
+engine and stats batcher.
 
-SIGTERM or SIGINT stops it gracefully: it stops accepting, lets messages whose
-DATA is in progress finish (up to `shutdown_grace`), answers 421 to the idle
-sessions, lets outbound transactions under way finish (up to `shutdown_grace`),
+SIGTERM or SIGINT stops it gracefully: it stops accepting, lets messages and
+reports whose DATA is in progress finish (up to `shutdown_grace`), answers 421 to
+the idle sessions, lets outbound transactions under way finish (up to `shutdown_grace`),
 flushes stats and events, and removes its ack.
 """
 
@@ -28,6 +29,7 @@ from . import logs
 from .bridge_auth import AuthThrottle
 from .config import DataplaneConfig, format_listen
 from .delivery import DeliveryEngine
+from .inbound import Accounting, Attributor, InboundHandler, InboundSMTP, ReportIntake, verp_codec
 from .smtp_bridge import REPLY_SHUTTING_DOWN, BridgeHandler, BridgeSMTP
 from .snapshot_loader import SnapshotLoader
 from .spool import Spool
@@ -149,8 +151,17 @@ class Worker:
             lambda: BridgeSMTP(handler, hostname=self._hostname(loader), tls_context=tls_context),
             sock=sock,
         )
-        log.info("worker %d pid %d listening on %s (snapshot version %d)",
-                 self.index, os.getpid(), format_listen(config.smtp_host, config.smtp_port), loader.version)
+        listeners = [(server, handler)]
+        if config.inbound.enabled:
+            inbound = self._inbound_handler(redis, loader)
+            inbound_server = await loop.create_server(
+                lambda: InboundSMTP(inbound, hostname=self._hostname(loader), tls_context=tls_context),
+                sock=listening_socket(config.inbound.host, config.inbound.port),
+            )
+            listeners.append((inbound_server, inbound))
+        log.info("worker %d pid %d listening on %s%s (snapshot version %d)",
+                 self.index, os.getpid(), format_listen(config.smtp_host, config.smtp_port),
+                 f", inbound {config.inbound.listen}" if config.inbound.enabled else "", loader.version)
         ready.send(("ready", self.index, os.getpid(), loader.version))
         ready.close()
         try:
@@ -158,19 +169,31 @@ class Worker:
                 await delivery.start()
             await stop.wait()
         finally:
-            await self._shutdown(server, handler, loader, stats, spool, redis, delivery)
+            await self._shutdown(listeners, loader, stats, spool, redis, delivery)
 
-    async def _shutdown(self, server, handler: BridgeHandler, loader, stats, spool, redis,
+    def _inbound_handler(self, redis, loader: SnapshotLoader) -> InboundHandler:
+        config = self.config
+        intake = ReportIntake(
+            Attributor(redis, verp_codec(config.data_dir)),
+            Accounting(redis, server_id=config.server_id, event_ttl=config.delivery.event_retention),
+        )
+        return InboundHandler(config, loader=loader, intake=intake)
+
+    async def _shutdown(self, listeners: list[tuple], loader, stats, spool, redis,
                         delivery: DeliveryEngine | None) -> None:
-        log.info("worker %d stopping: %d session(s), %d message(s) in DATA",
-                 self.index, len(handler.sessions), handler.in_flight)
-        server.close()
+        handlers = [handler for _, handler in listeners]
+        bridge, *inbound = handlers
+        log.info("worker %d stopping: %d session(s), %d message(s) in DATA%s", self.index, len(bridge.sessions),
+                 bridge.in_flight, "".join(f"; inbound: {len(h.sessions)} session(s), {h.in_flight} report(s) in DATA"
+                                           for h in inbound))
+        for server, _ in listeners:
+            server.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.shutdown_grace
-        while handler.in_flight and loop.time() < deadline:
+        while any(h.in_flight for h in handlers) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         goodbye = (REPLY_SHUTTING_DOWN.format(host=self._hostname(loader)) + "\r\n").encode()
-        for session in list(handler.sessions):
+        for session in [s for h in handlers for s in h.sessions]:
             transport = session.transport
             if transport is not None and not transport.is_closing():
                 transport.write(goodbye)

@@ -36,7 +36,7 @@ from dataplane import spool
 from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"dataplane ready server_id=(\d+) smtp=(\S+) workers=(\d+) snapshot=(\S+)")
+READY = re.compile(r"dataplane ready server_id=(\d+) smtp=(\S+) workers=(\d+) snapshot=(\S+)(?: inbound=(\S+))?")
 LISTENING = re.compile(r"worker (\d+) pid (\d+) listening")
 QUEUED = re.compile(r"queued as ([0-9a-f]{26})")
 
@@ -107,7 +107,8 @@ class Dataplane:
     """A real `python -m dataplane` process; its stdout and stderr are collected.
 
     `delivery=False` (the default) adds `--no-delivery`: tests of the accept path
-    read the spool records the delivery engine would consume.
+    read the spool records the delivery engine would consume. The inbound listener
+    gets a free port (`inbound_port`) unless `args` give `--inbound-listen`.
     """
 
     def __init__(self, data_dir: Path, redis_url: str, server_id: int, *, workers: int = 1,
@@ -120,6 +121,8 @@ class Dataplane:
             sys.executable, "-m", "dataplane", "--server-id", str(server_id), "--data-dir", str(data_dir),
             "--smtp-listen", listen, "--workers", str(workers), *args,
         ]
+        if "--inbound-listen" not in args:
+            self.cmd += ["--inbound-listen", "127.0.0.1:0"]
         if not delivery:  # tests of the accept path read the records the delivery engine would consume
             self.cmd.append("--no-delivery")
         if redis_url:
@@ -131,6 +134,7 @@ class Dataplane:
         self._readers: list[threading.Thread] = []
         self.host = ""
         self.port = 0
+        self.inbound_port = 0
 
     def _pump(self, stream) -> None:
         for line in stream:
@@ -153,6 +157,8 @@ class Dataplane:
             raise AssertionError(f"data plane exited with {self.proc.returncode}:\n{self.log()}")
         host, _, port = match.group(2).rpartition(":")
         self.host, self.port = host.strip("[]"), int(port)
+        if match.group(5):
+            self.inbound_port = int(match.group(5).rpartition(":")[2])
         return self
 
     def ready_match(self):

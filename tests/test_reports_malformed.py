@@ -164,6 +164,16 @@ def test_unknown_charset_and_undecodable_bytes_in_a_nonstandard_bounce():
     assert [(r.address, r.permanent) for r in report.recipients] == [("gone@example.net", True)]
 
 
+@pytest.mark.parametrize("container", [False, True], ids=["leaf", "in-multipart"])
+def test_a_charset_with_a_nul_in_it_is_like_an_unknown_one(container: bool):
+    # Found by test_random_bytes_spliced_into_corpus_messages: the stdlib decodes an
+    # 8-bit leaf with its charset on get_payload(), and a NUL there is a ValueError.
+    leaf = b'Content-Type: text/plain; charset="a\x00b"\r\n\r\nhello \xff\r\n'
+    data = (b'Content-Type: multipart/report; report-type=delivery-status; boundary="x"\r\n\r\n--x\r\n'
+            + leaf + b"--x--\r\n") if container else leaf
+    assert _parsed(b"From: a@example.com\r\n" + data).kind == "unknown"
+
+
 @pytest.mark.parametrize("from_line", [b"", b"From: \n", b"From: ,,,\n"], ids=["none", "empty", "no-address"])
 def test_a_nonstandard_bounce_without_a_usable_from_is_still_detected(from_line: bytes):
     # flufl.bounce's Yale detector fails on such a message and would stop the

@@ -27,7 +27,8 @@ from dataplane.sink.rules import (
     parse_action,
     parse_rule,
 )
-from dataplane.sink.server import header_fields, peer_ip
+from dataplane.message_headers import header_fields
+from dataplane.sink.server import LOGGED_HEADERS, peer_ip
 from tests.dataplane_support import dot_stuffed
 from tests.support import wait_until
 
@@ -156,7 +157,7 @@ def test_header_fields_reads_only_the_header_block() -> None:
         b"\r\n"
         b"X-ServerID: 9\r\n"
     )
-    assert header_fields(message) == {
+    assert header_fields(message, LOGGED_HEADERS) == {
         "message-id": "<m1@example.com>",
         "x-virtual-mta": "acme-7-3-pool-12",
         "x-feedtype": "marketing",

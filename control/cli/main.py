@@ -2,7 +2,8 @@
 
     poolmta up | control | dataplane ARGS... | sink ARGS...   run the servers
     poolmta demo [--messages N] [--keep-running]       the whole story on loopback
-    poolmta account | server | pool | ip | bridge | op | stats ...   client commands
+    poolmta account | server | pool | ip | bridge | op | stats | message ...   client commands
+    poolmta report parse FILE... | report unattributed   bounce and complaint reports
 
 Global options go before or after the command: --data-dir, --redis-url, --grpc,
 --token, --json, -v. Settings are read here, once, from flags and the
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..contract.runtime import DEFAULT_SMTP_LISTEN, default_data_dir
-from . import admin_commands, tenant_commands
+from . import admin_commands, report_commands, tenant_commands
 from .client import EXIT_USAGE, CliError, ControlClient, resolve_token
 from .commands import CommandTree, Context, positive_int
 from .render import Printer
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     tree = CommandTree(commands, [common])
     admin_commands.add(tree)
     tenant_commands.add(tree)
+    report_commands.add(tree)
     return parser
 
 

@@ -1,7 +1,8 @@
-"""`poolmta dataplane` and `poolmta sink`: the data plane and the sink as programs of
-their own, `python -m dataplane ARGS...` and `python -m dataplane.sink ARGS...`.
+"""`poolmta dataplane`, `poolmta sink` and `poolmta report parse`: the data plane, the
+sink and the report parser as programs of their own, `python -m dataplane ARGS...`,
+`python -m dataplane.sink ARGS...` and `python -m dataplane.reports parse ...`.
 
-Both replace this process with that program, with one exception. The data plane
+Each replaces this process with that program, with one exception. The data plane
 needs a Redis: the one a URL names, else the embedded Redis of its data directory,
 which it joins when `poolmta up` or `poolmta control` runs it but never starts
 itself (`dataplane` imports nothing of the control plane). So when no URL is given
@@ -57,6 +58,13 @@ def exec_dataplane(args: list[str], data_dir: Path | None, redis_url: str | None
 def exec_sink(args: list[str]) -> int:
     """Replace this process with `python -m dataplane.sink ARGS...` (`poolmta sink`)."""
     return _exec([sys.executable, "-m", "dataplane.sink", *args])
+
+
+def exec_report_parser(files: list[str], as_json: bool) -> int:
+    """Replace this process with `python -m dataplane.reports parse FILE... [--json]`
+    (`poolmta report parse`): the parser is the data plane's, and `control` never
+    imports `dataplane`."""
+    return _exec([sys.executable, "-m", "dataplane.reports", "parse", *(["--json"] if as_json else []), "--", *files])
 
 
 def _exec(argv: list[str]) -> int:

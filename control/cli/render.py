@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
+from ..contract import rediskeys
 
 # Wide enough that piped tables are not folded at 80 columns.
 PIPE_WIDTH = 200
@@ -350,17 +351,36 @@ def operation_line(op: pb.Operation) -> str:
 
 def message_status(m: pb.MessageStatus) -> Table:
     """One row per delivery attempt outcome of a message, oldest first."""
-    outcome = {pb.DELIVERED: "delivered", pb.BOUNCED: "bounced", pb.DEFERRED: "deferred"}
+    outcome = {pb.DELIVERED: "delivered", pb.BOUNCED: "bounced", pb.DEFERRED: "deferred",
+               pb.COMPLAINED: "complained"}
     return table(
         ("Time", "Recipient", "Outcome", "Attempt", "Pool", "IP", "Reply"),
         (
-            (when(e, "time"), e.recipient,
-             outcome.get(e.outcome, "?") + (" (final)" if e.final and e.outcome == pb.DEFERRED else ""),
+            (when(e, "time"), e.recipient or "-",
+             outcome.get(e.outcome, "?") + (" (final)" if e.final and e.outcome == pb.DEFERRED else "")
+             + (f" ({e.source}, later)" if e.source else ""),
              str(e.attempt), pool_ref(e.smtp_id, e.pool), e.ip, e.reply)
             for e in m.events
         ),
         title=f"Message {m.message_id}",
     )
+
+
+def unattributed_reports(reply: pb.ListUnattributedReportsResponse) -> Group:
+    """The kept reports, newest first, under the servers' totals."""
+    shown = table(
+        ("Time", "Server", "Kind", "From", "Envelope", "Size", "Subject", "Why not counted"),
+        (
+            (when(r, "time"), str(r.server_id), r.kind, r.peer,
+             f"<{r.mail_from}> -> {', '.join(r.rcpt_to) or '-'}", count(r.size), text(r.subject), r.reason)
+            for r in reply.reports
+        ),
+        right=(5,),
+    )
+    summary = (f"{count(reply.unattributed_total)} report(s) accepted but not attributed so far "
+               f"(the newest {rediskeys.UNATTRIBUTED_KEPT:,} per server are kept); "
+               f"{count(reply.too_big_total)} refused over the size cap")
+    return Group(Text(summary, style="dim"), shown)
 
 
 # -- stats --------------------------------------------------------------------------

@@ -16,15 +16,27 @@ anything else of `control`.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["BOUNCED", "DEFERRED", "DELIVERED", "OUTCOMES", "DeliveryEvent", "DeliveryEventError"]
+__all__ = [
+    "BOUNCED", "COMPLAINED", "DEFERRED", "DELIVERED", "OUTCOMES", "REPORT_SOURCES", "DeliveryEvent",
+    "DeliveryEventError", "decode_list",
+]
 
 # What an attempt did for a recipient (also the names of the stats counters).
 DELIVERED = "delivered"  # the destination accepted it (2yz)
 BOUNCED = "bounced"  # refused for good (5yz), or the queue lifetime ended: final
 DEFERRED = "deferred"  # refused for now (4yz, no connection...): retried later
 OUTCOMES = (DELIVERED, BOUNCED, DEFERRED)
+# What a feedback report (RFC 5965) said about a recipient: not a delivery outcome,
+# so not in OUTCOMES; always final, and only ever with a `source`.
+COMPLAINED = "complained"
+
+# Where an event's outcome came from when it was not the delivery attempt's own SMTP
+# reply: an asynchronous report the inbound listener received, by the report's kind
+# (an RFC 3464 DSN, an RFC 5965 ARF report, a nonstandard bounce).
+REPORT_SOURCES = ("dsn", "arf", "nonstandard")
 
 # How much of a refused input an error message quotes.
 _QUOTED = 60
@@ -53,15 +65,22 @@ class DeliveryEvent:
     # The recipient's position in the message's envelope, as a VERP return path names
     # it; -1 in events written before it was recorded.
     rcpt_index: int = -1
+    # "" for the outcome of a delivery attempt (its SMTP reply); one of REPORT_SOURCES
+    # for what an asynchronous report said afterwards (a bounce, a complaint).
+    source: str = ""
 
     def encode(self) -> str:
-        """The event as the compact JSON object stored in Redis (keys in field order)."""
-        return json.dumps({
+        """The event as the compact JSON object stored in Redis (keys in field order;
+        `source` only when set, so a delivery attempt's event keeps its bytes)."""
+        fields = {
             "ts_ms": self.ts_ms, "message_id": self.message_id, "user_id": self.user_id,
             "bridge_id": self.bridge_id, "rcpt": self.rcpt, "outcome": self.outcome,
             "smtp_id": self.smtp_id, "pool": self.pool, "ip": self.ip, "reply": self.reply,
             "attempt": self.attempt, "final": self.final, "rcpt_index": self.rcpt_index,
-        }, separators=(",", ":"))
+        }
+        if self.source:
+            fields["source"] = self.source
+        return json.dumps(fields, separators=(",", ":"))
 
     @classmethod
     def decode(cls, raw: bytes | str) -> DeliveryEvent:
@@ -90,9 +109,22 @@ class DeliveryEvent:
                 attempt=int(get("attempt", 0)),
                 final=bool(get("final", False)),
                 rcpt_index=int(get("rcpt_index", -1)),
+                source=str(get("source", "")),
             )
         except (TypeError, ValueError, OverflowError) as exc:
             raise DeliveryEventError(f"not a delivery event ({exc}): {_prefix(raw)}") from exc
+
+
+def decode_list(items: Iterable[bytes | str]) -> list[DeliveryEvent]:
+    """The events of a message's list (as LRANGE returns it), in order; an entry that
+    is not a delivery event is left out rather than failing the whole list."""
+    events = []
+    for item in items:
+        try:
+            events.append(DeliveryEvent.decode(item))
+        except DeliveryEventError:
+            continue
+    return events
 
 
 def _prefix(raw: bytes | str) -> str:

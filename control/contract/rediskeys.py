@@ -12,10 +12,16 @@ scripts and multi-key commands stay on one slot of a Redis Cluster:
   over its nodes.
 * `{msg:ID}` — one message's delivery events.
 * `{supp:USER}` — one account's suppression list.
+* `{inbound:N}` — what MTA server N's inbound listener kept of the reports it
+  could not attribute, and its counts of them.
+
+A message index entry (`message_index_key`) stands alone: one key, read and written
+on its own, so it needs no tag.
 
 Part of `control.contract`: the control plane and the data plane both import it.
 """
 
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -213,3 +219,59 @@ def suppression_key(user_id: int) -> str:
     {"reason", "at_ms", "message_id", "source"}. Bridges of the account refuse RCPT
     to any address in it; permanent bounces and complaints add to it."""
     return f"{PREFIX}:{{supp:{int(user_id)}}}:addresses"
+
+
+def message_index_key(header_message_id: str) -> str:
+    """String holding our message id for a Message-ID header value the Bridge accepted
+    (its content between the angle brackets), so a report that returns only the
+    original headers still finds its message. The value is hashed: it is whatever a
+    sender wrote, and a key name stays short and plain."""
+    digest = hashlib.sha256(header_message_id.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+    return f"{PREFIX}:msgid:{digest}"
+
+
+def report_marker_key(subject: str) -> str:
+    """Marks one recipient's asynchronous bounce or complaint as applied, so the same
+    report arriving again (or another report about the same recipient) counts nothing.
+    `subject` says what was counted, e.g. "bounce:<message id>:<recipient index>".
+    Beside the counters it guards, like the batch markers."""
+    return f"{PREFIX}:{{stats}}:report:{subject}"
+
+
+# How long a report marker is kept: past the VERP address's maximum age (30 days), after
+# which no report is attributed to that message any more, with room to spare.
+REPORT_MARKER_TTL_SECONDS = 45 * 24 * 3600
+
+
+def _inbound_tag(server_id: int) -> str:
+    return f"{PREFIX}:{{inbound:{int(server_id)}}}"
+
+
+def unattributed_reports_key(server_id: int) -> str:
+    """List of the reports MTA server N's inbound listener accepted but could not
+    attribute (or that counted nothing), newest first, JSON (see
+    `control.contract.unattributed`), trimmed to the newest UNATTRIBUTED_KEPT."""
+    return f"{_inbound_tag(server_id)}:unattributed"
+
+
+def unattributed_marker_key(server_id: int, digest: str) -> str:
+    """Marks a report (by the SHA-256 of its bytes) as kept, so a retransmission is
+    neither kept nor counted twice."""
+    return f"{_inbound_tag(server_id)}:seen:{digest}"
+
+
+def inbound_counts_key(server_id: int) -> str:
+    """Hash of MTA server N's inbound counters: INBOUND_FIELDS."""
+    return f"{_inbound_tag(server_id)}:counts"
+
+
+# unattributed: reports accepted that counted nothing (kept in the list above);
+# too_big: reports refused with 552 for being over the inbound size cap.
+INBOUND_FIELDS = ("unattributed", "too_big")
+
+# Reports kept in the unattributed list (the newest ones).
+UNATTRIBUTED_KEPT = 1000
+
+# How long a kept report's marker lasts: longer than a sending MTA retries one message
+# (RFC 5321 4.5.4.1 suggests 4-5 days).
+UNATTRIBUTED_MARKER_TTL_SECONDS = 7 * 24 * 3600

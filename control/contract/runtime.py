@@ -86,20 +86,36 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
 DEFAULT_SMTP_PORT = 2525
 DEFAULT_SMTP_LISTEN = f"127.0.0.1:{DEFAULT_SMTP_PORT}"
 
+# The inbound listener (bounces and feedback reports): 2526 on loopback; port 25 on a real MX.
+DEFAULT_INBOUND_PORT = 2526
+DEFAULT_INBOUND_LISTEN = f"127.0.0.1:{DEFAULT_INBOUND_PORT}"
+
 # What the data plane prints on stdout once every worker serves, e.g.
-#   dataplane ready server_id=1 smtp=127.0.0.1:2525 workers=2 snapshot=7
-# (snapshot=none before the first snapshot); a line holding DATAPLANE_READY is that line.
+#   dataplane ready server_id=1 smtp=127.0.0.1:2525 workers=2 snapshot=7 inbound=127.0.0.1:2526
+# (snapshot=none before the first snapshot; no inbound= with the inbound listener off);
+# a line holding DATAPLANE_READY is that line.
 DATAPLANE_READY = "dataplane ready"
 DATAPLANE_READY_LINE = DATAPLANE_READY + " server_id={server_id} smtp={smtp} workers={workers} snapshot={snapshot}"
+DATAPLANE_READY_INBOUND = " inbound={inbound}"
 
 # What the sink prints once it listens: SINK_READY and its addresses, comma-separated
 # (`sink ready listen=127.0.0.1:2626`).
 SINK_READY = "sink ready listen="
 
 
+def _ready_line_value(line: str, name: str) -> str | None:
+    return next((word.split("=", 1)[1] for word in line.split() if word.startswith(name + "=")), None)
+
+
 def ready_line_smtp(line: str) -> str | None:
     """The SMTP Bridge address (`HOST:PORT`) a data plane's ready line names, or None."""
-    return next((word.split("=", 1)[1] for word in line.split() if word.startswith("smtp=")), None)
+    return _ready_line_value(line, "smtp")
+
+
+def ready_line_inbound(line: str) -> str | None:
+    """The inbound listener's address (`HOST:PORT`) a data plane's ready line names,
+    or None (the listener is off)."""
+    return _ready_line_value(line, "inbound")
 
 
 # -- processes and tasks -------------------------------------------------------------

@@ -136,6 +136,16 @@ def content_type(part: Message) -> str:
         return "text/plain"
 
 
+def payload(part: Message) -> list[Message] | str:
+    """`part.get_payload()`, or "" for a leaf whose 8-bit text cannot be shown: the
+    stdlib decodes it with the declared charset, and a charset with a NUL in it
+    raises ValueError there instead of falling back as for an unknown one."""
+    try:
+        return part.get_payload()
+    except DECODE_ERRORS:
+        return ""
+
+
 def walk_parts(msg: Message) -> Walk:
     """Depth-first parts of `msg` (itself first), at most MAX_PARTS, MAX_DEPTH deep.
 
@@ -152,15 +162,15 @@ def walk_parts(msg: Message) -> Walk:
             parts_cut = True
             break
         parts.append(part)
-        payload = part.get_payload()
+        body = payload(part)
         # Only multiparts hold MIME parts: a message/* part's sub-messages are a
         # returned message (not the report's) or a report's field blocks.
-        if not isinstance(payload, list) or not content_type(part).startswith("multipart/"):
+        if not isinstance(body, list) or not content_type(part).startswith("multipart/"):
             continue
         if depth >= MAX_DEPTH:
-            depth_cut = depth_cut or bool(payload)
+            depth_cut = depth_cut or bool(body)
             continue
-        children = [child for child in payload[:MAX_PARTS] if isinstance(child, Message)]
+        children = [child for child in body[:MAX_PARTS] if isinstance(child, Message)]
         stack.extend((child, depth + 1) for child in reversed(children))
     return Walk(tuple(parts), parts_cut, depth_cut)
 
@@ -203,8 +213,8 @@ def _transfer_decode(data: bytes, cte: str) -> bytes:
 
 def _message_bytes(msg: Message) -> bytes:
     """`msg` serialised back to the bytes it was parsed from (8-bit kept as is)."""
-    payload = msg.get_payload()
-    if isinstance(payload, str):
+    body_text = payload(msg)
+    if isinstance(body_text, str):
         # Written by hand rather than by the generator: the generator refolds
         # headers and always puts a blank line before the body, but where the
         # feedparser met a line that is not a field (transfer-encoded text) it
@@ -235,13 +245,13 @@ def part_bytes(part: Message) -> bytes:
     RFC 6533 section 6 allows base64 and quoted-printable on the message/global*
     types and some MTAs use them on message/delivery-status too.
     """
-    payload = part.get_payload()
+    parts = payload(part)
     try:
         cte = str(part.get("content-transfer-encoding", "")).strip().lower()
     except DECODE_ERRORS:
         cte = ""
-    if isinstance(payload, list):
-        raw = b"".join(_message_bytes(sub) for sub in payload if isinstance(sub, Message))
+    if isinstance(parts, list):
+        raw = b"".join(_message_bytes(sub) for sub in parts if isinstance(sub, Message))
         return _transfer_decode(raw, cte)
     try:
         decoded = part.get_payload(decode=True)
@@ -324,18 +334,18 @@ def returned_headers(part: Message, limit: int) -> list[tuple[str, str]]:
     types (text/rfc822-headers, RFC 6522 section 4, and message/global-headers) and
     transfer-encoded message/global bodies are decoded and read as one field block.
     """
-    payload = part.get_payload()
+    parts = payload(part)
     try:
         cte = str(part.get("content-transfer-encoding", "")).strip().lower()
     except DECODE_ERRORS:
         cte = ""
     if (
-        isinstance(payload, list)
-        and payload
-        and isinstance(payload[0], Message)
+        isinstance(parts, list)
+        and parts
+        and isinstance(parts[0], Message)
         and cte not in ("base64", "quoted-printable")
     ):
-        return header_fields(payload[0], limit)
+        return header_fields(parts[0], limit)
     text = part_bytes(part).decode("utf-8", "replace")
     blocks = field_blocks(text, max_blocks=1)
     return blocks[0][:limit] if blocks else []
@@ -344,5 +354,5 @@ def returned_headers(part: Message, limit: int) -> list[tuple[str, str]]:
 def iter_leaf_text(walk: Walk, types: frozenset[str], limit: int) -> Iterator[str]:
     """The decoded text of each walked leaf part whose type is in `types`."""
     for part in walk.parts:
-        if not isinstance(part.get_payload(), list) and content_type(part) in types:
+        if not isinstance(payload(part), list) and content_type(part) in types:
             yield part_text(part, limit)

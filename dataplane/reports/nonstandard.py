@@ -19,6 +19,7 @@ from flufl.bounce import all_failures
 
 from .limits import MAX_DETECTOR_TEXT, MAX_DIAGNOSTIC, MAX_RECIPIENTS, MAX_RETURNED_HEADERS, MAX_SCANNED_TEXT
 from .mime import DECODE_ERRORS, RETURNED_TYPES, Walk, clean, content_type, field_blocks
+from .mime import payload as part_payload
 from .results import Action, RecipientStatus
 from .status import decide, enhanced_code, normalise_address, reply_class
 
@@ -63,7 +64,7 @@ def prune_for_detectors(msg: Message, walk: Walk) -> None:
     visited = {id(part) for part in walk.parts}
     budget = MAX_DETECTOR_TEXT
     for part in walk.parts:
-        payload = part.get_payload()
+        payload = part_payload(part)
         if content_type(part) in RETURNED_TYPES:
             part.set_payload([] if isinstance(payload, list) else "")
         elif isinstance(payload, list):

@@ -37,6 +37,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 from control.contract.headers import STAMPED_HEADER_NAMES
 from control.contract.runtime import SINK_READY
 from dataplane.config import format_listen
+from dataplane.message_headers import header_fields
 from dataplane.smtp_wire import WireSMTP
 
 from .config import SinkConfig
@@ -60,39 +61,6 @@ DATA_SHUTTING_DOWN = "421 4.3.2 The sink is shutting down"
 # ---------------------------------------------------------------------------
 # Per-message work, kept to byte searches: the sink is the benchmark's destination
 # ---------------------------------------------------------------------------
-
-
-def header_block(message: bytes) -> bytes:
-    """The message's header section, its last line ending included (CRLF or bare LF)."""
-    if message[:1] == b"\n" or message[:2] == b"\r\n":
-        return b""
-    end = message.find(b"\r\n\r\n")
-    limit = len(message) if end < 0 else end
-    bare = message.find(b"\n\n", 0, limit)
-    if bare >= 0:
-        return message[: bare + 1]
-    return message if end < 0 else message[: end + 2]
-
-
-def header_fields(message: bytes, names: tuple[str, ...] = LOGGED_HEADERS) -> dict[str, str | None]:
-    """The first value of each header in `names` (lower-case), unfolded and stripped;
-    None when absent. Only the header block is searched; no email parsing."""
-    text = b"\n" + header_block(message).replace(b"\r\n", b"\n")
-    lowered = text.lower()
-    fields: dict[str, str | None] = {}
-    for name in names:
-        start = lowered.find(b"\n" + name.encode() + b":")
-        if start < 0:
-            fields[name] = None
-            continue
-        start += len(name) + 2
-        end = text.find(b"\n", start)
-        # RFC 5322 section 2.2.3: a line starting with WSP continues the field.
-        while end >= 0 and text[end + 1 : end + 2] in (b" ", b"\t"):
-            end = text.find(b"\n", end + 1)
-        value = text[start:] if end < 0 else text[start:end]
-        fields[name] = value.replace(b"\n", b"").strip().decode("utf-8", "replace")
-    return fields
 
 
 @functools.lru_cache(maxsize=4096)
@@ -216,7 +184,7 @@ class Sink:
 
     @staticmethod
     def _log_line(n: int, seq: int, session: SinkSession, envelope: SinkEnvelope, content: bytes) -> bytes:
-        headers = header_fields(content)
+        headers = header_fields(content, LOGGED_HEADERS)
         record = {
             "n": n,
             "seq": seq,

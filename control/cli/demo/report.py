@@ -35,7 +35,8 @@ def progress(console: Console) -> Progress:
 def show_stack(console: Console, stack: Stack, workers: int, seconds: float, data_dir: Path) -> None:
     """What runs where, once the stack is up."""
     say(console, f"poolmta demo: embedded Redis, control plane (gRPC {stack.grpc_address}), data plane "
-                 f"({workers} workers, SMTP {address(stack.smtp_address)}) and sink ({address(stack.sink_address)}) "
+                 f"({workers} workers, SMTP {address(stack.smtp_address)}, bounces and complaints "
+                 f"{address(stack.inbound_address)}) and sink ({address(stack.sink_address)}) "
                  f"up in {seconds:.1f}s; data in {data_dir}")
 
 
@@ -172,6 +173,8 @@ def show_endpoints(console: Console, stack: Stack, tenant: Tenant, data_dir: Pat
     for p in tenant.pools:
         lines.append(f"    {p.plan.bridge:<12} {p.pool.label:<20} user {p.bridge.username}  secret {p.secret}")
     lines += [
+        f"  inbound listener      {address(stack.inbound_address)} (bounces to VERP return paths, reports to "
+        "fbl@ / abuse@ / postmaster@ the server's hostname)",
         f"  sink (destination)    {address(stack.sink_address)}; counts in {stack.sink_counts_path}",
         f"  data directory        {data_dir} (removed on exit)",
         "",
@@ -179,6 +182,7 @@ def show_endpoints(console: Console, stack: Stack, tenant: Tenant, data_dir: Pat
         f"  poolmta {grpc_flags} --token {tenant.token} pool list",
         f"  poolmta {grpc_flags} --token {tenant.token} stats pool {tenant.pools[0].pool.label} --watch",
         f"  poolmta {grpc_flags} --token {stack.admin_token} server status 1",
+        f"  poolmta {grpc_flags} --token {stack.admin_token} report unattributed",
     ]
     for line in lines:
         say(console, line)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from ...config import ControlConfig
-from ...contract.runtime import DATAPLANE_READY, SINK_READY, ready_line_smtp
+from ...contract.runtime import DATAPLANE_READY, SINK_READY, ready_line_inbound, ready_line_smtp
 from ...embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from ..children import DATAPLANE_STOP_SECONDS, start_child, stop_child
 from ..serve import CONTROL_STOP_EXTRA_SECONDS, stop_within
@@ -130,7 +130,7 @@ class Stack:
     """The whole of poolmta for one MTA server on loopback, with a sink as the destination.
 
         async with Stack(StackOptions(data_dir)) as stack:
-            stack.grpc_address, stack.smtp_address, stack.sink_address, stack.admin_token
+            stack.grpc_address, stack.smtp_address, stack.inbound_address, stack.sink_address, stack.admin_token
 
     The embedded Redis and the control plane run in this process (start it from the
     main thread: the Redis child dies with the thread that forked it); the sink and
@@ -148,6 +148,7 @@ class Stack:
         self.grpc_address = ""
         self.admin_token = ""
         self.smtp_address: tuple[str, int] = ("", 0)
+        self.inbound_address: tuple[str, int] = ("", 0)
         self.sink_address: tuple[str, int] = ("", 0)
 
     @property
@@ -204,6 +205,9 @@ class Stack:
         if smtp is None:
             raise DemoError(f"the data plane's ready line names no SMTP address: {ready!r}")
         self.smtp_address = _host_port(smtp)
+        inbound = ready_line_inbound(ready)
+        if inbound is not None:
+            self.inbound_address = _host_port(inbound)
 
         control = ControlPlane(ControlConfig(data_dir=self.data_dir, redis_url=redis_url, grpc_listen="127.0.0.1:0",
                                              publish_check_interval=0.25, grace_seconds=1.0))
@@ -226,7 +230,8 @@ class Stack:
         host, port = self.sink_address
         return [
             sys.executable, "-m", "dataplane", "--server-id", "1", "--data-dir", str(self.data_dir),
-            "--redis-url", redis_url, "--smtp-listen", "127.0.0.1:0", "--workers", str(self.options.workers),
+            "--redis-url", redis_url, "--smtp-listen", "127.0.0.1:0", "--inbound-listen", "127.0.0.1:0",
+            "--workers", str(self.options.workers),
             "--log-level", "warning", "--route", f"*={host}:{port}",
             "--retry-schedule", self.options.retry_schedule, *self.options.dataplane_args,
         ]

@@ -1,0 +1,42 @@
+"""The `report` commands of the `poolmta` command line: bounce and complaint reports.
+
+    report parse FILE... [--json]     what the report parser makes of saved messages
+                                      (runs `python -m dataplane.reports parse`)
+    report unattributed [--server N]  the reports the inbound listeners accepted but
+                                      could not attribute (admin token)
+"""
+
+from __future__ import annotations
+
+from .._pb.poolmta.v1 import poolmta_pb2 as pb
+from . import render
+from .client import CliError
+from .commands import CommandTree, Context, emit
+
+
+def _report_parse(ctx: Context, a) -> int:
+    from .passthrough import exec_report_parser
+
+    try:
+        return exec_report_parser(a.files, ctx.json)
+    except OSError as exc:
+        raise CliError(f"cannot run the report parser: {exc.strerror}") from None
+
+
+def _report_unattributed(ctx: Context, a) -> int:
+    request = pb.ListUnattributedReportsRequest(server_id=a.server or 0, limit=a.limit or 0)
+    reply = ctx.client.call("servers", "ListUnattributedReports", request)
+    return emit(ctx, reply, render.unattributed_reports)
+
+
+def add(tree: CommandTree) -> None:
+    """Add the `report` group."""
+    subs = tree.group("report", "bounce and complaint reports")
+    p = tree.leaf(subs, "parse", _report_parse,
+                  "parse saved bounce / complaint messages (DSN, ARF, nonstandard): kind, recipients, "
+                  "status, permanent, diagnostic")
+    p.add_argument("files", nargs="+", metavar="FILE", help='message files ("-" reads standard input)')
+    p = tree.leaf(subs, "unattributed", _report_unattributed,
+                  "reports the inbound listeners accepted but could not attribute, newest first (admin token)")
+    p.add_argument("--server", type=int, metavar="N", help="only MTA server N (default every server)")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N reports (default 50, at most 1000)")

@@ -1,0 +1,209 @@
+"""The inbound listener's SMTP side: aiosmtpd with the Bridge's bounded wire handling
+(`dataplane.smtp_wire`), taking bounces and feedback reports for this server only.
+
+`InboundSMTP` (one per connection) owns the limits: no banner but 421 without a
+routing snapshot or past the worker's share of `--inbound-max-connections`, the
+idle timeout of the Bridge's sessions, `--inbound-max-size` (552, the report read
+to its end and dropped). `InboundHandler` (one per worker) owns the decisions:
+which recipients it takes (`addresses`; anything else 550, so it is never a
+relay), and at the end of DATA the report's intake (`intake`), whose reply it
+sends. No AUTH: reports come from anyone's MTA; STARTTLS is offered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Iterator
+
+from aiosmtpd.smtp import Envelope, Session
+from redis import exceptions as redis_errors
+
+from control.contract.runtime import reraise_if_cancelling
+
+from ..config import DataplaneConfig, worker_share
+from ..smtp_bridge import (
+    EHLO_PIPELINING,
+    REPLY_DATA_SYNTAX,
+    REPLY_INTERNAL_ERROR,
+    REPLY_NEED_RCPT,
+    REPLY_NO_SNAPSHOT,
+    REPLY_START_DATA,
+)
+from ..smtp_wire import WireSMTP
+from ..snapshot_loader import SnapshotLoader
+from .addresses import InboundAddresses, InboundRecipient, NotAccepted, bounce_domains
+from .intake import ReportIntake
+
+log = logging.getLogger("poolmta.dataplane.inbound")
+
+REPLY_TOO_MANY_CONNECTIONS = "421 4.7.0 {host} Too many connections; try again later"
+REPLY_MAIL_OK = "250 2.1.0 Ok"
+REPLY_RCPT_OK = "250 2.1.5 Ok"
+REPLY_NOT_ACCEPTED = "550 5.1.1 {why}; this server takes only bounces and feedback reports for its own mail"
+REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients: at most {limit} per report"
+REPLY_TOO_BIG = "552 5.3.4 Report size exceeds the limit of {limit} bytes"
+
+
+class InboundEnvelope(Envelope):
+    """An aiosmtpd Envelope that also holds what each accepted recipient is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recipients: list[InboundRecipient] = []
+
+
+class InboundSMTP(WireSMTP):
+    """One inbound connection. The stream reader holds 64 KiB; DATA is read in pieces
+    of that size and counted against the size limit as it comes, so a report over
+    the limit is never buffered whole."""
+
+    reply_need_rcpt = REPLY_NEED_RCPT
+    reply_data_syntax = REPLY_DATA_SYNTAX
+    reply_start_data = REPLY_START_DATA
+    line_length_limit = 64 * 1024
+
+    def __init__(self, handler: InboundHandler, *, hostname: str, tls_context,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        config = handler.config
+        super().__init__(
+            handler,
+            data_size_limit=config.inbound.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=hostname,
+            ident="poolmta inbound",
+            tls_context=tls_context,
+            timeout=config.session_timeout,
+            auth_required=False,
+            loop=loop or asyncio.get_running_loop(),
+        )
+        self.inbound = handler
+        self.peer_address = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self.peer_address:
+            peer = transport.get_extra_info("peername")
+            self.peer_address = str(peer[0]) if peer else "unknown"
+            self.inbound.sessions.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.inbound.sessions.discard(self)
+        super().connection_lost(error)
+
+    def _create_envelope(self) -> InboundEnvelope:
+        return InboundEnvelope()
+
+    async def _handle_client(self) -> None:
+        # Wraps aiosmtpd's session loop (an aiosmtpd internal, as in the Bridge): a
+        # refusal instead of the 220 banner.
+        handler = self.inbound
+        refusal = None
+        if handler.loader.current is None:
+            refusal = REPLY_NO_SNAPSHOT.format(host=self.hostname, server_id=handler.config.server_id)
+        elif len(handler.sessions) > handler.max_sessions:
+            refusal = REPLY_TOO_MANY_CONNECTIONS.format(host=self.hostname)
+        if refusal is not None:
+            await self.push(refusal)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    @contextlib.contextmanager
+    def message_in_flight(self) -> Iterator[None]:
+        """Counts the report in `in_flight`, which a stopping worker waits on."""
+        self.inbound.in_flight += 1
+        try:
+            yield
+        finally:
+            self.inbound.in_flight -= 1
+
+    async def message_received(self, content: bytes | None) -> str:
+        """552 for a report over the size limit (counted, not kept), else the handler's reply."""
+        if content is None:
+            await self.inbound.count_too_big(self.peer_address)
+            return REPLY_TOO_BIG.format(limit=self.data_size_limit)
+        assert self.envelope is not None
+        self.envelope.original_content = self.envelope.content = content
+        return await self._call_handler_hook("DATA")
+
+
+class InboundHandler:
+    """The decisions of one worker's inbound listener (aiosmtpd handler hooks)."""
+
+    def __init__(self, config: DataplaneConfig, *, loader: SnapshotLoader, intake: ReportIntake) -> None:
+        self.config = config
+        self.loader = loader
+        self.intake = intake
+        self.codec = intake.attributor.codec
+        self.sessions: set[InboundSMTP] = set()
+        self.in_flight = 0
+        self.max_sessions = worker_share(config.inbound.max_connections, config.workers)
+        self._addresses: tuple[int, InboundAddresses] | None = None
+
+    def addresses(self) -> InboundAddresses:
+        """The recipients taken under the current snapshot (rebuilt when it changes)."""
+        routing = self.loader.current
+        assert routing is not None  # never None again once a connection got its banner
+        if self._addresses is None or self._addresses[0] != routing.version:
+            domains = bounce_domains(routing.snapshot, self.config.hostname)
+            self._addresses = (routing.version,
+                               InboundAddresses(domains, self.config.inbound.fbl_addresses, self.codec))
+        return self._addresses[1]
+
+    async def handle_EHLO(self, server: InboundSMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        # No AUTH here (aiosmtpd would offer it after STARTTLS): reports need none.
+        kept = [r for r in responses[:-1] if not r.startswith("250-AUTH")]
+        return [*kept, EHLO_PIPELINING, responses[-1]]
+
+    # aiosmtpd inspects this hook's signature on every connection (see the Bridge).
+    handle_EHLO.__signature__ = inspect.signature(handle_EHLO)
+
+    async def handle_MAIL(self, server: InboundSMTP, session: Session, envelope: InboundEnvelope,
+                          address: str, mail_options: list[str]) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return REPLY_MAIL_OK
+
+    async def handle_RCPT(self, server: InboundSMTP, session: Session, envelope: InboundEnvelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        limit = self.config.inbound.max_recipients
+        if len(envelope.recipients) >= limit:
+            return REPLY_TOO_MANY_RECIPIENTS.format(limit=limit)
+        try:
+            recipient = self.addresses().check(address)
+        except NotAccepted as exc:
+            log.info("inbound: RCPT from %s refused: %s", server.peer_address, exc.why)
+            return REPLY_NOT_ACCEPTED.format(why=exc.why)
+        envelope.recipients.append(recipient)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return REPLY_RCPT_OK
+
+    async def handle_DATA(self, server: InboundSMTP, session: Session, envelope: InboundEnvelope) -> str:
+        """Hand the report to the intake; its reply is the answer (250 only once it is in Redis)."""
+        routing = self.loader.current
+        assert routing is not None and isinstance(envelope.original_content, bytes)
+        return await self.intake.take(
+            envelope.original_content, recipients=envelope.recipients, mail_from=envelope.mail_from or "",
+            peer=server.peer_address, snapshot=routing.snapshot, domains=self.addresses().domains,
+        )
+
+    async def count_too_big(self, peer: str) -> None:
+        """Count a report refused for its size; a Redis error only costs the count."""
+        log.info("inbound: report from %s over %d bytes refused", peer, self.config.inbound.max_message_size)
+        try:
+            await self.intake.accounting.count_too_big()
+        except (redis_errors.RedisError, OSError) as exc:
+            reraise_if_cancelling()
+            log.warning("inbound: a refused report was not counted, Redis unreachable: %s", exc)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("inbound SMTP session error", exc_info=error)
+        return REPLY_INTERNAL_ERROR
