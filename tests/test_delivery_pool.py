@@ -90,7 +90,7 @@ def test_a_thousand_messages_leave_from_their_pool_ips_and_stats_match_the_sink(
             peer = counts["peers"][ip]
             expected = {"delivered": per_peer[ip], "bounced": peer["rejected"], "deferred": peer["deferred"]}
             for key in (ip, ("pool", ip)):
-                assert {f: stats[key][f] for f in expected} == expected, (day, key)
+                assert {f: stats[key][f] for f in expected} == expected, (resolution, key)
             # Every recipient accepted from this IP ended here: nothing moved to another IP.
             assert stats[ip]["sent"] == stats[ip]["delivered"] + stats[ip]["bounced"]
         assert stats["pool"]["sent"] == len(rcpts)
