@@ -15,7 +15,7 @@ import redis
 
 from control.contract import rediskeys
 from control.contract.delivery_event import DeliveryEvent
-from tests.dataplane_support import HOSTNAME, Dataplane, make_pool, make_snapshot, publish, stats_of, today
+from tests.dataplane_support import HOSTNAME, Dataplane, make_pool, make_snapshot, publish, stats_of
 from tests.inbound_support import codec_of, dsn, send_report
 from tests.support import wait_until
 
@@ -40,10 +40,8 @@ def _delivered(client: redis.Redis, count: int) -> list[tuple[str, str]]:
             smtp_id=51, pool="promo-3-5-pool-51", ip=IP, reply="250 ok", attempt=1, final=True, rcpt_index=0,
         ).encode())
         messages.append((message_id, rcpt))
-    for key in (rediskeys.pool_stats_key(51), rediskeys.pool_stats_key(51, today()), rediskeys.ip_stats_key(IP),
-                rediskeys.ip_stats_key(IP, today()), rediskeys.pool_ip_stats_key(51, IP),
-                rediskeys.pool_ip_stats_key(51, IP, today())):
-        client.hset(key, mapping={"sent": count, "delivered": count})
+    for target in rediskeys.count_targets(SERVER, 51, IP, now_ms / 1000):
+        client.hset(target.key, mapping={"sent": count, "delivered": count})
     return messages
 
 
@@ -97,8 +95,11 @@ def test_reports_are_counted_exactly_once_across_a_worker_sigkill(redis_client, 
 
     assert len(answered) == REPORTS and failures, "the kill should have cut some sessions"
     moved = {"sent": REPORTS, "delivered": 0, "bounced": REPORTS, "deferred": 0, "complaints": 0}
-    assert stats_of(redis_client, 51, [IP]) == {"pool": moved, IP: moved, ("pool", IP): moved}
-    assert stats_of(redis_client, 51, [IP], day=today()) == {"pool": moved, IP: moved, ("pool", IP): moved}
+    # Every bucket of the deliveries moved (they are all in this minute, give or take one).
+    at = int(messages[0][0][:12], 16) / 1000 + 3600
+    for resolution in (None, *rediskeys.RESOLUTIONS):
+        assert stats_of(redis_client, SERVER, 51, [IP], resolution=resolution, at=at) == {
+            "pool": moved, IP: moved, ("pool", IP): moved}, resolution
     for message_id, _ in messages:
         events = [DeliveryEvent.decode(e) for e in redis_client.lrange(rediskeys.message_events_key(message_id), 0, -1)]
         assert [(e.outcome, e.source) for e in events] == [("delivered", ""), ("bounced", "dsn")]
@@ -122,7 +123,7 @@ def test_a_report_while_redis_is_down_gets_451_and_counts_once_redis_is_back(fre
             assert send_report(plane.inbound_port, report, [path])[1].endswith("counted already")
         finally:
             assert plane.stop() == 0
-        assert stats_of(client, 51, [IP])["pool"] == {"sent": 1, "delivered": 0, "bounced": 1, "deferred": 0,
+        assert stats_of(client, SERVER, 51, [IP])["pool"] == {"sent": 1, "delivered": 0, "bounced": 1, "deferred": 0,
                                                       "complaints": 0}
     finally:
         client.close()

@@ -228,48 +228,58 @@ def _target(kind: str = "bounce", counted: str = DELIVERED, *, message_id: str =
                   attempt=1, reply="5.1.1 user unknown (asynchronous DSN)")
 
 
-def _counts(client, day: str | None = None) -> dict:
-    keys = {"pool": rediskeys.pool_stats_key(7, day), "ip": rediskeys.ip_stats_key(IP, day),
-            "pool+ip": rediskeys.pool_ip_stats_key(7, IP, day)}
+SERVER = 1
+
+
+def _counts(client, resolution: rediskeys.Resolution | None = None, at: float | None = None) -> dict:
+    keys = {"pool": rediskeys.pool_stats_key(SERVER, 7, resolution, at),
+            "ip": rediskeys.ip_stats_key(SERVER, IP, resolution, at),
+            "pool+ip": rediskeys.pool_ip_stats_key(SERVER, 7, IP, resolution, at)}
     return {name: {k.decode(): int(v) for k, v in client.hgetall(key).items()} for name, key in keys.items()}
 
 
-def test_counter_keys_are_the_lifetime_and_daily_hashes_of_pool_ip_and_pool_ip():
-    at_ms = 1_795_996_800_000 + 3_600_000  # 2026-11-30T01:00:00Z
-    kept = rediskeys.STATS_DAY_RETENTION_SECONDS
-    assert counter_keys(7, IP, at_ms) == [
-        (rediskeys.pool_stats_key(7), 0), (rediskeys.pool_stats_key(7, "20261130"), kept),
-        (rediskeys.ip_stats_key(IP), 0), (rediskeys.ip_stats_key(IP, "20261130"), kept),
-        (rediskeys.pool_ip_stats_key(7, IP), 0), (rediskeys.pool_ip_stats_key(7, IP, "20261130"), kept),
-    ]
-    assert counter_keys(7, "", at_ms) == counter_keys(7, IP, at_ms)[:2]
+def test_counter_keys_are_where_the_stats_batcher_counts():
+    at_ms, now_ms = 1_795_996_800_000 + 3_600_000, 1_795_996_800_000 + 7_200_000  # 2026-11-30 01:00 and 02:00Z
+    assert counter_keys(SERVER, 7, IP, at_ms, now_ms) == rediskeys.count_targets(SERVER, 7, IP, at_ms / 1000,
+                                                                                 now=now_ms / 1000)
+    keys = [t.key for t in counter_keys(SERVER, 7, IP, at_ms, now_ms)]
+    assert len(keys) == 12 and all("{stats:1}" in k for k in keys)
+    # Without an IP only the pool's counters move.
+    assert [t.key for t in counter_keys(SERVER, 7, "", at_ms, now_ms)] == keys[:4]
+    # A delivery older than 48 hours has no minute bucket left to move.
+    late = at_ms + 3 * 86_400_000
+    assert len(counter_keys(SERVER, 7, IP, at_ms, late)) == 9
 
 
-async def test_a_bounce_moves_delivered_to_bounced_on_the_delivery_day_once(redis, redis_client):
-    accounting = Accounting(redis, server_id=1, event_ttl=3600)
-    delivered_at = 1_795_000_000_000  # a day in the past: its bucket moves, not today's
-    day = time.strftime("%Y%m%d", time.gmtime(delivered_at / 1000))
-    for key in (rediskeys.pool_stats_key(7), rediskeys.pool_stats_key(7, day), rediskeys.ip_stats_key(IP),
-                rediskeys.ip_stats_key(IP, day), rediskeys.pool_ip_stats_key(7, IP),
-                rediskeys.pool_ip_stats_key(7, IP, day)):
-        redis_client.hset(key, mapping={"sent": 2, "delivered": 2})
+async def test_a_bounce_moves_delivered_to_bounced_in_the_delivery_buckets_once(redis, redis_client):
+    accounting = Accounting(redis, server_id=SERVER, event_ttl=3600)
     now_ms = int(time.time() * 1000)
+    delivered_at = now_ms - 2 * 3_600_000  # two hours ago: its buckets move, not the current ones
+    buckets = [(None, None)] + [(r, delivered_at / 1000) for r in rediskeys.RESOLUTIONS]
+    for resolution, at in buckets:
+        for name, key in {"pool": rediskeys.pool_stats_key(SERVER, 7, resolution, at),
+                          "ip": rediskeys.ip_stats_key(SERVER, IP, resolution, at),
+                          "pool+ip": rediskeys.pool_ip_stats_key(SERVER, 7, IP, resolution, at)}.items():
+            redis_client.hset(key, mapping={"sent": 2, "delivered": 2})
     assert await accounting.apply([_target(at_ms=delivered_at)], now_ms) == [True]
     assert await accounting.apply([_target(at_ms=delivered_at)], now_ms + 5) == [False]
     moved = {"sent": 2, "delivered": 1, "bounced": 1}
-    assert _counts(redis_client) == _counts(redis_client, day) == {"pool": moved, "ip": moved, "pool+ip": moved}
-    assert 0 < redis_client.ttl(rediskeys.pool_stats_key(7, day)) <= rediskeys.STATS_DAY_RETENTION_SECONDS
+    for resolution, at in buckets:
+        assert _counts(redis_client, resolution, at) == {"pool": moved, "ip": moved, "pool+ip": moved}, resolution
+    assert _counts(redis_client, rediskeys.MINUTE, now_ms / 1000) == {"pool": {}, "ip": {}, "pool+ip": {}}
+    day_key = rediskeys.pool_stats_key(SERVER, 7, rediskeys.DAY, delivered_at / 1000)
+    assert 0 < redis_client.ttl(day_key) <= rediskeys.STATS_DAY_RETENTION_SECONDS
     (event,) = [DeliveryEvent.decode(e) for e in redis_client.lrange(rediskeys.message_events_key("m1"), 0, -1)]
     assert (event.outcome, event.source, event.final, event.rcpt, event.ts_ms) == (BOUNCED, "dsn", True,
                                                                                  "A@example.net", now_ms)
     entry = json.loads(redis_client.hget(rediskeys.suppression_key(3), "a@example.net"))
     assert entry == {"reason": "bounce", "at_ms": now_ms, "message_id": "m1", "source": "dsn"}
-    marker = rediskeys.report_marker_key("bounce:m1:0")
+    marker = rediskeys.report_marker_key(SERVER, "bounce:m1:0")
     assert 0 < redis_client.ttl(marker) <= rediskeys.REPORT_MARKER_TTL_SECONDS
 
 
 async def test_a_recipient_counted_bounced_or_not_final_moves_nothing(redis, redis_client):
-    accounting = Accounting(redis, server_id=1, event_ttl=3600)
+    accounting = Accounting(redis, server_id=SERVER, event_ttl=3600)
     now_ms = int(time.time() * 1000)
     assert await accounting.apply([_target(counted=BOUNCED, message_id="m1"),
                                    _target(counted="", message_id="m2")], now_ms) == [True, True]
@@ -280,13 +290,14 @@ async def test_a_recipient_counted_bounced_or_not_final_moves_nothing(redis, red
 
 
 async def test_a_complaint_counts_once_per_recipient_and_a_first_suppression_entry_stays(redis, redis_client):
-    accounting = Accounting(redis, server_id=1, event_ttl=3600)
+    accounting = Accounting(redis, server_id=SERVER, event_ttl=3600)
     redis_client.hset(rediskeys.suppression_key(3), "a@example.net", '{"reason": "manual"}')
     now_ms = int(time.time() * 1000)
     assert await accounting.apply([_target("complaint", at_ms=now_ms)], now_ms) == [True]
     assert await accounting.apply([_target("complaint", at_ms=now_ms)], now_ms) == [False]
     assert _counts(redis_client)["ip"] == {"complaints": 1}
-    assert _counts(redis_client, time.strftime("%Y%m%d", time.gmtime()))["pool+ip"] == {"complaints": 1}
+    assert _counts(redis_client, rediskeys.DAY, now_ms / 1000)["pool+ip"] == {"complaints": 1}
+    assert _counts(redis_client, rediskeys.MINUTE, now_ms / 1000)["pool+ip"] == {"complaints": 1}
     (event,) = [DeliveryEvent.decode(e) for e in redis_client.lrange(rediskeys.message_events_key("m1"), 0, -1)]
     assert (event.outcome, event.source) == (COMPLAINED, "arf")
     assert redis_client.hget(rediskeys.suppression_key(3), "a@example.net") == b'{"reason": "manual"}'
@@ -328,7 +339,7 @@ def test_indexed_message_id_is_the_msg_id_between_the_angle_brackets(value, inde
 
 
 async def test_the_stats_batcher_writes_message_index_entries_expiring_with_the_events(redis, redis_client):
-    batcher = StatsBatcher(redis, event_ttl=600)
+    batcher = StatsBatcher(redis, server_id=SERVER, event_ttl=600)
     batcher.index_message("m-1@acme.example", "0190aaaa00000000000001")
     assert batcher.pending_index == 1
     assert await batcher.flush()

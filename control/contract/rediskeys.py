@@ -181,11 +181,14 @@ def count_targets(server_id: int, smtp_id: int, address: str, at: float,
     * a bucket already gone by `now` (default: `at`) is left out, so a correction
       to an old count never re-creates an expired bucket (its totals still move);
     * buckets finer than `finest` are left out: a count known only to the hour
-      (`finest=HOUR`) or the day (`DAY`) moves no minute bucket.
+      (`finest=HOUR`) or the day (`DAY`) moves no minute bucket;
+    * without an `address` (a complaint that names only its pool) the pool's
+      targets alone.
     """
     now = at if now is None else now
     targets = []
-    for scope in ({"smtp_id": smtp_id}, {"address": address}, {"smtp_id": smtp_id, "address": address}):
+    scopes = ({"smtp_id": smtp_id}, {"address": address}, {"smtp_id": smtp_id, "address": address})
+    for scope in scopes if address else scopes[:1]:
         targets.append(CountTarget(counter_key(server_id, **scope), None))
         for resolution in RESOLUTIONS:
             expires_at = resolution.expires_at(at)
@@ -230,12 +233,12 @@ def message_index_key(header_message_id: str) -> str:
     return f"{PREFIX}:msgid:{digest}"
 
 
-def report_marker_key(subject: str) -> str:
+def report_marker_key(server_id: int, subject: str) -> str:
     """Marks one recipient's asynchronous bounce or complaint as applied, so the same
     report arriving again (or another report about the same recipient) counts nothing.
     `subject` says what was counted, e.g. "bounce:<message id>:<recipient index>".
-    Beside the counters it guards, like the batch markers."""
-    return f"{PREFIX}:{{stats}}:report:{subject}"
+    Beside the counters it guards (`{stats:N}`), like the batch markers."""
+    return f"{_stats_tag(server_id)}:report:{subject}"
 
 
 # How long a report marker is kept: past the VERP address's maximum age (30 days), after

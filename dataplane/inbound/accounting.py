@@ -6,12 +6,13 @@ the target's marker (SET NX, `rediskeys.report_marker_key`, kept 45 days); only 
 target whose marker was not there yet changes anything:
 
 * a permanent bounce of a recipient counted delivered moves it: `delivered` -1,
-  `bounced` +1, in the lifetime totals and the delivery day's bucket of the pool,
-  the IP and the pool+IP (`counter_keys`), so sent = delivered + bounced still
-  holds for every key and day. A recipient counted bounced already, or not final,
+  `bounced` +1, in the lifetime totals and the day, hour and minute buckets of the
+  delivery (those not expired yet) of the pool, the IP and the pool+IP
+  (`counter_keys`, which is `rediskeys.count_targets`), so sent = delivered +
+  bounced still holds for every key and bucket, and trends keep adding up. A recipient counted bounced already, or not final,
   moves nothing;
-* a complaint adds 1 to `complaints` of the same keys (the delivery's day, or the
-  report's when no message is known);
+* a complaint adds 1 to `complaints` of the same keys (the delivery's buckets, or
+  the report's when no message is known);
 * the message gets an event (`DeliveryEvent`, `source` the report's kind, final)
   that `message status` shows;
 * the recipient goes on the account's suppression list (HSETNX: a first entry
@@ -22,16 +23,16 @@ acknowledged it (the embedded Redis runs with appendfsync always): a crash right
 after the 250 loses nothing, and a report that arrives again finds its markers and
 counts nothing. With Redis down the caller answers 451 and the sender retries.
 
-Which keys a move touches is `counter_keys` alone. The script spans several hash
-slots (counters and markers, the message's events, the account's suppression
-list): it needs one Redis node, as the embedded one is.
+Which keys a move touches is `counter_keys` alone; counters and markers share the
+server's `{stats:N}` slot. The script also appends to the message's events and the
+account's suppression list (other slots): it needs one Redis node, as the embedded
+one is.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Sequence
 
 from control.contract import rediskeys
@@ -42,7 +43,7 @@ from .attribution import BOUNCE, Target
 
 # KEYS: every key the ops name, by index. ARGV[1] marker TTL, ARGV[2] event-list
 # TTL, then per target: its marker's KEYS index, its op count, and the ops, each one of
-#   H key field increment ttl     (HINCRBY; then EXPIRE the key unless ttl is 0)
+#   H key field increment expires (HINCRBY; then EXPIREAT the key unless expires is 0)
 #   E key event                   (RPUSH an event; EXPIRE the list)
 #   S key field value             (HSETNX: the suppression list)
 # Returns, per target, 1 when applied now, 0 when its marker was there already.
@@ -58,7 +59,7 @@ while i <= #ARGV do
     if op == 'H' then
       if fresh then
         redis.call('HINCRBY', key, ARGV[i + 2], ARGV[i + 3])
-        if ARGV[i + 4] ~= '0' then redis.call('EXPIRE', key, ARGV[i + 4]) end
+        if ARGV[i + 4] ~= '0' then redis.call('EXPIREAT', key, ARGV[i + 4]) end
       end
       i = i + 5
     elseif op == 'E' then
@@ -90,21 +91,12 @@ return 1
 """
 
 
-def counter_keys(smtp_id: int, ip: str, at_ms: int) -> list[tuple[str, int]]:
-    """Every counter hash that counting one recipient's bounce or complaint touches, as
-    (key, seconds it is kept, 0 = for good): the lifetime totals and the bucket of the
-    day `at_ms` falls in (UTC) of the pool, the IP and the pool+IP; without an `ip`,
-    the pool's only. The one place that knows the counter layout a move follows (a
-    bucket per minute or hour of `at_ms` belongs here too)."""
-    day = time.strftime("%Y%m%d", time.gmtime(at_ms / 1000))
-    kept = rediskeys.STATS_DAY_RETENTION_SECONDS
-    keys = [(rediskeys.pool_stats_key(smtp_id), 0), (rediskeys.pool_stats_key(smtp_id, day), kept)]
-    if ip:
-        keys += [
-            (rediskeys.ip_stats_key(ip), 0), (rediskeys.ip_stats_key(ip, day), kept),
-            (rediskeys.pool_ip_stats_key(smtp_id, ip), 0), (rediskeys.pool_ip_stats_key(smtp_id, ip, day), kept),
-        ]
-    return keys
+def counter_keys(server_id: int, smtp_id: int, ip: str, at_ms: int, now_ms: int) -> tuple[rediskeys.CountTarget, ...]:
+    """Every counter hash that counting one recipient's bounce or complaint at
+    `at_ms` (its delivery, or the report) touches, as the stats batcher counts it:
+    `rediskeys.count_targets`; without an `ip`, the pool's only. The one place a
+    move's keys come from."""
+    return rediskeys.count_targets(server_id, smtp_id, ip, at_ms / 1000, now=now_ms / 1000)
 
 
 class _Script:
@@ -159,14 +151,14 @@ class Accounting:
         was counted now, False when an earlier report had counted it already."""
         script = _Script(rediskeys.REPORT_MARKER_TTL_SECONDS, self.event_ttl)
         for target in targets:
-            script.target(rediskeys.report_marker_key(target.subject))
+            script.target(rediskeys.report_marker_key(self.server_id, target.subject))
             if target.kind == BOUNCE:
                 moves = (("delivered", -1), ("bounced", 1)) if target.counted == DELIVERED else ()
             else:
                 moves = (("complaints", 1),)
-            for key, ttl in counter_keys(target.smtp_id, target.ip, target.at_ms or now_ms):
+            for counter in counter_keys(self.server_id, target.smtp_id, target.ip, target.at_ms or now_ms, now_ms):
                 for field, n in moves:
-                    script.op("H", key, field, n, ttl)
+                    script.op("H", counter.key, field, n, counter.expires_at or 0)
             if target.message_id and (moves or target.counted != BOUNCED):
                 script.op("E", rediskeys.message_events_key(target.message_id), self._event(target, now_ms))
             if target.user_id and target.rcpt:
