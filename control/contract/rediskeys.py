@@ -76,6 +76,11 @@ def pool_ip_stats_key(smtp_id: int, address: str, day: str | None = None) -> str
 
 STATS_FIELDS = ("sent", "delivered", "bounced", "deferred", "complaints")
 
+# DSNs poolmta sends to senders (RFC 3464, from the null sender) are counted apart, in
+# the same hashes, so they never inflate the Sent / Delivered / Bounced of the
+# senders' own mail: dsn_sent when one is spooled, then its delivery outcome.
+DSN_STATS_FIELDS = ("dsn_sent", "dsn_delivered", "dsn_bounced", "dsn_deferred")
+
 # Daily buckets are kept this long (a rolling 30-day window plus slack).
 STATS_DAY_RETENTION_SECONDS = 35 * 24 * 3600
 
