@@ -49,7 +49,7 @@ log = logging.getLogger("poolmta.dataplane.stats")
 # (field, day "YYYYMMDD", smtp_id, ip address)
 CountKey = tuple[str, str, int, str]
 
-_FIELDS = frozenset(rediskeys.STATS_FIELDS)
+_FIELDS = frozenset(rediskeys.STATS_FIELDS + rediskeys.DSN_STATS_FIELDS)
 
 # Distinct count keys kept while Redis is down (a key per field, day, pool and
 # IP: far more than any server has); new keys past it are dropped and logged.
@@ -134,9 +134,10 @@ class StatsBatcher:
 
     def count(self, field: str, smtp_id: int, address: str, n: int = 1) -> None:
         """Add `n` to `field` (one of `rediskeys.STATS_FIELDS`: sent, delivered, bounced,
-        deferred, complaints) of the pool, the IP and the pool+IP (today's bucket and lifetime)."""
+        deferred, complaints; or of `rediskeys.DSN_STATS_FIELDS`, the DSNs sent to senders)
+        of the pool, the IP and the pool+IP (today's bucket and lifetime)."""
         if field not in _FIELDS:
-            raise ValueError(f"not a stats field: {field!r} (one of {', '.join(rediskeys.STATS_FIELDS)})")
+            raise ValueError(f"not a stats field: {field!r} (one of {', '.join(sorted(_FIELDS))})")
         key = (field, self._today(), smtp_id, address)
         if key not in self._pending and len(self._pending) >= MAX_COUNT_KEYS:
             self.metrics["counts_dropped"] += n

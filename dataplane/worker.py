@@ -28,6 +28,7 @@ from . import logs
 from .bridge_auth import AuthThrottle
 from .config import DataplaneConfig, format_listen
 from .delivery import DeliveryEngine
+from .return_path import ReturnPaths, open_codec
 from .smtp_bridge import REPLY_SHUTTING_DOWN, BridgeHandler, BridgeSMTP
 from .snapshot_loader import SnapshotLoader
 from .spool import Spool
@@ -133,7 +134,9 @@ class Worker:
         )
         delivery = None
         if delivery_config.enabled:
-            delivery = DeliveryEngine(config, loader=loader, spool=spool, stats=stats, index=self.index)
+            # The supervisor made the key file before starting the workers.
+            delivery = DeliveryEngine(config, loader=loader, spool=spool, stats=stats, index=self.index,
+                                      return_paths=ReturnPaths(open_codec(config.data_dir)))
         else:
             log.info("worker %d: delivery is off (--no-delivery): messages stay in the spool", self.index)
         handler = BridgeHandler(
