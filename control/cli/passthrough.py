@@ -1,7 +1,9 @@
-"""`poolmta dataplane` and `poolmta sink`: the data plane and the sink as programs of
-their own, `python -m dataplane ARGS...` and `python -m dataplane.sink ARGS...`.
+"""`poolmta dataplane`, `poolmta sink` and `poolmta verp`: the data plane, the sink
+and the data plane's VERP key tool as programs of their own, `python -m dataplane
+ARGS...`, `python -m dataplane.sink ARGS...` and `python -m dataplane.verp_admin
+ARGS...` (the control plane never imports the data plane).
 
-Both replace this process with that program, with one exception. The data plane
+Each replaces this process with that program, with one exception. The data plane
 needs a Redis: the one a URL names, else the embedded Redis of its data directory,
 which it joins when `poolmta up` or `poolmta control` runs it but never starts
 itself (`dataplane` imports nothing of the control plane). So when no URL is given
@@ -57,6 +59,13 @@ def exec_dataplane(args: list[str], data_dir: Path | None, redis_url: str | None
 def exec_sink(args: list[str]) -> int:
     """Replace this process with `python -m dataplane.sink ARGS...` (`poolmta sink`)."""
     return _exec([sys.executable, "-m", "dataplane.sink", *args])
+
+
+def exec_verp(args: list[str], data_dir: Path | None, json: bool) -> int:
+    """Replace this process with `python -m dataplane.verp_admin [--data-dir DIR] [--json]
+    ARGS...` (`poolmta verp`), the global options first (the same ones in ARGS win)."""
+    forwarded = [*_forwarded(data_dir, None), *(["--json"] if json else [])]
+    return _exec([sys.executable, "-m", "dataplane.verp_admin", *forwarded, *args])
 
 
 def _exec(argv: list[str]) -> int:
