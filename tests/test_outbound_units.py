@@ -5,6 +5,7 @@ project's report parser and with the stdlib)."""
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import time
@@ -19,8 +20,10 @@ import pytest
 
 from control.contract.snapshot import PoolRoute
 from dataplane import spool
+from dataplane.config import DeliveryConfig
 from dataplane.delivery.notices import Notices
-from dataplane.delivery.queue import QueuedMessage, Recipient
+from dataplane.delivery.outcomes import Outcomes, RecipientOutcome
+from dataplane.delivery.queue import DeliveryJob, DeliveryQueue, QueuedMessage, Recipient
 from dataplane.dsn_relay import (
     mail_fields,
     mail_params,
@@ -32,6 +35,7 @@ from dataplane.dsn_relay import (
 from dataplane.dsn_request import MailDsnParams, Ret, parse_mail_params, parse_rcpt_params
 from dataplane.reports import parse_report
 from dataplane.return_path import ReturnPaths, bounce_domain_of, bounce_domains, open_codec, uses_verp
+from dataplane.smtp_reply import DEFERRED, DELIVERED, Reply
 from dataplane.smtp_wire import take_params
 from dataplane.verp import VerpCodec
 from dataplane.verp_keyring import VerpKeyring
@@ -188,6 +192,9 @@ class _Stats:
     def count(self, field: str, smtp_id: int, address: str, n: int = 1) -> None:
         self.counts[(field, smtp_id, address)] += n
 
+    def event(self, message_id: str, event_json: str) -> None:
+        pass
+
 
 def _bounce(rcpt: str, text: str = "5.1.1 no such user (sink rule bounce*)") -> dict:
     return {"at_ms": 1_760_000_000_000, "rcpt": rcpt, "outcome": "bounced", "code": 550, "text": text,
@@ -261,3 +268,44 @@ async def test_a_sender_no_dsn_can_reach_is_logged_and_never_retried(tmp_path):
 
 def test_a_pool_route_without_a_bounce_domain_means_the_server_hostname():
     assert PoolRoute(smtp_id=1, user_id=1, internal_name="p", feed_type="", headers=(), ips=()).bounce_domain == ""
+
+
+class _CountingSpool(spool.Spool):
+    """The real spool, counting its record rewrites."""
+
+    rewrites = 0
+
+    async def rewrite_attempts(self, message_id: str, attempts: tuple[dict, ...]) -> None:
+        self.rewrites += 1
+        await super().rewrite_attempts(message_id, attempts)
+
+
+async def test_jobs_finishing_during_a_rewrite_share_the_next_one(tmp_path):
+    store = _CountingSpool(tmp_path / "spool")
+    store.open()
+    try:
+        record = _record(rcpt_tos=tuple(f"r{i}@example.net" for i in range(4)))
+        await store.store(record)
+        delivery = DeliveryConfig()
+        queue = DeliveryQueue(delivery, store, owners=1, index=0, start_job=lambda job: None,
+                              settle=lambda message: None)
+        notices = Notices(SimpleNamespace(hostname="mta1.example.net"), loader=SimpleNamespace(current=None),
+                          spool=store, queue=queue, stats=_Stats(), metrics=Counter())
+        outcomes = Outcomes(delivery, queue=queue, spool=store, stats=_Stats(), notices=notices, metrics=Counter())
+        queue.submit(record, now=time.time())
+        message = queue._messages[record.id]
+        jobs = [DeliveryJob(message, "example.net", [rcpt]) for rcpt in message.pending.values()]
+        message.jobs = len(jobs)
+        for job in jobs:
+            job.rcpts[0].busy = True
+
+        def result(job, i):
+            outcome = DEFERRED if i == 3 else DELIVERED
+            return [RecipientOutcome(job.rcpts[0], Reply(451 if i == 3 else 250, "x"), outcome)]
+
+        await asyncio.gather(*(outcomes.finish_job(job, result(job, i), "mx") for i, job in enumerate(jobs)))
+        # The first job's rewrite carried its own entry; the other three share the second.
+        assert store.rewrites == 2
+        assert len((await store.read(record.id)).attempts) == 4
+    finally:
+        store.close()

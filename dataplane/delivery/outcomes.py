@@ -120,17 +120,24 @@ class Outcomes:
     async def _persist(self, message: QueuedMessage) -> None:
         """Make the message's state durable: at the end of a round (no job running) spool
         the DSN its bounces owe; remove the record when every recipient is final and no
-        DSN is owed, else rewrite it with its attempts."""
+        DSN is owed, else rewrite it with its attempts. A rewrite carries every entry
+        appended before it started: jobs of one message that finish while one is under
+        way share the next (a VERP message has a job per recipient)."""
         async with message.lock:
             if message.gone:
                 return
             idle = message.jobs == 0
-            sent = await self.notices.send(message) if idle else True
+            owed = idle and bool(self.notices.owed(message))
+            sent = await self.notices.send(message) if owed else True
             if not message.pending and idle and sent:
                 await self.finish_message(message)
                 return
+            if not owed and len(message.attempts) == message.persisted:
+                return  # this job's entries went into the spool with another's rewrite
+            count = len(message.attempts)
             try:
                 await self.spool.rewrite_attempts(message.id, tuple(message.attempts))
+                message.persisted = count
             except (FileNotFoundError, SpoolCorrupt) as exc:
                 self.lost(message, exc)
                 return

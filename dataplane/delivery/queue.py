@@ -81,6 +81,7 @@ class QueuedMessage:
     ip: str  # source IP of the next attempt (the record's, until egress re-picks)
     helo: str
     attempts: list[dict] = field(default_factory=list)  # the spool record's attempt entries
+    persisted: int = 0  # how many of them the record in the spool holds
     payload: bytes | None = None  # what goes after DATA, while jobs need it
     jobs: int = 0  # jobs started and not finished
     heap_due: float | None = None  # its entry in the scheduler heap
@@ -163,7 +164,8 @@ class DeliveryQueue:
                              if state.attempts else now)
             pending[address] = state
         message = QueuedMessage(record=record, pending=pending, deadline=deadline, ip=record.ip,
-                                helo=record.ip_hostname, attempts=list(record.attempts))
+                                helo=record.ip_hostname, attempts=list(record.attempts),
+                                persisted=len(record.attempts))
         if record.message:
             message.payload = data_payload(record.message)
             message.record = without_bytes(record)
