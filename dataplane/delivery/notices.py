@@ -36,7 +36,7 @@ from _fastpath import inject
 from control.contract.headers import STAMPED_HEADERS
 
 from ..config import DataplaneConfig
-from ..dsn import DsnError, DsnRecipient, build_dsn
+from ..dsn import DsnRecipient, build_dsn
 from ..dsn_relay import mail_params, rcpt_params
 from ..dsn_request import Action, dsn_due
 from ..smtp_reply import Reply
@@ -97,8 +97,8 @@ class Notices:
     def reporting_mta(self) -> str:
         """This MTA server's name in the DSNs (Reporting-MTA, From: MAILER-DAEMON@...)."""
         routing = self.loader.current
-        return self.config.hostname or (routing.snapshot.hostname if routing is not None else "") \
-            or socket.gethostname()
+        snapshot_hostname = routing.snapshot.hostname if routing is not None else ""
+        return self.config.hostname or snapshot_hostname or socket.gethostname()
 
     async def send(self, message: QueuedMessage) -> bool:
         """Spool one DSN for every owed entry of `message` and mark them; False when it
@@ -113,13 +113,12 @@ class Notices:
                       "owed", message.id, exc, len(owed))
             return False
         try:
-            dsn = self._build(record, owed)
-        except DsnError as exc:
+            dsn_record = self._record(record, message, self._build(record, owed))
+        except ValueError as exc:  # DsnError, or a damaged entry: nothing to send, ever
             log.warning("delivery: %s: no DSN can be sent to <%s>: %s", message.id, record.mail_from, exc)
             for entry in owed:
                 entry["dsn"] = DSN_NONE
             return True
-        dsn_record = self._record(record, message, dsn)
         try:
             await self.spool.store(dsn_record)
         except SpoolError as exc:
