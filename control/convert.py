@@ -62,7 +62,7 @@ def pool(p: models.Pool) -> pb.Pool:
         server_id=p.server_id, zone=p.zone, feed_type=p.feed_type,
         headers=[pb.Header(name=n, value=v) for n, v in p.headers],
         is_default=p.is_default, status=pb.PoolStatus.Value(p.status), ip_count=p.ip_count,
-        bridge_count=p.bridge_count, create_time=timestamp(p.created_at),
+        bridge_count=p.bridge_count, create_time=timestamp(p.created_at), bounce_domain=p.bounce_domain,
     )
 
 
@@ -81,6 +81,7 @@ def bridge(b: models.Bridge) -> pb.Bridge:
         pool_label=b.pool_label, shared=b.shared, server_id=b.server_id, username=b.username,
         feed_type=b.feed_type, trusted_networks=list(b.trusted_networks), revoked=b.revoked,
         create_time=timestamp(b.created_at), secret_rotate_time=timestamp(b.secret_rotated_at),
+        send_dsns=b.send_dsns,
     )
 
 

@@ -49,6 +49,7 @@ class Pool:
     tag: str
     internal_name: str
     feed_type: str
+    bounce_domain: str  # '' = the MTA server's hostname
     headers: tuple[tuple[str, str], ...]
     is_default: bool
     is_shared: bool
@@ -90,6 +91,7 @@ class Bridge:
     server_id: int
     username: str
     feed_type: str
+    send_dsns: bool
     trusted_networks: tuple[str, ...]
     revoked: bool
     created_at: float

@@ -57,6 +57,7 @@ def build_snapshot(store: Store, server_id: int) -> snapshot.Snapshot:
                     feed_type=pool.feed_type,
                     headers=pool.headers,
                     shared=pool.is_shared,
+                    bounce_domain=pool.bounce_domain,
                     ips=tuple(
                         snapshot.IpRoute(address=ip.address, weight=ip.weight, state=ip.state, hostname=ip.hostname)
                         for ip in s.ips_in_pool(pool.smtp_id)
@@ -73,6 +74,7 @@ def build_snapshot(store: Store, server_id: int) -> snapshot.Snapshot:
                 smtp_id=row["smtp_id"],
                 feed_type=row["feed_type"],
                 trusted_networks=s.bridge_networks(row["bridge_id"]),
+                send_dsns=bool(row["send_dsns"]),
             )
             for row in s.bridge_routes(server_id)
         )

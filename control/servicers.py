@@ -247,6 +247,10 @@ class PoolServicer(_Servicer, rpc_pb.PoolServiceServicer):
     def SetPoolFeedType(self, request, context, account):
         return convert.pool(self.registry.set_pool_feed_type(account, request.smtp_id, request.feed_type))
 
+    @rpc(ACCOUNT, changes_routing=True)
+    def SetPoolBounceDomain(self, request, context, account):
+        return convert.pool(self.registry.set_pool_bounce_domain(account, request.smtp_id, request.bounce_domain))
+
 
 class IpServicer(_Servicer, rpc_pb.IpServiceServicer):
     @rpc(ACCOUNT, changes_routing=True)
@@ -339,6 +343,10 @@ class BridgeServicer(_Servicer, rpc_pb.BridgeServiceServicer):
         return convert.bridge(
             self.registry.set_bridge_trusted_networks(account, request.bridge_id, list(request.trusted_networks))
         )
+
+    @rpc(ACCOUNT, changes_routing=True)
+    def SetBridgeSendDsns(self, request, context, account):
+        return convert.bridge(self.registry.set_bridge_send_dsns(account, request.bridge_id, request.send_dsns))
 
 
 class StatsServicer(_Servicer, rpc_pb.StatsServiceServicer):

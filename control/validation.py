@@ -10,6 +10,8 @@ import ipaddress
 import re
 
 from .contract import rediskeys
+from .contract.bounce_domain import BounceDomainError
+from .contract.bounce_domain import check_bounce_domain as contract_check_bounce_domain
 from .contract.headers import STAMPED_HEADER_NAMES
 from .errors import InvalidArgument
 
@@ -174,6 +176,19 @@ def check_feed_type(feed_type: str) -> str:
             f"feed type {feed_type!r} must be at most 64 letters, digits, '.', '_', '/' or '-'"
         )
     return feed_type
+
+
+def check_bounce_domain(domain: str) -> str:
+    """A pool's bounce domain, lowercased, no trailing dot; '' (the MTA server's hostname)
+    stays ''. The rule is the one the data plane signs return paths with."""
+    domain = (domain or "").strip()
+    if not domain:
+        return ""
+    try:
+        return contract_check_bounce_domain(domain)
+    except BounceDomainError as exc:
+        raise InvalidArgument(f"{exc}; a bounce domain is a domain name such as bounces.example.com "
+                              "(empty = the MTA server's hostname)") from None
 
 
 def check_id(value: int, what: str) -> int:

@@ -329,15 +329,6 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ssl.SSLError) as exc:
         print(f"error: cannot load the STARTTLS certificate and key: {exc}", file=sys.stderr)
         return 1
-    if config.inbound.enabled:
-        from .inbound import verp_codec
-        from .verp_keyring import KeyringError
-
-        try:
-            verp_codec(args.data_dir)  # created once here; fail clearly rather than in every worker
-        except KeyringError as exc:
-            print(f"error: the inbound listener cannot check bounce addresses: {exc}", file=sys.stderr)
-            return 1
     redis_url = args.redis_url or _join_embedded_redis(args.data_dir)
     if redis_url is None:
         print(f"error: no Redis to use: the embedded Redis of {args.data_dir} does not answer "

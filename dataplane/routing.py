@@ -19,6 +19,7 @@ from control.contract.headers import STAMPED_HEADERS
 from control.contract.snapshot import BridgeRoute, PoolRoute, Snapshot
 
 from .delivery.egress import SourceSelector
+from .return_path import bounce_domain_of
 
 __all__ = ["NoUsableIp", "PoolGone", "Route", "Routing", "stamp"]
 
@@ -38,6 +39,7 @@ class Route:
     ip_hostname: str  # HELO name of that IP
     feed_type: str
     headers: list[Header]  # shared between messages: never mutated
+    bounce_domain: str = ""  # of its VERP return paths ("" = none usable)
 
 
 def client_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -68,6 +70,7 @@ class Routing:
         self.snapshot = snapshot
         self.version = snapshot.version
         self._pools: dict[int, PoolRoute] = {p.smtp_id: p for p in snapshot.pools}
+        self._bounce_domains: dict[int, str] = {p.smtp_id: bounce_domain_of(snapshot, p) for p in snapshot.pools}
         self.sources = SourceSelector(snapshot.pools)
         self.bridges_by_username: dict[str, BridgeRoute] = snapshot.bridge_by_username()
         self.bridges_by_id: dict[int, BridgeRoute] = {b.bridge_id: b for b in snapshot.bridges}
@@ -145,6 +148,7 @@ class Routing:
             ip_hostname=ip_hostname,
             feed_type=feed_type,
             headers=self._headers_for(pool, feed_type),
+            bounce_domain=self._bounce_domains[pool.smtp_id],
         )
 
 

@@ -8,6 +8,11 @@ address, and the limits on DATA (the wire parsing it shares with the sink is
 which Bridge a transaction belongs to, the limits, and at end of DATA rotation,
 stamping, the spool write and the `sent` count, in that order, before the 250.
 
+DSN extension (RFC 3461): advertised in EHLO; RET and ENVID on MAIL, NOTIFY and
+ORCPT on RCPT are parsed by `dataplane.dsn_request` (a bad value gets its 501)
+and kept in the spool record with the Bridge's DSN switch as it is at acceptance
+(`dataplane.dsn_relay`).
+
 This relies on aiosmtpd 1.4 internals in two places, each marked: the
 per-connection `_auth_require_tls` and the `_handle_client` coroutine (wrapped to
 refuse before the banner); `dataplane.smtp_wire` names the ones it relies on.
@@ -29,12 +34,15 @@ from control.contract.snapshot import BridgeRoute
 
 from .bridge_auth import AuthThrottle, BridgeIdentity, check_credentials
 from .config import DataplaneConfig
+from .dsn_relay import mail_fields, rcpt_options
+from .dsn_request import DsnParamError, MailDsnParams, RcptDsnParams, parse_mail_params, parse_rcpt_params
 from .message_headers import header_fields, indexed_message_id
 from .routing import NoUsableIp, PoolGone, in_networks, stamp
 from .smtp_wire import WireSMTP
 from .snapshot_loader import SnapshotLoader
 from .spool import Spool, SpoolRecord, SpoolWriteError
 from .stats_batcher import StatsBatcher
+from .trace_header import address_literal, printable, rfc5322_date
 
 log = logging.getLogger("poolmta.dataplane.smtp")
 
@@ -68,6 +76,7 @@ REPLY_SPOOL_FAILED = "451 4.3.0 The message could not be stored, nothing was que
 REPLY_INTERNAL_ERROR = "451 4.3.0 Local error in processing; try again later"
 
 EHLO_PIPELINING = "250-PIPELINING"
+EHLO_DSN = "250-DSN"  # RFC 3461 4
 
 _MESSAGE_ID_FIELD = ("message-id",)
 
@@ -80,6 +89,8 @@ class BridgeEnvelope(Envelope):
         self.bridge: BridgeRoute | None = None
         self.auth_kind = ""  # "auth" | "trusted"
         self.snapshot_version = 0
+        self.dsn_mail = MailDsnParams()  # RFC 3461 RET and ENVID
+        self.rcpt_dsn: list[RcptDsnParams] = []  # NOTIFY and ORCPT, one per rcpt_tos entry
 
 
 def _valid_utf8(text: str) -> bool:
@@ -102,30 +113,6 @@ def _address_refusal(address: str, smtp_utf8: bool) -> str | None:
     return None
 
 
-def _printable(text: str | None, limit: int = 255) -> str:
-    """`text` reduced to printable ASCII (for trace headers: no CR, LF or controls)."""
-    if not text:
-        return "unknown"
-    return "".join(c if "!" <= c <= "~" else "?" for c in text[:limit])
-
-
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def rfc5322_date(epoch: float) -> str:
-    """RFC 5322 section 3.3 date-time in UTC, independent of the locale."""
-    tm = time.gmtime(epoch)
-    return (
-        f"{_DAYS[tm.tm_wday]}, {tm.tm_mday:02d} {_MONTHS[tm.tm_mon - 1]} {tm.tm_year} "
-        f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} +0000"
-    )
-
-
-def _address_literal(address: str) -> str:
-    return f"[IPv6:{address}]" if ":" in address else f"[{address}]"
-
-
 class BridgeSMTP(WireSMTP):
     """One SMTP Bridge connection.
 
@@ -142,6 +129,8 @@ class BridgeSMTP(WireSMTP):
     reply_start_data = REPLY_START_DATA
     count_stuffing = False
     whole_in_buffer = True
+    mail_extension_keywords = frozenset({"RET", "ENVID"})  # RFC 3461 4.3, 4.4
+    rcpt_extension_keywords = frozenset({"NOTIFY", "ORCPT"})  # RFC 3461 4.1, 4.2
 
     # Slack above the message size limit for the stream reader: the end-of-data
     # line and a little more, so a message right at the limit is read in one go.
@@ -315,7 +304,7 @@ class BridgeHandler:
     async def handle_EHLO(self, server: BridgeSMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
-        return [*responses[:-1], EHLO_PIPELINING, responses[-1]]
+        return [*responses[:-1], EHLO_PIPELINING, EHLO_DSN, responses[-1]]
 
     # aiosmtpd inspects this hook's signature on every connection; computing it
     # once here makes that a lookup.
@@ -342,6 +331,10 @@ class BridgeHandler:
         refusal = _address_refusal(address, envelope.smtp_utf8)
         if refusal is not None:
             return refusal
+        try:
+            envelope.dsn_mail = parse_mail_params(server.extension_params)
+        except DsnParamError as exc:
+            return exc.reply
         envelope.bridge = bridge
         envelope.auth_kind = auth_kind
         envelope.mail_from = address
@@ -355,6 +348,10 @@ class BridgeHandler:
         refusal = _address_refusal(address, envelope.smtp_utf8)
         if refusal is not None:
             return refusal
+        try:
+            envelope.rcpt_dsn.append(parse_rcpt_params(server.extension_params))
+        except DsnParamError as exc:
+            return exc.reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return REPLY_RCPT_OK
@@ -402,6 +399,10 @@ class BridgeHandler:
             mail_options=tuple(envelope.mail_options),
             smtputf8=bool(envelope.smtp_utf8),
             message=stamped,
+            rcpt_options=rcpt_options(envelope.rcpt_dsn),
+            send_dsns=bridge.send_dsns,
+            bounce_domain=route.bounce_domain,
+            **mail_fields(envelope.dsn_mail),
         )
         try:
             await self.spool.store(record)
@@ -444,10 +445,10 @@ class BridgeHandler:
             protocol += "A"  # RFC 3848
         recipient = ""
         if len(envelope.rcpt_tos) == 1:
-            recipient = f"{eol}\tfor <{_printable(envelope.rcpt_tos[0], 320)}>"
+            recipient = f"{eol}\tfor <{printable(envelope.rcpt_tos[0], 320)}>"
         text = (
-            f"Received: from {_printable(session.host_name)} (unknown {_address_literal(server.peer_address)})"
-            f"{eol}\tby {_printable(server.hostname)} (poolmta) with {protocol} id {message_id}"
+            f"Received: from {printable(session.host_name)} (unknown {address_literal(server.peer_address)})"
+            f"{eol}\tby {printable(server.hostname)} (poolmta) with {protocol} id {message_id}"
             f"{recipient}; {self._date(now)}{eol}"
         )
         return text.encode("ascii")

@@ -293,8 +293,10 @@ class SmtpConnection:
         return int(value) if value.isdigit() and int(value) > 0 else None
 
     async def transaction(self, mail_from: str, rcpts: list[str], payload: bytes, *,
-                          mail_params: list[str] = (), utf8: bool = False) -> TransactionResult:
-        """One mail transaction; `payload` as made by `data_payload`.
+                          mail_params: list[str] = (), rcpt_params: list[list[str]] | None = None,
+                          utf8: bool = False) -> TransactionResult:
+        """One mail transaction; `payload` as made by `data_payload`; `rcpt_params`, when
+        given, the ESMTP parameters of each RCPT (in the order of `rcpts`).
 
         Replies decide nothing here: the caller judges them. A SessionError
         means the connection is gone; what was replied before it is lost with
@@ -305,6 +307,9 @@ class SmtpConnection:
         params = "".join(f" {p}" for p in mail_params)
         mail_line = f"MAIL FROM:<{mail_from}>{params}"
         rcpt_lines = [f"RCPT TO:<{rcpt}>" for rcpt in rcpts]
+        if rcpt_params is not None:
+            rcpt_lines = [line + "".join(f" {p}" for p in params)
+                          for line, params in zip(rcpt_lines, rcpt_params, strict=True)]
         if self.pipelining:
             batch = b"".join(self._encode(line, utf8) for line in (mail_line, *rcpt_lines, "DATA"))
             await self._write(batch, timeouts.command, "after MAIL")

@@ -9,6 +9,12 @@ await per line. Here the common path is one regex match, and DATA is found with
 one buffer search per chunk. Results are exactly aiosmtpd's, except where a
 server chooses otherwise through `WireSMTP`'s class attributes.
 
+ESMTP parameters a server implements itself (RFC 3461's NOTIFY, ORCPT, RET and
+ENVID: aiosmtpd knows none of them, answers 555 to any, and upper-cases the rest,
+while ORCPT and ENVID values are case-sensitive) are taken out of the MAIL / RCPT
+argument before aiosmtpd reads it, kept as the client wrote them, and handed to
+the server's hook in `extension_params`.
+
 This relies on aiosmtpd 1.4 internals: `_getaddr` (overridden), the stream
 reader `_reader` (read directly in DATA) and `_set_post_data_state`.
 """
@@ -46,6 +52,17 @@ def parse_simple_path(arg: str) -> tuple[str, str] | None:
     (the null path ``<>``, quoted local parts, address literals, comments...)."""
     match = _SIMPLE_PATH.fullmatch(arg)
     return None if match is None else (match[1], match[2])
+
+
+def take_params(params: str, keywords: frozenset[str]) -> tuple[str, list[str]]:
+    """(`params` without the parameters whose keyword is in `keywords`, those parameters
+    as written): `params` is the whitespace-separated ESMTP parameter list of a MAIL or
+    RCPT command (RFC 5321 4.1.2), keywords compared case-insensitively (RFC 5321 2.4)."""
+    kept: list[str] = []
+    taken: list[str] = []
+    for word in params.split():
+        (taken if word.partition("=")[0].upper() in keywords else kept).append(word)
+    return " ".join(kept), taken
 
 
 async def _read_until(reader: asyncio.StreamReader, separator: bytes) -> tuple[bytes, bool]:
@@ -144,15 +161,47 @@ class WireSMTP(SMTP):
     # How `data_size_limit` is applied: see `read_data`.
     count_stuffing = True
     whole_in_buffer = False
+    # Parameter keywords (upper case) of MAIL and of RCPT the server implements itself:
+    # see the module docstring. Set per server, or per instance.
+    mail_extension_keywords: frozenset[str] = frozenset()
+    rcpt_extension_keywords: frozenset[str] = frozenset()
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # The current command's parameters of `*_extension_keywords`, as written
+        # ("KEY=VALUE"), for the MAIL or RCPT hook.
+        self.extension_params: list[str] = []
+        self._taking: frozenset[str] = frozenset()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd's own check of local_part_limit comes after its parser: leave
         # that case to it.
+        address, params = None, None
         if not self.local_part_limit:
             simple = parse_simple_path(arg)
             if simple is not None:
-                return simple
-        return super()._getaddr(arg)
+                address, params = simple
+        if address is None:
+            address, params = super()._getaddr(arg)
+        if params and self._taking and self.session is not None and self.session.extended_smtp:
+            params, self.extension_params = take_params(params, self._taking)
+        return address, params
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await self._with_extensions(super().smtp_MAIL, arg, self.mail_extension_keywords)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        await self._with_extensions(super().smtp_RCPT, arg, self.rcpt_extension_keywords)
+
+    async def _with_extensions(self, command, arg: str | None, keywords: frozenset[str]) -> None:
+        self.extension_params = []
+        self._taking = keywords
+        try:
+            await command(arg)
+        finally:
+            self._taking = frozenset()
 
     def message_in_flight(self) -> contextlib.AbstractContextManager[object]:
         """Held from the 354 until the reply to the message is sent (a server that

@@ -66,7 +66,7 @@ log = logging.getLogger("poolmta.dataplane.stats")
 # bucket's start (unix seconds), smtp_id, ip address)
 CountKey = tuple[str, rediskeys.Resolution, int, int, str]
 
-_FIELDS = frozenset(rediskeys.STATS_FIELDS)
+_FIELDS = frozenset(rediskeys.STATS_FIELDS + rediskeys.DSN_STATS_FIELDS)
 
 # Distinct count keys kept while Redis is down (a key per field, minute, pool and
 # IP: a 50-IP server's four hours of minutes, then five days of hours, then four
@@ -204,10 +204,11 @@ class StatsBatcher:
 
     def count(self, field: str, smtp_id: int, address: str, n: int = 1) -> None:
         """Add `n` to `field` (one of `rediskeys.STATS_FIELDS`: sent, delivered, bounced,
-        deferred, complaints) of the pool, the IP and the pool+IP: their lifetime totals and
-        the day, hour and minute buckets of now."""
+        deferred, complaints; or of `rediskeys.DSN_STATS_FIELDS`, the DSNs sent to senders)
+        of the pool, the IP and the pool+IP: their lifetime totals and the day, hour and
+        minute buckets of now."""
         if field not in _FIELDS:
-            raise ValueError(f"not a stats field: {field!r} (one of {', '.join(rediskeys.STATS_FIELDS)})")
+            raise ValueError(f"not a stats field: {field!r} (one of {', '.join(sorted(_FIELDS))})")
         waiting = len(self._pending)
         resolution = (rediskeys.MINUTE if waiting < MAX_COUNT_KEYS // 2
                       else rediskeys.HOUR if waiting < MAX_COUNT_KEYS * 3 // 4 else rediskeys.DAY)

@@ -7,6 +7,8 @@ the SMTP address, and one on the inbound listener's: that fails early and clearl
 when an address is taken, turns port 0 into a concrete port every worker then
 binds, and keeps the ports reserved while a worker restarts. Workers are spawned (fresh interpreters, nothing
 inherited but the configuration) and die with the supervisor (PDEATHSIG).
+It also makes the VERP key file (`<data_dir>/verp.keys`) before the first worker
+starts, so the workers all load the same keys and none races to create it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from control.contract.runtime import DATAPLANE_READY_INBOUND, DATAPLANE_READY_LI
 
 from . import spool
 from .config import DataplaneConfig, format_listen
+from .return_path import keyring_path
+from .verp_keyring import KeyringError, VerpKeyring
 from .worker import listening_socket, worker_main
 
 log = logging.getLogger("poolmta.dataplane.supervisor")
@@ -142,6 +146,11 @@ class Supervisor:
         """Serve until SIGINT / SIGTERM; the exit code (0 after a clean stop)."""
         self._install_signals()
         config = self.config
+        try:
+            # Before any worker: every worker signs return paths with these keys.
+            VerpKeyring.load_or_create(keyring_path(config.data_dir))
+        except KeyringError as exc:
+            raise StartError(str(exc)) from None
         reservations = []
         try:
             reservations.append(_reserve(config.smtp_host, config.smtp_port, config.smtp_listen))

@@ -68,6 +68,9 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from control.contract.bounce_domain import DOMAIN as _DOMAIN
+from control.contract.bounce_domain import MAX_BOUNCE_DOMAIN_LENGTH, BounceDomainError
+from control.contract.bounce_domain import check_bounce_domain as contract_check_bounce_domain
 from dataplane.verp_keyring import KeyringError, VerpKey, VerpKeyring
 
 log = logging.getLogger("poolmta.dataplane.verp")
@@ -80,6 +83,7 @@ TOKEN_CHARS = 40  # 25 octets in base32, a multiple of 5 octets: no padding
 LOCAL_PART_LENGTH = len(PREFIX) + TOKEN_CHARS
 MAX_PATH = 254  # RFC 5321 4.5.3.1.3: 256 octets including "<" and ">"
 MAX_DOMAIN_LENGTH = MAX_PATH - LOCAL_PART_LENGTH - 1
+assert MAX_DOMAIN_LENGTH == MAX_BOUNCE_DOMAIN_LENGTH, "the contract's bounce domain limit is VERP's"
 MAX_INPUT = 1024  # decode looks at no more than this many characters
 DEFAULT_MAX_AGE = 30 * 86400.0
 DEFAULT_CLOCK_SKEW = 300.0
@@ -89,9 +93,6 @@ _PAYLOAD_BYTES = 16  # message id 13, recipient index 2, key id 1
 
 _MESSAGE_ID = re.compile(r"[0-9a-f]{26}")
 _TOKEN = re.compile(r"[A-Za-z2-7]{40}")
-# RFC 5321 4.1.2: Domain = sub-domain *("." sub-domain); sub-domain = Let-dig [Ldh-str]
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
 
 class VerpReason(enum.Enum):
@@ -138,19 +139,12 @@ def _quote(text: str) -> str:
 def check_bounce_domain(domain: str) -> str:
     """`domain` as a bounce domain: lowercased, one trailing dot removed, RFC 5321
     4.1.2 syntax (LDH labels of 1-63 octets, ASCII: give IDNs as A-labels), at most
-    MAX_DOMAIN_LENGTH (211) octets. VerpError(INVALID) otherwise."""
-    if not isinstance(domain, str):
-        raise VerpError(VerpReason.INVALID, f"a bounce domain is a string, not {type(domain).__name__}")
-    name = domain[:-1] if domain.endswith(".") else domain
-    name = name.lower()
-    if not name.isascii():
-        raise VerpError(VerpReason.INVALID,
-                        f"bounce domain {_quote(domain)} is not ASCII; give its A-label (xn--) form")
-    if len(name) > MAX_DOMAIN_LENGTH:
-        raise VerpError(VerpReason.INVALID, f"bounce domain is {len(name)} octets; the limit is {MAX_DOMAIN_LENGTH}")
-    if not _DOMAIN.fullmatch(name):
-        raise VerpError(VerpReason.INVALID, f"{_quote(domain)} is not a valid domain name")
-    return name
+    MAX_DOMAIN_LENGTH (211) octets. VerpError(INVALID) otherwise. The rule is the
+    contract's (`control.contract.bounce_domain`), which the control plane holds too."""
+    try:
+        return contract_check_bounce_domain(domain)
+    except BounceDomainError as exc:
+        raise VerpError(VerpReason.INVALID, str(exc)) from None
 
 
 def bounce_domain(server_hostname: str, pool_domain: str | None = None) -> str:

@@ -29,7 +29,8 @@ from . import logs
 from .bridge_auth import AuthThrottle
 from .config import DataplaneConfig, format_listen
 from .delivery import DeliveryEngine
-from .inbound import Accounting, Attributor, InboundHandler, InboundSMTP, ReportIntake, verp_codec
+from .inbound import Accounting, Attributor, InboundHandler, InboundSMTP, ReportIntake
+from .return_path import ReturnPaths, open_codec
 from .smtp_bridge import REPLY_SHUTTING_DOWN, BridgeHandler, BridgeSMTP
 from .snapshot_loader import SnapshotLoader
 from .spool import Spool
@@ -135,7 +136,9 @@ class Worker:
         )
         delivery = None
         if delivery_config.enabled:
-            delivery = DeliveryEngine(config, loader=loader, spool=spool, stats=stats, index=self.index)
+            # The supervisor made the key file before starting the workers.
+            delivery = DeliveryEngine(config, loader=loader, spool=spool, stats=stats, index=self.index,
+                                      return_paths=ReturnPaths(open_codec(config.data_dir)))
         else:
             log.info("worker %d: delivery is off (--no-delivery): messages stay in the spool", self.index)
         handler = BridgeHandler(
@@ -174,7 +177,7 @@ class Worker:
     def _inbound_handler(self, redis, loader: SnapshotLoader) -> InboundHandler:
         config = self.config
         intake = ReportIntake(
-            Attributor(redis, verp_codec(config.data_dir)),
+            Attributor(redis, open_codec(config.data_dir)),
             Accounting(redis, server_id=config.server_id, event_ttl=config.delivery.event_retention),
         )
         return InboundHandler(config, loader=loader, intake=intake)

@@ -393,11 +393,19 @@ def rcpt_replies(counts: dict) -> int:
     return counts.get("accepted_rcpts", 0) + counts.get("rejected", 0) + counts.get("deferred", 0)
 
 
+def is_notice(entry: dict) -> bool:
+    """True for a sink log entry of a message from the null sender (a DSN poolmta sent)."""
+    return entry["mail_from"] in ("", "<>")
+
+
 def sink_outcomes(sink_log: list[dict]) -> tuple[Counter, Counter]:
-    """From a sink's log: (accepted recipients per peer IP, messages per Message-ID)."""
+    """From a sink's log, the senders' own mail only (DSNs from <> left out): (accepted
+    recipients per peer IP, messages per Message-ID)."""
     per_peer: Counter = Counter()
     per_message: Counter = Counter()
     for entry in sink_log:
+        if is_notice(entry):
+            continue
         per_peer[entry["peer"]] += len(entry["rcpts"])
         per_message[entry["message_id"]] += 1
     return per_peer, per_message

@@ -8,7 +8,7 @@ from __future__ import annotations
 import smtplib
 from collections.abc import Sequence
 
-from dataplane.inbound import verp_codec
+from dataplane.return_path import open_codec
 from dataplane.verp import VerpCodec
 from tests.dataplane_support import HOSTNAME
 
@@ -17,7 +17,7 @@ BOUNDARY = "==report-boundary=="
 
 def codec_of(data_dir) -> VerpCodec:
     """The VERP codec of a data directory's keyring, as the data plane makes it."""
-    return verp_codec(data_dir)
+    return open_codec(data_dir)
 
 
 def return_path(codec: VerpCodec, message_id: str, rcpt_index: int, domain: str = HOSTNAME) -> str:

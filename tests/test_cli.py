@@ -813,3 +813,54 @@ def test_up_says_loudly_when_the_dataplane_dies_and_stops_the_rest(tmp_path):
     assert code == 1
     assert "THE DATA PLANE EXITED UNEXPECTEDLY" in err
     assert wait_until(lambda: process_gone(redis_pid), timeout=10), f"redis-server {redis_pid} left running"
+
+
+# -- the outbound feedback loop: bounce domains, the DSN switch, VERP keys ------------------
+
+
+def test_pool_bounce_domain_and_bridge_dsn_switch(cli, acme):
+    cli.ok("--token", acme, "pool", "create", "promo", "--server", "1")
+    assert field(cli.ok("--token", acme, "pool", "show", "promo").out, "Bounce domain").startswith(
+        "the MTA server's hostname")
+    said = cli.ok("--token", acme, "pool", "bounce-domain", "promo", "Bounces.Acme.Example")
+    assert "bounces to bounces.acme.example" in said.out
+    assert cli.ok("--token", acme, "--json", "pool", "show", "promo").json()["bounce_domain"] == "bounces.acme.example"
+    refused = cli.fails(1, "--token", acme, "pool", "bounce-domain", "promo", "bounces..example")
+    assert "INVALID_ARGUMENT" in refused.err and "not a valid domain name" in refused.err
+    cli.fails(2, "--token", acme, "pool", "bounce-domain", "promo", "x.example", "--clear")
+    assert cli.ok("--token", acme, "--json", "pool", "bounce-domain", "promo", "--clear").json()["bounce_domain"] == ""
+
+    cli.ok("--token", acme, "bridge", "create", "webapp", "--pool", "promo")
+    assert field(cli.ok("--token", acme, "bridge", "show", "1").out, "DSNs to senders") == "on"
+    assert "DSNs to senders off" in cli.ok("--token", acme, "bridge", "dsn", "1", "off").out
+    assert cli.ok("--token", acme, "--json", "bridge", "show", "1").json()["send_dsns"] is False
+    assert "DSNs to senders off" in cli.ok("--token", acme, "bridge", "dsn", "1").out
+    assert cli.ok("--token", acme, "--json", "bridge", "dsn", "1", "on").json()["send_dsns"] is True
+    cli.fails(2, "--token", acme, "bridge", "dsn", "1", "maybe")
+
+
+@pytest.mark.slow
+def test_verp_keys_are_listed_rotated_and_pruned_never_shown(tmp_path):
+    data_dir = tmp_path / "data"
+    listed = run_poolmta("--data-dir", str(data_dir), "--json", "verp", "list")
+    assert listed.returncode == 0, listed.stderr
+    keys = json.loads(listed.stdout)["keys"]
+    assert [(k["id"], k["current"]) for k in keys] == [(1, True)]
+    keyring = data_dir / "verp.keys"
+    assert keyring.stat().st_mode & 0o777 == 0o600
+    secret = json.loads(keyring.read_text())["keys"][0]["secret"]
+
+    rotated = run_poolmta("verp", "rotate", "--data-dir", str(data_dir))
+    assert rotated.returncode == 0 and "Key 2 now signs" in rotated.stdout, rotated.stderr
+    assert secret not in rotated.stdout
+    keys = json.loads(run_poolmta("--data-dir", str(data_dir), "verp", "list", "--json").stdout)["keys"]
+    assert [(k["id"], k["current"], k["superseded"] is not None) for k in keys] == [(1, False, True), (2, True, False)]
+
+    # Key 1 keeps verifying until every address it signed has expired.
+    kept = run_poolmta("--data-dir", str(data_dir), "--json", "verp", "prune")
+    assert json.loads(kept.stdout) == {"pruned": []}
+    retired = run_poolmta("--data-dir", str(data_dir), "verp", "retire", "2")
+    assert retired.returncode == 1 and "current signing key" in retired.stderr and "Traceback" not in retired.stderr
+    time.sleep(0.1)
+    pruned = run_poolmta("--data-dir", str(data_dir), "--json", "verp", "prune", "--max-age", "0.05s")
+    assert json.loads(pruned.stdout) == {"pruned": [1]}

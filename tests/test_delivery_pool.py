@@ -5,8 +5,9 @@ The sink sees every message from the source address its pool chose (127.0.0.2-4)
 `bounce*` recipients are bounced with the sink's 550 kept, `defer*` recipients are
 delivered after two 451s, and the counters in Redis (pool, IP, pool+IP; lifetime
 and today's bucket) equal exactly what the sink recorded, and the minute and hour
-buckets add up to the lifetime totals. Each outcome is an event
-in the message's Redis list.
+buckets add up to the lifetime totals. Each outcome is an event in the message's
+Redis list. The sender gets one DSN per message with a bounced recipient, from <>
+and the message's own source IP, counted apart (dsn_*).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from control.contract import rediskeys
 
 from tests.dataplane_support import (
     events_of,
+    is_notice,
     make_bridge,
     make_pool,
     make_snapshot,
@@ -65,16 +67,23 @@ def test_a_thousand_messages_leave_from_their_pool_ips_and_stats_match_the_sink(
     bounced = [r for r in rcpts if r.startswith("bounce")]
     deferred = [r for r in rcpts if r.startswith("defer")]
     delivered = len(rcpts) - len(bounced)
+    dsns = sum(1 for _, rs, _ in plan if any(r.startswith("bounce") for r in rs))
 
     def settled() -> bool:
         pool_stats = stats_of(redis_client, SERVER, 7, [])["pool"]
-        return (queue_empty(plane) and pool_stats["delivered"] == delivered
-                and pool_stats["bounced"] == len(bounced) and sink.counts().get("accepted_rcpts") == delivered)
+        counts = sink.counts()
+        return (queue_empty(plane) and pool_stats["delivered"] == delivered and pool_stats["bounced"] == len(bounced)
+                and counts.get("accepted_rcpts", 0) - counts.get("notices", 0) == delivered
+                and counts.get("notices") == dsns)
 
     assert wait_until(settled, timeout=90, interval=0.2), (stats_of(redis_client, SERVER, 7, IPS), sink.counts())
 
-    # What the sink recorded, per peer address.
-    log = sink.log()
+    # What the sink recorded, per peer address: the senders' mail, then their DSNs.
+    log = [entry for entry in sink.log() if not is_notice(entry)]
+    notices = [entry for entry in sink.log() if is_notice(entry)]
+    assert len(notices) == dsns and {n["rcpts"][0] for n in notices} == {"sender@example.com"}
+    pool_dsns = redis_client.hgetall(rediskeys.pool_stats_key(SERVER, 7))
+    assert int(pool_dsns[b"dsn_sent"]) == int(pool_dsns[b"dsn_delivered"]) == dsns
     per_peer, per_message = sink_outcomes(log)
     refused = sum(1 for _, rs, _ in plan if all(r.startswith("bounce") for r in rs))
     assert len(log) == MESSAGES - refused and set(per_message.values()) == {1}  # each message once

@@ -34,6 +34,7 @@ from dataplane.config import (
 from dataplane.delivery import DeliveryEngine, next_attempt_at, retry_delay
 from dataplane.delivery.queue import QueuedMessage
 from dataplane.destinations import address_literal, order_mx
+from dataplane.return_path import ReturnPaths, open_codec
 from dataplane.routing import NoUsableIp, Routing
 from dataplane.smtp_wire import read_data
 from dataplane.smtp_client import data_payload
@@ -322,7 +323,8 @@ def test_acceptance_and_delivery_pick_from_one_rotation_per_pool():
 def test_a_message_keeps_its_usable_ip_and_replaces_an_unusable_one(tmp_path):
     config = build_config(build_parser({}).parse_args(["--server-id", "1"]), "redis://x")
     loader = SimpleNamespace(current=None)
-    engine = DeliveryEngine(config, loader=loader, spool=spool.Spool(tmp_path), stats=None, index=0)
+    engine = DeliveryEngine(config, loader=loader, spool=spool.Spool(tmp_path), stats=None, index=0,
+                            return_paths=ReturnPaths(open_codec(tmp_path)))
     source_for = engine.egress.source_for
 
     def queued(ip: str, smtp_id: int = 7) -> QueuedMessage:

@@ -64,19 +64,10 @@ DOMAINS = frozenset({HOSTNAME})
 # -- which recipients the listener takes -------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PoolWithBounceDomain(PoolRoute):
-    """A pool as the snapshot carries it once the outbound side adds its bounce domain."""
-
-    bounce_domain: str = ""
-
-
 def test_bounce_domains_are_the_servers_hostname_and_every_pools_own():
     pool = make_pool(7, [(IP, 1)])
-    own = PoolWithBounceDomain(**{f.name: getattr(pool, f.name) for f in dataclasses.fields(PoolRoute)},
-                               bounce_domain="Bounces.Acme.Example.")
-    bad = PoolWithBounceDomain(**{f.name: getattr(pool, f.name) for f in dataclasses.fields(PoolRoute)},
-                               bounce_domain="not a domain")
+    own = dataclasses.replace(pool, smtp_id=8, bounce_domain="Bounces.Acme.Example.")
+    bad = dataclasses.replace(pool, smtp_id=9, bounce_domain="not a domain")
     snapshot = make_snapshot(1, 1, [pool, own, bad], [])
     assert bounce_domains(snapshot) == {HOSTNAME, "bounces.acme.example"}
     assert bounce_domains(snapshot, "mx1.example.org") == {HOSTNAME, "bounces.acme.example", "mx1.example.org"}

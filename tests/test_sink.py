@@ -320,7 +320,8 @@ def test_accepts_and_records_the_peer_it_was_reached_from(start_sink) -> None:
 
     assert sink.counts_reach(accepted=1, accepted_rcpts=2, by_peer={"127.0.0.3": 1})
     counts = sink.counts()
-    assert counts["peers"]["127.0.0.3"] == {"connections": 1, "accepted": 1, "rejected": 0, "deferred": 0, "hung": 0}
+    assert counts["peers"]["127.0.0.3"] == {"connections": 1, "accepted": 1, "rejected": 0, "deferred": 0, "hung": 0,
+                                           "notices": 0}
     assert counts["bytes"] == len(MESSAGE) and counts["final"] is False
 
 
@@ -370,7 +371,8 @@ def test_bounce_star_is_rejected_at_rcpt_and_defer_star_twice_then_accepted(star
     assert sink.counts_reach(accepted=2, rejected=2, deferred=2)
     counts = sink.counts()
     assert counts["rcpt_attempts"] == {"bounce-1@example.net": 1, "bounce-2@example.net": 1, "defer-1@example.net": 4}
-    assert counts["peers"]["127.0.0.4"] == {"connections": 1, "accepted": 2, "rejected": 2, "deferred": 2, "hung": 0}
+    assert counts["peers"]["127.0.0.4"] == {"connections": 1, "accepted": 2, "rejected": 2, "deferred": 2, "hung": 0,
+                                           "notices": 0}
 
 
 def test_slow_star_delays_the_data_reply_but_accepts(start_sink) -> None:

@@ -3,9 +3,9 @@ and the command tree they are added to. The commands themselves:
 
     account  create | list | show | tier | token                          admin_commands
     server   register | list | show | shared-ip {add,list,release} | republish | status
-    pool     create | list | show | rename | set-default | delete | headers | feed-type
+    pool     create | list | show | rename | set-default | delete | headers | feed-type | bounce-domain
     ip       provision | list | show | assign | pause | resume | weight | release
-    bridge   create | list | show | revoke | rotate | trust              tenant_commands
+    bridge   create | list | show | revoke | rotate | dsn | trust        tenant_commands
     op       show | watch
     stats    pool | ip
     message  status

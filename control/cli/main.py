@@ -4,6 +4,7 @@
     poolmta demo [--messages N] [--keep-running]       the whole story on loopback
     poolmta account | server | pool | ip | bridge | op | stats | message ...   client commands
     poolmta report parse FILE... | report unattributed   bounce and complaint reports
+    poolmta verp list | rotate | prune | retire ID     the data directory's VERP signing keys
 
 Global options go before or after the command: --data-dir, --redis-url, --grpc,
 --token, --json, -v. Settings are read here, once, from flags and the
@@ -36,7 +37,7 @@ DEFAULT_GRPC = "127.0.0.1:50051"
 EXIT_INTERRUPTED = 130
 SERVER_COMMANDS = ("up", "control")
 # Commands whose arguments go, untouched, to another program (see _find_passthrough).
-PASSTHROUGH_COMMANDS = ("dataplane", "sink", "demo")
+PASSTHROUGH_COMMANDS = ("dataplane", "sink", "demo", "verp")
 
 # Global options, for finding the command word before argparse runs (see _split_passthrough).
 _GLOBAL_VALUE_OPTIONS = ("--data-dir", "--redis-url", "--grpc", "--token")
@@ -161,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "their Bridges and shows the per-Pool stats (`poolmta demo --help` lists its "
                      "options).")
 
+    _add_passthrough(commands, common, "verp", help_text="the VERP signing keys of the data directory: list, "
+                     "rotate, prune, retire (python -m dataplane.verp_admin ARGS...)",
+                     description="Runs `python -m dataplane.verp_admin ARGS...` on the data directory's "
+                     "verp.keys (`poolmta verp --help` lists its commands). Rotating never breaks mail in "
+                     "flight: earlier keys keep verifying until pruned.")
+
     tree = CommandTree(commands, [common])
     admin_commands.add(tree)
     tenant_commands.add(tree)
@@ -252,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             command, _, rest = passthrough
             if command == "sink":
                 return _exec_sink(rest)
+            if command == "verp":
+                return _exec_verp(settings, rest)
             if command == "demo":
                 from .demo.main import main as demo_main
 
@@ -316,6 +325,16 @@ def _run_dataplane(settings: Settings, args: list[str]) -> int:
         return run_dataplane(args, settings.data_dir, settings.data_dir_given, settings.redis_url, sys.stdout)
     except OSError as exc:
         raise CliError(f"cannot run the data plane ({sys.executable} -m dataplane): {exc.strerror}") from None
+
+
+def _exec_verp(settings: Settings, args: list[str]) -> int:
+    from .passthrough import exec_verp
+
+    try:
+        return exec_verp(args, settings.data_dir if settings.data_dir_given else None, settings.json)
+    except OSError as exc:
+        raise CliError(f"cannot run the VERP key tool ({sys.executable} -m dataplane.verp_admin): "
+                       f"{exc.strerror}") from None
 
 
 def _exec_sink(args: list[str]) -> int:

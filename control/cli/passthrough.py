@@ -1,6 +1,8 @@
-"""`poolmta dataplane`, `poolmta sink` and `poolmta report parse`: the data plane, the
-sink and the report parser as programs of their own, `python -m dataplane ARGS...`,
-`python -m dataplane.sink ARGS...` and `python -m dataplane.reports parse ...`.
+"""`poolmta dataplane`, `poolmta sink`, `poolmta report parse` and `poolmta verp`: the
+data plane, the sink, the report parser and the data plane's VERP key tool as
+programs of their own, `python -m dataplane ARGS...`, `python -m dataplane.sink
+ARGS...`, `python -m dataplane.reports parse ...` and `python -m
+dataplane.verp_admin ARGS...` (the control plane never imports the data plane).
 
 Each replaces this process with that program, with one exception. The data plane
 needs a Redis: the one a URL names, else the embedded Redis of its data directory,
@@ -65,6 +67,13 @@ def exec_report_parser(files: list[str], as_json: bool) -> int:
     (`poolmta report parse`): the parser is the data plane's, and `control` never
     imports `dataplane`."""
     return _exec([sys.executable, "-m", "dataplane.reports", "parse", *(["--json"] if as_json else []), "--", *files])
+
+
+def exec_verp(args: list[str], data_dir: Path | None, json: bool) -> int:
+    """Replace this process with `python -m dataplane.verp_admin [--data-dir DIR] [--json]
+    ARGS...` (`poolmta verp`), the global options first (the same ones in ARGS win)."""
+    forwarded = [*_forwarded(data_dir, None), *(["--json"] if json else [])]
+    return _exec([sys.executable, "-m", "dataplane.verp_admin", *forwarded, *args])
 
 
 def _exec(argv: list[str]) -> int:

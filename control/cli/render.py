@@ -249,7 +249,7 @@ def pool(p: pb.Pool) -> Text:
             ("Internal name", p.internal_name), ("Server", str(p.server_id)), ("Zone", text(p.zone)),
             ("Status", pool_status(p.status)), ("Default", yes(p.is_default)),
             ("Feed type", text(p.feed_type)), ("Headers", headers(p.headers)),
-            ("IPs", str(p.ip_count)), ("Bridges", str(p.bridge_count)), ("Created", when(p, "create_time")),
+            ("Bounce domain", bounce_domain(p.bounce_domain)), ("IPs", str(p.ip_count)), ("Bridges", str(p.bridge_count)), ("Created", when(p, "create_time")),
         ]
     )
 
@@ -296,6 +296,16 @@ def ips(items: Sequence[pb.DedicatedIp]) -> Table:
     )
 
 
+def bounce_domain(domain: str) -> str:
+    """A pool's bounce domain for people: its own, or the MTA server's hostname."""
+    return domain or "the MTA server's hostname (default)"
+
+
+def dsn_switch(on: bool) -> str:
+    """A Bridge's DSN switch for people."""
+    return "on" if on else "off"
+
+
 def _bridge_route(b: pb.Bridge) -> str:
     return f"shared pool of server {b.server_id}" if b.shared else pool_ref(b.smtp_id, b.pool_label)
 
@@ -307,7 +317,7 @@ def bridge(b: pb.Bridge) -> Text:
             ("ID", str(b.bridge_id)), ("Name", b.name), ("Routes through", _bridge_route(b)),
             ("Server", str(b.server_id)), ("Username", b.username), ("Feed type", text(b.feed_type)),
             ("Trusted networks", "\n".join(b.trusted_networks) or NONE),
-            ("State", "revoked" if b.revoked else "active"), ("Created", when(b, "create_time")),
+            ("DSNs to senders", dsn_switch(b.send_dsns)), ("State", "revoked" if b.revoked else "active"), ("Created", when(b, "create_time")),
             ("Secret rotated", when(b, "secret_rotate_time")),
         ]
     )

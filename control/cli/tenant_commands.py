@@ -85,6 +85,19 @@ def _pool_feed_type(ctx: Context, a) -> int:
     return emit(ctx, ctx.client.call("pools", "SetPoolFeedType", request), render.pool)
 
 
+def _pool_bounce_domain(ctx: Context, a) -> int:
+    if a.domain and a.clear:
+        raise CliError("give either a DOMAIN or --clear, not both", EXIT_USAGE)
+    smtp_id = ctx.client.resolve_pool(a.pool)
+    if a.domain or a.clear:
+        request = pb.SetPoolBounceDomainRequest(smtp_id=smtp_id, bounce_domain="" if a.clear else a.domain)
+        pool = ctx.client.call("pools", "SetPoolBounceDomain", request)
+    else:
+        pool = ctx.client.call("pools", "GetPool", pb.GetPoolRequest(smtp_id=smtp_id))
+    return done(ctx, pool, f"Pool {render.pool_ref(pool.smtp_id, pool.label)} bounces to "
+                           f"{render.bounce_domain(pool.bounce_domain)}.")
+
+
 # -- ip -----------------------------------------------------------------------------
 
 
@@ -221,6 +234,16 @@ def _bridge_revoke(ctx: Context, a) -> int:
                 render.bridge)
 
 
+def _bridge_dsn(ctx: Context, a) -> int:
+    if a.state is None:
+        bridge = ctx.client.call("bridges", "GetBridge", pb.GetBridgeRequest(bridge_id=a.id))
+    else:
+        request = pb.SetBridgeSendDsnsRequest(bridge_id=a.id, send_dsns=a.state == "on")
+        bridge = ctx.client.call("bridges", "SetBridgeSendDsns", request)
+    return done(ctx, bridge, f"Bridge {bridge.bridge_id} ({bridge.name}): DSNs to senders "
+                             f"{render.dsn_switch(bridge.send_dsns)}.")
+
+
 def _bridge_trust(ctx: Context, a) -> int:
     request = pb.SetBridgeTrustedNetworksRequest(bridge_id=a.id, trusted_networks=a.cidrs)
     return emit(ctx, ctx.client.call("bridges", "SetBridgeTrustedNetworks", request), render.bridge)
@@ -302,6 +325,11 @@ def add(tree: CommandTree) -> None:
     p = tree.leaf(subs, "feed-type", _pool_feed_type, "change a pool's feed type")
     p.add_argument("pool", metavar="POOL")
     p.add_argument("feed_type", metavar="TYPE")
+    p = tree.leaf(subs, "bounce-domain", _pool_bounce_domain,
+                  "show or set the domain of the pool's VERP return paths (default the MTA server's hostname)")
+    p.add_argument("pool", metavar="POOL")
+    p.add_argument("domain", nargs="?", metavar="DOMAIN", help="e.g. bounces.example.com (with an MX to the server)")
+    p.add_argument("--clear", action="store_true", help="back to the MTA server's hostname")
 
     # ip
     subs = tree.group("ip", "dedicated IPs (account token)")
@@ -345,6 +373,9 @@ def add(tree: CommandTree) -> None:
                                      ("rotate", _bridge_rotate, "replace a bridge's secret; prints the new one once")):
         p = tree.leaf(subs, name, handler, help_text)
         p.add_argument("id", type=int, metavar="ID")
+    p = tree.leaf(subs, "dsn", _bridge_dsn, "show, or turn on or off, the DSNs senders get for bounced mail")
+    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("state", nargs="?", choices=("on", "off"), metavar="on|off")
     p = tree.leaf(subs, "trust", _bridge_trust, "replace the networks trusted to send without AUTH (none = clear)")
     p.add_argument("id", type=int, metavar="ID")
     p.add_argument("cidrs", nargs="*", metavar="CIDR")

@@ -110,6 +110,12 @@ def _stats_tag(server_id: int) -> str:
     return f"{PREFIX}:{{stats:{int(server_id)}}}"
 
 
+# DSNs poolmta sends to senders (RFC 3464, from the null sender) are counted apart, in
+# the same hashes, so they never inflate the Sent / Delivered / Bounced of the
+# senders' own mail: dsn_sent when one is spooled, then its delivery outcome.
+DSN_STATS_FIELDS = ("dsn_sent", "dsn_delivered", "dsn_bounced", "dsn_deferred")
+
+
 def counter_key(server_id: int, smtp_id: int | None = None, address: str | None = None,
                 resolution: Resolution | None = None, at: float | None = None) -> str:
     """The name of one counter hash (fields: STATS_FIELDS); every counter key is made here.

@@ -49,6 +49,9 @@ class PoolRoute:
     headers: tuple[tuple[str, str], ...]  # custom headers, in order
     ips: tuple[IpRoute, ...]
     shared: bool = False
+    # The domain of its VERP return paths; "" = the MTA server's hostname (see
+    # control.contract.bounce_domain). Snapshots written before it decode with "".
+    bounce_domain: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,9 @@ class BridgeRoute:
     smtp_id: int  # the pool (the shared pool for ESSENTIAL bridges)
     feed_type: str  # override; empty = the pool's
     trusted_networks: tuple[str, ...] = ()
+    # Senders get RFC 3464 DSNs for bounced recipients (the per-Bridge switch);
+    # snapshots written before it decode as on.
+    send_dsns: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +114,7 @@ def encode(snapshot: Snapshot) -> bytes:
                 "feed_type": p.feed_type,
                 "headers": [[n, v] for n, v in p.headers],
                 "shared": p.shared,
+                "bounce_domain": p.bounce_domain,
                 "ips": [
                     {"address": ip.address, "weight": ip.weight, "state": ip.state, "hostname": ip.hostname}
                     for ip in p.ips
@@ -125,6 +132,7 @@ def encode(snapshot: Snapshot) -> bytes:
                 "smtp_id": b.smtp_id,
                 "feed_type": b.feed_type,
                 "trusted_networks": list(b.trusted_networks),
+                "send_dsns": b.send_dsns,
             }
             for b in snapshot.bridges
         ],
@@ -158,6 +166,7 @@ def decode(data: bytes) -> Snapshot:
                     feed_type=str(p["feed_type"]),
                     headers=tuple((str(n), str(v)) for n, v in p["headers"]),
                     shared=bool(p.get("shared", False)),
+                    bounce_domain=str(p.get("bounce_domain", "")),
                     ips=tuple(
                         IpRoute(
                             address=str(ip["address"]),
@@ -180,6 +189,7 @@ def decode(data: bytes) -> Snapshot:
                     smtp_id=int(b["smtp_id"]),
                     feed_type=str(b["feed_type"]),
                     trusted_networks=tuple(str(n) for n in b.get("trusted_networks", ())),
+                    send_dsns=bool(b.get("send_dsns", True)),
                 )
                 for b in doc["bridges"]
             ),

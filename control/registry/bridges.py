@@ -1,6 +1,7 @@
 """Bridges: how applications reach a pool. Generated credentials (the secret shown
-once, kept hashed), revoke and rotate one by one, and trusted client networks that
-never overlap between bridges of one MTA server."""
+once, kept hashed), revoke and rotate one by one, trusted client networks that
+never overlap between bridges of one MTA server, and the switch of the DSNs its
+senders get for bounced mail."""
 
 from __future__ import annotations
 
@@ -103,6 +104,19 @@ class Bridges:
             _check_networks_free(s, bridge.server_id, networks, excluding_bridge=bridge_id)
             s.set_bridge_networks(bridge_id, networks)
             s.bump_routing_version(bridge.server_id)
+            return s.bridge(bridge_id)
+
+
+    def set_bridge_send_dsns(self, account: Account, bridge_id: int, send_dsns: bool) -> models.Bridge:
+        """Turn the DSNs the bridge's senders get for bounced recipients on or off (mail
+        already accepted keeps the setting it was accepted with)."""
+        with self.store.write() as s:
+            bridge = lookups.bridge(s, account, bridge_id)
+            if bridge.revoked:
+                raise FailedPrecondition(f"bridge {bridge.name!r} is revoked")
+            if bridge.send_dsns != send_dsns:
+                s.set_bridge_send_dsns(bridge_id, send_dsns)
+                s.bump_routing_version(bridge.server_id)
             return s.bridge(bridge_id)
 
 

@@ -1,5 +1,5 @@
 """Pools of an account: creation on an MTA server, label, default, custom headers,
-feed type, and deletion once nothing depends on the pool."""
+feed type, bounce domain, and deletion once nothing depends on the pool."""
 
 from __future__ import annotations
 
@@ -115,6 +115,17 @@ class Pools:
             pool = lookups.pool(s, account, smtp_id)
             s.set_pool_feed_type(smtp_id, feed_type)
             s.bump_routing_version(pool.server_id)
+            return s.pool(smtp_id)
+
+
+    def set_pool_bounce_domain(self, account: Account, smtp_id: int, bounce_domain: str) -> models.Pool:
+        """Set the domain of the pool's VERP return paths ('' = the MTA server's hostname)."""
+        bounce_domain = validation.check_bounce_domain(bounce_domain)
+        with self.store.write() as s:
+            pool = lookups.pool(s, account, smtp_id)
+            if pool.bounce_domain != bounce_domain:
+                s.set_pool_bounce_domain(smtp_id, bounce_domain)
+                s.bump_routing_version(pool.server_id)
             return s.pool(smtp_id)
 
 

@@ -10,7 +10,7 @@ from .connection import Connection
 
 _BRIDGE_SELECT = """
     SELECT b.bridge_id, b.user_id, b.name, b.smtp_id, p.label AS pool_label, p.is_shared,
-           b.server_id, b.username, b.feed_type, b.revoked_at, b.created_at, b.secret_rotated_at
+           b.server_id, b.username, b.feed_type, b.send_dsns, b.revoked_at, b.created_at, b.secret_rotated_at
     FROM bridges b JOIN pools p ON p.smtp_id = b.smtp_id
 """
 
@@ -34,6 +34,7 @@ class BridgeQueries(Connection):
         d = dict(row)
         d["shared"] = bool(d.pop("is_shared"))
         d["revoked"] = d.pop("revoked_at") is not None
+        d["send_dsns"] = bool(d["send_dsns"])
         if d["shared"]:
             d["pool_label"] = ""
         d["trusted_networks"] = self.bridge_networks(d["bridge_id"])
@@ -90,10 +91,14 @@ class BridgeQueries(Connection):
             (secret_hash, time.time(), bridge_id),
         )
 
+    def set_bridge_send_dsns(self, bridge_id: int, send_dsns: bool) -> None:
+        """Turn the bridge's DSNs to senders on or off."""
+        self._conn.execute("UPDATE bridges SET send_dsns = ? WHERE bridge_id = ?", (int(send_dsns), bridge_id))
+
     def bridge_routes(self, server_id: int) -> list[sqlite3.Row]:
         """Active bridges of a server with what the snapshot needs (secret hash included)."""
         return self._all(
-            """SELECT bridge_id, user_id, name, username, secret_hash, smtp_id, feed_type
+            """SELECT bridge_id, user_id, name, username, secret_hash, smtp_id, feed_type, send_dsns
                FROM bridges WHERE server_id = ? AND revoked_at IS NULL ORDER BY bridge_id""",
             (server_id,),
         )

@@ -10,7 +10,7 @@ from .connection import Connection
 
 _POOL_SELECT = """
     SELECT p.smtp_id, p.user_id, p.server_id, s.zone, p.label, p.tag, p.internal_name,
-           p.feed_type, p.is_default, p.is_shared, p.created_at,
+           p.feed_type, p.bounce_domain, p.is_default, p.is_shared, p.created_at,
            (SELECT COUNT(*) FROM ips i WHERE i.smtp_id = p.smtp_id) AS ip_count,
            (SELECT COUNT(*) FROM ips i WHERE i.smtp_id = p.smtp_id
                 AND i.state = 'active' AND i.weight > 0) AS usable_ip_count,
@@ -87,6 +87,10 @@ class PoolQueries(Connection):
     def set_pool_feed_type(self, smtp_id: int, feed_type: str) -> None:
         """Set the pool's feed type."""
         self._conn.execute("UPDATE pools SET feed_type = ? WHERE smtp_id = ?", (feed_type, smtp_id))
+
+    def set_pool_bounce_domain(self, smtp_id: int, bounce_domain: str) -> None:
+        """Set the pool's bounce domain ('' = the MTA server's hostname)."""
+        self._conn.execute("UPDATE pools SET bounce_domain = ? WHERE smtp_id = ?", (bounce_domain, smtp_id))
 
     def pool_headers(self, smtp_id: int) -> tuple[tuple[str, str], ...]:
         """The pool's custom headers (name, value), in their order."""

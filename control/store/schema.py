@@ -105,6 +105,12 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE state IN ('QUEUED', 'APPLYING');
     CREATE INDEX operations_pending ON operations (state) WHERE state IN ('QUEUED', 'APPLYING');
     """,
+    # 2: the feedback loop's outbound side: a pool's own bounce domain ('' = the MTA
+    # server's hostname) and the per-bridge switch of DSNs to senders (on by default)
+    """
+    ALTER TABLE pools ADD COLUMN bounce_domain TEXT NOT NULL DEFAULT '';
+    ALTER TABLE bridges ADD COLUMN send_dsns INTEGER NOT NULL DEFAULT 1 CHECK (send_dsns IN (0, 1));
+    """,
 )
 
 

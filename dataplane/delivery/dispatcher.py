@@ -10,10 +10,11 @@ same failure (they would fail alike).
 
 Transaction: checks before sending (the server's SIZE, SMTPUTF8 when an address
 needs it; addresses that cannot be sent in a command bounce), the MAIL
-parameters the server supports, then the pipelined transaction of
-`smtp_client`. A reused connection the server closed meanwhile is replaced
-once. The replies become one `RecipientOutcome` per recipient, handed to
-outcomes.
+parameters the server supports (RFC 3461's RET, ENVID, NOTIFY and ORCPT only to
+a server that advertises DSN, `dsn_relay`), then the pipelined transaction of
+`smtp_client`, from the job's return path. A reused connection the server
+closed meanwhile is replaced once. The replies become one `RecipientOutcome`
+per recipient, handed to outcomes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..config import DeliveryConfig, format_duration
 from ..destinations import Destinations, LookupFailed, family_of
+from ..dsn_relay import next_hop_mail_params, next_hop_rcpt_params
 from ..smtp_client import BindError, ConnectError, SessionError, SmtpConnection, client_tls_context
 from ..smtp_reply import (
     BAD_ADDRESS,
@@ -84,7 +86,7 @@ class Dispatcher:
         record = message.record
         payload = message.payload
         assert payload is not None
-        bad = next((a for a in (record.mail_from, *(r.address for r in job.rcpts)) if _CONTROL.intersection(a)), None)
+        bad = next((a for a in (job.sender, *(r.address for r in job.rcpts)) if _CONTROL.intersection(a)), None)
         if bad is not None:
             session.in_transaction = True
             await outcomes.finish_all(job, local_reply(BAD_ADDRESS, address=bad), BOUNCED)
@@ -109,11 +111,15 @@ class Dispatcher:
             if problem is not None:
                 await outcomes.finish_all(job, problem, classify(problem), connection.host)
                 return connection
+            utf8 = _needs_utf8(job)
+            rcpt_params = None
+            if "DSN" in connection.extensions:  # RFC 3461 4: a relay passes NOTIFY and ORCPT on
+                rcpt_params = [next_hop_rcpt_params(record, r.index, utf8=utf8) for r in job.rcpts]
             try:
                 result = await connection.transaction(
-                    record.mail_from, [r.address for r in job.rcpts], payload,
+                    job.sender, [r.address for r in job.rcpts], payload,
                     mail_params=self._mail_params(connection, record, job, payload),
-                    utf8=_needs_utf8(record, job))
+                    rcpt_params=rcpt_params, utf8=utf8)
             except SessionError as exc:
                 connection.abort()
                 if reused and exc.when == "after MAIL" and not exc.timeout:
@@ -192,7 +198,7 @@ class Dispatcher:
         limit = connection.size_limit()
         if limit is not None and len(payload) > limit:
             return local_reply(TOO_BIG, size=len(payload), limit=limit, host=connection.host)
-        if _needs_utf8(record, job) and "SMTPUTF8" not in connection.extensions:
+        if _needs_utf8(job) and "SMTPUTF8" not in connection.extensions:
             return local_reply(NEEDS_SMTPUTF8, host=connection.host)
         return None
 
@@ -204,13 +210,16 @@ class Dispatcher:
             params.append(f"SIZE={len(payload)}")
         if "8BITMIME" in extensions and any(o.upper() == "BODY=8BITMIME" for o in record.mail_options):
             params.append("BODY=8BITMIME")
-        if _needs_utf8(record, job):
+        if _needs_utf8(job):
             params.append("SMTPUTF8")
+        if "DSN" in extensions:
+            params += next_hop_mail_params(record)
         return params
 
 
-def _needs_utf8(record: SpoolRecord, job: DeliveryJob) -> bool:
-    return not record.mail_from.isascii() or any(not r.address.isascii() for r in job.rcpts)
+def _needs_utf8(job: DeliveryJob) -> bool:
+    """True when an address of the transaction (its return path, a recipient) is not ASCII."""
+    return not job.sender.isascii() or any(not r.address.isascii() for r in job.rcpts)
 
 
 def _literal(ip: str) -> str:

@@ -9,7 +9,8 @@ moved keeps that IP and its original pool's attribution). An IP that is paused,
 at weight 0, or gone from the snapshot (released) is replaced by a fresh pick
 from the message's pool, which the message keeps for its later attempts (its
 counts then go to the new IP, still under the message's pool). With no
-snapshot loaded yet, the record's IP is used as it is.
+snapshot loaded yet, the record's IP is used as it is. The job's return path
+(`return_path.ReturnPaths`) is decided with its source IP.
 
 Connection slots: a job gets its source IP, its destination
 (`destinations.Destinations`), and waits in the queue of its (destination,
@@ -35,6 +36,7 @@ from _fastpath import NoUsableIp, RotationTable
 
 from ..config import DataplaneConfig
 from ..destinations import Destinations, LookupFailed
+from ..return_path import ReturnPaths
 from ..smtp_client import SmtpConnection
 from ..smtp_reply import DEFERRED, NO_SOURCE_IP, STAGE_RCPT, classify, local_reply
 from ..spool import SpoolCorrupt
@@ -117,7 +119,8 @@ class Egress:
     """Source IPs and connection slots of one worker's delivery (see the module docstring)."""
 
     def __init__(self, config: DataplaneConfig, *, loader, destinations: Destinations, queue: DeliveryQueue,
-                 outcomes: Outcomes, dispatcher: Dispatcher, metrics: Counter[str]) -> None:
+                 outcomes: Outcomes, dispatcher: Dispatcher, return_paths: ReturnPaths,
+                 metrics: Counter[str]) -> None:
         delivery = config.delivery
         self.idle_timeout = delivery.idle_timeout
         self.max_per_ip = delivery.share(delivery.max_conn_per_ip, config.workers)
@@ -127,6 +130,7 @@ class Egress:
         self.queue = queue
         self.outcomes = outcomes
         self.dispatcher = dispatcher
+        self.return_paths = return_paths
         self.metrics = metrics
         self._queues: dict[Pair, deque[DeliveryJob]] = {}
         self._sessions: dict[Pair, set[Session]] = {}
@@ -159,6 +163,10 @@ class Egress:
             await self.outcomes.finish_all(job, local_reply(NO_SOURCE_IP, pool=message.record.pool), DEFERRED)
             return
         job.ip, job.helo = source
+        routing = self.loader.current
+        # One recipient per job for a VERP message (the queue's rule): its address names it.
+        job.sender = self.return_paths.sender(message.record, job.rcpts[0].index,
+                                              routing.snapshot if routing is not None else None)
         try:
             job.destination = await self.destinations.find(job.domain)
         except LookupFailed as failure:

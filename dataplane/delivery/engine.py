@@ -12,7 +12,9 @@ record:
 * `dispatcher` — the SMTP transaction of a job on a slot's connection; one
   `RecipientOutcome` per recipient.
 * `outcomes` — classification applied, counts, delivery events, and the spool
-  record updated or removed.
+  record updated or removed;
+* `notices` — the DSNs senders get for their bounced recipients, spooled as
+  messages of their own (handed back to the queue).
 
 The engine itself starts and stops them, takes what acceptance hands over, and
 logs its metrics.
@@ -27,10 +29,12 @@ from collections import Counter
 
 from ..config import DataplaneConfig
 from ..destinations import Destinations
+from ..return_path import ReturnPaths
 from ..smtp_reply import BOUNCED, DEFERRED, DELIVERED
 from ..spool import Spool, SpoolRecord
 from .dispatcher import Dispatcher
 from .egress import Egress
+from .notices import Notices
 from .outcomes import Outcomes
 from .queue import DeliveryJob, DeliveryQueue, QueuedMessage
 
@@ -42,7 +46,8 @@ METRICS_LOG_INTERVAL = 60.0
 class DeliveryEngine:
     """Delivers one worker's share of the spool (see the module docstring)."""
 
-    def __init__(self, config: DataplaneConfig, *, loader, spool: Spool, stats, index: int) -> None:
+    def __init__(self, config: DataplaneConfig, *, loader, spool: Spool, stats, index: int,
+                 return_paths: ReturnPaths) -> None:
         self.config = config
         self.stats = stats
         self.index = index
@@ -51,11 +56,15 @@ class DeliveryEngine:
         destinations = Destinations(config.delivery)
         self.queue = DeliveryQueue(config.delivery, spool, owners=self.owners, index=index,
                                    start_job=self._start_job, settle=self._settle)
-        self.outcomes = Outcomes(config.delivery, queue=self.queue, spool=spool, stats=stats, metrics=self.metrics)
+        self.notices = Notices(config, loader=loader, spool=spool, queue=self.queue, stats=stats,
+                               metrics=self.metrics)
+        self.outcomes = Outcomes(config.delivery, queue=self.queue, spool=spool, stats=stats, notices=self.notices,
+                                 metrics=self.metrics)
         self.dispatcher = Dispatcher(config.delivery, destinations=destinations, outcomes=self.outcomes,
                                      metrics=self.metrics)
         self.egress = Egress(config, loader=loader, destinations=destinations, queue=self.queue,
-                             outcomes=self.outcomes, dispatcher=self.dispatcher, metrics=self.metrics)
+                             outcomes=self.outcomes, dispatcher=self.dispatcher, return_paths=return_paths,
+                             metrics=self.metrics)
         self._tasks: list[asyncio.Task] = []
         self._side_tasks: set[asyncio.Task] = set()
         self._stopping = False
@@ -98,7 +107,7 @@ class DeliveryEngine:
         self._spawn(self.egress.admit(job))
 
     def _settle(self, message: QueuedMessage) -> None:
-        self._spawn(self.outcomes.finish_message(message))
+        self._spawn(self.outcomes.settle(message))
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -129,9 +138,10 @@ class DeliveryEngine:
     def _log_metrics(self, state: str) -> None:
         stats = self.stats.metrics
         log.info("delivery %s: %d message(s) queued, %d connection(s) open; delivered %d, bounced %d, "
-                 "deferred %d; connections %d (TLS %d), bind_failures %d, dns_failures %d, ip_repicks %d; "
-                 "events_dropped %d",
+                 "deferred %d; DSNs to senders %d; connections %d (TLS %d), bind_failures %d, dns_failures %d, "
+                 "ip_repicks %d; events_dropped %d",
                  state, self.queued, self.egress.open_connections, self.metrics[DELIVERED], self.metrics[BOUNCED],
-                 self.metrics[DEFERRED], self.metrics["connections"], self.metrics["tls_connections"],
+                 self.metrics[DEFERRED], self.metrics["dsn_sent"], self.metrics["connections"],
+                 self.metrics["tls_connections"],
                  self.metrics["bind_failures"], self.metrics["dns_failures"], self.metrics["ip_repicks"],
                  stats["events_dropped"])

@@ -7,7 +7,8 @@ outcome is counted (delivered / bounced / deferred, under the record's pool and
 the IP the attempt used) and becomes a `DeliveryEvent` in the message's Redis
 list; both go out with the stats batcher's next flush. The record is rewritten
 with its attempts when recipients remain, and deleted once every recipient is
-final.
+final and every DSN its bounces owe the sender is in the spool (`notices`). A
+DSN's own outcomes count as dsn_delivered / dsn_bounced / dsn_deferred.
 
 At-least-once: a recipient's outcome is made durable in the spool right after
 its reply, before the connection carries anything else. A crash (even SIGKILL)
@@ -28,7 +29,8 @@ from control.contract.delivery_event import DeliveryEvent
 
 from ..config import DeliveryConfig, format_duration
 from ..smtp_reply import BOUNCED, DEFERRED, EXPIRED, LOCAL_ERROR, Reply, local_reply
-from ..spool import Spool, SpoolCorrupt, SpoolError
+from ..spool import DSN_OWED, Spool, SpoolCorrupt, SpoolError
+from .notices import Notices
 from .queue import DeliveryJob, DeliveryQueue, QueuedMessage, Recipient, next_attempt_at
 
 log = logging.getLogger("poolmta.dataplane.delivery")
@@ -45,12 +47,13 @@ class RecipientOutcome(NamedTuple):
 class Outcomes:
     """Records outcomes: counts, events, the spool record, and what is left to retry."""
 
-    def __init__(self, delivery: DeliveryConfig, *, queue: DeliveryQueue, spool: Spool, stats,
+    def __init__(self, delivery: DeliveryConfig, *, queue: DeliveryQueue, spool: Spool, stats, notices: Notices,
                  metrics: Counter[str]) -> None:
         self.delivery = delivery
         self.queue = queue
         self.spool = spool
         self.stats = stats
+        self.notices = notices
         self.metrics = metrics
 
     async def finish_job(self, job: DeliveryJob, results: list[RecipientOutcome], mx: str) -> None:
@@ -74,15 +77,19 @@ class Outcomes:
             else:
                 rcpt.next_at = next_attempt_at(self.delivery.retry_schedule, rcpt.attempts, now, message.deadline)
             self.metrics[outcome] += 1
-            self.stats.count(outcome, record.smtp_id, ip)
+            # A DSN to a sender is counted apart from the senders' own mail.
+            self.stats.count(f"dsn_{outcome}" if record.dsn_of else outcome, record.smtp_id, ip)
             self.stats.event(record.id, DeliveryEvent(
                 ts_ms=int(now * 1000), message_id=record.id, user_id=record.user_id,
                 bridge_id=record.bridge_id, rcpt=rcpt.address, outcome=outcome,
                 smtp_id=record.smtp_id, pool=record.pool, ip=ip, reply=str(reply),
                 attempt=rcpt.attempts, final=final, rcpt_index=rcpt.index,
             ).encode())
-            entries.append({"at_ms": int(now * 1000), "rcpt": rcpt.address, "outcome": outcome,
-                            "code": reply.code, "text": reply.text, "ip": ip, "mx": mx, "attempt": rcpt.attempts})
+            entry = {"at_ms": int(now * 1000), "rcpt": rcpt.address, "outcome": outcome,
+                     "code": reply.code, "text": reply.text, "ip": ip, "mx": mx, "attempt": rcpt.attempts}
+            if outcome == BOUNCED and self.notices.due(record, rcpt):
+                entry["dsn"] = DSN_OWED  # durable with the bounce; the DSN itself at the round's end
+            entries.append(entry)
             log.info("%s to=<%s> pool=%s ip=%s relay=%s attempt=%d %s: %s",
                      record.id, rcpt.address, record.pool, ip, mx or "none", rcpt.attempts, outcome, reply)
         message.attempts.extend(entries)
@@ -105,22 +112,42 @@ class Outcomes:
         except Exception:
             log.exception("delivery: %s: internal error recording a deferral", job.message.id)
 
+    async def settle(self, message: QueuedMessage) -> None:
+        """A message read back from the spool with nothing to deliver, or with DSNs owed:
+        send those, and remove the record once nothing is left to do."""
+        await self._persist(message)
+
     async def _persist(self, message: QueuedMessage) -> None:
-        """Make the message's state durable: remove the record when every recipient is
-        final and no job is running, else rewrite it with its attempts."""
+        """Make the message's state durable: at the end of a round (no job running) spool
+        the DSN its bounces owe; remove the record when every recipient is final and no
+        DSN is owed, else rewrite it with its attempts. A rewrite carries every entry
+        appended before it started: jobs of one message that finish while one is under
+        way share the next (a VERP message has a job per recipient)."""
         async with message.lock:
             if message.gone:
                 return
-            if not message.pending and message.jobs == 0:
+            idle = message.jobs == 0
+            owed = idle and bool(self.notices.owed(message))
+            sent = await self.notices.send(message) if owed else True
+            if not message.pending and idle and sent:
                 await self.finish_message(message)
                 return
+            if not owed and len(message.attempts) == message.persisted:
+                return  # this job's entries went into the spool with another's rewrite
+            count = len(message.attempts)
             try:
                 await self.spool.rewrite_attempts(message.id, tuple(message.attempts))
+                message.persisted = count
             except (FileNotFoundError, SpoolCorrupt) as exc:
                 self.lost(message, exc)
+                return
             except SpoolError as exc:
                 log.error("delivery: %s: cannot record its attempts in the spool (%s); a restart "
                           "may repeat them", message.id, exc)
+            if not message.pending and idle and not sent:
+                # Only the DSN is left, and it could not be stored: the spool scan finds
+                # the record again (owing it) and retries.
+                self.queue.forget(message)
 
     async def finish_message(self, message: QueuedMessage) -> None:
         """Every recipient is final: remove the message's record from the spool."""

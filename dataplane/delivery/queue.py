@@ -8,8 +8,12 @@ way) and every `rescan_interval` as a safety net. No record has two live owners.
 
 Per message: the recipients are grouped by domain; each group (at most
 `MAX_RCPTS_PER_TRANSACTION` recipients) is a job, handed to egress when due.
-A record's recorded attempts say which recipients are final already and when
-the others are due again.
+A message sent with VERP return paths (every message but those from the null
+sender, `return_path`) has a return path per recipient, so each of its
+recipients is a job of its own: one transaction each, on the connection its
+destination's jobs share. A record's recorded attempts say which recipients are
+final already and when the others are due again; a record read back owing DSNs
+(`notices`) is settled at once.
 
 Retry schedule and expiry: a deferred recipient is retried after the schedule's
 delay for its number of attempts (the last delay repeats), but never after the
@@ -31,9 +35,10 @@ from dataclasses import dataclass, field, replace
 
 from ..config import DeliveryConfig, normalize_domain
 from ..destinations import Destination
+from ..return_path import uses_verp
 from ..smtp_client import data_payload
 from ..smtp_reply import BOUNCED, DELIVERED
-from ..spool import Spool, SpoolCorrupt, SpoolRecord, owner_of
+from ..spool import Spool, SpoolCorrupt, SpoolRecord, owes_dsn, owner_of
 
 log = logging.getLogger("poolmta.dataplane.delivery")
 
@@ -76,6 +81,7 @@ class QueuedMessage:
     ip: str  # source IP of the next attempt (the record's, until egress re-picks)
     helo: str
     attempts: list[dict] = field(default_factory=list)  # the spool record's attempt entries
+    persisted: int = 0  # how many of them the record in the spool holds
     payload: bytes | None = None  # what goes after DATA, while jobs need it
     jobs: int = 0  # jobs started and not finished
     heap_due: float | None = None  # its entry in the scheduler heap
@@ -103,6 +109,7 @@ class DeliveryJob:
     ip: str = ""  # source IP
     helo: str = ""  # its HELO name
     destination: Destination | None = None
+    sender: str = ""  # the return path (MAIL FROM) of its transaction
 
 
 class DeliveryQueue:
@@ -111,7 +118,8 @@ class DeliveryQueue:
 
     `start_job` receives each job as it becomes due; `settle` receives a message
     whose recipients were all final before it was submitted (a crash came between
-    the last outcome and the record's removal). Both must return at once.
+    the last outcome and the record's removal), or that owes its sender a DSN.
+    Both must return at once.
     """
 
     def __init__(self, delivery: DeliveryConfig, spool: Spool, *, owners: int, index: int,
@@ -156,14 +164,16 @@ class DeliveryQueue:
                              if state.attempts else now)
             pending[address] = state
         message = QueuedMessage(record=record, pending=pending, deadline=deadline, ip=record.ip,
-                                helo=record.ip_hostname, attempts=list(record.attempts))
+                                helo=record.ip_hostname, attempts=list(record.attempts),
+                                persisted=len(record.attempts))
         if record.message:
             message.payload = data_payload(record.message)
             message.record = without_bytes(record)
         self._messages[record.id] = message
-        if not pending:  # every recipient final before a crash: only the removal was missing
+        if not pending or owes_dsn(record.attempts):
+            # Every recipient final before a crash (only the removal was missing), or
+            # bounces whose DSN was not spooled yet: settle that first.
             self._settle(message)
-            return
         self.schedule(message)
 
     async def scan(self) -> int:
@@ -274,12 +284,13 @@ class DeliveryQueue:
         for rcpt in message.pending.values():
             if not rcpt.busy and rcpt.next_at <= now:
                 groups.setdefault(rcpt.domain, []).append(rcpt)
+        per_job = 1 if uses_verp(message.record) else MAX_RCPTS_PER_TRANSACTION
         for domain, rcpts in groups.items():
             for rcpt in rcpts:
                 rcpt.busy = True
-            for start in range(0, len(rcpts), MAX_RCPTS_PER_TRANSACTION):
+            for start in range(0, len(rcpts), per_job):
                 message.jobs += 1
-                self._start_job(DeliveryJob(message, domain, rcpts[start:start + MAX_RCPTS_PER_TRANSACTION]))
+                self._start_job(DeliveryJob(message, domain, rcpts[start:start + per_job]))
         self.schedule(message)  # recipients not due yet
 
 

@@ -14,7 +14,7 @@ counted back to the message, recipient, pool and IP that sent it, exactly once.
 """
 
 from .accounting import Accounting, counter_keys
-from .attribution import Attribution, Attributor, Target, verp_codec
+from .attribution import Attribution, Attributor, Target
 from .intake import ReportIntake
 from .listener import InboundHandler, InboundSMTP
 
@@ -27,5 +27,4 @@ __all__ = [
     "ReportIntake",
     "Target",
     "counter_keys",
-    "verp_codec",
 ]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from control.contract.snapshot import Snapshot
 
+from ..return_path import bounce_domains as return_path_domains
 from ..verp import PREFIX as VERP_PREFIX
 from ..verp import VerpCodec, VerpError, VerpToken, check_bounce_domain
 
@@ -60,20 +61,15 @@ def quoted(address: str) -> str:
 
 
 def bounce_domains(snapshot: Snapshot, hostname: str | None = None) -> frozenset[str]:
-    """The bounce domains of this server: its hostname (the snapshot's, and `hostname`
-    when given) and every pool's own bounce domain. A name that is not a valid
-    bounce domain is left out (and logged)."""
-    # `bounce_domain` is the pool field the outbound side adds to the snapshot
-    # (`PoolRoute.bounce_domain`, "" = the server's); read it this way until then.
-    names = [snapshot.hostname, hostname or "", *(getattr(p, "bounce_domain", "") for p in snapshot.pools)]
-    domains = set()
-    for name in names:
-        if not name:
-            continue
+    """The bounce domains of this server: those its return paths use
+    (`return_path.bounce_domains`: the snapshot's hostname and every pool's own
+    bounce domain), plus `hostname` when given and valid."""
+    domains = set(return_path_domains(snapshot))
+    if hostname:
         try:
-            domains.add(check_bounce_domain(name))
+            domains.add(check_bounce_domain(hostname))
         except VerpError as exc:
-            log.warning("inbound: %s is not a usable bounce domain: %s", quoted(name), exc)
+            log.warning("inbound: %s is not a usable bounce domain: %s", quoted(hostname), exc)
     return frozenset(domains)
 
 

@@ -31,7 +31,6 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from control.contract import rediskeys
 from control.contract.delivery_event import DeliveryEvent, decode_list
@@ -41,7 +40,6 @@ from control.contract.snapshot import PoolRoute, Snapshot
 from ..message_headers import indexed_message_id
 from ..reports import Report
 from ..verp import VerpCodec, VerpError, VerpReason, VerpToken
-from ..verp_keyring import KEYRING_FILE, VerpKeyring
 from .addresses import InboundRecipient, quoted
 
 BOUNCE = "bounce"
@@ -59,14 +57,6 @@ _WHAT = {"dsn": "DSN", "nonstandard": "bounce", "arf": "ARF report"}
 _OUR_RECEIVED = re.compile(r"\(poolmta\) with [A-Za-z]{1,12} id ([0-9a-f]{26})\b")
 _IP_LITERAL = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]{2,45})\]")
 _MESSAGE_ID = re.compile(r"[0-9a-f]{26}")
-
-
-def verp_codec(data_dir: Path) -> VerpCodec:
-    """The VERP codec of this data directory's keyring (`<data_dir>/verp.keys`, created
-    with a fresh key if absent). The one place the inbound listener gets its codec;
-    the delivery side signs with the same keyring file. KeyringError when the file
-    exists but cannot be read."""
-    return VerpCodec(VerpKeyring.load_or_create(data_dir / KEYRING_FILE))
 
 
 @dataclass(frozen=True, slots=True)

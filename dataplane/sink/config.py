@@ -28,6 +28,7 @@ class SinkConfig:
     store_dir, log_path, counts_path: see `dataplane.sink`; None = off.
     print_every: seconds between count tables on stdout; None = only on exit/SIGUSR1.
     show_last: raw messages kept in memory and printed with the counts.
+    dsn: advertise DSN (RFC 3461) and take its parameters, logged as given.
     """
 
     listen: tuple[tuple[str, int], ...] = (parse_listen(DEFAULT_LISTEN),)
@@ -41,6 +42,7 @@ class SinkConfig:
     show_last: int = 0
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    dsn: bool = False
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -129,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"close connections idle this long, hung ones included (default {DEFAULT_IDLE_TIMEOUT:g})",
     )
+    parser.add_argument("--dsn", action="store_true",
+                        help="advertise DSN (RFC 3461) and accept NOTIFY, ORCPT, RET and ENVID, "
+                        "logging them (dsn_params in --log)")
     return parser
 
 
@@ -152,6 +157,7 @@ def parse_args(argv: list[str] | None = None) -> SinkConfig:
             show_last=args.show_last,
             max_message_size=args.max_message_size,
             idle_timeout=args.idle_timeout,
+            dsn=args.dsn,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -8,10 +8,12 @@ the report it prints.
     accepted message), and the file shows every event up to its ``seq``: a reader
     waits for the figure it expects, or for the ``seq`` of an accepted message in
     the ``--log``, never for the file to stop changing. Then ``accepted``
-    (messages), ``accepted_rcpts``, ``rejected`` (5xx RCPT replies), ``deferred``
-    (4xx RCPT replies), ``hung`` (messages held by a ``hang`` rule),
+    (messages), ``accepted_rcpts``, ``notices`` (of the accepted messages, those
+    from the null reverse-path ``<>``: DSNs and other notifications), ``rejected``
+    (5xx RCPT replies), ``deferred`` (4xx RCPT replies), ``hung`` (messages held
+    by a ``hang`` rule),
     ``connections``, ``bytes``, ``by_peer`` ({peer: accepted messages}), ``peers``
-    ({peer: {connections, accepted, rejected, deferred, hung}}), ``rcpt_attempts``
+    ({peer: {connections, accepted, rejected, deferred, hung, notices}}), ``rcpt_attempts``
     ({recipient, lower-cased: RCPTs that matched a rule}), ``listen``, ``pid``,
     ``updated_at`` and ``final`` (true in the copy written on exit).
 """
@@ -47,10 +49,10 @@ PIPE_WIDTH = 200
 class PeerCounts:
     """The counts of one client address."""
 
-    __slots__ = ("connections", "accepted", "rejected", "deferred", "hung")
+    __slots__ = ("connections", "accepted", "rejected", "deferred", "hung", "notices")
 
     def __init__(self) -> None:
-        self.connections = self.accepted = self.rejected = self.deferred = self.hung = 0
+        self.connections = self.accepted = self.rejected = self.deferred = self.hung = self.notices = 0
 
     def as_json(self) -> dict[str, int]:
         """{field: count} in the order of `__slots__`."""
@@ -65,6 +67,7 @@ class SinkCounts:
         self.seq = 0
         self.accepted = 0
         self.accepted_rcpts = 0
+        self.notices = 0
         self.rejected = 0
         self.deferred = 0
         self.hung = 0
@@ -106,13 +109,16 @@ class SinkCounts:
         peer.hung += 1
         self.seq += 1
 
-    def record_accepted(self, peer: PeerCounts, rcpts: int, size: int) -> None:
+    def record_accepted(self, peer: PeerCounts, rcpts: int, size: int, notice: bool = False) -> None:
         """A message of `size` bytes for `rcpts` recipients was accepted (number
-        `accepted`, at `seq`, once this returns)."""
+        `accepted`, at `seq`, once this returns); `notice`: from the null reverse-path."""
         self.accepted += 1
         self.accepted_rcpts += rcpts
         self.bytes += size
         peer.accepted += 1
+        if notice:
+            self.notices += 1
+            peer.notices += 1
         self.seq += 1
 
     def as_json(self) -> dict[str, Any]:
@@ -121,6 +127,7 @@ class SinkCounts:
             "seq": self.seq,
             "accepted": self.accepted,
             "accepted_rcpts": self.accepted_rcpts,
+            "notices": self.notices,
             "rejected": self.rejected,
             "deferred": self.deferred,
             "hung": self.hung,
@@ -191,7 +198,7 @@ def print_report(console: Console, counts: SinkCounts, last: Iterable[tuple[int,
     recipients) and then `last`, (n, peer, bytes) of recent messages, as received."""
     console.out(
         f"sink counts at {time.strftime('%H:%M:%S')}: accepted {counts.accepted} "
-        f"({counts.accepted_rcpts} rcpts, {counts.bytes} bytes), rejected {counts.rejected}, "
+        f"({counts.accepted_rcpts} rcpts, {counts.bytes} bytes; {counts.notices} from <>), rejected {counts.rejected}, "
         f"deferred {counts.deferred}, hung {counts.hung}, connections {counts.connections}"
     )
     peers = _table("peer", *PeerCounts.__slots__)

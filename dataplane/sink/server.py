@@ -10,7 +10,9 @@ Files it writes that other processes read (``--counts-file``: `dataplane.sink.co
     file's ``seq`` once it counts this message), ``peer``, ``listen`` (the sink
     address it reached), ``helo``, ``mail_from``, ``rcpts``, ``size`` (bytes,
     dot-stuffing removed), ``message_id``, ``x-virtual-mta``, ``x-feedtype``,
-    ``x-zone``, ``x-serverid`` (null when absent) and ``received_at`` (Unix seconds).
+    ``x-zone``, ``x-serverid`` (null when absent), ``dsn_params`` (with ``--dsn``:
+    ``{"mail": [...], "rcpts": [[...], ...]}``, the RFC 3461 parameters of MAIL and
+    of each accepted RCPT as the client wrote them) and ``received_at`` (Unix seconds).
 ``--store DIR``: each accepted message as ``DIR/<n>.eml``, exactly the bytes
     received (numbering restarts at 1 on every run: give each run its own DIR).
 
@@ -51,6 +53,10 @@ log = logging.getLogger("poolmta.sink")
 LOGGED_HEADERS = ("message-id", *STAMPED_HEADER_NAMES)
 
 BANNER_IDENT = "poolmta sink"
+MAIL_OK = "250 OK"  # aiosmtpd's own reply to MAIL
+EHLO_DSN = "250-DSN"  # RFC 3461 4, with --dsn
+DSN_MAIL_KEYWORDS = frozenset({"RET", "ENVID"})
+DSN_RCPT_KEYWORDS = frozenset({"NOTIFY", "ORCPT"})
 RCPT_OK = "250 2.1.5 Ok"
 DATA_OK = "250 2.0.0 Ok: queued as {n}"
 DATA_TOO_BIG = "552 5.3.4 Message too big for this sink"
@@ -97,6 +103,8 @@ class SinkEnvelope(Envelope):
         super().__init__()
         self.delay = 0.0
         self.hang = False
+        self.dsn_mail: list[str] = []  # RFC 3461 parameters of MAIL, as written (--dsn)
+        self.dsn_rcpts: list[list[str]] = []  # and of each accepted RCPT
 
 
 class Sink:
@@ -122,10 +130,22 @@ class Sink:
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
-        """EHLO's reply, with the PIPELINING that aiosmtpd supports but does not say (RFC 2920)."""
+        """EHLO's reply, with the PIPELINING that aiosmtpd supports but does not say (RFC 2920),
+        and DSN with --dsn."""
         session.host_name = hostname
         responses.insert(-1, "250-PIPELINING")
+        if self.config.dsn:
+            responses.insert(-1, EHLO_DSN)
         return responses
+
+    async def handle_MAIL(
+        self, server: SinkSMTP, session: Session, envelope: SinkEnvelope, address: str, mail_options: list[str]
+    ) -> str:
+        """aiosmtpd's own MAIL, keeping the RFC 3461 parameters (--dsn) for the log."""
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.dsn_mail = list(server.extension_params)
+        return MAIL_OK
 
     async def handle_RCPT(
         self, server: SMTP, session: SinkSession, envelope: SinkEnvelope, address: str, rcpt_options: list[str]
@@ -143,6 +163,7 @@ class Sink:
                 envelope.hang = True
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
+        envelope.dsn_rcpts.append(list(server.extension_params))
         return RCPT_OK
 
     async def handle_DATA(self, server: SMTP, session: SinkSession, envelope: SinkEnvelope) -> str:
@@ -177,7 +198,8 @@ class Sink:
         except OSError as exc:
             log.warning("could not record message %d: %s", n, exc)
             return DATA_NOT_RECORDED
-        counts.record_accepted(session.peer_counts, len(envelope.rcpt_tos), len(content))
+        counts.record_accepted(session.peer_counts, len(envelope.rcpt_tos), len(content),
+                               notice=envelope.mail_from in ("", "<>"))
         if self.config.show_last:
             self.last.append((n, session.peer_ip, content))
         return DATA_OK.format(n=n)
@@ -199,6 +221,7 @@ class Sink:
             "x-feedtype": headers["x-feedtype"],
             "x-zone": headers["x-zone"],
             "x-serverid": headers["x-serverid"],
+            "dsn_params": {"mail": envelope.dsn_mail, "rcpts": envelope.dsn_rcpts},
             "received_at": time.time(),
         }
         # ensure_ascii: addresses may carry surrogate escapes of non-UTF-8 bytes.
@@ -239,6 +262,9 @@ class SinkSMTP(WireSMTP):
     def __init__(self, handler: Sink, live: set[SinkSMTP], **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._live = live
+        if handler.config.dsn:  # take RFC 3461's parameters out of aiosmtpd's sight (smtp_wire)
+            self.mail_extension_keywords = DSN_MAIL_KEYWORDS
+            self.rcpt_extension_keywords = DSN_RCPT_KEYWORDS
 
     def _create_session(self) -> SinkSession:
         return SinkSession(self.loop)

@@ -29,10 +29,22 @@ from .directory import (
     recover,
     remove_temp_files,
 )
-from .record import MAGIC, SCHEMA, SpoolCorrupt, SpoolError, SpoolRecord, decode_record, encode_record, read_record
+from .record import (
+    DSN_OWED,
+    MAGIC,
+    SCHEMA,
+    SpoolCorrupt,
+    SpoolError,
+    SpoolRecord,
+    decode_record,
+    encode_record,
+    owes_dsn,
+    read_record,
+)
 
 __all__ = [
     "CORRUPT_DIR",
+    "DSN_OWED",
     "MAGIC",
     "QUEUE_DIR",
     "RECORD_SUFFIX",
@@ -50,6 +62,7 @@ __all__ = [
     "encode_record",
     "iter_records",
     "lock",
+    "owes_dsn",
     "owner_of",
     "prepare",
     "queued_ids",

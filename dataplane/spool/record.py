@@ -18,8 +18,19 @@ address), ip_hostname (its HELO name), feed_type, zone, mail_from, rcpt_tos,
 mail_options, smtputf8, attempts (list of maps appended by the delivery engine,
 one per recipient per attempt: at_ms, rcpt, outcome ("delivered" | "bounced" |
 "deferred"), code, text (the reply), ip (the source IP used), mx (the server
-that answered, "" if none), attempt (1, 2, ... for that recipient); empty at
-acceptance). A recipient with a delivered or bounced entry is final.
+that answered, "" if none), attempt (1, 2, ... for that recipient), and on a
+bounce the sender is to hear about, dsn: "owed" until the DSN is in the spool,
+then its message id; empty at acceptance). A recipient with a delivered or
+bounced entry is final.
+
+Added since (a record without them reads as shown): dsn_ret ("" | "FULL" |
+"HDRS") and dsn_envid (xtext-decoded; "" = none), the RFC 3461 MAIL parameters;
+rcpt_options (per recipient, in the order of rcpt_tos, a map with "notify", e.g.
+"FAILURE,DELAY" or "NEVER", and "orcpt", [addr-type, address], each only when
+given; () = none for any); send_dsns (the Bridge's switch at acceptance; true);
+bounce_domain (the domain of the message's VERP return paths; "" = decided at
+delivery); dsn_of (for a DSN poolmta sends to a sender: the id of the message it
+reports on; "" for a sender's own mail).
 """
 
 from __future__ import annotations
@@ -77,9 +88,23 @@ class SpoolRecord:
     smtputf8: bool
     message: bytes = field(repr=False)
     attempts: tuple[dict, ...] = ()
+    dsn_ret: str = ""  # RFC 3461 4.3 RET: "" (not given), "FULL" or "HDRS"
+    dsn_envid: str = ""  # RFC 3461 4.4 ENVID, xtext-decoded; "" = not given
+    rcpt_options: tuple[dict, ...] = ()  # per recipient: {"notify": str, "orcpt": [type, address]}
+    send_dsns: bool = True  # the Bridge's DSN switch when the message was accepted
+    bounce_domain: str = ""  # of its VERP return paths; "" = decided at delivery
+    dsn_of: str = ""  # a DSN to a sender: the id of the message it reports on
 
 
 _META_FIELDS = tuple(f.name for f in fields(SpoolRecord) if f.name != "message")
+
+# An attempt entry's "dsn" while the DSN its bounce calls for is not in the spool yet.
+DSN_OWED = "owed"
+
+
+def owes_dsn(attempts) -> bool:
+    """True when an attempt entry still owes its sender a DSN (see DSN_OWED)."""
+    return any(entry.get("dsn") == DSN_OWED for entry in attempts)
 
 
 def encode_record(record: SpoolRecord) -> list[bytes]:
@@ -120,6 +145,8 @@ def decode_record(data: bytes) -> SpoolRecord:
         meta["rcpt_tos"] = tuple(meta["rcpt_tos"])
         meta["mail_options"] = tuple(meta["mail_options"])
         meta["attempts"] = tuple(meta["attempts"])
+        if "rcpt_options" in meta:
+            meta["rcpt_options"] = tuple(meta["rcpt_options"])
         return SpoolRecord(message=bytes(view[body_at:end]), **meta)
     except SpoolCorrupt:
         raise

@@ -100,14 +100,15 @@ def show_received(console: Console, stack: Stack, tenant: Tenant) -> None:
 
 
 def received_message(stack: Stack, internal_name: str) -> tuple[dict, bytes] | None:
-    """The first message the sink received from the Pool `internal_name`: its log record and bytes."""
+    """The first message the sink received from the Pool `internal_name` (a sender's, not a DSN
+    poolmta sent from <>): its log record and bytes."""
     try:
         lines = stack.sink_log_path.read_text(encoding="utf-8").splitlines()
     except OSError:
         return None
     for line in lines:
         record = json.loads(line)
-        if record.get(STAMPED_HEADER_NAMES.virtual_mta) == internal_name:
+        if record.get(STAMPED_HEADER_NAMES.virtual_mta) == internal_name and record.get("mail_from") not in ("", "<>"):
             try:
                 return record, (stack.sink_store_dir / f"{record['n']}.eml").read_bytes()
             except OSError:

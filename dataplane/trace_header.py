@@ -1,0 +1,31 @@
+"""The pieces of the Received trace header the Bridge writes at the top of every
+message (RFC 5321 4.4): printable text, the date, and address literals."""
+
+from __future__ import annotations
+
+import time
+
+
+def printable(text: str | None, limit: int = 255) -> str:
+    """`text` reduced to printable ASCII (for trace headers: no CR, LF or controls)."""
+    if not text:
+        return "unknown"
+    return "".join(c if "!" <= c <= "~" else "?" for c in text[:limit])
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def rfc5322_date(epoch: float) -> str:
+    """RFC 5322 section 3.3 date-time in UTC, independent of the locale."""
+    tm = time.gmtime(epoch)
+    return (
+        f"{_DAYS[tm.tm_wday]}, {tm.tm_mday:02d} {_MONTHS[tm.tm_mon - 1]} {tm.tm_year} "
+        f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} +0000"
+    )
+
+
+def address_literal(address: str) -> str:
+    """An IP as an address literal of a trace header (RFC 5321 4.1.3)."""
+    return f"[IPv6:{address}]" if ":" in address else f"[{address}]"
