@@ -115,6 +115,11 @@ def test_demo_shows_the_panel_with_totals_that_add_up_and_leaves_nothing_running
                    "x-serverid: 1", "X-Brand: acme", "X-Campaign: black-friday"):
         assert header.lower() in output.lower(), f"{header!r} not shown\n{output}"
     assert "OK: StatsService counts 300 sent" in output
+    # The feedback loop: one DSN and one ARF report about mail it sent, both counted.
+    assert re.search(r"^DSN \(asynchronous bounce\)\s.*report counted \(1 bounce", output, re.MULTILINE), output
+    assert re.search(r"^ARF \(complaint\)\s.*report counted \(1 complaint.*complaints 0 -> 1", output,
+                     re.MULTILINE), output
+    assert "the stats are DSN-fed" in output
     assert "MISMATCH" not in output and "CHECK FAILED" not in output
 
     # Nothing left behind: every process the demo started is gone...

@@ -11,7 +11,10 @@ data-plane worker serves that routing, sends a few thousand messages through the
 Bridges with SMTP AUTH (some to recipients the sink bounces or defers), waits
 until StatsService counts every one of them delivered or bounced, and prints the
 product's "Sending stats" panel, a message as the destination received it, and
-the destination's view of the source IPs.
+the destination's view of the source IPs. Then it feeds the data plane's inbound
+listener one asynchronous bounce (a DSN) and one complaint (an ARF report) about
+two of the messages the sink accepted, as a receiving MTA and a feedback loop
+would, and shows StatsService counting both.
 
 Every figure in the panel is read back from StatsService. The demo checks that
 they add up to what it sent, and that the sink saw as many messages from each IP
@@ -41,6 +44,7 @@ from rich.console import Console
 from ..._pb.poolmta.v1 import poolmta_pb2 as pb
 from .. import render
 from . import DemoError, report
+from .feedback import feed_reports
 from .plan import DemoOptions
 from .provision import Api, provision, wait_for_routing
 from .stack import START_TIMEOUT, Stack, StackOptions
@@ -87,7 +91,14 @@ async def run(options: DemoOptions, data_dir: Path, console: Console) -> int:
 
             problems = (send_problems[:10] + check_totals(tallies, stats, counts)
                         + [source.problem for source in sources if source.problem])
-            report.show_verdict(console, problems, stats, counts)
+            # After the checks above: the reports move figures the sink cannot see.
+            reports = []
+            try:
+                reports = await feed_reports(stack, api, tenant.pools[0])
+            except DemoError as exc:
+                problems.append(f"the feedback loop: {exc}")
+            report.show_feedback(console, reports)
+            report.show_verdict(console, problems, stats, counts, reports)
             if options.keep_running:
                 report.show_endpoints(console, stack, tenant, data_dir)
                 try:

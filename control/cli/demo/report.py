@@ -16,6 +16,7 @@ from rich.text import Text
 from ..._pb.poolmta.v1 import poolmta_pb2 as pb
 from ...contract.headers import STAMPED_HEADER_NAMES
 from .. import render
+from .feedback import FedReport
 from .provision import Tenant
 from .stack import Stack
 from .verify import SourceCheck
@@ -142,7 +143,17 @@ def sources_table(checks: list[SourceCheck]) -> Table:
                         right=range(2, 9))
 
 
-def show_verdict(console: Console, problems: list[str], stats: list[pb.PoolStats], counts: dict) -> None:
+def show_feedback(console: Console, reports: list[FedReport]) -> None:
+    """The reports fed to the inbound listener and what StatsService counts since."""
+    console.print()
+    console.print(render.table(
+        ["Report", "About", "Return path (VERP)", "Source IP", "Listener", "StatsService now"],
+        [(r.kind, r.rcpt, r.return_path, r.address, r.reply, r.counted) for r in reports],
+        title="The feedback loop: reports about mail the demo sent, fed to the inbound listener"))
+
+
+def show_verdict(console: Console, problems: list[str], stats: list[pb.PoolStats], counts: dict,
+                 reports: list[FedReport]) -> None:
     """CHECK FAILED with every problem, or OK with the totals that add up."""
     console.print()
     if problems:
@@ -153,11 +164,17 @@ def show_verdict(console: Console, problems: list[str], stats: list[pb.PoolStats
     sent = sum(s.sent for s in stats)
     delivered = sum(s.delivered for s in stats)
     bounced = sum(s.bounced for s in stats)
+    notices = int(counts.get("notices", 0))
     console.print(Text(
         f"OK: StatsService counts {sent:,} sent = {delivered:,} delivered + {bounced:,} bounced, "
         f"exactly what the demo sent, Pool by Pool and IP by IP; the sink accepted "
-        f"{int(counts.get('accepted', 0)):,} messages, as many as were delivered, "
-        f"each from the IP StatsService credits.", style="bold green"))
+        f"{int(counts.get('accepted', 0)) - notices:,} messages, as many as were delivered, "
+        f"each from the IP StatsService credits (and {notices:,} DSN(s) to the senders of bounced mail, "
+        "counted apart).", style="bold green"))
+    if reports:
+        console.print(Text(
+            "OK: the asynchronous bounce moved its recipient from delivered to bounced, and the complaint "
+            "counts on its IP: the stats are DSN-fed.", style="bold green"))
 
 
 def show_endpoints(console: Console, stack: Stack, tenant: Tenant, data_dir: Path) -> None:
