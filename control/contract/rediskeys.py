@@ -103,7 +103,9 @@ RESOLUTIONS = (DAY, HOUR, MINUTE)
 # Daily buckets are kept this long (a rolling 30-day window plus slack).
 STATS_DAY_RETENTION_SECONDS = DAY.retention_seconds
 
-STATS_FIELDS = ("sent", "delivered", "bounced", "deferred", "complaints")
+# `suppressed` counts RCPTs refused because the address is on the account's
+# suppression list; it is counted per pool only (no source IP is picked for them).
+STATS_FIELDS = ("sent", "delivered", "bounced", "deferred", "complaints", "suppressed")
 
 
 def _stats_tag(server_id: int) -> str:
@@ -224,9 +226,10 @@ def message_events_key(message_id: str) -> str:
 
 
 def suppression_key(user_id: int) -> str:
-    """Hash of one account's suppressed recipients: lower-cased address -> JSON
-    {"reason", "at_ms", "message_id", "source"}. Bridges of the account refuse RCPT
-    to any address in it; permanent bounces and complaints add to it."""
+    """Hash of one account's suppressed recipients: `suppression.normalize_address(address)`
+    -> `suppression.SuppressionEntry(...).encode()`, JSON {"reason", "at_ms", "message_id",
+    "source", "detail"}. Bridges of the account refuse RCPT to any address in it;
+    permanent bounces and complaints add to it (HSETNX: the first entry wins)."""
     return f"{PREFIX}:{{supp:{int(user_id)}}}:addresses"
 
 
