@@ -190,8 +190,8 @@ def count_targets(server_id: int, smtp_id: int, address: str, at: float,
       to an old count never re-creates an expired bucket (its totals still move);
     * buckets finer than `finest` are left out: a count known only to the hour
       (`finest=HOUR`) or the day (`DAY`) moves no minute bucket;
-    * without an `address` (a complaint that names only its pool) the pool's
-      targets alone.
+    * without an `address` (a complaint that names only its pool, a RCPT refused
+      for the suppression list before an IP was picked) the pool's targets alone.
     """
     now = at if now is None else now
     targets = []
