@@ -350,7 +350,6 @@ class BridgeHandler:
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return REPLY_TOO_MANY_RECIPIENTS.format(limit=self.config.max_recipients)
         assert envelope.bridge is not None  # aiosmtpd takes RCPT only after a MAIL that set it
-        # The encoding first: the suppression list is looked up only for an address that may be used.
         refusal = (_address_refusal(address, envelope.smtp_utf8)
                    or await self.suppressions.rcpt_refusal(envelope.bridge, address))
         if refusal is not None:

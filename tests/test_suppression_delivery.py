@@ -37,7 +37,7 @@ def _session(plane, bridge_id: int) -> smtplib.SMTP:
 
 
 def _send(plane, bridge_id: int, rcpts: list[str], n: int = 0, body: bytes | None = None) -> tuple[str, dict]:
-    """Send through a Bridge: (message id, the recipients refused at RCPT with their replies)."""
+    """Send through a Bridge: (message id, {recipient refused at RCPT: its reply})."""
     with _session(plane, bridge_id) as client:
         client.mail("sender@example.com")
         refused = {}
@@ -51,7 +51,8 @@ def _send(plane, bridge_id: int, rcpts: list[str], n: int = 0, body: bytes | Non
 
 
 def _entries(client: redis.Redis, user_id: int) -> dict[str, SuppressionEntry]:
-    return {f.decode(): SuppressionEntry.decode(v) for f, v in client.hgetall(rediskeys.suppression_key(user_id)).items()}
+    listed = client.hgetall(rediskeys.suppression_key(user_id))
+    return {field.decode(): SuppressionEntry.decode(value) for field, value in listed.items()}
 
 
 def test_a_550_bounce_suppresses_the_recipient_for_every_bridge_of_the_account(
