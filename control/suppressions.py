@@ -16,7 +16,8 @@ repeated scan returns another cursor, the hash changed in between: the whole
 batch is given out again (duplicates, never gaps). So every entry present for
 the whole listing is returned at least once, and exactly once when nothing is
 added or removed meanwhile; a page holds at most `page_size` entries, and may
-hold fewer even when more follow (only an empty next token ends the list).
+hold fewer only when the scans it may make (`MAX_SCANS_PER_PAGE`) met too few
+entries; only an empty next token ends the list.
 
 Every function takes the authenticated Account: one account never sees another's
 list. Nothing here imports grpc; errors are DomainErrors.
@@ -51,8 +52,8 @@ from .models import Account
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-# Scans one page may make over stretches of the hash that hold nothing new, before
-# it answers with fewer entries (maybe none) and a token to go on from there.
+# Scans one page may make to fill itself, before it answers with fewer entries
+# (maybe none: a stretch of the hash that holds nothing new) and a token to go on.
 MAX_SCANS_PER_PAGE = 16
 _TOKEN_VERSION = "s1"
 
@@ -97,20 +98,24 @@ class SuppressionList:
         size = page_size or DEFAULT_PAGE_SIZE
         at = _decode_token(page_token) if page_token else _Position(0, size, None, "")
         key = rediskeys.suppression_key(account.user_id)
+        found: list[Suppression] = []
         with _redis_errors("the list could not be read"):
             for _ in range(MAX_SCANS_PER_PAGE):
                 next_cursor, batch = await self._redis.hscan(key, cursor=at.cursor, count=at.count)
                 after = at.after if at.seen_next in (None, next_cursor) else ""  # changed: give it all again
                 fields = sorted(f for f in map(_text, batch) if f > after)
-                if len(fields) > size:
-                    taken = fields[:size]
-                    return Page(_entries(taken, batch), _encode_token(
-                        _Position(at.cursor, at.count, next_cursor, taken[-1])))
-                if fields or next_cursor == 0:
-                    token = _encode_token(_Position(next_cursor, at.count, None, "")) if next_cursor else ""
-                    return Page(_entries(fields, batch), token)
+                room = size - len(found)
+                if len(fields) > room:
+                    taken = fields[:room]
+                    found += _entries(taken, batch)
+                    return Page(found, _encode_token(_Position(at.cursor, at.count, next_cursor, taken[-1])))
+                found += _entries(fields, batch)
+                if next_cursor == 0:
+                    return Page(found, "")
                 at = _Position(next_cursor, at.count, None, "")
-        return Page([], _encode_token(at))
+                if len(found) == size:
+                    break
+        return Page(found, _encode_token(at))
 
     async def get(self, account: Account, address: str) -> Suppression:
         """The entry for `address`; NotFound when the account has not suppressed it."""
