@@ -24,7 +24,7 @@ detail, which can be long and is the account's to read through the API.
 
 Which bounces suppress (`bounce_suppresses`): only the destination's own 5yz
 reply to the recipient's RCPT (RFC 5321 section 3.3: a reply to MAIL or to the
-message speaks for the whole transaction, that is about the sender, the content
+message speaks for the whole transaction, so it is about the sender, the content
 or the sending IP, not this address), and of those only
 
 * one whose RFC 3463 enhanced status says the address is bad
