@@ -103,7 +103,8 @@ def test_the_pool_panel_shows_what_was_suppressed(cli, acme, redis_url):
     cli.ok("--token", acme, "pool", "create", "promo", "--server", "1")
     client = redis.Redis.from_url(redis_url)
     try:
-        client.hset(rediskeys.pool_stats_key(2), mapping={"sent": 100, "delivered": 97, "bounced": 3, "suppressed": 12})
+        client.hset(rediskeys.pool_stats_key(1, 2),
+                    mapping={"sent": 100, "delivered": 97, "bounced": 3, "suppressed": 12})
     finally:
         client.close()
     panel = cli.ok("--token", acme, "stats", "pool", "promo").out

@@ -151,7 +151,8 @@ async def test_the_admin_token_is_refused(admin, server):
 
 async def test_pool_stats_show_the_suppressed_count(acme, server, redis_client):
     pool = await acme.pools.CreatePool(pb.CreatePoolRequest(label="promo", server_id=server.server_id))
-    redis_client.hset(rediskeys.pool_stats_key(pool.smtp_id), mapping={"sent": 10, "delivered": 10, "suppressed": 4})
+    redis_client.hset(rediskeys.pool_stats_key(server.server_id, pool.smtp_id),
+                      mapping={"sent": 10, "delivered": 10, "suppressed": 4})
     stats = await acme.stats.GetPoolStats(pb.GetPoolStatsRequest(smtp_id=pool.smtp_id))
     assert (stats.sent, stats.delivered, stats.suppressed) == (10, 10, 4)
 
