@@ -33,11 +33,12 @@ import time
 import unicodedata
 from dataclasses import dataclass
 
+from .delivery_event import REPORT_SOURCES
 from .json_records import load_object, quoted
 
 __all__ = [
     "ADDRESS_FAILURE_STATUSES", "MAX_DETAIL", "REASONS", "REASON_BOUNCE", "REASON_COMPLAINT", "REASON_MANUAL",
-    "SOURCES", "SOURCE_API", "SOURCE_DELIVERY", "SOURCE_DSN", "SOURCE_FBL", "AddressError", "SuppressionEntry",
+    "SOURCES", "SOURCE_API", "SOURCE_DELIVERY", "AddressError", "SuppressionEntry",
     "SuppressionEntryError", "address_failure", "enhanced_status", "normalize_address",
 ]
 
@@ -47,12 +48,13 @@ REASON_COMPLAINT = "complaint"  # the recipient reported the mail as spam (RFC 5
 REASON_MANUAL = "manual"  # the account added it (gRPC AddSuppression, `poolmta suppression add`)
 REASONS = (REASON_BOUNCE, REASON_COMPLAINT, REASON_MANUAL)
 
-# What added it.
-SOURCE_DELIVERY = "delivery"  # the destination's reply to RCPT during delivery
-SOURCE_DSN = "dsn"  # an asynchronous bounce that reached the inbound listener
-SOURCE_FBL = "fbl"  # a complaint (feedback loop report) that reached the inbound listener
-SOURCE_API = "api"  # the account, through the API or the CLI
-SOURCES = (SOURCE_DELIVERY, SOURCE_DSN, SOURCE_FBL, SOURCE_API)
+# What added it: the destination's reply to RCPT during delivery, a report that
+# reached the inbound listener (by its kind: an RFC 3464 DSN, an RFC 5965 ARF
+# complaint, a nonstandard bounce; the delivery event's REPORT_SOURCES), or the
+# account through the API or the CLI.
+SOURCE_DELIVERY = "delivery"
+SOURCE_API = "api"
+SOURCES = (SOURCE_DELIVERY, *REPORT_SOURCES, SOURCE_API)
 
 # An entry's `detail` (the reply that bounced, or the account's note) is cut to this.
 MAX_DETAIL = 300
