@@ -65,6 +65,8 @@ EXTRA_RATIOS = [
     ("inject", "stdlib", "c"),
     ("inject", "c", "copy"),
     ("stats flush", "trends", "days"),
+    ("suppression", "lookup", "ping"),
+    ("suppression", "refusal", "ping"),
 ]
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from . import models, reports_reader, stats_reader
+from . import models, reports_reader, stats_reader, suppressions
 from ._pb.poolmta.v1 import poolmta_pb2 as pb
 from .contract import rediskeys
+from .contract import suppression as supp
 from .contract.delivery_event import BOUNCED, COMPLAINED, DEFERRED, DELIVERED, DeliveryEvent
 from .errors import InvalidArgument
 
@@ -106,7 +107,7 @@ def pool_stats(p: models.Pool, window: int, figures: stats_reader.PoolFigures) -
         smtp_id=p.smtp_id, label=p.label, internal_name=p.internal_name,
         window=window or pb.LIFETIME, sent=t.sent, delivered=t.delivered, bounced=t.bounced,
         deferred=t.deferred, delivery_rate=t.delivery_rate, complaints=t.complaints,
-        ips=[ip_stats(a, c) for a, c in figures.per_ip.items()],
+        ips=[ip_stats(a, c) for a, c in figures.per_ip.items()], suppressed=t.suppressed,
     )
 
 
@@ -166,4 +167,21 @@ def unattributed_reports(found: reports_reader.UnattributedReports) -> pb.ListUn
         ],
         unattributed_total=found.unattributed_total,
         too_big_total=found.too_big_total,
+    )
+
+
+_SUPPRESSION_REASONS = {
+    supp.REASON_BOUNCE: pb.SUPPRESSION_BOUNCE, supp.REASON_COMPLAINT: pb.SUPPRESSION_COMPLAINT,
+    supp.REASON_MANUAL: pb.SUPPRESSION_MANUAL,
+}
+
+
+def suppression(s: suppressions.Suppression) -> pb.Suppression:
+    """One suppressed address; a reason this version does not know becomes
+    SUPPRESSION_REASON_UNSPECIFIED, an unrecorded time no create_time."""
+    e = s.entry
+    return pb.Suppression(
+        address=s.address, reason=_SUPPRESSION_REASONS.get(e.reason, pb.SUPPRESSION_REASON_UNSPECIFIED),
+        create_time=timestamp(e.at_ms / 1000) if e.at_ms > 0 else None, message_id=e.message_id,
+        source=e.source, detail=e.detail,
     )

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from . import convert, reports_reader, stats_reader, validation
+from .suppressions import SuppressionList
 from ._pb.poolmta.v1 import poolmta_pb2 as pb
 from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc_pb
 from .auth import Authenticator
@@ -349,6 +350,31 @@ class BridgeServicer(_Servicer, rpc_pb.BridgeServiceServicer):
         return convert.bridge(self.registry.set_bridge_send_dsns(account, request.bridge_id, request.send_dsns))
 
 
+class SuppressionServicer(_Servicer, rpc_pb.SuppressionServiceServicer):
+    def __init__(self, services: Services):
+        super().__init__(services)
+        self.suppressions = SuppressionList(services.redis)
+
+    @rpc(ACCOUNT)
+    async def ListSuppressions(self, request, context, account):
+        page = await self.suppressions.page(account, request.page_size, request.page_token)
+        return pb.ListSuppressionsResponse(suppressions=[convert.suppression(s) for s in page.suppressions],
+                                           next_page_token=page.next_page_token)
+
+    @rpc(ACCOUNT)
+    async def GetSuppression(self, request, context, account):
+        return convert.suppression(await self.suppressions.get(account, request.address))
+
+    @rpc(ACCOUNT)
+    async def AddSuppression(self, request, context, account):
+        return convert.suppression(await self.suppressions.add(account, request.address, request.note))
+
+    @rpc(ACCOUNT)
+    async def RemoveSuppression(self, request, context, account):
+        await self.suppressions.remove(account, request.address)
+        return pb.RemoveSuppressionResponse()
+
+
 class StatsServicer(_Servicer, rpc_pb.StatsServiceServicer):
     async def _pool_stats(self, account, smtp_id: int, window: int) -> pb.PoolStats:
         pool = self.registry.get_pool(account, smtp_id)
@@ -424,4 +450,5 @@ def add_servicers(server: grpc.aio.Server, services: Services) -> list[str]:
     rpc_pb.add_IpServiceServicer_to_server(IpServicer(services), server)
     rpc_pb.add_BridgeServiceServicer_to_server(BridgeServicer(services), server)
     rpc_pb.add_StatsServiceServicer_to_server(StatsServicer(services), server)
+    rpc_pb.add_SuppressionServiceServicer_to_server(SuppressionServicer(services), server)
     return [s.full_name for s in pb.DESCRIPTOR.services_by_name.values()]

@@ -28,6 +28,7 @@ class Counters:
     bounced: int = 0
     deferred: int = 0
     complaints: int = 0
+    suppressed: int = 0  # RCPTs refused for the suppression list (pools only)
 
     @property
     def delivery_rate(self) -> float:

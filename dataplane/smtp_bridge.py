@@ -5,8 +5,9 @@ limits, and acceptance of each message into the durable spool.
 snapshot is loaded, AUTH throttling, the STARTTLS-before-AUTH rule per client
 address, and the limits on DATA (the wire parsing it shares with the sink is
 `dataplane.smtp_wire`). `BridgeHandler` (one per worker) owns the decisions:
-which Bridge a transaction belongs to, the limits, and at end of DATA rotation,
-stamping, the spool write and the `sent` count, in that order, before the 250.
+which Bridge a transaction belongs to, the limits, the account's suppression
+list at RCPT (`dataplane.suppression`), and at end of DATA rotation, stamping,
+the spool write and the `sent` count, in that order, before the 250.
 
 DSN extension (RFC 3461): advertised in EHLO; RET and ENVID on MAIL, NOTIFY and
 ORCPT on RCPT are parsed by `dataplane.dsn_request` (a bad value gets its 501)
@@ -43,6 +44,7 @@ from .snapshot_loader import SnapshotLoader
 from .spool import Spool, SpoolRecord, SpoolWriteError
 from .stats_batcher import StatsBatcher
 from .trace_header import address_literal, printable, rfc5322_date
+from .suppression import SuppressionLookup
 
 log = logging.getLogger("poolmta.dataplane.smtp")
 
@@ -264,9 +266,11 @@ class BridgeHandler:
         stats: StatsBatcher,
         throttle: AuthThrottle,
         worker_id: str,
+        suppressions: SuppressionLookup,
         delivery=None,
     ) -> None:
         self.config = config
+        self.suppressions = suppressions
         self.delivery = delivery  # DeliveryEngine, or None with --no-delivery
         self.loader = loader
         self.spool = spool
@@ -345,7 +349,9 @@ class BridgeHandler:
                           address: str, rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return REPLY_TOO_MANY_RECIPIENTS.format(limit=self.config.max_recipients)
-        refusal = _address_refusal(address, envelope.smtp_utf8)
+        assert envelope.bridge is not None  # aiosmtpd takes RCPT only after a MAIL that set it
+        refusal = (_address_refusal(address, envelope.smtp_utf8)
+                   or await self.suppressions.rcpt_refusal(envelope.bridge, address))
         if refusal is not None:
             return refusal
         try:

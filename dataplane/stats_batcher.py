@@ -15,21 +15,25 @@ it in one round trip:
 * the message index: a SET per accepted message with a Message-ID header,
   `rediskeys.message_index_key(Message-ID)` -> our message id, expiring with the
   events (a report that returns only the original headers finds its message
-  through it while the message's events last).
+  through it while the message's events last);
+* suppressions: one HSETNX per address a permanent bounce put on its account's
+  suppression list (`{supp:USER}` tag; `control.contract.suppression`).
 
 A correction made elsewhere (an asynchronous bounce moving a recipient from
 delivered to bounced) uses the same script through `apply_counts_once`, with a
 marker of its own, so it too applies once however often it is retried.
 
-With events or index entries the scripts and SETs go in one pipeline (still one
-round trip; each command stays on its own hash slot, so a Redis Cluster works).
+With events, index entries or suppressions the scripts and commands go in one
+pipeline (still one round trip; each command stays on its own hash slot, so a
+Redis Cluster works).
 
 Exactly once: each batch has an id, and the counts script first sets the
 batch's marker key with NX, applying nothing if the marker exists; the events
 script skips an event already in the list (a retried batch carries the very
-same JSON); an index entry is a plain SET of the same value. A batch whose flush failed (Redis down, or the reply lost after
-Redis applied it) is retried later, unchanged, before anything newer, so it
-applies once either way.
+same JSON); an index entry is a plain SET of the same value, and HSETNX never
+replaces a suppression entry (the first one wins). A batch whose flush failed
+(Redis down, or the reply lost after Redis applied it) is retried later,
+unchanged, before anything newer, so it applies once either way.
 
 A count goes into the buckets of the minute it was counted in (not the minute it
 is flushed in), so trends show when things happened even after Redis was down.
@@ -41,6 +45,7 @@ day, and only past the bound are they dropped (logged, `counts_dropped`). Events
 too, up to `max_pending_events`; past that the oldest are dropped, which is
 logged and counted in `metrics["events_dropped"]`. Index entries likewise
 (`metrics["index_dropped"]`): losing one only costs a report its header attribution.
+Suppressions wait up to `max_pending_suppressions` (`metrics["suppressions_dropped"]`).
 """
 
 from __future__ import annotations
@@ -63,8 +68,10 @@ from control.contract.runtime import reraise_if_cancelling
 log = logging.getLogger("poolmta.dataplane.stats")
 
 # (field, the finest bucket known (MINUTE, or HOUR / DAY in a long outage), that
-# bucket's start (unix seconds), smtp_id, ip address)
+# bucket's start (unix seconds), smtp_id, ip address or "" for a count of the pool alone)
 CountKey = tuple[str, rediskeys.Resolution, int, int, str]
+# (user_id, normalised address, entry JSON): one address for an account's suppression list
+Suppression = tuple[int, str, str]
 
 _FIELDS = frozenset(rediskeys.STATS_FIELDS + rediskeys.DSN_STATS_FIELDS)
 
@@ -167,6 +174,7 @@ class _Batch:
     counts: int
     events: tuple[tuple[str, str], ...] = ()  # (message id, JSON)
     index: tuple[tuple[str, str], ...] = ()  # (message index key, our message id)
+    suppressions: tuple[Suppression, ...] = ()
 
 
 class StatsBatcher:
@@ -180,7 +188,8 @@ class StatsBatcher:
 
     def __init__(self, redis, interval: float = 0.25, *, server_id: int, batch_prefix: str = "worker",
                  max_batch_events: int = 1000, max_pending_events: int = 100_000,
-                 event_ttl: float = 7 * 86400.0, clock: Callable[[], float] = time.time) -> None:
+                 max_pending_suppressions: int = 10_000, event_ttl: float = 7 * 86400.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
         self._server_id = server_id
         self._clock = clock
@@ -188,6 +197,7 @@ class StatsBatcher:
         self._pending: Counter[CountKey] = Counter()
         self._events: deque[tuple[str, str]] = deque()
         self._index: deque[tuple[str, str]] = deque()
+        self._suppressions: deque[Suppression] = deque()
         self._unsent: _Batch | None = None
         self._script = redis.register_script(_APPLY_BATCH)
         self._prefix = f"{batch_prefix}:{secrets.token_hex(4)}"
@@ -199,14 +209,16 @@ class StatsBatcher:
         self._coarse = False
         self.max_batch_events = max_batch_events
         self.max_pending_events = max_pending_events
+        self.max_pending_suppressions = max_pending_suppressions
         self.event_ttl = max(1, math.ceil(event_ttl))
         self.metrics: Counter[str] = Counter()
 
     def count(self, field: str, smtp_id: int, address: str, n: int = 1) -> None:
         """Add `n` to `field` (one of `rediskeys.STATS_FIELDS`: sent, delivered, bounced,
-        deferred, complaints; or of `rediskeys.DSN_STATS_FIELDS`, the DSNs sent to senders)
-        of the pool, the IP and the pool+IP: their lifetime totals and the day, hour and
-        minute buckets of now."""
+        deferred, complaints, suppressed; or of `rediskeys.DSN_STATS_FIELDS`, the DSNs sent
+        to senders) of the pool, the IP and the pool+IP: their lifetime totals and the day,
+        hour and minute buckets of now; of the pool alone when `address` is "" (a count with
+        no source IP)."""
         if field not in _FIELDS:
             raise ValueError(f"not a stats field: {field!r} (one of {', '.join(sorted(_FIELDS))})")
         waiting = len(self._pending)
@@ -251,6 +263,20 @@ class StatsBatcher:
             index.popleft()
             self.metrics["index_dropped"] += 1
 
+    def suppress(self, user_id: int, address: str, entry_json: str) -> None:
+        """Queue adding `address` (normalised: `suppression.normalize_address`) to the
+        account's suppression list with `entry_json` (`SuppressionEntry.encode()`); an
+        address already on the list keeps its entry."""
+        waiting = self._suppressions
+        waiting.append((user_id, address, entry_json))
+        if len(waiting) > self.max_pending_suppressions:
+            dropped = waiting.popleft()
+            self.metrics["suppressions_dropped"] += 1
+            if self.metrics["suppressions_dropped"] % 1000 == 1:  # the first, then every 1,000th
+                log.error("stats: %d suppression-list entries wait for Redis; dropping the oldest (account %d, "
+                          "%s; %d so far, see suppressions_dropped)", self.max_pending_suppressions,
+                          dropped[0], dropped[1], self.metrics["suppressions_dropped"])
+
     @property
     def pending(self) -> int:
         """Counts not yet known to be in Redis."""
@@ -265,6 +291,11 @@ class StatsBatcher:
     def pending_index(self) -> int:
         """Message index entries not yet known to be in Redis."""
         return len(self._index) + (len(self._unsent.index) if self._unsent else 0)
+
+    @property
+    def pending_suppressions(self) -> int:
+        """Suppression-list entries not yet known to be in Redis."""
+        return len(self._suppressions) + (len(self._unsent.suppressions) if self._unsent else 0)
 
     def start(self) -> None:
         self._wake = asyncio.Event()
@@ -300,10 +331,12 @@ class StatsBatcher:
             self._dropping = False
         take = min(len(self._index), self.max_batch_events)
         index = tuple(self._index.popleft() for _ in range(take))
-        return _Batch(batch_id, keys, args, counts, events, index)
+        take = min(len(self._suppressions), self.max_batch_events)
+        suppressions = tuple(self._suppressions.popleft() for _ in range(take))
+        return _Batch(batch_id, keys, args, counts, events, index, suppressions)
 
     async def _apply(self, batch: _Batch) -> None:
-        if not batch.events and not batch.index:
+        if not batch.events and not batch.index and not batch.suppressions:
             await self._script(keys=batch.keys, args=batch.args)
             return
         # The client the counts script belongs to carries the whole batch.
@@ -317,12 +350,14 @@ class StatsBatcher:
             pipe.eval(_APPEND_EVENTS, 1, rediskeys.message_events_key(message_id), self.event_ttl, *texts)
         for key, message_id in batch.index:
             pipe.set(key, message_id, ex=self.event_ttl)
+        for user_id, address, entry in batch.suppressions:
+            pipe.hsetnx(rediskeys.suppression_key(user_id), address, entry)
         await pipe.execute()
 
     async def flush(self) -> bool:
         """Send what was counted and the events waiting; True when nothing is left pending."""
         if self._unsent is None:
-            if not self._pending and not self._events and not self._index:
+            if not self._pending and not self._events and not self._index and not self._suppressions:
                 return True
             self._unsent = self._next_batch()
         batch = self._unsent
@@ -341,7 +376,7 @@ class StatsBatcher:
         if self._failing:
             log.info("stats flush recovered")
             self._failing = False
-        return not self._pending and not self._events and not self._index
+        return not self._pending and not self._events and not self._index and not self._suppressions
 
     async def close(self, timeout: float = 2.0) -> None:
         """Stop the background task and try to flush what is left."""
@@ -358,6 +393,7 @@ class StatsBatcher:
                     await asyncio.sleep(0.1)
         except (TimeoutError, redis_errors.RedisError, OSError):
             pass
-        if self.pending or self.pending_events or self.pending_index:
-            log.warning("exiting with %d stats counts, %d events and %d message index entries not flushed "
-                        "to Redis", self.pending, self.pending_events, self.pending_index)
+        if self.pending or self.pending_events or self.pending_index or self.pending_suppressions:
+            log.warning("exiting with %d stats counts, %d events, %d message index entries and %d "
+                        "suppression-list entries not flushed to Redis", self.pending, self.pending_events,
+                        self.pending_index, self.pending_suppressions)

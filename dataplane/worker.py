@@ -35,6 +35,7 @@ from .smtp_bridge import REPLY_SHUTTING_DOWN, BridgeHandler, BridgeSMTP
 from .snapshot_loader import SnapshotLoader
 from .spool import Spool
 from .stats_batcher import StatsBatcher
+from .suppression import SuppressionLookup
 from .tls import server_context
 
 log = logging.getLogger("poolmta.dataplane.worker")
@@ -143,7 +144,8 @@ class Worker:
             log.info("worker %d: delivery is off (--no-delivery): messages stay in the spool", self.index)
         handler = BridgeHandler(
             config, loader=loader, spool=spool, stats=stats,
-            throttle=AuthThrottle(config.auth_throttle), worker_id=self.worker_id, delivery=delivery,
+            throttle=AuthThrottle(config.auth_throttle), worker_id=self.worker_id,
+            suppressions=SuppressionLookup(redis, stats), delivery=delivery,
         )
         assert config.tls_cert is not None and config.tls_key is not None, "the supervisor resolves TLS files"
         tls_context = server_context(config.tls_cert, config.tls_key)

@@ -22,6 +22,7 @@ STUBS = {
     "ips": rpc.IpServiceStub,
     "bridges": rpc.BridgeServiceStub,
     "stats": rpc.StatsServiceStub,
+    "suppressions": rpc.SuppressionServiceStub,
 }
 
 

@@ -1,12 +1,13 @@
-"""Redis killed and restarted while 600 messages are accepted and delivered: the
-data plane keeps accepting and delivering, keeps the counts and events in memory
-meanwhile, and once Redis is back the counters equal exactly what the sink
-recorded (lifetime totals, and the minute and hour buckets adding up to them), and
-every message has each of its events exactly once."""
+"""Redis killed and restarted while 600 accepted messages are delivered: the data
+plane keeps delivering, keeps the counts and events in memory meanwhile, and once
+Redis is back the counters equal exactly what the sink recorded (lifetime totals,
+and the minute and hour buckets adding up to them), and every message has each of
+its events exactly once. (While Redis is down the Bridge answers RCPT with 451, the
+suppression list being unreadable, so the messages are accepted first and the sink
+is slowed down to leave a backlog to deliver during the outage.)"""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 
@@ -44,27 +45,25 @@ def test_counts_stay_exact_across_a_redis_restart(fresh_redis, start_dataplane, 
     try:
         publish(client, make_snapshot(SERVER, 1, [make_pool(11, [(ip, 1) for ip in IPS], server_id=SERVER)],
                                       [make_bridge(1, 11, SECRET)]))
-        sink = start_sink("--rule", "slow*=delay:0.01")
+        # Two connections per destination, each message held 50 ms: a backlog builds up.
+        sink = start_sink("--rule", "rcpt*=delay:0.05")
         plane = start_dataplane(fresh_redis.url, SERVER, workers=2, delivery=True,
-                                args=["--route", f"*={sink.address}", "--retry-schedule", "0.3s"])
+                                args=["--route", f"*={sink.address}", "--retry-schedule", "0.3s",
+                                      "--max-conn-per-destination", "2"])
         plane.wait_version(client, 1)
 
         plan = [(n, _rcpts(n), message(n)) for n in range(MESSAGES)]
         began = time.time()
-        ids: dict = {}
-        sender = threading.Thread(target=lambda: ids.update(send_all(plane.port, "br-test1", SECRET, plan,
-                                                                     sessions=4)))
-        sender.start()
+        ids = send_all(plane.port, "br-test1", SECRET, plan, sessions=4)
         try:
-            assert wait_until(lambda: sink.counts().get("accepted", 0) >= 100, timeout=60)
+            seen = sink.counts().get("accepted", 0)
             fresh_redis.kill()
-            seen = sink.counts()["accepted"]
             # Delivery goes on without Redis (no timing asserted: just let some happen).
+            assert seen < MESSAGES - 100, f"no backlog left to deliver without Redis ({seen} delivered)"
             assert wait_until(lambda: sink.counts().get("accepted", 0) >= seen + 100, timeout=60)
         finally:
             if not fresh_redis.running:
                 fresh_redis.start()
-            sender.join(120)
         client.close()
         client = redis.Redis.from_url(fresh_redis.url)
         assert len(ids) == MESSAGES

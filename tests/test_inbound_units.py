@@ -264,7 +264,8 @@ async def test_a_bounce_moves_delivered_to_bounced_in_the_delivery_buckets_once(
     assert (event.outcome, event.source, event.final, event.rcpt, event.ts_ms) == (BOUNCED, "dsn", True,
                                                                                  "A@example.net", now_ms)
     entry = json.loads(redis_client.hget(rediskeys.suppression_key(3), "a@example.net"))
-    assert entry == {"reason": "bounce", "at_ms": now_ms, "message_id": "m1", "source": "dsn"}
+    assert entry == {"reason": "bounce", "at_ms": now_ms, "message_id": "m1", "source": "dsn",
+                     "detail": "5.1.1 user unknown (asynchronous DSN)"}
     marker = rediskeys.report_marker_key(SERVER, "bounce:m1:0")
     assert 0 < redis_client.ttl(marker) <= rediskeys.REPORT_MARKER_TTL_SECONDS
 

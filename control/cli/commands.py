@@ -9,6 +9,7 @@ and the command tree they are added to. The commands themselves:
     op       show | watch
     stats    pool | ip
     message  status
+    suppression  list | show | add | remove                             suppression_commands
 
 A handler takes the Context and the parsed arguments and returns the exit code;
 failures are raised as CliError. POOL arguments take an smtp_id or a label.

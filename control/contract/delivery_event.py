@@ -19,6 +19,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .json_records import load_object, quoted
+
 __all__ = [
     "BOUNCED", "COMPLAINED", "DEFERRED", "DELIVERED", "OUTCOMES", "REPORT_SOURCES", "DeliveryEvent",
     "DeliveryEventError", "decode_list",
@@ -37,9 +39,6 @@ COMPLAINED = "complained"
 # reply: an asynchronous report the inbound listener received, by the report's kind
 # (an RFC 3464 DSN, an RFC 5965 ARF report, a nonstandard bounce).
 REPORT_SOURCES = ("dsn", "arf", "nonstandard")
-
-# How much of a refused input an error message quotes.
-_QUOTED = 60
 
 
 class DeliveryEventError(ValueError):
@@ -87,13 +86,7 @@ class DeliveryEvent:
         """The event in `raw` (as `encode` writes it). A missing field takes its
         default (0, "", False, or -1 for `rcpt_index`); DeliveryEventError when `raw` is not a JSON object
         or a field cannot be read as its type."""
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-            raise DeliveryEventError(f"not a delivery event (not JSON): {_prefix(raw)}") from exc
-        if not isinstance(data, dict):
-            raise DeliveryEventError(f"not a delivery event (not a JSON object): {_prefix(raw)}")
-        get = data.get
+        get = load_object(raw, "delivery event", DeliveryEventError).get
         try:
             return cls(
                 ts_ms=int(get("ts_ms", 0)),
@@ -112,7 +105,7 @@ class DeliveryEvent:
                 source=str(get("source", "")),
             )
         except (TypeError, ValueError, OverflowError) as exc:
-            raise DeliveryEventError(f"not a delivery event ({exc}): {_prefix(raw)}") from exc
+            raise DeliveryEventError(f"not a delivery event ({exc}): {quoted(raw)}") from exc
 
 
 def decode_list(items: Iterable[bytes | str]) -> list[DeliveryEvent]:
@@ -125,9 +118,3 @@ def decode_list(items: Iterable[bytes | str]) -> list[DeliveryEvent]:
         except DeliveryEventError:
             continue
     return events
-
-
-def _prefix(raw: bytes | str) -> str:
-    """A short, printable prefix of refused input (error messages never echo more)."""
-    text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
-    return repr(text[:_QUOTED]) + ("..." if len(text) > _QUOTED else "")

@@ -103,7 +103,9 @@ RESOLUTIONS = (DAY, HOUR, MINUTE)
 # Daily buckets are kept this long (a rolling 30-day window plus slack).
 STATS_DAY_RETENTION_SECONDS = DAY.retention_seconds
 
-STATS_FIELDS = ("sent", "delivered", "bounced", "deferred", "complaints")
+# `suppressed` counts RCPTs refused because the address is on the account's
+# suppression list; it is counted per pool only (no source IP is picked for them).
+STATS_FIELDS = ("sent", "delivered", "bounced", "deferred", "complaints", "suppressed")
 
 
 def _stats_tag(server_id: int) -> str:
@@ -188,8 +190,8 @@ def count_targets(server_id: int, smtp_id: int, address: str, at: float,
       to an old count never re-creates an expired bucket (its totals still move);
     * buckets finer than `finest` are left out: a count known only to the hour
       (`finest=HOUR`) or the day (`DAY`) moves no minute bucket;
-    * without an `address` (a complaint that names only its pool) the pool's
-      targets alone.
+    * without an `address` (a complaint that names only its pool, a RCPT refused
+      for the suppression list before an IP was picked) the pool's targets alone.
     """
     now = at if now is None else now
     targets = []
@@ -224,9 +226,10 @@ def message_events_key(message_id: str) -> str:
 
 
 def suppression_key(user_id: int) -> str:
-    """Hash of one account's suppressed recipients: lower-cased address -> JSON
-    {"reason", "at_ms", "message_id", "source"}. Bridges of the account refuse RCPT
-    to any address in it; permanent bounces and complaints add to it."""
+    """Hash of one account's suppressed recipients: `suppression.normalize_address(address)`
+    -> `suppression.SuppressionEntry(...).encode()`, JSON {"reason", "at_ms", "message_id",
+    "source", "detail"}. Bridges of the account refuse RCPT to any address in it;
+    permanent bounces and complaints add to it (HSETNX: the first entry wins)."""
     return f"{PREFIX}:{{supp:{int(user_id)}}}:addresses"
 
 

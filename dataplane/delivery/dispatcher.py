@@ -243,7 +243,7 @@ def _judge(job: DeliveryJob, result) -> list[RecipientOutcome]:
     refused RCPT only to its recipient)."""
     if not result.mail.positive:
         outcome = classify(result.mail, STAGE_MAIL)
-        return [RecipientOutcome(r, result.mail, outcome) for r in job.rcpts]
+        return [RecipientOutcome(r, result.mail, outcome, STAGE_MAIL) for r in job.rcpts]
     judged: list[RecipientOutcome] = []
     accepted: list[Recipient] = []
     for rcpt, reply in zip(job.rcpts, result.rcpts, strict=True):
@@ -252,18 +252,18 @@ def _judge(job: DeliveryJob, result) -> list[RecipientOutcome]:
         if reply.positive:
             accepted.append(rcpt)
         else:
-            judged.append(RecipientOutcome(rcpt, reply, classify(reply, STAGE_RCPT)))
+            judged.append(RecipientOutcome(rcpt, reply, classify(reply, STAGE_RCPT), STAGE_RCPT))
     if not accepted:
         return judged
     data = result.data
     if data is not None and data.code != 354:
         # A positive reply to DATA other than 354 is a protocol error: not a delivery.
         outcome = DEFERRED if data.positive else classify(data, STAGE_DATA)
-        return judged + [RecipientOutcome(r, data, outcome) for r in accepted]
+        return judged + [RecipientOutcome(r, data, outcome, STAGE_DATA) for r in accepted]
     final = result.final
     assert final is not None
     outcome = classify(final, STAGE_DATA)
-    return judged + [RecipientOutcome(r, final, outcome) for r in accepted]
+    return judged + [RecipientOutcome(r, final, outcome, STAGE_DATA) for r in accepted]
 
 
 async def quit_quietly(connection: SmtpConnection) -> None:

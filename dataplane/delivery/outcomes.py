@@ -5,7 +5,9 @@ connection deferred and retried on the retry schedule until the queue lifetime
 ends, then bounced (`smtp_reply.classify`; the expiry is applied here). Each
 outcome is counted (delivered / bounced / deferred, under the record's pool and
 the IP the attempt used) and becomes a `DeliveryEvent` in the message's Redis
-list; both go out with the stats batcher's next flush. The record is rewritten
+list; a bounce that says the address is bad (`suppression.bounce_suppresses`)
+also puts the recipient on the account's suppression list. All of it goes out
+with the stats batcher's next flush. The record is rewritten
 with its attempts when recipients remain, and deleted once every recipient is
 final and every DSN its bounces owe the sender is in the spool (`notices`). A
 DSN's own outcomes count as dsn_delivered / dsn_bounced / dsn_deferred.
@@ -26,10 +28,18 @@ from collections import Counter
 from typing import NamedTuple
 
 from control.contract.delivery_event import DeliveryEvent
+from control.contract.suppression import (
+    REASON_BOUNCE,
+    SOURCE_DELIVERY,
+    AddressError,
+    SuppressionEntry,
+    normalize_address,
+)
 
 from ..config import DeliveryConfig, format_duration
 from ..smtp_reply import BOUNCED, DEFERRED, EXPIRED, LOCAL_ERROR, Reply, local_reply
-from ..spool import DSN_OWED, Spool, SpoolCorrupt, SpoolError
+from ..spool import DSN_OWED, Spool, SpoolCorrupt, SpoolError, SpoolRecord
+from ..suppression import bounce_suppresses
 from .notices import Notices
 from .queue import DeliveryJob, DeliveryQueue, QueuedMessage, Recipient, next_attempt_at
 
@@ -42,6 +52,9 @@ class RecipientOutcome(NamedTuple):
     recipient: Recipient
     reply: Reply
     outcome: str  # DELIVERED | BOUNCED | DEFERRED
+    # The command the destination's reply answered (smtp_reply.STAGE_*); "" when the
+    # engine made the reply up (no connection, DNS, a local check, the queue lifetime).
+    stage: str = ""
 
 
 class Outcomes:
@@ -64,13 +77,13 @@ class Outcomes:
         now = time.time()
         ip = job.ip or message.ip
         entries = []
-        for rcpt, reply, outcome in results:
+        for rcpt, reply, outcome, stage in results:
             rcpt.attempts += 1
             rcpt.busy = False
             if outcome == DEFERRED and message.expired(now):
                 reply = local_reply(EXPIRED, lifetime=format_duration(self.delivery.queue_lifetime),
                                     attempts=rcpt.attempts, last=reply)
-                outcome = BOUNCED
+                outcome, stage = BOUNCED, ""
             final = outcome != DEFERRED
             if final:
                 message.pending.pop(rcpt.address, None)
@@ -85,6 +98,9 @@ class Outcomes:
                 smtp_id=record.smtp_id, pool=record.pool, ip=ip, reply=str(reply),
                 attempt=rcpt.attempts, final=final, rcpt_index=rcpt.index,
             ).encode())
+            # A DSN's recipient is the account's own sender, not one of its recipients.
+            if outcome == BOUNCED and not record.dsn_of and bounce_suppresses(reply, stage):
+                self._suppress(record, rcpt.address, reply, now)
             entry = {"at_ms": int(now * 1000), "rcpt": rcpt.address, "outcome": outcome,
                      "code": reply.code, "text": reply.text, "ip": ip, "mx": mx, "attempt": rcpt.attempts}
             if outcome == BOUNCED and self.notices.due(record, rcpt):
@@ -99,6 +115,17 @@ class Outcomes:
         await self._persist(message)
         if message.pending and not message.gone:
             self.queue.schedule(message)
+
+    def _suppress(self, record: SpoolRecord, address: str, reply: Reply, now: float) -> None:
+        """Put a recipient whose address bounced for good on its account's suppression list."""
+        try:
+            field = normalize_address(address)
+        except AddressError as exc:
+            log.warning("%s: bounced recipient not added to the suppression list: %s", record.id, exc)
+            return
+        entry = SuppressionEntry(reason=REASON_BOUNCE, at_ms=int(now * 1000), message_id=record.id,
+                                 source=SOURCE_DELIVERY, detail=str(reply))
+        self.stats.suppress(record.user_id, field, entry.encode())
 
     async def finish_all(self, job: DeliveryJob, reply: Reply, outcome: str, mx: str = "") -> None:
         """Every recipient of the job gets the same reply and outcome (see `finish_job`)."""

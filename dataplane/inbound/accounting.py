@@ -32,11 +32,11 @@ one is.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 
 from control.contract import rediskeys
 from control.contract.delivery_event import BOUNCED, COMPLAINED, DELIVERED, DeliveryEvent
+from control.contract.suppression import AddressError, SuppressionEntry, normalize_address
 from control.contract.unattributed import RAW_KEPT_BYTES, UnattributedReport
 
 from .attribution import BOUNCE, Target
@@ -162,10 +162,21 @@ class Accounting:
             if target.message_id and (moves or target.counted != BOUNCED):
                 script.op("E", rediskeys.message_events_key(target.message_id), self._event(target, now_ms))
             if target.user_id and target.rcpt:
-                script.op("S", rediskeys.suppression_key(target.user_id), target.rcpt.lower(),
-                          json.dumps({"reason": target.kind, "at_ms": now_ms, "message_id": target.message_id,
-                                      "source": target.source}, separators=(",", ":")))
+                self._suppress(script, target, now_ms)
         return [bool(n) for n in await self._apply(keys=script.keys, args=script.args)]
+
+    @staticmethod
+    def _suppress(script: _Script, target: Target, now_ms: int) -> None:
+        """The recipient onto the account's suppression list, keyed and written as every
+        writer of the list does (`control.contract.suppression`); an address the list
+        cannot hold is left out."""
+        try:
+            field = normalize_address(target.rcpt)
+        except AddressError:
+            return
+        entry = SuppressionEntry(reason=target.kind, at_ms=now_ms, message_id=target.message_id,
+                                 source=target.source, detail=target.reply)
+        script.op("S", rediskeys.suppression_key(target.user_id), field, entry.encode())
 
     @staticmethod
     def _event(target: Target, now_ms: int) -> str:
