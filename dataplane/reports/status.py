@@ -120,7 +120,9 @@ def normalise_address(value: str) -> str:
     if not candidates:
         # A gateway's non-Internet address (RFC 3464 appendix example "unknown;
         # nair_s") is still the recipient the report names: kept as written.
-        return tokens[0] if len(tokens) == 1 and len(tokens[0]) <= MAX_ADDRESS else ""
+        # One with a ";" would read as a typed address ("type; value") the next time.
+        single = tokens[0] if len(tokens) == 1 else ""
+        return single if len(single) <= MAX_ADDRESS and ";" not in single else ""
     local, _, domain = candidates[0].rpartition("@")
     domain = domain.lower().rstrip(".")
     if not local or not domain or len(candidates[0]) > MAX_ADDRESS:
