@@ -18,7 +18,7 @@ from control.contract.snapshot import PoolRoute
 from control.contract.unattributed import RAW_KEPT_BYTES, UnattributedError, UnattributedReport
 from dataplane.inbound import Accounting, Attributor, Target, counter_keys
 from dataplane.inbound.addresses import BOUNCE, FEEDBACK, InboundAddresses, NotAccepted, bounce_domains
-from dataplane.inbound.attribution import COMPLAINT
+from dataplane.inbound.attribution import COMPLAINT, _suppresses
 from dataplane.message_headers import indexed_message_id
 from dataplane.reports import parse_report
 from dataplane.stats_batcher import StatsBatcher
@@ -268,6 +268,21 @@ async def test_a_bounce_moves_delivered_to_bounced_in_the_delivery_buckets_once(
                      "detail": "5.1.1 user unknown (asynchronous DSN)"}
     marker = rediskeys.report_marker_key(SERVER, "bounce:m1:0")
     assert 0 < redis_client.ttl(marker) <= rediskeys.REPORT_MARKER_TTL_SECONDS
+
+
+def test_an_asynchronous_bounce_suppresses_by_the_delivery_sides_rule():
+    assert _suppresses("5.1.1") and _suppresses("5.2.1") and _suppresses("")  # no status: a detector's permanent
+    assert not _suppresses("5.7.1") and not _suppresses("5.2.2") and not _suppresses("5.0.0")
+
+
+async def test_a_bounce_that_does_not_suppress_still_moves_its_counts(redis, redis_client):
+    accounting = Accounting(redis, server_id=SERVER, event_ttl=3600)
+    now_ms = int(time.time() * 1000)
+    blocked = dataclasses.replace(_target(at_ms=now_ms), reply="5.7.1 blocked by policy (asynchronous DSN)",
+                                  suppresses=False)
+    assert await accounting.apply([blocked], now_ms) == [True]
+    assert _counts(redis_client)["pool"] == {"delivered": -1, "bounced": 1}
+    assert redis_client.hlen(rediskeys.suppression_key(3)) == 0
 
 
 async def test_a_recipient_counted_bounced_or_not_final_moves_nothing(redis, redis_client):

@@ -161,7 +161,7 @@ class Accounting:
                     script.op("H", counter.key, field, n, counter.expires_at or 0)
             if target.message_id and (moves or target.counted != BOUNCED):
                 script.op("E", rediskeys.message_events_key(target.message_id), self._event(target, now_ms))
-            if target.user_id and target.rcpt:
+            if target.user_id and target.rcpt and target.suppresses:
                 self._suppress(script, target, now_ms)
         return [bool(n) for n in await self._apply(keys=script.keys, args=script.args)]
 

@@ -36,6 +36,7 @@ from control.contract import rediskeys
 from control.contract.delivery_event import DeliveryEvent, decode_list
 from control.contract.headers import STAMPED_HEADER_NAMES
 from control.contract.snapshot import PoolRoute, Snapshot
+from control.contract.suppression import address_failure
 
 from ..message_headers import indexed_message_id
 from ..reports import Report
@@ -68,6 +69,7 @@ class Target:
     at_ms: when the delivery event that counted it was written (0 unknown): its day's
         buckets are the ones a move changes.
     reply: what the report says, for the event `message status` shows.
+    suppresses: whether it puts the recipient on the account's suppression list.
     """
 
     kind: str  # BOUNCE | COMPLAINT
@@ -86,6 +88,7 @@ class Target:
     at_ms: int
     attempt: int
     reply: str
+    suppresses: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,7 @@ class _Claim:
     kind: str
     address: str  # the recipient it names, lower case ("" when it names none)
     detail: str
+    suppresses: bool = True  # see _suppresses
 
 
 def _claims(report: Report) -> tuple[list[_Claim], Attribution | None]:
@@ -126,8 +130,17 @@ def _claims(report: Report) -> tuple[list[_Claim], Attribution | None]:
     permanent = [r for r in report.failures() if r.permanent]
     if not permanent:
         return [], Attribution(nothing_to_count=True, reason="no permanent failure in it")
-    return [_Claim(BOUNCE, r.address.lower(), " ".join(filter(None, (r.status or "5.0.0", r.diagnostic))))
+    return [_Claim(BOUNCE, r.address.lower(), " ".join(filter(None, (r.status or "5.0.0", r.diagnostic))),
+                   _suppresses(r.status))
             for r in permanent], None
+
+
+def _suppresses(status: str) -> bool:
+    """Whether an asynchronous permanent bounce suppresses its recipient: by the
+    delivery side's rule when it carries a status (the address is bad for good, RFC
+    3463 5.1.x and 5.2.1: not a policy block or a full mailbox); without one (a
+    non-standard bounce, which the detector found permanent) it does."""
+    return not status or address_failure(status)
 
 
 def _reply(claim: _Claim, report: Report) -> str:
@@ -270,7 +283,8 @@ class Attributor:
             Target(kind=COMPLAINT, source=report.kind, via="headers",
                    subject=f"{COMPLAINT}:h:{fingerprint}:{claim.address}", message_id="", rcpt=claim.address,
                    rcpt_index=-1, user_id=pool.user_id, bridge_id=0, smtp_id=pool.smtp_id,
-                   pool=pool.internal_name, ip=ip, counted="", at_ms=0, attempt=0, reply=_reply(claim, report))
+                   pool=pool.internal_name, ip=ip, counted="", at_ms=0, attempt=0, reply=_reply(claim, report),
+                   suppresses=claim.suppresses)
             for claim in claims
         )
         return Attribution(targets)
@@ -332,6 +346,6 @@ class Attributor:
             message_id=message_id, rcpt=event.rcpt if named else "", rcpt_index=event.rcpt_index if named else -1,
             user_id=event.user_id, bridge_id=event.bridge_id, smtp_id=event.smtp_id, pool=event.pool, ip=event.ip,
             counted=event.outcome if event.final and named else "", at_ms=event.ts_ms, attempt=event.attempt,
-            reply=_reply(claim, report),
+            reply=_reply(claim, report), suppresses=claim.suppresses,
         )
 
