@@ -1,121 +1,27 @@
-"""gRPC servicers: thin adapters from protobuf to the Registry and back.
-
-Every method goes through `rpc(...)`, the one wrapper for unary and streaming
-methods: it authenticates the caller (admin or account), maps DomainErrors to
-their gRPC status with the domain's message, turns anything unexpected into
-INTERNAL with a generic message (the traceback goes to the log, never to the
-client), and after a routing change has the publisher bring Redis up to date
-before the reply.
+"""gRPC servicers of the registry: accounts, MTA servers, pools, IPs, operations and
+bridges, thin adapters from protobuf to the Registry and back; the servicers of the
+feedback loop's figures are `control.feedback_servicers`. Every method goes through
+`rpc(...)` (`control.rpc`): authentication, error mapping, publishing after a
+routing change.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import inspect
-import logging
-from dataclasses import dataclass
-
 import grpc
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import convert, reports_reader, stats_reader, validation
-from .suppressions import SuppressionList
+from . import convert, reports_reader
 from ._pb.poolmta.v1 import poolmta_pb2 as pb
 from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc_pb
-from .auth import Authenticator
 from .contract import acks, rediskeys
-from .contract.runtime import reraise_if_cancelling
-from .errors import DomainError, InvalidArgument, NotFound, Unavailable
-from .publisher import SnapshotPublisher
-from .reconciler import ChangeFeed
-from .registry import Registry
+from .errors import InvalidArgument, Unavailable
+from .feedback_servicers import StatsServicer, SuppressionServicer
+from .rpc import ACCOUNT, ADMIN, Servicer, Services, rpc
 
-log = logging.getLogger(__name__)
-
-ADMIN = "admin"
-ACCOUNT = "account"
-INTERNAL_MESSAGE = "internal error; the control-plane log has the details"
-STATS_POLL_SECONDS = 0.25
 DEFAULT_UNATTRIBUTED_LIMIT = 50
 
 
-@dataclass
-class Services:
-    """What the servicers share."""
-
-    registry: Registry
-    auth: Authenticator
-    publisher: SnapshotPublisher
-    redis: aioredis.Redis
-    feed: ChangeFeed
-
-    async def routing_changed(self) -> None:
-        """Publish the new routing now; if Redis is down the publisher's loop will."""
-        try:
-            await self.publisher.sync()
-        except (RedisError, OSError) as exc:
-            log.warning("routing change saved; publishing deferred until Redis answers (%s)", exc)
-        await self.feed.notify()
-
-
-def _caller(services: Services, context, who: str):
-    metadata = context.invocation_metadata()
-    return services.auth.admin(metadata) if who == ADMIN else services.auth.account(metadata)
-
-
-async def _abort(context, exc: BaseException) -> None:
-    if isinstance(exc, grpc.aio.AbortError):
-        raise exc
-    if isinstance(exc, DomainError):
-        await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
-    log.error("unexpected error in RPC", exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
-
-
-def rpc(who: str, *, changes_routing: bool = False):
-    """Wrap a servicer method `(self, request, context, caller)` as a gRPC handler."""
-
-    def decorate(method):
-        if inspect.isasyncgenfunction(method):
-
-            @functools.wraps(method)
-            async def streaming(self, request, context):
-                try:
-                    caller = _caller(self.services, context, who)
-                    async for reply in method(self, request, context, caller):
-                        yield reply
-                except Exception as exc:  # noqa: BLE001 - mapped to a status, logged if unexpected
-                    await _abort(context, exc)
-
-            return streaming
-
-        @functools.wraps(method)
-        async def unary(self, request, context):
-            try:
-                caller = _caller(self.services, context, who)
-                reply = method(self, request, context, caller)
-                if inspect.isawaitable(reply):
-                    reply = await reply
-            except Exception as exc:  # noqa: BLE001 - mapped to a status, logged if unexpected
-                await _abort(context, exc)
-            if changes_routing:
-                await self.services.routing_changed()
-            return reply
-
-        return unary
-
-    return decorate
-
-
-class _Servicer:
-    def __init__(self, services: Services):
-        self.services = services
-        self.registry = services.registry
-
-
-class AccountServicer(_Servicer, rpc_pb.AccountServiceServicer):
+class AccountServicer(Servicer, rpc_pb.AccountServiceServicer):
     @rpc(ADMIN)
     def CreateAccount(self, request, context, admin):
         account, token = self.registry.create_account(request.name, convert.tier_name(request.tier))
@@ -138,7 +44,7 @@ class AccountServicer(_Servicer, rpc_pb.AccountServiceServicer):
         return pb.IssueAccountTokenResponse(token=self.registry.issue_token(request.user_id, request.revoke_existing))
 
 
-class MtaServerServicer(_Servicer, rpc_pb.MtaServerServiceServicer):
+class MtaServerServicer(Servicer, rpc_pb.MtaServerServiceServicer):
     @rpc(ADMIN, changes_routing=True)
     def RegisterMtaServer(self, request, context, admin):
         return convert.server(self.registry.register_server(request.hostname, request.zone))
@@ -207,7 +113,7 @@ class MtaServerServicer(_Servicer, rpc_pb.MtaServerServiceServicer):
         return convert.unattributed_reports(found)
 
 
-class PoolServicer(_Servicer, rpc_pb.PoolServiceServicer):
+class PoolServicer(Servicer, rpc_pb.PoolServiceServicer):
     @rpc(ACCOUNT, changes_routing=True)
     def CreatePool(self, request, context, account):
         return convert.pool(
@@ -253,7 +159,7 @@ class PoolServicer(_Servicer, rpc_pb.PoolServiceServicer):
         return convert.pool(self.registry.set_pool_bounce_domain(account, request.smtp_id, request.bounce_domain))
 
 
-class IpServicer(_Servicer, rpc_pb.IpServiceServicer):
+class IpServicer(Servicer, rpc_pb.IpServiceServicer):
     @rpc(ACCOUNT, changes_routing=True)
     def ProvisionIp(self, request, context, account):
         return convert.ip(
@@ -311,7 +217,7 @@ class IpServicer(_Servicer, rpc_pb.IpServiceServicer):
         return pb.ReleaseIpResponse()
 
 
-class BridgeServicer(_Servicer, rpc_pb.BridgeServiceServicer):
+class BridgeServicer(Servicer, rpc_pb.BridgeServiceServicer):
     @rpc(ACCOUNT, changes_routing=True)
     def CreateBridge(self, request, context, account):
         bridge, secret = self.registry.create_bridge(
@@ -348,98 +254,6 @@ class BridgeServicer(_Servicer, rpc_pb.BridgeServiceServicer):
     @rpc(ACCOUNT, changes_routing=True)
     def SetBridgeSendDsns(self, request, context, account):
         return convert.bridge(self.registry.set_bridge_send_dsns(account, request.bridge_id, request.send_dsns))
-
-
-class SuppressionServicer(_Servicer, rpc_pb.SuppressionServiceServicer):
-    def __init__(self, services: Services):
-        super().__init__(services)
-        self.suppressions = SuppressionList(services.redis)
-
-    @rpc(ACCOUNT)
-    async def ListSuppressions(self, request, context, account):
-        page = await self.suppressions.page(account, request.page_size, request.page_token)
-        return pb.ListSuppressionsResponse(suppressions=[convert.suppression(s) for s in page.suppressions],
-                                           next_page_token=page.next_page_token)
-
-    @rpc(ACCOUNT)
-    async def GetSuppression(self, request, context, account):
-        return convert.suppression(await self.suppressions.get(account, request.address))
-
-    @rpc(ACCOUNT)
-    async def AddSuppression(self, request, context, account):
-        return convert.suppression(await self.suppressions.add(account, request.address, request.note))
-
-    @rpc(ACCOUNT)
-    async def RemoveSuppression(self, request, context, account):
-        await self.suppressions.remove(account, request.address)
-        return pb.RemoveSuppressionResponse()
-
-
-class StatsServicer(_Servicer, rpc_pb.StatsServiceServicer):
-    async def _pool_stats(self, account, smtp_id: int, window: int) -> pb.PoolStats:
-        pool = self.registry.get_pool(account, smtp_id)
-        addresses = [ip.address for ip in self.registry.list_ips(account, smtp_id)]
-        figures = await stats_reader.pool_figures(
-            self.services.redis, pool.server_id, smtp_id, addresses, convert.window_name(window)
-        )
-        return convert.pool_stats(pool, window, figures)
-
-    @rpc(ACCOUNT)
-    async def GetPoolStats(self, request, context, account):
-        return await self._pool_stats(account, request.smtp_id, request.window)
-
-    @rpc(ACCOUNT)
-    async def GetIpStats(self, request, context, account):
-        ip = self.registry.get_ip(account, request.address)
-        counters = await stats_reader.ip_figures(
-            self.services.redis, ip.server_id, ip.address, convert.window_name(request.window)
-        )
-        return convert.ip_stats(ip.address, counters)
-
-    @rpc(ACCOUNT)
-    async def GetPoolTrend(self, request, context, account):
-        resolution = convert.trend_resolution(request.resolution)
-        points = validation.check_trend_points(resolution, request.points)
-        pool = self.registry.get_pool(account, request.smtp_id)
-        address = self.registry.get_ip(account, request.address).address if request.address else None
-        trend = await stats_reader.trend(self.services.redis, pool.server_id, resolution, points,
-                                         smtp_id=pool.smtp_id, address=address)
-        return convert.trend(trend, smtp_id=pool.smtp_id, pool_label=pool.label, address=address or "")
-
-    @rpc(ACCOUNT)
-    async def GetIpTrend(self, request, context, account):
-        resolution = convert.trend_resolution(request.resolution)
-        points = validation.check_trend_points(resolution, request.points)
-        ip = self.registry.get_ip(account, request.address)
-        trend = await stats_reader.trend(self.services.redis, ip.server_id, resolution, points, address=ip.address)
-        return convert.trend(trend, address=ip.address)
-
-    @rpc(ACCOUNT)
-    async def GetMessageStatus(self, request, context, account):
-        message_id = request.message_id.strip()
-        if not message_id or len(message_id) > 64 or not message_id.isalnum():
-            raise InvalidArgument("message_id must be the id from the bridge's 250 reply (letters and digits)")
-        events = await stats_reader.message_events(self.services.redis, message_id)
-        mine = [e for e in events if e.user_id == account.user_id]
-        if not mine:
-            raise NotFound(f"no delivery events for message {message_id} (unknown, not yet attempted, or expired)")
-        return convert.message_status(message_id, mine)
-
-    @rpc(ACCOUNT)
-    async def WatchPoolStats(self, request, context, account):
-        last = None
-        while True:
-            try:
-                stats = await self._pool_stats(account, request.smtp_id, request.window)
-            except (RedisError, OSError) as exc:
-                reraise_if_cancelling()
-                log.warning("WatchPoolStats waiting for Redis: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            if stats != last:
-                yield stats
-                last = stats
-            await asyncio.sleep(STATS_POLL_SECONDS)
 
 
 def add_servicers(server: grpc.aio.Server, services: Services) -> list[str]:

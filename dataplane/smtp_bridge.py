@@ -1,33 +1,32 @@
 """The SMTP Bridge: aiosmtpd's SMTP protocol with Bridge AUTH, trusted networks,
 limits, and acceptance of each message into the durable spool.
 
-`BridgeSMTP` (one instance per connection) owns the protocol: the 421 when no
-snapshot is loaded, AUTH throttling, the STARTTLS-before-AUTH rule per client
-address, and the limits on DATA (the wire parsing it shares with the sink is
-`dataplane.smtp_wire`). `BridgeHandler` (one per worker) owns the decisions:
-which Bridge a transaction belongs to, the limits, the account's suppression
-list at RCPT (`dataplane.suppression`), and at end of DATA rotation, stamping,
-the spool write and the `sent` count, in that order, before the 250.
+`BridgeSMTP` (one instance per connection) owns the protocol: AUTH throttling,
+the STARTTLS-before-AUTH rule per client address, and the limits on DATA (the
+421 when no snapshot is loaded and the connection bookkeeping it shares with the
+inbound listener are `dataplane.smtp_listener`; the wire parsing it shares with
+the sink too is `dataplane.smtp_wire`). `BridgeHandler` (one per worker) owns
+the decisions: which Bridge a transaction belongs to, the limits, the account's
+suppression list at RCPT (`dataplane.suppression`), and at end of DATA rotation,
+stamping, the spool write and the `sent` count, in that order, before the 250.
 
 DSN extension (RFC 3461): advertised in EHLO; RET and ENVID on MAIL, NOTIFY and
 ORCPT on RCPT are parsed by `dataplane.dsn_request` (a bad value gets its 501)
 and kept in the spool record with the Bridge's DSN switch as it is at acceptance
 (`dataplane.dsn_relay`).
 
-This relies on aiosmtpd 1.4 internals in two places, each marked: the
-per-connection `_auth_require_tls` and the `_handle_client` coroutine (wrapped to
-refuse before the banner); `dataplane.smtp_wire` names the ones it relies on.
+This relies on one aiosmtpd 1.4 internal, marked: the per-connection
+`_auth_require_tls`; `dataplane.smtp_listener` and `dataplane.smtp_wire` name the
+ones they rely on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import ipaddress
 import logging
 import time
-from collections.abc import Iterator
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
@@ -39,7 +38,14 @@ from .dsn_relay import mail_fields, rcpt_options
 from .dsn_request import DsnParamError, MailDsnParams, RcptDsnParams, parse_mail_params, parse_rcpt_params
 from .message_headers import header_fields, indexed_message_id
 from .routing import NoUsableIp, PoolGone, in_networks, stamp
-from .smtp_wire import WireSMTP
+from .smtp_listener import (
+    EHLO_PIPELINING,
+    REPLY_INTERNAL_ERROR,
+    REPLY_MAIL_OK,
+    REPLY_RCPT_OK,
+    ListenerHandler,
+    ListenerSMTP,
+)
 from .snapshot_loader import SnapshotLoader
 from .spool import Spool, SpoolRecord, SpoolWriteError
 from .stats_batcher import StatsBatcher
@@ -48,36 +54,23 @@ from .suppression import SuppressionLookup
 
 log = logging.getLogger("poolmta.dataplane.smtp")
 
-# --- replies -----------------------------------------------------------------
-REPLY_NO_SNAPSHOT = (
-    "421 4.3.2 {host} Service not available: no routing snapshot of MTA server "
-    "{server_id} has been loaded yet (control plane not published, or Redis unreachable); "
-    "try again later"
-)
-REPLY_SHUTTING_DOWN = "421 4.3.2 {host} Service shutting down; try again later"
+# --- replies (those the inbound listener gives too are in dataplane.smtp_listener)
 REPLY_AUTH_BLOCKED = "421 4.7.0 Too many failed AUTH attempts from {address}; try again later"
 REPLY_AUTH_REQUIRED = (
     "530 5.7.0 Authentication required: AUTH with the Bridge's username and secret "
     "(or connect from one of its trusted networks)"
 )
 REPLY_CREDENTIALS_GONE = "530 5.7.8 The Bridge's credentials were revoked or rotated; authenticate again"
-REPLY_MAIL_OK = "250 2.1.0 Ok"
-REPLY_RCPT_OK = "250 2.1.5 Ok"
 REPLY_BAD_ADDRESS_ENCODING = "553 5.6.7 Address is not valid UTF-8"
 REPLY_NEEDS_SMTPUTF8 = "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter on MAIL FROM"
 REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients: at most {limit} per message"
-REPLY_NEED_RCPT = "503 5.5.1 Error: need RCPT command"
-REPLY_DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
-REPLY_START_DATA = "354 End data with <CR><LF>.<CR><LF>"
 REPLY_TOO_BIG = "552 5.3.4 Message size exceeds the limit of {limit} bytes"
 REPLY_LINE_TOO_LONG = "500 5.5.2 A message line is longer than {limit} octets (RFC 5322 section 2.1.1)"
 REPLY_QUEUED = "250 2.0.0 Ok: queued as {id}"
 REPLY_POOL_GONE = "451 4.3.0 The Bridge's pool is not routed by this server right now; try again later"
 REPLY_NO_USABLE_IP = "451 4.3.0 Pool {pool} has no active IP to send from (all paused); try again later"
 REPLY_SPOOL_FAILED = "451 4.3.0 The message could not be stored, nothing was queued; try again later"
-REPLY_INTERNAL_ERROR = "451 4.3.0 Local error in processing; try again later"
 
-EHLO_PIPELINING = "250-PIPELINING"
 EHLO_DSN = "250-DSN"  # RFC 3461 4
 
 _MESSAGE_ID_FIELD = ("message-id",)
@@ -115,7 +108,7 @@ def _address_refusal(address: str, smtp_utf8: bool) -> str | None:
     return None
 
 
-class BridgeSMTP(WireSMTP):
+class BridgeSMTP(ListenerSMTP):
     """One SMTP Bridge connection.
 
     Limits (RFC 5321 4.5.3.1): `command_size_limit` (512) per command line as in
@@ -126,9 +119,6 @@ class BridgeSMTP(WireSMTP):
     is too big at once, never buffered further.
     """
 
-    reply_need_rcpt = REPLY_NEED_RCPT
-    reply_data_syntax = REPLY_DATA_SYNTAX
-    reply_start_data = REPLY_START_DATA
     count_stuffing = False
     whole_in_buffer = True
     mail_extension_keywords = frozenset({"RET", "ENVID"})  # RFC 3461 4.3, 4.4
@@ -146,37 +136,21 @@ class BridgeSMTP(WireSMTP):
         self.line_length_limit = config.max_message_size + self.READER_SLACK
         super().__init__(
             handler,
-            data_size_limit=config.max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
             hostname=hostname,
-            ident="poolmta",
             tls_context=tls_context,
-            timeout=config.session_timeout,
-            auth_required=False,
+            data_size_limit=config.max_message_size,
+            ident="poolmta",
+            loop=loop,
             auth_require_tls=True,
             authenticator=handler.authenticate,
-            loop=loop or asyncio.get_running_loop(),
         )
         self.bridge_handler = handler
-        self.peer_address = ""
 
     # -- connection -------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        first = not self.peer_address
-        if first:
-            peer = transport.get_extra_info("peername")
-            self.peer_address = str(peer[0]) if peer else "unknown"
-            # Per connection: AUTH before STARTTLS only from the configured networks.
-            self._auth_require_tls = not self.bridge_handler.plaintext_auth_allowed(self.peer_address)
-        super().connection_made(transport)
-        if first:
-            self.bridge_handler.sessions.add(self)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        self.bridge_handler.sessions.discard(self)
-        super().connection_lost(error)
+    def peer_known(self) -> None:
+        # Per connection: AUTH before STARTTLS only from the configured networks.
+        self._auth_require_tls = not self.bridge_handler.plaintext_auth_allowed(self.peer_address)
 
     def _create_envelope(self) -> BridgeEnvelope:
         return BridgeEnvelope()
@@ -184,16 +158,6 @@ class BridgeSMTP(WireSMTP):
     @property
     def tls_active(self) -> bool:
         return self._tls_protocol is not None
-
-    async def _handle_client(self) -> None:
-        # Wraps aiosmtpd's session loop: with no snapshot the answer to the
-        # connection is 421 instead of the 220 banner.
-        if self.bridge_handler.loader.current is None:
-            await self.push(REPLY_NO_SNAPSHOT.format(host=self.hostname, server_id=self.bridge_handler.config.server_id))
-            if self.transport is not None:
-                self.transport.close()
-            return
-        await super()._handle_client()
 
     # -- AUTH -------------------------------------------------------------
 
@@ -230,16 +194,6 @@ class BridgeSMTP(WireSMTP):
 
     # -- DATA -------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def message_in_flight(self) -> Iterator[None]:
-        """Counts the message in `in_flight`, which a stopping worker waits on."""
-        handler = self.bridge_handler
-        handler.in_flight += 1
-        try:
-            yield
-        finally:
-            handler.in_flight -= 1
-
     async def message_received(self, content: bytes | None) -> str:
         """The reply to the end of DATA: a limit's reply, or the handler's (spooled, 250)."""
         config = self.bridge_handler.config
@@ -249,12 +203,10 @@ class BridgeSMTP(WireSMTP):
         if len(content) > max_line and max(map(len, content.split(b"\n"))) > max_line + 1:
             # +1: split on LF leaves the CR of CRLF on each line.
             return REPLY_LINE_TOO_LONG.format(limit=max_line)
-        assert self.envelope is not None
-        self.envelope.original_content = self.envelope.content = content
-        return await self._call_handler_hook("DATA")
+        return await self.handler_reply(content)
 
 
-class BridgeHandler:
+class BridgeHandler(ListenerHandler):
     """The decisions of one worker's SMTP Bridge (aiosmtpd handler hooks)."""
 
     def __init__(
@@ -269,16 +221,13 @@ class BridgeHandler:
         suppressions: SuppressionLookup,
         delivery=None,
     ) -> None:
-        self.config = config
+        super().__init__(config, loader=loader)
         self.suppressions = suppressions
         self.delivery = delivery  # DeliveryEngine, or None with --no-delivery
-        self.loader = loader
         self.spool = spool
         self.stats = stats
         self.throttle = throttle
         self.worker_id = worker_id
-        self.sessions: set[BridgeSMTP] = set()
-        self.in_flight = 0
         self._plaintext_networks = tuple(
             ipaddress.ip_network(n, strict=False) for n in config.insecure_auth_networks
         )

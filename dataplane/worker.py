@@ -31,7 +31,8 @@ from .config import DataplaneConfig, format_listen
 from .delivery import DeliveryEngine
 from .inbound import Accounting, Attributor, InboundHandler, InboundSMTP, ReportIntake
 from .return_path import ReturnPaths, open_codec
-from .smtp_bridge import REPLY_SHUTTING_DOWN, BridgeHandler, BridgeSMTP
+from .smtp_bridge import BridgeHandler, BridgeSMTP
+from .smtp_listener import REPLY_SHUTTING_DOWN
 from .snapshot_loader import SnapshotLoader
 from .spool import Spool
 from .stats_batcher import StatsBatcher

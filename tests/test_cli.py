@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
-from control.cli import render, trends
+from control.cli import render, stats_render, trends
 from control.cli.main import _split_passthrough, main
 from control.cli.serve import stop_within
 from control.config import ControlConfig
@@ -218,7 +218,7 @@ def test_pool_stats_panel_reads_like_the_product():
         ips=[pb.IpStats(address=f"192.0.2.{n}") for n in (1, 2, 3)],
     )
     printer = render.Printer(json_mode=False, out=_Buffer())
-    printer.show(render.pool_stats(stats))
+    printer.show(stats_render.pool_stats(stats))
     out = printer.out.getvalue()
     assert "Sending stats of acme-promotional pool" in out
     assert re.search(r"Total Sent\s+5,346,920", out)

@@ -9,7 +9,7 @@ from rich.live import Live
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from ..contract.runtime import DEFAULT_SMTP_PORT
-from . import render, trends
+from . import render, stats_render, trends
 from .client import EXIT_ERROR, EXIT_USAGE, CliError
 from .commands import CommandTree, Context, done, emit
 
@@ -260,7 +260,7 @@ def _stats_pool(ctx: Context, a) -> int:
         raise CliError("--ip picks one IP's share of the pool's trend: give it with --trend", EXIT_USAGE)
     if not a.watch:
         stats = ctx.client.call("stats", "GetPoolStats", pb.GetPoolStatsRequest(smtp_id=smtp_id, window=a.window))
-        return emit(ctx, stats, render.pool_stats)
+        return emit(ctx, stats, stats_render.pool_stats)
     updates = ctx.client.stream("stats", "WatchPoolStats", pb.WatchPoolStatsRequest(smtp_id=smtp_id, window=a.window))
     p = ctx.printer
     if ctx.json:
@@ -269,10 +269,10 @@ def _stats_pool(ctx: Context, a) -> int:
     elif p.console.is_terminal:
         with Live(console=p.console, auto_refresh=False) as live:
             for stats in updates:
-                live.update(render.pool_stats(stats, live=True), refresh=True)
+                live.update(stats_render.pool_stats(stats, live=True), refresh=True)
     else:
         for stats in updates:
-            p.show(render.pool_stats(stats, live=True))
+            p.show(stats_render.pool_stats(stats, live=True))
             p.line()
     raise CliError(f"the control plane ended the stats stream of pool {smtp_id}")
 
@@ -281,12 +281,12 @@ def _stats_ip(ctx: Context, a) -> int:
     if trends.wanted(a):
         return trends.show_ip_trend(ctx, a)
     stats = ctx.client.call("stats", "GetIpStats", pb.GetIpStatsRequest(address=a.address, window=a.window))
-    return emit(ctx, stats, lambda s: render.ip_stats(s, a.window))
+    return emit(ctx, stats, lambda s: stats_render.ip_stats(s, a.window))
 
 
 def _message_status(ctx: Context, a) -> int:
     status = ctx.client.call("stats", "GetMessageStatus", pb.GetMessageStatusRequest(message_id=a.id))
-    return emit(ctx, status, render.message_status)
+    return emit(ctx, status, stats_render.message_status)
 
 
 # -- parsers ------------------------------------------------------------------------

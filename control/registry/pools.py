@@ -3,6 +3,9 @@ feed type, bounce domain, and deletion once nothing depends on the pool."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from .. import models, validation
 from ..errors import AlreadyExists, FailedPrecondition
 from ..models import Account
@@ -11,6 +14,8 @@ from . import lookups
 from .accounts import require_dedicated_tier
 
 DEFAULT_POOL_LABEL = "default"
+
+_Value = TypeVar("_Value")
 
 
 def insert_pool(s: Store, account: Account, *, label: str, tag: str, server_id: int, feed_type: str) -> int:
@@ -102,29 +107,31 @@ class Pools:
     def set_pool_headers(self, account: Account, smtp_id: int, headers: list[tuple[str, str]]) -> models.Pool:
         """Replace the pool's custom headers."""
         headers = validation.check_headers(list(headers))
-        with self.store.write() as s:
-            pool = lookups.pool(s, account, smtp_id)
-            s.set_pool_headers(smtp_id, headers)
-            s.bump_routing_version(pool.server_id)
-            return s.pool(smtp_id)
+        return self._set_routed_field(account, smtp_id, Store.set_pool_headers, headers)
 
     def set_pool_feed_type(self, account: Account, smtp_id: int, feed_type: str) -> models.Pool:
         """Replace the pool's feed type."""
         feed_type = validation.check_feed_type(feed_type)
-        with self.store.write() as s:
-            pool = lookups.pool(s, account, smtp_id)
-            s.set_pool_feed_type(smtp_id, feed_type)
-            s.bump_routing_version(pool.server_id)
-            return s.pool(smtp_id)
-
+        return self._set_routed_field(account, smtp_id, Store.set_pool_feed_type, feed_type)
 
     def set_pool_bounce_domain(self, account: Account, smtp_id: int, bounce_domain: str) -> models.Pool:
         """Set the domain of the pool's VERP return paths ('' = the MTA server's hostname)."""
         bounce_domain = validation.check_bounce_domain(bounce_domain)
+        return self._set_routed_field(account, smtp_id, Store.set_pool_bounce_domain, bounce_domain,
+                                      unchanged=lambda pool: pool.bounce_domain == bounce_domain)
+
+    def _set_routed_field(
+        self, account: Account, smtp_id: int, setter: Callable[[Store, int, _Value], None], value: _Value, *,
+        unchanged: Callable[[models.Pool], bool] = lambda pool: False,
+    ) -> models.Pool:
+        """Set a field of the account's pool `smtp_id` that its MTA server's snapshot
+        carries (`setter`, a Store method, to `value`) and bump that server's routing
+        version, so its data plane loads the change; neither when `unchanged(pool)`.
+        Returns the pool as it is now."""
         with self.store.write() as s:
             pool = lookups.pool(s, account, smtp_id)
-            if pool.bounce_domain != bounce_domain:
-                s.set_pool_bounce_domain(smtp_id, bounce_domain)
+            if not unchanged(pool):
+                setter(s, smtp_id, value)
                 s.bump_routing_version(pool.server_id)
             return s.pool(smtp_id)
 

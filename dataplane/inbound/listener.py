@@ -3,7 +3,8 @@
 
 `InboundSMTP` (one per connection) owns the limits: no banner but 421 without a
 routing snapshot or past the worker's share of `--inbound-max-connections`, the
-idle timeout of the Bridge's sessions, `--inbound-max-size` (552, the report read
+idle timeout of the Bridge's sessions (the connection bookkeeping it shares with
+the Bridge is `dataplane.smtp_listener`), `--inbound-max-size` (552, the report read
 to its end and dropped). `InboundHandler` (one per worker) owns the decisions:
 which recipients it takes (`addresses`; anything else 550, so it is never a
 relay), and at the end of DATA the report's intake (`intake`), whose reply it
@@ -13,10 +14,8 @@ sends. No AUTH: reports come from anyone's MTA; STARTTLS is offered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
-from collections.abc import Iterator
 
 from aiosmtpd.smtp import Envelope, Session
 from redis import exceptions as redis_errors
@@ -24,15 +23,14 @@ from redis import exceptions as redis_errors
 from control.contract.runtime import reraise_if_cancelling
 
 from ..config import DataplaneConfig, worker_share
-from ..smtp_bridge import (
+from ..smtp_listener import (
     EHLO_PIPELINING,
-    REPLY_DATA_SYNTAX,
     REPLY_INTERNAL_ERROR,
-    REPLY_NEED_RCPT,
-    REPLY_NO_SNAPSHOT,
-    REPLY_START_DATA,
+    REPLY_MAIL_OK,
+    REPLY_RCPT_OK,
+    ListenerHandler,
+    ListenerSMTP,
 )
-from ..smtp_wire import WireSMTP
 from ..snapshot_loader import SnapshotLoader
 from .addresses import InboundAddresses, InboundRecipient, NotAccepted, bounce_domains
 from .intake import ReportIntake
@@ -40,8 +38,6 @@ from .intake import ReportIntake
 log = logging.getLogger("poolmta.dataplane.inbound")
 
 REPLY_TOO_MANY_CONNECTIONS = "421 4.7.0 {host} Too many connections; try again later"
-REPLY_MAIL_OK = "250 2.1.0 Ok"
-REPLY_RCPT_OK = "250 2.1.5 Ok"
 REPLY_NOT_ACCEPTED = "550 5.1.1 {why}; this server takes only bounces and feedback reports for its own mail"
 REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients: at most {limit} per report"
 REPLY_TOO_BIG = "552 5.3.4 Report size exceeds the limit of {limit} bytes"
@@ -55,93 +51,51 @@ class InboundEnvelope(Envelope):
         self.recipients: list[InboundRecipient] = []
 
 
-class InboundSMTP(WireSMTP):
+class InboundSMTP(ListenerSMTP):
     """One inbound connection. The stream reader holds 64 KiB; DATA is read in pieces
     of that size and counted against the size limit as it comes, so a report over
     the limit is never buffered whole."""
 
-    reply_need_rcpt = REPLY_NEED_RCPT
-    reply_data_syntax = REPLY_DATA_SYNTAX
-    reply_start_data = REPLY_START_DATA
     line_length_limit = 64 * 1024
 
     def __init__(self, handler: InboundHandler, *, hostname: str, tls_context,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
-        config = handler.config
         super().__init__(
             handler,
-            data_size_limit=config.inbound.max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
             hostname=hostname,
-            ident="poolmta inbound",
             tls_context=tls_context,
-            timeout=config.session_timeout,
-            auth_required=False,
-            loop=loop or asyncio.get_running_loop(),
+            data_size_limit=handler.config.inbound.max_message_size,
+            ident="poolmta inbound",
+            loop=loop,
         )
         self.inbound = handler
-        self.peer_address = ""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self.peer_address:
-            peer = transport.get_extra_info("peername")
-            self.peer_address = str(peer[0]) if peer else "unknown"
-            self.inbound.sessions.add(self)
-        super().connection_made(transport)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        self.inbound.sessions.discard(self)
-        super().connection_lost(error)
 
     def _create_envelope(self) -> InboundEnvelope:
         return InboundEnvelope()
 
-    async def _handle_client(self) -> None:
-        # Wraps aiosmtpd's session loop (an aiosmtpd internal, as in the Bridge): a
-        # refusal instead of the 220 banner.
-        handler = self.inbound
-        refusal = None
-        if handler.loader.current is None:
-            refusal = REPLY_NO_SNAPSHOT.format(host=self.hostname, server_id=handler.config.server_id)
-        elif len(handler.sessions) > handler.max_sessions:
+    def refusal(self) -> str | None:
+        """421 instead of the banner without a routing snapshot, or past the worker's
+        share of the connections."""
+        refusal = super().refusal()
+        if refusal is None and len(self.inbound.sessions) > self.inbound.max_sessions:
             refusal = REPLY_TOO_MANY_CONNECTIONS.format(host=self.hostname)
-        if refusal is not None:
-            await self.push(refusal)
-            if self.transport is not None:
-                self.transport.close()
-            return
-        await super()._handle_client()
-
-    @contextlib.contextmanager
-    def message_in_flight(self) -> Iterator[None]:
-        """Counts the report in `in_flight`, which a stopping worker waits on."""
-        self.inbound.in_flight += 1
-        try:
-            yield
-        finally:
-            self.inbound.in_flight -= 1
+        return refusal
 
     async def message_received(self, content: bytes | None) -> str:
         """552 for a report over the size limit (counted, not kept), else the handler's reply."""
         if content is None:
             await self.inbound.count_too_big(self.peer_address)
             return REPLY_TOO_BIG.format(limit=self.data_size_limit)
-        assert self.envelope is not None
-        self.envelope.original_content = self.envelope.content = content
-        return await self._call_handler_hook("DATA")
+        return await self.handler_reply(content)
 
 
-class InboundHandler:
+class InboundHandler(ListenerHandler):
     """The decisions of one worker's inbound listener (aiosmtpd handler hooks)."""
 
     def __init__(self, config: DataplaneConfig, *, loader: SnapshotLoader, intake: ReportIntake) -> None:
-        self.config = config
-        self.loader = loader
+        super().__init__(config, loader=loader)
         self.intake = intake
         self.codec = intake.attributor.codec
-        self.sessions: set[InboundSMTP] = set()
-        self.in_flight = 0
         self.max_sessions = worker_share(config.inbound.max_connections, config.workers)
         self._addresses: tuple[int, InboundAddresses] | None = None
 

@@ -90,9 +90,7 @@ def write_durably(tmp_path: str, final_path: str, parts: list[bytes], dir_sync: 
             total = sum(len(p) for p in parts)
             written = os.writev(fd, parts)
             if written < total:  # a short write: finish it the slow way
-                rest = memoryview(b"".join(parts))[written:]
-                while rest:
-                    rest = rest[os.write(fd, rest) :]
+                _write_all(fd, memoryview(b"".join(parts))[written:])
             os.fdatasync(fd)
         finally:
             os.close(fd)
@@ -121,9 +119,7 @@ def replace_durably(path: Path, data: bytes, mode: int) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
             os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, memoryview(data))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -132,6 +128,12 @@ def replace_durably(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         _unlink_quietly(str(tmp))
         raise
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    # os.write may write less than it is given (a signal, a full disk's last blocks).
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _unlink_quietly(path: str) -> None:

@@ -1,7 +1,7 @@
-"""What the demo prints, built from the CLI's renderers (`control.cli.render`): the
-story as it goes, the product's "Sending stats" panel, a message as the destination
-received it, the destination's view of the source IPs, the verdict, and with
---keep-running how to reach what keeps running."""
+"""What the demo prints, built from the CLI's renderers (`control.cli.render`,
+`control.cli.stats_render`): the story as it goes, the product's "Sending stats"
+panel, a message as the destination received it, the destination's view of the
+source IPs, the verdict, and with --keep-running how to reach what keeps running."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rich.text import Text
 
 from ..._pb.poolmta.v1 import poolmta_pb2 as pb
 from ...contract.headers import STAMPED_HEADER_NAMES
-from .. import render
+from .. import render, stats_render
 from .feedback import FedReport
 from .provision import Tenant
 from .stack import Stack
@@ -47,7 +47,8 @@ def show_tenant(console: Console, tenant: Tenant) -> None:
                  f"account {tenant.account.name} (user {tenant.account.user_id}, PRO)")
     for p in tenant.pools:
         default = ", default" if p.pool.is_default else ""
-        say(console, f"  Pool {p.pool.label} = {p.pool.internal_name} ({render.plural_ips(len(p.plan.addresses))}: "
+        ips = stats_render.plural_ips(len(p.plan.addresses))
+        say(console, f"  Pool {p.pool.label} = {p.pool.internal_name} ({ips}: "
                      f"{', '.join(p.plan.addresses)}{default}); Bridge {p.plan.bridge} (user {p.bridge.username}, "
                      f"feed type {p.bridge.feed_type})")
 
@@ -75,7 +76,7 @@ def show_panel(console: Console, tenant: Tenant, pools: list[pb.Pool], stats: li
     console.print()
     console.print(pools_table(tenant, pools, stats))
     console.print()
-    console.print(render.pool_stats(stats[0], live=True))
+    console.print(stats_render.pool_stats(stats[0], live=True))
 
 
 def show_received(console: Console, stack: Stack, tenant: Tenant) -> None:
