@@ -14,7 +14,6 @@ import redis.asyncio as aioredis
 
 from control.contract import rediskeys
 from control.contract.delivery_event import BOUNCED, COMPLAINED, DEFERRED, DELIVERED, DeliveryEvent
-from control.contract.snapshot import PoolRoute
 from control.contract.unattributed import RAW_KEPT_BYTES, UnattributedError, UnattributedReport
 from dataplane.inbound import Accounting, Attributor, Target, counter_keys
 from dataplane.inbound.addresses import BOUNCE, FEEDBACK, InboundAddresses, NotAccepted, bounce_domains

@@ -8,9 +8,7 @@ tracebacks, signals and `poolmta up` run as real subprocesses.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import queue
 import re
 import signal
@@ -19,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,164 +25,9 @@ import redis
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.cli import render, stats_render, trends
 from control.cli.main import _split_passthrough, main
-from control.cli.serve import stop_within
-from control.config import ControlConfig
 from control.contract import rediskeys
-from control.server import ControlPlane
+from tests.cli.cli_support import Cli, field, subprocess_env, table_rows, token_after
 from tests.support import free_port, process_gone, wait_until
-
-POOLMTA_ENV = ("POOLMTA_DATA_DIR", "POOLMTA_REDIS_URL", "POOLMTA_GRPC", "POOLMTA_TOKEN", "POOLMTA_ADMIN_TOKEN")
-
-
-# -- harness ---------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for name in POOLMTA_ENV:
-        monkeypatch.delenv(name, raising=False)
-
-
-def subprocess_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in POOLMTA_ENV}
-
-
-class ThreadedControlPlane:
-    """A ControlPlane serving from its own event loop in a daemon thread."""
-
-    def __init__(self, config: ControlConfig):
-        self.config = config
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="control-plane", daemon=True)
-        self.cp = ControlPlane(config)
-
-    def _run(self, coro, timeout: float = 20.0):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def start(self) -> ThreadedControlPlane:
-        self.thread.start()
-        self._run(self.cp.start())
-        return self
-
-    def stop(self) -> None:
-        try:
-            # The same guard `poolmta up` uses: ControlPlane.stop() can wait forever on a
-            # background loop that swallowed its cancellation (reported upstream).
-            self._run(stop_within(self.cp.stop(0), 5.0), timeout=60)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
-
-    @property
-    def address(self) -> str:
-        return self.cp.grpc_address
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self):
-        return json.loads(self.out)
-
-
-class Cli:
-    """Runs `poolmta --grpc ADDR --data-dir DIR ARGS...` in-process."""
-
-    def __init__(self, capsys, address: str, data_dir: Path):
-        self.capsys = capsys
-        self.address = address
-        self.data_dir = data_dir
-
-    def argv(self, *args: str) -> list[str]:
-        return ["--grpc", self.address, "--data-dir", str(self.data_dir), *args]
-
-    def __call__(self, *args: str) -> Result:
-        self.capsys.readouterr()
-        code = main(self.argv(*args))
-        out, err = self.capsys.readouterr()
-        return Result(code, out, err)
-
-    def ok(self, *args: str) -> Result:
-        result = self(*args)
-        assert result.code == 0, f"poolmta {' '.join(args)} -> {result.code}\n{result.out}\n{result.err}"
-        return result
-
-    def fails(self, code: int, *args: str) -> Result:
-        result = self(*args)
-        assert result.code == code, f"poolmta {' '.join(args)} -> {result.code}\n{result.out}\n{result.err}"
-        assert "Traceback" not in result.err
-        return result
-
-
-def control_config(data_dir: Path, redis_url: str, **overrides) -> ControlConfig:
-    settings = dict(grpc_listen="127.0.0.1:0", publish_check_interval=0.1, reconcile_interval=0.05,
-                    grace_seconds=0.5)
-    settings.update(overrides)
-    return ControlConfig(data_dir=data_dir, redis_url=redis_url, **settings)
-
-
-@pytest.fixture
-def start_control_plane(tmp_path, redis_url):
-    """start_control_plane(**config overrides) -> ThreadedControlPlane, stopped after the test."""
-    started: list[ThreadedControlPlane] = []
-
-    def start(**overrides) -> ThreadedControlPlane:
-        plane = ThreadedControlPlane(control_config(tmp_path / "data", redis_url, **overrides)).start()
-        started.append(plane)
-        return plane
-
-    yield start
-    for plane in started:
-        plane.stop()
-
-
-@pytest.fixture
-def control_plane(start_control_plane) -> ThreadedControlPlane:
-    return start_control_plane()
-
-
-@pytest.fixture
-def cli(capsys, control_plane) -> Cli:
-    return Cli(capsys, control_plane.address, control_plane.config.data_dir)
-
-
-def token_after(out: str, marker: str) -> str:
-    """The line after the line containing `marker` (where a secret is printed once)."""
-    lines = out.splitlines()
-    for i, line in enumerate(lines):
-        if marker in line:
-            return lines[i + 1].strip()
-    raise AssertionError(f"{marker!r} not in output:\n{out}")
-
-
-@pytest.fixture
-def acme(cli) -> str:
-    """MTA server 1 (US-1) registered and a PRO account 'acme'; returns its token."""
-    cli.ok("server", "register", "--hostname", "mta1.example.net", "--zone", "US-1")
-    return token_after(cli.ok("account", "create", "acme", "--tier", "PRO").out, "API token")
-
-
-def table_rows(out: str) -> list[list[str]]:
-    """The data rows of a rich table: lines below the header rule, split on 2+ spaces."""
-    lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if set(line.strip()) == {"─"}) + 1
-    return [re.split(r"\s{2,}", line.strip()) for line in lines[start:] if line.strip()]
-
-
-def field(out: str, name: str) -> str:
-    """The value of `Name  value` in a details block."""
-    for line in out.splitlines():
-        if line.startswith(name + "  "):
-            return line[len(name):].strip()
-    raise AssertionError(f"no field {name!r} in:\n{out}")
-
-
-# -- renderers and parsing ------------------------------------------------------------
-
 
 def test_enum_names_lose_their_prefixes_for_people():
     assert render.ip_state(pb.IP_ACTIVE) == "active"

@@ -12,15 +12,7 @@ from control.cli.suppression_commands import reason
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.contract import rediskeys
 from control.contract.suppression import SuppressionEntry
-from tests.test_cli import (  # noqa: F401 - the CLI harness and its fixtures
-    _clean_env,
-    acme,
-    cli,
-    control_plane,
-    field,
-    start_control_plane,
-    table_rows,
-)
+from tests.cli.cli_support import field, table_rows
 
 
 def _bounced(redis_url: str, user_id: int, *addresses: str) -> None:
