@@ -53,7 +53,7 @@ def account(a: models.Account) -> pb.Account:
 def server(s: models.MtaServer) -> pb.MtaServer:
     return pb.MtaServer(
         server_id=s.server_id, hostname=s.hostname, zone=s.zone, routing_version=s.routing_version,
-        shared_pool=s.shared_pool, create_time=timestamp(s.created_at),
+        shared_pool=s.shared_pool, create_time=timestamp(s.created_at), bounce_domain=s.bounce_domain,
     )
 
 

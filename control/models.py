@@ -34,6 +34,7 @@ class MtaServer:
     server_id: int
     hostname: str
     zone: str
+    bounce_domain: str  # '' = its hostname
     routing_version: int
     shared_pool: str
     created_at: float
@@ -49,7 +50,7 @@ class Pool:
     tag: str
     internal_name: str
     feed_type: str
-    bounce_domain: str  # '' = the MTA server's hostname
+    bounce_domain: str  # '' = the MTA server's bounce domain
     headers: tuple[tuple[str, str], ...]
     is_default: bool
     is_shared: bool

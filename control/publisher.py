@@ -83,6 +83,7 @@ def build_snapshot(store: Store, server_id: int) -> snapshot.Snapshot:
             version=server.routing_version,
             hostname=server.hostname,
             zone=server.zone,
+            bounce_domain=server.bounce_domain,
             pools=tuple(pools),
             bridges=bridges,
             published_at_ms=int(time.time() * 1000),

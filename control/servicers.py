@@ -47,7 +47,7 @@ class AccountServicer(Servicer, rpc_pb.AccountServiceServicer):
 class MtaServerServicer(Servicer, rpc_pb.MtaServerServiceServicer):
     @rpc(ADMIN, changes_routing=True)
     def RegisterMtaServer(self, request, context, admin):
-        return convert.server(self.registry.register_server(request.hostname, request.zone))
+        return convert.server(self.registry.register_server(request.hostname, request.zone, request.bounce_domain))
 
     @rpc(ADMIN)
     def GetMtaServer(self, request, context, admin):
@@ -56,6 +56,10 @@ class MtaServerServicer(Servicer, rpc_pb.MtaServerServiceServicer):
     @rpc(ADMIN)
     def ListMtaServers(self, request, context, admin):
         return pb.ListMtaServersResponse(servers=[convert.server(s) for s in self.registry.list_servers()])
+
+    @rpc(ADMIN, changes_routing=True)
+    def SetMtaServerBounceDomain(self, request, context, admin):
+        return convert.server(self.registry.set_server_bounce_domain(request.server_id, request.bounce_domain))
 
     @rpc(ADMIN, changes_routing=True)
     def ProvisionSharedIp(self, request, context, admin):

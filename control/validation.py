@@ -179,8 +179,9 @@ def check_feed_type(feed_type: str) -> str:
 
 
 def check_bounce_domain(domain: str) -> str:
-    """A pool's bounce domain, lowercased, no trailing dot; '' (the MTA server's hostname)
-    stays ''. The rule is the one the data plane signs return paths with."""
+    """A pool's or an MTA server's bounce domain, lowercased, no trailing dot; '' (the
+    default: the server's for a pool, the hostname for a server) stays ''. The rule is
+    the one the data plane signs return paths with."""
     domain = (domain or "").strip()
     if not domain:
         return ""
@@ -188,7 +189,7 @@ def check_bounce_domain(domain: str) -> str:
         return contract_check_bounce_domain(domain)
     except BounceDomainError as exc:
         raise InvalidArgument(f"{exc}; a bounce domain is a domain name such as bounces.example.com "
-                              "(empty = the MTA server's hostname)") from None
+                              "(empty = the default)") from None
 
 
 def check_id(value: int, what: str) -> int:

@@ -11,11 +11,13 @@ where DSNs go.
 The null reverse-path stays null: DSNs and other notices are sent from <> and
 never answered (RFC 5321 4.5.5), so there is nothing to map back.
 
-Bounce domain: the Pool's own when it has one, else the MTA server's hostname
-(`bounce_domain_of`), decided when the message is accepted and kept in the
+Bounce domain: the Pool's own when it has one, else the MTA server's (set per server,
+by default its hostname; `bounce_domain_of`), decided when the message is accepted and kept in the
 record (a later change does not move mail in flight). A record from before
 bounce domains (none in it) takes its Pool's in the snapshot delivering it.
-`bounce_domains` is the set the inbound listener accepts mail for.
+`bounce_domains` is the set the inbound listener accepts mail for; the hostname
+stays in it after the server names another domain, so reports for mail sent
+before still come back.
 
 The key file is `<data_dir>/verp.keys` (`dataplane.verp_keyring`), made by the
 supervisor before the workers start; a worker's codec looks at it every
@@ -54,9 +56,10 @@ def open_codec(data_dir: Path) -> VerpCodec:
 
 
 def bounce_domain_of(snapshot: Snapshot, pool: PoolRoute) -> str:
-    """The bounce domain of a Pool's mail: its own, else the MTA server's hostname;
-    "" when neither is a valid bounce domain (logged: the mail then keeps its sender)."""
-    name = pool.bounce_domain or snapshot.hostname
+    """The bounce domain of a Pool's mail: its own, else the MTA server's, else the
+    server's hostname; "" when that is not a valid bounce domain (logged: the mail then
+    keeps its sender)."""
+    name = pool.bounce_domain or _server_bounce_domain(snapshot)
     try:
         return check_bounce_domain(name)
     except VerpError as exc:
@@ -66,11 +69,16 @@ def bounce_domain_of(snapshot: Snapshot, pool: PoolRoute) -> str:
 
 
 def bounce_domains(snapshot: Snapshot) -> frozenset[str]:
-    """Every bounce domain of an MTA server's snapshot: its hostname and its Pools' own
-    (what the inbound listener accepts reports for)."""
+    """Every bounce domain of an MTA server's snapshot: its hostname, its own bounce
+    domain and its Pools' own (what the inbound listener accepts reports for)."""
     found = {bounce_domain_of(snapshot, pool) for pool in snapshot.pools}
     found.add(_checked(snapshot.hostname))
+    found.add(_checked(snapshot.bounce_domain))
     return frozenset(found - {""})
+
+
+def _server_bounce_domain(snapshot: Snapshot) -> str:
+    return snapshot.bounce_domain or snapshot.hostname
 
 
 def _checked(name: str) -> str:
@@ -115,4 +123,4 @@ class ReturnPaths:
         try:
             return bounce_domain_of(snapshot, snapshot.pool(record.smtp_id))
         except KeyError:  # the pool is gone: the server's own domain still comes back here
-            return _checked(snapshot.hostname)
+            return _checked(_server_bounce_domain(snapshot))

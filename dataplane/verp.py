@@ -42,7 +42,8 @@ Format (version 1)::
   anyone reads) and refused as not yet valid when its time is more than
   `clock_skew` ahead of ours (default 5 minutes).
 
-Bounce domain: the MTA server's hostname by default (`bounce_domain`). Mail to a
+Bounce domain: the MTA server's hostname by default (`bounce_domain`; an admin may
+name another per server, `dataplane.return_path.bounce_domain_of`). Mail to a
 name without MX records goes to its address records (RFC 5321 5.1, the implicit
 MX), and the server's hostname already resolves to the server, so bounces reach
 its inbound listener with no new DNS record. A pool may name its own bounce domain

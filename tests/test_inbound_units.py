@@ -72,6 +72,17 @@ def test_bounce_domains_are_the_servers_hostname_and_every_pools_own():
     assert bounce_domains(snapshot, "mx1.example.org") == {HOSTNAME, "bounces.acme.example", "mx1.example.org"}
 
 
+def test_the_servers_own_bounce_domain_is_taken_beside_its_hostname(codec):
+    snapshot = dataclasses.replace(make_snapshot(1, 1, [make_pool(7, [(IP, 1)])], []),
+                                   bounce_domain="Bounces.MTA1.Example")
+    domains = bounce_domains(snapshot)
+    assert domains == {HOSTNAME, "bounces.mta1.example"}
+    addresses = InboundAddresses(domains, (), codec)
+    taken = addresses.check(codec.encode(_id(), 1, "bounces.mta1.example"))
+    assert (taken.kind, taken.token.rcpt_index) == (BOUNCE, 1)
+    assert addresses.check("postmaster@bounces.mta1.example").kind == FEEDBACK
+
+
 def test_only_verp_return_paths_and_feedback_addresses_are_taken(codec):
     addresses = InboundAddresses(DOMAINS, ["fbl-acme@feedback.example"], codec)
     good = codec.encode(_id(), 2, HOSTNAME)

@@ -158,6 +158,27 @@ def test_a_pools_bounce_domain_is_its_own_else_the_server_hostname():
     assert bounce_domains(unusable) == {"b.acme.example"}
 
 
+def test_a_pools_bounce_domain_is_its_own_else_the_servers_else_the_hostname():
+    snapshot = make_snapshot(1, 1, [make_pool(7, []), replace(make_pool(8, []), bounce_domain="B.Acme.Example")], [])
+    named = replace(snapshot, bounce_domain="Bounces.MTA1.Example.")
+    assert bounce_domain_of(named, named.pool(7)) == "bounces.mta1.example"
+    assert bounce_domain_of(named, named.pool(8)) == "b.acme.example"
+    # The hostname stays accepted: mail sent before the server named a domain bounces there.
+    assert bounce_domains(named) == {HOSTNAME, "bounces.mta1.example", "b.acme.example"}
+    only_own = replace(named, pools=(named.pool(8),))
+    assert bounce_domains(only_own) == {HOSTNAME, "bounces.mta1.example", "b.acme.example"}
+    unusable = replace(named, bounce_domain="not a domain")
+    assert bounce_domain_of(unusable, unusable.pool(7)) == ""
+    assert bounce_domains(unusable) == {HOSTNAME, "b.acme.example"}
+
+
+def test_a_record_of_a_gone_pool_takes_the_servers_bounce_domain(codec):
+    snapshot = replace(make_snapshot(1, 1, [make_pool(7, [("192.0.2.1", 1)])], []), bounce_domain="bounces.mta1.example")
+    paths = ReturnPaths(codec)
+    assert paths.sender(_record(), 0, snapshot).endswith("@bounces.mta1.example")
+    assert paths.sender(_record(smtp_id=99), 0, snapshot).endswith("@bounces.mta1.example")
+
+
 # --- which bounces owe a DSN, and the DSN ------------------------------------------------
 
 

@@ -7,7 +7,7 @@ import argparse
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from . import render
-from .commands import CommandTree, Context, done, emit
+from .commands import CommandTree, Context, add_bounce_domain_arguments, done, emit, requested_bounce_domain
 
 TIERS = ("ESSENTIAL", "PRO", "BUSINESS")
 
@@ -69,7 +69,7 @@ def _account_token(ctx: Context, a) -> int:
 
 
 def _server_register(ctx: Context, a) -> int:
-    request = pb.RegisterMtaServerRequest(hostname=a.hostname, zone=a.zone)
+    request = pb.RegisterMtaServerRequest(hostname=a.hostname, zone=a.zone, bounce_domain=a.bounce_domain or "")
     reply = ctx.client.call("servers", "RegisterMtaServer", request)
     emit(ctx, reply, render.server)
     if not ctx.json:
@@ -87,6 +87,17 @@ def _server_list(ctx: Context, a) -> int:
 def _server_show(ctx: Context, a) -> int:
     return emit(ctx, ctx.client.call("servers", "GetMtaServer", pb.GetMtaServerRequest(server_id=a.id)),
                 render.server)
+
+
+def _server_bounce_domain(ctx: Context, a) -> int:
+    domain = requested_bounce_domain(a)
+    if domain is not None:
+        request = pb.SetMtaServerBounceDomainRequest(server_id=a.id, bounce_domain=domain)
+        server = ctx.client.call("servers", "SetMtaServerBounceDomain", request)
+    else:
+        server = ctx.client.call("servers", "GetMtaServer", pb.GetMtaServerRequest(server_id=a.id))
+    return done(ctx, server, f"MTA server {server.server_id} ({server.hostname}) bounces to "
+                             f"{render.server_bounce_domain(server)}.")
 
 
 def _shared_ip_add(ctx: Context, a) -> int:
@@ -140,9 +151,16 @@ def add(tree: CommandTree) -> None:
     p = tree.leaf(subs, "register", _server_register, "register an MTA server")
     p.add_argument("--hostname", required=True, help="its public hostname (default HELO name of its IPs)")
     p.add_argument("--zone", required=True, help="its zone, e.g. US-1, EU-1, MTA4")
+    p.add_argument("--bounce-domain", metavar="DOMAIN",
+                   help="domain of its VERP return paths, with an MX to it (default its hostname)")
     tree.leaf(subs, "list", _server_list, "list MTA servers")
     p = tree.leaf(subs, "show", _server_show, "show one MTA server")
     p.add_argument("id", type=int, metavar="ID")
+    p = tree.leaf(subs, "bounce-domain", _server_bounce_domain,
+                  "show or set the domain of the VERP return paths of the server's pools without "
+                  "their own (default its hostname)")
+    p.add_argument("id", type=int, metavar="SERVER_ID")
+    add_bounce_domain_arguments(p, "the server's hostname")
     shared_subs = tree.group("shared-ip", "IPs of a server's shared pool (ESSENTIAL traffic)", within=subs)
     p = tree.leaf(shared_subs, "add", _shared_ip_add, "add an IP to a server's shared pool")
     p.add_argument("server_id", type=int, metavar="SERVER_ID")

@@ -2,7 +2,7 @@
 and the command tree they are added to. The commands themselves:
 
     account  create | list | show | tier | token                          admin_commands
-    server   register | list | show | shared-ip {add,list,release} | republish | status
+    server   register | list | show | bounce-domain | shared-ip {add,list,release} | republish | status
     pool     create | list | show | rename | set-default | delete | headers | feed-type | bounce-domain
     ip       provision | list | show | assign | pause | resume | weight | release
     bridge   create | list | show | revoke | rotate | dsn | trust        tenant_commands
@@ -21,7 +21,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .client import ControlClient
+from .client import EXIT_USAGE, CliError, ControlClient
 from .render import Printer
 
 Handler = Callable[["Context", argparse.Namespace], int]
@@ -63,6 +63,23 @@ def positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return number
+
+
+def add_bounce_domain_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """Add the `[DOMAIN | --clear]` arguments of a `bounce-domain` command; `default`
+    says what --clear goes back to."""
+    parser.add_argument("domain", nargs="?", metavar="DOMAIN", help="e.g. bounces.example.com (with an MX to the server)")
+    parser.add_argument("--clear", action="store_true", help=f"back to {default}")
+
+
+def requested_bounce_domain(a: argparse.Namespace) -> str | None:
+    """What a `bounce-domain` command asks for: the DOMAIN given, "" for --clear, None to
+    only show it; CliError (usage) when given both."""
+    if a.domain and a.clear:
+        raise CliError("give either a DOMAIN or --clear, not both", EXIT_USAGE)
+    if a.clear:
+        return ""
+    return a.domain or None
 
 
 def emit(ctx: Context, message, human) -> int:

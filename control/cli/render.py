@@ -201,6 +201,7 @@ def server(s: pb.MtaServer) -> Text:
     return details(
         [
             ("ID", str(s.server_id)), ("Hostname", s.hostname), ("Zone", s.zone),
+            ("Bounce domain", server_bounce_domain(s)),
             ("Routing version", str(s.routing_version)), ("Shared pool", text(s.shared_pool)),
             ("Created", when(s, "create_time")),
         ]
@@ -210,10 +211,10 @@ def server(s: pb.MtaServer) -> Text:
 def servers(items: Sequence[pb.MtaServer]) -> Table:
     """MTA servers, one row each."""
     return table(
-        ["ID", "HOSTNAME", "ZONE", "ROUTING VERSION", "SHARED POOL", "CREATED"],
+        ["ID", "HOSTNAME", "ZONE", "BOUNCE DOMAIN", "ROUTING VERSION", "SHARED POOL", "CREATED"],
         [
-            (str(s.server_id), s.hostname, s.zone, str(s.routing_version), text(s.shared_pool),
-             when(s, "create_time"))
+            (str(s.server_id), s.hostname, s.zone, s.bounce_domain or s.hostname, str(s.routing_version),
+             text(s.shared_pool), when(s, "create_time"))
             for s in items
         ],
     )
@@ -297,8 +298,13 @@ def ips(items: Sequence[pb.DedicatedIp]) -> Table:
 
 
 def bounce_domain(domain: str) -> str:
-    """A pool's bounce domain for people: its own, or the MTA server's hostname."""
-    return domain or "the MTA server's hostname (default)"
+    """A pool's bounce domain for people: its own, or the MTA server's."""
+    return domain or "the MTA server's bounce domain (default)"
+
+
+def server_bounce_domain(s: pb.MtaServer) -> str:
+    """An MTA server's bounce domain for people: its own, or its hostname."""
+    return s.bounce_domain or f"{s.hostname} (its hostname, default)"
 
 
 def dsn_switch(on: bool) -> str:

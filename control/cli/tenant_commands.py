@@ -11,7 +11,7 @@ from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from ..contract.runtime import DEFAULT_SMTP_PORT
 from . import render, stats_render, trends
 from .client import EXIT_ERROR, EXIT_USAGE, CliError
-from .commands import CommandTree, Context, done, emit
+from .commands import CommandTree, Context, add_bounce_domain_arguments, done, emit, requested_bounce_domain
 
 
 def _header_arg(value: str) -> pb.Header:
@@ -86,11 +86,10 @@ def _pool_feed_type(ctx: Context, a) -> int:
 
 
 def _pool_bounce_domain(ctx: Context, a) -> int:
-    if a.domain and a.clear:
-        raise CliError("give either a DOMAIN or --clear, not both", EXIT_USAGE)
+    domain = requested_bounce_domain(a)
     smtp_id = ctx.client.resolve_pool(a.pool)
-    if a.domain or a.clear:
-        request = pb.SetPoolBounceDomainRequest(smtp_id=smtp_id, bounce_domain="" if a.clear else a.domain)
+    if domain is not None:
+        request = pb.SetPoolBounceDomainRequest(smtp_id=smtp_id, bounce_domain=domain)
         pool = ctx.client.call("pools", "SetPoolBounceDomain", request)
     else:
         pool = ctx.client.call("pools", "GetPool", pb.GetPoolRequest(smtp_id=smtp_id))
@@ -326,10 +325,9 @@ def add(tree: CommandTree) -> None:
     p.add_argument("pool", metavar="POOL")
     p.add_argument("feed_type", metavar="TYPE")
     p = tree.leaf(subs, "bounce-domain", _pool_bounce_domain,
-                  "show or set the domain of the pool's VERP return paths (default the MTA server's hostname)")
+                  "show or set the domain of the pool's VERP return paths (default the MTA server's)")
     p.add_argument("pool", metavar="POOL")
-    p.add_argument("domain", nargs="?", metavar="DOMAIN", help="e.g. bounces.example.com (with an MX to the server)")
-    p.add_argument("--clear", action="store_true", help="back to the MTA server's hostname")
+    add_bounce_domain_arguments(p, "the MTA server's bounce domain")
 
     # ip
     subs = tree.group("ip", "dedicated IPs (account token)")

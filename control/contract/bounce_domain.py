@@ -1,9 +1,9 @@
 """What a bounce domain may be: the one rule both planes hold.
 
 A bounce domain is the domain of the VERP return paths a Pool's mail is sent
-with (`dataplane.verp`): the MTA server's hostname by default, or the Pool's own
-(e.g. `bounces.acme.example`, for SPF and DMARC alignment). The control plane
-checks a Pool's bounce domain with it when an account sets one; the data plane
+with (`dataplane.verp`): the MTA server's (by default its hostname), or the Pool's
+own (e.g. `bounces.acme.example`, for SPF and DMARC alignment). The control plane
+checks a server's or a Pool's bounce domain with it when one is set; the data plane
 checks the domain it signs addresses on with it. Stdlib only (the contract).
 """
 

@@ -49,8 +49,8 @@ class PoolRoute:
     headers: tuple[tuple[str, str], ...]  # custom headers, in order
     ips: tuple[IpRoute, ...]
     shared: bool = False
-    # The domain of its VERP return paths; "" = the MTA server's hostname (see
-    # control.contract.bounce_domain). Snapshots written before it decode with "".
+    # The domain of its VERP return paths; "" = the MTA server's (Snapshot.bounce_domain;
+    # see control.contract.bounce_domain). Snapshots written before it decode with "".
     bounce_domain: str = ""
 
 
@@ -82,6 +82,9 @@ class Snapshot:
     pools: tuple[PoolRoute, ...] = ()
     bridges: tuple[BridgeRoute, ...] = ()
     published_at_ms: int = 0
+    # The domain of the VERP return paths of its pools without their own; "" = the
+    # hostname. Snapshots written before it decode with "".
+    bounce_domain: str = ""
     _pools_by_id: dict = field(default=None, init=False, repr=False, compare=False)  # type: ignore[assignment]
 
     def pool(self, smtp_id: int) -> PoolRoute:
@@ -105,6 +108,7 @@ def encode(snapshot: Snapshot) -> bytes:
         "version": snapshot.version,
         "hostname": snapshot.hostname,
         "zone": snapshot.zone,
+        "bounce_domain": snapshot.bounce_domain,
         "published_at_ms": snapshot.published_at_ms,
         "pools": [
             {
@@ -157,6 +161,7 @@ def decode(data: bytes) -> Snapshot:
             version=int(doc["version"]),
             hostname=str(doc["hostname"]),
             zone=str(doc["zone"]),
+            bounce_domain=str(doc.get("bounce_domain", "")),
             published_at_ms=int(doc.get("published_at_ms", 0)),
             pools=tuple(
                 PoolRoute(

@@ -115,7 +115,7 @@ class Pools:
         return self._set_routed_field(account, smtp_id, Store.set_pool_feed_type, feed_type)
 
     def set_pool_bounce_domain(self, account: Account, smtp_id: int, bounce_domain: str) -> models.Pool:
-        """Set the domain of the pool's VERP return paths ('' = the MTA server's hostname)."""
+        """Set the domain of the pool's VERP return paths ('' = the MTA server's)."""
         bounce_domain = validation.check_bounce_domain(bounce_domain)
         return self._set_routed_field(account, smtp_id, Store.set_pool_bounce_domain, bounce_domain,
                                       unchanged=lambda pool: pool.bounce_domain == bounce_domain)

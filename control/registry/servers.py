@@ -1,5 +1,5 @@
-"""MTA servers (admin calls): registration with a zone, and each server's shared pool
-and its IPs, through which ESSENTIAL accounts send."""
+"""MTA servers (admin calls): registration with a zone, each server's bounce domain,
+and each server's shared pool and its IPs, through which ESSENTIAL accounts send."""
 
 from __future__ import annotations
 
@@ -18,13 +18,15 @@ class MtaServers:
 
     store: Store
 
-    def register_server(self, hostname: str, zone: str) -> models.MtaServer:
-        """Register an MTA server with its zone, and create its shared pool."""
+    def register_server(self, hostname: str, zone: str, bounce_domain: str = "") -> models.MtaServer:
+        """Register an MTA server with its zone and bounce domain ('' = its hostname), and
+        create its shared pool."""
         hostname = validation.check_hostname(hostname)
         zone = validation.check_zone(zone)
+        bounce_domain = validation.check_bounce_domain(bounce_domain)
         with self.store.write() as s:
             with lookups.unique(f"an MTA server with hostname {hostname!r} is already registered"):
-                server_id = s.insert_server(hostname, zone)
+                server_id = s.insert_server(hostname, zone, bounce_domain)
             s.insert_pool(
                 user_id=None, server_id=server_id, label=SHARED_POOL_LABEL, tag=SHARED_POOL_TAG,
                 feed_type="", is_default=False, is_shared=True,
@@ -40,6 +42,18 @@ class MtaServers:
         """Every registered MTA server, in registration order."""
         with self.store.read() as s:
             return s.servers()
+
+    def set_server_bounce_domain(self, server_id: int, bounce_domain: str) -> models.MtaServer:
+        """Set the domain of the VERP return paths of the server's pools that have none of
+        their own ('' = the server's hostname), and bump its routing version so its data
+        plane loads the change; no bump when it is unchanged. Returns the server as it is now."""
+        bounce_domain = validation.check_bounce_domain(bounce_domain)
+        with self.store.write() as s:
+            server = lookups.server(s, server_id)
+            if server.bounce_domain != bounce_domain:
+                s.set_server_bounce_domain(server_id, bounce_domain)
+                s.bump_routing_version(server_id)
+            return s.server(server_id)
 
     def provision_shared_ip(self, server_id: int, address: str, weight: int, hostname: str) -> models.DedicatedIp:
         """Add an IP to a server's shared pool."""

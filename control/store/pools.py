@@ -89,7 +89,7 @@ class PoolQueries(Connection):
         self._conn.execute("UPDATE pools SET feed_type = ? WHERE smtp_id = ?", (feed_type, smtp_id))
 
     def set_pool_bounce_domain(self, smtp_id: int, bounce_domain: str) -> None:
-        """Set the pool's bounce domain ('' = the MTA server's hostname)."""
+        """Set the pool's bounce domain ('' = the MTA server's)."""
         self._conn.execute("UPDATE pools SET bounce_domain = ? WHERE smtp_id = ?", (bounce_domain, smtp_id))
 
     def pool_headers(self, smtp_id: int) -> tuple[tuple[str, str], ...]:

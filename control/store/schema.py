@@ -111,6 +111,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE pools ADD COLUMN bounce_domain TEXT NOT NULL DEFAULT '';
     ALTER TABLE bridges ADD COLUMN send_dsns INTEGER NOT NULL DEFAULT 1 CHECK (send_dsns IN (0, 1));
     """,
+    # 3: an MTA server's own bounce domain ('' = its hostname), the one its pools without
+    # their own use
+    """
+    ALTER TABLE mta_servers ADD COLUMN bounce_domain TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 

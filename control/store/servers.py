@@ -8,7 +8,7 @@ from .. import models
 from .connection import Connection
 
 _SERVER_SELECT = """
-    SELECT s.server_id, s.hostname, s.zone, s.routing_version, s.created_at,
+    SELECT s.server_id, s.hostname, s.zone, s.bounce_domain, s.routing_version, s.created_at,
            COALESCE((SELECT p.internal_name FROM pools p
                      WHERE p.server_id = s.server_id AND p.is_shared = 1), '') AS shared_pool
     FROM mta_servers s
@@ -18,12 +18,16 @@ _SERVER_SELECT = """
 class ServerQueries(Connection):
     """MTA servers, and the routing version each routing change bumps."""
 
-    def insert_server(self, hostname: str, zone: str) -> int:
+    def insert_server(self, hostname: str, zone: str, bounce_domain: str = "") -> int:
         """Insert an MTA server; returns its server_id (IntegrityError if the hostname is taken)."""
         return self._insert(
-            "INSERT INTO mta_servers (hostname, zone, created_at) VALUES (?, ?, ?)",
-            (hostname, zone, time.time()),
+            "INSERT INTO mta_servers (hostname, zone, bounce_domain, created_at) VALUES (?, ?, ?, ?)",
+            (hostname, zone, bounce_domain, time.time()),
         )
+
+    def set_server_bounce_domain(self, server_id: int, bounce_domain: str) -> None:
+        """Set the server's bounce domain ('' = its hostname)."""
+        self._conn.execute("UPDATE mta_servers SET bounce_domain = ? WHERE server_id = ?", (bounce_domain, server_id))
 
     def server(self, server_id: int) -> models.MtaServer | None:
         """The MTA server `server_id` with its shared pool's name, None if there is none."""

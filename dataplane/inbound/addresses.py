@@ -11,8 +11,8 @@ Taken (anything else gets 550):
 * every `--fbl-address` (the addresses registered with providers' feedback loops).
 
 The bounce domains are the MTA server's hostname (the snapshot's, and `--hostname`
-when given) plus every pool's own `bounce_domain` in the snapshot
-(`dataplane.verp.bounce_domain`).
+when given), the server's own `bounce_domain` when the snapshot names one, plus
+every pool's own (`dataplane.return_path.bounce_domains`).
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def quoted(address: str) -> str:
 
 def bounce_domains(snapshot: Snapshot, hostname: str | None = None) -> frozenset[str]:
     """The bounce domains of this server: those its return paths use
-    (`return_path.bounce_domains`: the snapshot's hostname and every pool's own
-    bounce domain), plus `hostname` when given and valid."""
+    (`return_path.bounce_domains`: the snapshot's hostname, the server's and every
+    pool's own bounce domain), plus `hostname` when given and valid."""
     domains = set(return_path_domains(snapshot))
     if hostname:
         try:

@@ -663,7 +663,7 @@ def test_up_says_loudly_when_the_dataplane_dies_and_stops_the_rest(tmp_path):
 def test_pool_bounce_domain_and_bridge_dsn_switch(cli, acme):
     cli.ok("--token", acme, "pool", "create", "promo", "--server", "1")
     assert field(cli.ok("--token", acme, "pool", "show", "promo").out, "Bounce domain").startswith(
-        "the MTA server's hostname")
+        "the MTA server's bounce domain")
     said = cli.ok("--token", acme, "pool", "bounce-domain", "promo", "Bounces.Acme.Example")
     assert "bounces to bounces.acme.example" in said.out
     assert cli.ok("--token", acme, "--json", "pool", "show", "promo").json()["bounce_domain"] == "bounces.acme.example"
@@ -679,6 +679,27 @@ def test_pool_bounce_domain_and_bridge_dsn_switch(cli, acme):
     assert "DSNs to senders off" in cli.ok("--token", acme, "bridge", "dsn", "1").out
     assert cli.ok("--token", acme, "--json", "bridge", "dsn", "1", "on").json()["send_dsns"] is True
     cli.fails(2, "--token", acme, "bridge", "dsn", "1", "maybe")
+
+
+def test_server_bounce_domain(cli, acme):
+    assert field(cli.ok("server", "show", "1").out, "Bounce domain").startswith("mta1.example.net (its hostname")
+    assert "bounces to mta1.example.net (its hostname" in cli.ok("server", "bounce-domain", "1").out
+    said = cli.ok("server", "bounce-domain", "1", "Bounces.MTA1.Example")
+    assert "MTA server 1 (mta1.example.net) bounces to bounces.mta1.example." in said.out
+    assert field(cli.ok("server", "show", "1").out, "Bounce domain") == "bounces.mta1.example"
+    assert cli.ok("--json", "server", "show", "1").json()["bounce_domain"] == "bounces.mta1.example"
+    assert table_rows(cli.ok("server", "list").out)[0][:4] == ["1", "mta1.example.net", "US-1", "bounces.mta1.example"]
+    assert cli.ok("--json", "server", "list").json()["servers"][0]["bounce_domain"] == "bounces.mta1.example"
+    refused = cli.fails(1, "server", "bounce-domain", "1", "bounces..example")
+    assert "INVALID_ARGUMENT" in refused.err and "not a valid domain name" in refused.err
+    refused = cli.fails(1, "--token", acme, "server", "bounce-domain", "1", "bounces.acme.example")
+    assert "PERMISSION_DENIED" in refused.err and "admin token" in refused.err
+    cli.fails(2, "server", "bounce-domain", "1", "x.example", "--clear")
+    assert cli.ok("--json", "server", "bounce-domain", "1", "--clear").json()["bounce_domain"] == ""
+
+    registered = cli.ok("--json", "server", "register", "--hostname", "mta2.example.net", "--zone", "EU-1",
+                        "--bounce-domain", "bounces.mta2.example").json()
+    assert registered["bounce_domain"] == "bounces.mta2.example"
 
 
 @pytest.mark.slow
