@@ -37,7 +37,7 @@ def pool(s: Store, account: Account, smtp_id: int) -> models.Pool:
 
 
 def ip(s: Store, account: Account, address: str) -> models.DedicatedIp:
-    """The account's dedicated IP at `address` (checked and canonicalised first), or NotFound."""
+    """The account's dedicated IP at `address` (canonicalised first, see canonical_address), or NotFound."""
     address = validation.canonical_address(address)
     return _found(s.ip(address), f"no dedicated IP {address} in this account", owner=account)
 
