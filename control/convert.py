@@ -38,8 +38,19 @@ def trend_resolution(value: int) -> rediskeys.Resolution:
         raise InvalidArgument("resolution is required: MINUTE (kept 48 hours) or HOUR (kept 30 days)") from None
 
 
+_WINDOWS = {pb.STATS_WINDOW_UNSPECIFIED: stats_reader.LIFETIME, pb.LIFETIME: stats_reader.LIFETIME,
+            pb.LAST_30_DAYS: stats_reader.LAST_30_DAYS}
+
+
 def window_name(value: int) -> str:
-    return stats_reader.LAST_30_DAYS if value == pb.LAST_30_DAYS else stats_reader.LIFETIME
+    """The stats window of a proto StatsWindow (unset is LIFETIME); InvalidArgument naming
+    the allowed values for any other number."""
+    try:
+        return _WINDOWS[value]
+    except KeyError:
+        raise InvalidArgument(
+            f"window must be LIFETIME ({pb.LIFETIME}) or LAST_30_DAYS ({pb.LAST_30_DAYS}); "
+            f"unset means LIFETIME; got {value}") from None
 
 
 def headers_in(headers) -> list[tuple[str, str]]:

@@ -51,10 +51,11 @@ class SuppressionServicer(Servicer, rpc_pb.SuppressionServiceServicer):
 
 class StatsServicer(Servicer, rpc_pb.StatsServiceServicer):
     async def _pool_stats(self, account, smtp_id: int, window: int) -> pb.PoolStats:
+        window_name = convert.window_name(window)
         pool = self.registry.get_pool(account, smtp_id)
         addresses = [ip.address for ip in self.registry.list_ips(account, smtp_id)]
         figures = await stats_reader.pool_figures(
-            self.services.redis, pool.server_id, smtp_id, addresses, convert.window_name(window)
+            self.services.redis, pool.server_id, smtp_id, addresses, window_name
         )
         return convert.pool_stats(pool, window, figures)
 
@@ -64,10 +65,9 @@ class StatsServicer(Servicer, rpc_pb.StatsServiceServicer):
 
     @rpc(ACCOUNT)
     async def GetIpStats(self, request, context, account):
+        window_name = convert.window_name(request.window)
         ip = self.registry.get_ip(account, request.address)
-        counters = await stats_reader.ip_figures(
-            self.services.redis, ip.server_id, ip.address, convert.window_name(request.window)
-        )
+        counters = await stats_reader.ip_figures(self.services.redis, ip.server_id, ip.address, window_name)
         return convert.ip_stats(ip.address, counters)
 
     @rpc(ACCOUNT)

@@ -13,6 +13,7 @@ from .contract import rediskeys
 from .contract.bounce_domain import BounceDomainError
 from .contract.bounce_domain import check_bounce_domain as contract_check_bounce_domain
 from .contract.headers import STAMPED_HEADER_NAMES
+from .contract.json_records import quoted
 from .errors import InvalidArgument
 
 MAX_LABEL = 64
@@ -22,6 +23,21 @@ MAX_HEADER_VALUE = 900
 MAX_HEADERS = 32
 MAX_WEIGHT = 1000
 MAX_NETWORKS = 64
+
+# Fields a pool may not set as custom headers, besides the four poolmta stamps: who
+# the message is from and to, what identifies it, and what the MTAs it crosses add
+# to trace and authenticate it. Setting one would forge the sender's identity or a
+# receiving MTA's verdict for every message of the pool. A trailing '*' is a family
+# (ARC-Seal, ARC-Message-Signature, ...; Content-Type, Content-Transfer-Encoding, ...).
+# Compared case-insensitively; README's rules table lists them.
+IDENTITY_AND_TRACE_HEADERS = (
+    "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Subject", "Date",
+    "Message-ID", "In-Reply-To", "References", "Resent-*",
+    "Received", "Return-Path", "Delivered-To", "Received-SPF", "Authentication-Results",
+    "DKIM-Signature", "DomainKey-Signature", "ARC-*",
+    "MIME-Version", "Content-*",
+    "Errors-To", "Disposition-Notification-To", "Return-Receipt-To",
+)
 
 _LABEL = re.compile(r"^[A-Za-z0-9._-](?:[A-Za-z0-9._ -]*[A-Za-z0-9._-])?$")
 _ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -44,7 +60,7 @@ def check_label(label: str) -> str:
         raise InvalidArgument(f"label is {len(label)} characters; the limit is {MAX_LABEL}")
     if not _LABEL.match(label):
         raise InvalidArgument(
-            f"label {label!r} may contain only letters, digits, '.', '_', '-' and inner spaces"
+            f"label {quoted(label)} may contain only letters, digits, '.', '_', '-' and inner spaces"
         )
     return label
 
@@ -53,7 +69,7 @@ def check_account_name(name: str) -> str:
     """An account name: 1-64 letters, digits, '.', '_' or '-'."""
     if not _ACCOUNT_NAME.match(name or ""):
         raise InvalidArgument(
-            f"account name {name!r} must be 1-64 letters, digits, '.', '_' or '-'"
+            f"account name {quoted(name)} must be 1-64 letters, digits, '.', '_' or '-'"
         )
     return name
 
@@ -68,7 +84,7 @@ def check_tag(tag: str) -> str:
     """A tag: lowercase letters and digits in '-'-separated words, at most 32 characters."""
     if not tag or len(tag) > MAX_TAG or not _TAG.match(tag):
         raise InvalidArgument(
-            f"tag {tag!r} must be 1-{MAX_TAG} lowercase letters and digits, words joined by '-'"
+            f"tag {quoted(tag)} must be 1-{MAX_TAG} lowercase letters and digits, words joined by '-'"
         )
     return tag
 
@@ -77,19 +93,34 @@ def check_header(name: str, value: str) -> tuple[str, str]:
     """A custom header: an RFC 5322 field name that is not reserved, and a value without CR/LF."""
     if not name or not _FIELD_NAME.match(name):
         raise InvalidArgument(
-            f"header name {name!r} is not a valid field name (printable US-ASCII except ':' and space)"
+            f"header name {quoted(name)} is not a valid field name (printable US-ASCII except ':' and space)"
         )
     if len(name) > MAX_HEADER_NAME:
         raise InvalidArgument(f"header name is {len(name)} characters; the limit is {MAX_HEADER_NAME}")
     if name.lower() in STAMPED_HEADER_NAMES:
         raise InvalidArgument(
-            f"header {name!r} is stamped by poolmta itself and cannot be set as a custom header"
+            f"header {quoted(name)} is stamped by poolmta itself and cannot be set as a custom header"
+        )
+    if is_identity_or_trace_header(name):
+        raise InvalidArgument(
+            f"header {quoted(name)} is an identity or trace field (it says who sent the message, "
+            "to whom, what it is, or what the MTAs on its way found) and cannot be set as a "
+            "custom header"
         )
     if "\r" in value or "\n" in value or "\x00" in value:
-        raise InvalidArgument(f"value of header {name!r} must not contain CR, LF or NUL")
+        raise InvalidArgument(f"value of header {quoted(name)} must not contain CR, LF or NUL")
     if len(value.encode("utf-8")) > MAX_HEADER_VALUE:
-        raise InvalidArgument(f"value of header {name!r} is longer than {MAX_HEADER_VALUE} bytes")
+        raise InvalidArgument(f"value of header {quoted(name)} is longer than {MAX_HEADER_VALUE} bytes")
     return name, value.strip(" \t")
+
+
+def is_identity_or_trace_header(name: str) -> bool:
+    """True when `name` (any case) is one of IDENTITY_AND_TRACE_HEADERS or of their families."""
+    name = name.lower()
+    return any(
+        name.startswith(field[:-1].lower()) if field.endswith("*") else name == field.lower()
+        for field in IDENTITY_AND_TRACE_HEADERS
+    )
 
 
 def check_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -101,21 +132,55 @@ def check_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     for name, value in headers:
         name, value = check_header(name, value)
         if name.lower() in seen:
-            raise InvalidArgument(f"header {name!r} is given twice")
+            raise InvalidArgument(f"header {quoted(name)} is given twice")
         seen.add(name.lower())
         checked.append((name, value))
     return checked
 
 
-def check_address(address: str) -> str:
-    """A unicast IPv4 or IPv6 address, normalised (e.g. '2001:DB8::0001' -> '2001:db8::1')."""
+def canonical_address(address: str) -> str:
+    """An IPv4 or IPv6 address in the one form the registry stores it in: compressed,
+    lower-case, and an IPv4-mapped IPv6 address ('::ffff:127.0.0.5') as the IPv4 address
+    it maps. For lookups; what may be provisioned is check_address."""
     try:
         ip = ipaddress.ip_address((address or "").strip())
     except ValueError:
-        raise InvalidArgument(f"{address!r} is not an IPv4 or IPv6 address") from None
-    if ip.is_unspecified or ip.is_multicast or (ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255")):
-        raise InvalidArgument(f"{address!r} cannot be a sending address (unspecified, multicast or broadcast)")
+        raise InvalidArgument(f"{quoted(address)} is not an IPv4 or IPv6 address") from None
+    if ip.version == 6 and ip.ipv4_mapped is not None and ip.scope_id is None:
+        return ip.ipv4_mapped.compressed
     return ip.compressed
+
+
+def check_address(address: str) -> str:
+    """An address a server can send from, in canonical_address form: a unicast IPv4 or
+    IPv6 address (loopback included, for tests); scoped, link-local, multicast,
+    unspecified, broadcast and IPv4-compatible IPv6 addresses are INVALID_ARGUMENT
+    saying why."""
+    canonical = canonical_address(address)
+    ip = ipaddress.ip_address(canonical)
+    if getattr(ip, "scope_id", None):
+        raise InvalidArgument(
+            f"{quoted(address)} carries a zone (%interface): a sending address is the same on "
+            "every host, so give it without one"
+        )
+    why = _unsendable(ip)
+    if why:
+        raise InvalidArgument(f"{quoted(address)} cannot be a sending address: it is {why}")
+    return canonical
+
+
+def _unsendable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    if ip.is_unspecified:
+        return "the unspecified address (any address), not one address"
+    if ip.is_multicast:
+        return "a multicast address, which names a group, not a host"
+    if ip.is_link_local:
+        return "link-local, so it means something only on one network link"
+    if ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "the broadcast address"
+    if ip.version == 6 and int(ip) >> 32 == 0 and not ip.is_loopback:
+        return "an IPv4-compatible IPv6 address (deprecated by RFC 4291); give the IPv4 address"
+    return ""
 
 
 def check_network(cidr: str) -> str:
@@ -157,14 +222,14 @@ def check_hostname(hostname: str) -> str:
     """A DNS hostname (RFC 1123 labels), lowercased, no trailing dot."""
     hostname = (hostname or "").strip()
     if not _HOSTNAME.match(hostname):
-        raise InvalidArgument(f"{hostname!r} is not a valid hostname")
+        raise InvalidArgument(f"{quoted(hostname)} is not a valid hostname")
     return hostname.rstrip(".").lower()
 
 
 def check_zone(zone: str) -> str:
     """A zone name such as US-1, EU-1 or MTA4."""
     if not _ZONE.match(zone or ""):
-        raise InvalidArgument(f"zone {zone!r} must be 1-32 letters, digits, '-' or '_'")
+        raise InvalidArgument(f"zone {quoted(zone)} must be 1-32 letters, digits, '-' or '_'")
     return zone
 
 
@@ -173,7 +238,7 @@ def check_feed_type(feed_type: str) -> str:
     feed_type = (feed_type or "").strip()
     if not _FEED_TYPE.match(feed_type):
         raise InvalidArgument(
-            f"feed type {feed_type!r} must be at most 64 letters, digits, '.', '_', '/' or '-'"
+            f"feed type {quoted(feed_type)} must be at most 64 letters, digits, '.', '_', '/' or '-'"
         )
     return feed_type
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .. import models, validation
 from ..contract import secrets
+from ..contract.json_records import quoted
 from ..errors import FailedPrecondition, InvalidArgument
 from ..models import Account
 from ..store import Store
@@ -15,7 +16,7 @@ def require_dedicated_tier(account: Account, action: str) -> None:
     # Seed: "Dedicated Pools require Pro or Business tier ... same gating as Dedicated IPs."
     if account.tier not in models.DEDICATED_TIERS:
         raise FailedPrecondition(
-            f"{action} needs the PRO or BUSINESS tier; account {account.name!r} is on the "
+            f"{action} needs the PRO or BUSINESS tier; account {quoted(account.name)} is on the "
             f"{account.tier} tier, which sends through the shared pool of its MTA server"
         )
 
@@ -31,7 +32,7 @@ class Accounts:
         tier = _check_tier(tier)
         token = secrets.generate_secret()
         with self.store.write() as s:
-            with lookups.unique(f"an account named {name!r} already exists"):
+            with lookups.unique(f"an account named {quoted(name)} already exists"):
                 user_id = s.insert_account(name, tier)
             s.insert_token(user_id, secrets.hash_secret(token))
             account = s.account(user_id)
@@ -56,7 +57,7 @@ class Accounts:
                 pools, ips = s.count_dedicated(user_id)
                 if pools or ips:
                     raise FailedPrecondition(
-                        f"account {account.name!r} still has {pools} pool(s) and {ips} dedicated IP(s); "
+                        f"account {quoted(account.name)} still has {pools} pool(s) and {ips} dedicated IP(s); "
                         f"release its IPs and delete its pools before moving it to {tier}"
                     )
             s.set_account_tier(user_id, tier)
@@ -80,5 +81,5 @@ class Accounts:
 
 def _check_tier(tier: str) -> str:
     if tier not in models.TIERS:
-        raise InvalidArgument(f"tier must be one of {', '.join(models.TIERS)}, got {tier!r}")
+        raise InvalidArgument(f"tier must be one of {', '.join(models.TIERS)}, got {quoted(tier)}")
     return tier

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .. import models, validation
 from ..contract import secrets
+from ..contract.json_records import quoted
 from ..errors import AlreadyExists, FailedPrecondition
 from ..models import Account
 from ..store import Store
@@ -37,7 +38,7 @@ class Bridges:
             else:
                 if smtp_id:
                     raise FailedPrecondition(
-                        f"account {account.name!r} is on the {account.tier} tier, which has no "
+                        f"account {quoted(account.name)} is on the {account.tier} tier, which has no "
                         "dedicated pools; leave the pool unset and name the MTA server (server_id): "
                         "the bridge routes through that server's shared pool"
                     )
@@ -46,10 +47,10 @@ class Bridges:
                 pool = s.shared_pool(server_id)
             if server_id and server_id != pool.server_id:
                 raise FailedPrecondition(
-                    f"pool {pool.label!r} is on MTA server {pool.server_id}, not {server_id}"
+                    f"pool {quoted(pool.label)} is on MTA server {pool.server_id}, not {server_id}"
                 )
             if any(b.name == name for b in s.bridges_of(account.user_id)):
-                raise AlreadyExists(f"a bridge named {name!r} already exists")
+                raise AlreadyExists(f"a bridge named {quoted(name)} already exists")
             _check_networks_free(s, pool.server_id, networks, excluding_bridge=0)
             bridge_id = s.insert_bridge(
                 user_id=account.user_id, name=name, smtp_id=pool.smtp_id, server_id=pool.server_id,
@@ -89,7 +90,7 @@ class Bridges:
         with self.store.write() as s:
             bridge = lookups.bridge(s, account, bridge_id)
             if bridge.revoked:
-                raise FailedPrecondition(f"bridge {bridge.name!r} is revoked; create a new bridge instead")
+                raise FailedPrecondition(f"bridge {quoted(bridge.name)} is revoked; create a new bridge instead")
             s.set_bridge_secret(bridge_id, secrets.hash_secret(secret))
             s.bump_routing_version(bridge.server_id)
             return s.bridge(bridge_id), secret
@@ -100,7 +101,7 @@ class Bridges:
         with self.store.write() as s:
             bridge = lookups.bridge(s, account, bridge_id)
             if bridge.revoked:
-                raise FailedPrecondition(f"bridge {bridge.name!r} is revoked")
+                raise FailedPrecondition(f"bridge {quoted(bridge.name)} is revoked")
             _check_networks_free(s, bridge.server_id, networks, excluding_bridge=bridge_id)
             s.set_bridge_networks(bridge_id, networks)
             s.bump_routing_version(bridge.server_id)
@@ -113,7 +114,7 @@ class Bridges:
         with self.store.write() as s:
             bridge = lookups.bridge(s, account, bridge_id)
             if bridge.revoked:
-                raise FailedPrecondition(f"bridge {bridge.name!r} is revoked")
+                raise FailedPrecondition(f"bridge {quoted(bridge.name)} is revoked")
             if bridge.send_dsns != send_dsns:
                 s.set_bridge_send_dsns(bridge_id, send_dsns)
                 s.bump_routing_version(bridge.server_id)

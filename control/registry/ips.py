@@ -4,6 +4,7 @@ rotation weight, pause and resume, and release."""
 from __future__ import annotations
 
 from .. import models, validation
+from ..contract.json_records import quoted
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from ..models import Account
 from ..store import Store
@@ -58,7 +59,7 @@ class DedicatedIps:
             if server_id and server_id != pool.server_id:
                 lookups.server(s, server_id)
                 raise FailedPrecondition(
-                    f"pool {pool.label!r} is on MTA server {pool.server_id}, not {server_id}; "
+                    f"pool {quoted(pool.label)} is on MTA server {pool.server_id}, not {server_id}; "
                     f"name a pool on server {server_id} (smtp_id) for this IP"
                 )
             server = lookups.server(s, pool.server_id)

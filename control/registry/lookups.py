@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Iterator, TypeVar
 
 from .. import models, validation
+from ..contract.json_records import quoted
 from ..errors import AlreadyExists, NotFound
 from ..models import Account
 from ..store import Store, is_unique_violation
@@ -36,8 +37,8 @@ def pool(s: Store, account: Account, smtp_id: int) -> models.Pool:
 
 
 def ip(s: Store, account: Account, address: str) -> models.DedicatedIp:
-    """The account's dedicated IP at `address` (checked and canonicalised first), or NotFound."""
-    address = validation.check_address(address)
+    """The account's dedicated IP at `address` (canonicalised first, see canonical_address), or NotFound."""
+    address = validation.canonical_address(address)
     return _found(s.ip(address), f"no dedicated IP {address} in this account", owner=account)
 
 
@@ -49,7 +50,7 @@ def bridge(s: Store, account: Account, bridge_id: int) -> models.Bridge:
 
 def operation(s: Store, account: Account, operation_id: str) -> models.Operation:
     """The account's operation `operation_id`, or NotFound."""
-    return _found(s.operation(operation_id), f"no operation {operation_id!r}", owner=account)
+    return _found(s.operation(operation_id), f"no operation {quoted(operation_id)}", owner=account)
 
 
 @contextmanager

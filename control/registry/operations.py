@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 
 from .. import models, validation
+from ..contract.json_records import quoted
 from ..errors import FailedPrecondition
 from ..models import Account
 from ..store import Store
@@ -28,7 +29,7 @@ class Operations:
             target = lookups.pool(s, account, smtp_id)
             if target.server_id != ip.server_id:
                 raise FailedPrecondition(
-                    f"IP {ip.address} is on MTA server {ip.server_id} and pool {target.label!r} is on "
+                    f"IP {ip.address} is on MTA server {ip.server_id} and pool {quoted(target.label)} is on "
                     f"server {target.server_id}; an IP can only move between pools of its own server"
                 )
             if ip.pending_operation_id:
@@ -37,7 +38,7 @@ class Operations:
                     "wait for it to finish (poolmta op watch ID)"
                 )
             if ip.smtp_id == smtp_id:
-                raise FailedPrecondition(f"IP {ip.address} is already in pool {target.label!r}")
+                raise FailedPrecondition(f"IP {ip.address} is already in pool {quoted(target.label)}")
             operation_id = "op-" + uuid.uuid4().hex[:16]
             s.insert_operation(
                 operation_id=operation_id, user_id=account.user_id, address=ip.address,

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .. import models, validation
+from ..contract.json_records import quoted
 from ..errors import AlreadyExists, FailedPrecondition
 from ..models import Account
 from ..store import Store
@@ -99,7 +100,7 @@ class Pools:
                 problems.append(f"wait for operation(s) {', '.join(pending)} moving IPs into it")
             if problems:
                 raise FailedPrecondition(
-                    f"pool {pool.label!r} cannot be deleted yet: " + "; ".join(problems)
+                    f"pool {quoted(pool.label)} cannot be deleted yet: " + "; ".join(problems)
                 )
             s.delete_pool(smtp_id)
             s.bump_routing_version(pool.server_id)
@@ -138,4 +139,4 @@ class Pools:
 
 def _check_label_free(s: Store, account: Account, label: str) -> None:
     if any(p.label == label for p in s.pools_of(account.user_id)):
-        raise AlreadyExists(f"a pool labelled {label!r} already exists in this account")
+        raise AlreadyExists(f"a pool labelled {quoted(label)} already exists in this account")

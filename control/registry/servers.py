@@ -4,6 +4,7 @@ and each server's shared pool and its IPs, through which ESSENTIAL accounts send
 from __future__ import annotations
 
 from .. import models, validation
+from ..contract.json_records import quoted
 from ..errors import NotFound
 from ..store import Store
 from . import lookups
@@ -25,7 +26,7 @@ class MtaServers:
         zone = validation.check_zone(zone)
         bounce_domain = validation.check_bounce_domain(bounce_domain)
         with self.store.write() as s:
-            with lookups.unique(f"an MTA server with hostname {hostname!r} is already registered"):
+            with lookups.unique(f"an MTA server with hostname {quoted(hostname)} is already registered"):
                 server_id = s.insert_server(hostname, zone, bounce_domain)
             s.insert_pool(
                 user_id=None, server_id=server_id, label=SHARED_POOL_LABEL, tag=SHARED_POOL_TAG,
@@ -75,7 +76,7 @@ class MtaServers:
 
     def release_shared_ip(self, address: str) -> None:
         """Remove an IP from its server's shared pool; NotFound unless it is a shared-pool IP."""
-        address = validation.check_address(address)
+        address = validation.canonical_address(address)
         with self.store.write() as s:
             ip = s.ip(address)
             if ip is None or ip.user_id is not None:
