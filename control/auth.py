@@ -11,7 +11,7 @@ import hmac
 import os
 from pathlib import Path
 
-from .contract import secrets
+from .contract import file_modes, secrets
 from .errors import PermissionDenied, Unauthenticated
 from .models import Account
 from .registry import Registry
@@ -30,10 +30,11 @@ def load_or_create_admin_token(path: Path, given: str | None) -> str:
     if given:
         return given
     if path.exists():
+        file_modes.tighten(path)
         token = path.read_text().strip()
         if token:
             return token
-    path.parent.mkdir(parents=True, exist_ok=True)
+    file_modes.private_dir(path.parent)
     token = secrets.generate_secret()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import validation
+
 
 @dataclass(frozen=True)
 class ControlConfig:
@@ -18,6 +20,8 @@ class ControlConfig:
     publish_check_interval: seconds between checks that Redis still holds every
         server's current snapshot (republishing after a Redis loss).
     reconcile_interval: seconds between passes of the IP reassignment reconciler.
+    min_trusted_prefix_v4, min_trusted_prefix_v6: the widest network a bridge may
+        trust (/24 and /48 by default); the platform admin lowers them to allow wider.
     """
 
     data_dir: Path
@@ -27,6 +31,8 @@ class ControlConfig:
     publish_check_interval: float = 1.0
     reconcile_interval: float = 0.2
     grace_seconds: float = 5.0
+    min_trusted_prefix_v4: int = validation.MIN_TRUSTED_PREFIX_V4
+    min_trusted_prefix_v6: int = validation.MIN_TRUSTED_PREFIX_V6
 
     def __post_init__(self) -> None:
         if not self.redis_url:
@@ -36,6 +42,8 @@ class ControlConfig:
             raise ValueError(f"grpc_listen must be host:port, got {self.grpc_listen!r}")
         if self.publish_check_interval <= 0 or self.reconcile_interval <= 0:
             raise ValueError("intervals must be positive")
+        if not 0 <= self.min_trusted_prefix_v4 <= 32 or not 0 <= self.min_trusted_prefix_v6 <= 128:
+            raise ValueError("minimum trusted prefix lengths must be 0-32 (IPv4) and 0-128 (IPv6)")
 
     @property
     def db_path(self) -> Path:

@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from .contract import file_modes
 from .contract.runtime import die_with_parent, embedded_redis_socket
 
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "redis_server_executable", "resolve_redis"]
@@ -227,8 +228,10 @@ class EmbeddedRedis:
     # -- start helpers ----------------------------------------------------
 
     def _prepare_dirs(self) -> None:
-        self.redis_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.redis_dir, 0o700)
+        file_modes.private_dir(self.redis_dir)
+        # Files an earlier run (or an older poolmta) left readable by others.
+        for path in self.redis_dir.rglob("*"):
+            file_modes.tighten(path, file_modes.PRIVATE_DIR_MODE if path.is_dir() else file_modes.PRIVATE_FILE_MODE)
         if self._short_socket_dir is not None:
             _make_private_dir(self._short_socket_dir)
 
@@ -317,7 +320,7 @@ class EmbeddedRedis:
         executable = redis_server_executable()
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         parent_pid = os.getpid()
-        with open(self.log_path, "ab") as log:
+        with open(self.log_path, "ab", opener=_private_opener) as log:
             # stdout/stderr go to the log too: config errors are printed before
             # Redis opens its logfile.
             self._proc = subprocess.Popen(
@@ -328,6 +331,8 @@ class EmbeddedRedis:
                 stderr=log,
                 close_fds=True,
                 start_new_session=True,
+                # Redis creates its AOF, log and pidfile with 0644 & ~umask: keep them 0600.
+                umask=0o077,
                 preexec_fn=die_with_parent(parent_pid),
             )
 
@@ -449,6 +454,10 @@ def resolve_redis(data_dir: Path, redis_url: str | None) -> tuple[str, EmbeddedR
 
 
 # -- module helpers ---------------------------------------------------------
+
+
+def _private_opener(path: str, flags: int) -> int:
+    return os.open(path, flags, file_modes.PRIVATE_FILE_MODE)
 
 
 def _make_private_dir(path: Path) -> None:

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from .auth import Authenticator, load_or_create_admin_token
 from .config import ControlConfig
+from .contract import file_modes
 from .publisher import SnapshotPublisher
 from .reconciler import ChangeFeed, Reconciler
 from .registry import Registry
@@ -48,9 +49,10 @@ class ControlPlane:
     async def start(self) -> None:
         """Open the store, bind the gRPC port and start serving and publishing."""
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        file_modes.private_dir(cfg.data_dir)
         self._store = Store.open(cfg.db_path)
-        registry = Registry(self._store)
+        registry = Registry(self._store, min_trusted_prefix_v4=cfg.min_trusted_prefix_v4,
+                            min_trusted_prefix_v6=cfg.min_trusted_prefix_v6)
         admin_token = load_or_create_admin_token(cfg.admin_token_path, cfg.admin_token)
         self._redis = aioredis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
         publisher = SnapshotPublisher(self._store, self._redis)

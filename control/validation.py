@@ -23,6 +23,10 @@ MAX_HEADER_VALUE = 900
 MAX_HEADERS = 32
 MAX_WEIGHT = 1000
 MAX_NETWORKS = 64
+# The widest network a bridge may trust unless the platform admin allows wider: a
+# wider one makes the bridge an open relay for a large part of the Internet.
+MIN_TRUSTED_PREFIX_V4 = 24
+MIN_TRUSTED_PREFIX_V6 = 48
 
 # Fields a pool may not set as custom headers, besides the four poolmta stamps: who
 # the message is from and to, what identifies it, and what the MTAs it crosses add
@@ -183,19 +187,37 @@ def _unsendable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     return ""
 
 
+_IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
 def check_network(cidr: str) -> str:
-    """A client network in CIDR form, normalised (host bits must be zero)."""
+    """A client network in CIDR form, normalised (host bits must be zero); an
+    IPv4-mapped IPv6 network (::ffff:a.b.c.d/n, n >= 96) is the IPv4 network it maps,
+    since clients connecting over IPv4 are seen by their IPv4 address."""
     try:
-        return ipaddress.ip_network((cidr or "").strip(), strict=True).compressed
+        net = ipaddress.ip_network((cidr or "").strip(), strict=True)
     except ValueError as exc:
-        raise InvalidArgument(f"{cidr!r} is not a network in CIDR form ({exc})") from None
+        why = "host bits are set: give the network address" if "host bits" in str(exc) else "e.g. 192.0.2.0/24"
+        raise InvalidArgument(f"{quoted(cidr)} is not a network in CIDR form ({why})") from None
+    if net.version == 6 and net.subnet_of(_IPV4_MAPPED):
+        net = ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
+    return net.compressed
 
 
-def check_networks(cidrs: list[str]) -> list[str]:
-    """A bridge's trusted networks: valid, distinct, not overlapping each other."""
+def check_networks(cidrs: list[str], *, min_prefix_v4: int = MIN_TRUSTED_PREFIX_V4,
+                   min_prefix_v6: int = MIN_TRUSTED_PREFIX_V6) -> list[str]:
+    """A bridge's trusted networks: valid, distinct, not overlapping each other, and
+    none wider than /`min_prefix_v4` (IPv4) or /`min_prefix_v6` (IPv6)."""
     if len(cidrs) > MAX_NETWORKS:
         raise InvalidArgument(f"at most {MAX_NETWORKS} trusted networks per bridge")
     nets = [ipaddress.ip_network(check_network(c)) for c in cidrs]
+    for net in nets:
+        minimum = min_prefix_v4 if net.version == 4 else min_prefix_v6
+        if net.prefixlen < minimum:
+            raise InvalidArgument(
+                f"trusted network {net} is wider than this MTA server allows: the minimum prefix "
+                f"length for IPv{net.version} is /{minimum} (the platform admin sets it)"
+            )
     for i, a in enumerate(nets):
         for b in nets[i + 1 :]:
             if a.version == b.version and a.overlaps(b):

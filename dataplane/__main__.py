@@ -16,6 +16,7 @@ import ssl
 import sys
 from pathlib import Path
 
+from control.contract import file_modes
 from control.contract.runtime import (
     DEFAULT_INBOUND_LISTEN,
     DEFAULT_SMTP_LISTEN,
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.http_listen:
         log.info("--http-listen: the REST bridge is not part of this data plane yet; ignored")
     try:
-        args.data_dir.mkdir(parents=True, exist_ok=True)
+        file_modes.private_dir(args.data_dir)
         spool.lock(config.spool_dir)  # its descriptor stays open, and the lock held, until exit
         report = spool.recover(config.spool_dir)
     except spool.SpoolLocked as exc:

@@ -12,6 +12,8 @@ import os
 import ssl
 from pathlib import Path
 
+from control.contract import file_modes
+
 CERT_NAME = "smtp-selfsigned.crt"
 KEY_NAME = "smtp-selfsigned.key"
 VALIDITY_DAYS = 3650
@@ -33,6 +35,7 @@ def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
     directory = Path(directory)
     cert_path, key_path = directory / CERT_NAME, directory / KEY_NAME
     if cert_path.exists() and key_path.exists():
+        file_modes.tighten(key_path)
         return cert_path, key_path
 
     from cryptography import x509
@@ -40,7 +43,7 @@ def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import NameOID
 
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    file_modes.private_dir(directory)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([
         x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64]),

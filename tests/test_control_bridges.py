@@ -4,7 +4,8 @@ import grpc
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.contract.secrets import verify_secret
-from tests.control_support import current_snapshot, expect_error
+from control.server import ControlPlane
+from tests.control_support import Client, current_snapshot, expect_error, start_config
 
 
 async def _pool(acme, server, label="promo"):
@@ -72,7 +73,7 @@ async def test_trusted_networks_are_validated_and_never_overlap_on_a_server(make
     )
     await expect_error(
         acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="x", smtp_id=pool.smtp_id,
-                                                         trusted_networks=["10.0.0.0/8", "10.1.0.0/16"])),
+                                                         trusted_networks=["10.0.0.0/24", "10.0.0.128/25"])),
         grpc.StatusCode.INVALID_ARGUMENT, "overlap",
     )
     app = await acme.bridges.CreateBridge(
@@ -80,7 +81,7 @@ async def test_trusted_networks_are_validated_and_never_overlap_on_a_server(make
     )
     assert list(app.bridge.trusted_networks) == ["127.0.10.0/24", "::1/128"]
     await expect_error(
-        globex.bridges.CreateBridge(pb.CreateBridgeRequest(name="g", smtp_id=gpool.smtp_id, trusted_networks=["127.0.0.0/16"])),
+        globex.bridges.CreateBridge(pb.CreateBridgeRequest(name="g", smtp_id=gpool.smtp_id, trusted_networks=["127.0.10.128/25"])),
         grpc.StatusCode.FAILED_PRECONDITION, "overlaps",
     )
     other = await globex.bridges.CreateBridge(pb.CreateBridgeRequest(name="g", smtp_id=gpool.smtp_id))
@@ -97,3 +98,65 @@ async def test_trusted_networks_are_validated_and_never_overlap_on_a_server(make
     await acme.bridges.RevokeBridge(pb.RevokeBridgeRequest(bridge_id=app.bridge.bridge_id))
     await globex.bridges.SetBridgeTrustedNetworks(
         pb.SetBridgeTrustedNetworksRequest(bridge_id=other.bridge.bridge_id, trusted_networks=["127.0.10.7/32"]))
+
+
+async def test_trusted_networks_have_a_minimum_prefix_and_mapped_ipv6_is_ipv4(acme, server):
+    """Issue 11 item 3: /1 or ::/0 would make a bridge an open relay for half the Internet."""
+    pool = await _pool(acme, server)
+    for wide, minimum in (("128.0.0.0/1", "/24"), ("10.0.0.0/23", "/24"), ("::/0", "/48"),
+                          ("2001:db8::/47", "/48"), ("::ffff:10.0.0.0/104", "/24")):
+        await expect_error(
+            acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="x", smtp_id=pool.smtp_id, trusted_networks=[wide])),
+            grpc.StatusCode.INVALID_ARGUMENT, minimum,
+        )
+    app = await acme.bridges.CreateBridge(pb.CreateBridgeRequest(
+        name="app", smtp_id=pool.smtp_id, trusted_networks=["192.0.2.0/24", "2001:db8::/48", "::ffff:198.51.100.0/120"]))
+    assert list(app.bridge.trusted_networks) == ["192.0.2.0/24", "2001:db8::/48", "198.51.100.0/24"]
+    # The mapped form of an IPv4 network already trusted overlaps it.
+    await expect_error(
+        acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="y", smtp_id=pool.smtp_id,
+                                                         trusted_networks=["::ffff:192.0.2.7/128"])),
+        grpc.StatusCode.FAILED_PRECONDITION, "overlaps",
+    )
+
+
+async def test_an_overlap_with_another_account_reveals_nothing_about_it(make_account, server):
+    acme, _ = await make_account("acme")
+    globex, _ = await make_account("globex")
+    pool, gpool = await _pool(acme, server), await _pool(globex, server, "bulk")
+    await acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="secret-app", smtp_id=pool.smtp_id,
+                                                           trusted_networks=["192.0.2.0/24"]))
+    with_other = await expect_error(
+        globex.bridges.CreateBridge(pb.CreateBridgeRequest(name="g", smtp_id=gpool.smtp_id,
+                                                           trusted_networks=["192.0.2.128/25"])),
+        grpc.StatusCode.FAILED_PRECONDITION, "overlaps a network already trusted on this MTA server",
+    )
+    assert "192.0.2.0" not in with_other and "secret-app" not in with_other
+    own = await expect_error(
+        acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="b", smtp_id=pool.smtp_id,
+                                                         trusted_networks=["192.0.2.128/25"])),
+        grpc.StatusCode.FAILED_PRECONDITION, "secret-app",
+    )
+    assert "192.0.2.0/24" in own
+
+
+async def test_the_platform_admin_may_allow_wider_trusted_networks(tmp_path, redis_url):
+    cp = ControlPlane(start_config(tmp_path / "control", redis_url, min_trusted_prefix_v4=16, min_trusted_prefix_v6=32))
+    await cp.start()
+    try:
+        async with grpc.aio.insecure_channel(cp.grpc_address) as channel:
+            admin = Client(channel, cp.admin_token_path.read_text().strip())
+            server = await admin.servers.RegisterMtaServer(pb.RegisterMtaServerRequest(hostname="mta1.example.net", zone="US-1"))
+            reply = await admin.accounts.CreateAccount(pb.CreateAccountRequest(name="acme", tier=pb.PRO))
+            acme = Client(channel, reply.token)
+            pool = await _pool(acme, server)
+            app = await acme.bridges.CreateBridge(pb.CreateBridgeRequest(
+                name="app", smtp_id=pool.smtp_id, trusted_networks=["10.1.0.0/16", "2001:db8::/32"]))
+            assert list(app.bridge.trusted_networks) == ["10.1.0.0/16", "2001:db8::/32"]
+            await expect_error(
+                acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="x", smtp_id=pool.smtp_id,
+                                                                 trusted_networks=["10.0.0.0/15"])),
+                grpc.StatusCode.INVALID_ARGUMENT, "/16",
+            )
+    finally:
+        await cp.stop(0)

@@ -140,11 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, metavar="K", help="data-plane worker processes")
     p.add_argument("--no-dataplane", dest="dataplane", action="store_false",
                    help="run Redis and the control plane only")
+    _add_trusted_prefix_args(p)
 
     p = commands.add_parser("control", parents=[common], help="run the control plane only",
                             description="Embedded Redis (unless --redis-url) and the control plane.")
     p.add_argument("--grpc-listen", type=listen_arg, default=DEFAULT_GRPC, metavar="HOST:PORT",
                    help=f"control plane gRPC address (default {DEFAULT_GRPC})")
+    _add_trusted_prefix_args(p)
 
     _add_passthrough(commands, common, "dataplane", help_text="run a data plane (python -m dataplane ARGS...)",
                      description="Runs `python -m dataplane ARGS...`; every argument after `dataplane` "
@@ -303,6 +305,23 @@ def _client_command(settings: Settings, args: argparse.Namespace) -> int:
         ctx.close()
 
 
+def _add_trusted_prefix_args(p: argparse.ArgumentParser) -> None:
+    from .. import validation
+
+    for version, default, most in ((4, validation.MIN_TRUSTED_PREFIX_V4, 32), (6, validation.MIN_TRUSTED_PREFIX_V6, 128)):
+        p.add_argument(f"--min-trusted-prefix-v{version}", type=_prefix_arg(most), default=default, metavar="N",
+                       help=f"widest IPv{version} network a bridge may trust, as a prefix length "
+                       f"(default /{default}; lower allows wider)")
+
+
+def _prefix_arg(most: int):
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) > most:
+            raise argparse.ArgumentTypeError(f"must be a prefix length 0-{most}")
+        return int(text)
+    return parse
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from .serve import ServeOptions, serve
 
@@ -310,6 +329,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     opts = ServeOptions(
         data_dir=settings.data_dir, redis_url=settings.redis_url, grpc_listen=args.grpc_listen,
         admin_token=settings.admin_token, dataplane=up and args.dataplane,
+        min_trusted_prefix_v4=args.min_trusted_prefix_v4, min_trusted_prefix_v6=args.min_trusted_prefix_v6,
         **(
             dict(server_id=args.server_id, smtp_listen=args.smtp_listen, http_listen=args.http_listen,
                  inbound_listen=args.inbound_listen, workers=args.workers)

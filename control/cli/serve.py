@@ -27,7 +27,9 @@ import grpc
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from .._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
+from .. import validation
 from ..config import ControlConfig
+from ..contract import file_modes
 from ..contract.runtime import DATAPLANE_READY, DEFAULT_SMTP_LISTEN, ready_line_smtp
 from ..embedded_redis import EmbeddedRedis, EmbeddedRedisError, resolve_redis
 from .children import DATAPLANE_STOP_SECONDS, start_child, stop_child
@@ -46,6 +48,7 @@ class ServeOptions:
     admin_token: POOLMTA_ADMIN_TOKEN, or None for `<data_dir>/admin.token`.
     dataplane: start the data plane child (False for `control` and `up --no-dataplane`).
     http_listen, inbound_listen, workers: passed to the data plane only when given.
+    min_trusted_prefix_v4/_v6: the widest network a bridge may trust (ControlConfig).
     """
 
     data_dir: Path
@@ -53,6 +56,8 @@ class ServeOptions:
     grpc_listen: str
     admin_token: str | None = None
     dataplane: bool = False
+    min_trusted_prefix_v4: int = validation.MIN_TRUSTED_PREFIX_V4
+    min_trusted_prefix_v6: int = validation.MIN_TRUSTED_PREFIX_V6
     server_id: int = 1
     smtp_listen: str = DEFAULT_SMTP_LISTEN
     http_listen: str | None = None
@@ -63,7 +68,7 @@ class ServeOptions:
 def serve(opts: ServeOptions, out: IO[str]) -> int:
     """Run until SIGINT/SIGTERM (exit 0) or an unexpected data-plane exit (exit 1)."""
     try:
-        opts.data_dir.mkdir(parents=True, exist_ok=True)
+        file_modes.private_dir(opts.data_dir)
     except OSError as exc:
         raise CliError(f"cannot create the data directory {opts.data_dir}: {exc.strerror}") from None
     try:
@@ -126,7 +131,8 @@ class _Stack:
         cp = ControlPlane(
             ControlConfig(
                 data_dir=opts.data_dir, redis_url=self.redis_url, grpc_listen=opts.grpc_listen,
-                admin_token=opts.admin_token,
+                admin_token=opts.admin_token, min_trusted_prefix_v4=opts.min_trusted_prefix_v4,
+                min_trusted_prefix_v6=opts.min_trusted_prefix_v6,
             )
         )
         try:

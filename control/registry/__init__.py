@@ -11,6 +11,7 @@ they did not exist. Nothing here imports grpc.
 
 from __future__ import annotations
 
+from .. import validation
 from ..store import Store
 from .accounts import Accounts
 from .bridges import Bridges
@@ -26,5 +27,8 @@ class Registry(Accounts, MtaServers, Pools, DedicatedIps, Operations, Bridges):
     """Accounts, servers, pools, IPs, bridges and operations, with their rules: the one
     entry the servicers, the authenticator and the reconciler use."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, *, min_trusted_prefix_v4: int = validation.MIN_TRUSTED_PREFIX_V4,
+                 min_trusted_prefix_v6: int = validation.MIN_TRUSTED_PREFIX_V6):
         self.store = store
+        self.min_trusted_prefix_v4 = min_trusted_prefix_v4
+        self.min_trusted_prefix_v6 = min_trusted_prefix_v6

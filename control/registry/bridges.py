@@ -18,6 +18,12 @@ class Bridges:
     """The rules of an account's bridges."""
 
     store: Store
+    min_trusted_prefix_v4: int
+    min_trusted_prefix_v6: int
+
+    def _check_networks(self, cidrs) -> list[str]:
+        return validation.check_networks(list(cidrs), min_prefix_v4=self.min_trusted_prefix_v4,
+                                         min_prefix_v6=self.min_trusted_prefix_v6)
 
     def create_bridge(
         self, account: Account, *, name: str, smtp_id: int = 0, server_id: int = 0,
@@ -29,7 +35,7 @@ class Bridges:
         route through its shared pool."""
         name = validation.check_label(name)
         feed_type = validation.check_feed_type(feed_type)
-        networks = validation.check_networks(list(trusted_networks))
+        networks = self._check_networks(trusted_networks)
         secret = secrets.generate_secret()
         with self.store.write() as s:
             if account.tier in models.DEDICATED_TIERS:
@@ -51,7 +57,7 @@ class Bridges:
                 )
             if any(b.name == name for b in s.bridges_of(account.user_id)):
                 raise AlreadyExists(f"a bridge named {quoted(name)} already exists")
-            _check_networks_free(s, pool.server_id, networks, excluding_bridge=0)
+            _check_networks_free(s, account, pool.server_id, networks, excluding_bridge=0)
             bridge_id = s.insert_bridge(
                 user_id=account.user_id, name=name, smtp_id=pool.smtp_id, server_id=pool.server_id,
                 username=secrets.generate_username(), secret_hash=secrets.hash_secret(secret),
@@ -97,12 +103,12 @@ class Bridges:
 
     def set_bridge_trusted_networks(self, account: Account, bridge_id: int, cidrs: list[str]) -> models.Bridge:
         """Replace the client networks that may send through the bridge without AUTH."""
-        networks = validation.check_networks(list(cidrs))
+        networks = self._check_networks(cidrs)
         with self.store.write() as s:
             bridge = lookups.bridge(s, account, bridge_id)
             if bridge.revoked:
                 raise FailedPrecondition(f"bridge {quoted(bridge.name)} is revoked")
-            _check_networks_free(s, bridge.server_id, networks, excluding_bridge=bridge_id)
+            _check_networks_free(s, account, bridge.server_id, networks, excluding_bridge=bridge_id)
             s.set_bridge_networks(bridge_id, networks)
             s.bump_routing_version(bridge.server_id)
             return s.bridge(bridge_id)
@@ -121,12 +127,20 @@ class Bridges:
             return s.bridge(bridge_id)
 
 
-def _check_networks_free(s: Store, server_id: int, networks: list[str], *, excluding_bridge: int) -> None:
-    # The other bridge may belong to another account: name only the network.
-    for _other_bridge, other in s.networks_on_server(server_id, excluding_bridge=excluding_bridge):
+def _check_networks_free(s: Store, account: Account, server_id: int, networks: list[str], *,
+                         excluding_bridge: int) -> None:
+    for other_bridge, other in s.networks_on_server(server_id, excluding_bridge=excluding_bridge):
         for net in networks:
-            if validation.networks_overlap(net, other):
+            if not validation.networks_overlap(net, other):
+                continue
+            bridge = s.bridge(other_bridge)
+            if bridge.user_id == account.user_id:
                 raise FailedPrecondition(
-                    f"trusted network {net} overlaps {other}, already trusted by another bridge on "
-                    "the same MTA server; a client address must map to exactly one bridge"
+                    f"trusted network {net} overlaps {other}, already trusted by your bridge "
+                    f"{quoted(bridge.name)}; a client address must map to exactly one bridge"
                 )
+            # Another account's bridge: its network, name and existence are its own business.
+            raise FailedPrecondition(
+                f"trusted network {net} overlaps a network already trusted on this MTA server; "
+                "a client address must map to exactly one bridge"
+            )

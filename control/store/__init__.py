@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ..contract import file_modes
 from . import schema
 from .accounts import AccountQueries
 from .bridges import BridgeQueries
@@ -47,7 +48,10 @@ class Store(AccountQueries, ServerQueries, PoolQueries, IpQueries, BridgeQueries
 
     @classmethod
     def open(cls, path: Path | str) -> "Store":
-        """Open (creating and migrating as needed) the database at `path`."""
+        """Open (creating and migrating as needed) the database at `path`; the database
+        and its -wal/-shm files are 0600 whatever the umask (SQLite gives the -wal/-shm
+        the database file's mode, so creating that one 0600 first covers them)."""
+        file_modes.create_private_file(Path(path))
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode = WAL")
@@ -55,6 +59,8 @@ class Store(AccountQueries, ServerQueries, PoolQueries, IpQueries, BridgeQueries
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA busy_timeout = 5000")
         schema.migrate(conn)
+        for suffix in ("-wal", "-shm"):
+            file_modes.tighten(Path(f"{path}{suffix}"))
         return cls(conn)
 
     def close(self) -> None:

@@ -343,12 +343,12 @@ def test_op_watch_exits_1_when_the_operation_fails(start_control_plane, capsys):
 
 def test_bridge_secret_is_shown_once_and_never_listed(cli, acme):
     cli.ok("--token", acme, "pool", "create", "app", "--server", "1")
-    created = cli.ok("--token", acme, "bridge", "create", "webapp", "--pool", "app", "--trust", "10.8.0.0/16")
+    created = cli.ok("--token", acme, "bridge", "create", "webapp", "--pool", "app", "--trust", "10.8.0.0/24")
     secret = token_after(created.out, "SMTP secret")
     username = created.out.split("SMTP username: ")[1].split()[0]
     assert len(secret) >= 20 and "shown once" in created.out
     assert "SMTP AUTH" in created.out and "port 2525" in created.out
-    assert field(created.out, "Trusted networks") == "10.8.0.0/16"
+    assert field(created.out, "Trusted networks") == "10.8.0.0/24"
 
     listed = cli.ok("--token", acme, "bridge", "list")
     assert table_rows(listed.out)[0][:4] == ["1", "webapp", "app (2)", username]
