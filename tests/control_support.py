@@ -10,20 +10,11 @@ import pytest
 import redis
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
-from control._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
+from control.cli.client import STUBS
 from control.config import ControlConfig
 from control.contract import rediskeys, snapshot
 from control.server import ControlPlane
 
-STUBS = {
-    "accounts": rpc.AccountServiceStub,
-    "servers": rpc.MtaServerServiceStub,
-    "pools": rpc.PoolServiceStub,
-    "ips": rpc.IpServiceStub,
-    "bridges": rpc.BridgeServiceStub,
-    "stats": rpc.StatsServiceStub,
-    "suppressions": rpc.SuppressionServiceStub,
-}
 
 
 class _AuthedStub:
