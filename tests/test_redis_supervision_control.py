@@ -4,11 +4,6 @@ it recovers without an operator (issue 11 item 5)."""
 
 from __future__ import annotations
 
-import os
-import signal
-from collections.abc import Iterator
-from pathlib import Path
-
 import grpc
 import pytest
 import redis
@@ -16,28 +11,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.contract import rediskeys
-from control.embedded_redis import EmbeddedRedis
 from control.redis_supervisor import RedisSupervisor
 from control.rpc import REDIS_UNAVAILABLE_MESSAGE
 from control.server import ControlPlane
 from tests.control_support import Client, current_snapshot, expect_error, start_config
-from tests.support import eventually, free_port
+from tests.support import eventually
 from tests.test_redis_supervision import aof_path, crash_into_a_loop, replace_file
+from tests.test_redis_supervision import supervised  # noqa: F401 - the fixture, shared
 
 pytestmark = pytest.mark.slow
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@pytest.fixture
-def supervised(tmp_path: Path) -> Iterator[RedisSupervisor]:
-    supervisor = RedisSupervisor(EmbeddedRedis(tmp_path / "redis-data", port=free_port()))
-    supervisor.start()
-    try:
-        yield supervisor
-    finally:
-        supervisor.stop()
 
 
 @pytest.fixture
