@@ -65,7 +65,11 @@ class HealthWatch:
         """Check every `interval` seconds until cancelled; closes its Redis client then."""
         try:
             while True:
-                await self.check()
+                try:
+                    await self.check()
+                except Exception:  # noqa: BLE001 - a failed check must not end the watch
+                    reraise_if_cancelling()
+                    log.exception("health check failed; checking again")
                 await asyncio.sleep(interval)
         finally:
             await self._redis.aclose()

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import grpc
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis import exceptions as redis_errors
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .auth import Authenticator
 from .errors import DomainError
@@ -36,10 +35,13 @@ REDIS_UNAVAILABLE_MESSAGE = (
     "the stats and routing store (Redis) is unavailable, probably restarting; nothing was read or "
     "changed there: retry shortly"
 )
-# Redis down, restarting, or still loading its AOF (BusyLoadingError is a
-# ConnectionError): the request may succeed in a moment. Any other RedisError
-# (a wrong type, a script error) is a bug and stays INTERNAL.
-REDIS_OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError)
+# Redis down, restarting, still loading its AOF (BusyLoadingError, a
+# ConnectionError), or a Redis Cluster failing over: the request may succeed in a
+# moment. Any other RedisError (a wrong type, a script error) is a bug: INTERNAL.
+REDIS_OUTAGE_ERRORS = (
+    redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ClusterDownError,
+    redis_errors.TryAgainError, redis_errors.ReadOnlyError,
+)
 
 
 @dataclass
