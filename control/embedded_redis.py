@@ -1,7 +1,7 @@
 """The embedded Redis server poolmta starts when no Redis URL is configured.
 
-This module owns the life of one child process: ownership lock, redis.conf,
-spawn, readiness and stop. Killing a server left behind by a crashed run is
+This module owns the life of one child process (ownership lock, redis.conf,
+spawn, readiness and stop), which is why it stays one module at ~450 lines. Killing a server left behind by a crashed run is
 `control.stale_redis`; restarting it when it dies, and `resolve_redis`, which is
 how the commands get one, are `control.redis_supervisor`.
 
