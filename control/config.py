@@ -20,6 +20,8 @@ class ControlConfig:
     publish_check_interval: seconds between checks that Redis still holds every
         server's current snapshot (republishing after a Redis loss).
     reconcile_interval: seconds between passes of the IP reassignment reconciler.
+    health_check_interval: seconds between the checks that Redis and SQLite answer,
+        which set gRPC health SERVING / NOT_SERVING.
     min_trusted_prefix_v4, min_trusted_prefix_v6: the widest network a bridge may
         trust (/24 and /48 by default); the platform admin lowers them to allow wider.
     """
@@ -30,6 +32,7 @@ class ControlConfig:
     admin_token: str | None = None
     publish_check_interval: float = 1.0
     reconcile_interval: float = 0.2
+    health_check_interval: float = 0.5
     grace_seconds: float = 5.0
     min_trusted_prefix_v4: int = validation.MIN_TRUSTED_PREFIX_V4
     min_trusted_prefix_v6: int = validation.MIN_TRUSTED_PREFIX_V6
@@ -40,7 +43,7 @@ class ControlConfig:
         host, sep, port = self.grpc_listen.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError(f"grpc_listen must be host:port, got {self.grpc_listen!r}")
-        if self.publish_check_interval <= 0 or self.reconcile_interval <= 0:
+        if min(self.publish_check_interval, self.reconcile_interval, self.health_check_interval) <= 0:
             raise ValueError("intervals must be positive")
         if not 0 <= self.min_trusted_prefix_v4 <= 32 or not 0 <= self.min_trusted_prefix_v6 <= 128:
             raise ValueError("minimum trusted prefix lengths must be 0-32 (IPv4) and 0-128 (IPv6)")

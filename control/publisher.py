@@ -5,13 +5,14 @@ routing version (read in one transaction, so version and content agree), stores 
 under an immutable per-version key, moves the `current` pointer forward (never
 back) and publishes a notice — atomically, in one Lua script on the server's hash
 slot. A change committed while Redis is down is published by the background
-loop once Redis answers again; a Redis that lost its data (FLUSHALL, a new empty
+loop once Redis answers again (retrying with bounded backoff meanwhile); a Redis that lost its data (FLUSHALL, a new empty
 server) is noticed by the same loop and refilled from SQLite.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -23,6 +24,9 @@ from .contract.runtime import reraise_if_cancelling
 from .store import Store
 
 log = logging.getLogger(__name__)
+
+# The longest wait between two publishing attempts while Redis does not answer.
+MAX_RETRY_DELAY = 5.0
 
 # KEYS: version key, current key, previous version key. ARGV: version, payload, channel, retention.
 _PUBLISH_LUA = """
@@ -99,6 +103,7 @@ class SnapshotPublisher:
         self._script = redis.register_script(_PUBLISH_LUA)
         self._published: dict[int, int] = {}
         self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
 
     async def publish(self, server_id: int) -> int:
         """Publish `server_id`'s snapshot; returns the version `current` now points at."""
@@ -157,25 +162,40 @@ class SnapshotPublisher:
         """The version Redis's `current` pointer holds for the server (0 if none)."""
         return int(await self._redis.get(rediskeys.snapshot_current_key(server_id)) or 0)
 
-    async def run(self, interval: float) -> None:
-        """Background loop: publish what is pending and repair Redis, forever."""
-        failing = False
+    def wake(self) -> None:
+        """Have `run` try again now instead of at its next backoff step (Redis is back)."""
+        self._wake.set()
+
+    async def run(self, interval: float, max_retry_delay: float = MAX_RETRY_DELAY) -> None:
+        """Background loop: publish what is pending and repair Redis, forever.
+
+        Checks every `interval` seconds. While Redis fails, the wait doubles from
+        `interval` up to `max_retry_delay` (a dead Redis is not hammered, and the
+        outage is logged once, not at every retry); `wake()` ends a wait early.
+        """
+        failures = 0
         while True:
             try:
                 await self.verify()
-                if failing:
-                    log.warning("Redis reachable again; snapshots are up to date")
-                failing = False
+                if failures:
+                    log.warning("Redis reachable again after %d failed attempts; snapshots are up to date",
+                                failures)
+                failures = 0
             except (RedisError, OSError) as exc:
                 # redis-py may turn a cancellation mid-read into ConnectionError.
                 reraise_if_cancelling()
-                if not failing:
-                    log.error("cannot publish snapshots, Redis unreachable (%s); retrying", exc)
-                failing = True
+                if not failures:
+                    log.error("cannot publish snapshots, Redis unreachable (%s); retrying with backoff "
+                              "(at most %gs apart) until it answers", exc, max_retry_delay)
+                failures += 1
             except Exception:
                 reraise_if_cancelling()
                 log.exception("snapshot publishing failed; retrying")
-            await asyncio.sleep(interval)
+                failures += 1
+            delay = min(interval * 2 ** min(failures, 32), max(max_retry_delay, interval)) if failures else interval
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
 
     def _store_versions(self) -> dict[int, int]:
         with self._store.read() as s:

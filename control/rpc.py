@@ -3,7 +3,7 @@ servicers share.
 
 `rpc(...)` covers unary and streaming methods: it authenticates the caller (admin
 or account), maps DomainErrors to their gRPC status with the domain's message,
-turns anything unexpected into INTERNAL with a generic message (the traceback goes
+Redis being unreachable to UNAVAILABLE (retry shortly), turns anything unexpected into INTERNAL with a generic message (the traceback goes
 to the log, never to the client), and after a routing change has the publisher
 bring Redis up to date before the reply.
 """
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
 from redis.exceptions import RedisError
 
 from .auth import Authenticator
@@ -30,6 +31,17 @@ log = logging.getLogger(__name__)
 ADMIN = "admin"
 ACCOUNT = "account"
 INTERNAL_MESSAGE = "internal error; the control-plane log has the details"
+REDIS_UNAVAILABLE_MESSAGE = (
+    "the stats and routing store (Redis) is unavailable, probably restarting; nothing was read or "
+    "changed there: retry shortly"
+)
+# Redis down, restarting, still loading its AOF (BusyLoadingError, a
+# ConnectionError), or a Redis Cluster failing over: the request may succeed in a
+# moment. Any other RedisError (a wrong type, a script error) is a bug: INTERNAL.
+REDIS_OUTAGE_ERRORS = (
+    redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ClusterDownError,
+    redis_errors.TryAgainError, redis_errors.ReadOnlyError,
+)
 
 
 @dataclass
@@ -61,6 +73,9 @@ async def _abort(context, exc: BaseException) -> None:
         raise exc
     if isinstance(exc, DomainError):
         await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+    if isinstance(exc, REDIS_OUTAGE_ERRORS):
+        log.warning("RPC answered UNAVAILABLE: Redis unavailable (%s)", exc)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, REDIS_UNAVAILABLE_MESSAGE)
     log.error("unexpected error in RPC", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 

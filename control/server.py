@@ -1,4 +1,7 @@
-"""The control plane process: gRPC server, snapshot publisher and reconciler.
+"""The control plane process: gRPC server, snapshot publisher, reconciler and health.
+
+Health (grpc.health.v1) is SERVING, for "" and every service, only while Redis
+and SQLite answer (`control.health_watch`), and NOT_SERVING from stop() on.
 
     cp = ControlPlane(config)
     await cp.start()      # serving; cp.grpc_address says where
@@ -19,6 +22,7 @@ from redis.exceptions import RedisError
 from .auth import Authenticator, load_or_create_admin_token
 from .config import ControlConfig
 from .contract import file_modes
+from .health_watch import HealthWatch
 from .publisher import SnapshotPublisher
 from .reconciler import ChangeFeed, Reconciler
 from .registry import Registry
@@ -94,8 +98,11 @@ class ControlPlane:
                 Reconciler(registry, publisher, self._redis, feed).run(cfg.reconcile_interval), name="reconciler"
             ),
         ]
-        for name in ("", *self._service_names):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        # SERVING only while Redis and SQLite answer, from the first check on.
+        watch = HealthWatch(self._health, self._service_names, cfg.redis_url, self._store,
+                            on_recovered=publisher.wake)
+        await watch.check()
+        self._tasks.append(asyncio.create_task(watch.run(cfg.health_check_interval), name="health"))
         log.info("control plane serving gRPC on %s", self.grpc_address)
 
     async def stop(self, grace: float | None = None) -> None:

@@ -8,13 +8,12 @@ routing change.
 from __future__ import annotations
 
 import grpc
-from redis.exceptions import RedisError
 
 from . import convert, reports_reader
 from ._pb.poolmta.v1 import poolmta_pb2 as pb
 from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc_pb
 from .contract import acks, rediskeys
-from .errors import InvalidArgument, Unavailable
+from .errors import InvalidArgument
 from .feedback_servicers import StatsServicer, SuppressionServicer
 from .rpc import ACCOUNT, ADMIN, Servicer, Services, rpc
 
@@ -80,10 +79,7 @@ class MtaServerServicer(Servicer, rpc_pb.MtaServerServiceServicer):
     async def RepublishSnapshots(self, request, context, admin):
         if request.server_id:
             self.registry.get_server(request.server_id)
-        try:
-            done = await self.services.publisher.republish(request.server_id)
-        except (RedisError, OSError) as exc:
-            raise Unavailable(f"Redis is unreachable, nothing was republished: {exc}") from None
+        done = await self.services.publisher.republish(request.server_id)
         return pb.RepublishSnapshotsResponse(
             snapshots=[pb.PublishedSnapshot(server_id=s, version=v) for s, v in done]
         )
@@ -91,11 +87,8 @@ class MtaServerServicer(Servicer, rpc_pb.MtaServerServiceServicer):
     @rpc(ADMIN)
     async def GetRoutingStatus(self, request, context, admin):
         server = self.registry.get_server(request.server_id)
-        try:
-            published = await self.services.publisher.published_version(server.server_id)
-            live = await acks.live_workers(self.services.redis, server.server_id)
-        except (RedisError, OSError) as exc:
-            raise Unavailable(f"Redis is unreachable: {exc}") from None
+        published = await self.services.publisher.published_version(server.server_id)
+        live = await acks.live_workers(self.services.redis, server.server_id)
         return pb.RoutingStatus(
             server_id=server.server_id, routing_version=server.routing_version, published_version=published,
             workers=[pb.WorkerAck(worker_id=a.worker_id, version=a.version) for a in live],
@@ -110,10 +103,7 @@ class MtaServerServicer(Servicer, rpc_pb.MtaServerServiceServicer):
             server_ids = [self.registry.get_server(request.server_id).server_id]
         else:
             server_ids = [s.server_id for s in self.registry.list_servers()]
-        try:
-            found = await reports_reader.unattributed_reports(self.services.redis, server_ids, limit)
-        except (RedisError, OSError) as exc:
-            raise Unavailable(f"Redis is unreachable: {exc}") from None
+        found = await reports_reader.unattributed_reports(self.services.redis, server_ids, limit)
         return convert.unattributed_reports(found)
 
 

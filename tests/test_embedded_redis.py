@@ -16,12 +16,8 @@ import pytest
 import redis
 
 from control.contract.runtime import SUN_PATH_MAX
-from control.embedded_redis import (
-    EmbeddedRedis,
-    EmbeddedRedisError,
-    redis_server_executable,
-    resolve_redis,
-)
+from control.embedded_redis import EmbeddedRedis, EmbeddedRedisError, redis_server_executable
+from control.redis_supervisor import resolve_redis
 from tests.support import free_port, process_gone, wait_until
 
 
@@ -230,7 +226,7 @@ def test_resolve_redis_uses_a_given_url_and_otherwise_starts_one(tmp_path: Path)
 
     url, server = resolve_redis(tmp_path, None)
     try:
-        assert server is not None and server.running and url == server.url
+        assert server is not None and server.server.running and server.watching and url == server.url
     finally:
         assert server is not None
         server.stop()

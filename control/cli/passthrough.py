@@ -25,6 +25,7 @@ from typing import IO
 
 from ..contract.runtime import embedded_redis_url, redis_answers
 from ..embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from ..redis_supervisor import RedisSupervisor
 from .children import DATAPLANE_STOP_SECONDS, exit_code, start_child, stop_child
 from .client import CliError
 
@@ -106,13 +107,14 @@ def _option_in(args: Sequence[str], option: str) -> str | None:
 
 def _run_with_embedded_redis(args: list[str], data_dir: Path, out: IO[str]) -> int:
     # Started from the main thread: PDEATHSIG follows the thread that forks Redis.
-    redis = EmbeddedRedis(data_dir)
+    # Supervised: restarted from its AOF if it dies, for as long as we run.
+    redis = RedisSupervisor(EmbeddedRedis(data_dir))
     try:
         url = redis.start()
     except EmbeddedRedisError as exc:
         raise CliError(f"the embedded Redis did not start: {exc}") from None
     try:
-        _say(out, f"embedded Redis {url} (pid {redis.pid}) started for the data plane; "
+        _say(out, f"embedded Redis {url} (pid {redis.server.pid}) started for the data plane; "
                   "Ctrl-C or SIGTERM stops both")
         argv = [sys.executable, "-m", "dataplane", *_forwarded(data_dir, url), *args]
         return asyncio.run(_run_until_signalled(argv, out))

@@ -1,7 +1,8 @@
 """The server commands of the `poolmta` command line that run the control plane: `up` and `control`.
 
 `up` runs everything for one MTA server on this host, in this order: the embedded
-Redis (unless a Redis URL is given), the control plane in this process, then the
+Redis (unless a Redis URL is given; supervised, restarted from its AOF if it
+dies: `control.redis_supervisor`), the control plane in this process, then the
 data plane as a child process (`python -m dataplane ...`; `control` never imports
 `dataplane`). SIGINT / SIGTERM stop it all in reverse order: the data plane gets
 SIGTERM (SIGKILL after a grace period), the control plane stops gracefully, then
@@ -31,7 +32,8 @@ from .. import validation
 from ..config import ControlConfig
 from ..contract import file_modes
 from ..contract.runtime import DATAPLANE_READY, DEFAULT_SMTP_LISTEN, ready_line_smtp
-from ..embedded_redis import EmbeddedRedis, EmbeddedRedisError, resolve_redis
+from ..embedded_redis import EmbeddedRedisError
+from ..redis_supervisor import RedisSupervisor, resolve_redis
 from .children import DATAPLANE_STOP_SECONDS, start_child, stop_child
 from .client import CliError
 
@@ -97,7 +99,7 @@ def redact(url: str) -> str:
 class _Stack:
     """One run of the control plane (and data plane child) on a started Redis."""
 
-    def __init__(self, opts: ServeOptions, redis_url: str, embedded: EmbeddedRedis | None, out: IO[str]):
+    def __init__(self, opts: ServeOptions, redis_url: str, embedded: RedisSupervisor | None, out: IO[str]):
         self.opts = opts
         self.redis_url = redis_url
         self.embedded = embedded
@@ -124,7 +126,8 @@ class _Stack:
         opts = self.opts
         self.say(f"data directory {opts.data_dir}")
         if self.embedded is not None:
-            self.say(f"Redis {self.redis_url} (embedded, pid {self.embedded.pid})")
+            self.say(f"Redis {self.redis_url} (embedded, pid {self.embedded.server.pid}), "
+                     "restarted from its append-only file if it dies")
         else:
             self.say(f"Redis {redact(self.redis_url)}")
 
