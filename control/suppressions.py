@@ -29,6 +29,7 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ MAX_PAGE_SIZE = 1000
 # (maybe none: a stretch of the hash that holds nothing new) and a token to go on.
 MAX_SCANS_PER_PAGE = 16
 _TOKEN_VERSION = "s1"
+
+log = logging.getLogger("poolmta.control.suppressions")
 
 
 @dataclass(frozen=True)
@@ -168,8 +171,10 @@ def _redis_errors(what: str) -> Iterator[None]:
         yield
     except (RedisError, OSError) as exc:
         reraise_if_cancelling()
-        raise Unavailable(f"Redis, which holds the suppression lists, is unreachable ({what}): {exc}; "
-                          "try again once it answers") from None
+        # The exception's text (socket paths, addresses) is for the log, not the caller.
+        log.warning("suppression list unavailable (%s): %s", what, exc)
+        raise Unavailable(f"Redis, which holds the suppression lists, is unreachable ({what}); "
+                          "nothing was read or changed: retry shortly") from None
 
 
 def _text(raw: bytes | str) -> str:

@@ -171,7 +171,7 @@ async def test_redis_down_is_unavailable(tmp_path, fresh_redis):
                      acme.suppressions.AddSuppression(pb.AddSuppressionRequest(address="bob@example.net")),
                      acme.suppressions.RemoveSuppression(pb.RemoveSuppressionRequest(address="bob@example.net"))):
             await expect_error(call, grpc.StatusCode.UNAVAILABLE, "Redis, which holds the suppression lists, "
-                               "is unreachable", "try again once it answers")
+                               "is unreachable", "retry shortly")
         await channel.close()
     finally:
         await plane.stop(0)
