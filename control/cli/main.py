@@ -7,9 +7,9 @@
     poolmta verp list | rotate | prune | retire ID     the data directory's VERP signing keys
 
 Global options go before or after the command: --data-dir, --redis-url, --grpc,
---token, --json, -v. Settings are read here, once, from flags and the
-environment (POOLMTA_DATA_DIR, POOLMTA_REDIS_URL, POOLMTA_GRPC, POOLMTA_TOKEN,
-POOLMTA_ADMIN_TOKEN) and passed down.
+--token, --grpc-ca, --grpc-tls, --insecure, --json, -v. Settings are read here,
+once, from flags and the environment (POOLMTA_DATA_DIR, POOLMTA_REDIS_URL,
+POOLMTA_GRPC, POOLMTA_TOKEN, POOLMTA_GRPC_CA, POOLMTA_ADMIN_TOKEN) and passed down.
 
 Exit codes: 0 success, 1 an error (a gRPC status, an unreachable control plane,
 a failed operation), 2 a usage error, 130 interrupted.
@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import grpc_tls
 from ..contract.runtime import DEFAULT_SMTP_LISTEN, default_data_dir
 from . import admin_commands, report_commands, suppression_commands, tenant_commands
 from .client import EXIT_USAGE, CliError, ControlClient, resolve_token
@@ -40,8 +41,8 @@ SERVER_COMMANDS = ("up", "control")
 PASSTHROUGH_COMMANDS = ("dataplane", "sink", "demo", "verp")
 
 # Global options, for finding the command word before argparse runs (see _split_passthrough).
-_GLOBAL_VALUE_OPTIONS = ("--data-dir", "--redis-url", "--grpc", "--token")
-_GLOBAL_FLAGS = ("--json", "-v", "--verbose")
+_GLOBAL_VALUE_OPTIONS = ("--data-dir", "--redis-url", "--grpc", "--token", "--grpc-ca")
+_GLOBAL_FLAGS = ("--json", "-v", "--verbose", "--grpc-tls", "--insecure")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class Settings:
     data_dir_given / redis_url: whether the user named them (flag or environment),
     so `poolmta dataplane` forwards only what was given.
     token: --token or POOLMTA_TOKEN; admin_token: POOLMTA_ADMIN_TOKEN.
+    grpc_ca / grpc_tls / insecure: how client commands reach --grpc (grpc_tls.ClientTls);
+    insecure also lets `up` / `control` serve plaintext gRPC off loopback.
     """
 
     data_dir: Path
@@ -61,6 +64,9 @@ class Settings:
     admin_token: str | None
     json: bool
     verbose: bool
+    grpc_ca: Path | None = None
+    grpc_tls: bool = False
+    insecure: bool = False
 
     @classmethod
     def build(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
@@ -78,7 +84,16 @@ class Settings:
             admin_token=env("POOLMTA_ADMIN_TOKEN"),
             json=getattr(args, "json", False),
             verbose=getattr(args, "verbose", False),
+            grpc_ca=Path(ca).expanduser() if (ca := getattr(args, "grpc_ca", None) or env("POOLMTA_GRPC_CA"))
+            else None,
+            grpc_tls=getattr(args, "grpc_tls", False),
+            insecure=getattr(args, "insecure", False),
         )
+
+    @property
+    def client_tls(self) -> grpc_tls.ClientTls:
+        """How client commands reach the control plane."""
+        return grpc_tls.ClientTls(enabled=self.grpc_tls, ca_file=self.grpc_ca, insecure=self.insecure)
 
 
 # -- parsing ------------------------------------------------------------------------
@@ -107,6 +122,14 @@ def global_options() -> argparse.ArgumentParser:
     g.add_argument("--token", default=s,
                    help="API token for client commands (env POOLMTA_TOKEN; default the admin token "
                    "in <data-dir>/admin.token)")
+    g.add_argument("--grpc-ca", default=s, metavar="FILE",
+                   help="verify the control plane's TLS certificate with this PEM CA (env POOLMTA_GRPC_CA; "
+                   "client commands)")
+    g.add_argument("--grpc-tls", action="store_true", default=s,
+                   help="reach the control plane over TLS, verified with gRPC's default roots (client commands)")
+    g.add_argument("--insecure", action="store_true", default=s,
+                   help="allow gRPC without TLS off loopback: client commands send the token in clear, "
+                   "up / control serve plaintext on a non-loopback --grpc-listen")
     g.add_argument("--json", action="store_true", default=s, help="machine-readable output (client commands)")
     g.add_argument("-v", "--verbose", action="store_true", default=s,
                    help="debug logging, and tracebacks for unexpected errors")
@@ -141,12 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dataplane", dest="dataplane", action="store_false",
                    help="run Redis and the control plane only")
     _add_trusted_prefix_args(p)
+    _add_grpc_tls_args(p)
 
     p = commands.add_parser("control", parents=[common], help="run the control plane only",
                             description="Embedded Redis (unless --redis-url) and the control plane.")
     p.add_argument("--grpc-listen", type=listen_arg, default=DEFAULT_GRPC, metavar="HOST:PORT",
                    help=f"control plane gRPC address (default {DEFAULT_GRPC})")
     _add_trusted_prefix_args(p)
+    _add_grpc_tls_args(p)
 
     _add_passthrough(commands, common, "dataplane", help_text="run a data plane (python -m dataplane ARGS...)",
                      description="Runs `python -m dataplane ARGS...`; every argument after `dataplane` "
@@ -296,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _client_command(settings: Settings, args: argparse.Namespace) -> int:
     def connect() -> ControlClient:
         token = resolve_token(settings.token, settings.admin_token, settings.data_dir)
-        return ControlClient(settings.grpc, token)
+        return ControlClient(settings.grpc, token, tls=settings.client_tls)
 
     ctx = Context(Printer(settings.json), connect)
     try:
@@ -322,14 +347,38 @@ def _prefix_arg(most: int):
     return parse
 
 
+def _add_grpc_tls_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grpc-tls-cert", type=Path, metavar="FILE",
+                   help="serve gRPC over TLS with this PEM certificate (chain); needs --grpc-tls-key")
+    p.add_argument("--grpc-tls-key", type=Path, metavar="FILE",
+                   help="the certificate's unencrypted PEM private key; needs --grpc-tls-cert")
+
+
+def _server_tls(settings: Settings, args: argparse.Namespace) -> grpc_tls.ServerTls | None:
+    """The TLS material of `up` / `control`, after checking that plaintext would be allowed
+    on --grpc-listen without it; CliError (exit 2) otherwise."""
+    if (args.grpc_tls_cert is None) != (args.grpc_tls_key is None):
+        raise CliError("--grpc-tls-cert and --grpc-tls-key go together: give both or neither", EXIT_USAGE)
+    try:
+        tls = None
+        if args.grpc_tls_cert is not None:
+            tls = grpc_tls.load_server_tls(args.grpc_tls_cert, args.grpc_tls_key)
+        grpc_tls.check_listen(args.grpc_listen, tls=tls is not None, insecure=settings.insecure)
+    except (grpc_tls.TlsMaterialError, grpc_tls.InsecureGrpcError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return tls
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from .serve import ServeOptions, serve
 
     up = args.command == "up"
+    tls = _server_tls(settings, args)
     opts = ServeOptions(
         data_dir=settings.data_dir, redis_url=settings.redis_url, grpc_listen=args.grpc_listen,
         admin_token=settings.admin_token, dataplane=up and args.dataplane,
         min_trusted_prefix_v4=args.min_trusted_prefix_v4, min_trusted_prefix_v6=args.min_trusted_prefix_v6,
+        grpc_tls=tls, grpc_insecure=settings.insecure,
         **(
             dict(server_id=args.server_id, smtp_listen=args.smtp_listen, http_listen=args.http_listen,
                  inbound_listen=args.inbound_listen, workers=args.workers)
