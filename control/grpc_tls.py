@@ -42,35 +42,48 @@ class InsecureGrpcError(ValueError):
 @dataclass(frozen=True)
 class ServerTls:
     """The PEM certificate chain and private key the control plane presents, read and
-    checked once at start (the key is never logged or echoed)."""
+    checked once at start (the key is never logged or echoed), and, for mutual TLS,
+    the CA certificates a client's certificate must chain to (None: no client
+    certificate asked for; the bearer token alone authenticates)."""
 
     cert_file: Path
     cert_chain: bytes = field(repr=False)
     private_key: bytes = field(repr=False)  # a config dump must not carry the key
+    client_ca: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
 class ClientTls:
     """How a client reaches the control plane: `ca_file` (verify the server with this
-    CA; implies TLS), `enabled` (TLS with gRPC's default roots), `insecure` (allow a
-    bearer token in clear to a host that is not loopback)."""
+    CA; implies TLS), `enabled` (TLS with gRPC's default roots), `cert_file` and
+    `key_file` (the client certificate a mutual-TLS server asks for; implies TLS),
+    `insecure` (allow a bearer token in clear to a host that is not loopback)."""
 
     enabled: bool = False
     ca_file: Path | None = None
     insecure: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     @property
     def uses_tls(self) -> bool:
-        return self.enabled or self.ca_file is not None
+        return self.enabled or self.ca_file is not None or self.cert_file is not None
 
 
-def load_server_tls(cert_file: Path, key_file: Path) -> ServerTls:
-    """The certificate chain and key in these PEM files, checked to belong together.
+def load_server_tls(cert_file: Path, key_file: Path, client_ca_file: Path | None = None) -> ServerTls:
+    """The certificate chain and key in these PEM files, checked to belong together,
+    and the CA certificates of `client_ca_file` when given (mutual TLS).
 
     Raises TlsMaterialError naming the file and the reason (unreadable, not PEM,
     encrypted key, key not matching the certificate).
     """
-    cert_file, key_file = Path(cert_file), Path(key_file)
+    cert_chain, private_key = _load_pair(Path(cert_file), Path(key_file))
+    client_ca = load_ca(client_ca_file) if client_ca_file is not None else None
+    return ServerTls(cert_file=Path(cert_file), cert_chain=cert_chain, private_key=private_key, client_ca=client_ca)
+
+
+def _load_pair(cert_file: Path, key_file: Path) -> tuple[bytes, bytes]:
+    """(certificate chain, private key) from PEM files checked to belong together."""
     cert_chain = _read(cert_file, "certificate")
     private_key = _read(key_file, "private key")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -85,7 +98,7 @@ def load_server_tls(cert_file: Path, key_file: Path) -> ServerTls:
         raise TlsMaterialError(
             f"cannot use the gRPC TLS certificate {cert_file} with the key {key_file}: {reason}{detail}"
         ) from None
-    return ServerTls(cert_file=cert_file, cert_chain=cert_chain, private_key=private_key)
+    return cert_chain, private_key
 
 
 def load_ca(ca_file: Path) -> bytes:
@@ -208,7 +221,9 @@ def bind(server: grpc.aio.Server, listen: str, tls: ServerTls | None, *, insecur
     if tls is None:
         bound = server.add_insecure_port(listen)
     else:
-        credentials = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)])
+        credentials = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)],
+                                                  root_certificates=tls.client_ca,
+                                                  require_client_auth=tls.client_ca is not None)
         bound = server.add_secure_port(listen, credentials)
     if bound == 0:
         raise OSError(f"cannot listen for gRPC on {listen}")
@@ -218,12 +233,18 @@ def bind(server: grpc.aio.Server, listen: str, tls: ServerTls | None, *, insecur
 def open_channel(target: str, client: ClientTls) -> grpc.Channel:
     """A blocking channel to `target`: TLS when `client` asks for it, else plaintext,
     which check_target allows only to this host (InsecureGrpcError otherwise).
-    TlsMaterialError when the CA file is unusable."""
+    TlsMaterialError when the CA file or the client certificate and key are unusable."""
     check_target(target, client)
     if not client.uses_tls:
         return grpc.insecure_channel(target)
     roots = load_ca(client.ca_file) if client.ca_file is not None else None
-    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots))
+    chain = key = None
+    if (client.cert_file is None) != (client.key_file is None):
+        raise TlsMaterialError("--grpc-client-cert and --grpc-client-key go together: give both or neither")
+    if client.cert_file is not None:
+        chain, key = _load_pair(Path(client.cert_file), Path(client.key_file))
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots, private_key=key,
+                                                                    certificate_chain=chain))
 
 
 def self_channel(address: str, tls: ServerTls | None) -> grpc.aio.Channel:
@@ -232,11 +253,14 @@ def self_channel(address: str, tls: ServerTls | None) -> grpc.aio.Channel:
     TLS trusting the server's own certificate under the first name it carries.
 
     That trust holds for a self-signed certificate; with one a CA issued, the call
-    fails like any unreachable check (callers treat it as a warning).
+    fails like any unreachable check (callers treat it as a warning). Under mutual
+    TLS it presents the server's own certificate, which the client CA may not accept.
     """
     if tls is None:
         return grpc.aio.insecure_channel(address)
-    credentials = grpc.ssl_channel_credentials(root_certificates=tls.cert_chain)
+    own = (tls.private_key, tls.cert_chain) if tls.client_ca is not None else (None, None)
+    credentials = grpc.ssl_channel_credentials(root_certificates=tls.cert_chain, private_key=own[0],
+                                               certificate_chain=own[1])
     name = _certificate_name(tls.cert_chain)
     options = [("grpc.ssl_target_name_override", name)] if name else []
     return grpc.aio.secure_channel(address, credentials, options=options)

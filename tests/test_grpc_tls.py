@@ -72,6 +72,31 @@ async def test_a_client_trusting_another_ca_gets_unavailable(control_plane, tmp_
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+async def test_mutual_tls_admits_only_clients_with_a_certificate_its_ca_signed(tmp_path, redis_url, certificate):
+    client_cert, client_key = ensure_self_signed(tmp_path / "client", "operator.test")
+    stranger_cert, stranger_key = ensure_self_signed(tmp_path / "stranger", "operator.test")
+    tls = grpc_tls.load_server_tls(*certificate, client_ca_file=client_cert)
+    cp = ControlPlane(start_config(tmp_path / "control", redis_url, grpc_tls=tls))
+    await cp.start()
+    try:
+        token = cp.admin_token_path.read_text().strip()
+        ca = certificate[0].read_bytes()
+
+        async def list_servers(cert=None, key=None):
+            identity = {} if cert is None else {"certificate_chain": cert.read_bytes(), "private_key": key.read_bytes()}
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca, **identity)
+            async with grpc.aio.secure_channel(cp.grpc_address, credentials) as ch:
+                return await Client(ch, token).servers.ListMtaServers(pb.ListMtaServersRequest(), timeout=5)
+
+        assert list((await list_servers(client_cert, client_key)).servers) == []
+        for cert, key in ((None, None), (stranger_cert, stranger_key)):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await list_servers(cert, key)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await cp.stop(0)
+
+
 def test_unusable_certificate_and_key_files_are_clear_errors_without_key_material(tmp_path, certificate):
     cert, key = certificate
     _, other_key = ensure_self_signed(tmp_path / "other", "control.test")

@@ -152,8 +152,9 @@ class ControlClient:
             return CliError(
                 f"cannot reach the poolmta control plane at {self.address} ({details or 'no answer'})",
                 hint=(
-                    "check that it serves TLS, that --grpc-ca names the CA that signed its certificate "
-                    "and that --grpc uses a name the certificate carries"
+                    "check that it serves TLS, that --grpc-ca names the CA that signed its certificate, "
+                    "that --grpc uses a name the certificate carries and, if it asks for a client "
+                    "certificate, that --grpc-client-cert / --grpc-client-key give one its CA signed"
                     if self.tls.uses_tls
                     else "is it running? Start it with `poolmta up` (or `poolmta control`), or point "
                     "--grpc / POOLMTA_GRPC at it; if it serves TLS, give --grpc-ca FILE or --grpc-tls"

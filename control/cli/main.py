@@ -7,9 +7,10 @@
     poolmta verp list | rotate | prune | retire ID     the data directory's VERP signing keys
 
 Global options go before or after the command: --data-dir, --redis-url, --grpc,
---token, --grpc-ca, --grpc-tls, --insecure, --json, -v. Settings are read here,
-once, from flags and the environment (POOLMTA_DATA_DIR, POOLMTA_REDIS_URL,
-POOLMTA_GRPC, POOLMTA_TOKEN, POOLMTA_GRPC_CA, POOLMTA_ADMIN_TOKEN) and passed down.
+--token, --grpc-ca, --grpc-tls, --grpc-client-cert, --grpc-client-key, --insecure,
+--json, -v. Settings are read here, once, from flags and the environment
+(POOLMTA_DATA_DIR, POOLMTA_REDIS_URL, POOLMTA_GRPC, POOLMTA_TOKEN, POOLMTA_GRPC_CA,
+POOLMTA_GRPC_CLIENT_CERT, POOLMTA_GRPC_CLIENT_KEY, POOLMTA_ADMIN_TOKEN) and passed down.
 
 Exit codes: 0 success, 1 an error (a gRPC status, an unreachable control plane,
 a failed operation), 2 a usage error, 130 interrupted.
@@ -41,7 +42,8 @@ SERVER_COMMANDS = ("up", "control")
 PASSTHROUGH_COMMANDS = ("dataplane", "sink", "demo", "verp")
 
 # Global options, for finding the command word before argparse runs (see _split_passthrough).
-_GLOBAL_VALUE_OPTIONS = ("--data-dir", "--redis-url", "--grpc", "--token", "--grpc-ca")
+_GLOBAL_VALUE_OPTIONS = ("--data-dir", "--redis-url", "--grpc", "--token", "--grpc-ca", "--grpc-client-cert",
+                         "--grpc-client-key")
 _GLOBAL_FLAGS = ("--json", "-v", "--verbose", "--grpc-tls", "--insecure")
 
 
@@ -52,7 +54,8 @@ class Settings:
     data_dir_given / redis_url: whether the user named them (flag or environment),
     so `poolmta dataplane` forwards only what was given.
     token: --token or POOLMTA_TOKEN; admin_token: POOLMTA_ADMIN_TOKEN.
-    grpc_ca / grpc_tls / insecure: how client commands reach --grpc (grpc_tls.ClientTls);
+    grpc_ca / grpc_tls / grpc_client_cert / grpc_client_key / insecure: how client
+    commands reach --grpc (grpc_tls.ClientTls);
     insecure also lets `up` / `control` serve plaintext gRPC off loopback.
     """
 
@@ -67,12 +70,18 @@ class Settings:
     grpc_ca: Path | None = None
     grpc_tls: bool = False
     insecure: bool = False
+    grpc_client_cert: Path | None = None
+    grpc_client_key: Path | None = None
 
     @classmethod
     def build(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         """The settings from parsed `args`, then `environ`, then the defaults."""
         def env(name: str) -> str | None:
             return environ.get(name) or None
+
+        def path(option: str, name: str) -> Path | None:
+            given = getattr(args, option, None) or env(name)
+            return Path(given).expanduser() if given else None
 
         data_dir = getattr(args, "data_dir", None) or env("POOLMTA_DATA_DIR")
         return cls(
@@ -84,16 +93,18 @@ class Settings:
             admin_token=env("POOLMTA_ADMIN_TOKEN"),
             json=getattr(args, "json", False),
             verbose=getattr(args, "verbose", False),
-            grpc_ca=Path(ca).expanduser() if (ca := getattr(args, "grpc_ca", None) or env("POOLMTA_GRPC_CA"))
-            else None,
+            grpc_ca=path("grpc_ca", "POOLMTA_GRPC_CA"),
             grpc_tls=getattr(args, "grpc_tls", False),
             insecure=getattr(args, "insecure", False),
+            grpc_client_cert=path("grpc_client_cert", "POOLMTA_GRPC_CLIENT_CERT"),
+            grpc_client_key=path("grpc_client_key", "POOLMTA_GRPC_CLIENT_KEY"),
         )
 
     @property
     def client_tls(self) -> grpc_tls.ClientTls:
         """How client commands reach the control plane."""
-        return grpc_tls.ClientTls(enabled=self.grpc_tls, ca_file=self.grpc_ca, insecure=self.insecure)
+        return grpc_tls.ClientTls(enabled=self.grpc_tls, ca_file=self.grpc_ca, insecure=self.insecure,
+                                  cert_file=self.grpc_client_cert, key_file=self.grpc_client_key)
 
 
 # -- parsing ------------------------------------------------------------------------
@@ -127,6 +138,11 @@ def global_options() -> argparse.ArgumentParser:
                    "client commands)")
     g.add_argument("--grpc-tls", action="store_true", default=s,
                    help="reach the control plane over TLS, verified with gRPC's default roots (client commands)")
+    g.add_argument("--grpc-client-cert", default=s, metavar="FILE",
+                   help="PEM client certificate for a control plane that asks for one (--grpc-tls-client-ca; "
+                   "env POOLMTA_GRPC_CLIENT_CERT; needs --grpc-client-key)")
+    g.add_argument("--grpc-client-key", default=s, metavar="FILE",
+                   help="its unencrypted PEM private key (env POOLMTA_GRPC_CLIENT_KEY)")
     g.add_argument("--insecure", action="store_true", default=s,
                    help="allow gRPC without TLS off loopback: client commands send the token in clear, "
                    "up / control serve plaintext on a non-loopback --grpc-listen")
@@ -352,6 +368,9 @@ def _add_grpc_tls_args(p: argparse.ArgumentParser) -> None:
                    help="serve gRPC over TLS with this PEM certificate (chain); needs --grpc-tls-key")
     p.add_argument("--grpc-tls-key", type=Path, metavar="FILE",
                    help="the certificate's unencrypted PEM private key; needs --grpc-tls-cert")
+    p.add_argument("--grpc-tls-client-ca", type=Path, metavar="FILE",
+                   help="mutual TLS: accept only clients whose certificate chains to these PEM CAs "
+                   "(needs --grpc-tls-cert)")
 
 
 def _server_tls(settings: Settings, args: argparse.Namespace) -> grpc_tls.ServerTls | None:
@@ -359,10 +378,12 @@ def _server_tls(settings: Settings, args: argparse.Namespace) -> grpc_tls.Server
     on --grpc-listen without it; CliError (exit 2) otherwise."""
     if (args.grpc_tls_cert is None) != (args.grpc_tls_key is None):
         raise CliError("--grpc-tls-cert and --grpc-tls-key go together: give both or neither", EXIT_USAGE)
+    if args.grpc_tls_client_ca is not None and args.grpc_tls_cert is None:
+        raise CliError("--grpc-tls-client-ca needs --grpc-tls-cert and --grpc-tls-key", EXIT_USAGE)
     try:
         tls = None
         if args.grpc_tls_cert is not None:
-            tls = grpc_tls.load_server_tls(args.grpc_tls_cert, args.grpc_tls_key)
+            tls = grpc_tls.load_server_tls(args.grpc_tls_cert, args.grpc_tls_key, args.grpc_tls_client_ca)
         grpc_tls.check_listen(args.grpc_listen, tls=tls is not None, insecure=settings.insecure)
     except (grpc_tls.TlsMaterialError, grpc_tls.InsecureGrpcError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from control import grpc_tls
 from control.cli.main import main
 from dataplane.tls import ensure_self_signed
 from tests.cli.cli_support import Cli, subprocess_env
@@ -133,3 +134,25 @@ def test_control_serves_tls_on_every_interface_and_clients_verify_it(tmp_path, r
         assert [s["zone"] for s in cli.ok("--json", "server", "list").json()["servers"]] == ["US-1"]
     finally:
         _stop(proc, lines)
+
+
+def test_a_client_certificate_for_a_mutual_tls_control_plane(start_control_plane, capsys, tmp_path, certificate):
+    client_cert, client_key = ensure_self_signed(tmp_path / "client", "operator.test")
+    plane = start_control_plane(grpc_tls=grpc_tls.load_server_tls(*certificate, client_ca_file=client_cert))
+    cli = Cli(capsys, plane.address, plane.config.data_dir)
+    ca = ("--grpc-ca", str(certificate[0]))
+
+    without = cli.fails(1, *ca, "server", "list")
+    assert "--grpc-client-cert / --grpc-client-key" in without.err
+    half = cli.fails(2, *ca, "--grpc-client-cert", str(client_cert), "server", "list")
+    assert "--grpc-client-cert and --grpc-client-key go together" in half.err
+    listed = cli.ok(*ca, "--grpc-client-cert", str(client_cert), "--grpc-client-key", str(client_key),
+                    "--json", "server", "list")
+    assert listed.json() == {"servers": []}
+
+
+def test_a_client_ca_needs_the_servers_certificate(capsys, tmp_path, certificate):
+    code, _, err = run(capsys, "--data-dir", str(tmp_path / "data"), "control",
+                       "--grpc-tls-client-ca", str(certificate[0]))
+    assert code == 2
+    assert "--grpc-tls-client-ca needs --grpc-tls-cert and --grpc-tls-key" in err
