@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import validation
+from .grpc_tls import ServerTls
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class ControlConfig:
         which set gRPC health SERVING / NOT_SERVING.
     min_trusted_prefix_v4, min_trusted_prefix_v6: the widest network a bridge may
         trust (/24 and /48 by default); the platform admin lowers them to allow wider.
+    grpc_tls: the certificate and key gRPC is served with; None = plaintext, which
+        is refused on an address that is not loopback unless grpc_insecure.
     """
 
     data_dir: Path
@@ -36,6 +39,8 @@ class ControlConfig:
     grace_seconds: float = 5.0
     min_trusted_prefix_v4: int = validation.MIN_TRUSTED_PREFIX_V4
     min_trusted_prefix_v6: int = validation.MIN_TRUSTED_PREFIX_V6
+    grpc_tls: ServerTls | None = None
+    grpc_insecure: bool = False
 
     def __post_init__(self) -> None:
         if not self.redis_url:

@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
 
+from . import grpc_tls
 from .auth import Authenticator, load_or_create_admin_token
 from .config import ControlConfig
 from .contract import file_modes
@@ -80,11 +81,8 @@ class ControlPlane:
             log.error("Redis unreachable at start (%s); old counters will be moved when it answers", exc)
             self._tasks.append(asyncio.create_task(migrate_when_redis_answers(self._redis, self._store),
                                                    name="stats-migration"))
-        host, _, port = cfg.grpc_listen.rpartition(":")
-        bound = server.add_insecure_port(f"{host}:{port}")
-        if bound == 0:
-            raise OSError(f"cannot listen for gRPC on {cfg.grpc_listen}")
-        self.grpc_address = f"{host}:{bound}"
+        bound = grpc_tls.bind(server, cfg.grpc_listen, cfg.grpc_tls, insecure=cfg.grpc_insecure)
+        self.grpc_address = f"{cfg.grpc_listen.rpartition(':')[0]}:{bound}"
         await server.start()
         self._server = server
 

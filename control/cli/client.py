@@ -7,7 +7,8 @@ token, calls with a deadline, and turning failures into messages a person can ac
         ...
 
 Every failure leaves this module as a `CliError` (message + exit code); callers
-never see a grpc exception. Tokens are sent, never logged.
+never see a grpc exception. Tokens are sent, never logged, and never in clear to a
+host that is not loopback unless the caller says `insecure` (control/grpc_tls.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import grpc
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from .._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
+from ..grpc_tls import ClientTls, InsecureGrpcError, TlsMaterialError, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +83,23 @@ def resolve_token(token: str | None, admin_token: str | None, data_dir: Path) ->
 
 
 class ControlClient:
-    """A channel to the control plane carrying one bearer token."""
+    """A channel to the control plane carrying one bearer token.
 
-    def __init__(self, address: str, token: str, deadline: float = DEFAULT_DEADLINE):
+    `tls` says how to reach it (default: plaintext, to loopback only); a target the
+    token may not go to in clear, or an unusable CA file, is a CliError (exit 2)
+    raised here, before anything is sent.
+    """
+
+    def __init__(self, address: str, token: str, deadline: float = DEFAULT_DEADLINE,
+                 tls: ClientTls = ClientTls()):
         self.address = address
         self.deadline = deadline
+        self.tls = tls
+        try:
+            self._channel = open_channel(address, tls)
+        except (InsecureGrpcError, TlsMaterialError) as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
         self._metadata = (("authorization", f"Bearer {token}"),)
-        self._channel = grpc.insecure_channel(address)
         self._stubs: dict[str, object] = {}
 
     def close(self) -> None:
@@ -139,8 +151,14 @@ class ControlClient:
         if code == grpc.StatusCode.UNAVAILABLE and not self._reachable():
             return CliError(
                 f"cannot reach the poolmta control plane at {self.address} ({details or 'no answer'})",
-                hint="is it running? Start it with `poolmta up` (or `poolmta control`), "
-                "or point --grpc / POOLMTA_GRPC at it",
+                hint=(
+                    "check that it serves TLS, that --grpc-ca names the CA that signed its certificate, "
+                    "that --grpc uses a name the certificate carries and, if it asks for a client "
+                    "certificate, that --grpc-client-cert / --grpc-client-key give one its CA signed"
+                    if self.tls.uses_tls
+                    else "is it running? Start it with `poolmta up` (or `poolmta control`), or point "
+                    "--grpc / POOLMTA_GRPC at it; if it serves TLS, give --grpc-ca FILE or --grpc-tls"
+                ),
             )
         hint = ""
         if code == grpc.StatusCode.PERMISSION_DENIED:

@@ -7,9 +7,10 @@
     poolmta verp list | rotate | prune | retire ID     the data directory's VERP signing keys
 
 Global options go before or after the command: --data-dir, --redis-url, --grpc,
---token, --json, -v. Settings are read here, once, from flags and the
-environment (POOLMTA_DATA_DIR, POOLMTA_REDIS_URL, POOLMTA_GRPC, POOLMTA_TOKEN,
-POOLMTA_ADMIN_TOKEN) and passed down.
+--token, --grpc-ca, --grpc-tls, --grpc-client-cert, --grpc-client-key, --insecure,
+--json, -v. Settings are read here, once, from flags and the environment
+(POOLMTA_DATA_DIR, POOLMTA_REDIS_URL, POOLMTA_GRPC, POOLMTA_TOKEN, POOLMTA_GRPC_CA,
+POOLMTA_GRPC_CLIENT_CERT, POOLMTA_GRPC_CLIENT_KEY, POOLMTA_ADMIN_TOKEN) and passed down.
 
 Exit codes: 0 success, 1 an error (a gRPC status, an unreachable control plane,
 a failed operation), 2 a usage error, 130 interrupted.
@@ -27,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import grpc_tls
 from ..contract.runtime import DEFAULT_SMTP_LISTEN, default_data_dir
 from . import admin_commands, report_commands, suppression_commands, tenant_commands
 from .client import EXIT_USAGE, CliError, ControlClient, resolve_token
@@ -40,8 +42,9 @@ SERVER_COMMANDS = ("up", "control")
 PASSTHROUGH_COMMANDS = ("dataplane", "sink", "demo", "verp")
 
 # Global options, for finding the command word before argparse runs (see _split_passthrough).
-_GLOBAL_VALUE_OPTIONS = ("--data-dir", "--redis-url", "--grpc", "--token")
-_GLOBAL_FLAGS = ("--json", "-v", "--verbose")
+_GLOBAL_VALUE_OPTIONS = ("--data-dir", "--redis-url", "--grpc", "--token", "--grpc-ca", "--grpc-client-cert",
+                         "--grpc-client-key")
+_GLOBAL_FLAGS = ("--json", "-v", "--verbose", "--grpc-tls", "--insecure")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class Settings:
     data_dir_given / redis_url: whether the user named them (flag or environment),
     so `poolmta dataplane` forwards only what was given.
     token: --token or POOLMTA_TOKEN; admin_token: POOLMTA_ADMIN_TOKEN.
+    grpc_ca / grpc_tls / grpc_client_cert / grpc_client_key / insecure: how client
+    commands reach --grpc (grpc_tls.ClientTls);
+    insecure also lets `up` / `control` serve plaintext gRPC off loopback.
     """
 
     data_dir: Path
@@ -61,12 +67,21 @@ class Settings:
     admin_token: str | None
     json: bool
     verbose: bool
+    grpc_ca: Path | None = None
+    grpc_tls: bool = False
+    insecure: bool = False
+    grpc_client_cert: Path | None = None
+    grpc_client_key: Path | None = None
 
     @classmethod
     def build(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         """The settings from parsed `args`, then `environ`, then the defaults."""
         def env(name: str) -> str | None:
             return environ.get(name) or None
+
+        def path(option: str, name: str) -> Path | None:
+            given = getattr(args, option, None) or env(name)
+            return Path(given).expanduser() if given else None
 
         data_dir = getattr(args, "data_dir", None) or env("POOLMTA_DATA_DIR")
         return cls(
@@ -78,7 +93,18 @@ class Settings:
             admin_token=env("POOLMTA_ADMIN_TOKEN"),
             json=getattr(args, "json", False),
             verbose=getattr(args, "verbose", False),
+            grpc_ca=path("grpc_ca", "POOLMTA_GRPC_CA"),
+            grpc_tls=getattr(args, "grpc_tls", False),
+            insecure=getattr(args, "insecure", False),
+            grpc_client_cert=path("grpc_client_cert", "POOLMTA_GRPC_CLIENT_CERT"),
+            grpc_client_key=path("grpc_client_key", "POOLMTA_GRPC_CLIENT_KEY"),
         )
+
+    @property
+    def client_tls(self) -> grpc_tls.ClientTls:
+        """How client commands reach the control plane."""
+        return grpc_tls.ClientTls(enabled=self.grpc_tls, ca_file=self.grpc_ca, insecure=self.insecure,
+                                  cert_file=self.grpc_client_cert, key_file=self.grpc_client_key)
 
 
 # -- parsing ------------------------------------------------------------------------
@@ -107,6 +133,19 @@ def global_options() -> argparse.ArgumentParser:
     g.add_argument("--token", default=s,
                    help="API token for client commands (env POOLMTA_TOKEN; default the admin token "
                    "in <data-dir>/admin.token)")
+    g.add_argument("--grpc-ca", default=s, metavar="FILE",
+                   help="verify the control plane's TLS certificate with this PEM CA (env POOLMTA_GRPC_CA; "
+                   "client commands)")
+    g.add_argument("--grpc-tls", action="store_true", default=s,
+                   help="reach the control plane over TLS, verified with gRPC's default roots (client commands)")
+    g.add_argument("--grpc-client-cert", default=s, metavar="FILE",
+                   help="PEM client certificate for a control plane that asks for one (--grpc-tls-client-ca; "
+                   "env POOLMTA_GRPC_CLIENT_CERT; needs --grpc-client-key)")
+    g.add_argument("--grpc-client-key", default=s, metavar="FILE",
+                   help="its unencrypted PEM private key (env POOLMTA_GRPC_CLIENT_KEY)")
+    g.add_argument("--insecure", action="store_true", default=s,
+                   help="allow gRPC without TLS off loopback: client commands send the token in clear, "
+                   "up / control serve plaintext on a non-loopback --grpc-listen")
     g.add_argument("--json", action="store_true", default=s, help="machine-readable output (client commands)")
     g.add_argument("-v", "--verbose", action="store_true", default=s,
                    help="debug logging, and tracebacks for unexpected errors")
@@ -141,12 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dataplane", dest="dataplane", action="store_false",
                    help="run Redis and the control plane only")
     _add_trusted_prefix_args(p)
+    _add_grpc_tls_args(p)
 
     p = commands.add_parser("control", parents=[common], help="run the control plane only",
                             description="Embedded Redis (unless --redis-url) and the control plane.")
     p.add_argument("--grpc-listen", type=listen_arg, default=DEFAULT_GRPC, metavar="HOST:PORT",
                    help=f"control plane gRPC address (default {DEFAULT_GRPC})")
     _add_trusted_prefix_args(p)
+    _add_grpc_tls_args(p)
 
     _add_passthrough(commands, common, "dataplane", help_text="run a data plane (python -m dataplane ARGS...)",
                      description="Runs `python -m dataplane ARGS...`; every argument after `dataplane` "
@@ -296,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _client_command(settings: Settings, args: argparse.Namespace) -> int:
     def connect() -> ControlClient:
         token = resolve_token(settings.token, settings.admin_token, settings.data_dir)
-        return ControlClient(settings.grpc, token)
+        return ControlClient(settings.grpc, token, tls=settings.client_tls)
 
     ctx = Context(Printer(settings.json), connect)
     try:
@@ -322,14 +363,43 @@ def _prefix_arg(most: int):
     return parse
 
 
+def _add_grpc_tls_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grpc-tls-cert", type=Path, metavar="FILE",
+                   help="serve gRPC over TLS with this PEM certificate (chain); needs --grpc-tls-key")
+    p.add_argument("--grpc-tls-key", type=Path, metavar="FILE",
+                   help="the certificate's unencrypted PEM private key; needs --grpc-tls-cert")
+    p.add_argument("--grpc-tls-client-ca", type=Path, metavar="FILE",
+                   help="mutual TLS: accept only clients whose certificate chains to these PEM CAs "
+                   "(needs --grpc-tls-cert)")
+
+
+def _server_tls(settings: Settings, args: argparse.Namespace) -> grpc_tls.ServerTls | None:
+    """The TLS material of `up` / `control`, after checking that plaintext would be allowed
+    on --grpc-listen without it; CliError (exit 2) otherwise."""
+    if (args.grpc_tls_cert is None) != (args.grpc_tls_key is None):
+        raise CliError("--grpc-tls-cert and --grpc-tls-key go together: give both or neither", EXIT_USAGE)
+    if args.grpc_tls_client_ca is not None and args.grpc_tls_cert is None:
+        raise CliError("--grpc-tls-client-ca needs --grpc-tls-cert and --grpc-tls-key", EXIT_USAGE)
+    try:
+        tls = None
+        if args.grpc_tls_cert is not None:
+            tls = grpc_tls.load_server_tls(args.grpc_tls_cert, args.grpc_tls_key, args.grpc_tls_client_ca)
+        grpc_tls.check_listen(args.grpc_listen, tls=tls is not None, insecure=settings.insecure)
+    except (grpc_tls.TlsMaterialError, grpc_tls.InsecureGrpcError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return tls
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from .serve import ServeOptions, serve
 
     up = args.command == "up"
+    tls = _server_tls(settings, args)
     opts = ServeOptions(
         data_dir=settings.data_dir, redis_url=settings.redis_url, grpc_listen=args.grpc_listen,
         admin_token=settings.admin_token, dataplane=up and args.dataplane,
         min_trusted_prefix_v4=args.min_trusted_prefix_v4, min_trusted_prefix_v6=args.min_trusted_prefix_v6,
+        grpc_tls=tls, grpc_insecure=settings.insecure,
         **(
             dict(server_id=args.server_id, smtp_listen=args.smtp_listen, http_listen=args.http_listen,
                  inbound_listen=args.inbound_listen, workers=args.workers)

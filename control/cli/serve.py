@@ -28,7 +28,7 @@ import grpc
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from .._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
-from .. import validation
+from .. import grpc_tls, validation
 from ..config import ControlConfig
 from ..contract import file_modes
 from ..contract.runtime import DATAPLANE_READY, DEFAULT_SMTP_LISTEN, ready_line_smtp
@@ -51,6 +51,7 @@ class ServeOptions:
     dataplane: start the data plane child (False for `control` and `up --no-dataplane`).
     http_listen, inbound_listen, workers: passed to the data plane only when given.
     min_trusted_prefix_v4/_v6: the widest network a bridge may trust (ControlConfig).
+    grpc_tls, grpc_insecure: TLS for gRPC, or plaintext off loopback allowed (ControlConfig).
     """
 
     data_dir: Path
@@ -65,6 +66,8 @@ class ServeOptions:
     http_listen: str | None = None
     inbound_listen: str | None = None
     workers: int | None = None
+    grpc_tls: grpc_tls.ServerTls | None = None
+    grpc_insecure: bool = False
 
 
 def serve(opts: ServeOptions, out: IO[str]) -> int:
@@ -135,7 +138,8 @@ class _Stack:
             ControlConfig(
                 data_dir=opts.data_dir, redis_url=self.redis_url, grpc_listen=opts.grpc_listen,
                 admin_token=opts.admin_token, min_trusted_prefix_v4=opts.min_trusted_prefix_v4,
-                min_trusted_prefix_v6=opts.min_trusted_prefix_v6,
+                min_trusted_prefix_v6=opts.min_trusted_prefix_v6, grpc_tls=opts.grpc_tls,
+                grpc_insecure=opts.grpc_insecure,
             )
         )
         try:
@@ -145,7 +149,8 @@ class _Stack:
             raise CliError(f"the control plane could not start on {opts.grpc_listen}: {exc}") from None
         exit_code = 0
         try:
-            self.say(f"control plane (gRPC) listening on {cp.grpc_address}")
+            security = f"TLS, certificate {opts.grpc_tls.cert_file}" if opts.grpc_tls else "plaintext"
+            self.say(f"control plane (gRPC) listening on {cp.grpc_address} ({security})")
             if opts.admin_token:
                 self.say("admin token: the one in POOLMTA_ADMIN_TOKEN")
             else:
@@ -201,7 +206,7 @@ class _Stack:
     async def _announce_server(self, cp) -> None:
         """Say which MTA server this host runs, or how to register it when it is not yet."""
         token = self.opts.admin_token or cp.admin_token_path.read_text(encoding="utf-8").strip()
-        async with grpc.aio.insecure_channel(cp.grpc_address) as channel:
+        async with grpc_tls.self_channel(cp.grpc_address, self.opts.grpc_tls) as channel:
             try:
                 server = await rpc.MtaServerServiceStub(channel).GetMtaServer(
                     pb.GetMtaServerRequest(server_id=self.opts.server_id),
