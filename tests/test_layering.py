@@ -14,6 +14,7 @@ imports of Cython files.
 from __future__ import annotations
 
 import ast
+import gc
 import io
 import textwrap
 import tokenize
@@ -55,12 +56,26 @@ def _python_statements(path: Path) -> str:
     return "\n".join(statements)
 
 
+def _parse(path: Path) -> ast.Module:
+    # CPython 3.11 can fail ast.parse with "SystemError: AST constructor recursion
+    # depth mismatch" when a garbage collection runs a finalizer (an earlier test's
+    # leftover asyncio task) in the middle of building the tree; no collection, no
+    # finalizer.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return ast.parse(_python_statements(path), str(path))
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _imports_of(path: Path) -> set[str]:
     """Every module `path` imports, as absolute dotted names."""
     module = _module_name(path)
     package = module if path.stem == "__init__" else module.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(_python_statements(path), str(path))):
+    for node in ast.walk(_parse(path)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

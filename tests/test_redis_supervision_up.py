@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.stale_redis import read_pid
-from tests.cli.test_cli import start_up, stop_process
+from tests.cli.cli_support import start_up, stop_process
 from tests.control_support import Client
 from tests.support import eventually, process_gone, wait_until
 from tests.test_redis_supervision_control import health_becomes

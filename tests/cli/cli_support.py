@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
 import re
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,3 +131,78 @@ def field(out: str, name: str) -> str:
     raise AssertionError(f"no field {name!r} in:\n{out}")
 
 # -- renderers and parsing ------------------------------------------------------------
+
+
+def run_poolmta(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`poolmta ARGS` as a subprocess, its output captured as text."""
+    return subprocess.run([sys.executable, "-m", "control.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=subprocess_env())
+
+
+class Lines:
+    """A process's output lines, read by a thread so reads can time out."""
+
+    def __init__(self, stream, companion: Lines | None = None):
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self.companion = companion  # the other stream, quoted when an expected line does not come
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def text(self) -> str:
+        """What has arrived so far, without waiting."""
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                return "".join(self.seen)
+            if line is None:
+                self._queue.put(None)
+                return "".join(self.seen)
+            self.seen.append(line)
+
+    def _missing(self, what: str) -> AssertionError:
+        other = f"\n--- other stream:\n{self.companion.text()}" if self.companion else ""
+        return AssertionError(f"{what}; got:\n{''.join(self.seen)}{other}")
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def until(self, pattern: str, timeout: float = 30.0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                raise self._missing(f"no line matching {pattern!r} in time") from None
+            if line is None:
+                self._queue.put(None)
+                raise self._missing(f"output ended before {pattern!r}")
+            self.seen.append(line)
+            if match := re.search(pattern, line):
+                return match
+
+    def rest(self, timeout: float = 30.0) -> str:
+        """Everything up to the end of the output (the process has exited)."""
+        deadline = time.monotonic() + timeout
+        while (line := self._queue.get(timeout=max(deadline - time.monotonic(), 0.01))) is not None:
+            self.seen.append(line)
+        return "".join(self.seen)
+
+
+def start_up(data_dir: Path, *args: str) -> tuple[subprocess.Popen, Lines, Lines]:
+    """`poolmta up` as a subprocess; returns it with readers of its stdout and stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "control.cli", "--data-dir", str(data_dir), "up", "--grpc-listen", "127.0.0.1:0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+    )
+    errors = Lines(proc.stderr)
+    return proc, Lines(proc.stdout, companion=errors), errors
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Kill `proc` if it still runs, and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()

@@ -8,8 +8,8 @@ import re
 
 import redis
 
-from control.cli.suppression_commands import reason
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
+from control.cli.suppression_commands import reason
 from control.contract import rediskeys
 from control.contract.suppression import SuppressionEntry
 from tests.cli.cli_support import field, table_rows

@@ -14,8 +14,7 @@ import pytest
 from control import grpc_tls
 from control.cli.main import main
 from dataplane.tls import ensure_self_signed
-from tests.cli.cli_support import Cli, subprocess_env
-from tests.cli.test_cli import Lines, stop_process
+from tests.cli.cli_support import Cli, Lines, stop_process, subprocess_env
 
 TLS_FLAGS = "--grpc-tls-cert FILE --grpc-tls-key FILE"
 
