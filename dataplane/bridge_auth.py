@@ -216,7 +216,8 @@ return count + 1
 REDIS_TIMEOUT = 1.0
 # Round trips in flight at once per worker: a burst of AUTHs waits its turn (within
 # REDIS_TIMEOUT) rather than take every connection of the worker's Redis pool, which
-# the stats, snapshot and suppression lookups share (redis-py refuses past 100).
+# the stats, snapshot and suppression lookups share (redis-py refuses past 100); an
+# attempt still waiting at the timeout is counted in memory, Redis is not deemed down.
 MAX_ROUND_TRIPS_IN_FLIGHT = 8
 # After a failed round trip, attempts are counted in memory this long before Redis
 # is tried again, so an outage does not add a timeout to every AUTH.
@@ -250,8 +251,10 @@ class SharedAuthThrottle:
         the limit, whether or not this attempt `failed`. Never raises for Redis."""
         client = client_key(peer_address)
         if time.monotonic() >= self._redis_retry_at:
+            queued = True
             try:
                 async with asyncio.timeout(self.timeout), self._in_flight:
+                    queued = False
                     count = int(await self._script(
                         keys=[rediskeys.auth_failures_key(self._server_id, client)],
                         args=[int(self._clock() * 1000), self._window_ms, self._config.block_after,
@@ -259,6 +262,8 @@ class SharedAuthThrottle:
                     ))
             except _REDIS_FAILURES as exc:
                 reraise_if_cancelling()
+                if queued:  # a burst longer than the timeout, not an outage: this attempt alone
+                    return self.local.attempt(client, failed)
                 self._redis_retry_at = time.monotonic() + self.retry_after
                 if self.shared:
                     self.shared = False
