@@ -157,16 +157,15 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     defaults = AuthThrottleConfig()
     p.add_argument("--auth-delay-after", type=int,
                    default=e("POOLMTA_AUTH_DELAY_AFTER", str(defaults.delay_after)),
-                   help="failed AUTHs from one address before replies are delayed "
+                   help="failed AUTHs from one client (IPv4 address or IPv6 /64) before replies are delayed "
                         f"(env POOLMTA_AUTH_DELAY_AFTER; default {defaults.delay_after})")
     p.add_argument("--auth-block-after", type=int,
                    default=e("POOLMTA_AUTH_BLOCK_AFTER", str(defaults.block_after)),
-                   help="failed AUTHs from one address before it gets 421 "
+                   help="failed AUTHs from one client within the window before it gets 421 "
                         f"(env POOLMTA_AUTH_BLOCK_AFTER; default {defaults.block_after})")
-    p.add_argument("--auth-fail-window", type=float,
-                   default=e("POOLMTA_AUTH_FAIL_WINDOW", str(defaults.window)),
-                   help="seconds a failed AUTH counts against its address "
-                        f"(env POOLMTA_AUTH_FAIL_WINDOW; default {defaults.window:g})")
+    _add_duration(p, env, "--auth-fail-window", "POOLMTA_AUTH_FAIL_WINDOW", defaults.window,
+                  "how long a failed AUTH counts against its client, for every worker of the server "
+                  "(a plain number is seconds)")
     d = p.add_argument_group("delivery")
     d.add_argument("--route", action="append", type=argument_type(parse_route), metavar="DOMAIN=HOST:PORT",
                    default=None,

@@ -251,13 +251,15 @@ def format_listen(host: str, port: int) -> str:
 
 @dataclass(frozen=True)
 class AuthThrottleConfig:
-    """Failed-AUTH throttling per client address (per worker process).
+    """Failed-AUTH throttling per client (an IPv4 address or an IPv6 /64), counted for
+    every worker of the MTA server through Redis (`dataplane.bridge_auth`).
 
     Within `window` seconds, the first `delay_after - 1` failures are answered at
     once; from the `delay_after`-th on each failure is answered after a delay that
     doubles from `base_delay` up to `max_delay`; the `block_after`-th failure (and
-    any AUTH from that address while it stays over the limit) gets 421 and the
-    connection is closed.
+    any AUTH from that client while it stays at the limit) gets 421 and the
+    connection is closed. `max_tracked_addresses` bounds the clients a worker
+    remembers while Redis is unreachable and it counts on its own.
     """
 
     delay_after: int = 3
@@ -272,6 +274,8 @@ class AuthThrottleConfig:
             raise ValueError("AUTH failure thresholds must be at least 1")
         if self.window <= 0 or self.base_delay < 0 or self.max_delay < self.base_delay:
             raise ValueError("AUTH throttle window must be positive and 0 <= base delay <= max delay")
+        if self.max_tracked_addresses < 1:
+            raise ValueError("AUTH throttle must remember at least 1 client address")
 
 
 # A report carries the returned message (RFC 3462 / RFC 6522 section 3), so it is as

@@ -28,11 +28,11 @@ import ipaddress
 import logging
 import time
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from control.contract.snapshot import BridgeRoute
 
-from .bridge_auth import AuthThrottle, BridgeIdentity, check_credentials
+from .bridge_auth import BridgeIdentity, SharedAuthThrottle, check_credentials, client_key
 from .config import DataplaneConfig
 from .dsn_relay import mail_fields, rcpt_options
 from .dsn_request import DsnParamError, MailDsnParams, RcptDsnParams, parse_mail_params, parse_rcpt_params
@@ -161,25 +161,21 @@ class BridgeSMTP(ListenerSMTP):
 
     # -- AUTH -------------------------------------------------------------
 
-    @syntax("AUTH <mechanism>")
-    async def smtp_AUTH(self, arg: str) -> None:
-        if self.bridge_handler.throttle.blocked(self.peer_address):
-            await self._refuse_auth_and_close()
-            return
-        await super().smtp_AUTH(arg)
-
     async def _refuse_auth_and_close(self) -> None:
-        await self.push(REPLY_AUTH_BLOCKED.format(address=self.peer_address))
+        await self.push(REPLY_AUTH_BLOCKED.format(address=client_key(self.peer_address)))
         if self.transport is not None:
             self.transport.close()
 
     async def _settle_auth(self, result: AuthResult) -> AuthResult:
-        """Throttle a credential failure: delay the 535, or answer 421 and close."""
-        if result.success or result.handled:
+        """Throttle an AUTH whose credentials were checked: one count shared by every
+        worker (`SharedAuthThrottle`); 421 and close when the client is at the limit,
+        right credentials or not; else a failure's 535 is delayed past the threshold.
+        An AUTH aiosmtpd already answered with 501 (malformed, or abandoned) checked nothing."""
+        if result.handled and not result.success:
             return result
-        verdict = self.bridge_handler.throttle.record_failure(self.peer_address)
+        verdict = await self.bridge_handler.throttle.attempt(self.peer_address, failed=not result.success)
         if verdict.block:
-            log.warning("AUTH blocked for %s after repeated failures", self.peer_address)
+            log.warning("AUTH refused for %s: too many failed attempts", client_key(self.peer_address))
             await self._refuse_auth_and_close()
             return AuthResult(success=False, handled=True)
         if verdict.delay:
@@ -216,7 +212,7 @@ class BridgeHandler(ListenerHandler):
         loader: SnapshotLoader,
         spool: Spool,
         stats: StatsBatcher,
-        throttle: AuthThrottle,
+        throttle: SharedAuthThrottle,
         worker_id: str,
         suppressions: SuppressionLookup,
         delivery=None,

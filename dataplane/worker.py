@@ -26,7 +26,7 @@ from _fastpath import IMPLEMENTATION
 from control.contract.runtime import die_with_parent
 
 from . import logs
-from .bridge_auth import AuthThrottle
+from .bridge_auth import SharedAuthThrottle
 from .config import DataplaneConfig, format_listen
 from .delivery import DeliveryEngine
 from .inbound import Accounting, Attributor, InboundHandler, InboundSMTP, ReportIntake
@@ -145,7 +145,7 @@ class Worker:
             log.info("worker %d: delivery is off (--no-delivery): messages stay in the spool", self.index)
         handler = BridgeHandler(
             config, loader=loader, spool=spool, stats=stats,
-            throttle=AuthThrottle(config.auth_throttle), worker_id=self.worker_id,
+            throttle=SharedAuthThrottle(redis, config.server_id, config.auth_throttle), worker_id=self.worker_id,
             suppressions=SuppressionLookup(redis, stats), delivery=delivery,
         )
         assert config.tls_cert is not None and config.tls_key is not None, "the supervisor resolves TLS files"

@@ -200,7 +200,7 @@ def test_failed_auth_is_throttled_per_client_address(redis_client, redis_url, st
         client.noop()
     client.close()
 
-    # Good credentials from the blocked address are refused too, before they are checked.
+    # Good credentials from the blocked address are refused too (421 whatever the credentials).
     with smtplib.SMTP("127.0.0.1", plane.port, timeout=10, source_address=("127.0.0.3", 0)) as client:
         client.ehlo()
         code, _ = client.docmd("AUTH", "PLAIN " + _plain(bridge.username, SECRET))

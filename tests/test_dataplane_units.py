@@ -19,7 +19,7 @@ from control.contract import rediskeys
 from control.contract.snapshot import IP_PAUSED
 from dataplane import spool
 from dataplane.__main__ import build_config, build_parser
-from dataplane.bridge_auth import AuthThrottle, check_credentials
+from dataplane.bridge_auth import check_credentials
 from dataplane.config import AuthThrottleConfig, DataplaneConfig, parse_listen
 from dataplane.routing import NoUsableIp, PoolGone, Routing, stamp
 from dataplane.smtp_bridge import rfc5322_date
@@ -85,27 +85,6 @@ async def test_spool_store_concurrent_writes_share_fsyncs(tmp_path):
 
 
 # --- AUTH ----------------------------------------------------------------------
-
-
-def test_auth_throttle_delays_then_blocks_within_the_window():
-    now = [1000.0]
-    throttle = AuthThrottle(AuthThrottleConfig(delay_after=2, block_after=5, window=60, base_delay=0.5,
-                                               max_delay=1.5), clock=lambda: now[0])
-    verdicts = [throttle.record_failure("192.0.2.9") for _ in range(4)]
-    assert [v.delay for v in verdicts] == [0.0, 0.5, 1.0, 1.5]
-    assert not throttle.blocked("192.0.2.9")
-    assert throttle.record_failure("192.0.2.9").block
-    assert throttle.blocked("192.0.2.9") and not throttle.blocked("192.0.2.10")
-    now[0] += 61
-    assert not throttle.blocked("192.0.2.9")
-    assert throttle.record_failure("192.0.2.9").delay == 0.0
-
-
-def test_auth_throttle_memory_is_bounded():
-    throttle = AuthThrottle(AuthThrottleConfig(max_tracked_addresses=3))
-    for n in range(10):
-        throttle.record_failure(f"192.0.2.{n}")
-    assert len(throttle._failures) == 3
 
 
 def test_check_credentials():

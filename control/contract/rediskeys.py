@@ -14,6 +14,8 @@ scripts and multi-key commands stay on one slot of a Redis Cluster:
 * `{supp:USER}` — one account's suppression list.
 * `{inbound:N}` — what MTA server N's inbound listener kept of the reports it
   could not attribute, and its counts of them.
+* `{auth:N}` — the failed SMTP AUTHs of MTA server N's clients, one key per
+  client, counted by every worker of the server.
 
 A message index entry (`message_index_key`) stands alone: one key, read and written
 on its own, so it needs no tag.
@@ -287,3 +289,19 @@ UNATTRIBUTED_KEPT = 1000
 # How long a kept report's marker lasts: longer than a sending MTA retries one message
 # (RFC 5321 4.5.4.1 suggests 4-5 days).
 UNATTRIBUTED_MARKER_TTL_SECONDS = 7 * 24 * 3600
+
+
+# -- AUTH throttling: `{auth:N}` ----------------------------------------------------
+
+
+def auth_failures_key(server_id: int, client: str) -> str:
+    """Sorted set of one client's failed SMTP AUTHs at MTA server N, read and written by
+    every worker of the server (so a limit means the same whatever the number of workers).
+
+    `client` is what the throttle counts per: an IPv4 address, or an IPv6 /64 such as
+    `2001:db8:1:2::/64` (`dataplane.bridge_auth.client_key`). One member per failure,
+    scored by its time (unix ms); the set keeps at most the throttle's limit of members
+    and expires one window after its last failure, so Redis holds only the clients that
+    failed within the last window.
+    """
+    return f"{PREFIX}:{{auth:{int(server_id)}}}:failures:{client}"
