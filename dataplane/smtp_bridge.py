@@ -15,8 +15,8 @@ ORCPT on RCPT are parsed by `dataplane.dsn_request` (a bad value gets its 501)
 and kept in the spool record with the Bridge's DSN switch as it is at acceptance
 (`dataplane.dsn_relay`).
 
-This relies on one aiosmtpd 1.4 internal, marked: the per-connection
-`_auth_require_tls`; `dataplane.smtp_listener` and `dataplane.smtp_wire` name the
+This relies on aiosmtpd 1.4 internals, marked: the per-connection
+`_auth_require_tls`, and its idle timer (`_reset_timeout`, `_timeout_cb`); `dataplane.smtp_listener` and `dataplane.smtp_wire` name the
 ones they rely on.
 """
 
@@ -65,6 +65,9 @@ REPLY_BAD_ADDRESS_ENCODING = "553 5.6.7 Address is not valid UTF-8"
 REPLY_NEEDS_SMTPUTF8 = "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter on MAIL FROM"
 REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients: at most {limit} per message"
 REPLY_TOO_BIG = "552 5.3.4 Message size exceeds the limit of {limit} bytes"
+REPLY_NUL_IN_MESSAGE = "554 5.6.0 Message contains NUL bytes (RFC 5322 section 2.3)"
+REPLY_PRE_AUTH_TIMEOUT = "421 4.4.2 {host} Idle too long before AUTH; closing connection (timeout)"
+REPLY_IDLE_TIMEOUT = "421 4.4.2 {host} Idle too long; closing connection (timeout)"
 REPLY_LINE_TOO_LONG = "500 5.5.2 A message line is longer than {limit} octets (RFC 5322 section 2.1.1)"
 REPLY_QUEUED = "250 2.0.0 Ok: queued as {id}"
 REPLY_POOL_GONE = "451 4.3.0 The Bridge's pool is not routed by this server right now; try again later"
@@ -111,29 +114,25 @@ def _address_refusal(address: str, smtp_utf8: bool) -> str | None:
 class BridgeSMTP(ListenerSMTP):
     """One SMTP Bridge connection.
 
-    Limits (RFC 5321 4.5.3.1): `command_size_limit` (512) per command line as in
-    aiosmtpd; the message size, recipient count and message line length come from
-    the handler's configuration. The stream reader's limit is set to hold a whole
-    message, because DATA is read with one buffer search; the size counts the
-    message's own bytes (dot-stuffing removed), and data that overruns the reader
-    is too big at once, never buffered further.
+    Limits (RFC 5321 4.5.3.1): command lines as `dataplane.smtp_wire` caps them
+    (aiosmtpd's 512 per command within a 2 KiB reader); the message size,
+    recipient count and message line length come from the handler's
+    configuration. DATA is read in 64 KiB pieces; the size counts the message's
+    own bytes (dot-stuffing removed), and a message over it is read to its end
+    and dropped as it comes (552). A message holding a NUL byte gets 554.
+
+    Until it authenticates, a session that is not from a Bridge's trusted network
+    is closed after `pre_auth_timeout` idle seconds (421 4.4.2), instead of the
+    session timeout.
     """
 
     count_stuffing = False
-    whole_in_buffer = True
     mail_extension_keywords = frozenset({"RET", "ENVID"})  # RFC 3461 4.3, 4.4
     rcpt_extension_keywords = frozenset({"NOTIFY", "ORCPT"})  # RFC 3461 4.1, 4.2
-
-    # Slack above the message size limit for the stream reader: the end-of-data
-    # line and a little more, so a message right at the limit is read in one go.
-    READER_SLACK = 64 * 1024
 
     def __init__(self, handler: BridgeHandler, *, hostname: str, tls_context,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         config = handler.config
-        # Read by SMTP.__init__ as the StreamReader limit (aiosmtpd internal, see
-        # the module docstring); command lines are still held to 512 octets.
-        self.line_length_limit = config.max_message_size + self.READER_SLACK
         super().__init__(
             handler,
             hostname=hostname,
@@ -154,6 +153,28 @@ class BridgeSMTP(ListenerSMTP):
 
     def _create_envelope(self) -> BridgeEnvelope:
         return BridgeEnvelope()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd re-arms its idle timer here (at connect and after each command; an
+        # internal, see the module docstring): shorter until the session is trusted.
+        if duration is None and not self._past_auth():
+            duration = self.bridge_handler.config.pre_auth_timeout
+        super()._reset_timeout(duration)
+
+    def _past_auth(self) -> bool:
+        """True once the session authenticated, or for a client on a Bridge's trusted network."""
+        session = self.session
+        if session is not None and session.authenticated:
+            return True
+        routing = self.bridge_handler.loader.current
+        return routing is not None and routing.trusted_bridge(self.peer_address) is not None
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes an idle session silently: say why first (RFC 5321 3.8).
+        if self.transport is not None and not self.transport.is_closing():
+            reply = REPLY_PRE_AUTH_TIMEOUT if not self._past_auth() else REPLY_IDLE_TIMEOUT
+            self.transport.write(reply.format(host=self.hostname).encode() + b"\r\n")
+        super()._timeout_cb()
 
     @property
     def tls_active(self) -> bool:
@@ -199,6 +220,10 @@ class BridgeSMTP(ListenerSMTP):
         config = self.bridge_handler.config
         if content is None:
             return REPLY_TOO_BIG.format(limit=config.max_message_size)
+        if b"\0" in content:
+            # RFC 5321 2.3.8 and 4.1.1.4, RFC 5322 2.1 and 2.3: a message has no NUL.
+            # Refused rather than stripped: the sender learns its message was broken.
+            return REPLY_NUL_IN_MESSAGE
         max_line = config.max_line_length
         if len(content) > max_line and max(map(len, content.split(b"\n"))) > max_line + 1:
             # +1: split on LF leaves the CR of CRLF on each line.
@@ -220,8 +245,9 @@ class BridgeHandler(ListenerHandler):
         worker_id: str,
         suppressions: SuppressionLookup,
         delivery=None,
+        caps=None,
     ) -> None:
-        super().__init__(config, loader=loader)
+        super().__init__(config, loader=loader, caps=caps)
         self.suppressions = suppressions
         self.delivery = delivery  # DeliveryEngine, or None with --no-delivery
         self.spool = spool

@@ -287,3 +287,20 @@ UNATTRIBUTED_KEPT = 1000
 # How long a kept report's marker lasts: longer than a sending MTA retries one message
 # (RFC 5321 4.5.4.1 suggests 4-5 days).
 UNATTRIBUTED_MARKER_TTL_SECONDS = 7 * 24 * 3600
+
+
+# -- connection caps: `{conn:N}` ---------------------------------------------------
+
+
+def connection_counts_key(server_id: int, listener: str, worker_index: int) -> str:
+    """Hash of the connections open now at one worker's `listener` ("bridge" or
+    "inbound") of MTA server N: client address -> count, CONNECTIONS_TOTAL_FIELD ->
+    all of them. The worker refreshes its expiry (CONNECTION_COUNTS_TTL_MS); every
+    worker's hash of a server shares the tag `{conn:N}`, so one Lua script sums them."""
+    return f"{PREFIX}:{{conn:{int(server_id)}}}:{listener}:w{int(worker_index)}"
+
+
+CONNECTIONS_TOTAL_FIELD = "*"
+# A worker's connection counts vanish this long after its last refresh (a SIGKILLed
+# worker's connections are gone with it).
+CONNECTION_COUNTS_TTL_MS = 15_000
