@@ -91,6 +91,26 @@ class BridgeEnvelope(Envelope):
         self.rcpt_dsn: list[RcptDsnParams] = []  # NOTIFY and ORCPT, one per rcpt_tos entry
 
 
+class BridgeSession(Session):
+    """An aiosmtpd Session that calls `on_authenticated` when AUTH succeeds, so the
+    connection's idle timer leaves the pre-AUTH timeout then."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_authenticated) -> None:
+        self._on_authenticated = on_authenticated
+        self._authenticated: bool | None = None
+        super().__init__(loop)
+
+    @property
+    def authenticated(self) -> bool | None:
+        return self._authenticated
+
+    @authenticated.setter
+    def authenticated(self, value: bool | None) -> None:
+        self._authenticated = value
+        if value:
+            self._on_authenticated()
+
+
 def _valid_utf8(text: str) -> bool:
     if text.isascii():
         return True
@@ -153,6 +173,9 @@ class BridgeSMTP(ListenerSMTP):
 
     def _create_envelope(self) -> BridgeEnvelope:
         return BridgeEnvelope()
+
+    def _create_session(self) -> BridgeSession:
+        return BridgeSession(self.loop, self._reset_timeout)
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         # aiosmtpd re-arms its idle timer here (at connect and after each command; an
