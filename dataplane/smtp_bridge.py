@@ -16,7 +16,7 @@ and kept in the spool record with the Bridge's DSN switch as it is at acceptance
 (`dataplane.dsn_relay`).
 
 This relies on aiosmtpd 1.4 internals, marked: the per-connection
-`_auth_require_tls`, and its idle timer (`_reset_timeout`, `_timeout_cb`); `dataplane.smtp_listener` and `dataplane.smtp_wire` name the
+`_auth_require_tls`, and its idle timer's `_reset_timeout`; `dataplane.smtp_listener` and `dataplane.smtp_wire` name the
 ones they rely on.
 """
 
@@ -67,7 +67,6 @@ REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients: at most {limit} per 
 REPLY_TOO_BIG = "552 5.3.4 Message size exceeds the limit of {limit} bytes"
 REPLY_NUL_IN_MESSAGE = "554 5.6.0 Message contains NUL bytes (RFC 5322 section 2.3)"
 REPLY_PRE_AUTH_TIMEOUT = "421 4.4.2 {host} Idle too long before AUTH; closing connection (timeout)"
-REPLY_IDLE_TIMEOUT = "421 4.4.2 {host} Idle too long; closing connection (timeout)"
 REPLY_LINE_TOO_LONG = "500 5.5.2 A message line is longer than {limit} octets (RFC 5322 section 2.1.1)"
 REPLY_QUEUED = "250 2.0.0 Ok: queued as {id}"
 REPLY_POOL_GONE = "451 4.3.0 The Bridge's pool is not routed by this server right now; try again later"
@@ -192,12 +191,9 @@ class BridgeSMTP(ListenerSMTP):
         routing = self.bridge_handler.loader.current
         return routing is not None and routing.trusted_bridge(self.peer_address) is not None
 
-    def _timeout_cb(self) -> None:
-        # aiosmtpd closes an idle session silently: say why first (RFC 5321 3.8).
-        if self.transport is not None and not self.transport.is_closing():
-            reply = REPLY_PRE_AUTH_TIMEOUT if not self._past_auth() else REPLY_IDLE_TIMEOUT
-            self.transport.write(reply.format(host=self.hostname).encode() + b"\r\n")
-        super()._timeout_cb()
+    def idle_reply(self) -> str:
+        """The 421 before an idle session is closed: the pre-AUTH one until it is trusted."""
+        return super().idle_reply() if self._past_auth() else REPLY_PRE_AUTH_TIMEOUT.format(host=self.hostname)
 
     @property
     def tls_active(self) -> bool:

@@ -15,7 +15,7 @@ worker) holds those counts beside the configuration, snapshot loader and caps.
 The replies both listeners give are here, each a named constant.
 
 This relies on aiosmtpd 1.4's `_handle_client` coroutine (wrapped to refuse
-before the banner).
+before the banner) and its idle timer's `_timeout_cb` (wrapped to send a 421 first).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ REPLY_NO_SNAPSHOT = (
 )
 REPLY_TOO_MANY_CONNECTIONS = "421 4.7.0 {host} Too many connections to this server; try again later"
 REPLY_TOO_MANY_FROM_ADDRESS = "421 4.7.0 {host} Too many connections from {address}; try again later"
+REPLY_IDLE_TIMEOUT = "421 4.4.2 {host} Idle too long; closing connection (timeout)"
 REPLY_SHUTTING_DOWN = "421 4.3.2 {host} Service shutting down; try again later"
 REPLY_MAIL_OK = "250 2.1.0 Ok"
 REPLY_RCPT_OK = "250 2.1.5 Ok"
@@ -123,6 +124,17 @@ class ListenerSMTP(WireSMTP):
             self._admitted = False
             handler.caps.release(self.peer_address)
         super().connection_lost(error)
+
+    def idle_reply(self) -> str:
+        """The 421 sent before a session idle for its timeout is closed."""
+        return REPLY_IDLE_TIMEOUT.format(host=self.hostname)
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes an idle session silently (an internal, see the module
+        # docstring): say why first (RFC 5321 3.8).
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.idle_reply().encode() + b"\r\n")
+        super()._timeout_cb()
 
     async def admission(self) -> str | None:
         """The 421 when the client's address or the server is at its connection cap,

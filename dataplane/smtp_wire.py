@@ -27,7 +27,8 @@ the server's hook in `extension_params`.
 This relies on aiosmtpd 1.4 internals: `_getaddr` (overridden), the stream
 reader `_reader` (read directly in DATA; replaced by a `CommandLineReader` in
 `WireSMTP.__init__`), the loop of `_handle_client` reading command lines with
-`readuntil()` and passing other exceptions to `handle_exception`, its reply text
+`readuntil()` and passing other exceptions to `handle_exception`,
+`_handler_coroutine` (cancelled after a closing 421, as aiosmtpd's QUIT does), its reply text
 for a line over a per-command limit (`AIOSMTPD_COMMAND_TOO_LONG`) and
 `_set_post_data_state`.
 """
@@ -209,10 +210,11 @@ async def read_data(
 
     count_stuffing: True (aiosmtpd's rule): the bytes as sent before the end-of-data
         line, the dots of dot-stuffing included. False: the message's own bytes.
-    whole_in_buffer: True for a server that sized the reader's buffer to hold a
-        whole message at the limit (the Bridge): a stretch of data that overruns the
-        buffer without an end-of-data line is too big at once. False: it is read in
-        buffer-sized pieces and counted.
+    whole_in_buffer: True for a reader whose buffer holds a whole message at the
+        limit (the Bridge before its reader was bounded; the DATA bench's baseline):
+        a stretch of data that overruns the buffer without an end-of-data line is
+        too big at once. False (every server now): it is read in buffer-sized
+        pieces and counted.
 
     The message starts at a line start. From there one byte tells whether a line
     starts with "."; from anywhere else the next END_OF_DATA lies wholly in the
@@ -339,7 +341,10 @@ class WireSMTP(SMTP):
             status = self._refused_line(REPLY_COMMAND_TOO_LONG)
         await super().push(status)
         if self._close_after_reply:
+            # As aiosmtpd's QUIT does: no pipelined command after the 421 is run.
             self._close_transport()
+            if self._handler_coroutine is not None:
+                self._handler_coroutine.cancel()
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, CommandLineRefused):

@@ -19,12 +19,14 @@ from tests.support import wait_until
 
 SERVER = 33
 SECRET = "s3cret"
+TRUSTED = "127.0.0.9"  # a trusted network of the second Bridge
 
 
 def _start(redis_client, redis_url, start_dataplane, *args: str, workers: int = 1):
     pool = make_pool(331, [("192.0.2.33", 1)], server_id=SERVER)
     bridge = make_bridge(1, 331, SECRET)
-    publish(redis_client, make_snapshot(SERVER, 1, [pool], [bridge]))
+    trusting = make_bridge(2, 331, SECRET, trusted=[TRUSTED + "/32"])
+    publish(redis_client, make_snapshot(SERVER, 1, [pool], [bridge, trusting]))
     return start_dataplane(redis_url, SERVER, workers=workers, args=list(args)), bridge
 
 
@@ -85,11 +87,14 @@ def test_a_session_idle_before_auth_gets_421_and_is_closed(redis_client, redis_u
         goodbye = replies.readline()  # nothing more sent: the timeout's reply
         assert goodbye.startswith(b"421 4.4.2 ") and b"before AUTH" in goodbye and b"timeout" in goodbye, goodbye
         assert replies.readline() == b""  # closed
-    # Authenticated, the session keeps aiosmtpd's longer timeout.
-    with smtplib.SMTP("127.0.0.1", plane.port, timeout=30) as client:
+    # Authenticated, or from a trusted network, the session keeps aiosmtpd's longer timeout.
+    with smtplib.SMTP("127.0.0.1", plane.port, timeout=30) as client, \
+            smtplib.SMTP("127.0.0.1", plane.port, timeout=30, source_address=(TRUSTED, 0)) as trusted:
         client.login(bridge.username, SECRET)
+        assert trusted.ehlo()[0] == 250
         time.sleep(1.0)  # twice the pre-AUTH timeout
         assert client.noop()[0] == 250
+        assert trusted.noop()[0] == 250
 
 
 def test_nul_bytes_are_refused_in_messages_and_command_lines(redis_client, redis_url, start_dataplane):
