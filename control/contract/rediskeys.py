@@ -14,6 +14,8 @@ scripts and multi-key commands stay on one slot of a Redis Cluster:
 * `{supp:USER}` — one account's suppression list.
 * `{inbound:N}` — what MTA server N's inbound listener kept of the reports it
   could not attribute, and its counts of them.
+* `{conn:N}` — the connections open now at each worker of MTA server N (one hash
+  per worker and listener), summed by one Lua script for the connection caps.
 
 A message index entry (`message_index_key`) stands alone: one key, read and written
 on its own, so it needs no tag.
