@@ -1,9 +1,12 @@
 """The memory attack of issue 11 item 1, at a size CI can afford: 16 connections
 each sending 8 MB without a line end as a command line, and 8 authenticated ones
 sending 8 MB of DATA over a 2 MB limit, all at once, against two workers. Each
-worker's RSS (VmRSS) afterwards stays within a bound of its baseline: a memory
-bound, not a timing. (Before the bounded reader, one such connection buffered up
-to the message size: 64 of them took two workers to 0.7 and 1.2 GB.)"""
+worker's peak RSS during the attack (VmHWM) and its RSS afterwards (VmRSS) stay
+within a bound of its baseline: memory bounds, not timings. (Before the bounded
+reader, each such connection buffered its 8 MB: 64 connections of 24 MB took two
+workers to 0.7 and 1.2 GB. At this size, measured on 2 shared cores: before, the
+peak grew by 25-37 MB per worker and 18-23 MB stayed; now 4-8 MB and 1-3 MB. No
+gc.collect() or malloc_trim is needed: nothing large is ever allocated.)"""
 
 from __future__ import annotations
 
@@ -17,15 +20,16 @@ SERVER = 34
 SECRET = "s3cret"
 MB = 1024 * 1024
 ATTACK = 8 * MB
-RSS_BOUND = 64 * MB
+RSS_BOUND = 16 * MB
 
 
-def _rss(pid: int) -> int:
+def _memory(pid: int, field: str = "VmRSS") -> int:
+    """`field` of /proc/PID/status (VmRSS: resident now, VmHWM: the peak), in bytes."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
+    raise AssertionError(f"no {field} for pid {pid}")
 
 
 def _endless_line(port: int, replies: list[bytes]) -> None:
@@ -64,7 +68,8 @@ def test_worker_rss_stays_near_its_baseline_after_the_attack(redis_client, redis
             assert client.sendmail("sender@example.com", ["rcpt@example.net"], message(n)) == {}
     pids = plane.worker_pids()
     assert len(pids) == 2, pids
-    baseline = {index: _rss(pid) for index, pid in pids.items()}
+    # The peak so far (startup included) may be above the resident size: the higher is the baseline.
+    baseline = {index: max(_memory(pid), _memory(pid, "VmHWM")) for index, pid in pids.items()}
 
     line_replies: list[bytes] = []
     data_replies: list[bytes] = []
@@ -79,6 +84,7 @@ def test_worker_rss_stays_near_its_baseline_after_the_attack(redis_client, redis
 
     assert len(line_replies) == 16 and all(r.startswith(b"500 5.5.2") for r in line_replies), line_replies
     assert data_replies == [b"552"] * 8, data_replies
-    after = {index: _rss(pid) for index, pid in pids.items()}
-    grown = {index: (after[index] - baseline[index]) // MB for index in pids}
-    assert all(after[index] <= baseline[index] + RSS_BOUND for index in pids), f"RSS grew by MB: {grown}"
+    for field in ("VmHWM", "VmRSS"):  # the peak during the attack, and what stays after it
+        after = {index: _memory(pid, field) for index, pid in pids.items()}
+        grown = {index: (after[index] - baseline[index]) // MB for index in pids}
+        assert all(after[index] <= baseline[index] + RSS_BOUND for index in pids), f"{field} grew by MB: {grown}"
