@@ -6,8 +6,11 @@ that the connection's reader never held more than its cap plus one socket read."
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dataplane.smtp_wire import (
     COMMAND_LINE_CAP,
@@ -141,3 +144,56 @@ async def test_over_size_data_is_read_in_bounded_chunks_and_refused(server):
     assert (await reader.readline()).startswith(b"250 2.0.0 1002 bytes")
     assert server.sessions[0].line_reader.high_water <= DATA_BOUND
     writer.close()
+
+
+_COMMANDS = [b"EHLO x", b"HELO x", b"MAIL FROM:<a@b>", b"RCPT TO:<c@d>", b"NOOP", b"RSET", b"VRFY a",
+             b"AUTH PLAIN", b"STARTTLS", b"DATA", b"BDAT 10", b"HELP"]
+_line = st.one_of(
+    st.sampled_from(_COMMANDS),
+    st.binary(max_size=80),
+    st.tuples(st.sampled_from(_COMMANDS), st.binary(max_size=40)).map(b" ".join),
+    st.integers(500, 9000).map(lambda n: b"NOOP " + b"x" * n),
+)
+
+
+@given(lines=st.lists(_line, min_size=1, max_size=8))
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+def test_any_command_lines_get_smtp_replies_and_bounded_buffers(lines: list[bytes]) -> None:
+    """Fuzzed command lines (any bytes, any length, NUL, bare CR/LF; fixed seed): every
+    reply is an SMTP reply line, the session ends only with a 221 or a 421 (or goes
+    into DATA), and the reader never holds more than its cap plus one socket read."""
+
+    async def run() -> None:
+        sessions: list[_Server] = []
+
+        def make() -> _Server:
+            sessions.append(_Server(_Handler(), data_size_limit=SIZE_LIMIT, hostname="mx.test",
+                                    auth_require_tls=False))
+            return sessions[-1]
+
+        srv = await asyncio.get_running_loop().create_server(make, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.sockets[0].getsockname()[1])
+        await reader.readline()
+        writer.write(b"".join(line + b"\r\n" for line in lines) + b"QUIT\r\n")
+        await writer.drain()
+        last = b""
+        while True:
+            try:
+                reply = await asyncio.wait_for(reader.readline(), 10)
+            except ConnectionResetError:
+                break
+            if not reply:
+                break
+            assert re.fullmatch(rb"[2-5][0-9][0-9][ -][^\r\n]*\r\n", reply), reply
+            last = reply
+            if reply.startswith(b"354"):  # the rest, QUIT included, is message content
+                break
+        assert last[:3] in (b"221", b"421", b"354"), last
+        writer.close()
+        srv.close()
+        await srv.wait_closed()
+        bound = DATA_BOUND if last.startswith(b"354") else COMMAND_BOUND
+        assert all(s.line_reader.high_water <= bound for s in sessions)
+
+    asyncio.run(run())
