@@ -235,6 +235,9 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
                    help="open connections from one client address, to the Bridge and to the inbound listener "
                         "(each counted on its own); more get 421 (env POOLMTA_MAX_CONNECTIONS_PER_ADDRESS; "
                         f"default {DEFAULT_MAX_CONNECTIONS_PER_ADDRESS})")
+    c.add_argument("--connection-cap-exempt", type=_networks, default=e("POOLMTA_CONNECTION_CAP_EXEMPT", "none"),
+                   metavar="CIDR,...", help="client networks the connection caps never count, or 'none' "
+                   "(env POOLMTA_CONNECTION_CAP_EXEMPT; default none: loopback is counted too)")
     _add_duration(c, env, "--pre-auth-timeout", "POOLMTA_PRE_AUTH_TIMEOUT", DEFAULT_PRE_AUTH_TIMEOUT,
                   "idle time a Bridge session may spend before AUTH (trusted networks excepted); then 421")
     p.add_argument("--log-level", choices=logs.LEVELS, default=e("POOLMTA_LOG_LEVEL", "info"),
@@ -295,6 +298,7 @@ def build_config(args: argparse.Namespace, redis_url: str) -> DataplaneConfig:
         max_connections=int(args.max_connections),
         max_connections_per_address=int(args.max_connections_per_address),
         pre_auth_timeout=args.pre_auth_timeout,
+        connection_cap_exempt=args.connection_cap_exempt,
     )
 
 

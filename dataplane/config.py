@@ -370,6 +370,8 @@ class DataplaneConfig:
     max_connections_per_address: open connections from one client address, for the
         whole server, to the Bridge and to the inbound listener (each counted on its
         own); more get 421.
+    connection_cap_exempt: client networks (CIDR) whose connections neither
+        connection cap counts (none by default: loopback is counted too).
     pre_auth_timeout: idle seconds a Bridge session that has not authenticated (and
         is not from a trusted network) is kept; then 421 and closed.
     heartbeat_interval: seconds between acks; each also checks the `current`
@@ -405,6 +407,7 @@ class DataplaneConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
     pre_auth_timeout: float = DEFAULT_PRE_AUTH_TIMEOUT
+    connection_cap_exempt: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_connections < 1 or self.max_connections_per_address < 1:
@@ -426,7 +429,7 @@ class DataplaneConfig:
             raise ValueError(f"max recipients must be at least 1, got {self.max_recipients}")
         if self.max_line_length < 78:
             raise ValueError(f"max line length must be at least 78, got {self.max_line_length}")
-        for network in self.insecure_auth_networks:
+        for network in (*self.insecure_auth_networks, *self.connection_cap_exempt):
             try:
                 ipaddress.ip_network(network, strict=False)
             except ValueError:

@@ -14,6 +14,10 @@ background, never holding up the close. Each refresh rewrites the hash from the
 local counts, so a release lost with Redis, or admissions made without it, are
 mended within one refresh.
 
+An IPv6 client counts by its /64: one host is usually given a whole /64 (RFC 7934),
+so counting single IPv6 addresses would let it open N connections per address of
+it. Clients on `exempt` networks (none by default) are never counted.
+
 Redis unreachable (or slower than ADMIT_TIMEOUT): each worker admits within its own
 share of each cap (cap / workers, rounded up), says so in the log once, and asks
 Redis again after FALLBACK_RETRY.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ipaddress
 import logging
 from collections import Counter
 
@@ -36,6 +41,7 @@ from control.contract.rediskeys import (
 from control.contract.runtime import reraise_if_cancelling
 
 from .config import worker_share
+from .routing import client_ip, in_networks
 
 log = logging.getLogger("poolmta.dataplane.connections")
 
@@ -81,6 +87,17 @@ return 1
 """
 
 
+def client_key(peer_address: str) -> str:
+    """What the per-address cap counts a client as: its IPv4 address (an IPv4-mapped
+    IPv6 one too), or the /64 of its IPv6 address."""
+    address = client_ip(peer_address)
+    if address is None:
+        return peer_address
+    if address.version == 6:
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 class Admission(enum.Enum):
     """What `ConnectionCaps.admit` decided."""
 
@@ -94,8 +111,9 @@ class ConnectionCaps:
     (`index` of `workers`) of MTA server `server_id`."""
 
     def __init__(self, redis, *, server_id: int, listener: str, index: int, workers: int,
-                 per_address: int, total: int) -> None:
+                 per_address: int, total: int, exempt: tuple[str, ...] = ()) -> None:
         self.listener = listener
+        self._exempt = tuple(ipaddress.ip_network(n, strict=False) for n in exempt)
         self.per_address = per_address
         self.total = total
         self._redis = redis
@@ -132,8 +150,15 @@ class ConnectionCaps:
         except (redis_errors.RedisError, OSError, asyncio.TimeoutError):
             reraise_if_cancelling()
 
-    async def admit(self, address: str) -> Admission:
-        """Count a new connection from `address` in, or say which cap it is past."""
+    def counted(self, peer_address: str) -> bool:
+        """False for a client on an exempt network: never counted, never refused."""
+        return not (self._exempt and in_networks(peer_address, self._exempt))
+
+    async def admit(self, peer_address: str) -> Admission:
+        """Count a new connection from `peer_address` in, or say which cap it is past."""
+        if not self.counted(peer_address):
+            return Admission.ADMITTED
+        address = client_key(peer_address)
         loop = asyncio.get_running_loop()
         verdict = None
         if loop.time() >= self._redis_back_at:
@@ -160,8 +185,11 @@ class ConnectionCaps:
             self._open_total += 1
         return verdict
 
-    def release(self, address: str) -> None:
-        """Count a connection admitted from `address` out (its Redis count in the background)."""
+    def release(self, peer_address: str) -> None:
+        """Count a connection admitted from `peer_address` out (its Redis count in the background)."""
+        if not self.counted(peer_address):
+            return
+        address = client_key(peer_address)
         self._open[address] -= 1
         if self._open[address] <= 0:
             del self._open[address]

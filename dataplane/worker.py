@@ -186,7 +186,8 @@ class Worker:
     def _caps(self, redis, listener: str, total: int) -> ConnectionCaps:
         config = self.config
         return ConnectionCaps(redis, server_id=config.server_id, listener=listener, index=self.index,
-                              workers=config.workers, per_address=config.max_connections_per_address, total=total)
+                              workers=config.workers, per_address=config.max_connections_per_address, total=total,
+                              exempt=config.connection_cap_exempt)
 
     def _inbound_handler(self, redis, loader: SnapshotLoader, caps: ConnectionCaps) -> InboundHandler:
         config = self.config

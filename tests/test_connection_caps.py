@@ -88,3 +88,27 @@ async def test_without_redis_each_worker_admits_its_share():
     finally:
         await caps.close()
         await client.aclose()
+
+
+async def test_an_ipv6_client_counts_by_its_64_and_exempt_networks_are_not_counted(aredis):
+    caps = ConnectionCaps(aredis, server_id=SERVER, listener="bridge", index=0, workers=1, per_address=2, total=100,
+                          exempt=("192.0.2.128/25",))
+    await caps.start()
+    try:
+        # Two addresses of one /64 are one client; another /64 is another.
+        assert await caps.admit("2001:db8:0:1::1") is Admission.ADMITTED
+        assert await caps.admit("2001:db8:0:1::2") is Admission.ADMITTED
+        assert await caps.admit("2001:db8:0:1:ffff::3") is Admission.ADDRESS_FULL
+        assert await caps.admit("2001:db8:0:2::1") is Admission.ADMITTED
+        # An IPv4-mapped address is its IPv4 address.
+        assert await caps.admit("192.0.2.7") is Admission.ADMITTED
+        assert await caps.admit("::ffff:192.0.2.7") is Admission.ADMITTED
+        assert await caps.admit("192.0.2.7") is Admission.ADDRESS_FULL
+        # The exempt network: never refused, never counted.
+        assert [await caps.admit("192.0.2.200") for _ in range(5)] == [Admission.ADMITTED] * 5
+        caps.release("192.0.2.200")
+        key = rediskeys.connection_counts_key(SERVER, "bridge", 0)
+        assert await aredis.hget(key, "2001:db8:0:1::/64") == b"2"
+        assert await aredis.hget(key, rediskeys.CONNECTIONS_TOTAL_FIELD) == b"5"
+    finally:
+        await caps.close()
