@@ -15,9 +15,9 @@ ORCPT on RCPT are parsed by `dataplane.dsn_request` (a bad value gets its 501)
 and kept in the spool record with the Bridge's DSN switch as it is at acceptance
 (`dataplane.dsn_relay`).
 
-This relies on aiosmtpd 1.4 internals, marked: the per-connection
-`_auth_require_tls`, and its idle timer's `_reset_timeout`; `dataplane.smtp_listener` and `dataplane.smtp_wire` name the
-ones they rely on.
+This relies on one aiosmtpd 1.4 internal, marked: the per-connection
+`_auth_require_tls`; `dataplane.pre_auth`, `dataplane.smtp_listener` and
+`dataplane.smtp_wire` name the ones they rely on.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from .config import DataplaneConfig
 from .dsn_relay import mail_fields, rcpt_options
 from .dsn_request import DsnParamError, MailDsnParams, RcptDsnParams, parse_mail_params, parse_rcpt_params
 from .message_headers import header_fields, indexed_message_id
+from .pre_auth import PreAuthLimit
 from .routing import NoUsableIp, PoolGone, in_networks, stamp
 from .smtp_listener import (
     EHLO_PIPELINING,
@@ -66,7 +67,6 @@ REPLY_NEEDS_SMTPUTF8 = "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parame
 REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients: at most {limit} per message"
 REPLY_TOO_BIG = "552 5.3.4 Message size exceeds the limit of {limit} bytes"
 REPLY_NUL_IN_MESSAGE = "554 5.6.0 Message contains NUL bytes (RFC 5322 section 2.3)"
-REPLY_PRE_AUTH_TIMEOUT = "421 4.4.2 {host} Idle too long before AUTH; closing connection (timeout)"
 REPLY_LINE_TOO_LONG = "500 5.5.2 A message line is longer than {limit} octets (RFC 5322 section 2.1.1)"
 REPLY_QUEUED = "250 2.0.0 Ok: queued as {id}"
 REPLY_POOL_GONE = "451 4.3.0 The Bridge's pool is not routed by this server right now; try again later"
@@ -90,26 +90,6 @@ class BridgeEnvelope(Envelope):
         self.rcpt_dsn: list[RcptDsnParams] = []  # NOTIFY and ORCPT, one per rcpt_tos entry
 
 
-class BridgeSession(Session):
-    """An aiosmtpd Session that calls `on_authenticated` when AUTH succeeds, so the
-    connection's idle timer leaves the pre-AUTH timeout then."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_authenticated) -> None:
-        self._on_authenticated = on_authenticated
-        self._authenticated: bool | None = None
-        super().__init__(loop)
-
-    @property
-    def authenticated(self) -> bool | None:
-        return self._authenticated
-
-    @authenticated.setter
-    def authenticated(self, value: bool | None) -> None:
-        self._authenticated = value
-        if value:
-            self._on_authenticated()
-
-
 def _valid_utf8(text: str) -> bool:
     if text.isascii():
         return True
@@ -130,7 +110,7 @@ def _address_refusal(address: str, smtp_utf8: bool) -> str | None:
     return None
 
 
-class BridgeSMTP(ListenerSMTP):
+class BridgeSMTP(PreAuthLimit, ListenerSMTP):
     """One SMTP Bridge connection.
 
     Limits (RFC 5321 4.5.3.1): command lines as `dataplane.smtp_wire` caps them
@@ -141,8 +121,7 @@ class BridgeSMTP(ListenerSMTP):
     and dropped as it comes (552). A message holding a NUL byte gets 554.
 
     Until it authenticates, a session that is not from a Bridge's trusted network
-    is closed after `pre_auth_timeout` idle seconds (421 4.4.2), instead of the
-    session timeout.
+    is held to `dataplane.pre_auth`'s shorter timeouts.
     """
 
     count_stuffing = False
@@ -173,27 +152,17 @@ class BridgeSMTP(ListenerSMTP):
     def _create_envelope(self) -> BridgeEnvelope:
         return BridgeEnvelope()
 
-    def _create_session(self) -> BridgeSession:
-        return BridgeSession(self.loop, self._reset_timeout)
+    @property
+    def pre_auth_timeout(self) -> float:
+        return self.bridge_handler.config.pre_auth_timeout
 
-    def _reset_timeout(self, duration: float | None = None) -> None:
-        # aiosmtpd re-arms its idle timer here (at connect and after each command; an
-        # internal, see the module docstring): shorter until the session is trusted.
-        if duration is None and not self._past_auth():
-            duration = self.bridge_handler.config.pre_auth_timeout
-        super()._reset_timeout(duration)
-
-    def _past_auth(self) -> bool:
+    def past_auth(self) -> bool:
         """True once the session authenticated, or for a client on a Bridge's trusted network."""
         session = self.session
         if session is not None and session.authenticated:
             return True
         routing = self.bridge_handler.loader.current
         return routing is not None and routing.trusted_bridge(self.peer_address) is not None
-
-    def idle_reply(self) -> str:
-        """The 421 before an idle session is closed: the pre-AUTH one until it is trusted."""
-        return super().idle_reply() if self._past_auth() else REPLY_PRE_AUTH_TIMEOUT.format(host=self.hostname)
 
     @property
     def tls_active(self) -> bool:

@@ -28,9 +28,9 @@ This relies on aiosmtpd 1.4 internals: `_getaddr` (overridden), the stream
 reader `_reader` (read directly in DATA; replaced by a `CommandLineReader` in
 `WireSMTP.__init__`), the loop of `_handle_client` reading command lines with
 `readuntil()` and passing other exceptions to `handle_exception`,
-`_handler_coroutine` (cancelled after a closing 421, as aiosmtpd's QUIT does), its reply text
-for a line over a per-command limit (`AIOSMTPD_COMMAND_TOO_LONG`) and
-`_set_post_data_state`.
+`_handler_coroutine` (cancelled after a closing 421, as aiosmtpd's QUIT does),
+its reply text for a line over a per-command limit (`AIOSMTPD_COMMAND_TOO_LONG`)
+and `_set_post_data_state`.
 """
 
 from __future__ import annotations

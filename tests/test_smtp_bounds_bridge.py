@@ -1,6 +1,7 @@
 """The SMTP Bridge's limits under abuse, against a real data plane: connection caps
 per client address and per server that hold across two workers (421 whichever
-worker a connection lands on), the idle timeout before AUTH (421 4.4.2), and NUL
+worker a connection lands on), the idle timeout and the lifetime of a session
+before AUTH (421 4.4.2), and NUL
 bytes in a message (554 5.6.0) or a command line (500 5.5.2)."""
 
 from __future__ import annotations
@@ -85,8 +86,22 @@ def test_a_session_idle_before_auth_gets_421_and_is_closed(redis_client, redis_u
         while replies.readline().startswith(b"250-"):
             pass
         goodbye = replies.readline()  # nothing more sent: the timeout's reply
-        assert goodbye.startswith(b"421 4.4.2 ") and b"before AUTH" in goodbye and b"timeout" in goodbye, goodbye
+        assert goodbye.startswith(b"421 4.4.2 ") and b"without AUTH" in goodbye and b"timeout" in goodbye, goodbye
         assert replies.readline() == b""  # closed
+    # Busy but never authenticating (a NOOP well within each idle timeout): closed all the same.
+    sock, banner = _open(plane.port)
+    with sock:
+        replies = sock.makefile("rb")
+        for _ in range(200):
+            try:
+                sock.sendall(b"NOOP\r\n")
+            except OSError:  # closed while we were still sending
+                break
+            reply = replies.readline()
+            if not reply.startswith(b"250 "):
+                break
+            time.sleep(0.1)
+        assert reply.startswith(b"421 4.4.2 ") and b"without AUTH" in reply, reply
     # Authenticated, or from a trusted network, the session keeps aiosmtpd's longer timeout.
     with smtplib.SMTP("127.0.0.1", plane.port, timeout=30) as client, \
             smtplib.SMTP("127.0.0.1", plane.port, timeout=30, source_address=(TRUSTED, 0)) as trusted:

@@ -3,12 +3,12 @@
 
 `InboundSMTP` (one per connection) owns the limits: no banner but 421 without a
 routing snapshot, or past `--inbound-max-connections` or
-`--max-connections-per-address` (each across all workers, `dataplane.connection_caps`,
-counted apart from the Bridge's), the idle timeout of the Bridge's sessions (the connection bookkeeping it shares with
-the Bridge is `dataplane.smtp_listener`), `--inbound-max-size` (552, the report read
-to its end and dropped). A report holding NUL bytes is taken as it is: it is parsed,
-counted and kept for the operator byte for byte, never relayed, and refusing it
-would only bounce a bounce.
+`--max-connections-per-address` (each across all workers, counted apart from the
+Bridge's: `dataplane.connection_caps`), the idle timeout of the Bridge's sessions
+(the connection bookkeeping it shares with the Bridge is `dataplane.smtp_listener`),
+`--inbound-max-size` (552, the report read to its end and dropped). A report
+holding NUL bytes is taken as it is: it is parsed, counted and kept for the
+operator byte for byte, never relayed, and refusing it would only bounce a bounce.
 `InboundHandler` (one per worker) owns the decisions:
 which recipients it takes (`addresses`; anything else 550, so it is never a
 relay), and at the end of DATA the report's intake (`intake`), whose reply it
