@@ -67,6 +67,7 @@ EXTRA_RATIOS = [
     ("stats flush", "trends", "days"),
     ("suppression", "lookup", "ping"),
     ("suppression", "refusal", "ping"),
+    ("data", "bounded", "whole"),
 ]
 
 

@@ -372,8 +372,11 @@ async def measure_poolmta(workload: Workload, workers: int, accept_only: bool = 
     from control.cli.demo.stack import Stack, StackOptions
 
     with tempfile.TemporaryDirectory(prefix="poolmta-load-") as tmp:
+        # One load generator is one client address: let all its sessions in, with room
+        # for a closed session's slot that the other workers have not seen freed yet.
+        cap = ("--max-connections-per-address", str(2 * workload.concurrency))
         options = StackOptions(data_dir=Path(tmp), workers=workers, sink_store=False,
-                               dataplane_args=("--no-delivery",) if accept_only else ())
+                               dataplane_args=(*cap, "--no-delivery") if accept_only else cap)
         async with Stack(options) as stack:
             async with grpc.aio.insecure_channel(stack.grpc_address) as channel:
                 tenant = await provision(channel, stack.admin_token, DEMO_POOLS[:1])

@@ -33,7 +33,10 @@ from .config import (
     DEFAULT_INSECURE_AUTH_NETWORKS,
     DEFAULT_MAX_CONN_PER_DESTINATION,
     DEFAULT_MAX_CONN_PER_IP,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     DEFAULT_MAX_LINE_LENGTH,
+    DEFAULT_PRE_AUTH_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_RECIPIENTS,
     DEFAULT_QUEUE_LIFETIME,
@@ -222,6 +225,20 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
                    help="an address registered with a provider's feedback loop; repeatable; fbl@, abuse@ and "
                         "postmaster@ each bounce domain are always taken (env POOLMTA_FBL_ADDRESS, "
                         "comma-separated)")
+    c = p.add_argument_group("connection limits (each counted across all workers)")
+    c.add_argument("--max-connections", type=int, default=e("POOLMTA_MAX_CONNECTIONS", str(DEFAULT_MAX_CONNECTIONS)),
+                   help="open SMTP Bridge connections for the whole server; more get 421 "
+                        f"(env POOLMTA_MAX_CONNECTIONS; default {DEFAULT_MAX_CONNECTIONS})")
+    c.add_argument("--max-connections-per-address", type=int,
+                   default=e("POOLMTA_MAX_CONNECTIONS_PER_ADDRESS", str(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)),
+                   help="open connections from one client address, to the Bridge and to the inbound listener "
+                        "(each counted on its own); more get 421 (env POOLMTA_MAX_CONNECTIONS_PER_ADDRESS; "
+                        f"default {DEFAULT_MAX_CONNECTIONS_PER_ADDRESS})")
+    c.add_argument("--connection-cap-exempt", type=_networks, default=e("POOLMTA_CONNECTION_CAP_EXEMPT", "none"),
+                   metavar="CIDR,...", help="client networks the connection caps never count, or 'none' "
+                   "(env POOLMTA_CONNECTION_CAP_EXEMPT; default none: loopback is counted too)")
+    _add_duration(c, env, "--pre-auth-timeout", "POOLMTA_PRE_AUTH_TIMEOUT", DEFAULT_PRE_AUTH_TIMEOUT,
+                  "idle time a Bridge session may spend before AUTH (trusted networks excepted); then 421")
     p.add_argument("--log-level", choices=logs.LEVELS, default=e("POOLMTA_LOG_LEVEL", "info"),
                    help="env POOLMTA_LOG_LEVEL; default info")
     # Given by `poolmta up` for the REST bridge, a later issue: accepted so `up`
@@ -277,6 +294,10 @@ def build_config(args: argparse.Namespace, redis_url: str) -> DataplaneConfig:
             mx_port=int(args.mx_port),
         ),
         inbound=_inbound_config(args),
+        max_connections=int(args.max_connections),
+        max_connections_per_address=int(args.max_connections_per_address),
+        pre_auth_timeout=args.pre_auth_timeout,
+        connection_cap_exempt=args.connection_cap_exempt,
     )
 
 

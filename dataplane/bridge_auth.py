@@ -48,7 +48,6 @@ The AUTH path never raises because of the throttle.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import itertools
 import logging
 import secrets
@@ -65,8 +64,7 @@ from control.contract.secrets import hash_secret, verify_secret
 from control.contract.snapshot import BridgeRoute
 
 from .config import AuthThrottleConfig
-from .routing import Routing, client_ip
-from .trace_header import printable
+from .routing import Routing, client_key
 
 log = logging.getLogger("poolmta.dataplane.auth")
 
@@ -124,23 +122,6 @@ def verdict_for(config: AuthThrottleConfig, count: int, failed: bool) -> Verdict
         steps = min(count - config.delay_after, _MAX_DOUBLINGS)
         return Verdict(delay=min(config.base_delay * (2**steps), config.max_delay))
     return Verdict()
-
-
-# The prefix IPv6 clients are counted per: one subnet, the least a site is assigned.
-IPV6_CLIENT_PREFIX = 64
-# A peer that is not an IP address (none over TCP) is counted under this many of its characters.
-_OTHER_CLIENT_CHARS = 64
-
-
-def client_key(peer_address: str) -> str:
-    """What failures are counted per, for a client at `peer_address`: its IPv4 address,
-    its IPv6 /64 (`2001:db8:1:2::/64`), an IPv4-mapped IPv6 address as the IPv4 address."""
-    address = client_ip(peer_address)
-    if address is None:
-        return printable(peer_address, _OTHER_CLIENT_CHARS)
-    if address.version == 6:
-        return ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False).compressed
-    return address.compressed
 
 
 class AuthThrottle:

@@ -26,6 +26,15 @@ DEFAULT_MAX_LINE_LENGTH = 998
 # Clients on these networks may AUTH without STARTTLS: loopback traffic never
 # leaves the host, so there is nothing to sniff.
 DEFAULT_INSECURE_AUTH_NETWORKS = ("127.0.0.0/8", "::1/128")
+# Open SMTP Bridge connections per MTA server, and per client address (the inbound
+# listener's per-address cap is the same; its total is --inbound-max-connections).
+# 20 per address: well above what one sending application opens (Postfix's
+# default_destination_concurrency_limit is 20), far below what exhausts a worker.
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 20
+# Idle seconds a Bridge session may spend before AUTH (unless trusted): enough for
+# a person typing, far less than the 300 s aiosmtpd gives a session.
+DEFAULT_PRE_AUTH_TIMEOUT = 30.0
 
 
 MINUTE = 60.0
@@ -360,6 +369,15 @@ class DataplaneConfig:
     max_line_length: longest message line accepted (CRLF excluded).
     auth_throttle: failed-AUTH throttling per client address.
     session_timeout: seconds an idle SMTP session is kept.
+    max_connections: open SMTP Bridge connections for the whole server (all
+        workers together); more get 421.
+    max_connections_per_address: open connections from one client address, for the
+        whole server, to the Bridge and to the inbound listener (each counted on its
+        own); more get 421.
+    connection_cap_exempt: client networks (CIDR) whose connections neither
+        connection cap counts (none by default: loopback is counted too).
+    pre_auth_timeout: idle seconds a Bridge session that has not authenticated (and
+        is not from a trusted network) is kept; then 421 and closed.
     heartbeat_interval: seconds between acks; each also checks the `current`
         snapshot version (so a missed notice is caught within one interval).
     stats_flush_interval: seconds between stats flushes to Redis.
@@ -390,8 +408,15 @@ class DataplaneConfig:
     shutdown_grace: float = 10.0
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+    pre_auth_timeout: float = DEFAULT_PRE_AUTH_TIMEOUT
+    connection_cap_exempt: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.max_connections < 1 or self.max_connections_per_address < 1:
+            raise ValueError("--max-connections and --max-connections-per-address must be at least 1, got "
+                             f"{self.max_connections} and {self.max_connections_per_address}")
         if self.server_id < 1:
             raise ValueError(f"server id must be a positive integer, got {self.server_id}")
         if not self.redis_url:
@@ -408,12 +433,12 @@ class DataplaneConfig:
             raise ValueError(f"max recipients must be at least 1, got {self.max_recipients}")
         if self.max_line_length < 78:
             raise ValueError(f"max line length must be at least 78, got {self.max_line_length}")
-        for network in self.insecure_auth_networks:
+        for network in (*self.insecure_auth_networks, *self.connection_cap_exempt):
             try:
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
                 raise ValueError(f"not a network (CIDR): {network!r}") from None
-        for name in ("session_timeout", "heartbeat_interval", "stats_flush_interval"):
+        for name in ("session_timeout", "heartbeat_interval", "stats_flush_interval", "pre_auth_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.shutdown_grace < 0:

@@ -20,6 +20,7 @@ from control.contract.snapshot import BridgeRoute, PoolRoute, Snapshot
 
 from .delivery.egress import SourceSelector
 from .return_path import bounce_domain_of
+from .trace_header import printable
 
 __all__ = ["NoUsableIp", "PoolGone", "Route", "Routing", "stamp"]
 
@@ -51,6 +52,24 @@ def client_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
     if address.version == 6 and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+# The prefix IPv6 clients are counted per: one subnet, the least a site is assigned.
+IPV6_CLIENT_PREFIX = 64
+# A peer that is not an IP address (none over TCP) is counted under this many of its characters.
+_OTHER_CLIENT_CHARS = 64
+
+
+def client_key(peer_address: str) -> str:
+    """What a client at `peer_address` is counted as by the AUTH throttle and the
+    connection caps: its IPv4 address (an IPv4-mapped IPv6 one too), or its IPv6 /64
+    (`2001:db8:1:2::/64`); a peer that is no IP address, as a short printable prefix."""
+    address = client_ip(peer_address)
+    if address is None:
+        return printable(peer_address, _OTHER_CLIENT_CHARS)
+    if address.version == 6:
+        return ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False).compressed
+    return address.compressed
 
 
 def in_networks(text: str, networks) -> bool:

@@ -16,8 +16,8 @@ and kept in the spool record with the Bridge's DSN switch as it is at acceptance
 (`dataplane.dsn_relay`).
 
 This relies on one aiosmtpd 1.4 internal, marked: the per-connection
-`_auth_require_tls`; `dataplane.smtp_listener` and `dataplane.smtp_wire` name the
-ones they rely on.
+`_auth_require_tls`; `dataplane.pre_auth`, `dataplane.smtp_listener` and
+`dataplane.smtp_wire` name the ones they rely on.
 """
 
 from __future__ import annotations
@@ -32,12 +32,19 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from control.contract.snapshot import BridgeRoute
 
-from .bridge_auth import BridgeIdentity, SharedAuthThrottle, check_credentials, client_key
+from .bridge_auth import BridgeIdentity, SharedAuthThrottle, check_credentials
 from .config import DataplaneConfig
 from .dsn_relay import mail_fields, rcpt_options
-from .dsn_request import DsnParamError, MailDsnParams, RcptDsnParams, parse_mail_params, parse_rcpt_params
+from .dsn_request import (
+    DsnParamError,
+    MailDsnParams,
+    RcptDsnParams,
+    parse_mail_params,
+    parse_rcpt_params,
+)
 from .message_headers import header_fields, indexed_message_id
-from .routing import NoUsableIp, PoolGone, in_networks, stamp
+from .pre_auth import PreAuthLimit
+from .routing import NoUsableIp, PoolGone, client_key, in_networks, stamp
 from .smtp_listener import (
     EHLO_PIPELINING,
     REPLY_INTERNAL_ERROR,
@@ -49,8 +56,8 @@ from .smtp_listener import (
 from .snapshot_loader import SnapshotLoader
 from .spool import Spool, SpoolRecord, SpoolWriteError
 from .stats_batcher import StatsBatcher
-from .trace_header import address_literal, printable, rfc5322_date
 from .suppression import SuppressionLookup
+from .trace_header import address_literal, printable, rfc5322_date
 
 log = logging.getLogger("poolmta.dataplane.smtp")
 
@@ -65,6 +72,7 @@ REPLY_BAD_ADDRESS_ENCODING = "553 5.6.7 Address is not valid UTF-8"
 REPLY_NEEDS_SMTPUTF8 = "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter on MAIL FROM"
 REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients: at most {limit} per message"
 REPLY_TOO_BIG = "552 5.3.4 Message size exceeds the limit of {limit} bytes"
+REPLY_NUL_IN_MESSAGE = "554 5.6.0 Message contains NUL bytes (RFC 5322 section 2.3)"
 REPLY_LINE_TOO_LONG = "500 5.5.2 A message line is longer than {limit} octets (RFC 5322 section 2.1.1)"
 REPLY_QUEUED = "250 2.0.0 Ok: queued as {id}"
 REPLY_POOL_GONE = "451 4.3.0 The Bridge's pool is not routed by this server right now; try again later"
@@ -108,32 +116,27 @@ def _address_refusal(address: str, smtp_utf8: bool) -> str | None:
     return None
 
 
-class BridgeSMTP(ListenerSMTP):
+class BridgeSMTP(PreAuthLimit, ListenerSMTP):
     """One SMTP Bridge connection.
 
-    Limits (RFC 5321 4.5.3.1): `command_size_limit` (512) per command line as in
-    aiosmtpd; the message size, recipient count and message line length come from
-    the handler's configuration. The stream reader's limit is set to hold a whole
-    message, because DATA is read with one buffer search; the size counts the
-    message's own bytes (dot-stuffing removed), and data that overruns the reader
-    is too big at once, never buffered further.
+    Limits (RFC 5321 4.5.3.1): command lines as `dataplane.smtp_wire` caps them
+    (aiosmtpd's 512 per command within a 2 KiB reader); the message size,
+    recipient count and message line length come from the handler's
+    configuration. DATA is read in 64 KiB pieces; the size counts the message's
+    own bytes (dot-stuffing removed), and a message over it is read to its end
+    and dropped as it comes (552). A message holding a NUL byte gets 554.
+
+    Until it authenticates, a session that is not from a Bridge's trusted network
+    is held to `dataplane.pre_auth`'s shorter timeouts.
     """
 
     count_stuffing = False
-    whole_in_buffer = True
     mail_extension_keywords = frozenset({"RET", "ENVID"})  # RFC 3461 4.3, 4.4
     rcpt_extension_keywords = frozenset({"NOTIFY", "ORCPT"})  # RFC 3461 4.1, 4.2
-
-    # Slack above the message size limit for the stream reader: the end-of-data
-    # line and a little more, so a message right at the limit is read in one go.
-    READER_SLACK = 64 * 1024
 
     def __init__(self, handler: BridgeHandler, *, hostname: str, tls_context,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         config = handler.config
-        # Read by SMTP.__init__ as the StreamReader limit (aiosmtpd internal, see
-        # the module docstring); command lines are still held to 512 octets.
-        self.line_length_limit = config.max_message_size + self.READER_SLACK
         super().__init__(
             handler,
             hostname=hostname,
@@ -154,6 +157,18 @@ class BridgeSMTP(ListenerSMTP):
 
     def _create_envelope(self) -> BridgeEnvelope:
         return BridgeEnvelope()
+
+    @property
+    def pre_auth_timeout(self) -> float:
+        return self.bridge_handler.config.pre_auth_timeout
+
+    def past_auth(self) -> bool:
+        """True once the session authenticated, or for a client on a Bridge's trusted network."""
+        session = self.session
+        if session is not None and session.authenticated:
+            return True
+        routing = self.bridge_handler.loader.current
+        return routing is not None and routing.trusted_bridge(self.peer_address) is not None
 
     @property
     def tls_active(self) -> bool:
@@ -195,6 +210,10 @@ class BridgeSMTP(ListenerSMTP):
         config = self.bridge_handler.config
         if content is None:
             return REPLY_TOO_BIG.format(limit=config.max_message_size)
+        if b"\0" in content:
+            # RFC 5321 2.3.8 and 4.1.1.4, RFC 5322 2.1 and 2.3: a message has no NUL.
+            # Refused rather than stripped: the sender learns its message was broken.
+            return REPLY_NUL_IN_MESSAGE
         max_line = config.max_line_length
         if len(content) > max_line and max(map(len, content.split(b"\n"))) > max_line + 1:
             # +1: split on LF leaves the CR of CRLF on each line.
@@ -216,8 +235,9 @@ class BridgeHandler(ListenerHandler):
         worker_id: str,
         suppressions: SuppressionLookup,
         delivery=None,
+        caps=None,
     ) -> None:
-        super().__init__(config, loader=loader)
+        super().__init__(config, loader=loader, caps=caps)
         self.suppressions = suppressions
         self.delivery = delivery  # DeliveryEngine, or None with --no-delivery
         self.spool = spool

@@ -7,13 +7,15 @@ listener (`dataplane.inbound.listener`).
 `sessions` and a message in DATA in its handler's `in_flight` (a stopping worker
 waits on the one and says goodbye to the other, `dataplane.worker`), and answers
 a connection with `refusal()` instead of the 220 banner when that is not None: by
-default the 421 of a worker with no routing snapshot loaded. `ListenerHandler`
-(one per worker) holds those counts beside the configuration and snapshot loader.
+default the 421 of a worker with no routing snapshot loaded, then the 421 of the
+handler's connection caps (`dataplane.connection_caps`, across all workers) when
+the client's address or the server is at its cap. `ListenerHandler` (one per
+worker) holds those counts beside the configuration, snapshot loader and caps.
 
 The replies both listeners give are here, each a named constant.
 
 This relies on aiosmtpd 1.4's `_handle_client` coroutine (wrapped to refuse
-before the banner).
+before the banner) and its idle timer's `_timeout_cb` (wrapped to send a 421 first).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 from collections.abc import Iterator
 
 from .config import DataplaneConfig
+from .connection_caps import Admission, ConnectionCaps
 from .smtp_wire import WireSMTP
 from .snapshot_loader import SnapshotLoader
 
@@ -32,6 +35,9 @@ REPLY_NO_SNAPSHOT = (
     "{server_id} has been loaded yet (control plane not published, or Redis unreachable); "
     "try again later"
 )
+REPLY_TOO_MANY_CONNECTIONS = "421 4.7.0 {host} Too many connections to this server; try again later"
+REPLY_TOO_MANY_FROM_ADDRESS = "421 4.7.0 {host} Too many connections from {address}; try again later"
+REPLY_IDLE_TIMEOUT = "421 4.4.2 {host} Idle too long; closing connection (timeout)"
 REPLY_SHUTTING_DOWN = "421 4.3.2 {host} Service shutting down; try again later"
 REPLY_MAIL_OK = "250 2.1.0 Ok"
 REPLY_RCPT_OK = "250 2.1.5 Ok"
@@ -47,9 +53,11 @@ class ListenerHandler:
     """The state one worker's listener keeps across its connections: the sessions
     open now and the messages in DATA, read by the worker when it stops."""
 
-    def __init__(self, config: DataplaneConfig, *, loader: SnapshotLoader) -> None:
+    def __init__(self, config: DataplaneConfig, *, loader: SnapshotLoader,
+                 caps: ConnectionCaps | None = None) -> None:
         self.config = config
         self.loader = loader
+        self.caps = caps  # None: no connection caps (tests of the protocol alone)
         self.sessions: set[ListenerSMTP] = set()
         self.in_flight = 0
 
@@ -83,6 +91,7 @@ class ListenerSMTP(WireSMTP):
             **options,
         )
         self.peer_address = ""
+        self._admitted = False  # counted in the handler's caps
 
     # -- connection -------------------------------------------------------
 
@@ -109,13 +118,42 @@ class ListenerSMTP(WireSMTP):
             self.event_handler.sessions.add(self)
 
     def connection_lost(self, error: Exception | None) -> None:
-        self.event_handler.sessions.discard(self)
+        handler = self.event_handler
+        handler.sessions.discard(self)
+        if self._admitted and handler.caps is not None:
+            self._admitted = False
+            handler.caps.release(self.peer_address)
         super().connection_lost(error)
+
+    def idle_reply(self) -> str:
+        """The 421 sent before a session idle for its timeout is closed."""
+        return REPLY_IDLE_TIMEOUT.format(host=self.hostname)
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes an idle session silently (an internal, see the module
+        # docstring): say why first (RFC 5321 3.8).
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.idle_reply().encode() + b"\r\n")
+        super()._timeout_cb()
+
+    async def admission(self) -> str | None:
+        """The 421 when the client's address or the server is at its connection cap,
+        else None, the connection counted (until it is lost)."""
+        caps = self.event_handler.caps
+        if caps is None:
+            return None
+        verdict = await caps.admit(self.peer_address)
+        if verdict is Admission.ADMITTED:
+            self._admitted = True
+            return None
+        if verdict is Admission.ADDRESS_FULL:
+            return REPLY_TOO_MANY_FROM_ADDRESS.format(host=self.hostname, address=self.peer_address)
+        return REPLY_TOO_MANY_CONNECTIONS.format(host=self.hostname)
 
     async def _handle_client(self) -> None:
         # Wraps aiosmtpd's session loop (an aiosmtpd internal, see the module
         # docstring): a refusal instead of the 220 banner.
-        refusal = self.refusal()
+        refusal = self.refusal() or await self.admission()
         if refusal is not None:
             await self.push(refusal)
             if self.transport is not None:

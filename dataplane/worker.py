@@ -28,6 +28,7 @@ from control.contract.runtime import die_with_parent
 from . import logs
 from .bridge_auth import SharedAuthThrottle
 from .config import DataplaneConfig, format_listen
+from .connection_caps import ConnectionCaps
 from .delivery import DeliveryEngine
 from .inbound import Accounting, Attributor, InboundHandler, InboundSMTP, ReportIntake
 from .return_path import ReturnPaths, open_codec
@@ -143,15 +144,20 @@ class Worker:
                                       return_paths=ReturnPaths(open_codec(config.data_dir)))
         else:
             log.info("worker %d: delivery is off (--no-delivery): messages stay in the spool", self.index)
+        caps = [self._caps(redis, "bridge", config.max_connections)]
         handler = BridgeHandler(
             config, loader=loader, spool=spool, stats=stats,
             throttle=SharedAuthThrottle(redis, config.server_id, config.auth_throttle), worker_id=self.worker_id,
-            suppressions=SuppressionLookup(redis, stats), delivery=delivery,
+            suppressions=SuppressionLookup(redis, stats), delivery=delivery, caps=caps[0],
         )
         assert config.tls_cert is not None and config.tls_key is not None, "the supervisor resolves TLS files"
         tls_context = server_context(config.tls_cert, config.tls_key)
         await loader.start()
         stats.start()
+        if config.inbound.enabled:
+            caps.append(self._caps(redis, "inbound", config.inbound.max_connections))
+        for cap in caps:
+            await cap.start()
         sock = listening_socket(config.smtp_host, config.smtp_port)
         server = await loop.create_server(
             lambda: BridgeSMTP(handler, hostname=self._hostname(loader), tls_context=tls_context),
@@ -159,7 +165,7 @@ class Worker:
         )
         listeners = [(server, handler)]
         if config.inbound.enabled:
-            inbound = self._inbound_handler(redis, loader)
+            inbound = self._inbound_handler(redis, loader, caps[-1])
             inbound_server = await loop.create_server(
                 lambda: InboundSMTP(inbound, hostname=self._hostname(loader), tls_context=tls_context),
                 sock=listening_socket(config.inbound.host, config.inbound.port),
@@ -175,18 +181,24 @@ class Worker:
                 await delivery.start()
             await stop.wait()
         finally:
-            await self._shutdown(listeners, loader, stats, spool, redis, delivery)
+            await self._shutdown(listeners, loader, stats, spool, redis, delivery, caps)
 
-    def _inbound_handler(self, redis, loader: SnapshotLoader) -> InboundHandler:
+    def _caps(self, redis, listener: str, total: int) -> ConnectionCaps:
+        config = self.config
+        return ConnectionCaps(redis, server_id=config.server_id, listener=listener, index=self.index,
+                              workers=config.workers, per_address=config.max_connections_per_address, total=total,
+                              exempt=config.connection_cap_exempt)
+
+    def _inbound_handler(self, redis, loader: SnapshotLoader, caps: ConnectionCaps) -> InboundHandler:
         config = self.config
         intake = ReportIntake(
             Attributor(redis, open_codec(config.data_dir)),
             Accounting(redis, server_id=config.server_id, event_ttl=config.delivery.event_retention),
         )
-        return InboundHandler(config, loader=loader, intake=intake)
+        return InboundHandler(config, loader=loader, intake=intake, caps=caps)
 
     async def _shutdown(self, listeners: list[tuple], loader, stats, spool, redis,
-                        delivery: DeliveryEngine | None) -> None:
+                        delivery: DeliveryEngine | None, caps: list[ConnectionCaps]) -> None:
         handlers = [handler for _, handler in listeners]
         bridge, *inbound = handlers
         log.info("worker %d stopping: %d session(s), %d message(s) in DATA%s", self.index, len(bridge.sessions),
@@ -207,6 +219,8 @@ class Worker:
         await asyncio.sleep(0)  # let connection_lost run
         if delivery is not None:
             await delivery.stop(max(0.0, deadline - loop.time()) + 1.0)
+        for cap in caps:
+            await cap.close()
         await stats.close()
         await loader.stop()
         spool.close()

@@ -14,8 +14,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from control.contract import rediskeys
-from dataplane.bridge_auth import AuthThrottle, SharedAuthThrottle, Verdict, client_key, verdict_for
+from dataplane.bridge_auth import AuthThrottle, SharedAuthThrottle, Verdict, verdict_for
 from dataplane.config import AuthThrottleConfig
+from dataplane.routing import client_key
 from tests.support import free_port
 
 SERVER = 1

@@ -16,6 +16,8 @@ scripts and multi-key commands stay on one slot of a Redis Cluster:
   could not attribute, and its counts of them.
 * `{auth:N}` — the failed SMTP AUTHs of MTA server N's clients, one key per
   client, counted by every worker of the server.
+* `{conn:N}` — the connections open now at each worker of MTA server N (one hash
+  per worker and listener), summed by one Lua script for the connection caps.
 
 A message index entry (`message_index_key`) stands alone: one key, read and written
 on its own, so it needs no tag.
@@ -305,3 +307,20 @@ def auth_failures_key(server_id: int, client: str) -> str:
     failed within the last window.
     """
     return f"{PREFIX}:{{auth:{int(server_id)}}}:failures:{client}"
+
+
+# -- connection caps: `{conn:N}` ---------------------------------------------------
+
+
+def connection_counts_key(server_id: int, listener: str, worker_index: int) -> str:
+    """Hash of the connections open now at one worker's `listener` ("bridge" or
+    "inbound") of MTA server N: client address -> count, CONNECTIONS_TOTAL_FIELD ->
+    all of them. The worker refreshes its expiry (CONNECTION_COUNTS_TTL_MS); every
+    worker's hash of a server shares the tag `{conn:N}`, so one Lua script sums them."""
+    return f"{PREFIX}:{{conn:{int(server_id)}}}:{listener}:w{int(worker_index)}"
+
+
+CONNECTIONS_TOTAL_FIELD = "*"
+# A worker's connection counts vanish this long after its last refresh (a SIGKILLed
+# worker's connections are gone with it).
+CONNECTION_COUNTS_TTL_MS = 15_000

@@ -2,10 +2,14 @@
 (`dataplane.smtp_wire`), taking bounces and feedback reports for this server only.
 
 `InboundSMTP` (one per connection) owns the limits: no banner but 421 without a
-routing snapshot or past the worker's share of `--inbound-max-connections`, the
-idle timeout of the Bridge's sessions (the connection bookkeeping it shares with
-the Bridge is `dataplane.smtp_listener`), `--inbound-max-size` (552, the report read
-to its end and dropped). `InboundHandler` (one per worker) owns the decisions:
+routing snapshot, or past `--inbound-max-connections` or
+`--max-connections-per-address` (each across all workers, counted apart from the
+Bridge's: `dataplane.connection_caps`), the idle timeout of the Bridge's sessions
+(the connection bookkeeping it shares with the Bridge is `dataplane.smtp_listener`),
+`--inbound-max-size` (552, the report read to its end and dropped). A report
+holding NUL bytes is taken as it is: it is parsed, counted and kept for the
+operator byte for byte, never relayed, and refusing it would only bounce a bounce.
+`InboundHandler` (one per worker) owns the decisions:
 which recipients it takes (`addresses`; anything else 550, so it is never a
 relay), and at the end of DATA the report's intake (`intake`), whose reply it
 sends. No AUTH: reports come from anyone's MTA; STARTTLS is offered.
@@ -22,7 +26,8 @@ from redis import exceptions as redis_errors
 
 from control.contract.runtime import reraise_if_cancelling
 
-from ..config import DataplaneConfig, worker_share
+from ..config import DataplaneConfig
+from ..connection_caps import ConnectionCaps
 from ..smtp_listener import (
     EHLO_PIPELINING,
     REPLY_INTERNAL_ERROR,
@@ -37,7 +42,6 @@ from .intake import ReportIntake
 
 log = logging.getLogger("poolmta.dataplane.inbound")
 
-REPLY_TOO_MANY_CONNECTIONS = "421 4.7.0 {host} Too many connections; try again later"
 REPLY_NOT_ACCEPTED = "550 5.1.1 {why}; this server takes only bounces and feedback reports for its own mail"
 REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients: at most {limit} per report"
 REPLY_TOO_BIG = "552 5.3.4 Report size exceeds the limit of {limit} bytes"
@@ -52,11 +56,9 @@ class InboundEnvelope(Envelope):
 
 
 class InboundSMTP(ListenerSMTP):
-    """One inbound connection. The stream reader holds 64 KiB; DATA is read in pieces
-    of that size and counted against the size limit as it comes, so a report over
-    the limit is never buffered whole."""
-
-    line_length_limit = 64 * 1024
+    """One inbound connection. Command lines and DATA are read as `dataplane.smtp_wire`
+    bounds them: DATA in 64 KiB pieces counted against the size limit as they come,
+    so a report over the limit is never buffered whole."""
 
     def __init__(self, handler: InboundHandler, *, hostname: str, tls_context,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -73,30 +75,23 @@ class InboundSMTP(ListenerSMTP):
     def _create_envelope(self) -> InboundEnvelope:
         return InboundEnvelope()
 
-    def refusal(self) -> str | None:
-        """421 instead of the banner without a routing snapshot, or past the worker's
-        share of the connections."""
-        refusal = super().refusal()
-        if refusal is None and len(self.inbound.sessions) > self.inbound.max_sessions:
-            refusal = REPLY_TOO_MANY_CONNECTIONS.format(host=self.hostname)
-        return refusal
-
     async def message_received(self, content: bytes | None) -> str:
         """552 for a report over the size limit (counted, not kept), else the handler's reply."""
         if content is None:
             await self.inbound.count_too_big(self.peer_address)
             return REPLY_TOO_BIG.format(limit=self.data_size_limit)
+        # NUL bytes (RFC 5322 2.3 forbids them) are kept: see the module docstring.
         return await self.handler_reply(content)
 
 
 class InboundHandler(ListenerHandler):
     """The decisions of one worker's inbound listener (aiosmtpd handler hooks)."""
 
-    def __init__(self, config: DataplaneConfig, *, loader: SnapshotLoader, intake: ReportIntake) -> None:
-        super().__init__(config, loader=loader)
+    def __init__(self, config: DataplaneConfig, *, loader: SnapshotLoader, intake: ReportIntake,
+                 caps: ConnectionCaps | None = None) -> None:
+        super().__init__(config, loader=loader, caps=caps)
         self.intake = intake
         self.codec = intake.attributor.codec
-        self.max_sessions = worker_share(config.inbound.max_connections, config.workers)
         self._addresses: tuple[int, InboundAddresses] | None = None
 
     def addresses(self) -> InboundAddresses:

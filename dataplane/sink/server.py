@@ -255,10 +255,6 @@ class SinkSMTP(WireSMTP):
     """aiosmtpd's SMTP protocol with the shared wire parsing, aiosmtpd's rules for
     the DATA size, and per-connection peer facts."""
 
-    # The StreamReader's buffer limit: DATA is read in pieces up to this size. Command
-    # lines are still held to aiosmtpd's command_size_limit.
-    line_length_limit = 64 * 1024
-
     def __init__(self, handler: Sink, live: set[SinkSMTP], **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._live = live
