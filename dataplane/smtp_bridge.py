@@ -37,6 +37,7 @@ from .config import DataplaneConfig
 from .dsn_relay import mail_fields, rcpt_options
 from .dsn_request import DsnParamError, MailDsnParams, RcptDsnParams, parse_mail_params, parse_rcpt_params
 from .message_headers import header_fields, indexed_message_id
+from .smtp_hardening import HardenedSMTP
 from .routing import NoUsableIp, PoolGone, in_networks, stamp
 from .smtp_listener import (
     EHLO_PIPELINING,
@@ -51,6 +52,7 @@ from .spool import Spool, SpoolRecord, SpoolWriteError
 from .stats_batcher import StatsBatcher
 from .trace_header import address_literal, printable, rfc5322_date
 from .suppression import SuppressionLookup
+from .tls import client_handshake_failed
 
 log = logging.getLogger("poolmta.dataplane.smtp")
 
@@ -108,7 +110,7 @@ def _address_refusal(address: str, smtp_utf8: bool) -> str | None:
     return None
 
 
-class BridgeSMTP(ListenerSMTP):
+class BridgeSMTP(HardenedSMTP, ListenerSMTP):
     """One SMTP Bridge connection.
 
     Limits (RFC 5321 4.5.3.1): `command_size_limit` (512) per command line as in
@@ -376,6 +378,8 @@ class BridgeHandler(ListenerHandler):
         return REPLY_QUEUED.format(id=message_id)
 
     async def handle_exception(self, error: Exception) -> str:
+        if client_handshake_failed(error, log):
+            return REPLY_INTERNAL_ERROR  # not sent: aiosmtpd closes the connection
         log.error("SMTP session error", exc_info=error)
         return REPLY_INTERNAL_ERROR
 

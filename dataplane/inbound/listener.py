@@ -23,6 +23,7 @@ from redis import exceptions as redis_errors
 from control.contract.runtime import reraise_if_cancelling
 
 from ..config import DataplaneConfig, worker_share
+from ..smtp_hardening import HardenedSMTP
 from ..smtp_listener import (
     EHLO_PIPELINING,
     REPLY_INTERNAL_ERROR,
@@ -32,6 +33,7 @@ from ..smtp_listener import (
     ListenerSMTP,
 )
 from ..snapshot_loader import SnapshotLoader
+from ..tls import client_handshake_failed
 from .addresses import InboundAddresses, InboundRecipient, NotAccepted, bounce_domains
 from .intake import ReportIntake
 
@@ -51,7 +53,7 @@ class InboundEnvelope(Envelope):
         self.recipients: list[InboundRecipient] = []
 
 
-class InboundSMTP(ListenerSMTP):
+class InboundSMTP(HardenedSMTP, ListenerSMTP):
     """One inbound connection. The stream reader holds 64 KiB; DATA is read in pieces
     of that size and counted against the size limit as it comes, so a report over
     the limit is never buffered whole."""
@@ -159,5 +161,7 @@ class InboundHandler(ListenerHandler):
             log.warning("inbound: a refused report was not counted, Redis unreachable: %s", exc)
 
     async def handle_exception(self, error: Exception) -> str:
+        if client_handshake_failed(error, log):
+            return REPLY_INTERNAL_ERROR  # not sent: aiosmtpd closes the connection
         log.error("inbound SMTP session error", exc_info=error)
         return REPLY_INTERNAL_ERROR

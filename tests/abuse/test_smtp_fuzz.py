@@ -1,0 +1,139 @@
+"""SMTP command fuzzing against a real Bridge (a `python -m dataplane` worker over
+real sockets): sessions of real verbs with hostile arguments, AUTH exchanges,
+DATA bodies with NUL, bare CR/LF, 8-bit and overlong lines, pipelined batches,
+STARTTLS (completed, or abandoned mid-handshake) and junk.
+
+After every session:
+* every reply line was a well-formed RFC 5321 reply, and each command got its one reply;
+* the server closed the connection only right after 221 or 421 (or aiosmtpd's 502
+  for too many unknown commands: see test_smtp_findings);
+* what is in the spool is exactly what got "250 ... queued as", and each such
+  message came from a session that authenticated (235) or from the trusted network;
+* the worker still serves a normal authenticated transaction, is the same process,
+  and logged no ERROR and no traceback.
+"""
+
+from __future__ import annotations
+
+import smtplib
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from tests.abuse import smtp_strategies as s
+from tests.abuse.abuse_support import AUTH_SECRET, AUTH_USERNAME, FuzzBridge
+from tests.abuse.smtp_driver import SmtpSession, Transcript
+
+pytestmark = [pytest.mark.abuse, pytest.mark.slow]
+
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[
+    HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+
+MAX_STEPS = 12
+
+# Errors found by this suite whose fix belongs to a module being rewritten in
+# parallel; each has a strict xfail in test_smtp_findings that names it. Remove
+# the entry when that test passes (it then fails as XPASS, as a reminder).
+KNOWN_FINDINGS = {
+    # MAIL FROM:<, VRFY <, MAIL FROM:\xff@ ...: test_an_unclosed_angle_bracket_is_a_syntax_error
+    "the email parser's IndexError under aiosmtpd's _getaddr": ("_header_value_parser.py", "IndexError"),
+}
+
+
+def _unknown(problems: list[str]) -> list[str]:
+    return [p for p in problems if not any(all(part in p for part in parts) for parts in KNOWN_FINDINGS.values())]
+
+
+def _drive(session: SmtpSession, data: st.DataObject) -> None:
+    """Draw and play steps that fit the session's state, as its replies say it is."""
+    for _ in range(data.draw(st.integers(1, MAX_STEPS), label="steps")):
+        if not session.open:
+            return
+        last = session.transcript.replies[-1]
+        if last.code == 354:  # the message
+            session.step(data.draw(s.body, label="body"))
+        elif last.code == 334:  # an AUTH challenge: one response line
+            session.step(data.draw(s.auth_response, label="auth response") + data.draw(s.LINE_ENDS))
+        elif session.awaiting_tls:
+            if data.draw(st.booleans(), label="complete the TLS handshake"):
+                session.start_tls()
+            else:  # garbage instead of a ClientHello: the server may close without a reply
+                session.abandon(data.draw(st.binary(min_size=1, max_size=100), label="not TLS"))
+                return
+        else:
+            kind = data.draw(st.sampled_from(["command", "pipelined", "transaction"]), label="step")
+            end = data.draw(s.LINE_ENDS)
+            if kind == "command":
+                session.step(data.draw(s.command_line, label="command") + end)
+            elif kind == "pipelined":
+                lines = data.draw(st.lists(s.plain_command_line, min_size=1, max_size=5), label="batch")
+                lines.append(data.draw(s.command_line, label="batch end"))
+                session.step(b"".join(line + end for line in lines), replies=len(lines))
+            else:
+                for line in data.draw(s.transaction(), label="transaction"):
+                    session.step(line + end)
+                    if not session.open or session.transcript.replies[-1].code in (334, 354) or session.awaiting_tls:
+                        break
+    if not session.open:
+        return
+    last = session.transcript.replies[-1]
+    if last.code == 354:
+        session.step(s.dot_stuffed(b""))
+    elif last.code == 334:
+        session.step(b"*\r\n")
+    elif session.awaiting_tls:
+        session.start_tls()
+    if session.open and data.draw(st.booleans(), label="QUIT (else just close)"):
+        (reply,) = session.step(b"QUIT\r\n")
+        assert reply.code == 221, reply
+    session.close()
+
+
+def _check_spool(bridge: FuzzBridge, before: set[str], transcript: Transcript, extra: set[str]) -> None:
+    new = bridge.queued_ids() - before
+    assert new == set(transcript.queued) | extra, (
+        f"spooled {sorted(new)}, but the 250 replies named {transcript.queued} (+ {sorted(extra)})")
+    for message_id in transcript.queued:
+        record = bridge.record(message_id)
+        if record.auth == "auth":
+            assert transcript.authenticated, f"{message_id} queued as AUTHed without a 235 in the session"
+        else:
+            assert record.auth == "trusted" and transcript.trusted, (
+                f"{message_id} queued ({record.auth!r}) for an untrusted client that did not authenticate")
+
+
+def _normal_transaction(bridge: FuzzBridge) -> str:
+    """One ordinary AUTH + message, as a real client sends it; its message id."""
+    with smtplib.SMTP("127.0.0.1", bridge.port, timeout=30, source_address=(bridge.untrusted_source(), 0)) as client:
+        client.login(AUTH_USERNAME, AUTH_SECRET)
+        client.mail("sender@example.com")
+        client.rcpt("rcpt@example.net")
+        code, text = client.data(s.HEADERS + b"still serving\r\n")
+    assert code == 250, (code, text)
+    return text.decode().rpartition("queued as ")[2]
+
+
+@FUZZ
+@given(data=st.data())
+def test_smtp_sessions_get_well_formed_replies_and_queue_only_what_is_allowed(fuzz_bridge: FuzzBridge, data):
+    bridge = fuzz_bridge
+    workers = bridge.plane.worker_pids()
+    mark = bridge.log_mark()
+    before = bridge.queued_ids()
+    trusted = data.draw(st.integers(0, 3), label="from the trusted network") == 0
+    source = bridge.trusted_source() if trusted else bridge.untrusted_source()
+    session = SmtpSession("127.0.0.1", bridge.port, source, trusted=trusted)
+    try:
+        _drive(session, data)
+    finally:
+        session.close()
+    transcript = session.transcript
+    event(f"queued: {bool(transcript.queued)}, authenticated: {transcript.authenticated}, "
+          f"closed by the server: {transcript.closed_by_server}")
+    normal = _normal_transaction(bridge)
+    _check_spool(bridge, before, session.transcript, {normal})
+    assert bridge.plane.worker_pids() == workers, "a worker was restarted"
+    assert bridge.plane.proc.poll() is None, "the data plane exited"
+    problems = _unknown(bridge.problems_since(mark))
+    assert not problems, "the data plane logged errors:\n" + "\n".join(problems)
