@@ -28,6 +28,7 @@ from tests.abuse.abuse_support import (
     ErrorLog,
     FuzzBridge,
 )
+from tests.cli.cli_support import ThreadedControlPlane, control_config
 from tests.dataplane_support import Dataplane, make_bridge, make_pool, make_snapshot, publish
 
 
@@ -55,6 +56,22 @@ def fuzz_bridge(redis_server, tmp_path_factory) -> Iterator[FuzzBridge]:
         finally:
             plane.kill()
             client.close()
+
+
+@pytest.fixture(scope="module")
+def fuzz_control(redis_server, tmp_path_factory) -> Iterator[ThreadedControlPlane]:
+    """A control plane of its own (a fresh database) on the session Redis, emptied first."""
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    plane = ThreadedControlPlane(control_config(tmp_path_factory.mktemp("fuzz-cp") / "data", redis_server.url))
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
 
 
 @pytest.fixture(scope="module")
