@@ -100,6 +100,14 @@ def _valid_utf8(text: str) -> bool:
     return True
 
 
+def _as_sent(text: str) -> str:
+    """Client text (aiosmtpd keeps bytes that were not UTF-8 as surrogate escapes) as
+    valid UTF-8, those bytes replaced by U+FFFD: a spool record is msgpack, which
+    cannot encode surrogates (an EHLO name of 8-bit junk made every later message of
+    the session a 451)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _address_refusal(address: str, smtp_utf8: bool) -> str | None:
     """The 553 refusing a MAIL FROM / RCPT TO address for its encoding, or None when it may
     be used: UTF-8 only, and non-ASCII only when MAIL FROM carried SMTPUTF8 (RFC 6531)."""
@@ -339,7 +347,7 @@ class BridgeHandler(ListenerHandler):
             snapshot_version=routing.version,
             worker=self.worker_id,
             client_address=server.peer_address,
-            client_helo=session.host_name or "",
+            client_helo=_as_sent(session.host_name or ""),
             tls=server.tls_active,
             auth=envelope.auth_kind,
             bridge_id=bridge.bridge_id,

@@ -58,6 +58,7 @@ class Transcript:
     replies: list[Reply] = field(default_factory=list)
     authenticated: bool = False  # a 235 was seen
     queued: list[str] = field(default_factory=list)  # message ids of "250 ... queued as ID"
+    queued_after_auth: set[str] = field(default_factory=set)  # those sent while authenticated
     closed_by_server: bool = False
 
 
@@ -151,6 +152,8 @@ class SmtpSession:
         queued = QUEUED.search(reply.text)
         if code == 250 and queued:
             self.transcript.queued.append(queued[1].decode())
+            if self.transcript.authenticated:
+                self.transcript.queued_after_auth.add(queued[1].decode())
         return reply
 
     def _closing(self, last: Reply | None) -> None:

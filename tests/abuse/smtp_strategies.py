@@ -124,7 +124,9 @@ def transaction(draw) -> list[bytes]:
     if draw(st.booleans()):
         lines[-1] += b" " + draw(parameters)
     for _ in range(draw(st.integers(1, 3))):
-        lines.append(part(b"RCPT TO:<rcpt@example.net>", plain_command_line))
+        # A recipient the Bridge relays to, or one the inbound listener takes reports for.
+        rcpt = draw(st.sampled_from([b"<rcpt@example.net>", b"<postmaster@mta-test.example>"]))
+        lines.append(part(b"RCPT TO:" + rcpt, plain_command_line))
     lines.append(part(b"DATA", command_line))
     return lines
 

@@ -9,7 +9,7 @@ import pytest
 from dataplane.smtp_hardening import MAX_REPLY_LINE, REPLY_TLS_ACTIVE, reply_line
 from tests.abuse.abuse_support import AUTH_SECRET, AUTH_USERNAME, FuzzBridge
 from tests.abuse.smtp_driver import SmtpSession, check_reply_line
-from tests.abuse.smtp_strategies import b64
+from tests.abuse.smtp_strategies import HEADERS, b64, dot_stuffed
 from tests.support import wait_until
 
 pytestmark = pytest.mark.abuse
@@ -129,3 +129,22 @@ def test_too_many_unknown_commands_close_with_421(fuzz_bridge):
     replies = session.step(b"".join(b"XYZZY%d\r\n" % n for n in range(5)), replies=5)
     assert not session.open
     assert replies[-1].code == 421, replies[-1]
+
+
+@slow
+def test_an_ehlo_name_that_is_not_utf8_does_not_stop_the_sessions_messages(fuzz_bridge):
+    # The name went into the spool record as surrogate escapes, which msgpack cannot
+    # encode: every message of the session got 451 and an ERROR with a traceback.
+    mark = fuzz_bridge.log_mark()
+    session = _session(fuzz_bridge)
+    session.step(b"EHLO \xff\xfe.example\r\n")
+    (auth,) = session.step(b"AUTH PLAIN " + b64(f"\0{AUTH_USERNAME}\0{AUTH_SECRET}".encode()) + b"\r\n")
+    assert auth.code == 235
+    replies = session.step(b"MAIL FROM:<sender@example.com>\r\nRCPT TO:<rcpt@example.net>\r\nDATA\r\n", replies=3)
+    assert [r.code for r in replies] == [250, 250, 354]
+    (queued,) = session.step(dot_stuffed(HEADERS + b"hello\r\n"))
+    assert queued.code == 250, queued
+    session.step(b"QUIT\r\n")
+    (message_id,) = session.transcript.queued
+    assert fuzz_bridge.record(message_id).client_helo == "\ufffd\ufffd.example"
+    assert fuzz_bridge.problems_since(mark) == []

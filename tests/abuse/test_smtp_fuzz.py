@@ -1,5 +1,5 @@
-"""SMTP command fuzzing against a real Bridge (a `python -m dataplane` worker over
-real sockets): sessions of real verbs with hostile arguments, AUTH exchanges,
+"""SMTP command fuzzing against a real Bridge and inbound listener (a `python -m
+dataplane` worker over real sockets): sessions of real verbs with hostile arguments, AUTH exchanges,
 DATA bodies with NUL, bare CR/LF, 8-bit and overlong lines, pipelined batches,
 STARTTLS (completed, or abandoned mid-handshake) and junk.
 
@@ -11,6 +11,9 @@ After every session:
   message came from a session that authenticated (235) or from the trusted network;
 * the worker still serves a normal authenticated transaction, is the same process,
   and logged no ERROR and no traceback.
+
+The inbound listener (bounces and feedback reports, no AUTH) gets the same sessions,
+and the same checks but the spool's.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ def _check_spool(bridge: FuzzBridge, before: set[str], transcript: Transcript, e
     for message_id in transcript.queued:
         record = bridge.record(message_id)
         if record.auth == "auth":
-            assert transcript.authenticated, f"{message_id} queued as AUTHed without a 235 in the session"
+            assert message_id in transcript.queued_after_auth, f"{message_id} queued as AUTHed without a 235 before it"
         else:
             assert record.auth == "trusted" and transcript.trusted, (
                 f"{message_id} queued ({record.auth!r}) for an untrusted client that did not authenticate")
@@ -135,5 +138,23 @@ def test_smtp_sessions_get_well_formed_replies_and_queue_only_what_is_allowed(fu
     _check_spool(bridge, before, session.transcript, {normal})
     assert bridge.plane.worker_pids() == workers, "a worker was restarted"
     assert bridge.plane.proc.poll() is None, "the data plane exited"
+    problems = _unknown(bridge.problems_since(mark))
+    assert not problems, "the data plane logged errors:\n" + "\n".join(problems)
+
+
+@FUZZ
+@given(data=st.data())
+def test_inbound_sessions_get_well_formed_replies(fuzz_bridge: FuzzBridge, data):
+    bridge = fuzz_bridge
+    workers = bridge.plane.worker_pids()
+    mark = bridge.log_mark()
+    session = SmtpSession("127.0.0.1", bridge.plane.inbound_port, bridge.untrusted_source())
+    try:
+        _drive(session, data)
+    finally:
+        session.close()
+    event(f"a report accepted: {any(r.code == 250 and b'2.0.0' in r.text for r in session.transcript.replies)}")
+    _normal_transaction(bridge)
+    assert bridge.plane.worker_pids() == workers, "a worker was restarted"
     problems = _unknown(bridge.problems_since(mark))
     assert not problems, "the data plane logged errors:\n" + "\n".join(problems)
