@@ -20,10 +20,21 @@ def _session(bridge: FuzzBridge) -> SmtpSession:
     return SmtpSession("127.0.0.1", bridge.port, bridge.untrusted_source())
 
 
-def _still_serving(bridge: FuzzBridge) -> None:
+def _greeted(bridge: FuzzBridge) -> SmtpSession:
+    """A new session after its EHLO."""
     session = _session(bridge)
     (reply,) = session.step(b"EHLO client.example\r\n")
     assert reply.code == 250
+    return session
+
+
+def _starttls(session: SmtpSession) -> None:
+    (ready,) = session.step(b"STARTTLS\r\n")
+    assert ready.code == 220, ready
+
+
+def _still_serving(bridge: FuzzBridge) -> None:
+    session = _greeted(bridge)
     session.step(b"QUIT\r\n")
     session.close()
 
@@ -35,8 +46,7 @@ def _still_serving(bridge: FuzzBridge) -> None:
 def test_a_client_that_fails_the_starttls_handshake_is_an_info_line_not_an_error(fuzz_bridge):
     mark = fuzz_bridge.log_mark()
     session = _session(fuzz_bridge)
-    (reply,) = session.step(b"STARTTLS\r\n")
-    assert reply.code == 220
+    _starttls(session)
     session.abandon(b"\x00 this is not a ClientHello\r\n")
     assert wait_until(lambda: any("STARTTLS handshake failed" in line
                                   for line in fuzz_bridge.plane.lines[mark:]), 10), fuzz_bridge.plane.log()
@@ -47,8 +57,7 @@ def test_a_client_that_fails_the_starttls_handshake_is_an_info_line_not_an_error
 @slow
 def test_control_characters_and_undecodable_bytes_echoed_in_replies_are_replaced(fuzz_bridge):
     mark = fuzz_bridge.log_mark()
-    session = _session(fuzz_bridge)
-    session.step(b"EHLO client.example\r\n")
+    session = _greeted(fuzz_bridge)
     # aiosmtpd echoes an unknown command; a NUL, ESC and bare CR went out as they came.
     (unknown,) = session.step(b"X\x00\x1b[31m\rY\r\n")
     assert unknown.code == 500 and unknown.text == b'Error: command "X??[31M?Y" not recognized'
@@ -62,10 +71,8 @@ def test_control_characters_and_undecodable_bytes_echoed_in_replies_are_replaced
 @slow
 def test_starttls_inside_tls_is_refused(fuzz_bridge):
     mark = fuzz_bridge.log_mark()
-    session = _session(fuzz_bridge)
-    session.step(b"EHLO client.example\r\n")
-    (ready,) = session.step(b"STARTTLS\r\n")
-    assert ready.code == 220
+    session = _greeted(fuzz_bridge)
+    _starttls(session)
     session.start_tls()
     (ehlo,) = session.step(b"EHLO client.example\r\n")
     assert b"STARTTLS" not in ehlo.lines
@@ -110,8 +117,7 @@ def test_reply_line_is_cut_to_the_rfc_limit_on_a_character_boundary():
 @pytest.mark.parametrize("command", [b"MAIL FROM:<", b"VRFY <", b"MAIL FROM: <"])
 def test_an_unclosed_angle_bracket_is_a_syntax_error(fuzz_bridge, command):
     mark = fuzz_bridge.log_mark()
-    session = _session(fuzz_bridge)
-    session.step(b"EHLO client.example\r\n")
+    session = _greeted(fuzz_bridge)
     (reply,) = session.step(command + b"\r\n")
     session.step(b"QUIT\r\n")
     assert reply.code in (501, 502, 553), reply
