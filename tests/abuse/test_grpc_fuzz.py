@@ -1,7 +1,8 @@
 """gRPC field fuzzing against a real control plane: every RPC of every poolmta
 service (read from the proto's descriptors, so a new RPC is covered as soon as it
 exists), called with hostile requests built from its message descriptor
-(`tests/abuse/proto_strategies.py`), as the platform admin and as a tenant.
+(`tests/abuse/proto_strategies.py`), as the platform admin and as a tenant (and
+with a token never issued: always UNAUTHENTICATED).
 
 For every call:
 * the status is a deliberate one: OK, INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,
@@ -55,7 +56,8 @@ class World:
 
     def __init__(self, plane) -> None:
         self.channel = grpc.insecure_channel(plane.address)
-        self.tokens = {"admin": plane.cp.admin_token_path.read_text().strip()}
+        # "stranger": a token that was never issued.
+        self.tokens = {"admin": plane.cp.admin_token_path.read_text().strip(), "stranger": "pm_" + "0" * 40}
         self.known = Known()
         self.victim_names: list[str] = []
         self.user_ids: dict[str, int] = {}
@@ -160,6 +162,8 @@ def test_rpc_answers_hostile_fields_with_a_deliberate_status(world, error_log, m
     request = world.request(method, data)
     world.tenant_sent += text_format.MessageToString(request, as_utf8=True)
     errors_before = len(error_log.records)
+    code, details, _ = world.call(method, request, "stranger")
+    assert code == grpc.StatusCode.UNAUTHENTICATED, f"{method.name} without a valid token: {code.name}: {details!r}"
     for who in ("admin", "tenant"):
         code, details, replies = world.call(method, request, who)
         event(f"{who}: {code.name}")
