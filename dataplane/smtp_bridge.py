@@ -57,6 +57,7 @@ from .snapshot_loader import SnapshotLoader
 from .spool import Spool, SpoolRecord, SpoolWriteError
 from .stats_batcher import StatsBatcher
 from .suppression import SuppressionLookup
+from .tls import client_handshake_failed
 from .trace_header import address_literal, printable, rfc5322_date
 
 log = logging.getLogger("poolmta.dataplane.smtp")
@@ -104,6 +105,14 @@ def _valid_utf8(text: str) -> bool:
     except UnicodeEncodeError:  # surrogate-escaped bytes that were not UTF-8
         return False
     return True
+
+
+def _as_sent(text: str) -> str:
+    """Client text (aiosmtpd keeps bytes that were not UTF-8 as surrogate escapes) as
+    valid UTF-8, those bytes replaced by U+FFFD: a spool record is msgpack, which
+    cannot encode surrogates (an EHLO name of 8-bit junk made every later message of
+    the session a 451)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _address_refusal(address: str, smtp_utf8: bool) -> str | None:
@@ -353,7 +362,7 @@ class BridgeHandler(ListenerHandler):
             snapshot_version=routing.version,
             worker=self.worker_id,
             client_address=server.peer_address,
-            client_helo=session.host_name or "",
+            client_helo=_as_sent(session.host_name or ""),
             tls=server.tls_active,
             auth=envelope.auth_kind,
             bridge_id=bridge.bridge_id,
@@ -392,6 +401,8 @@ class BridgeHandler(ListenerHandler):
         return REPLY_QUEUED.format(id=message_id)
 
     async def handle_exception(self, error: Exception) -> str:
+        if client_handshake_failed(error, log):
+            return REPLY_INTERNAL_ERROR  # not sent: aiosmtpd closes the connection
         log.error("SMTP session error", exc_info=error)
         return REPLY_INTERNAL_ERROR
 

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 
 from .config import DataplaneConfig
 from .connection_caps import Admission, ConnectionCaps
+from .smtp_hardening import HardenedSMTP
 from .smtp_wire import WireSMTP
 from .snapshot_loader import SnapshotLoader
 
@@ -62,7 +63,7 @@ class ListenerHandler:
         self.in_flight = 0
 
 
-class ListenerSMTP(WireSMTP):
+class ListenerSMTP(HardenedSMTP, WireSMTP):
     """One connection to a worker's listener, counted by its `ListenerHandler`.
 
     A listener subclasses it with its size limit and `ident`, and may override

@@ -311,7 +311,13 @@ class WireSMTP(SMTP):
             if simple is not None:
                 address, params = simple
         if address is None:
-            address, params = super()._getaddr(arg)
+            try:
+                address, params = super()._getaddr(arg)
+            except (IndexError, ValueError):
+                # The stdlib's address parser under aiosmtpd raises IndexError on a
+                # lone "<" (`MAIL FROM:<`), which aiosmtpd does not catch: a
+                # malformed address, answered as one (501), not a 451 and a traceback.
+                return None, None
         if params and self._taking and self.session is not None and self.session.extended_smtp:
             params, self.extension_params = take_params(params, self._taking)
         return address, params

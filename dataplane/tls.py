@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import os
 import ssl
 from pathlib import Path
+
+from aiosmtpd.smtp import TLSSetupException
 
 from control.contract import file_modes
 
@@ -80,3 +83,16 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(cert), str(key))
     return context
+
+
+def client_handshake_failed(error: BaseException, log: logging.Logger) -> bool:
+    """True (and one INFO line in `log`) when `error` is a client's failed STARTTLS
+    handshake (aiosmtpd's TLSSetupException; aiosmtpd then closes the connection
+    without a reply, as RFC 3207 section 4.1 leaves it no channel to send one on).
+    It is the client's doing, so never an ERROR with a traceback: any client could
+    fill the log with those by sending garbage after the 220."""
+    if not isinstance(error, TLSSetupException):
+        return False
+    cause = error.__cause__
+    log.info("STARTTLS handshake failed: %s", f"{type(cause).__name__}: {cause}" if cause else "no detail")
+    return True

@@ -22,11 +22,12 @@ class BridgeQueries(Connection):
         self, *, user_id: int, name: str, smtp_id: int, server_id: int, username: str,
         secret_hash: str, feed_type: str,
     ) -> int:
-        """Insert a bridge; returns its bridge_id."""
-        return self._insert(
-            """INSERT INTO bridges (user_id, name, smtp_id, server_id, username, secret_hash,
+        """Insert a bridge; returns its bridge_id, one no bridge ever had."""
+        return self._insert_new_id(
+            "bridges",
+            """INSERT INTO bridges (bridge_id, user_id, name, smtp_id, server_id, username, secret_hash,
                                     feed_type, created_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (user_id, name, smtp_id, server_id, username, secret_hash, feed_type, time.time()),
         )
 

@@ -21,6 +21,22 @@ class Connection:
     def _insert(self, sql: str, args: tuple) -> int:
         return self._conn.execute(sql, args).lastrowid
 
+    def _insert_new_id(self, table: str, sql: str, args: tuple) -> int:
+        """Run `sql` (an INSERT whose first value is the id) with an id `table` never
+        had, even on a deleted row; returns it. SQLite gives a new row the largest
+        rowid + 1, so deleting the newest pool or bridge would hand its id to the next
+        one, of any account: pool stats in Redis, internal names and spooled messages
+        are keyed by smtp_id, so the new pool would show the old one's history.
+        `table` is one of the tables `id_high_water` tracks (migration 4)."""
+        (high,) = self._conn.execute(
+            f"SELECT MAX(high, (SELECT COALESCE(MAX(rowid), 0) FROM {table})) FROM id_high_water WHERE tbl = ?",
+            (table,),
+        ).fetchone()
+        new_id = high + 1
+        self._conn.execute(sql, (new_id, *args))
+        self._conn.execute("UPDATE id_high_water SET high = ? WHERE tbl = ?", (new_id, table))
+        return new_id
+
 
 def is_unique_violation(exc: sqlite3.IntegrityError) -> bool:
     """True when SQLite refused a row because a UNIQUE key already holds its value."""

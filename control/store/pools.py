@@ -27,12 +27,13 @@ class PoolQueries(Connection):
         self, *, user_id: int | None, server_id: int, label: str, tag: str, feed_type: str,
         is_default: bool, is_shared: bool = False,
     ) -> int:
-        """Insert a pool; its internal name is derived from the id SQLite assigns."""
+        """Insert a pool; its internal name is derived from its id, one no pool ever had."""
         owner = 0 if user_id is None else user_id
-        smtp_id = self._insert(
-            """INSERT INTO pools (user_id, server_id, label, tag, internal_name, feed_type,
+        smtp_id = self._insert_new_id(
+            "pools",
+            """INSERT INTO pools (smtp_id, user_id, server_id, label, tag, internal_name, feed_type,
                                   is_default, is_shared, created_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (user_id, server_id, label, tag, f"pending-{time.time_ns()}", feed_type,
              int(is_default), int(is_shared), time.time()),
         )

@@ -116,6 +116,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE mta_servers ADD COLUMN bounce_domain TEXT NOT NULL DEFAULT '';
     """,
+    # 4: the highest id each of pools and bridges has ever had, so a deleted one's id
+    # is never given to a new row (see Connection._insert_new_id)
+    """
+    CREATE TABLE id_high_water (tbl TEXT PRIMARY KEY, high INTEGER NOT NULL);
+    INSERT INTO id_high_water (tbl, high) SELECT 'pools', COALESCE(MAX(smtp_id), 0) FROM pools;
+    INSERT INTO id_high_water (tbl, high) SELECT 'bridges', COALESCE(MAX(bridge_id), 0) FROM bridges;
+    """,
 )
 
 

@@ -37,6 +37,7 @@ from ..smtp_listener import (
     ListenerSMTP,
 )
 from ..snapshot_loader import SnapshotLoader
+from ..tls import client_handshake_failed
 from .addresses import InboundAddresses, InboundRecipient, NotAccepted, bounce_domains
 from .intake import ReportIntake
 
@@ -154,5 +155,7 @@ class InboundHandler(ListenerHandler):
             log.warning("inbound: a refused report was not counted, Redis unreachable: %s", exc)
 
     async def handle_exception(self, error: Exception) -> str:
+        if client_handshake_failed(error, log):
+            return REPLY_INTERNAL_ERROR  # not sent: aiosmtpd closes the connection
         log.error("inbound SMTP session error", exc_info=error)
         return REPLY_INTERNAL_ERROR
