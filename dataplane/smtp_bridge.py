@@ -359,13 +359,23 @@ class BridgeHandler(ListenerHandler):
             bounce_domain=route.bounce_domain,
             **mail_fields(envelope.dsn_mail),
         )
+        # One per distinct recipient: delivered, bounced and deferred count recipients too.
+        # Journaled the moment the record is in the queue (a spool thread), so no crash
+        # leaves a queued message uncounted; taken back if the spool takes the record back.
+        recipients = len(dict.fromkeys(record.rcpt_tos))
+        counted: list[bool] = []
+
+        def count_sent() -> None:
+            self.stats.count_sent(route.pool.smtp_id, route.address, recipients)
+            counted.append(True)
+
         try:
-            await self.spool.store(record)
+            await self.spool.store(record, renamed=count_sent)
         except SpoolWriteError as exc:
+            if counted:
+                self.stats.count_sent(route.pool.smtp_id, route.address, -recipients)
             log.error("message from bridge %d not queued: %s", bridge.bridge_id, exc)
             return REPLY_SPOOL_FAILED
-        # One per distinct recipient: delivered, bounced and deferred count recipients too.
-        self.stats.count_sent(route.pool.smtp_id, route.address, len(dict.fromkeys(record.rcpt_tos)))
         # The message index: a report that returns only the original headers finds
         # this message by its Message-ID (dataplane.inbound.attribution).
         header_id = indexed_message_id(header_fields(raw, _MESSAGE_ID_FIELD)["message-id"])
