@@ -69,6 +69,9 @@ log = logging.getLogger("poolmta.dataplane.stats")
 
 _FIELDS = frozenset(rediskeys.STATS_FIELDS + rediskeys.DSN_STATS_FIELDS)
 
+_DROPPED = {COUNT: "counts_dropped", EVENT: "events_dropped", INDEX: "index_dropped",
+            SUPPRESSION: "suppressions_dropped"}
+
 # How often a worker looks for the journals of dead workers to replay (also at start).
 CLAIM_INTERVAL = 5.0
 
@@ -195,10 +198,29 @@ class StatsBatcher:
         sealed = journal.sealed
         if not journal.append(record):
             self.metrics[dropped] += n
-        elif journal.sealed > sealed and record[0] != COUNT and not self._failing and self._wake is not None:
-            # A full segment waits: flush now. Not for counts: `sent` is appended from a
-            # spool thread, and an asyncio.Event is the loop's (the interval catches up).
-            self._wake.set()
+        elif journal.sealed > sealed and not self._failing and self._wake is not None:
+            self._wake.set()  # a full segment waits: flush now
+
+    def count_record(self, field: str, smtp_id: int, address: str, n: int = 1) -> list:
+        """The journal record of a count (see `count`), for a group (`begin`)."""
+        if field not in _FIELDS:
+            raise ValueError(f"not a stats field: {field!r} (one of {', '.join(sorted(_FIELDS))})")
+        return [COUNT, field, rediskeys.MINUTE.start(self._clock()), smtp_id, address, n]
+
+    @staticmethod
+    def event_record(message_id: str, event_json: str) -> list:
+        """The journal record of a delivery event (see `event`), for a group (`begin`)."""
+        return [EVENT, message_id, event_json]
+
+    @staticmethod
+    def index_record(header_message_id: str, message_id: str) -> list:
+        """The journal record of a message index entry (see `index_message`), for a group."""
+        return [INDEX, rediskeys.message_index_key(header_message_id), message_id]
+
+    @staticmethod
+    def suppression_record(user_id: int, address: str, entry_json: str) -> list:
+        """The journal record of a suppression-list entry (see `suppress`), for a group."""
+        return [SUPPRESSION, user_id, address, entry_json]
 
     def count(self, field: str, smtp_id: int, address: str, n: int = 1) -> None:
         """Add `n` to `field` (one of `rediskeys.STATS_FIELDS`: sent, delivered, bounced,
@@ -207,9 +229,7 @@ class StatsBatcher:
         hour and minute buckets of now; of the pool alone when `address` is "" (a count with
         no source IP). Journaled when this returns (unless the journal is full: logged,
         `counts_dropped`)."""
-        if field not in _FIELDS:
-            raise ValueError(f"not a stats field: {field!r} (one of {', '.join(sorted(_FIELDS))})")
-        self._append([COUNT, field, rediskeys.MINUTE.start(self._clock()), smtp_id, address, n], "counts_dropped", n)
+        self._append(self.count_record(field, smtp_id, address, n), "counts_dropped", n)
 
     def count_sent(self, smtp_id: int, address: str, n: int = 1) -> None:
         """count("sent", ...): a message accepted for `n` distinct recipients."""
@@ -217,18 +237,38 @@ class StatsBatcher:
 
     def event(self, message_id: str, event_json: str) -> None:
         """Journal one delivery event of a message (a JSON object) for its event list."""
-        self._append([EVENT, message_id, event_json], "events_dropped")
+        self._append(self.event_record(message_id, event_json), "events_dropped")
 
     def index_message(self, header_message_id: str, message_id: str) -> None:
         """Journal a message index entry: the Message-ID header value (as
         `message_headers.indexed_message_id` gives it) names our message id."""
-        self._append([INDEX, rediskeys.message_index_key(header_message_id), message_id], "index_dropped")
+        self._append(self.index_record(header_message_id, message_id), "index_dropped")
 
     def suppress(self, user_id: int, address: str, entry_json: str) -> None:
         """Journal adding `address` (normalised: `suppression.normalize_address`) to the
         account's suppression list with `entry_json` (`SuppressionEntry.encode()`); an
         address already on the list keeps its entry."""
-        self._append([SUPPRESSION, user_id, address, entry_json], "suppressions_dropped")
+        self._append(self.suppression_record(user_id, address, entry_json), "suppressions_dropped")
+
+    def begin(self, check: list, records: list[list]) -> int | None:
+        """Journal `records` (`count_record`, ...) as one group accounting for a spool
+        update that `check` describes (`stats_journal.spool_check`), before the update;
+        `end` decides it after. None (and the records counted dropped) when the journal
+        could not take it."""
+        if not records:
+            return None
+        gid = self.journal.begin(check, records)
+        if gid is None:
+            for record in records:
+                self.metrics[_DROPPED[record[0]]] += record[-1] if record[0] == COUNT else 1
+        return gid
+
+    def end(self, group: int | None, committed: bool = True) -> None:
+        """The spool update of `group` (from `begin`) happened (`committed`) or not."""
+        sealed = self.journal.sealed
+        self.journal.end(group, committed)
+        if self.journal.sealed > sealed and not self._failing and self._wake is not None:
+            self._wake.set()
 
     @property
     def pending(self) -> int:

@@ -18,6 +18,22 @@ applied twice (its reply lost, or replayed after a crash between the apply and
 the delete) counts once; its events, index entries and suppressions are
 idempotent on their own (see `stats_batcher`).
 
+Exactly what the spool holds: a record that accounts for a spool update (`sent`
+for a stored message; an outcome's count, event and suppression for the
+rewrite or removal recording it) cannot be written together with that update,
+and a kill between the two would lose or double it. So such records go in a
+group: `["g", id, check, records]` before the spool update, then `["k", id]`
+(committed) or `["x", id]` (aborted) after it. A segment applies only the groups
+committed in it; sealing a segment copies the groups still open into the next
+one, so a group's commit always lands beside its latest copy. A worker that dies
+leaves at most a few groups open (one per spool update under way): before the
+worker is started again (`resolve_orphans`, called by the supervisor when it
+reaps a worker and when the data plane starts), each is decided by looking at
+the spool (`check`: the message's record is there / carries that many attempts
+/ is gone), which nobody changes meanwhile because the worker owning those
+records is the one being restarted, and the journal gets its closing `["z"]`.
+Only closed journals are claimed; a worker stopping cleanly closes its own.
+
 Why a plain `os.write` and no fsync: a record is written (one write on an
 O_APPEND descriptor, so records never interleave) before the 250 or the spool
 update it accounts for, and a killed process (even SIGKILL) leaves what it wrote
@@ -48,15 +64,18 @@ import logging
 import os
 import secrets
 import struct
-import threading
+import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
 
 from control.contract.file_modes import PRIVATE_FILE_MODE, private_dir
+
+from .spool import SpoolError, read_record, record_path
 
 log = logging.getLogger("poolmta.dataplane.stats")
 
@@ -64,8 +83,11 @@ LOCK_SUFFIX = ".lock"
 SEGMENT_SUFFIX = ".log"
 _FRAME = struct.Struct("<II")
 
-# Record kinds (the first element of each record).
+# Record kinds (the first element of each record): plain ones, then a group (of
+# plain records, applied once committed), its commit, its abort, and the journal's end.
 COUNT, EVENT, INDEX, SUPPRESSION = "c", "e", "i", "s"
+GROUP, COMMIT, ABORT, CLOSED = "g", "k", "x", "z"
+_PLAIN = frozenset((COUNT, EVENT, INDEX, SUPPRESSION))
 
 
 @dataclass
@@ -80,6 +102,7 @@ class Segment:
     suppressions: int = 0
     size: int = 0
     own: bool = True
+    fresh: bool = False  # holds more than copies of groups still open (worth sealing)
 
     @property
     def batch_id(self) -> str:
@@ -87,7 +110,10 @@ class Segment:
         return self.path.name[: -len(SEGMENT_SUFFIX)]
 
     def note(self, record: list) -> None:
+        """Add a plain record (or the records of a committed group) to the summary."""
         kind = record[0]
+        if kind not in _PLAIN:
+            return
         if kind == COUNT:
             self.counts += record[-1]
             return
@@ -109,6 +135,8 @@ class SegmentRecords:
     index: list[tuple[str, str]] = field(default_factory=list)  # index key, message id
     suppressions: list[tuple[int, str, str]] = field(default_factory=list)  # account, address, entry
     torn: bool = False
+    open_groups: dict[int, list] = field(default_factory=dict)  # id -> check, of groups undecided here
+    closed: bool = False  # ends with the journal's closing record
 
 
 def encode(record: list) -> bytes:
@@ -137,12 +165,26 @@ def decode_all(data: bytes) -> tuple[list[list], bool]:
 
 
 def read_segment(path: Path) -> tuple[SegmentRecords, Segment]:
-    """Read a segment file: its records by kind and its summary."""
+    """Read a segment file: its plain records and those of the groups committed in it,
+    by kind, and its summary."""
     data = path.read_bytes()
     records, torn = decode_all(data)
     summary = Segment(path, size=len(data))
-    out = SegmentRecords(torn=torn)
+    out = SegmentRecords(torn=torn, closed=bool(records) and records[-1][0] == CLOSED)
+    groups: dict[int, list] = {}
+    applied: list[list] = []
     for record in records:
+        kind = record[0]
+        if kind in _PLAIN:
+            applied.append(record)
+        elif kind == GROUP:
+            groups[record[1]] = record
+        elif kind == COMMIT and record[1] in groups:
+            applied.extend(groups.pop(record[1])[3])
+        elif kind == ABORT:
+            groups.pop(record[1], None)
+    out.open_groups = {gid: group[2] for gid, group in groups.items()}
+    for record in applied:
         summary.note(record)
         kind = record[0]
         if kind == COUNT:
@@ -151,13 +193,18 @@ def read_segment(path: Path) -> tuple[SegmentRecords, Segment]:
             out.events.append((record[1], record[2]))
         elif kind == INDEX:
             out.index.append((record[1], record[2]))
-        elif kind == SUPPRESSION:
+        else:
             out.suppressions.append((record[1], record[2], record[3]))
     return out, summary
 
 
 def _token_of(name: str) -> str:
     return name.split(".", 1)[0]
+
+
+def _segments_of(directory: Path, token: str) -> list[str]:
+    """The names of the segments of journal `token`, oldest first."""
+    return sorted(n for n in os.listdir(directory) if n.endswith(SEGMENT_SUFFIX) and _token_of(n) == token)
 
 
 class StatsJournal:
@@ -181,11 +228,9 @@ class StatsJournal:
         self._claimed: dict[str, int] = {}  # token -> fd holding its lock
         self._lock_fd: int | None = None
         self._own_bytes = 0
+        self._groups: dict[int, tuple[bytes, list]] = {}  # open groups: id -> (frame, records)
+        self._group_ids = 0
         self.full = False
-        # A spool thread appends `sent` the moment a record is queued (`Spool.store`),
-        # while the event loop appends and seals: one lock keeps a record out of a
-        # segment being sealed.
-        self._lock = threading.Lock()
 
     def open(self) -> None:
         """Create the directory, and take this worker's lock (before any segment exists)."""
@@ -206,14 +251,38 @@ class StatsJournal:
     # -- appending (the hot path) -------------------------------------------
 
     def append(self, record: list) -> bool:
-        """Append one record to the current segment; False (nothing written) when the
-        journal is full or the write failed, which is logged. Safe from any thread."""
-        frame = encode(record)
-        with self._lock:
-            return self._append(record, frame)
+        """Append one plain record to the current segment; False (nothing written) when
+        the journal is full or the write failed, which is logged."""
+        if not self._write(encode(record)):
+            return False
+        self._current.note(record)
+        self._seal_if_big()
+        return True
 
-    def _append(self, record: list, frame: bytes) -> bool:
-        if self._own_bytes + len(frame) > self.max_bytes:
+    def begin(self, check: list, records: list[list]) -> int | None:
+        """Open a group of `records` for a spool update `check` describes (see the module
+        docstring); its id, or None when it could not be written (logged)."""
+        self._group_ids += 1
+        gid = self._group_ids
+        frame = encode([GROUP, gid, check, records])
+        if not self._write(frame):
+            return None
+        self._groups[gid] = (frame, records)
+        return gid
+
+    def end(self, gid: int | None, committed: bool) -> None:
+        """Decide group `gid` (None: nothing to do): its records apply when `committed`."""
+        if gid is None:
+            return
+        _, records = self._groups.pop(gid)
+        # Past the bound too: a decision is tiny, and without it the group would be lost.
+        if self._write(encode([COMMIT if committed else ABORT, gid]), bounded=False) and committed:
+            for record in records:
+                self._current.note(record)
+        self._seal_if_big()
+
+    def _write(self, frame: bytes, *, bounded: bool = True, fresh: bool = True) -> bool:
+        if bounded and self._own_bytes + len(frame) > self.max_bytes:
             if not self.full:
                 self.full = True
                 log.error("stats journal %s is full (%d bytes, the stats journal bound): new counts and "
@@ -227,16 +296,20 @@ class StatsJournal:
         except OSError as exc:
             log.error("stats journal: cannot write %s (%s); a count or event is dropped", current.path, exc)
             return False
+        current.size += written
+        current.fresh = current.fresh or fresh
+        self._own_bytes += written
         if written != len(frame):  # a short write (disk full): the frame is torn, start afresh
             log.error("stats journal: short write to %s; a count or event is dropped", current.path)
-            self._seal()
+            self.seal()
             return False
-        current.size += written
-        self._own_bytes += written
-        current.note(record)
-        if current.items >= self.segment_max_items or current.size >= self.segment_max_bytes:
-            self._seal()  # a batch's worth: a segment stays one bounded batch
         return True
+
+    def _seal_if_big(self) -> None:
+        current = self._current
+        if current is not None and (current.items >= self.segment_max_items
+                                    or current.size >= self.segment_max_bytes):
+            self.seal()  # a batch's worth: a segment stays one bounded batch
 
     def _start_segment(self) -> Segment:
         self._seq += 1
@@ -247,18 +320,18 @@ class StatsJournal:
         return self._current
 
     def seal(self) -> None:
-        """Close the current segment (if any) for appending: the next record starts a new one."""
-        with self._lock:
-            self._seal()
-
-    def _seal(self) -> None:
-        if self._current is None:
+        """Close the current segment (if any) for appending: the next record starts a new
+        one, which starts with a copy of each group still open. A segment holding only
+        such copies stays current: there is nothing to apply in it yet."""
+        if self._current is None or not self._current.fresh:
             return
         assert self._fd is not None
         os.close(self._fd)
         self._fd = None
         self._sealed.append(self._current)
         self._current = None
+        for frame, _ in self._groups.values():
+            self._write(frame, bounded=False, fresh=False)
 
     # -- applying ------------------------------------------------------------
 
@@ -309,9 +382,11 @@ class StatsJournal:
             fd = self._lock_held_by_nobody(token) if token in locks else self._create_lock(token)
             if fd is None:
                 continue
+            segments = _segments_of(self.directory, token)
+            if segments and not read_segment(self.directory / segments[-1])[0].closed:
+                os.close(fd)  # not resolved yet (`resolve_orphans`): left alone until it is
+                continue
             self._claimed[token] = fd
-            segments = sorted(n for n in os.listdir(self.directory)
-                              if n.endswith(SEGMENT_SUFFIX) and _token_of(n) == token)
             for name in segments:
                 _, summary = read_segment(self.directory / name)
                 summary.own = False
@@ -368,13 +443,18 @@ class StatsJournal:
 
     @property
     def empty(self) -> bool:
-        """Nothing waits for Redis."""
-        return self._current is None and not self._sealed
+        """Nothing waits for Redis (groups still open wait for their spool update)."""
+        return not self._sealed and (self._current is None or not self._current.fresh)
 
     def close(self) -> None:
         """Close the files; an empty journal's lock file is removed, a non-empty one is
-        left for the next worker to claim (unlocked by the close)."""
-        self.seal()
+        left (unlocked by the close) for `resolve_orphans`, then the next worker to claim."""
+        if self._current is not None:  # sealed without carrying open groups over: they stay undecided
+            assert self._fd is not None
+            os.close(self._fd)
+            self._fd = None
+            self._sealed.append(self._current)
+            self._current = None
         for token in list(self._claimed):
             self._release(token, remove=False)
         if self._lock_fd is not None:
@@ -382,3 +462,109 @@ class StatsJournal:
                 os.unlink(self.directory / f"{self.token}{LOCK_SUFFIX}")
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def spool_check(spool_dir: Path) -> Callable[[list], bool]:
+    """How `resolve_orphans` decides an open group from the spool of `spool_dir`: whether
+    the spool update it accounts for happened. A stored message's record is in `queue/`
+    ("q"); a rewrite's record carries at least that many attempts ("a"); a removed
+    message's record is gone ("r"). A record gone or damaged after a rewrite counts as
+    rewritten: it will not be delivered again."""
+    def happened(check: list) -> bool:
+        kind, message_id = check[0], check[1]
+        path = record_path(spool_dir, message_id)
+        if kind == "q":
+            return path.exists()
+        if kind == "r":
+            return not path.exists()
+        try:
+            return len(read_record(path).attempts) >= check[2]
+        except (FileNotFoundError, SpoolError):
+            return True
+
+    return happened
+
+
+def resolve_orphans(directory: Path, happened: Callable[[list], bool], *, pid: int | None = None,
+                    wait: float = 5.0) -> int:
+    """Decide the open groups of the journals of dead workers (those of process `pid`,
+    or every journal nobody holds) with `happened` (`spool_check`), and close them so a
+    worker may claim them. Run by the supervisor before it starts or restarts the
+    workers that own the spool records in question. Returns how many groups it decided."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    tokens = {_token_of(n) for n in names if n.endswith((SEGMENT_SUFFIX, LOCK_SUFFIX))}
+    decided = 0
+    for token in sorted(tokens):
+        if pid is not None and not token.startswith(f"{pid}-"):
+            continue
+        fd = _wait_for_lock(directory / f"{token}{LOCK_SUFFIX}", wait)
+        if fd is None:
+            log.warning("stats journal %s is held by a live worker; not resolved", token)
+            continue
+        try:
+            decided += _resolve(directory, token, happened)
+        finally:
+            os.close(fd)
+    return decided
+
+
+def _wait_for_lock(path: Path, wait: float) -> int | None:
+    """flock `path` (created if missing), waiting up to `wait` seconds for a claimer
+    that holds it for a moment; None if it stays held (a live worker's)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.01)
+
+
+def _resolve(directory: Path, token: str, happened: Callable[[list], bool]) -> int:
+    segments = _segments_of(directory, token)
+    if not segments:
+        os.unlink(directory / f"{token}{LOCK_SUFFIX}")
+        return 0
+    last = directory / segments[-1]
+    if read_segment(last)[0].closed:
+        return 0
+    # Undecided: open in some segment and decided in none (a copy carried into a later
+    # segment is decided there). The last segment gets a copy of each, then its decision.
+    open_groups: dict[int, list] = {}
+    decided: set[int] = set()
+    for name in segments:
+        data = (directory / name).read_bytes()
+        for record in decode_all(data)[0]:
+            if record[0] == GROUP:
+                open_groups[record[1]] = record
+            elif record[0] in (COMMIT, ABORT):
+                decided.add(record[1])
+    frames = []
+    undecided = [group for gid, group in sorted(open_groups.items()) if gid not in decided]
+    committed = 0
+    for group in undecided:
+        done = happened(group[2])
+        committed += done
+        frames += [encode(group), encode([COMMIT if done else ABORT, group[1]])]
+    frames.append(encode([CLOSED]))
+    fd = os.open(last, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        if read_segment(last)[0].torn:  # a torn tail would hide what follows: start a segment after it
+            os.close(fd)
+            seq = int(segments[-1].split(".")[1]) + 1
+            fd = os.open(directory / f"{token}.{seq:08d}{SEGMENT_SUFFIX}",
+                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+        os.write(fd, b"".join(frames))
+    finally:
+        os.close(fd)
+    if undecided:
+        log.info("stats journal %s: %d spool update(s) were under way when its worker died; %d had happened",
+                 token, len(undecided), committed)
+    return len(undecided)

@@ -2,7 +2,8 @@
 messages through two workers to the sink, then the pool's counters (the Redis hashes
 StatsService reads) compared with what the sink received, exactly: `sent` equals the
 messages accepted and `delivered` the distinct messages the sink got (it may get a
-message twice after a crash: delivery is at least once).
+message twice after a crash: delivery is at least once; the count follows the spool,
+not the wire), and every message has exactly one delivery event.
 
 (a) a worker SIGKILLed right after the load, its last counts still in its journal, and
     deliveries under way; (b) Redis killed mid-delivery and started again; (c) the data
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import os
 import signal
+from collections import Counter
 
 import redis
 
 from tests.dataplane_support import (
+    events_of,
     make_bridge,
     make_pool,
     make_snapshot,
@@ -50,32 +53,35 @@ def _start(start_dataplane, url: str, sink):
     return start_dataplane(url, SERVER, workers=2, delivery=True, args=["--route", f"*={sink.address}", *PLANE_ARGS])
 
 
-def _assert_exact(client, plane, sink) -> None:
+def _assert_exact(client, plane, sink, ids: dict) -> None:
     """Once the queue is empty and the sink has every message: the counters equal what
-    it received, and stay so (nothing applied twice later)."""
+    it received, and each message has one delivery event."""
     assert wait_until(lambda: queue_empty(plane), timeout=120, interval=0.2), plane.log()
     assert wait_until(lambda: len(sink_outcomes(sink.log())[1]) == MESSAGES, timeout=60), sink.counts()
 
     def pool() -> dict:
         return stats_of(client, SERVER, POOL, [])["pool"]
 
-    assert wait_until(lambda: pool()["delivered"] >= MESSAGES and pool()["sent"] >= MESSAGES, timeout=30), pool()
+    assert wait_until(lambda: pool()["delivered"] >= MESSAGES and pool()["sent"] >= MESSAGES, timeout=30), (
+        pool(), sorted(p.name for p in plane.data_dir.glob("stats-journal/*/*")), plane.log()[-3000:])
     assert wait_until(lambda: not any(plane.data_dir.glob("stats-journal/*/*.log")), timeout=15), plane.log()
     distinct = len(sink_outcomes(sink.log())[1])
     figures = pool()
     assert (figures["sent"], figures["delivered"], figures["bounced"]) == (MESSAGES, distinct, 0), figures
     per_ip = stats_of(client, SERVER, POOL, IPS)
     assert sum(per_ip[ip]["sent"] for ip in IPS) == MESSAGES
+    outcomes = Counter(tuple(e["outcome"] for e in events_of(client, message_id)) for message_id in ids.values())
+    assert outcomes == {("delivered",): MESSAGES}, outcomes
 
 
 def test_a_worker_sigkill_loses_and_doubles_no_count(redis_client, redis_url, start_dataplane, start_sink):
     sink = start_sink("--rule", "*=delay:0.03")
     plane = _start(start_dataplane, redis_url, sink)
-    _load(redis_client, plane, sink)
+    ids = _load(redis_client, plane, sink)
     victim = plane.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)  # its last counts are in its journal only; deliveries under way
     assert wait_until(lambda: plane.worker_pids()[0] != victim, timeout=30), plane.log()
-    _assert_exact(redis_client, plane, sink)
+    _assert_exact(redis_client, plane, sink, ids)
 
 
 def test_a_redis_kill_and_restart_loses_and_doubles_no_count(fresh_redis, start_dataplane, start_sink):
@@ -83,7 +89,7 @@ def test_a_redis_kill_and_restart_loses_and_doubles_no_count(fresh_redis, start_
     try:
         sink = start_sink("--rule", "*=delay:0.03")
         plane = _start(start_dataplane, fresh_redis.url, sink)
-        _load(client, plane, sink)
+        ids = _load(client, plane, sink)
         seen = sink.counts().get("accepted", 0)
         fresh_redis.kill()
         try:
@@ -92,7 +98,7 @@ def test_a_redis_kill_and_restart_loses_and_doubles_no_count(fresh_redis, start_
             fresh_redis.start()
         client.close()
         client = redis.Redis.from_url(fresh_redis.url)
-        _assert_exact(client, plane, sink)
+        _assert_exact(client, plane, sink, ids)
     finally:
         client.close()
 
@@ -102,7 +108,7 @@ def test_a_stop_while_redis_is_down_keeps_the_counts_for_the_next_start(fresh_re
     try:
         sink = start_sink()
         plane = _start(start_dataplane, fresh_redis.url, sink)
-        _load(client, plane, sink)
+        ids = _load(client, plane, sink)
         fresh_redis.kill()
         try:
             assert wait_until(lambda: len(sink_outcomes(sink.log())[1]) == MESSAGES, timeout=60), sink.counts()
@@ -113,7 +119,7 @@ def test_a_stop_while_redis_is_down_keeps_the_counts_for_the_next_start(fresh_re
         client.close()
         client = redis.Redis.from_url(fresh_redis.url)
         again = _start(start_dataplane, fresh_redis.url, sink)
-        _assert_exact(client, again, sink)
+        _assert_exact(client, again, sink, ids)
     finally:
         client.close()
 
@@ -123,7 +129,7 @@ def test_kill_9_of_everything_then_a_restart_loses_and_doubles_no_count(fresh_re
     try:
         sink = start_sink("--rule", "*=delay:0.03")
         plane = _start(start_dataplane, fresh_redis.url, sink)
-        _load(client, plane, sink)
+        ids = _load(client, plane, sink)
         workers = list(plane.worker_pids().values())
         for pid in workers:  # stopped first, so the supervisor's death cannot stop them gracefully
             os.kill(pid, signal.SIGSTOP)
@@ -135,6 +141,6 @@ def test_kill_9_of_everything_then_a_restart_loses_and_doubles_no_count(fresh_re
         client.close()
         client = redis.Redis.from_url(fresh_redis.url)
         again = _start(start_dataplane, fresh_redis.url, sink)
-        _assert_exact(client, again, sink)
+        _assert_exact(client, again, sink, ids)
     finally:
         client.close()

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from control.contract import rediskeys
 from dataplane import stats_journal
 from dataplane.stats_batcher import StatsBatcher
+from dataplane import spool
 from dataplane.stats_journal import COUNT, EVENT, StatsJournal, read_segment
 
 SERVER, POOL, IP = 5, 7, "192.0.2.1"
@@ -114,6 +115,8 @@ async def test_a_dead_workers_journal_is_claimed_by_one_worker_and_replayed_once
             assert one.journal.claim_orphans() == 0  # its worker is alive: its lock is held
             os.kill(dying.pid, signal.SIGKILL)
             dying.wait()
+            assert one.journal.claim_orphans() == 0  # dead, but not resolved by the supervisor yet
+            stats_journal.resolve_orphans(directory, stats_journal.spool_check(tmp_path / "spool"), pid=dying.pid)
             claimed = [one.journal.claim_orphans(), two.journal.claim_orphans()]
             assert sorted(claimed) == [0, 3]  # 10 events, 4 a segment: 3 segments, to one worker only
             winner = one if claimed[0] else two
@@ -147,6 +150,8 @@ async def test_a_stop_with_redis_down_leaves_the_journal_and_the_next_start_repl
     assert "4 stats counts, 0 events, 0 message index entries and 0 suppression-list entries left in the " \
            "stats journal" in caplog.text
 
+    # What the supervisor does before it starts workers: the journal is closed, then claimable.
+    assert stats_journal.resolve_orphans(directory, stats_journal.spool_check(tmp_path / "spool")) == 0
     client = aioredis.Redis.from_url(redis_url)
     started = StatsBatcher(client, server_id=SERVER, journal_dir=directory)
     try:
@@ -173,3 +178,42 @@ def test_past_its_bound_the_journal_refuses_and_says_so(tmp_path, caplog):
     journal.seal()
     journal.acknowledge(journal.oldest())
     journal.close()
+
+
+def test_a_group_counts_once_its_spool_update_happened_and_crossing_a_seal(tmp_path):
+    journal = StatsJournal(tmp_path / "j")
+    journal.open()
+    committed = journal.begin(["q", "m-stored"], [[COUNT, "sent", 60, POOL, IP, 1]])
+    aborted = journal.begin(["q", "m-refused"], [[COUNT, "sent", 60, POOL, IP, 10]])
+    journal.seal()  # both still open: copied into the next segment, decided there
+    journal.end(committed, True)
+    journal.end(aborted, False)
+    journal.seal()
+    first, second = journal.oldest(), list(journal._sealed)[1]
+    assert read_segment(first.path)[0].counts == []  # open there: nothing applies
+    assert read_segment(second.path)[0].counts == [("sent", 60, POOL, IP, 1)]
+    assert journal.counts == 1
+    journal.close()
+
+
+def test_groups_a_dead_worker_left_open_are_decided_from_the_spool(tmp_path):
+    spool_dir = tmp_path / "spool"
+    spool.prepare(spool_dir)
+    spool.record_path(spool_dir, "m-queued").write_bytes(b"stored before the kill")
+    directory = tmp_path / "j"
+    dead = StatsJournal(directory)
+    dead.open()
+    dead.begin(["q", "m-queued"], [[COUNT, "sent", 60, POOL, IP, 1]])  # its store landed
+    dead.begin(["q", "m-lost"], [[COUNT, "sent", 60, POOL, IP, 10]])  # its store did not
+    dead.begin(["r", "m-removed"], [[COUNT, "delivered", 60, POOL, IP, 100]])  # its removal landed
+    dead.seal()
+    dead.close()  # as a kill leaves it: groups undecided
+    claimer = StatsJournal(directory)
+    claimer.open()
+    assert claimer.claim_orphans() == 0  # undecided: not claimable before the supervisor resolves it
+    assert stats_journal.resolve_orphans(directory, stats_journal.spool_check(spool_dir)) == 3
+    assert stats_journal.resolve_orphans(directory, stats_journal.spool_check(spool_dir)) == 0  # once
+    assert claimer.claim_orphans() == 2
+    counts = [c for s in list(claimer._sealed) for c in read_segment(s.path)[0].counts]
+    assert sorted(counts) == [("delivered", 60, POOL, IP, 100), ("sent", 60, POOL, IP, 1)]
+    claimer.close()

@@ -35,7 +35,7 @@ import itertools
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -229,13 +229,10 @@ class Spool:
         counter = (next(self._seq) % (0x1000000 // self.owners)) * self.owners + self.owner
         return f"{ms:012x}{self._nonce}{counter:06x}"
 
-    async def store(self, record: SpoolRecord, renamed: Callable[[], None] | None = None) -> None:
+    async def store(self, record: SpoolRecord) -> None:
         """Make `record` durable in `queue/`; SpoolWriteError if it could not be.
 
-        Returns only after the data and the directory entry are on disk. `renamed`
-        runs (in a spool thread) the moment the record is in `queue/`
-        (`durable.write_durably`); a SpoolWriteError after it means the record was
-        taken back.
+        Returns only after the data and the directory entry are on disk.
         """
         assert self._executor is not None and self._dir_sync is not None, "Spool.open() first"
         parts = encode_record(record)
@@ -243,8 +240,7 @@ class Spool:
         final_path = f"{self._queue}/{record.id}{RECORD_SUFFIX}"
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, write_durably, tmp_path, final_path, parts, self._dir_sync,
-                                       renamed)
+            await loop.run_in_executor(self._executor, write_durably, tmp_path, final_path, parts, self._dir_sync)
         except OSError as exc:
             raise SpoolWriteError(f"storing {final_path}: {exc.strerror or exc}") from exc
 

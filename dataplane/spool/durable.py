@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 FILE_MODE = 0o640
@@ -82,12 +81,9 @@ class GroupFsync:
             raise error
 
 
-def write_durably(tmp_path: str, final_path: str, parts: list[bytes], dir_sync: GroupFsync,
-                  renamed: Callable[[], None] | None = None) -> None:
+def write_durably(tmp_path: str, final_path: str, parts: list[bytes], dir_sync: GroupFsync) -> None:
     """Write `parts` to tmp_path, fdatasync, rename to final_path, fsync the directory
-    (group commit). On any failure nothing is left at either path, and OSError propagates.
-    `renamed` runs right after the rename (in this thread), when a crash would leave the
-    record in place: what accounts for it (the stats journal's `sent`) is written there."""
+    (group commit). On any failure nothing is left at either path, and OSError propagates."""
     fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         try:
@@ -99,8 +95,6 @@ def write_durably(tmp_path: str, final_path: str, parts: list[bytes], dir_sync: 
         finally:
             os.close(fd)
         os.rename(tmp_path, final_path)
-        if renamed is not None:
-            renamed()
     except BaseException:
         _unlink_quietly(tmp_path)
         raise
