@@ -28,7 +28,8 @@ committed in it; sealing a segment copies the groups still open into the next
 one, so a group's commit always lands beside its latest copy. A worker that dies
 leaves at most a few groups open (one per spool update under way): before the
 worker is started again (`resolve_orphans`, called by the supervisor when it
-reaps a worker and when the data plane starts), each is decided by looking at
+reaps a worker and when the data plane starts; `stats_journal_recovery`), each
+is decided by looking at
 the spool (`check`: the message's record is there / carries that many attempts
 / is gone), which nobody changes meanwhile because the worker owning those
 records is the one being restarted, and the journal gets its closing `["z"]`.
@@ -64,18 +65,14 @@ import logging
 import os
 import secrets
 import struct
-import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
 
 from control.contract.file_modes import PRIVATE_FILE_MODE, private_dir
-
-from .spool import SpoolError, read_record, record_path
 
 log = logging.getLogger("poolmta.dataplane.stats")
 
@@ -198,13 +195,13 @@ def read_segment(path: Path) -> tuple[SegmentRecords, Segment]:
     return out, summary
 
 
-def _token_of(name: str) -> str:
+def token_of(name: str) -> str:
     return name.split(".", 1)[0]
 
 
-def _segments_of(directory: Path, token: str) -> list[str]:
+def segments_of(directory: Path, token: str) -> list[str]:
     """The names of the segments of journal `token`, oldest first."""
-    return sorted(n for n in os.listdir(directory) if n.endswith(SEGMENT_SUFFIX) and _token_of(n) == token)
+    return sorted(n for n in os.listdir(directory) if n.endswith(SEGMENT_SUFFIX) and token_of(n) == token)
 
 
 class StatsJournal:
@@ -355,8 +352,8 @@ class StatsJournal:
                 self.full = False
                 log.info("stats journal has room again")
             return
-        token = _token_of(segment.path.name)
-        if not any(_token_of(s.path.name) == token for s in self._sealed):
+        token = token_of(segment.path.name)
+        if not any(token_of(s.path.name) == token for s in self._sealed):
             self._release(token, remove=True)
 
     def _release(self, token: str, *, remove: bool) -> None:
@@ -375,14 +372,14 @@ class StatsJournal:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return 0
-        tokens = {_token_of(n) for n in names if n.endswith(SEGMENT_SUFFIX)}
+        tokens = {token_of(n) for n in names if n.endswith(SEGMENT_SUFFIX)}
         locks = {n[: -len(LOCK_SUFFIX)] for n in names if n.endswith(LOCK_SUFFIX)}
         claimed = 0
         for token in sorted((tokens | locks) - {self.token} - set(self._claimed)):
             fd = self._lock_held_by_nobody(token) if token in locks else self._create_lock(token)
             if fd is None:
                 continue
-            segments = _segments_of(self.directory, token)
+            segments = segments_of(self.directory, token)
             if segments and not read_segment(self.directory / segments[-1])[0].closed:
                 os.close(fd)  # not resolved yet (`resolve_orphans`): left alone until it is
                 continue
@@ -463,108 +460,3 @@ class StatsJournal:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-
-def spool_check(spool_dir: Path) -> Callable[[list], bool]:
-    """How `resolve_orphans` decides an open group from the spool of `spool_dir`: whether
-    the spool update it accounts for happened. A stored message's record is in `queue/`
-    ("q"); a rewrite's record carries at least that many attempts ("a"); a removed
-    message's record is gone ("r"). A record gone or damaged after a rewrite counts as
-    rewritten: it will not be delivered again."""
-    def happened(check: list) -> bool:
-        kind, message_id = check[0], check[1]
-        path = record_path(spool_dir, message_id)
-        if kind == "q":
-            return path.exists()
-        if kind == "r":
-            return not path.exists()
-        try:
-            return len(read_record(path).attempts) >= check[2]
-        except (FileNotFoundError, SpoolError):
-            return True
-
-    return happened
-
-
-def resolve_orphans(directory: Path, happened: Callable[[list], bool], *, pid: int | None = None,
-                    wait: float = 5.0) -> int:
-    """Decide the open groups of the journals of dead workers (those of process `pid`,
-    or every journal nobody holds) with `happened` (`spool_check`), and close them so a
-    worker may claim them. Run by the supervisor before it starts or restarts the
-    workers that own the spool records in question. Returns how many groups it decided."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return 0
-    tokens = {_token_of(n) for n in names if n.endswith((SEGMENT_SUFFIX, LOCK_SUFFIX))}
-    decided = 0
-    for token in sorted(tokens):
-        if pid is not None and not token.startswith(f"{pid}-"):
-            continue
-        fd = _wait_for_lock(directory / f"{token}{LOCK_SUFFIX}", wait)
-        if fd is None:
-            log.warning("stats journal %s is held by a live worker; not resolved", token)
-            continue
-        try:
-            decided += _resolve(directory, token, happened)
-        finally:
-            os.close(fd)
-    return decided
-
-
-def _wait_for_lock(path: Path, wait: float) -> int | None:
-    """flock `path` (created if missing), waiting up to `wait` seconds for a claimer
-    that holds it for a moment; None if it stays held (a live worker's)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.01)
-
-
-def _resolve(directory: Path, token: str, happened: Callable[[list], bool]) -> int:
-    segments = _segments_of(directory, token)
-    if not segments:
-        os.unlink(directory / f"{token}{LOCK_SUFFIX}")
-        return 0
-    last = directory / segments[-1]
-    if read_segment(last)[0].closed:
-        return 0
-    # Undecided: open in some segment and decided in none (a copy carried into a later
-    # segment is decided there). The last segment gets a copy of each, then its decision.
-    open_groups: dict[int, list] = {}
-    decided: set[int] = set()
-    for name in segments:
-        data = (directory / name).read_bytes()
-        for record in decode_all(data)[0]:
-            if record[0] == GROUP:
-                open_groups[record[1]] = record
-            elif record[0] in (COMMIT, ABORT):
-                decided.add(record[1])
-    frames = []
-    undecided = [group for gid, group in sorted(open_groups.items()) if gid not in decided]
-    committed = 0
-    for group in undecided:
-        done = happened(group[2])
-        committed += done
-        frames += [encode(group), encode([COMMIT if done else ABORT, group[1]])]
-    frames.append(encode([CLOSED]))
-    fd = os.open(last, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-    try:
-        if read_segment(last)[0].torn:  # a torn tail would hide what follows: start a segment after it
-            os.close(fd)
-            seq = int(segments[-1].split(".")[1]) + 1
-            fd = os.open(directory / f"{token}.{seq:08d}{SEGMENT_SUFFIX}",
-                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE)
-        os.write(fd, b"".join(frames))
-    finally:
-        os.close(fd)
-    if undecided:
-        log.info("stats journal %s: %d spool update(s) were under way when its worker died; %d had happened",
-                 token, len(undecided), committed)
-    return len(undecided)

@@ -8,8 +8,9 @@ when an address is taken, turns port 0 into a concrete port every worker then
 binds, and keeps the ports reserved while a worker restarts. Workers are spawned (fresh interpreters, nothing
 inherited but the configuration) and die with the supervisor (PDEATHSIG).
 It resolves the stats journals dead workers left (at start, and when it reaps a
-worker, before restarting it: `stats_journal.resolve_orphans`). It also makes the VERP key file (`<data_dir>/verp.keys`) before the first worker
-starts, so the workers all load the same keys and none races to create it.
+worker, before restarting it: `stats_journal_recovery`). It also makes the VERP
+key file (`<data_dir>/verp.keys`) before the first worker starts, so the workers
+all load the same keys and none races to create it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import IO
 
 from control.contract.runtime import DATAPLANE_READY_INBOUND, DATAPLANE_READY_LINE
 
-from . import spool, stats_journal
+from . import spool, stats_journal_recovery
 from .config import DataplaneConfig, format_listen
 from .return_path import keyring_path
 from .verp_keyring import KeyringError, VerpKeyring
@@ -145,11 +146,11 @@ class Supervisor:
     def _resolve_journals(self, pid: int | None = None) -> None:
         """Decide the stats a dead worker (`pid`; every one at start) left open around a
         spool update, from the spool, before a worker that owns those records starts
-        (`stats_journal.resolve_orphans`); then any worker may replay the journal."""
+        (`stats_journal_recovery.resolve_orphans`); then any worker may replay the journal."""
         config = self.config
         try:
-            stats_journal.resolve_orphans(config.stats_journal_dir, stats_journal.spool_check(config.spool_dir),
-                                          pid=pid)
+            stats_journal_recovery.resolve_orphans(
+                config.stats_journal_dir, stats_journal_recovery.spool_check(config.spool_dir), pid=pid)
         except OSError as exc:
             log.error("cannot resolve the stats journals in %s (%s); their counts wait for the next start",
                       config.stats_journal_dir, exc)

@@ -12,9 +12,11 @@ not the wire), and every message has exactly one delivery event.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections import Counter
+from collections.abc import Iterator
 
 import redis
 
@@ -39,10 +41,21 @@ MESSAGES = 240
 PLANE_ARGS = ["--retry-schedule", "0.3s", "--max-conn-per-destination", "4"]
 
 
-def _load(client, plane, sink) -> dict:
-    publish(client, make_snapshot(SERVER, 1, [make_pool(POOL, [(ip, 1) for ip in IPS], server_id=SERVER)],
-                                  [make_bridge(1, POOL, SECRET)]))
-    plane.wait_version(client, 1)
+@contextlib.contextmanager
+def _client(url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _load(url: str, plane) -> dict:
+    """Publish the pool and send every message through the Bridge; {n: our message id}."""
+    with _client(url) as client:
+        publish(client, make_snapshot(SERVER, 1, [make_pool(POOL, [(ip, 1) for ip in IPS], server_id=SERVER)],
+                                      [make_bridge(1, POOL, SECRET)]))
+        plane.wait_version(client, 1)
     plan = [(n, [f"rcpt{n}@example.net"], message(n)) for n in range(MESSAGES)]
     ids = send_all(plane.port, "br-test1", SECRET, plan, sessions=6)
     assert len(set(ids.values())) == MESSAGES
@@ -53,9 +66,14 @@ def _start(start_dataplane, url: str, sink):
     return start_dataplane(url, SERVER, workers=2, delivery=True, args=["--route", f"*={sink.address}", *PLANE_ARGS])
 
 
-def _assert_exact(client, plane, sink, ids: dict) -> None:
+def _assert_exact(url: str, plane, sink, ids: dict) -> None:
     """Once the queue is empty and the sink has every message: the counters equal what
     it received, and each message has one delivery event."""
+    with _client(url) as client:
+        _assert_counters(client, plane, sink, ids)
+
+
+def _assert_counters(client, plane, sink, ids: dict) -> None:
     assert wait_until(lambda: queue_empty(plane), timeout=120, interval=0.2), plane.log()
     assert wait_until(lambda: len(sink_outcomes(sink.log())[1]) == MESSAGES, timeout=60), sink.counts()
 
@@ -74,73 +92,53 @@ def _assert_exact(client, plane, sink, ids: dict) -> None:
     assert outcomes == {("delivered",): MESSAGES}, outcomes
 
 
-def test_a_worker_sigkill_loses_and_doubles_no_count(redis_client, redis_url, start_dataplane, start_sink):
+def test_a_worker_sigkill_loses_and_doubles_no_count(redis_url, start_dataplane, start_sink):
     sink = start_sink("--rule", "*=delay:0.03")
     plane = _start(start_dataplane, redis_url, sink)
-    ids = _load(redis_client, plane, sink)
+    ids = _load(redis_url, plane)
     victim = plane.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)  # its last counts are in its journal only; deliveries under way
     assert wait_until(lambda: plane.worker_pids()[0] != victim, timeout=30), plane.log()
-    _assert_exact(redis_client, plane, sink, ids)
+    _assert_exact(redis_url, plane, sink, ids)
 
 
 def test_a_redis_kill_and_restart_loses_and_doubles_no_count(fresh_redis, start_dataplane, start_sink):
-    client = redis.Redis.from_url(fresh_redis.url)
+    sink = start_sink("--rule", "*=delay:0.03")
+    plane = _start(start_dataplane, fresh_redis.url, sink)
+    ids = _load(fresh_redis.url, plane)
+    seen = sink.counts().get("accepted", 0)
+    fresh_redis.kill()
     try:
-        sink = start_sink("--rule", "*=delay:0.03")
-        plane = _start(start_dataplane, fresh_redis.url, sink)
-        ids = _load(client, plane, sink)
-        seen = sink.counts().get("accepted", 0)
-        fresh_redis.kill()
-        try:
-            assert wait_until(lambda: sink.counts().get("accepted", 0) >= seen + 40, timeout=60)
-        finally:
-            fresh_redis.start()
-        client.close()
-        client = redis.Redis.from_url(fresh_redis.url)
-        _assert_exact(client, plane, sink, ids)
+        assert wait_until(lambda: sink.counts().get("accepted", 0) >= seen + 40, timeout=60)
     finally:
-        client.close()
+        fresh_redis.start()
+    _assert_exact(fresh_redis.url, plane, sink, ids)
 
 
 def test_a_stop_while_redis_is_down_keeps_the_counts_for_the_next_start(fresh_redis, start_dataplane, start_sink):
-    client = redis.Redis.from_url(fresh_redis.url)
+    sink = start_sink()
+    plane = _start(start_dataplane, fresh_redis.url, sink)
+    ids = _load(fresh_redis.url, plane)
+    fresh_redis.kill()
     try:
-        sink = start_sink()
-        plane = _start(start_dataplane, fresh_redis.url, sink)
-        ids = _load(client, plane, sink)
-        fresh_redis.kill()
-        try:
-            assert wait_until(lambda: len(sink_outcomes(sink.log())[1]) == MESSAGES, timeout=60), sink.counts()
-            plane.stop()
-        finally:
-            fresh_redis.start()
-        assert "left in the stats journal" in plane.log() and "replayed at next start" in plane.log()
-        client.close()
-        client = redis.Redis.from_url(fresh_redis.url)
-        again = _start(start_dataplane, fresh_redis.url, sink)
-        _assert_exact(client, again, sink, ids)
+        assert wait_until(lambda: len(sink_outcomes(sink.log())[1]) == MESSAGES, timeout=60), sink.counts()
+        plane.stop()
     finally:
-        client.close()
+        fresh_redis.start()
+    assert "left in the stats journal" in plane.log() and "replayed at next start" in plane.log()
+    _assert_exact(fresh_redis.url, _start(start_dataplane, fresh_redis.url, sink), sink, ids)
 
 
 def test_kill_9_of_everything_then_a_restart_loses_and_doubles_no_count(fresh_redis, start_dataplane, start_sink):
-    client = redis.Redis.from_url(fresh_redis.url)
-    try:
-        sink = start_sink("--rule", "*=delay:0.03")
-        plane = _start(start_dataplane, fresh_redis.url, sink)
-        ids = _load(client, plane, sink)
-        workers = list(plane.worker_pids().values())
-        for pid in workers:  # stopped first, so the supervisor's death cannot stop them gracefully
-            os.kill(pid, signal.SIGSTOP)
-        plane.kill()
-        for pid in workers:
-            os.kill(pid, signal.SIGKILL)
-        fresh_redis.kill()
-        fresh_redis.start()
-        client.close()
-        client = redis.Redis.from_url(fresh_redis.url)
-        again = _start(start_dataplane, fresh_redis.url, sink)
-        _assert_exact(client, again, sink, ids)
-    finally:
-        client.close()
+    sink = start_sink("--rule", "*=delay:0.03")
+    plane = _start(start_dataplane, fresh_redis.url, sink)
+    ids = _load(fresh_redis.url, plane)
+    workers = list(plane.worker_pids().values())
+    for pid in workers:  # stopped first, so the supervisor's death cannot stop them gracefully
+        os.kill(pid, signal.SIGSTOP)
+    plane.kill()
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    fresh_redis.kill()
+    fresh_redis.start()
+    _assert_exact(fresh_redis.url, _start(start_dataplane, fresh_redis.url, sink), sink, ids)

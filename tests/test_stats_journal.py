@@ -17,10 +17,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from control.contract import rediskeys
-from dataplane import stats_journal
+from dataplane import spool, stats_journal
 from dataplane.stats_batcher import StatsBatcher
-from dataplane import spool
 from dataplane.stats_journal import COUNT, EVENT, StatsJournal, read_segment
+from dataplane.stats_journal_recovery import resolve_orphans, spool_check
 
 SERVER, POOL, IP = 5, 7, "192.0.2.1"
 
@@ -116,7 +116,7 @@ async def test_a_dead_workers_journal_is_claimed_by_one_worker_and_replayed_once
             os.kill(dying.pid, signal.SIGKILL)
             dying.wait()
             assert one.journal.claim_orphans() == 0  # dead, but not resolved by the supervisor yet
-            stats_journal.resolve_orphans(directory, stats_journal.spool_check(tmp_path / "spool"), pid=dying.pid)
+            resolve_orphans(directory, spool_check(tmp_path / "spool"), pid=dying.pid)
             claimed = [one.journal.claim_orphans(), two.journal.claim_orphans()]
             assert sorted(claimed) == [0, 3]  # 10 events, 4 a segment: 3 segments, to one worker only
             winner = one if claimed[0] else two
@@ -151,7 +151,7 @@ async def test_a_stop_with_redis_down_leaves_the_journal_and_the_next_start_repl
            "stats journal" in caplog.text
 
     # What the supervisor does before it starts workers: the journal is closed, then claimable.
-    assert stats_journal.resolve_orphans(directory, stats_journal.spool_check(tmp_path / "spool")) == 0
+    assert resolve_orphans(directory, spool_check(tmp_path / "spool")) == 0
     client = aioredis.Redis.from_url(redis_url)
     started = StatsBatcher(client, server_id=SERVER, journal_dir=directory)
     try:
@@ -211,8 +211,8 @@ def test_groups_a_dead_worker_left_open_are_decided_from_the_spool(tmp_path):
     claimer = StatsJournal(directory)
     claimer.open()
     assert claimer.claim_orphans() == 0  # undecided: not claimable before the supervisor resolves it
-    assert stats_journal.resolve_orphans(directory, stats_journal.spool_check(spool_dir)) == 3
-    assert stats_journal.resolve_orphans(directory, stats_journal.spool_check(spool_dir)) == 0  # once
+    assert resolve_orphans(directory, spool_check(spool_dir)) == 3
+    assert resolve_orphans(directory, spool_check(spool_dir)) == 0  # once
     assert claimer.claim_orphans() == 2
     counts = [c for s in list(claimer._sealed) for c in read_segment(s.path)[0].counts]
     assert sorted(counts) == [("delivered", 60, POOL, IP, 100), ("sent", 60, POOL, IP, 1)]
