@@ -4,7 +4,9 @@ batches.
 
 The hot path appends one record to the worker's stats journal
 (`stats_journal`: one `os.write`, before the 250 or the spool update the record
-accounts for). A background task seals the journal's current segment at most
+accounts for); what accounts for a spool update goes in a group around it
+(`begin` before, `end` after), so a crash between the two counts it exactly when
+the update happened. A background task seals the journal's current segment at most
 every `interval` seconds (sooner when it holds `max_batch_events` events) and
 applies sealed segments, oldest first, each in one or a few round trips, then
 deletes it:
