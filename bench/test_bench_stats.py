@@ -4,7 +4,8 @@ Measured, against the embedded Redis (unix socket, `appendfsync always`, as `poo
 
 - `stats flush`: one worker's batch, as the stats batcher sends it every 250 ms:
   3 IPs of one pool, sent / delivered / bounced / deferred each, counted in one
-  minute; the batch built (`StatsBatcher._next_batch`) and applied by its Lua script.
+  minute; the journal segment sealed, read back (`StatsBatcher.counts_input`) and
+  applied by its Lua script.
   `trends` writes every target of `rediskeys.count_targets` (lifetime, day, hour and
   minute of the pool, each IP and each pool+IP: 12 hashes per pool and IP);
   `days` writes only the lifetime and day hashes (6), what a flush wrote before
@@ -19,7 +20,9 @@ The counters land in the benchmark's own Redis, which is emptied before each gro
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -75,16 +78,26 @@ def _days_only(keys: list[str], args: list) -> tuple[list[str], list]:
 def test_stats_flush(benchmark, measure, client, variant):
     benchmark.group = "stats flush, 3 IPs x 4 fields"
     benchmark.extra_info["variant"] = variant
-    batcher = StatsBatcher(client, server_id=SERVER, batch_prefix="bench")
+    batcher = StatsBatcher(client, server_id=SERVER)
 
     def flush() -> int:
         _fill(batcher)
-        batch = batcher._next_batch()
-        keys, args = (batch.keys, batch.args) if variant == "trends" else _days_only(batch.keys, batch.args)
-        return batcher._script(keys=keys, args=args)
+        journal = batcher.journal
+        journal.seal()
+        segment = journal.oldest()
+        keys, args = batcher.counts_input(segment)
+        if variant != "trends":
+            keys, args = _days_only(keys, args)
+        applied = batcher._script(keys=keys, args=args)
+        journal.acknowledge(segment)
+        return applied
 
-    assert measure(flush) == 1
-    assert len(batcher._next_batch().keys) == 1  # nothing left behind
+    try:
+        assert measure(flush) == 1
+        assert batcher.journal.empty  # nothing left behind
+    finally:
+        batcher.journal.close()
+        shutil.rmtree(batcher.journal.directory)
     written = len(list(client.scan_iter(match=rediskeys.counter_key(SERVER, POOL) + "*")))
     per_scope = 4 if variant == "trends" else 2  # lifetime, day (, hour, minute)
     assert written == per_scope * (1 + len(IPS))  # the pool's hashes and its IPs' within it
@@ -111,3 +124,32 @@ def test_trend_read(benchmark, measure, client, embedded, resolution):
     finally:
         loop.run_until_complete(reader.aclose())
         loop.close()
+
+
+@pytest.mark.parametrize("variant", ["group", "journal", "memory"])
+def test_stats_count(benchmark, variant, tmp_path):
+    """The hot path of one count: `journal` is `StatsBatcher.count`, a framed record
+    appended to the worker's stats journal (one os.write, page cache, no fsync);
+    `group` is how the Bridge counts `sent` around the spool write (`begin` before it,
+    `end` after: two writes); `memory` is what they replaced, a Counter increment of
+    the count's key, the naive baseline."""
+    benchmark.group = "stats count, one call"
+    benchmark.extra_info["variant"] = variant
+    if variant == "memory":
+        pending: Counter = Counter()
+
+        def count() -> None:
+            pending[("sent", rediskeys.MINUTE, rediskeys.MINUTE.start(time.time()), POOL, IPS[0])] += 1
+
+        benchmark(count)
+        return
+    batcher = StatsBatcher(redis.Redis.from_url("unix:///nonexistent"), server_id=SERVER,
+                           journal_dir=tmp_path / "journal")
+    def group() -> None:
+        batcher.end(batcher.begin(["q", "m"], [batcher.count_record("sent", POOL, IPS[0])]))
+
+    try:
+        benchmark(group if variant == "group" else lambda: batcher.count_sent(POOL, IPS[0]))
+        assert batcher.metrics["counts_dropped"] == 0
+    finally:
+        batcher.journal.close()

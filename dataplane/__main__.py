@@ -150,6 +150,10 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
                    default=e("POOLMTA_MAX_MESSAGE_SIZE", str(DEFAULT_MAX_MESSAGE_SIZE)),
                    help="largest message accepted, advertised with SIZE (env POOLMTA_MAX_MESSAGE_SIZE; "
                         "bytes or K/M/G; default 25M)")
+    p.add_argument("--stats-journal-max-bytes", type=_size,
+                   default=e("POOLMTA_STATS_JOURNAL_MAX_BYTES", "512M"),
+                   help="disk each worker's stats journal may take while Redis is down; past it new counts "
+                        "are dropped, logged (env POOLMTA_STATS_JOURNAL_MAX_BYTES; bytes or K/M/G; default 512M)")
     p.add_argument("--max-recipients", type=int,
                    default=e("POOLMTA_MAX_RECIPIENTS", str(DEFAULT_MAX_RECIPIENTS)),
                    help=f"RCPT TOs per message (env POOLMTA_MAX_RECIPIENTS; default {DEFAULT_MAX_RECIPIENTS})")
@@ -276,6 +280,7 @@ def build_config(args: argparse.Namespace, redis_url: str) -> DataplaneConfig:
         max_message_size=args.max_message_size,
         max_recipients=args.max_recipients,
         max_line_length=args.max_line_length,
+        stats_journal_max_bytes=args.stats_journal_max_bytes,
         auth_throttle=AuthThrottleConfig(
             delay_after=args.auth_delay_after,
             block_after=args.auth_block_after,

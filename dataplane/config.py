@@ -182,8 +182,6 @@ class DeliveryConfig:
         in memory at acceptance, and found by the scan at start).
     flush_max_events: events per stats/events batch (a flush starts early
         when this many wait).
-    max_pending_events: events kept in memory while Redis is unreachable;
-        older ones are dropped past it (logged and counted).
     """
 
     enabled: bool = True
@@ -201,7 +199,6 @@ class DeliveryConfig:
     max_messages_per_connection: int = 1000
     rescan_interval: float = 30.0
     flush_max_events: int = 1000
-    max_pending_events: int = 100_000
 
     def __post_init__(self) -> None:
         domains = [domain for domain, _, _ in self.routes]
@@ -216,7 +213,7 @@ class DeliveryConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.replace('_', ' ')} must be positive")
         for name in ("max_conn_per_ip", "max_conn_per_destination", "max_messages_per_connection",
-                     "flush_max_events", "max_pending_events"):
+                     "flush_max_events"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.mx_port <= 65535:
@@ -381,6 +378,8 @@ class DataplaneConfig:
     heartbeat_interval: seconds between acks; each also checks the `current`
         snapshot version (so a missed notice is caught within one interval).
     stats_flush_interval: seconds between stats flushes to Redis.
+    stats_journal_max_bytes: disk one worker's stats journal may take (it grows
+        while Redis is down; `dataplane.stats_journal`); past it counts are dropped.
     shutdown_grace: seconds a stopping worker lets messages in DATA (and
         outbound transactions) finish.
     delivery: the delivery engine's settings.
@@ -405,6 +404,7 @@ class DataplaneConfig:
     session_timeout: float = 300.0
     heartbeat_interval: float = 0.5
     stats_flush_interval: float = 0.25
+    stats_journal_max_bytes: int = 512 * 1024 * 1024
     shutdown_grace: float = 10.0
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
@@ -443,6 +443,8 @@ class DataplaneConfig:
                 raise ValueError(f"{name} must be positive")
         if self.shutdown_grace < 0:
             raise ValueError("shutdown_grace must not be negative")
+        if self.stats_journal_max_bytes < 1024 * 1024:
+            raise ValueError(f"stats journal max bytes must be at least 1M, got {self.stats_journal_max_bytes}")
 
     @property
     def smtp_listen(self) -> str:
@@ -452,6 +454,11 @@ class DataplaneConfig:
     def spool_dir(self) -> Path:
         """`<data_dir>/spool/server-<N>/`; layout in `dataplane.spool.directory`."""
         return self.data_dir / "spool" / f"server-{self.server_id}"
+
+    @property
+    def stats_journal_dir(self) -> Path:
+        """`<data_dir>/stats-journal/server-<N>/`; layout in `dataplane.stats_journal`."""
+        return self.data_dir / "stats-journal" / f"server-{self.server_id}"
 
     @property
     def tls_dir(self) -> Path:

@@ -8,7 +8,8 @@ inbound listener are `dataplane.smtp_listener`; the wire parsing it shares with
 the sink too is `dataplane.smtp_wire`). `BridgeHandler` (one per worker) owns
 the decisions: which Bridge a transaction belongs to, the limits, the account's
 suppression list at RCPT (`dataplane.suppression`), and at end of DATA rotation,
-stamping, the spool write and the `sent` count, in that order, before the 250.
+stamping, the spool write and the `sent` count (journaled around the spool write),
+before the 250.
 
 DSN extension (RFC 3461): advertised in EHLO; RET and ENVID on MAIL, NOTIFY and
 ORCPT on RCPT are parsed by `dataplane.dsn_request` (a bad value gets its 501)
@@ -384,18 +385,24 @@ class BridgeHandler(ListenerHandler):
             bounce_domain=route.bounce_domain,
             **mail_fields(envelope.dsn_mail),
         )
-        try:
-            await self.spool.store(record)
-        except SpoolWriteError as exc:
-            log.error("message from bridge %d not queued: %s", bridge.bridge_id, exc)
-            return REPLY_SPOOL_FAILED
         # One per distinct recipient: delivered, bounced and deferred count recipients too.
-        self.stats.count_sent(route.pool.smtp_id, route.address, len(dict.fromkeys(record.rcpt_tos)))
+        stats = [self.stats.count_record("sent", route.pool.smtp_id, route.address,
+                                         len(dict.fromkeys(record.rcpt_tos)))]
         # The message index: a report that returns only the original headers finds
         # this message by its Message-ID (dataplane.inbound.attribution).
         header_id = indexed_message_id(header_fields(raw, _MESSAGE_ID_FIELD)["message-id"])
         if header_id is not None:
-            self.stats.index_message(header_id, message_id)
+            stats.append(self.stats.index_record(header_id, message_id))
+        # Journaled before the spool write and decided after it, so a crash in between
+        # counts the message exactly when it is in the queue (dataplane.stats_journal).
+        group = self.stats.begin(["q", message_id], stats)
+        try:
+            await self.spool.store(record)
+        except SpoolWriteError as exc:
+            self.stats.end(group, committed=False)
+            log.error("message from bridge %d not queued: %s", bridge.bridge_id, exc)
+            return REPLY_SPOOL_FAILED
+        self.stats.end(group)
         if self.delivery is not None:
             self.delivery.accepted(record)
         return REPLY_QUEUED.format(id=message_id)

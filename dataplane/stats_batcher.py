@@ -1,10 +1,15 @@
-"""Counts per pool and per IP, and delivery events per message, kept in memory
-and flushed to Redis in batches.
+"""Counts per pool and per IP, delivery events per message, message index entries
+and suppressions: journaled on disk as they are made, and applied to Redis in
+batches.
 
-The hot path only increments a dict entry (a count) or appends to a deque (an
-event). A background task turns what is waiting into one batch at most every
-`interval` seconds, or as soon as `max_batch_events` events wait, and applies
-it in one round trip:
+The hot path appends one record to the worker's stats journal
+(`stats_journal`: one `os.write`, before the 250 or the spool update the record
+accounts for); what accounts for a spool update goes in a group around it
+(`begin` before, `end` after), so a crash between the two counts it exactly when
+the update happened. A background task seals the journal's current segment at most
+every `interval` seconds (sooner when it holds `max_batch_events` events) and
+applies sealed segments, oldest first, each in one or a few round trips, then
+deletes it:
 
 * counts: one Lua script HINCRBYs every counter hash a count touches
   (`rediskeys.count_targets`: lifetime totals and the day, hour and minute
@@ -23,62 +28,54 @@ A correction made elsewhere (an asynchronous bounce moving a recipient from
 delivered to bounced) uses the same script through `apply_counts_once`, with a
 marker of its own, so it too applies once however often it is retried.
 
-With events, index entries or suppressions the scripts and commands go in one
-pipeline (still one round trip; each command stays on its own hash slot, so a
-Redis Cluster works).
-
-Exactly once: each batch has an id, and the counts script first sets the
-batch's marker key with NX, applying nothing if the marker exists; the events
-script skips an event already in the list (a retried batch carries the very
-same JSON); an index entry is a plain SET of the same value, and HSETNX never
-replaces a suppression entry (the first one wins). A batch whose flush failed
-(Redis down, or the reply lost after Redis applied it) is retried later,
-unchanged, before anything newer, so it applies once either way.
+Exactly once: a segment's counts are one batch whose id is the segment's name;
+the counts script first sets the batch's marker key with NX, applying nothing if
+the marker exists (kept `STATS_BATCH_MARKER_TTL_SECONDS`, 7 days: a journal left
+on disk longer than that after it was applied, but before it was deleted, would
+count again). The events script skips an event already in the list (a retried
+segment carries the very same JSON); an index entry is a plain SET of the same
+value, and HSETNX never replaces a suppression entry (the first one wins). So a
+segment applied again (the reply lost after Redis applied it, or a crash between
+the apply and the delete, replayed by whichever worker claims the journal) still
+counts once. Each stays on its own hash slot, so a Redis Cluster works.
 
 A count goes into the buckets of the minute it was counted in (not the minute it
 is flushed in), so trends show when things happened even after Redis was down.
-While Redis is unreachable, counts wait in memory: they are summed per key
-(field, minute, pool, IP), so they take room per key, not per event. A long
-outage gives up detail before counts: past half of MAX_COUNT_KEYS new counts are
-kept per hour (their minute buckets are not written), past three quarters per
-day, and only past the bound are they dropped (logged, `counts_dropped`). Events wait
-too, up to `max_pending_events`; past that the oldest are dropped, which is
-logged and counted in `metrics["events_dropped"]`. Index entries likewise
-(`metrics["index_dropped"]`): losing one only costs a report its header attribution.
-Suppressions wait up to `max_pending_suppressions` (`metrics["suppressions_dropped"]`).
+While Redis is unreachable, records wait on disk, not in memory, up to the
+journal's bound (`stats_journal_max_bytes`); past it new ones are dropped,
+logged, and counted in `metrics` (`counts_dropped`, `events_dropped`,
+`index_dropped`, `suppressions_dropped`). A worker that stops with records left
+says how many, and the next start (any worker) replays them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
-import secrets
+import shutil
+import tempfile
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from pathlib import Path
 
 from redis import exceptions as redis_errors
 
 from control.contract import rediskeys
 from control.contract.runtime import reraise_if_cancelling
 
-log = logging.getLogger("poolmta.dataplane.stats")
+from .stats_journal import COUNT, EVENT, INDEX, SUPPRESSION, Segment, SegmentRecords, StatsJournal, read_segment
 
-# (field, the finest bucket known (MINUTE, or HOUR / DAY in a long outage), that
-# bucket's start (unix seconds), smtp_id, ip address or "" for a count of the pool alone)
-CountKey = tuple[str, rediskeys.Resolution, int, int, str]
-# (user_id, normalised address, entry JSON): one address for an account's suppression list
-Suppression = tuple[int, str, str]
+log = logging.getLogger("poolmta.dataplane.stats")
 
 _FIELDS = frozenset(rediskeys.STATS_FIELDS + rediskeys.DSN_STATS_FIELDS)
 
-# Distinct count keys kept while Redis is down (a key per field, minute, pool and
-# IP: a 50-IP server's four hours of minutes, then five days of hours, then four
-# months of days); new keys past it are dropped and logged.
-MAX_COUNT_KEYS = 100_000
+_DROPPED = {COUNT: "counts_dropped", EVENT: "events_dropped", INDEX: "index_dropped",
+            SUPPRESSION: "suppressions_dropped"}
+
+# How often a worker looks for the journals of dead workers to replay (also at start).
+CLAIM_INTERVAL = 5.0
 
 # KEYS[1] the batch marker, KEYS[2..] counter hashes; ARGV[1] marker TTL, then per
 # counter hash: when it expires (unix seconds, 0 for never), how many fields
@@ -166,138 +163,137 @@ async def apply_counts_once(redis, server_id: int, marker_id: str, changes: Iter
     return bool(await redis.register_script(_APPLY_BATCH)(keys=keys, args=args))
 
 
-@dataclass(frozen=True)
-class _Batch:
-    batch_id: str
-    keys: list[str]
-    args: list[str | int]
-    counts: int
-    events: tuple[tuple[str, str], ...] = ()  # (message id, JSON)
-    index: tuple[tuple[str, str], ...] = ()  # (message index key, our message id)
-    suppressions: tuple[Suppression, ...] = ()
-
-
 class StatsBatcher:
-    """In-memory counters and events of one worker of MTA server `server_id`, flushed
-    every `interval` seconds.
+    """The counters, events, index entries and suppressions of one worker of MTA
+    server `server_id`: journaled in `journal_dir` as they are made, flushed every
+    `interval` seconds.
 
-    `batch_prefix` must be unique per process (the worker id); a random part is
-    added so a restarted worker never reuses an id. `clock` says what time it is
-    (unix seconds): the bucket a count goes into.
+    `journal_dir` is the server's stats journal directory, shared by its workers
+    (each claims the journals of dead ones); None gives a private temporary one,
+    removed by `close`, for tests and benches that need no crash safety.
+    `clock` says what time it is (unix seconds): the bucket a count goes into.
     """
 
-    def __init__(self, redis, interval: float = 0.25, *, server_id: int, batch_prefix: str = "worker",
-                 max_batch_events: int = 1000, max_pending_events: int = 100_000,
-                 max_pending_suppressions: int = 10_000, event_ttl: float = 7 * 86400.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, redis, interval: float = 0.25, *, server_id: int, journal_dir: Path | None = None,
+                 max_batch_events: int = 1000, journal_max_bytes: int = 512 * 1024 * 1024,
+                 event_ttl: float = 7 * 86400.0, clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
         self._server_id = server_id
         self._clock = clock
         self._interval = interval
-        self._pending: Counter[CountKey] = Counter()
-        self._events: deque[tuple[str, str]] = deque()
-        self._index: deque[tuple[str, str]] = deque()
-        self._suppressions: deque[Suppression] = deque()
-        self._unsent: _Batch | None = None
+        self._temporary = journal_dir is None
+        if journal_dir is None:
+            journal_dir = Path(tempfile.mkdtemp(prefix="poolmta-stats-journal-"))
+        self.journal = StatsJournal(journal_dir, max_bytes=journal_max_bytes, segment_max_items=max_batch_events)
+        self.journal.open()
         self._script = redis.register_script(_APPLY_BATCH)
-        self._prefix = f"{batch_prefix}:{secrets.token_hex(4)}"
-        self._seq = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._failing = False
-        self._dropping = False
-        self._coarse = False
+        self._claimed_at = -math.inf
         self.max_batch_events = max_batch_events
-        self.max_pending_events = max_pending_events
-        self.max_pending_suppressions = max_pending_suppressions
         self.event_ttl = max(1, math.ceil(event_ttl))
         self.metrics: Counter[str] = Counter()
+
+    def _append(self, record: list, dropped: str, n: int = 1) -> None:
+        journal = self.journal
+        sealed = journal.sealed
+        if not journal.append(record):
+            self.metrics[dropped] += n
+        elif journal.sealed > sealed and not self._failing and self._wake is not None:
+            self._wake.set()  # a full segment waits: flush now
+
+    def count_record(self, field: str, smtp_id: int, address: str, n: int = 1) -> list:
+        """The journal record of a count (see `count`), for a group (`begin`)."""
+        if field not in _FIELDS:
+            raise ValueError(f"not a stats field: {field!r} (one of {', '.join(sorted(_FIELDS))})")
+        return [COUNT, field, rediskeys.MINUTE.start(self._clock()), smtp_id, address, n]
+
+    @staticmethod
+    def event_record(message_id: str, event_json: str) -> list:
+        """The journal record of a delivery event (see `event`), for a group (`begin`)."""
+        return [EVENT, message_id, event_json]
+
+    @staticmethod
+    def index_record(header_message_id: str, message_id: str) -> list:
+        """The journal record of a message index entry (see `index_message`), for a group."""
+        return [INDEX, rediskeys.message_index_key(header_message_id), message_id]
+
+    @staticmethod
+    def suppression_record(user_id: int, address: str, entry_json: str) -> list:
+        """The journal record of a suppression-list entry (see `suppress`), for a group."""
+        return [SUPPRESSION, user_id, address, entry_json]
 
     def count(self, field: str, smtp_id: int, address: str, n: int = 1) -> None:
         """Add `n` to `field` (one of `rediskeys.STATS_FIELDS`: sent, delivered, bounced,
         deferred, complaints, suppressed; or of `rediskeys.DSN_STATS_FIELDS`, the DSNs sent
         to senders) of the pool, the IP and the pool+IP: their lifetime totals and the day,
         hour and minute buckets of now; of the pool alone when `address` is "" (a count with
-        no source IP)."""
-        if field not in _FIELDS:
-            raise ValueError(f"not a stats field: {field!r} (one of {', '.join(sorted(_FIELDS))})")
-        waiting = len(self._pending)
-        resolution = (rediskeys.MINUTE if waiting < MAX_COUNT_KEYS // 2
-                      else rediskeys.HOUR if waiting < MAX_COUNT_KEYS * 3 // 4 else rediskeys.DAY)
-        if resolution is not rediskeys.MINUTE and not self._coarse:
-            self._coarse = True
-            log.warning("stats: %d distinct counters wait for Redis; new counts are kept per %s, "
-                        "without their minute buckets", waiting, resolution.name)
-        key = (field, resolution, resolution.start(self._clock()), smtp_id, address)
-        if key not in self._pending and waiting >= MAX_COUNT_KEYS:
-            self.metrics["counts_dropped"] += n
-            log.error("stats: %d distinct counters wait for Redis already; dropping %d %s count(s) of pool %d, IP %s",
-                      MAX_COUNT_KEYS, n, field, smtp_id, address)
-            return
-        self._pending[key] += n
+        no source IP). Journaled when this returns (unless the journal is full: logged,
+        `counts_dropped`)."""
+        self._append(self.count_record(field, smtp_id, address, n), "counts_dropped", n)
 
     def count_sent(self, smtp_id: int, address: str, n: int = 1) -> None:
         """count("sent", ...): a message accepted for `n` distinct recipients."""
         self.count("sent", smtp_id, address, n)
 
     def event(self, message_id: str, event_json: str) -> None:
-        """Queue one delivery event of a message (a JSON object) for its event list."""
-        events = self._events
-        events.append((message_id, event_json))
-        if len(events) > self.max_pending_events:
-            events.popleft()
-            self.metrics["events_dropped"] += 1
-            if not self._dropping:
-                self._dropping = True
-                log.error("stats: %d delivery events wait for Redis; dropping the oldest ones "
-                          "(counts are kept; see events_dropped)", self.max_pending_events)
-        elif len(events) >= self.max_batch_events and self._wake is not None:
-            self._wake.set()
+        """Journal one delivery event of a message (a JSON object) for its event list."""
+        self._append(self.event_record(message_id, event_json), "events_dropped")
 
     def index_message(self, header_message_id: str, message_id: str) -> None:
-        """Queue a message index entry: the Message-ID header value (as
+        """Journal a message index entry: the Message-ID header value (as
         `message_headers.indexed_message_id` gives it) names our message id."""
-        index = self._index
-        index.append((rediskeys.message_index_key(header_message_id), message_id))
-        if len(index) > self.max_pending_events:
-            index.popleft()
-            self.metrics["index_dropped"] += 1
+        self._append(self.index_record(header_message_id, message_id), "index_dropped")
 
     def suppress(self, user_id: int, address: str, entry_json: str) -> None:
-        """Queue adding `address` (normalised: `suppression.normalize_address`) to the
+        """Journal adding `address` (normalised: `suppression.normalize_address`) to the
         account's suppression list with `entry_json` (`SuppressionEntry.encode()`); an
         address already on the list keeps its entry."""
-        waiting = self._suppressions
-        waiting.append((user_id, address, entry_json))
-        if len(waiting) > self.max_pending_suppressions:
-            dropped = waiting.popleft()
-            self.metrics["suppressions_dropped"] += 1
-            if self.metrics["suppressions_dropped"] % 1000 == 1:  # the first, then every 1,000th
-                log.error("stats: %d suppression-list entries wait for Redis; dropping the oldest (account %d, "
-                          "%s; %d so far, see suppressions_dropped)", self.max_pending_suppressions,
-                          dropped[0], dropped[1], self.metrics["suppressions_dropped"])
+        self._append(self.suppression_record(user_id, address, entry_json), "suppressions_dropped")
+
+    def begin(self, check: list, records: list[list]) -> int | None:
+        """Journal `records` (`count_record`, ...) as one group accounting for a spool
+        update that `check` describes (`stats_journal.spool_check`), before the update;
+        `end` decides it after. None (and the records counted dropped) when the journal
+        could not take it."""
+        if not records:
+            return None
+        gid = self.journal.begin(check, records)
+        if gid is None:
+            for record in records:
+                self.metrics[_DROPPED[record[0]]] += record[-1] if record[0] == COUNT else 1
+        return gid
+
+    def end(self, group: int | None, committed: bool = True) -> None:
+        """The spool update of `group` (from `begin`) happened (`committed`) or not."""
+        sealed = self.journal.sealed
+        self.journal.end(group, committed)
+        if self.journal.sealed > sealed and not self._failing and self._wake is not None:
+            self._wake.set()
 
     @property
     def pending(self) -> int:
         """Counts not yet known to be in Redis."""
-        return sum(self._pending.values()) + (self._unsent.counts if self._unsent else 0)
+        return self.journal.counts
 
     @property
     def pending_events(self) -> int:
         """Events not yet known to be in Redis."""
-        return len(self._events) + (len(self._unsent.events) if self._unsent else 0)
+        return self.journal.events
 
     @property
     def pending_index(self) -> int:
         """Message index entries not yet known to be in Redis."""
-        return len(self._index) + (len(self._unsent.index) if self._unsent else 0)
+        return self.journal.index
 
     @property
     def pending_suppressions(self) -> int:
         """Suppression-list entries not yet known to be in Redis."""
-        return len(self._suppressions) + (len(self._unsent.suppressions) if self._unsent else 0)
+        return self.journal.suppressions
 
     def start(self) -> None:
+        """Start flushing in the background (and replaying dead workers' journals)."""
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="stats-batcher")
 
@@ -311,75 +307,88 @@ class StatsBatcher:
                 pass
             self._wake.clear()
             done = await self.flush()
-            if not done and not self._failing and len(self._events) >= self.max_batch_events:
-                self._wake.set()  # a full batch more is waiting: flush it now
+            if not done and not self._failing:
+                self._wake.set()  # more segments wait: apply them now
 
-    def _next_batch(self) -> _Batch:
-        batch_id = f"{self._prefix}:{next(self._seq)}"
-        keys, args = counts_script_input(
+    def _claim(self) -> None:
+        now = time.monotonic()
+        if now - self._claimed_at >= CLAIM_INTERVAL:
+            self._claimed_at = now
+            self.journal.claim_orphans()
+
+    async def apply_segment(self, segment: Segment) -> None:
+        """Apply one journal segment to Redis, exactly once however often it is called
+        (see the module docstring). Raises redis-py's errors (RedisError, OSError)."""
+        records = read_segment(segment.path)[0]
+        if records.torn:
+            log.warning("stats journal: %s ends in a torn record (a write cut short by a crash); "
+                        "applying the records before it", segment.path.name)
+        await self._apply(segment.batch_id, records)
+
+    def counts_input(self, segment: Segment) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of the counts script applying `segment`'s counts under its marker."""
+        return self._counts_input(segment.batch_id, read_segment(segment.path)[0])
+
+    def _counts_input(self, batch_id: str, records: SegmentRecords) -> tuple[list[str], list[str | int]]:
+        return counts_script_input(
             self._server_id, batch_id,
-            ((field, smtp_id, address, start, finest, n)
-             for (field, finest, start, smtp_id, address), n in self._pending.items()),
+            ((field, smtp_id, address, start, rediskeys.MINUTE, n)
+             for field, start, smtp_id, address, n in records.counts),
             self._clock(),
         )
-        counts = sum(self._pending.values())
-        self._pending = Counter()
-        self._coarse = False
-        take = min(len(self._events), self.max_batch_events)
-        events = tuple(self._events.popleft() for _ in range(take))
-        if self._dropping and len(self._events) < self.max_pending_events // 2:
-            self._dropping = False
-        take = min(len(self._index), self.max_batch_events)
-        index = tuple(self._index.popleft() for _ in range(take))
-        take = min(len(self._suppressions), self.max_batch_events)
-        suppressions = tuple(self._suppressions.popleft() for _ in range(take))
-        return _Batch(batch_id, keys, args, counts, events, index, suppressions)
 
-    async def _apply(self, batch: _Batch) -> None:
-        if not batch.events and not batch.index and not batch.suppressions:
-            await self._script(keys=batch.keys, args=batch.args)
-            return
-        # The client the counts script belongs to carries the whole batch.
-        pipe = self._script.registered_client.pipeline(transaction=False)
-        if len(batch.keys) > 1:
-            pipe.eval(_APPLY_BATCH, len(batch.keys), *batch.keys, *batch.args)
+    async def _apply(self, batch_id: str, records: SegmentRecords) -> None:
+        client = self._script.registered_client
+        if records.counts:
+            keys, args = self._counts_input(batch_id, records)
+            await self._script(keys=keys, args=args)
         by_message: dict[str, list[str]] = {}
-        for message_id, text in batch.events:
+        for message_id, text in records.events:
             by_message.setdefault(message_id, []).append(text)
-        for message_id, texts in by_message.items():
-            pipe.eval(_APPEND_EVENTS, 1, rediskeys.message_events_key(message_id), self.event_ttl, *texts)
-        for key, message_id in batch.index:
-            pipe.set(key, message_id, ex=self.event_ttl)
-        for user_id, address, entry in batch.suppressions:
-            pipe.hsetnx(rediskeys.suppression_key(user_id), address, entry)
-        await pipe.execute()
+        messages = list(by_message.items())
+        writes = [*records.index, *records.suppressions]
+        for at in range(0, max(len(messages), len(writes)), self.max_batch_events):
+            pipe = client.pipeline(transaction=False)
+            for message_id, texts in messages[at:at + self.max_batch_events]:
+                pipe.eval(_APPEND_EVENTS, 1, rediskeys.message_events_key(message_id), self.event_ttl, *texts)
+            for write in writes[at:at + self.max_batch_events]:
+                if len(write) == 2:
+                    pipe.set(write[0], write[1], ex=self.event_ttl)
+                else:
+                    user_id, address, entry = write
+                    pipe.hsetnx(rediskeys.suppression_key(user_id), address, entry)
+            await pipe.execute()
 
     async def flush(self) -> bool:
-        """Send what was counted and the events waiting; True when nothing is left pending."""
-        if self._unsent is None:
-            if not self._pending and not self._events and not self._index and not self._suppressions:
-                return True
-            self._unsent = self._next_batch()
-        batch = self._unsent
+        """Apply the oldest waiting journal segment (sealing the current one when none
+        is sealed); True when nothing is left pending."""
+        journal = self.journal
+        self._claim()
+        if not journal.sealed:
+            journal.seal()
+        segment = journal.oldest()
+        if segment is None:
+            return True
         try:
-            await self._apply(batch)
+            await self.apply_segment(segment)
         except (redis_errors.RedisError, OSError) as exc:
             reraise_if_cancelling()
             self.metrics["flush_failures"] += 1
             if not self._failing:
-                log.warning("stats flush failed, keeping %d counts and %d events in memory: %s",
+                log.warning("stats flush failed, keeping %d counts and %d events in the journal: %s",
                             self.pending, self.pending_events, exc)
                 self._failing = True
             return False
-        self._unsent = None  # applied now, or found applied by an earlier attempt
+        journal.acknowledge(segment)  # applied now, or found applied by an earlier attempt
         self.metrics["flushes"] += 1
         if self._failing:
             log.info("stats flush recovered")
             self._failing = False
-        return not self._pending and not self._events and not self._index and not self._suppressions
+        return journal.empty
 
     async def close(self, timeout: float = 2.0) -> None:
-        """Stop the background task and try to flush what is left."""
+        """Stop the background task and try to flush what is left; what is not flushed
+        stays in the journal for the next start to replay (said in the log)."""
         if self._task is not None:
             self._task.cancel()
             try:
@@ -390,10 +399,15 @@ class StatsBatcher:
         try:
             async with asyncio.timeout(timeout):
                 while not await self.flush():
-                    await asyncio.sleep(0.1)
+                    if self._failing:
+                        await asyncio.sleep(0.1)
         except (TimeoutError, redis_errors.RedisError, OSError):
             pass
-        if self.pending or self.pending_events or self.pending_index or self.pending_suppressions:
-            log.warning("exiting with %d stats counts, %d events, %d message index entries and %d "
-                        "suppression-list entries not flushed to Redis", self.pending, self.pending_events,
-                        self.pending_index, self.pending_suppressions)
+        journal = self.journal
+        if not journal.empty:
+            log.warning("%d stats counts, %d events, %d message index entries and %d suppression-list "
+                        "entries left in the stats journal (%s), replayed at next start", self.pending,
+                        self.pending_events, self.pending_index, self.pending_suppressions, journal.directory)
+        journal.close()
+        if self._temporary:
+            shutil.rmtree(journal.directory, ignore_errors=True)

@@ -7,8 +7,10 @@ the SMTP address, and one on the inbound listener's: that fails early and clearl
 when an address is taken, turns port 0 into a concrete port every worker then
 binds, and keeps the ports reserved while a worker restarts. Workers are spawned (fresh interpreters, nothing
 inherited but the configuration) and die with the supervisor (PDEATHSIG).
-It also makes the VERP key file (`<data_dir>/verp.keys`) before the first worker
-starts, so the workers all load the same keys and none races to create it.
+It resolves the stats journals dead workers left (at start, and when it reaps a
+worker, before restarting it: `stats_journal_recovery`). It also makes the VERP
+key file (`<data_dir>/verp.keys`) before the first worker starts, so the workers
+all load the same keys and none races to create it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import IO
 
 from control.contract.runtime import DATAPLANE_READY_INBOUND, DATAPLANE_READY_LINE
 
-from . import spool
+from . import spool, stats_journal_recovery
 from .config import DataplaneConfig, format_listen
 from .return_path import keyring_path
 from .verp_keyring import KeyringError, VerpKeyring
@@ -127,6 +129,7 @@ class Supervisor:
         process.join()
         code = process.exitcode
         removed = spool.remove_temp_files(self.config.spool_dir, process.pid)
+        self._resolve_journals(process.pid)
         if slot.ready is not None:
             slot.ready.close()
             slot.ready = None
@@ -139,6 +142,18 @@ class Supervisor:
         log.error("worker %d (pid %d) %s after %.1fs; %d partial spool write(s) removed; restarting in %.1fs",
                   slot.index, process.pid, how, uptime, removed, slot.restart_delay)
         slot.restart_at = time.monotonic() + slot.restart_delay
+
+    def _resolve_journals(self, pid: int | None = None) -> None:
+        """Decide the stats a dead worker (`pid`; every one at start) left open around a
+        spool update, from the spool, before a worker that owns those records starts
+        (`stats_journal_recovery.resolve_orphans`); then any worker may replay the journal."""
+        config = self.config
+        try:
+            stats_journal_recovery.resolve_orphans(
+                config.stats_journal_dir, stats_journal_recovery.spool_check(config.spool_dir), pid=pid)
+        except OSError as exc:
+            log.error("cannot resolve the stats journals in %s (%s); their counts wait for the next start",
+                      config.stats_journal_dir, exc)
 
     # -- run --------------------------------------------------------------
 
@@ -161,6 +176,7 @@ class Supervisor:
                 config = dataclasses.replace(config, inbound=dataclasses.replace(
                     config.inbound, port=reservations[1].getsockname()[1]))
             self.config = config
+            self._resolve_journals()  # what the last run left (kill -9 included), before any worker
             for slot in self._slots:
                 self._start(slot)
             versions = self._wait_started()

@@ -6,7 +6,9 @@ engine and stats batcher.
 SIGTERM or SIGINT stops it gracefully: it stops accepting, lets messages and
 reports whose DATA is in progress finish (up to `shutdown_grace`), answers 421 to
 the idle sessions, lets outbound transactions under way finish (up to `shutdown_grace`),
-flushes stats and events, and removes its ack.
+flushes stats and events (what Redis cannot take stays in the stats journal
+for the next start), and removes its ack. Its stats journal, and any a dead
+worker left, is replayed by the stats batcher from its start.
 """
 
 from __future__ import annotations
@@ -132,9 +134,8 @@ class Worker:
         spool.open()
         delivery_config = config.delivery
         stats = StatsBatcher(
-            redis, config.stats_flush_interval, server_id=config.server_id, batch_prefix=self.worker_id,
-            max_batch_events=delivery_config.flush_max_events,
-            max_pending_events=delivery_config.max_pending_events,
+            redis, config.stats_flush_interval, server_id=config.server_id, journal_dir=config.stats_journal_dir,
+            max_batch_events=delivery_config.flush_max_events, journal_max_bytes=config.stats_journal_max_bytes,
             event_ttl=delivery_config.event_retention,
         )
         delivery = None

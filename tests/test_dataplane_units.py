@@ -150,9 +150,10 @@ async def test_stats_batcher_keeps_counts_while_redis_is_down(redis_url):
     up = aioredis.Redis.from_url(redis_url)
     try:
         batcher._script = up.register_script(_APPLY_BATCH)  # the same batcher, Redis back
-        batcher.count_sent(7, "192.0.2.2")  # counted meanwhile: goes in the next batch
-        unsent = batcher._unsent
-        assert await batcher.flush() is False  # the failed batch first, under its own id
+        batcher.count_sent(7, "192.0.2.2")  # counted meanwhile: goes in the next segment
+        unsent = batcher.journal.oldest()
+        kept = unsent.path.read_bytes()
+        assert await batcher.flush() is False  # the failed segment first, under its own id
         assert await batcher.flush() is True
         day, now = rediskeys.DAY, time.time()
         assert await up.hget(rediskeys.pool_stats_key(1, 7), "sent") == b"4"
@@ -162,9 +163,9 @@ async def test_stats_batcher_keeps_counts_while_redis_is_down(redis_url):
         assert 0 < await up.ttl(rediskeys.pool_stats_key(1, 7, day, now)) <= rediskeys.STATS_DAY_RETENTION_SECONDS
         assert await up.ttl(rediskeys.pool_stats_key(1, 7)) == -1  # lifetime totals do not expire
 
-        # A retry of a batch Redis already applied (its reply was lost) counts nothing.
-        batcher._unsent = unsent
-        assert await batcher.flush() is True
+        # A retry of a segment Redis already applied (its reply was lost) counts nothing.
+        unsent.path.write_bytes(kept)  # (as a crash between the apply and the delete leaves it)
+        await batcher.apply_segment(unsent)
         assert await up.hget(rediskeys.pool_stats_key(1, 7), "sent") == b"4"
     finally:
         await up.aclose()

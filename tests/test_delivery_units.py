@@ -358,7 +358,7 @@ def test_a_message_keeps_its_usable_ip_and_replaces_an_unusable_one(tmp_path):
 async def test_events_are_applied_once_with_their_counts_and_expire(redis_url):
     client = aioredis.Redis.from_url(redis_url)
     try:
-        batcher = StatsBatcher(client, server_id=1, batch_prefix="t", event_ttl=3600)
+        batcher = StatsBatcher(client, server_id=1, event_ttl=3600)
         batcher.count("delivered", 7, "192.0.2.1")
         batcher.event("m1", json.dumps({"rcpt": "a", "outcome": "delivered"}))
         batcher.event("m1", json.dumps({"rcpt": "b", "outcome": "bounced"}))
@@ -370,13 +370,11 @@ async def test_events_are_applied_once_with_their_counts_and_expire(redis_url):
         assert 0 < await client.ttl(key) <= 3600
         assert await client.hget(rediskeys.pool_stats_key(1, 7), "delivered") == b"1"
 
-        # A batch whose reply was lost is sent again with the same id and JSON: applied once.
+        # A segment whose reply was lost is applied again with the same id and JSON: once.
         batcher.event("m1", json.dumps({"rcpt": "a", "outcome": "delivered", "attempt": 2}))
         batcher.count("delivered", 7, "192.0.2.1")
-        batcher._unsent = batcher._next_batch()
-        again = batcher._unsent
-        assert await batcher.flush() is True
-        batcher._unsent = again
+        batcher.journal.seal()
+        await batcher.apply_segment(batcher.journal.oldest())
         assert await batcher.flush() is True
         assert await client.llen(key) == 3
         assert await client.hget(rediskeys.pool_stats_key(1, 7), "delivered") == b"2"
@@ -384,13 +382,13 @@ async def test_events_are_applied_once_with_their_counts_and_expire(redis_url):
         await client.aclose()
 
 
-async def test_events_wait_for_redis_within_a_bound_and_counts_are_never_dropped(redis_url):
+async def test_events_wait_for_redis_on_disk_in_bounded_segments_and_every_one_arrives(redis_url):
     down = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
-    batcher = StatsBatcher(down, server_id=1, max_batch_events=10, max_pending_events=25)
+    batcher = StatsBatcher(down, server_id=1, max_batch_events=10)
     for n in range(40):
         batcher.count("deferred", 7, "192.0.2.1")
         batcher.event(f"m{n}", json.dumps({"n": n}))
-    assert batcher.metrics["events_dropped"] == 15 and batcher.pending_events == 25
+    assert batcher.pending_events == 40 and batcher.journal.sealed == 4  # 10 events a segment
     assert await batcher.flush() is False
     assert batcher.pending == 40
     await down.aclose()
@@ -402,7 +400,8 @@ async def test_events_wait_for_redis_within_a_bound_and_counts_are_never_dropped
             pass
         assert await up.hget(rediskeys.pool_stats_key(1, 7), "deferred") == b"40"
         kept = [n for n in range(40) if await up.exists(rediskeys.message_events_key(f"m{n}"))]
-        assert kept == list(range(15, 40))  # the oldest were dropped, the newest kept
-        assert batcher.metrics["flushes"] == 3  # at most max_batch_events events per batch
+        assert kept == list(range(40))
+        assert batcher.metrics["flushes"] == 4  # a segment per flush, at most max_batch_events events each
     finally:
+        await batcher.close()
         await up.aclose()

@@ -37,6 +37,7 @@ from dataplane.reports import parse_report
 from dataplane.return_path import ReturnPaths, bounce_domain_of, bounce_domains, open_codec, uses_verp
 from dataplane.smtp_reply import DEFERRED, DELIVERED, Reply
 from dataplane.smtp_wire import take_params
+from dataplane.stats_batcher import StatsBatcher
 from dataplane.verp import VerpCodec
 from dataplane.verp_keyring import VerpKeyring
 from tests.dataplane_support import HOSTNAME, make_pool, make_snapshot
@@ -215,6 +216,21 @@ class _Stats:
 
     def event(self, message_id: str, event_json: str) -> None:
         pass
+
+    @staticmethod
+    def count_record(field: str, smtp_id: int, address: str, n: int = 1) -> list:
+        return ["c", field, 0, smtp_id, address, n]
+
+    event_record = staticmethod(StatsBatcher.event_record)
+    suppression_record = staticmethod(StatsBatcher.suppression_record)
+
+    def begin(self, check: list, records: list[list]) -> list[list]:
+        return records
+
+    def end(self, group: list[list], committed: bool = True) -> None:
+        for record in group if committed else ():
+            if record[0] == "c":
+                self.count(*record[1:2], *record[3:])
 
 
 def _bounce(rcpt: str, text: str = "5.1.1 no such user (sink rule bounce*)") -> dict:

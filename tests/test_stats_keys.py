@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from control.contract import rediskeys
-from dataplane import stats_batcher
+from dataplane import stats_journal
 from dataplane.stats_batcher import StatsBatcher, apply_counts_once
 
 # 2026-11-27 23:59:30 UTC: half a minute before a new minute, hour and day.
@@ -86,20 +86,19 @@ async def test_the_batcher_counts_in_the_buckets_of_the_time_counted_and_once(re
     client = aioredis.Redis.from_url(redis_url)
     try:
         clock = Clock(LATE)
-        one = StatsBatcher(client, server_id=1, batch_prefix="a", clock=clock)
-        two = StatsBatcher(client, server_id=2, batch_prefix="b", clock=clock)
+        one = StatsBatcher(client, server_id=1, clock=clock)
+        two = StatsBatcher(client, server_id=2, clock=clock)
         one.count("delivered", 7, "192.0.2.1", 2)
         clock.now = NEXT_DAY  # a new minute, hour and day; the flush comes later still
         one.count("delivered", 7, "192.0.2.1")
         one.count("bounced", 7, "192.0.2.2")
         two.count("delivered", 8, "198.51.100.1", 5)
         clock.now = NEXT_DAY + 600
-        batch = one._next_batch()
-        assert len(_slots(batch.keys)) == 1  # marker and every counter: one slot, one script
-        one._unsent = batch
+        one.journal.seal()
+        segment = one.journal.oldest()
+        assert len(_slots(one.counts_input(segment)[0])) == 1  # marker and every counter: one slot, one script
+        await one.apply_segment(segment)  # its reply lost: the flush applies it again, counted once
         assert await one.flush() is True and await two.flush() is True
-        one._unsent = batch  # its reply lost: retried whole, counted once
-        assert await one.flush() is True
 
         async def figure(key: str, field: str = "delivered") -> int:
             return int(await client.hget(key, field) or 0)
@@ -125,14 +124,14 @@ async def test_the_batcher_counts_in_the_buckets_of_the_time_counted_and_once(re
         await client.aclose()
 
 
-async def test_a_long_outage_gives_up_minutes_then_hours_before_any_count(redis_url, monkeypatch):
-    monkeypatch.setattr(stats_batcher, "MAX_COUNT_KEYS", 8)
+async def test_a_long_outage_keeps_every_minute_on_disk_up_to_the_journal_bound(redis_url):
     client = aioredis.Redis.from_url(redis_url)
-    batcher = StatsBatcher(client, server_id=1, clock=Clock(LATE))
     addresses = [f"192.0.2.{n}" for n in range(12)]
-    for address in addresses:  # a new key each: 4 kept per minute, 2 per hour, 2 per day, 4 dropped
+    record = stats_journal.encode([stats_journal.COUNT, "sent", rediskeys.MINUTE.start(LATE), 7, addresses[10], 1])
+    batcher = StatsBatcher(client, server_id=1, clock=Clock(LATE), journal_max_bytes=8 * len(record))
+    for address in addresses:  # 8 fit in the bound, 4 are dropped
         batcher.count("sent", 7, address)
-    assert batcher.metrics["counts_dropped"] == 4
+    assert batcher.metrics["counts_dropped"] == 4 and batcher.pending == 8
     try:
         assert await batcher.flush() is True
 
@@ -141,10 +140,13 @@ async def test_a_long_outage_gives_up_minutes_then_hours_before_any_count(redis_
                                         LATE if resolution else None)
             return int(await client.hget(key, "sent") or 0)
 
-        assert [await sent(None, r) for r in (None, rediskeys.DAY, rediskeys.HOUR, rediskeys.MINUTE)] == [8, 8, 6, 4]
+        assert [await sent(None, r) for r in (None, rediskeys.DAY, rediskeys.HOUR, rediskeys.MINUTE)] == [8, 8, 8, 8]
         finest = {a: [await sent(a, r) for r in (rediskeys.DAY, rediskeys.HOUR, rediskeys.MINUTE)] for a in addresses}
-        assert [finest[a] for a in addresses] == [[1, 1, 1]] * 4 + [[1, 1, 0]] * 2 + [[1, 0, 0]] * 2 + [[0, 0, 0]] * 4
+        assert [finest[a] for a in addresses] == [[1, 1, 1]] * 8 + [[0, 0, 0]] * 4
+        batcher.count("sent", 7, addresses[0])  # room again once flushed
+        assert batcher.pending == 1 and batcher.metrics["counts_dropped"] == 4
     finally:
+        await batcher.close()
         await client.aclose()
 
 

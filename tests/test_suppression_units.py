@@ -150,7 +150,7 @@ def test_only_a_destinations_address_failure_at_rcpt_suppresses(reply, stage, su
 async def test_suppressions_flush_with_the_counts_and_the_first_entry_wins(redis_url):
     client = aioredis.Redis.from_url(redis_url)
     try:
-        batcher = StatsBatcher(client, server_id=SERVER, batch_prefix="t")
+        batcher = StatsBatcher(client, server_id=SERVER)
         first = SuppressionEntry("bounce", 1_000, message_id="m1", source="delivery").encode()
         batcher.suppress(3, "bob@example.net", first)
         batcher.suppress(3, "bob@example.net", SuppressionEntry("bounce", 2_000, message_id="m2").encode())
@@ -165,13 +165,15 @@ async def test_suppressions_flush_with_the_counts_and_the_first_entry_wins(redis
         assert await client.hget(rediskeys.pool_stats_key(SERVER, 7), "suppressed") == b"1"
         assert await client.keys("*:ip:*") == []
 
-        # A batch whose reply was lost is sent again: the entry is not replaced.
+        # A segment whose reply was lost is applied again: the entry is not replaced.
         batcher.suppress(3, "ann@example.net", first)
-        again = batcher._unsent = batcher._next_batch()
+        batcher.journal.seal()
+        again = batcher.journal.oldest()
+        kept = again.path.read_bytes()
         assert await batcher.flush() is True
         await client.hset(key, "ann@example.net", "removed and re-added by hand")
-        batcher._unsent = again
-        assert await batcher.flush() is True
+        again.path.write_bytes(kept)
+        await batcher.apply_segment(again)
         assert await client.hget(key, "ann@example.net") == b"removed and re-added by hand"
     finally:
         await client.aclose()
@@ -186,11 +188,11 @@ async def unreachable_redis():
     await client.aclose()
 
 
-async def test_suppressions_wait_for_redis_within_a_bound(redis_url, unreachable_redis):
-    batcher = StatsBatcher(unreachable_redis, server_id=SERVER, max_batch_events=10, max_pending_suppressions=25)
+async def test_suppressions_wait_for_redis_on_disk_and_every_one_arrives(redis_url, unreachable_redis):
+    batcher = StatsBatcher(unreachable_redis, server_id=SERVER, max_batch_events=10)
     for n in range(40):
         batcher.suppress(3, f"r{n}@example.net", SuppressionEntry("bounce", n).encode())
-    assert batcher.metrics["suppressions_dropped"] == 15 and batcher.pending_suppressions == 25
+    assert batcher.pending_suppressions == 40 and batcher.journal.sealed == 4
     assert await batcher.flush() is False
 
     up = aioredis.Redis.from_url(redis_url)
@@ -199,8 +201,9 @@ async def test_suppressions_wait_for_redis_within_a_bound(redis_url, unreachable
         while not await batcher.flush():
             pass
         kept = sorted(int(f.decode()[1:].partition("@")[0]) for f in await up.hkeys(rediskeys.suppression_key(3)))
-        assert kept == list(range(15, 40))  # the oldest were dropped, the newest kept
+        assert kept == list(range(40))
     finally:
+        await batcher.close()
         await up.aclose()
 
 
@@ -215,7 +218,7 @@ def _bridge(user_id: int = 3, smtp_id: int = 7) -> BridgeRoute:
 async def test_a_listed_address_is_refused_with_why_and_since_when_and_counted(redis_url):
     client = aioredis.Redis.from_url(redis_url)
     try:
-        stats = StatsBatcher(client, server_id=SERVER, batch_prefix="t")
+        stats = StatsBatcher(client, server_id=SERVER)
         lookup = SuppressionLookup(client, stats)
         await client.hset(rediskeys.suppression_key(3), "bob@xn--bcher-kva.example",
                           SuppressionEntry("complaint", 1_795_000_000_000, detail="x" * 300).encode())

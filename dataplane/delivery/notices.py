@@ -119,16 +119,20 @@ class Notices:
             for entry in owed:
                 entry["dsn"] = DSN_NONE
             return True
+        # Counted exactly when the DSN is in the queue, a crash in between included.
+        group = self.stats.begin(["q", dsn_record.id],
+                                 [self.stats.count_record("dsn_sent", dsn_record.smtp_id, dsn_record.ip)])
         try:
             await self.spool.store(dsn_record)
         except SpoolError as exc:
+            self.stats.end(group, committed=False)
             log.error("delivery: %s: the DSN to <%s> could not be stored (%s); it stays owed",
                       message.id, record.mail_from, exc)
             return False
+        self.stats.end(group)
         for entry in owed:
             entry["dsn"] = dsn_record.id
         self.metrics["dsn_sent"] += 1
-        self.stats.count("dsn_sent", dsn_record.smtp_id, dsn_record.ip)
         log.info("%s: DSN %s to <%s> for %d bounced recipient(s), pool=%s ip=%s", message.id, dsn_record.id,
                  record.mail_from, len(owed), dsn_record.pool, dsn_record.ip)
         self.queue.submit(dsn_record, now=time.time())

@@ -17,7 +17,17 @@ its reply, before the connection carries anything else. A crash (even SIGKILL)
 therefore repeats only deliveries in flight at that moment: a transaction
 under way, or one whose reply had come but whose spool update had not finished;
 at most one per open connection. Their recipients are delivered again after
-the restart (and counted again: the counts follow what destinations received).
+the restart.
+
+Counted once: an outcome's count, event and suppression are journaled
+(`stats_journal`) as one group around the spool update that records the outcome
+(the rewrite, or the removal of a final message): written before it, committed
+after it. A crash in between is decided from the spool before the worker starts
+again (`stats_journal.resolve_orphans`): if the update happened, the group
+counts; if not, it does not, and the delivery repeated after the restart counts
+instead. So `delivered` counts each recipient once, however often a crash made a
+destination receive it. A spool update that fails, or a record that
+disappeared, still counts what happened.
 """
 
 from __future__ import annotations
@@ -68,6 +78,8 @@ class Outcomes:
         self.stats = stats
         self.notices = notices
         self.metrics = metrics
+        # Per message id: the journal records of outcomes not yet in a spool update.
+        self._unjournaled: dict[str, list[list]] = {}
 
     async def finish_job(self, job: DeliveryJob, results: list[RecipientOutcome], mx: str) -> None:
         """Record the outcome of each recipient of a job: count it, make it an event,
@@ -90,17 +102,19 @@ class Outcomes:
             else:
                 rcpt.next_at = next_attempt_at(self.delivery.retry_schedule, rcpt.attempts, now, message.deadline)
             self.metrics[outcome] += 1
+            unjournaled = self._unjournaled.setdefault(record.id, [])
             # A DSN to a sender is counted apart from the senders' own mail.
-            self.stats.count(f"dsn_{outcome}" if record.dsn_of else outcome, record.smtp_id, ip)
-            self.stats.event(record.id, DeliveryEvent(
+            unjournaled.append(self.stats.count_record(f"dsn_{outcome}" if record.dsn_of else outcome,
+                                                       record.smtp_id, ip))
+            unjournaled.append(self.stats.event_record(record.id, DeliveryEvent(
                 ts_ms=int(now * 1000), message_id=record.id, user_id=record.user_id,
                 bridge_id=record.bridge_id, rcpt=rcpt.address, outcome=outcome,
                 smtp_id=record.smtp_id, pool=record.pool, ip=ip, reply=str(reply),
                 attempt=rcpt.attempts, final=final, rcpt_index=rcpt.index,
-            ).encode())
+            ).encode()))
             # A DSN's recipient is the account's own sender, not one of its recipients.
             if outcome == BOUNCED and not record.dsn_of and bounce_suppresses(reply, stage):
-                self._suppress(record, rcpt.address, reply, now)
+                unjournaled.extend(self._suppression(record, rcpt.address, reply, now))
             entry = {"at_ms": int(now * 1000), "rcpt": rcpt.address, "outcome": outcome,
                      "code": reply.code, "text": reply.text, "ip": ip, "mx": mx, "attempt": rcpt.attempts}
             if outcome == BOUNCED and self.notices.due(record, rcpt):
@@ -116,16 +130,21 @@ class Outcomes:
         if message.pending and not message.gone:
             self.queue.schedule(message)
 
-    def _suppress(self, record: SpoolRecord, address: str, reply: Reply, now: float) -> None:
-        """Put a recipient whose address bounced for good on its account's suppression list."""
+    def _suppression(self, record: SpoolRecord, address: str, reply: Reply, now: float) -> list[list]:
+        """The journal record putting a recipient whose address bounced for good on its
+        account's suppression list (none for an address the list cannot hold)."""
         try:
             field = normalize_address(address)
         except AddressError as exc:
             log.warning("%s: bounced recipient not added to the suppression list: %s", record.id, exc)
-            return
+            return []
         entry = SuppressionEntry(reason=REASON_BOUNCE, at_ms=int(now * 1000), message_id=record.id,
                                  source=SOURCE_DELIVERY, detail=str(reply))
-        self.stats.suppress(record.user_id, field, entry.encode())
+        return [self.stats.suppression_record(record.user_id, field, entry.encode())]
+
+    def _journal_now(self, message: QueuedMessage) -> None:
+        """Count what the message's outcomes counted that no spool update will carry."""
+        self.stats.end(self.stats.begin(["r", message.id], self._unjournaled.pop(message.id, [])))
 
     async def finish_all(self, job: DeliveryJob, reply: Reply, outcome: str, mx: str = "") -> None:
         """Every recipient of the job gets the same reply and outcome (see `finish_job`)."""
@@ -152,6 +171,7 @@ class Outcomes:
         way share the next (a VERP message has a job per recipient)."""
         async with message.lock:
             if message.gone:
+                self._journal_now(message)
                 return
             idle = message.jobs == 0
             owed = idle and bool(self.notices.owed(message))
@@ -162,15 +182,21 @@ class Outcomes:
             if not owed and len(message.attempts) == message.persisted:
                 return  # this job's entries went into the spool with another's rewrite
             count = len(message.attempts)
+            # The outcomes this rewrite carries, counted if and only if it lands.
+            group = self.stats.begin(["a", message.id, count], self._unjournaled.pop(message.id, []))
             try:
                 await self.spool.rewrite_attempts(message.id, tuple(message.attempts))
                 message.persisted = count
             except (FileNotFoundError, SpoolCorrupt) as exc:
+                self.stats.end(group)  # gone: not delivered again, so what happened counts
                 self.lost(message, exc)
                 return
             except SpoolError as exc:
+                self.stats.end(group)  # the next rewrite carries these attempts too
                 log.error("delivery: %s: cannot record its attempts in the spool (%s); a restart "
                           "may repeat them", message.id, exc)
+            else:
+                self.stats.end(group)
             if not message.pending and idle and not sent:
                 # Only the DSN is left, and it could not be stored: the spool scan finds
                 # the record again (owing it) and retries.
@@ -179,17 +205,20 @@ class Outcomes:
     async def finish_message(self, message: QueuedMessage) -> None:
         """Every recipient is final: remove the message's record from the spool."""
         self.queue.removing(message)
+        group = self.stats.begin(["r", message.id], self._unjournaled.pop(message.id, []))
         try:
             await self.spool.remove(message.id)
         except OSError as exc:
             log.error("delivery: %s is final but its spool record could not be removed (%s); "
                       "a restart would deliver it again", message.id, exc)
         finally:
+            self.stats.end(group)  # the outcomes happened; only a crash before this is left to the spool
             self.queue.removed(message)
 
     def lost(self, message: QueuedMessage, exc: BaseException) -> None:
         """The message's record disappeared or is damaged (`exc` says which): quarantine
-        a damaged one, and stop delivering it."""
+        a damaged one, and stop delivering it (what its outcomes counted is journaled)."""
+        self._journal_now(message)
         if isinstance(exc, SpoolCorrupt):
             log.error("delivery: spool record %s is damaged (%s); moved to corrupt/", message.id, exc)
             self.spool.quarantine(message.id)
