@@ -107,11 +107,12 @@ def test_long_lines_and_garbage(redis_client, redis_url, start_dataplane):
             sock.sendall(garbage)
             line = replies.readline()
             assert line[:1] == b"5", (garbage, line)
-        # Unknown commands are counted: the fifth closes the session (502).
+        # Unknown commands are counted: the fifth closes the session, with the 421
+        # RFC 5321 section 3.8 asks of a server that closes.
         for _ in range(4):
             sock.sendall(b"FOO\r\n")
             line = replies.readline()
-        assert line.startswith(b"502 ")
+        assert line.startswith(b"421 4.7.0 Too many unrecognized commands")
         assert replies.readline() == b""
 
     _still_serving(plane, bridge)
