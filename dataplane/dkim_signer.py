@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -84,7 +85,6 @@ ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
 # RFC 5322 section 2.1.1: lines SHOULD be at most 78 characters without the CRLF.
 _LINE = 78
 _FIELD = b"DKIM-Signature"
-_LF, _CR, _SP, _HTAB = 0x0A, 0x0D, 0x20, 0x09
 
 
 class DkimKeyError(ValueError):
@@ -174,34 +174,33 @@ def _a_label(domain: str) -> str | None:
 # --- reading the header block ----------------------------------------------------
 
 
+# A field: a line (after its LF) that does not start with WSP, its name up to the
+# first colon, its value to the end of its last continuation line (RFC 5322 2.2,
+# 2.2.3). A line without a colon is not a field; the lines continuing it go with
+# it. Anchored on a literal LF, which the regex engine scans for quickly.
+_FIELD_START = re.compile(rb"\n(?![ \t])([^:\n]*):([^\n]*(?:\n[ \t][^\n]*)*)")
+
+
 def _header_fields(message: bytes) -> tuple[list[tuple[bytes, bytes, bytes]], int]:
     """(fields, body offset): each field as (lower-case name, name, value), the
-    value from after the colon to the end of its last folded line."""
-    fields: list[tuple[bytes, bytes, bytes]] = []
-    size = len(message)
-    pos = body = 0
-    name = None
-    lower = b""
-    value_start = 0
-    while pos < size:
-        lf = message.find(b"\n", pos)
-        end = size if lf < 0 else lf + 1
-        first = message[pos]
-        if first == _LF or (first == _CR and lf == pos + 1):
-            body = end  # the empty line: the body follows it
-            break
-        if first != _SP and first != _HTAB:  # not a continuation (RFC 5322 2.2.3)
-            if name is not None:
-                fields.append((lower, name, message[value_start:pos]))
-            colon = message.find(b":", pos, end)
-            if colon < 0:
-                name = None  # not a field; its continuations go with it
-            else:
-                name, value_start = message[pos:colon], colon + 1
-                lower = name.rstrip(b" \t").lower()
-        pos = body = end
-    if name is not None:
-        fields.append((lower, name, message[value_start:pos]))
+    value from after the colon to the end of its last folded line, line ending
+    included."""
+    if message[:1] == b"\n" or message[:2] == b"\r\n":
+        return [], message.index(b"\n") + 1  # an empty header block
+    # The first empty line: CRLF or LF right after a line's LF. A bare-LF one is
+    # looked for only before the first CRLF one, so the body is never scanned.
+    crlf = message.find(b"\n\r\n")
+    limit = len(message) if crlf < 0 else crlf
+    bare = message.find(b"\n\n", 0, limit)
+    body = bare + 2 if bare >= 0 else limit if crlf < 0 else crlf + 3
+    block = b"\n" + message[:body]
+    fields = [
+        (name.rstrip(b" \t").lower(), name, value + b"\n")  # the LF the next match starts on
+        for name, value in _FIELD_START.findall(block)
+    ]
+    if fields and not block.endswith(b"\n"):  # the last line had no line ending
+        lower, name, value = fields[-1]
+        fields[-1] = (lower, name, value[:-1])
     return fields, body
 
 
@@ -226,11 +225,16 @@ def sign(message: bytes, key: DkimKey, *, timestamp: int | None = None) -> bytes
     signed_names: list[bytes] = []
     canonical: list[bytes] = []
     for lower in SIGNED_HEADERS:
-        present = by_name.get(lower, ())
+        present = by_name.get(lower)
+        if present is None:
+            if lower == b"from":
+                signed_names.append(lower)  # section 8.15: "no From" signed too
+            continue
         # Section 5.4.2: the k-th listing of a name signs its k-th instance from
         # the bottom; section 8.15: From listed once more, signing "no more From".
         signed_names += [lower] * (len(present) + (lower == b"from"))
-        canonical += [relaxed_header(name, value) + b"\r\n" for name, value in reversed(present)]
+        for name, value in reversed(present):
+            canonical.append(relaxed_header(name, value) + b"\r\n")
 
     tags = [
         "v=1",
@@ -243,10 +247,14 @@ def sign(message: bytes, key: DkimKey, *, timestamp: int | None = None) -> bytes
     lines = ["DKIM-Signature:"]
     for tag in tags:
         _fold(lines, " ", tag + ";")
-    _fold(lines, " ", "h=" + signed_names[0].decode("ascii"))
-    for name in signed_names[1:]:  # h= may fold around its colons (section 3.5)
-        _fold(lines, "", ":" + name.decode("ascii"))
-    lines[-1] += ";"
+    names = b":".join(signed_names).decode("ascii")
+    if len(lines[-1]) + len(names) + 4 <= _LINE:
+        lines[-1] += f" h={names};"
+    else:  # h= may fold around its colons (section 3.5)
+        _fold(lines, " ", "h=" + names.split(":", 1)[0])
+        for name in names.split(":")[1:]:
+            _fold(lines, "", ":" + name)
+        lines[-1] += ";"
     _fold(lines, " ", f"bh={base64.b64encode(body_hash).decode('ascii')};")
     _fold(lines, " ", "b=")
     # Section 3.7: the signature field is hashed last, as it will read with b= empty
