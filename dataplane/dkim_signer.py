@@ -225,16 +225,14 @@ def sign(message: bytes, key: DkimKey, *, timestamp: int | None = None) -> bytes
     signed_names: list[bytes] = []
     canonical: list[bytes] = []
     for lower in SIGNED_HEADERS:
-        present = by_name.get(lower)
-        if present is None:
-            if lower == b"from":
-                signed_names.append(lower)  # section 8.15: "no From" signed too
-            continue
+        present = by_name.get(lower, ())
         # Section 5.4.2: the k-th listing of a name signs its k-th instance from
         # the bottom; section 8.15: From listed once more, signing "no more From".
-        signed_names += [lower] * (len(present) + (lower == b"from"))
-        for name, value in reversed(present):
-            canonical.append(relaxed_header(name, value) + b"\r\n")
+        count = len(present) + (lower == b"from")
+        if count:
+            signed_names += [lower] * count
+            for name, value in reversed(present):
+                canonical.append(relaxed_header(name, value) + b"\r\n")
 
     tags = [
         "v=1",

@@ -38,6 +38,14 @@ def load_both(routine: str) -> tuple[ModuleType, ModuleType]:
     return load(routine, "c"), load(routine, "py")
 
 
+def outcome(function, *args):
+    """What a call did, comparable across the twins: its result or (error type, message)."""
+    try:
+        return ("ok", function(*args))
+    except Exception as exc:  # noqa: BLE001 - any difference between the twins counts
+        return ("raised", type(exc), str(exc))
+
+
 @pytest.fixture(params=IMPLEMENTATIONS, scope="session")
 def rotation(request: pytest.FixtureRequest) -> ModuleType:
     """`_fastpath._rotation_c`, then `_fastpath._rotation_py`."""

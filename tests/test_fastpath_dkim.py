@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests._fastpath_impls import load_both
+from tests._fastpath_impls import load_both, outcome
 
 import _fastpath
 
@@ -134,13 +134,6 @@ any_bytes = st.one_of(edgy_bytes, st.binary(max_size=300))
 @pytest.fixture(scope="module")
 def dkim_twins():
     return load_both("dkim")
-
-
-def outcome(function, *args):
-    try:
-        return ("ok", function(*args))
-    except Exception as exc:  # noqa: BLE001 - any difference between the twins counts
-        return ("raised", type(exc), str(exc))
 
 
 @THOROUGH
