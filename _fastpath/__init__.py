@@ -1,7 +1,9 @@
-"""The per-message hot path: source-IP rotation and header injection.
+"""The per-message hot path: source-IP rotation, header injection and DKIM
+canonicalisation.
 
 Each routine is a Cython module with a pure-Python twin of identical behaviour
-(`_rotation_c` / `_rotation_py`, `_headers_c` / `_headers_py`). This module picks
+(`_rotation_c` / `_rotation_py`, `_headers_c` / `_headers_py`, `_dkim_c` /
+`_dkim_py`). This module picks
 one pair: the compiled one unless `POOLMTA_NO_EXTENSIONS=1` (the same switch that
 skips the Cython build) or the compiled modules fail to import, in which case the
 twins serve and a RuntimeWarning says why. `IMPLEMENTATION` is "c" or "py".
@@ -26,17 +28,21 @@ __all__ = [
     "NoUsableIp",
     "RotationTable",
     "inject",
+    "relaxed_body",
+    "relaxed_header",
 ]
 
 IMPLEMENTATION: str
 
 if os.environ.get("POOLMTA_NO_EXTENSIONS") == "1":
+    from ._dkim_py import relaxed_body, relaxed_header
     from ._headers_py import inject
     from ._rotation_py import RotationTable
 
     IMPLEMENTATION = "py"
 else:
     try:
+        from ._dkim_c import relaxed_body, relaxed_header
         from ._headers_c import inject
         from ._rotation_c import RotationTable
 
@@ -49,6 +55,7 @@ else:
             RuntimeWarning,
             stacklevel=2,
         )
+        from ._dkim_py import relaxed_body, relaxed_header
         from ._headers_py import inject
         from ._rotation_py import RotationTable
 

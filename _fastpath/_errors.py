@@ -98,3 +98,10 @@ def invalid_header_value(name: bytes) -> ValueError:
         f"invalid value for header {name!r}: CR, LF and NUL are not allowed "
         "(the fast path writes each header as one unfolded line)"
     )
+
+
+# --- DKIM canonicalisation ---------------------------------------------------------
+
+
+def not_bytes(what: str, value: object) -> TypeError:
+    return TypeError(f"the {what} must be bytes, got {type(value).__name__}")

@@ -57,6 +57,8 @@ GOALS = [
     Goal("inject 20 KB", "c", "copy", at_most=1.5),
     Goal("inject 200 KB", "c", "copy", at_most=1.5),
     Goal("inject 20 KB", "stdlib", "c", at_least=100),
+    Goal("dkim sign", "ed25519", "accept", at_most=0.10),
+    Goal("dkim sign", "rsa-2048", "accept", at_most=0.30),
 ]
 EXTRA_RATIOS = [
     ("pick", "c", "floor"),
@@ -68,6 +70,7 @@ EXTRA_RATIOS = [
     ("suppression", "lookup", "ping"),
     ("suppression", "refusal", "ping"),
     ("data", "bounded", "whole"),
+    ("relaxed_body", "py", "c"),
 ]
 
 

@@ -1,6 +1,6 @@
 """Both fast-path implementations as fixtures, for the tests/test_fastpath_*.py files.
 
-Every behavioural test takes `rotation` or `headers` and so runs once against the
+Every behavioural test takes `rotation`, `headers` or `dkim` and so runs once against the
 compiled module and once against its pure-Python twin. The compiled module must
 load; the only time it may be absent is a build made with POOLMTA_NO_EXTENSIONS=1,
 where its tests are skipped (tests/test_fastpath_selection.py asserts which
@@ -38,6 +38,14 @@ def load_both(routine: str) -> tuple[ModuleType, ModuleType]:
     return load(routine, "c"), load(routine, "py")
 
 
+def outcome(function, *args):
+    """What a call did, comparable across the twins: its result or (error type, message)."""
+    try:
+        return ("ok", function(*args))
+    except Exception as exc:  # noqa: BLE001 - any difference between the twins counts
+        return ("raised", type(exc), str(exc))
+
+
 @pytest.fixture(params=IMPLEMENTATIONS, scope="session")
 def rotation(request: pytest.FixtureRequest) -> ModuleType:
     """`_fastpath._rotation_c`, then `_fastpath._rotation_py`."""
@@ -48,3 +56,9 @@ def rotation(request: pytest.FixtureRequest) -> ModuleType:
 def headers(request: pytest.FixtureRequest) -> ModuleType:
     """`_fastpath._headers_c`, then `_fastpath._headers_py`."""
     return load("headers", request.param)
+
+
+@pytest.fixture(params=IMPLEMENTATIONS, scope="session")
+def dkim(request: pytest.FixtureRequest) -> ModuleType:
+    """`_fastpath._dkim_c`, then `_fastpath._dkim_py`."""
+    return load("dkim", request.param)

@@ -12,7 +12,7 @@ plugins (`pytest_plugins`), so a test module imports only the helpers it calls:
 
 * `tests/control_support.py` — a real control plane and authenticated gRPC clients;
 * `tests/dataplane_support.py` — real `python -m dataplane` and sink processes;
-* `tests/_fastpath_impls.py` — both fast-path implementations (`rotation`, `headers`).
+* `tests/_fastpath_impls.py` — both fast-path implementations (`rotation`, `headers`, `dkim`).
 
 Plain helpers (free ports, polling) live in `tests/support.py`.
 """

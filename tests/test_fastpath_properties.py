@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests._fastpath_impls import load_both
+from tests._fastpath_impls import load_both, outcome
 
 from _fastpath import RESERVED_HEADERS
 from _fastpath._errors import MAX_WEIGHT
@@ -33,14 +33,6 @@ def rotation_twins():
 @pytest.fixture(scope="module")
 def headers_twins():
     return load_both("headers")
-
-
-def outcome(function, *args):
-    """What a call did, comparable across the twins: its result or (error type, message)."""
-    try:
-        return ("ok", function(*args))
-    except Exception as exc:  # noqa: BLE001 - any difference between the twins counts
-        return ("raised", type(exc), str(exc))
 
 
 # --- rotation -------------------------------------------------------------------------

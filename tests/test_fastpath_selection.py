@@ -41,6 +41,8 @@ def test_normal_install_serves_the_compiled_twins():
     suffix = "_py" if expected == "py" else "_c"
     assert _fastpath.RotationTable.__module__ == f"_fastpath._rotation{suffix}"
     assert _fastpath.inject.__module__ == f"_fastpath._headers{suffix}"
+    assert _fastpath.relaxed_body.__module__ == f"_fastpath._dkim{suffix}"
+    assert _fastpath.relaxed_header.__module__ == f"_fastpath._dkim{suffix}"
 
 
 def test_environment_switch_selects_the_pure_twins():
@@ -74,6 +76,8 @@ def test_public_api():
         "NoUsableIp",
         "RotationTable",
         "inject",
+        "relaxed_body",
+        "relaxed_header",
     }
     assert _fastpath.RESERVED_HEADERS == (b"x-virtual-mta", b"x-feedtype", b"x-zone", b"x-serverid")
     assert issubclass(_fastpath.NoUsableIp, LookupError)
@@ -85,7 +89,7 @@ def test_public_api():
 def test_every_compiled_module_has_a_pure_twin():
     compiled = {path.stem.removesuffix("_c") for path in PACKAGE_DIR.glob("*_c.pyx")}
     pure = {path.stem.removesuffix("_py") for path in PACKAGE_DIR.glob("*_py.py")}
-    assert compiled - {"_floor"} == pure == {"_rotation", "_headers"}
+    assert compiled - {"_floor"} == pure == {"_rotation", "_headers", "_dkim"}
 
 
 def imported_top_level_names(path: Path) -> set[str]:
