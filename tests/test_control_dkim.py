@@ -282,3 +282,16 @@ async def test_a_key_change_publishes_a_new_snapshot_for_essential_bridges(make_
     assert [(k.domain, k.selector) for k in after.dkim_keys] == [("small.example", key.selector)]
     await small.dkim.RetireDkimKey(pb.RetireDkimKeyRequest(key_id=key.key_id, force=True))
     assert current_snapshot(redis_url, server.server_id).dkim_keys == ()
+
+
+async def test_private_keys_never_reach_the_log(acme, caplog):
+    caplog.set_level("DEBUG")
+    pem = _rsa_pem()
+    await acme.dkim.ImportDkimKey(pb.ImportDkimKeyRequest(domain="example.com", selector="s1", private_key_pem=pem))
+    await expect_error(acme.dkim.ImportDkimKey(pb.ImportDkimKeyRequest(
+        domain="example.com", selector="s2", private_key_pem=pem[:200] + b"garbage")), INVALID)
+    await acme.dkim.RotateDkimKey(pb.RotateDkimKeyRequest(domain="example.com"))
+    logged = caplog.text
+    assert "PRIVATE" not in logged
+    for line in pem.decode().splitlines()[1:-1]:
+        assert line not in logged
