@@ -57,6 +57,32 @@ def headers_in(headers) -> list[tuple[str, str]]:
     return [(h.name, h.value) for h in headers]
 
 
+_DKIM_ALGORITHMS = {pb.RSA_SHA256: models.DKIM_RSA, pb.ED25519_SHA256: models.DKIM_ED25519}
+_DKIM_STATES = {models.DKIM_ACTIVE: pb.DKIM_ACTIVE, models.DKIM_PUBLISHED: pb.DKIM_PUBLISHED,
+                models.DKIM_RETIRED: pb.DKIM_RETIRED}
+
+
+def dkim_algorithm(value: int) -> str:
+    """The tag value (a=) of a proto DkimAlgorithm; unset is rsa-sha256."""
+    if value == pb.DKIM_ALGORITHM_UNSPECIFIED:
+        return models.DKIM_RSA
+    try:
+        return _DKIM_ALGORITHMS[value]
+    except KeyError:
+        raise InvalidArgument(f"algorithm must be RSA_SHA256 ({pb.RSA_SHA256}) or ED25519_SHA256 "
+                              f"({pb.ED25519_SHA256}); got {value}") from None
+
+
+def dkim_key(k: models.DkimKey, txt_record: str) -> pb.DkimKey:
+    """A key as the API shows it, with its DNS record: never the private key."""
+    return pb.DkimKey(
+        key_id=k.key_id, domain=k.domain, selector=k.selector,
+        algorithm=next(v for v, a in _DKIM_ALGORITHMS.items() if a == k.algorithm),
+        state=_DKIM_STATES[k.state], create_time=timestamp(k.created_at), retire_time=timestamp(k.retired_at),
+        dns_record_name=k.record_name, dns_txt_record=txt_record,
+    )
+
+
 def account(a: models.Account) -> pb.Account:
     return pb.Account(user_id=a.user_id, name=a.name, tier=pb.Tier.Value(a.tier), create_time=timestamp(a.created_at))
 
@@ -75,6 +101,7 @@ def pool(p: models.Pool) -> pb.Pool:
         headers=[pb.Header(name=n, value=v) for n, v in p.headers],
         is_default=p.is_default, status=pb.PoolStatus.Value(p.status), ip_count=p.ip_count,
         bridge_count=p.bridge_count, create_time=timestamp(p.created_at), bounce_domain=p.bounce_domain,
+        signing_domain=p.signing_domain, feedback_signing_domain=p.feedback_signing_domain,
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .contract import dkim_record
+
 TIERS = ("ESSENTIAL", "PRO", "BUSINESS")
 DEDICATED_TIERS = frozenset({"PRO", "BUSINESS"})
 
@@ -51,6 +53,8 @@ class Pool:
     internal_name: str
     feed_type: str
     bounce_domain: str  # '' = the MTA server's bounce domain
+    signing_domain: str  # DKIM d= when the From domain has no active key; '' = none
+    feedback_signing_domain: str  # a second DKIM signature's d=; '' = none
     headers: tuple[tuple[str, str], ...]
     is_default: bool
     is_shared: bool
@@ -115,6 +119,34 @@ class Operation:
     @property
     def finished(self) -> bool:
         return self.state in (OP_DONE, OP_FAILED)
+
+
+DKIM_RSA = "rsa-sha256"
+DKIM_ED25519 = "ed25519-sha256"
+DKIM_ALGORITHMS = (DKIM_RSA, DKIM_ED25519)
+DKIM_ACTIVE = "ACTIVE"  # signs the domain's mail
+DKIM_PUBLISHED = "PUBLISHED"  # rotated out: still in DNS so mail in flight verifies, never signs
+DKIM_RETIRED = "RETIRED"  # may be removed from DNS; deletable
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    """A DKIM key as the API shows it: never its private half."""
+
+    key_id: int
+    user_id: int
+    domain: str  # lower-case A-label
+    selector: str
+    algorithm: str  # DKIM_RSA | DKIM_ED25519
+    public_key_b64: str  # the TXT record's p= value
+    state: str
+    created_at: float
+    retired_at: float | None
+
+    @property
+    def record_name(self) -> str:
+        """Where the TXT record goes (RFC 6376 3.6.2.1)."""
+        return dkim_record.record_name(self.selector, self.domain)
 
 
 def internal_pool_name(tag: str, user_id: int, server_id: int, smtp_id: int) -> str:

@@ -62,6 +62,8 @@ def build_snapshot(store: Store, server_id: int) -> snapshot.Snapshot:
                     headers=pool.headers,
                     shared=pool.is_shared,
                     bounce_domain=pool.bounce_domain,
+                    signing_domain=pool.signing_domain,
+                    feedback_signing_domain=pool.feedback_signing_domain,
                     ips=tuple(
                         snapshot.IpRoute(address=ip.address, weight=ip.weight, state=ip.state, hostname=ip.hostname)
                         for ip in s.ips_in_pool(pool.smtp_id)
@@ -82,6 +84,11 @@ def build_snapshot(store: Store, server_id: int) -> snapshot.Snapshot:
             )
             for row in s.bridge_routes(server_id)
         )
+        dkim_keys = tuple(
+            snapshot.DkimKeyRoute(user_id=row["user_id"], domain=row["domain"], selector=row["selector"],
+                                  algorithm=row["algorithm"], sealed_key=bytes(row["sealed_private_key"]))
+            for row in s.dkim_key_routes(server_id)
+        )
         return snapshot.Snapshot(
             server_id=server.server_id,
             version=server.routing_version,
@@ -90,6 +97,7 @@ def build_snapshot(store: Store, server_id: int) -> snapshot.Snapshot:
             bounce_domain=server.bounce_domain,
             pools=tuple(pools),
             bridges=bridges,
+            dkim_keys=dkim_keys,
             published_at_ms=int(time.time() * 1000),
         )
 

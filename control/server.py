@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from . import grpc_tls
 from .auth import Authenticator, load_or_create_admin_token
 from .config import ControlConfig
-from .contract import file_modes
+from .contract import dkim_seal, file_modes
 from .health_watch import HealthWatch
 from .publisher import SnapshotPublisher
 from .reconciler import ChangeFeed, Reconciler
@@ -57,7 +57,8 @@ class ControlPlane:
         file_modes.private_dir(cfg.data_dir)
         self._store = Store.open(cfg.db_path)
         registry = Registry(self._store, min_trusted_prefix_v4=cfg.min_trusted_prefix_v4,
-                            min_trusted_prefix_v6=cfg.min_trusted_prefix_v6)
+                            min_trusted_prefix_v6=cfg.min_trusted_prefix_v6,
+                            dkim_master_key=dkim_seal.load_or_create_master_key(cfg.data_dir))
         admin_token = load_or_create_admin_token(cfg.admin_token_path, cfg.admin_token)
         self._redis = aioredis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
         publisher = SnapshotPublisher(self._store, self._redis)

@@ -1,5 +1,5 @@
-"""gRPC servicers of the registry: accounts, MTA servers, pools, IPs, operations and
-bridges, thin adapters from protobuf to the Registry and back; the servicers of the
+"""gRPC servicers of the registry: accounts, MTA servers, pools, IPs, operations,
+bridges and DKIM keys, thin adapters from protobuf to the Registry and back; the servicers of the
 feedback loop's figures are `control.feedback_servicers`. Every method goes through
 `rpc(...)` (`control.rpc`): authentication, error mapping, publishing after a
 routing change.
@@ -15,6 +15,7 @@ from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc_pb
 from .contract import acks, rediskeys
 from .errors import InvalidArgument
 from .feedback_servicers import StatsServicer, SuppressionServicer
+from .registry import dkim
 from .rpc import ACCOUNT, ADMIN, Servicer, Services, rpc
 
 DEFAULT_UNATTRIBUTED_LIMIT = 50
@@ -152,6 +153,11 @@ class PoolServicer(Servicer, rpc_pb.PoolServiceServicer):
     def SetPoolBounceDomain(self, request, context, account):
         return convert.pool(self.registry.set_pool_bounce_domain(account, request.smtp_id, request.bounce_domain))
 
+    @rpc(ACCOUNT, changes_routing=True)
+    def SetPoolSigningDomains(self, request, context, account):
+        return convert.pool(self.registry.set_pool_signing_domains(
+            account, request.smtp_id, request.signing_domain, request.feedback_signing_domain))
+
 
 class IpServicer(Servicer, rpc_pb.IpServiceServicer):
     @rpc(ACCOUNT, changes_routing=True)
@@ -250,6 +256,43 @@ class BridgeServicer(Servicer, rpc_pb.BridgeServiceServicer):
         return convert.bridge(self.registry.set_bridge_send_dsns(account, request.bridge_id, request.send_dsns))
 
 
+def _dkim_key(key) -> pb.DkimKey:
+    return convert.dkim_key(key, dkim.txt_record(key))
+
+
+class DkimServicer(Servicer, rpc_pb.DkimServiceServicer):
+    @rpc(ACCOUNT, changes_routing=True)
+    def GenerateDkimKey(self, request, context, account):
+        return _dkim_key(self.registry.generate_dkim_key(
+            account, request.domain, convert.dkim_algorithm(request.algorithm), request.selector))
+
+    @rpc(ACCOUNT, changes_routing=True)
+    def ImportDkimKey(self, request, context, account):
+        return _dkim_key(self.registry.import_dkim_key(account, request.domain, request.selector,
+                                                       request.private_key_pem))
+
+    @rpc(ACCOUNT)
+    def ListDkimKeys(self, request, context, account):
+        return pb.ListDkimKeysResponse(keys=[_dkim_key(k) for k in self.registry.list_dkim_keys(account, request.domain)])
+
+    @rpc(ACCOUNT)
+    def GetDkimKey(self, request, context, account):
+        return _dkim_key(self.registry.get_dkim_key(account, request.key_id))
+
+    @rpc(ACCOUNT, changes_routing=True)
+    def RotateDkimKey(self, request, context, account):
+        return _dkim_key(self.registry.rotate_dkim_key(account, request.domain, request.selector))
+
+    @rpc(ACCOUNT, changes_routing=True)
+    def RetireDkimKey(self, request, context, account):
+        return _dkim_key(self.registry.retire_dkim_key(account, request.key_id, force=request.force))
+
+    @rpc(ACCOUNT)
+    def DeleteDkimKey(self, request, context, account):
+        self.registry.delete_dkim_key(account, request.key_id)
+        return pb.DeleteDkimKeyResponse()
+
+
 def add_servicers(server: grpc.aio.Server, services: Services) -> list[str]:
     """Register every poolmta servicer; returns the full service names."""
     rpc_pb.add_AccountServiceServicer_to_server(AccountServicer(services), server)
@@ -259,4 +302,5 @@ def add_servicers(server: grpc.aio.Server, services: Services) -> list[str]:
     rpc_pb.add_BridgeServiceServicer_to_server(BridgeServicer(services), server)
     rpc_pb.add_StatsServiceServicer_to_server(StatsServicer(services), server)
     rpc_pb.add_SuppressionServiceServicer_to_server(SuppressionServicer(services), server)
+    rpc_pb.add_DkimServiceServicer_to_server(DkimServicer(services), server)
     return [s.full_name for s in pb.DESCRIPTOR.services_by_name.values()]

@@ -42,6 +42,7 @@ STUBS = {
     "bridges": rpc.BridgeServiceStub,
     "stats": rpc.StatsServiceStub,
     "suppressions": rpc.SuppressionServiceStub,
+    "dkim": rpc.DkimServiceStub,
 }
 
 # Which token a service takes, for the hint after PERMISSION_DENIED.
@@ -164,7 +165,7 @@ class ControlClient:
         if code == grpc.StatusCode.PERMISSION_DENIED:
             hint = (
                 "account and server commands take the platform admin token; pool, ip, bridge, "
-                "op, stats and suppression commands take an account token (--token or POOLMTA_TOKEN; "
+                "op, stats, dkim and suppression commands take an account token (--token or POOLMTA_TOKEN; "
                 "`poolmta account token ID` issues one)"
                 if service not in _ADMIN_SERVICES
                 else "account and server commands take the platform admin token "

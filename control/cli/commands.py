@@ -4,12 +4,14 @@ and the command tree they are added to. The commands themselves:
     account  create | list | show | tier | token                          admin_commands
     server   register | list | show | bounce-domain | shared-ip {add,list,release} | republish | status
     pool     create | list | show | rename | set-default | delete | headers | feed-type | bounce-domain
+             | signing (dkim_commands)
     ip       provision | list | show | assign | pause | resume | weight | release
     bridge   create | list | show | revoke | rotate | dsn | trust        tenant_commands
     op       show | watch
     stats    pool | ip
     message  status
     suppression  list | show | add | remove                             suppression_commands
+    dkim     generate | import | list | show | rotate | retire | delete   dkim_commands
 
 A handler takes the Context and the parsed arguments and returns the exit code;
 failures are raised as CliError. POOL arguments take an smtp_id or a label.

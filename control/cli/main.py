@@ -2,7 +2,7 @@
 
     poolmta up | control | dataplane ARGS... | sink ARGS...   run the servers
     poolmta demo [--messages N] [--keep-running]       the whole story on loopback
-    poolmta account | server | pool | ip | bridge | op | stats | message | suppression ...   client commands
+    poolmta account | server | pool | ip | bridge | op | stats | message | suppression | dkim ...   client commands
     poolmta report parse FILE... | report unattributed   bounce and complaint reports
     poolmta verp list | rotate | prune | retire ID     the data directory's VERP signing keys
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .. import grpc_tls
 from ..contract.runtime import DEFAULT_SMTP_LISTEN, default_data_dir
-from . import admin_commands, report_commands, suppression_commands, tenant_commands
+from . import admin_commands, dkim_commands, report_commands, suppression_commands, tenant_commands
 from .client import EXIT_USAGE, CliError, ControlClient, resolve_token
 from .commands import CommandTree, Context, positive_int
 from .render import Printer
@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     tenant_commands.add(tree)
     report_commands.add(tree)
     suppression_commands.add(tree)
+    dkim_commands.add(tree)
     return parser
 
 

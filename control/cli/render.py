@@ -250,7 +250,9 @@ def pool(p: pb.Pool) -> Text:
             ("Internal name", p.internal_name), ("Server", str(p.server_id)), ("Zone", text(p.zone)),
             ("Status", pool_status(p.status)), ("Default", yes(p.is_default)),
             ("Feed type", text(p.feed_type)), ("Headers", headers(p.headers)),
-            ("Bounce domain", bounce_domain(p.bounce_domain)), ("IPs", str(p.ip_count)), ("Bridges", str(p.bridge_count)), ("Created", when(p, "create_time")),
+            ("Bounce domain", bounce_domain(p.bounce_domain)),
+            ("Signing domain", text(p.signing_domain)), ("Feedback signing", text(p.feedback_signing_domain)),
+            ("IPs", str(p.ip_count)), ("Bridges", str(p.bridge_count)), ("Created", when(p, "create_time")),
         ]
     )
 

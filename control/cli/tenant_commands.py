@@ -9,7 +9,7 @@ from rich.live import Live
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from ..contract.runtime import DEFAULT_SMTP_PORT
-from . import render, stats_render, trends
+from . import dkim_commands, render, stats_render, trends
 from .client import EXIT_ERROR, EXIT_USAGE, CliError
 from .commands import CommandTree, Context, add_bounce_domain_arguments, done, emit, requested_bounce_domain
 
@@ -328,6 +328,7 @@ def add(tree: CommandTree) -> None:
                   "show or set the domain of the pool's VERP return paths (default the MTA server's)")
     p.add_argument("pool", metavar="POOL")
     add_bounce_domain_arguments(p, "the MTA server's bounce domain")
+    dkim_commands.add_pool_signing(tree, subs)
 
     # ip
     subs = tree.group("ip", "dedicated IPs (account token)")

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from .bounce_domain import LABEL
 
-__all__ = ["SELECTOR", "dns_txt_record", "key_type", "record_name"]
+__all__ = ["SELECTOR", "dns_txt_record", "key_type", "record_name", "txt_record_text"]
 
 # RFC 6376 section 3.1: selector = sub-domain *( "." sub-domain ), the LDH labels of
 # RFC 5321 4.1.2 (A-labels for IDNs), compared case-insensitively: kept lower case.
@@ -50,7 +50,13 @@ def dns_txt_record(key: object) -> str:
         )
     else:
         data = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return f"v=DKIM1; k={kind}; p={base64.b64encode(data).decode('ascii')}"
+    return txt_record_text(kind, base64.b64encode(data).decode("ascii"))
+
+
+def txt_record_text(kind: str, public_key_b64: str) -> str:
+    """The TXT record text for a public key already in its p= form (base64, as
+    `dns_txt_record` writes it): `kind` is "rsa" or "ed25519" (RFC 6376 3.6.1)."""
+    return f"v=DKIM1; k={kind}; p={public_key_b64}"
 
 
 def record_name(selector: str, domain: str) -> str:

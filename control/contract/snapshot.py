@@ -1,7 +1,8 @@
 """The routing snapshot: the contract between the control plane and data-plane workers.
 
 One snapshot per MTA server holds everything a worker of that server needs to
-authenticate bridges, rotate source IPs and stamp headers, plus a version that
+authenticate bridges, rotate source IPs, stamp headers and sign (sealed DKIM
+keys), plus a version that
 strictly increases per server. This module is the only place that knows the wire
 format (msgpack, maps with short stable keys, `schema` field for evolution);
 the publisher encodes with it, the data plane decodes with it.
@@ -52,6 +53,23 @@ class PoolRoute:
     # The domain of its VERP return paths; "" = the MTA server's (Snapshot.bounce_domain;
     # see control.contract.bounce_domain). Snapshots written before it decode with "".
     bounce_domain: str = ""
+    # DKIM d= when the From domain has no active key of the account, and the d= of an
+    # optional second (feedback-loop) signature; "" = none. Older snapshots decode with "".
+    signing_domain: str = ""
+    feedback_signing_domain: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKeyRoute:
+    """An account's ACTIVE DKIM key for a domain, its private key sealed (see
+    control.contract.dkim_seal: unseal with the data directory's master key and
+    key_aad(user_id, domain, selector)). Never in clear in the snapshot."""
+
+    user_id: int
+    domain: str  # lower-case A-label
+    selector: str
+    algorithm: str  # rsa-sha256 | ed25519-sha256 (the a= tag's value)
+    sealed_key: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +103,9 @@ class Snapshot:
     # The domain of the VERP return paths of its pools without their own; "" = the
     # hostname. Snapshots written before it decode with "".
     bounce_domain: str = ""
+    # The ACTIVE DKIM keys of the accounts with pools or Bridges on the server, sealed.
+    # Older snapshots decode with none.
+    dkim_keys: tuple[DkimKeyRoute, ...] = ()
     _pools_by_id: dict = field(default=None, init=False, repr=False, compare=False)  # type: ignore[assignment]
 
     def pool(self, smtp_id: int) -> PoolRoute:
@@ -119,6 +140,8 @@ def encode(snapshot: Snapshot) -> bytes:
                 "headers": [[n, v] for n, v in p.headers],
                 "shared": p.shared,
                 "bounce_domain": p.bounce_domain,
+                "signing_domain": p.signing_domain,
+                "feedback_signing_domain": p.feedback_signing_domain,
                 "ips": [
                     {"address": ip.address, "weight": ip.weight, "state": ip.state, "hostname": ip.hostname}
                     for ip in p.ips
@@ -139,6 +162,11 @@ def encode(snapshot: Snapshot) -> bytes:
                 "send_dsns": b.send_dsns,
             }
             for b in snapshot.bridges
+        ],
+        "dkim_keys": [
+            {"user_id": k.user_id, "domain": k.domain, "selector": k.selector, "algorithm": k.algorithm,
+             "sealed_key": bytes(k.sealed_key)}
+            for k in snapshot.dkim_keys
         ],
     }
     return msgpack.packb(doc, use_bin_type=True)
@@ -172,6 +200,8 @@ def decode(data: bytes) -> Snapshot:
                     headers=tuple((str(n), str(v)) for n, v in p["headers"]),
                     shared=bool(p.get("shared", False)),
                     bounce_domain=str(p.get("bounce_domain", "")),
+                    signing_domain=str(p.get("signing_domain", "")),
+                    feedback_signing_domain=str(p.get("feedback_signing_domain", "")),
                     ips=tuple(
                         IpRoute(
                             address=str(ip["address"]),
@@ -198,6 +228,22 @@ def decode(data: bytes) -> Snapshot:
                 )
                 for b in doc["bridges"]
             ),
+            dkim_keys=tuple(
+                DkimKeyRoute(
+                    user_id=int(k["user_id"]),
+                    domain=str(k["domain"]),
+                    selector=str(k["selector"]),
+                    algorithm=str(k["algorithm"]),
+                    sealed_key=_bytes(k["sealed_key"]),
+                )
+                for k in doc.get("dkim_keys", ())
+            ),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise SnapshotError(f"snapshot is missing or has a malformed field: {exc!r}") from None
+
+
+def _bytes(value) -> bytes:
+    if not isinstance(value, (bytes, bytearray)):
+        raise TypeError(f"expected bytes, got {type(value).__name__}")
+    return bytes(value)

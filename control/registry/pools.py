@@ -1,5 +1,5 @@
 """Pools of an account: creation on an MTA server, label, default, custom headers,
-feed type, bounce domain, and deletion once nothing depends on the pool."""
+feed type, bounce domain, DKIM signing domains, and deletion once nothing depends on the pool."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ..contract.json_records import quoted
 from ..errors import AlreadyExists, FailedPrecondition
 from ..models import Account
 from ..store import Store
-from . import lookups
+from . import dkim, lookups
 from .accounts import require_dedicated_tier
 
 DEFAULT_POOL_LABEL = "default"
@@ -120,6 +120,20 @@ class Pools:
         bounce_domain = validation.check_bounce_domain(bounce_domain)
         return self._set_routed_field(account, smtp_id, Store.set_pool_bounce_domain, bounce_domain,
                                       unchanged=lambda pool: pool.bounce_domain == bounce_domain)
+
+    def set_pool_signing_domains(self, account: Account, smtp_id: int, signing_domain: str,
+                                 feedback_signing_domain: str) -> models.Pool:
+        """Set the pool's DKIM signing domain (d= when the From domain has no active key
+        of the account) and feedback signing domain (a second signature); '' = none.
+        Each must have an ACTIVE key of the account (FailedPrecondition otherwise)."""
+        with self.store.write() as s:
+            pool = lookups.pool(s, account, smtp_id)
+            domains = (dkim.require_active_key(s, account, signing_domain, "signing domain"),
+                       dkim.require_active_key(s, account, feedback_signing_domain, "feedback signing domain"))
+            if domains != (pool.signing_domain, pool.feedback_signing_domain):
+                s.set_pool_signing_domains(smtp_id, domains)
+                s.bump_routing_version(pool.server_id)
+            return s.pool(smtp_id)
 
     def _set_routed_field(
         self, account: Account, smtp_id: int, setter: Callable[[Store, int, _Value], None], value: _Value, *,

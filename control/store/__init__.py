@@ -11,14 +11,15 @@ can hold, it holds:
 * a label is unique per account, an account has at most one default pool, a
   server has one shared pool (unique indexes);
 * a pool with IPs or bridges cannot be deleted (foreign keys without cascade);
-* at most one pending (QUEUED or APPLYING) reassignment per IP.
+* at most one pending (QUEUED or APPLYING) reassignment per IP;
+* at most one ACTIVE DKIM key per (account, domain), a selector once per (account, domain).
 
 The rest ("exactly one default" once an account has pools, tier gating, ...)
 is held by the domain layer inside `Store.write()` transactions.
 Each routing change bumps `mta_servers.routing_version` in the same transaction.
 
 One module per concept holds its queries (`accounts`, `servers`, `pools`, `ips`,
-`bridges`, `operations`); `Store` is all of them on one connection, so a
+`bridges`, `operations`, `dkim`); `Store` is all of them on one connection, so a
 transaction spans concepts.
 """
 
@@ -34,6 +35,7 @@ from . import schema
 from .accounts import AccountQueries
 from .bridges import BridgeQueries
 from .connection import is_unique_violation
+from .dkim import DkimKeyQueries
 from .ips import IpQueries
 from .operations import OperationQueries
 from .pools import PoolQueries
@@ -43,7 +45,8 @@ from .servers import ServerQueries
 __all__ = ["MIGRATIONS", "Store", "is_unique_violation"]
 
 
-class Store(AccountQueries, ServerQueries, PoolQueries, IpQueries, BridgeQueries, OperationQueries):
+class Store(AccountQueries, ServerQueries, PoolQueries, IpQueries, BridgeQueries, OperationQueries,
+            DkimKeyQueries):
     """One SQLite connection to the system of record, used from one thread."""
 
     @classmethod

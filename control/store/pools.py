@@ -10,7 +10,7 @@ from .connection import Connection
 
 _POOL_SELECT = """
     SELECT p.smtp_id, p.user_id, p.server_id, s.zone, p.label, p.tag, p.internal_name,
-           p.feed_type, p.bounce_domain, p.is_default, p.is_shared, p.created_at,
+           p.feed_type, p.bounce_domain, p.signing_domain, p.feedback_signing_domain, p.is_default, p.is_shared, p.created_at,
            (SELECT COUNT(*) FROM ips i WHERE i.smtp_id = p.smtp_id) AS ip_count,
            (SELECT COUNT(*) FROM ips i WHERE i.smtp_id = p.smtp_id
                 AND i.state = 'active' AND i.weight > 0) AS usable_ip_count,
@@ -92,6 +92,20 @@ class PoolQueries(Connection):
     def set_pool_bounce_domain(self, smtp_id: int, bounce_domain: str) -> None:
         """Set the pool's bounce domain ('' = the MTA server's)."""
         self._conn.execute("UPDATE pools SET bounce_domain = ? WHERE smtp_id = ?", (bounce_domain, smtp_id))
+
+    def set_pool_signing_domains(self, smtp_id: int, domains: tuple[str, str]) -> None:
+        """Set the pool's DKIM signing domain and feedback signing domain ('' = none)."""
+        self._conn.execute(
+            "UPDATE pools SET signing_domain = ?, feedback_signing_domain = ? WHERE smtp_id = ?", (*domains, smtp_id)
+        )
+
+    def pools_signing_with(self, user_id: int, domain: str) -> list[models.Pool]:
+        """The account's pools that name `domain` as signing or feedback signing domain."""
+        rows = self._all(
+            _POOL_SELECT + " WHERE p.user_id = ? AND (p.signing_domain = ? OR p.feedback_signing_domain = ?)"
+            " ORDER BY p.smtp_id", (user_id, domain, domain),
+        )
+        return [self._pool_from_row(r) for r in rows]
 
     def pool_headers(self, smtp_id: int) -> tuple[tuple[str, str], ...]:
         """The pool's custom headers (name, value), in their order."""

@@ -123,6 +123,27 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO id_high_water (tbl, high) SELECT 'pools', COALESCE(MAX(smtp_id), 0) FROM pools;
     INSERT INTO id_high_water (tbl, high) SELECT 'bridges', COALESCE(MAX(bridge_id), 0) FROM bridges;
     """,
+    # 5: DKIM keys per account and domain, sealed (control.contract.dkim_seal); one ACTIVE
+    # key per (account, domain), a selector once per (account, domain); a pool's signing
+    # domains ('' = none)
+    """
+    CREATE TABLE dkim_keys (
+        key_id              INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused
+        user_id             INTEGER NOT NULL REFERENCES accounts (user_id),
+        domain              TEXT NOT NULL,
+        selector            TEXT NOT NULL,
+        algorithm           TEXT NOT NULL CHECK (algorithm IN ('rsa-sha256', 'ed25519-sha256')),
+        sealed_private_key  BLOB NOT NULL,
+        public_key_b64      TEXT NOT NULL,
+        state               TEXT NOT NULL CHECK (state IN ('ACTIVE', 'PUBLISHED', 'RETIRED')),
+        created_at          REAL NOT NULL,
+        retired_at          REAL,
+        UNIQUE (user_id, domain, selector)
+    );
+    CREATE UNIQUE INDEX dkim_keys_one_active ON dkim_keys (user_id, domain) WHERE state = 'ACTIVE';
+    ALTER TABLE pools ADD COLUMN signing_domain TEXT NOT NULL DEFAULT '';
+    ALTER TABLE pools ADD COLUMN feedback_signing_domain TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 
