@@ -16,7 +16,6 @@ import contextlib
 import os
 import signal
 from collections import Counter
-from collections.abc import Iterator
 
 import redis
 
@@ -41,18 +40,9 @@ MESSAGES = 240
 PLANE_ARGS = ["--retry-schedule", "0.3s", "--max-conn-per-destination", "4"]
 
 
-@contextlib.contextmanager
-def _client(url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(url)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 def _load(url: str, plane) -> dict:
     """Publish the pool and send every message through the Bridge; {n: our message id}."""
-    with _client(url) as client:
+    with contextlib.closing(redis.Redis.from_url(url)) as client:
         publish(client, make_snapshot(SERVER, 1, [make_pool(POOL, [(ip, 1) for ip in IPS], server_id=SERVER)],
                                       [make_bridge(1, POOL, SECRET)]))
         plane.wait_version(client, 1)
@@ -69,7 +59,7 @@ def _start(start_dataplane, url: str, sink):
 def _assert_exact(url: str, plane, sink, ids: dict) -> None:
     """Once the queue is empty and the sink has every message: the counters equal what
     it received, and each message has one delivery event."""
-    with _client(url) as client:
+    with contextlib.closing(redis.Redis.from_url(url)) as client:
         _assert_counters(client, plane, sink, ids)
 
 
