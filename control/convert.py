@@ -187,6 +187,7 @@ def message_status(message_id: str, events: list[DeliveryEvent]) -> pb.MessageSt
                 attempt=e.attempt,
                 final=e.final,
                 source=e.source,
+                dkim=e.dkim,
             )
             for e in events
         ],

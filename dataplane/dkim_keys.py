@@ -29,7 +29,7 @@ from pathlib import Path
 from control.contract.dkim_seal import DkimSealError, key_aad, load_master_key, unseal
 from control.contract.snapshot import DkimKeyRoute, PoolRoute, Snapshot
 
-from .dkim_signer import DkimKey, DkimKeyError, from_domain, signing_domains
+from .dkim_signer import DkimKey, DkimKeyError, from_domain, sign, signing_domains
 
 __all__ = ["DkimKeyCache", "DkimKeyring", "Signing"]
 
@@ -44,6 +44,14 @@ class Signing:
 
     keys: tuple[DkimKey, ...]
     note: str
+
+    def apply(self, message: bytes, timestamp: int, eol: str = "\r\n") -> bytes:
+        """`message` with its DKIM-Signature fields on top (none: unchanged), their
+        lines ending with `eol`, the message's own line ending."""
+        if not self.keys:
+            return message
+        fields = b"".join(sign(message, key, timestamp=timestamp) for key in self.keys)
+        return (fields if eol == "\r\n" else fields.replace(b"\r\n", eol.encode("ascii"))) + message
 
 
 class DkimKeyring:

@@ -36,7 +36,6 @@ from control.contract.snapshot import BridgeRoute
 
 from .bridge_auth import BridgeIdentity, SharedAuthThrottle, check_credentials
 from .config import DataplaneConfig
-from .dkim_signer import sign
 from .dsn_relay import mail_fields, rcpt_options
 from .dsn_request import (
     DsnParamError,
@@ -61,7 +60,7 @@ from .spool import Spool, SpoolRecord, SpoolWriteError
 from .stats_batcher import StatsBatcher
 from .suppression import SuppressionLookup
 from .tls import client_handshake_failed
-from .trace_header import address_literal, printable, rfc5322_date
+from .trace_header import address_literal, line_ending, printable, rfc5322_date
 
 log = logging.getLogger("poolmta.dataplane.smtp")
 
@@ -126,12 +125,6 @@ def _address_refusal(address: str, smtp_utf8: bool) -> str | None:
     if not smtp_utf8 and not address.isascii():
         return REPLY_NEEDS_SMTPUTF8
     return None
-
-
-def _line_ending(raw: bytes) -> str:
-    """The message's own line ending, by its first line: what added fields end with."""
-    lf = raw.find(b"\n")
-    return "\n" if lf == 0 or (lf > 0 and raw[lf - 1] != 13) else "\r\n"
 
 
 class BridgeSMTP(PreAuthLimit, ListenerSMTP):
@@ -363,14 +356,12 @@ class BridgeHandler(ListenerHandler):
         now = time.time()
         raw = envelope.original_content
         assert isinstance(raw, bytes)
-        eol = _line_ending(raw)
+        eol = line_ending(raw)
         stamped = self._trace_header(server, session, envelope, message_id, now, eol) + stamp(raw, route)
         # DKIM after stamping (RFC 6376 section 5): our signatures go on top, any the
         # client made stay below them. Unsigned mail is still accepted, and counted.
         signing = routing.signing(bridge, route, raw)
-        if signing.keys:
-            signatures = b"".join(sign(stamped, key, timestamp=int(now)) for key in signing.keys)
-            stamped = (signatures if eol == "\r\n" else signatures.replace(b"\r\n", b"\n")) + stamped
+        stamped = signing.apply(stamped, int(now), eol)
         record = SpoolRecord(
             id=message_id,
             received_ms=int(now * 1000),

@@ -103,3 +103,16 @@ def test_parsed_keys_are_reused_across_snapshots_and_dropped_when_gone(tmp_path,
     assert two.signing(USER, pool, _mail("a@ed.example")).keys == ()
     three = cache.keyring(_snapshot(3, [first, second]))
     assert key_of(three, "ed.example") is not key_of(one, "ed.example")  # parsed again: it had left
+
+
+def test_signatures_go_on_top_with_the_messages_own_line_ending(tmp_path, master):
+    snap = _snapshot(1, [_route(master, "example.com")])
+    keyring = DkimKeyCache(tmp_path).keyring(snap)
+    crlf = _mail("a@example.com")
+    signing = keyring.signing(USER, snap.pools[0], crlf)
+    for message, eol in ((crlf, "\r\n"), (crlf.replace(b"\r\n", b"\n"), "\n")):
+        signed = signing.apply(message, 1_800_000_000, eol)
+        assert signed.startswith(b"DKIM-Signature: v=1; a=ed25519-sha256;") and signed.endswith(message)
+        assert (b"\r" in signed) == (eol == "\r\n")
+    unsigned = keyring.signing(USER, snap.pools[0], _mail("a@other.example"))
+    assert unsigned.apply(crlf, 1_800_000_000) is crlf

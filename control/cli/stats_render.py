@@ -86,5 +86,5 @@ def message_status(m: pb.MessageStatus) -> Table:
              str(e.attempt), pool_ref(e.smtp_id, e.pool), e.ip, e.reply)
             for e in m.events
         ),
-        title=f"Message {m.message_id}",
+        title=f"Message {m.message_id}" + next((f" · DKIM: {e.dkim}" for e in m.events if e.dkim), ""),
     )
