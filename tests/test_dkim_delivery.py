@@ -19,7 +19,6 @@ import asyncio
 import base64
 import re
 import shutil
-import sqlite3
 from pathlib import Path
 
 import dkim
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.contract import dkim_seal, file_modes, rediskeys
+from tests.control_support import stored_dkim_keys
 from tests.dataplane_support import events_of, send_all, stat
 from tests.dns_support import DnsStub
 from tests.support import wait_until
@@ -206,6 +206,8 @@ async def test_every_message_verifies_with_the_domain_that_should_sign_it(setup,
     assert {e["dkim"] for e in events["own"]} == {f"d=example.com s={own.selector}"}
     assert {e["dkim"] for e in events["pooldomain"]} == {
         f"d=esp.example.net s={pool_key.selector}; d=fbl.example.org s={feedback.selector}"}
+    status = await setup.acme.stats.GetMessageStatus(pb.GetMessageStatusRequest(message_id=ids["unsigned"]))
+    assert [e.dkim for e in status.events] == ["unsigned: no key for nokey.example"]
     stats = await setup.acme.stats.GetPoolStats(pb.GetPoolStatsRequest(smtp_id=plain))
     assert (stats.sent, stats.dkim_unsigned) == (5, 1)
 
@@ -242,15 +244,9 @@ async def test_no_private_key_in_the_log_the_spool_or_redis(setup, start_datapla
     log = setup.plane.log()
     assert "serving snapshot" in log
 
-    master = dkim_seal.load_master_key(control_plane.config.data_dir)
-    conn = sqlite3.connect(control_plane.config.db_path)
-    try:
-        rows = conn.execute("SELECT user_id, domain, selector, sealed_private_key FROM dkim_keys").fetchall()
-    finally:
-        conn.close()
+    master, stored = stored_dkim_keys(control_plane)
     secrets: list[bytes] = []
-    for user_id, domain, selector, sealed in rows:
-        pem = dkim_seal.unseal(master, sealed, dkim_seal.key_aad(user_id, domain, selector))
+    for pem in stored.values():
         private = serialization.load_pem_private_key(pem, None)
         der = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
