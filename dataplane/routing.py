@@ -24,7 +24,7 @@ from .dkim_keys import DkimKeyring, Signing
 from .return_path import bounce_domain_of
 from .trace_header import printable
 
-__all__ = ["NoUsableIp", "PoolGone", "Route", "Routing", "Signing", "stamp"]
+__all__ = ["NoUsableIp", "PoolGone", "Route", "Routing", "stamp"]
 
 Header = tuple[bytes, bytes]
 
@@ -172,7 +172,6 @@ class Routing:
             headers=self._headers_for(pool, feed_type),
             bounce_domain=self._bounce_domains[pool.smtp_id],
         )
-
 
     def signing(self, bridge: BridgeRoute, route: Route, message: bytes) -> Signing:
         """The DKIM signatures for a message of `bridge` routed by `route`."""

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 
 import dkim
-
 from rich.progress import Progress
 
 from ..._pb.poolmta.v1 import poolmta_pb2 as pb
