@@ -30,6 +30,10 @@ target configured to relay to it) and reports the target's relayed rate.
 `--cpu-pid NAME=PID` adds the CPU of a target's process tree (e.g. Postfix's master).
 `--baseline aiosmtpd` adds a bare aiosmtpd that only answers 250, started by the
 harness on a free port: the floor of what a Python SMTP server costs.
+`--dkim rsa` / `--dkim ed25519` (repeatable) measures poolmta again in the same
+session with a DKIM key of that algorithm on the sender's domain, so every message
+is signed: the end-to-end cost of signing is the CPU per message against the run
+without a key.
 
 Every loop is bounded (`--timeout`); everything listens on 127.0.0.1.
 """
@@ -56,7 +60,10 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 CLIENT_MODE = "_drive"
 BASELINE_MODE = "_baseline"
 BASELINE_READY = "baseline ready listen="
-SENDER = "load@bench.example"
+SENDER_DOMAIN = "bench.example"
+SENDER = f"load@{SENDER_DOMAIN}"
+# --dkim: the algorithms a key can be generated with (pb.DkimAlgorithm names).
+DKIM_ALGORITHMS = {"rsa": "RSA_SHA256", "ed25519": "ED25519_SHA256"}
 RECIPIENT_DOMAIN = "example.net"
 LINE = 76  # body line length, CRLF excluded
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -362,13 +369,17 @@ def _with_cpu(result: Result, seconds: float, includes: str) -> None:
     result.cpu_includes = includes
 
 
-async def measure_poolmta(workload: Workload, workers: int, accept_only: bool = False) -> Result:
+async def measure_poolmta(workload: Workload, workers: int, accept_only: bool = False,
+                          dkim: str | None = None) -> Result:
     """Stand up poolmta (as the demo does), drive one Bridge with AUTH, measure.
-    `accept_only`: the data plane spools and delivers nothing (`--no-delivery`)."""
+    `accept_only`: the data plane spools and delivers nothing (`--no-delivery`).
+    `dkim`: a key of DKIM_ALGORITHMS on the sender's domain, so every message is signed."""
     import grpc
 
+    from control._pb.poolmta.v1 import poolmta_pb2 as pb
+
     from control.cli.demo.plan import DEMO_POOLS
-    from control.cli.demo.provision import provision, wait_for_routing
+    from control.cli.demo.provision import Api, provision, wait_for_routing
     from control.cli.demo.stack import Stack, StackOptions
 
     with tempfile.TemporaryDirectory(prefix="poolmta-load-") as tmp:
@@ -379,7 +390,9 @@ async def measure_poolmta(workload: Workload, workers: int, accept_only: bool = 
                                dataplane_args=(*cap, "--no-delivery") if accept_only else cap)
         async with Stack(options) as stack:
             async with grpc.aio.insecure_channel(stack.grpc_address) as channel:
-                tenant = await provision(channel, stack.admin_token, DEMO_POOLS[:1])
+                algorithm = None if dkim is None else pb.DkimAlgorithm.Value(DKIM_ALGORITHMS[dkim])
+                tenant = await provision(channel, stack.admin_token, DEMO_POOLS[:1], dkim_algorithm=algorithm,
+                                         dkim_domain=SENDER_DOMAIN)
                 await wait_for_routing(channel, stack.admin_token, tenant.server.server_id, workers, 60,
                                        stack.check_children)
             pool = tenant.pools[0]
@@ -391,10 +404,18 @@ async def measure_poolmta(workload: Workload, workers: int, accept_only: bool = 
                 relayed, relayed_at = await wait_relayed(stack.sink_counts_path, before, client["accepted"],
                                                          workload.timeout)
             cpu = tree_cpu_seconds(roots[:2]) + _self_cpu() - cpu0
-            result = summarise("poolmta (accept only)" if accept_only else "poolmta", workload, client)
+            name = "poolmta (accept only)" if accept_only else "poolmta"
+            result = summarise(name if dkim is None else f"{name} DKIM {dkim}", workload, client)
             if not accept_only:
                 _with_relay(result, client, relayed, relayed_at)
             _with_cpu(result, cpu, f"data plane tree ({workers} workers), redis-server, control plane process")
+            if dkim is not None:  # never report signing costs of mail that went unsigned
+                async with grpc.aio.insecure_channel(stack.grpc_address) as channel:
+                    stats = await Api(channel, tenant.token)("stats", "GetPoolStats",
+                                                             pb.GetPoolStatsRequest(smtp_id=pool.pool.smtp_id))
+                if stats.dkim_unsigned:
+                    result.failed += stats.dkim_unsigned
+                    result.errors.append(f"{stats.dkim_unsigned} message(s) went unsigned")
             return result
 
 
@@ -530,6 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accept-only", action="store_true",
                    help="also measure poolmta with delivery off (data plane --no-delivery): the Bridge alone")
     p.add_argument("--baseline", choices=["aiosmtpd"], help="also measure a bare aiosmtpd that only answers 250")
+    p.add_argument("--dkim", choices=sorted(DKIM_ALGORITHMS), action="append", default=[],
+                   help="also measure poolmta signing every message with a DKIM key of this algorithm; repeatable")
     p.add_argument("--sink-listen", metavar="HOST:PORT",
                    help="run a sink here for the targets to relay to, and report their relayed rate")
     p.add_argument("--cpu-pid", type=_named_pid, action="append", default=[], metavar="NAME=PID",
@@ -554,6 +577,8 @@ async def run(args: argparse.Namespace) -> list[Result]:
             for _ in range(args.repeat):
                 if not args.target or args.poolmta:
                     results.append(await measure_poolmta(workload, args.workers))
+                for algorithm in args.dkim:
+                    results.append(await measure_poolmta(workload, args.workers, dkim=algorithm))
                 if args.accept_only:
                     results.append(await measure_poolmta(workload, args.workers, accept_only=True))
                 for name, host, port in args.target:

@@ -146,6 +146,7 @@ def pool_stats(p: models.Pool, window: int, figures: stats_reader.PoolFigures) -
         window=window or pb.LIFETIME, sent=t.sent, delivered=t.delivered, bounced=t.bounced,
         deferred=t.deferred, delivery_rate=t.delivery_rate, complaints=t.complaints,
         ips=[ip_stats(a, c) for a, c in figures.per_ip.items()], suppressed=t.suppressed,
+        dkim_unsigned=t.dkim_unsigned,
     )
 
 
@@ -186,6 +187,7 @@ def message_status(message_id: str, events: list[DeliveryEvent]) -> pb.MessageSt
                 attempt=e.attempt,
                 final=e.final,
                 source=e.source,
+                dkim=e.dkim,
             )
             for e in events
         ],

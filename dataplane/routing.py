@@ -4,7 +4,8 @@ message leaves from, and which headers are stamped on it.
 A `Routing` is built off the hot path (in a thread, when a new snapshot arrives)
 and then only read, except for the rotation table's own position; the worker
 swaps the whole object in one assignment. Per message the hot path is one dict
-lookup, `RotationTable.pick` and `inject` (both `_fastpath`).
+lookup, `RotationTable.pick` and `inject` (both `_fastpath`), then the DKIM
+keyring's choice of keys (`dataplane.dkim_keys`: dict lookups).
 The source-IP selector it builds is the one delivery re-picks from too, so a
 pool has one rotation per worker.
 """
@@ -19,6 +20,7 @@ from control.contract.headers import STAMPED_HEADERS
 from control.contract.snapshot import BridgeRoute, PoolRoute, Snapshot
 
 from .delivery.egress import SourceSelector
+from .dkim_keys import DkimKeyring, Signing
 from .return_path import bounce_domain_of
 from .trace_header import printable
 
@@ -85,8 +87,9 @@ def _network_key(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tupl
 class Routing:
     """Everything a worker routes by, at one snapshot version."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, dkim: DkimKeyring | None = None) -> None:
         self.snapshot = snapshot
+        self.dkim = DkimKeyring() if dkim is None else dkim
         self.version = snapshot.version
         self._pools: dict[int, PoolRoute] = {p.smtp_id: p for p in snapshot.pools}
         self._bounce_domains: dict[int, str] = {p.smtp_id: bounce_domain_of(snapshot, p) for p in snapshot.pools}
@@ -169,6 +172,10 @@ class Routing:
             headers=self._headers_for(pool, feed_type),
             bounce_domain=self._bounce_domains[pool.smtp_id],
         )
+
+    def signing(self, bridge: BridgeRoute, route: Route, message: bytes) -> Signing:
+        """The DKIM signatures for a message of `bridge` routed by `route`."""
+        return self.dkim.signing(bridge.user_id, route.pool, message)
 
 
 def stamp(raw: bytes, route: Route) -> bytes:

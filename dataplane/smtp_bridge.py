@@ -8,8 +8,9 @@ inbound listener are `dataplane.smtp_listener`; the wire parsing it shares with
 the sink too is `dataplane.smtp_wire`). `BridgeHandler` (one per worker) owns
 the decisions: which Bridge a transaction belongs to, the limits, the account's
 suppression list at RCPT (`dataplane.suppression`), and at end of DATA rotation,
-stamping, the spool write and the `sent` count (journaled around the spool write),
-before the 250.
+stamping, DKIM signing (`dataplane.dkim_keys` picks the keys), the spool write and
+the `sent` count (and `dkim_unsigned`; journaled around the spool write), before
+the 250.
 
 DSN extension (RFC 3461): advertised in EHLO; RET and ENVID on MAIL, NOTIFY and
 ORCPT on RCPT are parsed by `dataplane.dsn_request` (a bad value gets its 501)
@@ -59,7 +60,7 @@ from .spool import Spool, SpoolRecord, SpoolWriteError
 from .stats_batcher import StatsBatcher
 from .suppression import SuppressionLookup
 from .tls import client_handshake_failed
-from .trace_header import address_literal, printable, rfc5322_date
+from .trace_header import address_literal, line_ending, printable, rfc5322_date
 
 log = logging.getLogger("poolmta.dataplane.smtp")
 
@@ -355,7 +356,12 @@ class BridgeHandler(ListenerHandler):
         now = time.time()
         raw = envelope.original_content
         assert isinstance(raw, bytes)
-        stamped = self._trace_header(server, session, envelope, message_id, now, raw) + stamp(raw, route)
+        eol = line_ending(raw)
+        stamped = self._trace_header(server, session, envelope, message_id, now, eol) + stamp(raw, route)
+        # DKIM after stamping (RFC 6376 section 5): our signatures go on top, any the
+        # client made stay below them. Unsigned mail is still accepted, and counted.
+        signing = routing.signing(bridge, route, raw)
+        stamped = signing.apply(stamped, int(now), eol)
         record = SpoolRecord(
             id=message_id,
             received_ms=int(now * 1000),
@@ -383,11 +389,14 @@ class BridgeHandler(ListenerHandler):
             rcpt_options=rcpt_options(envelope.rcpt_dsn),
             send_dsns=bridge.send_dsns,
             bounce_domain=route.bounce_domain,
+            dkim=signing.note,
             **mail_fields(envelope.dsn_mail),
         )
         # One per distinct recipient: delivered, bounced and deferred count recipients too.
         stats = [self.stats.count_record("sent", route.pool.smtp_id, route.address,
                                          len(dict.fromkeys(record.rcpt_tos)))]
+        if not signing.keys:
+            stats.append(self.stats.count_record("dkim_unsigned", route.pool.smtp_id, ""))
         # The message index: a report that returns only the original headers finds
         # this message by its Message-ID (dataplane.inbound.attribution).
         header_id = indexed_message_id(header_fields(raw, _MESSAGE_ID_FIELD)["message-id"])
@@ -423,10 +432,8 @@ class BridgeHandler(ListenerHandler):
         return self._date_text
 
     def _trace_header(self, server: BridgeSMTP, session: Session, envelope: BridgeEnvelope,
-                      message_id: str, now: float, raw: bytes) -> bytes:
-        """The Received header (RFC 5321 4.4) with the message's own line ending."""
-        lf = raw.find(b"\n")
-        eol = "\n" if lf == 0 or (lf > 0 and raw[lf - 1] != 13) else "\r\n"
+                      message_id: str, now: float, eol: str) -> bytes:
+        """The Received header (RFC 5321 4.4) ending its lines with `eol`."""
         protocol = "ESMTP" if session.extended_smtp else "SMTP"
         if server.tls_active:
             protocol += "S"

@@ -28,6 +28,7 @@ from control.contract.acks import format_ack, parse_ack
 from control.contract.runtime import reraise_if_cancelling
 from control.contract.snapshot import decode
 
+from .dkim_keys import DkimKeyCache
 from .routing import Routing
 
 log = logging.getLogger("poolmta.dataplane.snapshot")
@@ -39,9 +40,11 @@ STALE_ACK_MS = 12 * rediskeys.WORKER_HEARTBEAT_TTL_MS
 MAX_RETRY_DELAY = 2.0
 
 
-def build_routing(data: bytes) -> Routing:
-    """Decode a snapshot and build its Routing (runs in a thread)."""
-    return Routing(decode(data))
+def build_routing(data: bytes, dkim_keys: DkimKeyCache | None = None) -> Routing:
+    """Decode a snapshot and build its Routing, its DKIM keys unsealed and parsed
+    by `dkim_keys` (None: it signs nothing). Runs in a thread."""
+    snapshot = decode(data)
+    return Routing(snapshot, None if dkim_keys is None else dkim_keys.keyring(snapshot))
 
 
 class SnapshotLoader:
@@ -58,8 +61,10 @@ class SnapshotLoader:
         worker_id: str,
         *,
         heartbeat_interval: float = 0.5,
+        dkim_keys: DkimKeyCache | None = None,
     ) -> None:
         self._redis = redis
+        self._dkim_keys = dkim_keys
         self.server_id = server_id
         self.worker_id = worker_id
         self._interval = heartbeat_interval
@@ -122,7 +127,7 @@ class SnapshotLoader:
                             version, self.server_id)
                 return False
             try:
-                routing = await asyncio.to_thread(build_routing, data)
+                routing = await asyncio.to_thread(build_routing, data, self._dkim_keys)
             except ValueError as exc:  # SnapshotError, or a table the fast path refuses
                 log.error("snapshot version %d of server %d is unusable, keeping version %d: %s",
                           version, self.server_id, self.version, exc)

@@ -29,3 +29,10 @@ def rfc5322_date(epoch: float) -> str:
 def address_literal(address: str) -> str:
     """An IP as an address literal of a trace header (RFC 5321 4.1.3)."""
     return f"[IPv6:{address}]" if ":" in address else f"[{address}]"
+
+
+def line_ending(raw: bytes) -> str:
+    """The message's own line ending, by its first line: what the fields added on top
+    of it (Received, DKIM-Signature) end with."""
+    lf = raw.find(b"\n")
+    return "\n" if lf == 0 or (lf > 0 and raw[lf - 1] != 13) else "\r\n"

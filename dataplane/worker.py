@@ -32,6 +32,7 @@ from .bridge_auth import SharedAuthThrottle
 from .config import DataplaneConfig, format_listen
 from .connection_caps import ConnectionCaps
 from .delivery import DeliveryEngine
+from .dkim_keys import DkimKeyCache
 from .inbound import Accounting, Attributor, InboundHandler, InboundSMTP, ReportIntake
 from .return_path import ReturnPaths, open_codec
 from .smtp_bridge import BridgeHandler, BridgeSMTP
@@ -129,7 +130,8 @@ class Worker:
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
         )
         loader = SnapshotLoader(redis, config.server_id, self.worker_id,
-                                heartbeat_interval=config.heartbeat_interval)
+                                heartbeat_interval=config.heartbeat_interval,
+                                dkim_keys=DkimKeyCache(config.data_dir))
         spool = Spool(config.spool_dir, owner=self.index, owners=config.workers)
         spool.open()
         delivery_config = config.delivery

@@ -3,6 +3,7 @@ port backed by the real embedded Redis, and authenticated gRPC clients."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import grpc
@@ -12,7 +13,7 @@ import redis
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.cli.client import STUBS
 from control.config import ControlConfig
-from control.contract import rediskeys, snapshot
+from control.contract import dkim_seal, rediskeys, snapshot
 from control.server import ControlPlane
 
 
@@ -111,3 +112,15 @@ def current_snapshot(redis_url: str, server_id: int) -> snapshot.Snapshot | None
     finally:
         r.close()
 
+
+def stored_dkim_keys(control_plane) -> tuple[bytes, dict[str, bytes]]:
+    """The master key and every stored DKIM private key (PEM) by selector, read from
+    SQLite and unsealed."""
+    master = dkim_seal.load_master_key(control_plane.config.data_dir)
+    conn = sqlite3.connect(control_plane.config.db_path)
+    try:
+        rows = conn.execute("SELECT user_id, domain, selector, sealed_private_key FROM dkim_keys").fetchall()
+    finally:
+        conn.close()
+    return master, {sel: dkim_seal.unseal(master, blob, dkim_seal.key_aad(uid, dom, sel))
+                    for uid, dom, sel, blob in rows}

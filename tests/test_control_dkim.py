@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.contract import dkim_seal
-from tests.control_support import current_snapshot, expect_error
+from tests.control_support import current_snapshot, expect_error, stored_dkim_keys
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
@@ -47,20 +47,6 @@ def _public_of(pem: bytes, algorithm: int) -> bytes:
     return public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _keys(control_plane) -> tuple[bytes, dict[str, bytes]]:
-    """The master key and every stored sealed key by selector (read from SQLite)."""
-    import sqlite3
-
-    master = dkim_seal.load_master_key(control_plane.config.data_dir)
-    conn = sqlite3.connect(control_plane.config.db_path)
-    try:
-        rows = conn.execute("SELECT user_id, domain, selector, sealed_private_key FROM dkim_keys").fetchall()
-    finally:
-        conn.close()
-    return master, {sel: dkim_seal.unseal(master, blob, dkim_seal.key_aad(uid, dom, sel))
-                    for uid, dom, sel, blob in rows}
-
-
 async def test_generate_rsa_and_ed25519_returns_the_record_of_the_stored_key(acme, control_plane):
     rsa_key = await acme.dkim.GenerateDkimKey(pb.GenerateDkimKeyRequest(domain="Example.COM."))
     ed_key = await acme.dkim.GenerateDkimKey(pb.GenerateDkimKeyRequest(
@@ -73,7 +59,7 @@ async def test_generate_rsa_and_ed25519_returns_the_record_of_the_stored_key(acm
     assert (ed_key.selector, ed_key.dns_record_name) == ("ed1", "ed1._domainkey.mail.example.com")
     assert ed_key.dns_txt_record.startswith("v=DKIM1; k=ed25519; p=") and len(_p(ed_key.dns_txt_record)) == 32
 
-    _, stored = _keys(control_plane)
+    _, stored = stored_dkim_keys(control_plane)
     assert _public_of(stored[rsa_key.selector], pb.RSA_SHA256) == _p(rsa_key.dns_txt_record)
     assert _public_of(stored["ed1"], pb.ED25519_SHA256) == _p(ed_key.dns_txt_record)
     listed = (await acme.dkim.ListDkimKeys(pb.ListDkimKeysRequest())).keys
@@ -105,7 +91,7 @@ async def test_import_pkcs8_traditional_and_ed25519(acme, control_plane, make_pe
                                                                 private_key_pem=pem))
     assert (key.selector, key.algorithm, key.state) == ("s2019", algorithm, pb.DKIM_ACTIVE)
     assert _p(key.dns_txt_record) == _public_of(pem, algorithm)
-    assert _keys(control_plane)[1]["s2019"].startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert stored_dkim_keys(control_plane)[1]["s2019"].startswith(b"-----BEGIN PRIVATE KEY-----")
 
 
 async def test_import_refuses_encrypted_short_and_garbage_pem_without_echoing_it(acme):
@@ -220,7 +206,7 @@ async def test_snapshots_carry_only_sealed_active_keys_of_accounts_on_the_server
         (1, "example.com", rotated.selector, "rsa-sha256"), (1, "example.org", ed_key.selector, "ed25519-sha256")}
     assert [k.domain for k in current_snapshot(redis_url, other_server.server_id).dkim_keys] == ["globex.example"]
 
-    master, stored = _keys(control_plane)
+    master, stored = stored_dkim_keys(control_plane)
     by_domain = {k.domain: k for k in snap.dkim_keys}
     route = by_domain["example.com"]
     pem = dkim_seal.unseal(master, route.sealed_key, dkim_seal.key_aad(1, "example.com", rotated.selector))

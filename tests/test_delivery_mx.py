@@ -7,14 +7,6 @@ once, a failing DNS server and a host without an IPv4 address deferred."""
 
 from __future__ import annotations
 
-import socket
-import threading
-
-import dns.message
-import dns.rcode
-import dns.rdatatype
-import dns.rrset
-
 from tests.dataplane_support import (
     events_of,
     make_bridge,
@@ -24,6 +16,7 @@ from tests.dataplane_support import (
     publish,
     send_all,
 )
+from tests.dns_support import DnsStub
 from tests.support import wait_until
 
 SERVER = 7
@@ -43,45 +36,10 @@ ZONE = {
 SERVFAIL = {"servfail.test"}
 
 
-class DnsStub:
-    """Answers A/AAAA/MX queries from ZONE over UDP on 127.0.0.1 (NXDOMAIN for unknown names)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.names = {name for name, _ in ZONE}
-        self.queries: list[tuple[str, str]] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            query = dns.message.from_wire(data)
-            response = dns.message.make_response(query)
-            question = query.question[0]
-            name = question.name.to_text(omit_final_dot=True).lower()
-            rdtype = dns.rdatatype.to_text(question.rdtype)
-            self.queries.append((name, rdtype))
-            if name in SERVFAIL:
-                response.set_rcode(dns.rcode.SERVFAIL)
-            elif name not in self.names:
-                response.set_rcode(dns.rcode.NXDOMAIN)
-            elif (name, rdtype) in ZONE:
-                response.answer.append(dns.rrset.from_text(question.name, 300, "IN", rdtype, *ZONE[(name, rdtype)]))
-            self.sock.sendto(response.to_wire(), peer)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def test_mx_lookup_decides_where_mail_goes(redis_client, redis_url, start_dataplane, start_sink):
     publish(redis_client, make_snapshot(SERVER, 1, [make_pool(25, [(IP, 1)], server_id=SERVER)],
                                         [make_bridge(1, 25, SECRET)]))
-    stub = DnsStub()
+    stub = DnsStub(ZONE, SERVFAIL)
     try:
         sink = start_sink()
         plane = start_dataplane(redis_url, SERVER, delivery=True, args=[

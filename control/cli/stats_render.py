@@ -36,7 +36,7 @@ def pool_stats(s: pb.PoolStats, live: bool = False) -> Group:
         Text(f"{s.internal_name} · smtp_id {s.smtp_id} · {window(s.window)}"),
         Text(""),
         _figures([("Total Sent", s.sent), ("Total Delivered", s.delivered), ("Total Bounced", s.bounced),
-                  ("Suppressed at RCPT", s.suppressed)]),
+                  ("Suppressed at RCPT", s.suppressed), ("Sent without DKIM", s.dkim_unsigned)]),
         Text(""),
         Text(f"Delivery rate {rate(s.delivery_rate, s.delivered, s.bounced)} · "
              f"across {plural_ips(len(s.ips))} in this Pool"),
@@ -86,5 +86,5 @@ def message_status(m: pb.MessageStatus) -> Table:
              str(e.attempt), pool_ref(e.smtp_id, e.pool), e.ip, e.reply)
             for e in m.events
         ),
-        title=f"Message {m.message_id}",
+        title=f"Message {m.message_id}" + next((f" · DKIM: {e.dkim}" for e in m.events if e.dkim), ""),
     )

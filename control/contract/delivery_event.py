@@ -67,10 +67,13 @@ class DeliveryEvent:
     # "" for the outcome of a delivery attempt (its SMTP reply); one of REPORT_SOURCES
     # for what an asynchronous report said afterwards (a bounce, a complaint).
     source: str = ""
+    # How the message was DKIM-signed at acceptance ("d=example.com s=pm2026111", or
+    # "unsigned: no key for example.com"); "" when not recorded (older events, DSNs).
+    dkim: str = ""
 
     def encode(self) -> str:
         """The event as the compact JSON object stored in Redis (keys in field order;
-        `source` only when set, so a delivery attempt's event keeps its bytes)."""
+        `source` and `dkim` only when set, so events without them keep their bytes)."""
         fields = {
             "ts_ms": self.ts_ms, "message_id": self.message_id, "user_id": self.user_id,
             "bridge_id": self.bridge_id, "rcpt": self.rcpt, "outcome": self.outcome,
@@ -79,6 +82,8 @@ class DeliveryEvent:
         }
         if self.source:
             fields["source"] = self.source
+        if self.dkim:
+            fields["dkim"] = self.dkim
         return json.dumps(fields, separators=(",", ":"))
 
     @classmethod
@@ -103,6 +108,7 @@ class DeliveryEvent:
                 final=bool(get("final", False)),
                 rcpt_index=int(get("rcpt_index", -1)),
                 source=str(get("source", "")),
+                dkim=str(get("dkim", "")),
             )
         except (TypeError, ValueError, OverflowError) as exc:
             raise DeliveryEventError(f"not a delivery event ({exc}): {quoted(raw)}") from exc

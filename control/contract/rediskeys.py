@@ -109,7 +109,9 @@ STATS_DAY_RETENTION_SECONDS = DAY.retention_seconds
 
 # `suppressed` counts RCPTs refused because the address is on the account's
 # suppression list; it is counted per pool only (no source IP is picked for them).
-STATS_FIELDS = ("sent", "delivered", "bounced", "deferred", "complaints", "suppressed")
+# `dkim_unsigned` counts messages accepted without a DKIM signature (no key for the
+# From domain nor a pool signing domain); per pool only, one per message.
+STATS_FIELDS = ("sent", "delivered", "bounced", "deferred", "complaints", "suppressed", "dkim_unsigned")
 
 
 def _stats_tag(server_id: int) -> str:

@@ -110,7 +110,7 @@ class Outcomes:
                 ts_ms=int(now * 1000), message_id=record.id, user_id=record.user_id,
                 bridge_id=record.bridge_id, rcpt=rcpt.address, outcome=outcome,
                 smtp_id=record.smtp_id, pool=record.pool, ip=ip, reply=str(reply),
-                attempt=rcpt.attempts, final=final, rcpt_index=rcpt.index,
+                attempt=rcpt.attempts, final=final, rcpt_index=rcpt.index, dkim=record.dkim,
             ).encode()))
             # A DSN's recipient is the account's own sender, not one of its recipients.
             if outcome == BOUNCED and not record.dsn_of and bounce_suppresses(reply, stage):

@@ -30,7 +30,9 @@ rcpt_options (per recipient, in the order of rcpt_tos, a map with "notify", e.g.
 given; () = none for any); send_dsns (the Bridge's switch at acceptance; true);
 bounce_domain (the domain of the message's VERP return paths; "" = decided at
 delivery); dsn_of (for a DSN poolmta sends to a sender: the id of the message it
-reports on; "" for a sender's own mail).
+reports on; "" for a sender's own mail); dkim (how acceptance signed it: "d=D s=S",
+two such joined by "; " with a feedback signature, or "unsigned: no key for D";
+"" = accepted before signing existed, and DSNs).
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class SpoolRecord:
     send_dsns: bool = True  # the Bridge's DSN switch when the message was accepted
     bounce_domain: str = ""  # of its VERP return paths; "" = decided at delivery
     dsn_of: str = ""  # a DSN to a sender: the id of the message it reports on
+    dkim: str = ""  # how it was signed: "d=example.com s=sel" or "unsigned: ..." ("" = before DKIM)
 
 
 _META_FIELDS = tuple(f.name for f in fields(SpoolRecord) if f.name != "message")

@@ -5,13 +5,15 @@ embedded Redis and the control plane in this process, then `poolmta sink` (the
 destination MTA) and the data plane (2 workers, every domain routed to the sink)
 as child processes (`control` never imports `dataplane`). Then it does what a
 customer does, through the gRPC API: the platform admin registers MTA server
-US-1 and creates the PRO account `acme`; acme creates three Pools, provisions
-127.0.0.2-127.0.0.7 into them and opens one Bridge per Pool. It waits until every
+US-1 and creates the PRO account `acme`; acme generates a DKIM key (RSA-2048) for its
+sending domain acme.example, creates three Pools, provisions 127.0.0.2-127.0.0.7 into
+them and opens one Bridge per Pool. It waits until every
 data-plane worker serves that routing, sends a few thousand messages through the
 Bridges with SMTP AUTH (some to recipients the sink bounces or defers), waits
 until StatsService counts every one of them delivered or bounced, and prints the
 product's "Sending stats" panel, a message as the destination received it, and
-the destination's view of the source IPs. Then it feeds the data plane's inbound
+the destination's view of the source IPs, and dkimpy verifying that message's DKIM
+signature against the TXT record the API returned. Then it feeds the data plane's inbound
 listener one asynchronous bounce (a DSN) and one complaint (an ARF report) about
 two of the messages the sink accepted, as a receiving MTA and a feedback loop
 would, and shows StatsService counting both.
@@ -49,7 +51,7 @@ from .plan import DemoOptions
 from .provision import Api, provision, wait_for_routing
 from .stack import START_TIMEOUT, Stack, StackOptions
 from .traffic import plan_messages, send_with_progress
-from .verify import check_sources, check_totals, settled_sink_counts, wait_until_final
+from .verify import check_dkim, check_sources, check_totals, settled_sink_counts, wait_until_final
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -63,7 +65,7 @@ async def run(options: DemoOptions, data_dir: Path, console: Console) -> int:
     async with Stack(StackOptions(data_dir=data_dir, workers=options.workers)) as stack:
         report.show_stack(console, stack, options.workers, time.monotonic() - t0, data_dir)
         async with grpc.aio.insecure_channel(stack.grpc_address) as channel:
-            tenant = await provision(channel, stack.admin_token, options.pools)
+            tenant = await provision(channel, stack.admin_token, options.pools, dkim_algorithm=pb.RSA_SHA256)
             report.show_tenant(console, tenant)
             status = await wait_for_routing(channel, stack.admin_token, tenant.server.server_id, options.workers,
                                             START_TIMEOUT, stack.check_children)
@@ -86,11 +88,14 @@ async def run(options: DemoOptions, data_dir: Path, console: Console) -> int:
             sources = check_sources(stats, counts)
             report.show_panel(console, tenant, pools, stats)
             report.show_received(console, stack, tenant)
+            signature = check_dkim(stack, tenant)
+            report.show_dkim(console, signature)
             console.print()
             console.print(report.sources_table(sources))
 
             problems = (send_problems[:10] + check_totals(tallies, stats, counts)
-                        + [source.problem for source in sources if source.problem])
+                        + [source.problem for source in sources if source.problem]
+                        + ([f"DKIM: {signature.problem}"] if signature and signature.problem else []))
             # After the checks above: the reports move figures the sink cannot see.
             reports = []
             try:

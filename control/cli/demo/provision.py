@@ -1,7 +1,8 @@
 """The product flow through the gRPC API, as a customer goes through it: the platform
 admin registers the MTA server and creates the account; the account creates its
-Pools, provisions IPs into them and opens a Bridge on each. Then wait until every
-data-plane worker serves the routing that carries them."""
+Pools, provisions IPs into them and opens a Bridge on each, and (for the demo) makes a
+DKIM key for its sending domain. Then wait until every data-plane worker serves the
+routing that carries them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import grpc
 from ..._pb.poolmta.v1 import poolmta_pb2 as pb
 from ..client import STUBS
 from . import DemoError
-from .plan import ACCOUNT, SERVER_HOSTNAME, ZONE, PoolPlan
+from .plan import ACCOUNT, SENDER_DOMAIN, SERVER_HOSTNAME, ZONE, PoolPlan
 
 RPC_TIMEOUT = 10.0
 
@@ -46,24 +47,32 @@ class ProvisionedPool:
 
 @dataclass(frozen=True)
 class Tenant:
-    """The demo account as provisioned: its token, Pools and Bridges (with their secrets)."""
+    """The demo account as provisioned: its token, Pools and Bridges (with their secrets),
+    and the DKIM key of its sending domain (None: its mail goes unsigned)."""
 
     server: pb.MtaServer
     account: pb.Account
     token: str
     pools: tuple[ProvisionedPool, ...]
+    dkim_key: pb.DkimKey | None = None
 
 
 async def provision(channel: grpc.aio.Channel, admin_token: str, pools: Sequence[PoolPlan],
-                    account_name: str = ACCOUNT) -> Tenant:
-    """The product flow: register the MTA server, create the PRO account, create its
-    Pools (the first becomes the default), provision the IPs into them, open a Bridge
-    on each."""
+                    account_name: str = ACCOUNT, *, dkim_algorithm: int | None = None,
+                    dkim_domain: str = SENDER_DOMAIN) -> Tenant:
+    """The product flow: register the MTA server, create the PRO account, generate a
+    DKIM key of `dkim_algorithm` (pb.RSA_SHA256, pb.ED25519_SHA256; None: none) for
+    `dkim_domain`, create its Pools (the first becomes the default), provision the IPs
+    into them, open a Bridge on each."""
     admin = Api(channel, admin_token)
     server = await admin("servers", "RegisterMtaServer", pb.RegisterMtaServerRequest(hostname=SERVER_HOSTNAME,
                                                                                       zone=ZONE))
     created = await admin("accounts", "CreateAccount", pb.CreateAccountRequest(name=account_name, tier=pb.PRO))
     tenant = Api(channel, created.token)
+    dkim_key = None
+    if dkim_algorithm is not None:
+        dkim_key = await tenant("dkim", "GenerateDkimKey", pb.GenerateDkimKeyRequest(domain=dkim_domain,
+                                                                                     algorithm=dkim_algorithm))
     made = []
     for plan in pools:
         pool = await tenant("pools", "CreatePool", pb.CreatePoolRequest(
@@ -76,7 +85,7 @@ async def provision(channel: grpc.aio.Channel, admin_token: str, pools: Sequence
             name=plan.bridge, smtp_id=pool.smtp_id, feed_type=plan.feed_type))
         pool = await tenant("pools", "GetPool", pb.GetPoolRequest(smtp_id=pool.smtp_id))
         made.append(ProvisionedPool(plan, pool, bridge.bridge, bridge.secret))
-    return Tenant(server, created.account, created.token, tuple(made))
+    return Tenant(server, created.account, created.token, tuple(made), dkim_key)
 
 
 async def wait_for_routing(channel: grpc.aio.Channel, admin_token: str, server_id: int, workers: int,

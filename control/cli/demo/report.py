@@ -5,7 +5,6 @@ source IPs, the verdict, and with --keep-running how to reach what keeps running
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -19,7 +18,7 @@ from .. import render, stats_render
 from .feedback import FedReport
 from .provision import Tenant
 from .stack import Stack
-from .verify import SourceCheck
+from .verify import DkimCheck, SourceCheck, received_message
 
 
 def say(console: Console, message: str) -> None:
@@ -101,23 +100,6 @@ def show_received(console: Console, stack: Stack, tenant: Tenant) -> None:
     console.print(body, end="")
 
 
-def received_message(stack: Stack, internal_name: str) -> tuple[dict, bytes] | None:
-    """The first message the sink received from the Pool `internal_name` (a sender's, not a DSN
-    poolmta sent from <>): its log record and bytes."""
-    try:
-        lines = stack.sink_log_path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        record = json.loads(line)
-        if record.get(STAMPED_HEADER_NAMES.virtual_mta) == internal_name and record.get("mail_from") not in ("", "<>"):
-            try:
-                return record, (stack.sink_store_dir / f"{record['n']}.eml").read_bytes()
-            except OSError:
-                return None
-    return None
-
-
 def header_section(message: bytes) -> str:
     """The message's header lines (unfolded lines kept as sent), CRLF or LF endings."""
     text = message.decode("utf-8", "replace").replace("\r\n", "\n")
@@ -151,6 +133,18 @@ def show_feedback(console: Console, reports: list[FedReport]) -> None:
         ["Report", "About", "Return path (VERP)", "Source IP", "Listener", "StatsService now"],
         [(r.kind, r.rcpt, r.return_path, r.address, r.reply, r.counted) for r in reports],
         title="The feedback loop: reports about mail the demo sent, fed to the inbound listener"))
+
+
+def show_dkim(console: Console, check: DkimCheck | None) -> None:
+    """The line saying dkimpy verified a received message's signature (or why not)."""
+    if check is None:
+        return
+    console.print()
+    if check.problem:
+        console.print(Text(f"DKIM: {check.problem}", style="bold red"))
+    else:
+        console.print(Text(f"DKIM: signature d={check.domain} s={check.selector} verified by dkimpy against the "
+                           f"TXT record at {check.record_name}", style="bold green"))
 
 
 def show_verdict(console: Console, problems: list[str], stats: list[pb.PoolStats], counts: dict,

@@ -2,17 +2,22 @@
 bounced, Pool by Pool and IP by IP, and the destination (the sink) saw as many
 messages from each source IP as StatsService says were delivered from it. The
 DSNs the senders get for bounced mail reach the sink too, from the null sender
-(its `notices`): they are counted apart, so they are left out of that match."""
+(its `notices`): they are counted apart, so they are left out of that match. And a
+message the sink received carries a DKIM signature that dkimpy, an independent
+implementation, verifies against the TXT record the API returned for the key."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 
+import dkim
 from rich.progress import Progress
 
 from ..._pb.poolmta.v1 import poolmta_pb2 as pb
+from ...contract.headers import STAMPED_HEADER_NAMES
 from . import DemoError
 from .provision import Api, Tenant
 from .stack import Stack
@@ -124,3 +129,60 @@ def check_sources(stats: list[pb.PoolStats], counts: dict) -> list[SourceCheck]:
                                       f"the sink accepted {seen['accepted']} message(s) from {address}, "
                                       "which is in no Pool"))
     return checks
+
+
+def received_message(stack: Stack, internal_name: str) -> tuple[dict, bytes] | None:
+    """The first message the sink received from the Pool `internal_name` (a sender's, not a DSN
+    poolmta sent from <>): its log record and bytes."""
+    try:
+        lines = stack.sink_log_path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        record = json.loads(line)
+        if record.get(STAMPED_HEADER_NAMES.virtual_mta) == internal_name and record.get("mail_from") not in ("", "<>"):
+            try:
+                return record, (stack.sink_store_dir / f"{record['n']}.eml").read_bytes()
+            except OSError:
+                return None
+    return None
+
+
+@dataclass(frozen=True)
+class DkimCheck:
+    """dkimpy's verdict on the signature of a message the sink received: its d= and s=,
+    the record it was checked against, and what went wrong ("" when it verified)."""
+
+    domain: str
+    selector: str
+    record_name: str
+    problem: str = ""
+
+
+def check_dkim(stack: Stack, tenant: Tenant) -> DkimCheck | None:
+    """Verify the DKIM signature of the first message the sink received from the first
+    Pool with dkimpy, the key's TXT record (as the API returned it) standing in for DNS;
+    None when the tenant has no key."""
+    key = tenant.dkim_key
+    if key is None:
+        return None
+    found = received_message(stack, tenant.pools[0].pool.internal_name)
+    if found is None:
+        return DkimCheck(key.domain, key.selector, key.dns_record_name, "the sink kept no message to verify")
+    record_name = key.dns_record_name.lower().encode()
+
+    def txt(name: bytes, timeout: float = 5) -> bytes | None:
+        return key.dns_txt_record.encode() if name.rstrip(b".").lower() == record_name else None
+
+    verifier = dkim.DKIM(found[1])
+    try:
+        verified = verifier.verify(dnsfunc=txt)
+    except dkim.DKIMException as exc:
+        return DkimCheck(key.domain, key.selector, key.dns_record_name, f"dkimpy could not verify: {exc}")
+    domain = (verifier.domain or b"").decode()
+    selector = (verifier.selector or b"").decode()
+    if not verified or (domain, selector) != (key.domain, key.selector):
+        return DkimCheck(domain, selector, key.dns_record_name,
+                         f"the signature of sink message #{found[0]['n']} (d={domain or '-'} s={selector or '-'}) "
+                         f"does not verify with the key's record")
+    return DkimCheck(domain, selector, key.dns_record_name)
