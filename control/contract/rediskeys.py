@@ -324,3 +324,16 @@ CONNECTIONS_TOTAL_FIELD = "*"
 # A worker's connection counts vanish this long after its last refresh (a SIGKILLed
 # worker's connections are gone with it).
 CONNECTION_COUNTS_TTL_MS = 15_000
+
+
+# -- queue control: `{srv:N}` (see control.contract.queue_commands) ------------------
+
+
+def queue_commands_key(server_id: int) -> str:
+    """Stream of queue commands (field "c": an encoded QueueCommand) for every worker of a server."""
+    return f"{_server_tag(server_id)}:queue:commands"
+
+
+def queue_results_key(server_id: int, command_id: str) -> str:
+    """Hash worker_id -> encoded QueueResult: the workers' answers to one queue command."""
+    return f"{_server_tag(server_id)}:queue:results:{command_id}"

@@ -30,7 +30,8 @@ rcpt_options (per recipient, in the order of rcpt_tos, a map with "notify", e.g.
 given; () = none for any); send_dsns (the Bridge's switch at acceptance; true);
 bounce_domain (the domain of the message's VERP return paths; "" = decided at
 delivery); dsn_of (for a DSN poolmta sends to a sender: the id of the message it
-reports on; "" for a sender's own mail).
+reports on; "" for a sender's own mail); held (true while an operator holds the
+message: delivery attempts none until it is released; false).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class SpoolRecord:
     send_dsns: bool = True  # the Bridge's DSN switch when the message was accepted
     bounce_domain: str = ""  # of its VERP return paths; "" = decided at delivery
     dsn_of: str = ""  # a DSN to a sender: the id of the message it reports on
+    held: bool = False  # put on hold by the operator (queue control): not delivered until released
 
 
 _META_FIELDS = tuple(f.name for f in fields(SpoolRecord) if f.name != "message")
