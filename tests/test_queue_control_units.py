@@ -188,3 +188,31 @@ async def test_a_worker_that_does_not_answer_makes_the_request_unavailable(tmp_p
     finally:
         await redis.aclose()
         store.close()
+
+
+async def test_a_held_record_read_back_after_a_restart_starts_no_delivery(tmp_path):
+    store = spool.Spool(tmp_path)
+    store.open()
+    started = []
+    queue = DeliveryQueue(DeliveryConfig(), store, owners=1, index=0, start_job=started.append,
+                          settle=lambda message: None)
+    scheduler = asyncio.create_task(queue.run_scheduler())
+    try:
+        held = replace(_record(store.new_id(), user_id=1, smtp_id=1, received_ms=1, rcpt="a@example.net"), held=True)
+        free = _record(store.new_id(), user_id=1, smtp_id=1, received_ms=2, rcpt="b@example.net")
+        for record in (held, free):  # as the start-up scan hands them over, both due now
+            queue.submit(record, now=time.time())
+        while not started:
+            await asyncio.sleep(0.01)
+        # one pass of the scheduler starts everything due: the held one was passed by
+        assert [job.message.id for job in started] == [free.id]
+        (message,) = [m for m in queue.messages() if m.id == held.id]
+        message.held = False
+        queue.reschedule(message, time.time())
+        while len(started) < 2:
+            await asyncio.sleep(0.01)
+        assert started[1].message.id == held.id
+    finally:
+        scheduler.cancel()
+        await asyncio.gather(scheduler, return_exceptions=True)
+        store.close()

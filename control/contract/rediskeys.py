@@ -4,7 +4,7 @@ Keys that are read or written together share a hash tag (`{...}`), so Lua
 scripts and multi-key commands stay on one slot of a Redis Cluster:
 
 * `{srv:N}` — everything about MTA server N's routing: snapshot versions, the
-  `current` pointer, worker acks.
+  `current` pointer, worker acks; and its queue-control command stream and results.
 * `{stats:N}` — every counter hash of MTA server N (lifetime totals and day, hour
   and minute buckets of its pools, IPs and pools+IPs), plus the applied-batch
   markers of its workers, so one Lua script applies a whole batch of a worker's
