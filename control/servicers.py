@@ -15,6 +15,7 @@ from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc_pb
 from .contract import acks, rediskeys
 from .errors import InvalidArgument
 from .feedback_servicers import StatsServicer, SuppressionServicer
+from .queue_servicer import QueueServicer
 from .registry import dkim
 from .rpc import ACCOUNT, ADMIN, Servicer, Services, rpc
 
@@ -303,4 +304,5 @@ def add_servicers(server: grpc.aio.Server, services: Services) -> list[str]:
     rpc_pb.add_StatsServiceServicer_to_server(StatsServicer(services), server)
     rpc_pb.add_SuppressionServiceServicer_to_server(SuppressionServicer(services), server)
     rpc_pb.add_DkimServiceServicer_to_server(DkimServicer(services), server)
+    rpc_pb.add_QueueServiceServicer_to_server(QueueServicer(services), server)
     return [s.full_name for s in pb.DESCRIPTOR.services_by_name.values()]

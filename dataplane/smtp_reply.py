@@ -102,6 +102,8 @@ NEEDS_SMTPUTF8 = (553, "5.6.7", "{host} does not support SMTPUTF8, which this me
 BAD_ADDRESS = (553, "5.1.3", "address {address!r} cannot be sent in an SMTP command")
 LOCAL_ERROR = (451, "4.3.0", "local error in delivery; will retry")
 EXPIRED = (550, "5.4.7", "delivery time expired after {lifetime} ({attempts} attempt(s)); last reply: {last}")
+# An operator bounced the message through queue control (poolmta queue bounce).
+OPERATOR_BOUNCE = (550, "5.0.0", "bounced by the operator of the sending service")
 
 
 def local_reply(spec: tuple[int, str, str], **values) -> Reply:

@@ -32,6 +32,7 @@ from .bridge_auth import SharedAuthThrottle
 from .config import DataplaneConfig, format_listen
 from .connection_caps import ConnectionCaps
 from .delivery import DeliveryEngine
+from .delivery.queue_control import QueueControl
 from .dkim_keys import DkimKeyCache
 from .inbound import Accounting, Attributor, InboundHandler, InboundSMTP, ReportIntake
 from .return_path import ReturnPaths, open_codec
@@ -179,11 +180,17 @@ class Worker:
                  f", inbound {config.inbound.listen}" if config.inbound.enabled else "", loader.version)
         ready.send(("ready", self.index, os.getpid(), loader.version))
         ready.close()
+        queue_control = loop.create_task(QueueControl(
+            redis, server_id=config.server_id, worker_id=self.worker_id,
+            queue=delivery.queue if delivery else None, outcomes=delivery.outcomes if delivery else None,
+        ).run(), name="queue-control")
         try:
             if delivery is not None:
                 await delivery.start()
             await stop.wait()
         finally:
+            queue_control.cancel()
+            await asyncio.gather(queue_control, return_exceptions=True)
             await self._shutdown(listeners, loader, stats, spool, redis, delivery, caps)
 
     def _caps(self, redis, listener: str, total: int) -> ConnectionCaps:

@@ -43,6 +43,7 @@ STUBS = {
     "stats": rpc.StatsServiceStub,
     "suppressions": rpc.SuppressionServiceStub,
     "dkim": rpc.DkimServiceStub,
+    "queue": rpc.QueueServiceStub,
 }
 
 # Which token a service takes, for the hint after PERMISSION_DENIED.

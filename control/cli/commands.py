@@ -102,6 +102,18 @@ def done(ctx: Context, reply, message: str) -> int:
     return 0
 
 
+def all_pages(ctx: Context, service: str, method: str, request, field: str) -> list:
+    """Every item of a paged List RPC: `request` sent again with each next_page_token
+    until an empty one, the items of its repeated `field` gathered in order."""
+    found = []
+    while True:
+        page = ctx.client.call(service, method, request)
+        found += getattr(page, field)
+        if not page.next_page_token:
+            return found
+        request.page_token = page.next_page_token
+
+
 class CommandTree:
     """Adds command groups and commands under the top-level subparsers `commands`;
     every parser takes the global options (`parents`)."""
@@ -116,6 +128,12 @@ class CommandTree:
         parser = (within or self._commands).add_parser(name, help=help_text, description=help_text,
                                                        parents=self._parents)
         return parser.add_subparsers(dest=f"{name.replace('-', '_')}_command", metavar="COMMAND", required=True)
+
+    def command(self, name: str, handler: Handler, help_text: str, description: str) -> argparse.ArgumentParser:
+        """A top-level command (`poolmta NAME`), run by `handler`; returns its parser."""
+        parser = self._commands.add_parser(name, help=help_text, description=description, parents=self._parents)
+        parser.set_defaults(handler=handler)
+        return parser
 
     def leaf(self, subs, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
         """A command of a group, run by `handler`; returns its parser, for its arguments."""

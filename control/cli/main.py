@@ -30,7 +30,15 @@ from pathlib import Path
 
 from .. import grpc_tls
 from ..contract.runtime import DEFAULT_SMTP_LISTEN, default_data_dir
-from . import admin_commands, dkim_commands, report_commands, suppression_commands, tenant_commands
+from . import (
+    admin_commands,
+    dkim_commands,
+    queue_commands,
+    report_commands,
+    suppression_commands,
+    tenant_commands,
+    top_command,
+)
 from .client import EXIT_USAGE, CliError, ControlClient, resolve_token
 from .commands import CommandTree, Context, positive_int
 from .render import Printer
@@ -217,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     report_commands.add(tree)
     suppression_commands.add(tree)
     dkim_commands.add(tree)
+    queue_commands.add(tree)
+    top_command.add(tree)
     return parser
 
 

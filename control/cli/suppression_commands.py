@@ -15,7 +15,7 @@ from rich.text import Text
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from . import render
-from .commands import CommandTree, Context, done, emit
+from .commands import CommandTree, Context, all_pages, done, emit
 
 
 def reason(value: int) -> str:
@@ -50,18 +50,14 @@ def suppressions(items: Sequence[pb.Suppression]):
 
 def _list(ctx: Context, a) -> int:
     request = pb.ListSuppressionsRequest(page_size=a.page_size or 0, page_token=a.page_token or "")
-    page = ctx.client.call("suppressions", "ListSuppressions", request)
     if not a.all:
+        page = ctx.client.call("suppressions", "ListSuppressions", request)
         emit(ctx, page, lambda r: suppressions(r.suppressions))
         if page.next_page_token and not ctx.json:
             ctx.printer.note(f"More follow: poolmta suppression list --page-token {page.next_page_token} "
                              "(or --all)")
         return 0
-    found = list(page.suppressions)
-    while page.next_page_token:
-        request.page_token = page.next_page_token
-        page = ctx.client.call("suppressions", "ListSuppressions", request)
-        found += page.suppressions
+    found = all_pages(ctx, "suppressions", "ListSuppressions", request, "suppressions")
     return emit(ctx, pb.ListSuppressionsResponse(suppressions=found), lambda r: suppressions(r.suppressions))
 
 

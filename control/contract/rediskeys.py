@@ -4,7 +4,7 @@ Keys that are read or written together share a hash tag (`{...}`), so Lua
 scripts and multi-key commands stay on one slot of a Redis Cluster:
 
 * `{srv:N}` — everything about MTA server N's routing: snapshot versions, the
-  `current` pointer, worker acks.
+  `current` pointer, worker acks; and its queue-control command stream and results.
 * `{stats:N}` — every counter hash of MTA server N (lifetime totals and day, hour
   and minute buckets of its pools, IPs and pools+IPs), plus the applied-batch
   markers of its workers, so one Lua script applies a whole batch of a worker's
@@ -326,3 +326,16 @@ CONNECTIONS_TOTAL_FIELD = "*"
 # A worker's connection counts vanish this long after its last refresh (a SIGKILLed
 # worker's connections are gone with it).
 CONNECTION_COUNTS_TTL_MS = 15_000
+
+
+# -- queue control: `{srv:N}` (see control.contract.queue_commands) ------------------
+
+
+def queue_commands_key(server_id: int) -> str:
+    """Stream of queue commands (field "c": an encoded QueueCommand) for every worker of a server."""
+    return f"{_server_tag(server_id)}:queue:commands"
+
+
+def queue_results_key(server_id: int, command_id: str) -> str:
+    """Hash worker_id -> encoded QueueResult: the workers' answers to one queue command."""
+    return f"{_server_tag(server_id)}:queue:results:{command_id}"

@@ -87,6 +87,7 @@ class QueuedMessage:
     heap_due: float | None = None  # its entry in the scheduler heap
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one spool update at a time
     gone: bool = False  # removed from the spool, or lost: nothing more to do
+    held: bool = False  # held by the operator (queue control): no job starts until released
 
     @property
     def id(self) -> str:
@@ -165,7 +166,7 @@ class DeliveryQueue:
             pending[address] = state
         message = QueuedMessage(record=record, pending=pending, deadline=deadline, ip=record.ip,
                                 helo=record.ip_hostname, attempts=list(record.attempts),
-                                persisted=len(record.attempts))
+                                persisted=len(record.attempts), held=record.held)
         if record.message:
             message.payload = data_payload(record.message)
             message.record = without_bytes(record)
@@ -250,7 +251,7 @@ class DeliveryQueue:
     def schedule(self, message: QueuedMessage) -> None:
         """Put the message in the scheduler heap for its earliest waiting recipient."""
         waiting = [r.next_at for r in message.pending.values() if not r.busy]
-        if not waiting or message.gone:
+        if not waiting or message.gone or message.held:
             return
         due = min(waiting)
         if message.heap_due is None or due < message.heap_due:
@@ -269,6 +270,8 @@ class DeliveryQueue:
                 if message is None or message.heap_due != due:
                     continue  # a stale entry
                 message.heap_due = None
+                if message.held:
+                    continue  # released later: `schedule` puts it back
                 self._start_due(message, now)
             self._wakeup.clear()
             timeout = self._heap[0][0] - time.time() if self._heap else None
@@ -278,6 +281,18 @@ class DeliveryQueue:
                         await self._wakeup.wait()
                 except TimeoutError:
                     pass
+
+    def messages(self) -> list[QueuedMessage]:
+        """The messages tracked now (final ones being removed excluded), for queue control."""
+        return [m for m in self._messages.values() if not m.gone]
+
+    def reschedule(self, message: QueuedMessage, due: float) -> None:
+        """Make every waiting recipient not in a job due at `due` (retry now, release)."""
+        for rcpt in message.pending.values():
+            if not rcpt.busy:
+                rcpt.next_at = due
+        message.heap_due = None  # older heap entries become stale
+        self.schedule(message)
 
     def _start_due(self, message: QueuedMessage, now: float) -> None:
         groups: dict[str, list[Recipient]] = {}

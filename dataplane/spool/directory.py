@@ -182,6 +182,12 @@ def _rewrite_attempts(path: str, tmp_path: str, attempts: tuple[dict, ...], dir_
     write_durably(tmp_path, path, encode_record(record), dir_sync)
 
 
+def _rewrite_held(path: str, tmp_path: str, held: bool, dir_sync: GroupFsync) -> None:
+    """Replace the record at `path` with a copy whose `held` flag is `held`, durably."""
+    record = replace(read_record(Path(path)), held=held)
+    write_durably(tmp_path, path, encode_record(record), dir_sync)
+
+
 class Spool:
     """The spool as one worker process uses it (asyncio): storing accepted
     records, and the delivery engine's rewrites and removals.
@@ -263,6 +269,23 @@ class Spool:
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor, _rewrite_attempts, path, tmp_path, attempts, self._dir_sync)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise SpoolWriteError(f"rewriting {path}: {exc.strerror or exc}") from exc
+
+    async def rewrite_held(self, message_id: str, held: bool) -> None:
+        """Rewrite a record with its `held` flag set to `held`, durably (a hold survives
+        restarts). One call per message at a time (the delivery queue's message lock).
+
+        Raises SpoolWriteError, SpoolCorrupt, or FileNotFoundError.
+        """
+        assert self._executor is not None and self._dir_sync is not None, "Spool.open() first"
+        path = f"{self._queue}/{message_id}{RECORD_SUFFIX}"
+        tmp_path = f"{self._tmp}/{self._pid}.{message_id}{TEMP_SUFFIX}"
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, _rewrite_held, path, tmp_path, held,
+                                                             self._dir_sync)
         except FileNotFoundError:
             raise
         except OSError as exc:

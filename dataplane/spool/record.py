@@ -32,7 +32,8 @@ bounce_domain (the domain of the message's VERP return paths; "" = decided at
 delivery); dsn_of (for a DSN poolmta sends to a sender: the id of the message it
 reports on; "" for a sender's own mail); dkim (how acceptance signed it: "d=D s=S",
 two such joined by "; " with a feedback signature, or "unsigned: no key for D";
-"" = accepted before signing existed, and DSNs).
+"" = accepted before signing existed, and DSNs); held (true while an operator holds the
+message: delivery attempts none until it is released; false).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class SpoolRecord:
     bounce_domain: str = ""  # of its VERP return paths; "" = decided at delivery
     dsn_of: str = ""  # a DSN to a sender: the id of the message it reports on
     dkim: str = ""  # how it was signed: "d=example.com s=sel" or "unsigned: ..." ("" = before DKIM)
+    held: bool = False  # put on hold by the operator (queue control): not delivered until released
 
 
 _META_FIELDS = tuple(f.name for f in fields(SpoolRecord) if f.name != "message")
