@@ -8,28 +8,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import urllib.request
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.contract.log_format import JsonFormatter
 from control.server import ControlPlane
 from tests.control_support import Client, current_snapshot, expect_error, start_config
-from tests.support import eventually
-
-
-def scrape(address: str) -> dict[str, dict[tuple, float]]:
-    """{sample name: {sorted label items: value}} from the endpoint, through prometheus-client's parser."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    samples: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
+from tests.support import eventually, scrape_metrics
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
@@ -57,11 +44,11 @@ async def test_rpcs_publications_and_health_are_counted_and_served(tmp_path, red
         version = current_snapshot(redis_url, server.server_id).version
 
         async def published() -> bool:
-            found = scrape(cp.metrics_address)
+            found = scrape_metrics(cp.metrics_address)
             return value(found, "poolmta_control_snapshot_version", server_id=str(server.server_id)) == version
 
         await eventually(published, timeout=10)
-        samples = scrape(cp.metrics_address)
+        samples = scrape_metrics(cp.metrics_address)
     finally:
         await cp.stop(0)
 

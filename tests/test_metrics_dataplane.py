@@ -12,15 +12,22 @@ import json
 import os
 import signal
 import smtplib
-import urllib.request
 from collections import Counter
 
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.dataplane_support import make_bridge, make_pool, make_snapshot, message, publish, queue_empty, send_all, stats_of
-from tests.support import wait_until
+from tests.dataplane_support import (
+    make_bridge,
+    make_pool,
+    make_snapshot,
+    message,
+    publish,
+    queue_empty,
+    send_all,
+    stats_of,
+)
+from tests.support import scrape_metrics, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -31,33 +38,25 @@ POOL = "promo-3-1-pool-7"
 MESSAGES = 60
 
 
-def scrape(port: int) -> dict[str, dict[tuple, float]]:
-    """{sample name: {sorted label items: value}} from the endpoint, through prometheus-client's parser."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    samples: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
-
-
 def total(samples: dict, name: str, **labels: str) -> float:
     """The sum of `name`'s series whose labels include `labels`."""
     return sum(value for key, value in samples.get(name, {}).items() if set(labels.items()) <= set(key))
 
 
 def _rcpt(n: int) -> str:
-    return f"bounce{n}@example.net" if n % 10 == 0 else f"defer{n}@example.org" if n % 10 == 1 else f"rcpt{n}@example.net"
+    if n % 10 == 0:
+        return f"bounce{n}@example.net"
+    return f"defer{n}@example.org" if n % 10 == 1 else f"rcpt{n}@example.net"
 
 
 def test_two_workers_metrics_sum_and_match_the_stats_and_the_sink_and_logs_are_json(
         redis_client, redis_url, start_dataplane, start_sink):
-    publish(redis_client, make_snapshot(SERVER, 1, [make_pool(7, [(ip, 1) for ip in IPS])], [make_bridge(1, 7, SECRET)]))
+    pool = make_pool(7, [(ip, 1) for ip in IPS])
+    publish(redis_client, make_snapshot(SERVER, 1, [pool], [make_bridge(1, 7, SECRET)]))
     sink = start_sink()
     plane = start_dataplane(redis_url, SERVER, workers=2, delivery=True,
                             args=["--route", f"*={sink.address}", "--retry-schedule", "0.2s", "--log-format", "json"])
-    assert plane.metrics_port
+    endpoint = f"127.0.0.1:{plane.metrics_port}"
     plan = [(n, [_rcpt(n)], message(n)) for n in range(MESSAGES)]
     send_all(plane.port, "br-test1", SECRET, plan, sessions=20)
     with smtplib.SMTP(plane.host, plane.port, timeout=10) as smtp:
@@ -73,8 +72,8 @@ def test_two_workers_metrics_sum_and_match_the_stats_and_the_sink_and_logs_are_j
         return queue_empty(plane) and stats["delivered"] == delivered and stats["bounced"] == bounced
 
     assert wait_until(settled, timeout=90, interval=0.2), stats_of(redis_client, SERVER, 7, IPS)
-    assert wait_until(lambda: total(scrape(plane.metrics_port), "poolmta_spool_messages") == 0, timeout=10)
-    samples = scrape(plane.metrics_port)
+    assert wait_until(lambda: total(scrape_metrics(endpoint), "poolmta_spool_messages") == 0, timeout=10)
+    samples = scrape_metrics(endpoint)
 
     # Per source IP: exactly the counters StatsService reads, and what the sink saw.
     stats = stats_of(redis_client, SERVER, 7, IPS)
@@ -114,7 +113,7 @@ def test_two_workers_metrics_sum_and_match_the_stats_and_the_sink_and_logs_are_j
     os.kill(killed, signal.SIGKILL)
     assert wait_until(lambda: plane.worker_pids()[0] != killed, timeout=30)
     assert wait_until(lambda: not list(metrics_dir.glob(f"gauge_live*_{killed}.db")), timeout=10)
-    assert total(scrape(plane.metrics_port), "poolmta_messages_accepted_total") == MESSAGES
+    assert total(scrape_metrics(endpoint), "poolmta_messages_accepted_total") == MESSAGES
 
     assert plane.stop() == 0
     lines = [line for line in plane.log().splitlines() if line and not line.startswith("dataplane ready")]

@@ -96,8 +96,9 @@ DEFAULT_CONTROL_METRICS_LISTEN = "127.0.0.1:9124"
 DEFAULT_DATAPLANE_METRICS_LISTEN = "127.0.0.1:9125"
 
 # What the data plane prints on stdout once every worker serves, e.g.
-#   dataplane ready server_id=1 smtp=127.0.0.1:2525 workers=2 snapshot=7 inbound=127.0.0.1:2526
-# (snapshot=none before the first snapshot; no inbound= with the inbound listener off);
+#   dataplane ready server_id=1 smtp=127.0.0.1:2525 workers=2 snapshot=7 inbound=127.0.0.1:2526 metrics=127.0.0.1:9125
+# (snapshot=none before the first snapshot; no inbound= with the inbound listener off,
+# no metrics= with the metrics not served);
 # a line holding DATAPLANE_READY is that line.
 DATAPLANE_READY = "dataplane ready"
 DATAPLANE_READY_LINE = DATAPLANE_READY + " server_id={server_id} smtp={smtp} workers={workers} snapshot={snapshot}"
