@@ -28,6 +28,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# gRPC's C core writes its own lines to stderr, past `logging` and --log-format (an
+# INFO line about fork handlers each time `up` starts the data plane): only its errors,
+# unless the environment asks for more. gRPC reads it once, when first imported: by the
+# imports below, which come after it on purpose.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from .. import grpc_tls
 from ..contract.log_format import LOG_FORMATS, TEXT, formatter
 from ..contract.runtime import DEFAULT_CONTROL_METRICS_LISTEN, DEFAULT_SMTP_LISTEN, default_data_dir
