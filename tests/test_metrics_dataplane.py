@@ -1,8 +1,8 @@
 """The data plane's Prometheus metrics and JSON logs, end to end: two workers take mail
 through the Bridge and deliver it to a real sink; the supervisor's metrics endpoint,
 parsed with prometheus-client's own parser, sums both workers' counts and agrees with
-the stats in Redis (what StatsService reads) and with the sink; a killed worker's
-counts stay, its gauges go. Every line the data plane logs with `--log-format json`
+the stats in Redis (what StatsService reads) and with the sink, reports to the inbound
+listener included; a killed worker's counts stay, its gauges go. Every line the data plane logs with `--log-format json`
 is a JSON object, with one line per delivery outcome naming the recipient's domain only.
 """
 
@@ -18,6 +18,8 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.dataplane_support import (
+    HOSTNAME,
+    events_of,
     make_bridge,
     make_pool,
     make_snapshot,
@@ -27,6 +29,7 @@ from tests.dataplane_support import (
     send_all,
     stats_of,
 )
+from tests.inbound_support import arf, codec_of, dsn, return_path, returned_headers, send_report
 from tests.support import scrape_metrics, wait_until
 
 pytestmark = pytest.mark.slow
@@ -58,7 +61,7 @@ def test_two_workers_metrics_sum_and_match_the_stats_and_the_sink_and_logs_are_j
                             args=["--route", f"*={sink.address}", "--retry-schedule", "0.2s", "--log-format", "json"])
     endpoint = f"127.0.0.1:{plane.metrics_port}"
     plan = [(n, [_rcpt(n)], message(n)) for n in range(MESSAGES)]
-    send_all(plane.port, "br-test1", SECRET, plan, sessions=20)
+    ids = send_all(plane.port, "br-test1", SECRET, plan, sessions=20)
     with smtplib.SMTP(plane.host, plane.port, timeout=10) as smtp:
         smtp.ehlo()
         with pytest.raises(smtplib.SMTPAuthenticationError):
@@ -96,6 +99,24 @@ def test_two_workers_metrics_sum_and_match_the_stats_and_the_sink_and_logs_are_j
     assert total(samples, "poolmta_snapshot_version") == 1
     assert 0 <= total(samples, "poolmta_snapshot_age_seconds") < 600
     assert total(samples, "poolmta_stats_flush_lag_seconds") < 60
+
+    # Reports to the inbound listener: a DSN about a delivered recipient, an ARF complaint.
+    codec = codec_of(plane.data_dir)
+    event = {n: events_of(redis_client, ids[n])[-1] for n in (2, 3)}
+    verp = {n: return_path(codec, ids[n], event[n]["rcpt_index"]) for n in (2, 3)}
+    code, text = send_report(plane.inbound_port, dsn(_rcpt(2), returned=returned_headers(plan[2][2])), [verp[2]])
+    assert code == 250 and "1 bounce(s)" in text, text
+    complaint = arf(rcpt=_rcpt(3), mail_from=verp[3], source_ip=event[3]["ip"], returned=plan[3][2].decode())
+    code, text = send_report(plane.inbound_port, complaint, [f"fbl@{HOSTNAME}"])
+    assert code == 250 and "1 complaint(s)" in text, text
+    samples = scrape_metrics(endpoint)
+    assert total(samples, "poolmta_inbound_reports_total", kind="dsn") == 1
+    assert total(samples, "poolmta_inbound_reports_total", kind="arf") == 1
+    assert total(samples, "poolmta_report_bounces_total", pool=POOL, source_ip=event[2]["ip"]) == 1
+    stats = stats_of(redis_client, SERVER, 7, IPS)
+    for ip in IPS:
+        assert total(samples, "poolmta_complaints_total", pool=POOL, source_ip=ip) == stats[ip]["complaints"]
+    assert total(samples, "poolmta_complaints_total") == 1
 
     # The sum is over both workers: each counted its own share into its own file.
     pids = plane.worker_pids()

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from redis import exceptions as redis_errors
 
-from control.contract.runtime import reraise_if_cancelling
 from control.contract.delivery_event import DELIVERED
+from control.contract.runtime import reraise_if_cancelling
 from control.contract.snapshot import Snapshot
 
 from .. import metrics
