@@ -17,18 +17,8 @@ from collections import Counter
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.dataplane_support import (
-    HOSTNAME,
-    events_of,
-    make_bridge,
-    make_pool,
-    make_snapshot,
-    message,
-    publish,
-    queue_empty,
-    send_all,
-    stats_of,
-)
+from tests.dataplane_support import (HOSTNAME, events_of, make_bridge, make_pool, make_snapshot, message, publish,
+                                     queue_empty, send_all, stats_of)
 from tests.inbound_support import arf, codec_of, dsn, return_path, returned_headers, send_report
 from tests.support import scrape_metrics, wait_until
 
