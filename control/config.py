@@ -27,6 +27,8 @@ class ControlConfig:
         trust (/24 and /48 by default); the platform admin lowers them to allow wider.
     grpc_tls: the certificate and key gRPC is served with; None = plaintext, which
         is refused on an address that is not loopback unless grpc_insecure.
+    metrics_listen: host:port to serve Prometheus metrics on (`control.metrics`);
+        port 0 picks a free port; None = not served.
     """
 
     data_dir: Path
@@ -41,10 +43,15 @@ class ControlConfig:
     min_trusted_prefix_v6: int = validation.MIN_TRUSTED_PREFIX_V6
     grpc_tls: ServerTls | None = None
     grpc_insecure: bool = False
+    metrics_listen: str | None = None
 
     def __post_init__(self) -> None:
         if not self.redis_url:
             raise ValueError("redis_url is required")
+        if self.metrics_listen is not None:
+            host, sep, port = self.metrics_listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                raise ValueError(f"metrics_listen must be host:port, got {self.metrics_listen!r}")
         host, sep, port = self.grpc_listen.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError(f"grpc_listen must be host:port, got {self.grpc_listen!r}")

@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2
 from redis.exceptions import RedisError
 
 from .contract.runtime import reraise_if_cancelling
+from .metrics import ControlMetrics
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,15 @@ class HealthWatch:
     """Sets `servicer`'s status for "" and each of `service_names` from what Redis and SQLite answer."""
 
     def __init__(self, servicer: health.aio.HealthServicer, service_names: Sequence[str], redis_url: str,
-                 store: Store, on_recovered: Callable[[], None] = lambda: None) -> None:
+                 store: Store, on_recovered: Callable[[], None] = lambda: None,
+                 metrics: ControlMetrics | None = None) -> None:
         self._servicer = servicer
         self._names = ("", *service_names)
         self._redis = aioredis.Redis.from_url(redis_url, socket_timeout=PING_TIMEOUT,
                                               socket_connect_timeout=PING_TIMEOUT)
         self._store = store
         self._on_recovered = on_recovered
+        self._metrics = metrics
         self.serving: bool | None = None  # None until the first check
 
     async def check(self) -> bool:
@@ -53,6 +56,8 @@ class HealthWatch:
         if serving != self.serving:
             for name in self._names:
                 await self._servicer.set(name, SERVING if serving else NOT_SERVING)
+            if self._metrics is not None:
+                self._metrics.health(serving)
             if not serving:
                 log.error("health NOT_SERVING: %s", "; ".join(problems))
             elif self.serving is not None:

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from .contract import rediskeys, snapshot
 from .contract.runtime import reraise_if_cancelling
+from .metrics import ControlMetrics
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -105,9 +106,10 @@ def build_snapshot(store: Store, server_id: int) -> snapshot.Snapshot:
 class SnapshotPublisher:
     """Keeps every server's snapshot in Redis at the version SQLite says."""
 
-    def __init__(self, store: Store, redis: aioredis.Redis):
+    def __init__(self, store: Store, redis: aioredis.Redis, metrics: ControlMetrics | None = None):
         self._store = store
         self._redis = redis
+        self._metrics = metrics
         self._script = redis.register_script(_PUBLISH_LUA)
         self._published: dict[int, int] = {}
         self._lock = asyncio.Lock()
@@ -127,6 +129,8 @@ class SnapshotPublisher:
                   rediskeys.SNAPSHOT_RETENTION_SECONDS],
         )
         self._published[server_id] = int(current)
+        if self._metrics is not None:
+            self._metrics.published(server_id, int(current))
         log.info("published snapshot server_id=%s version=%s", server_id, snap.version)
         return int(current)
 

@@ -5,7 +5,8 @@ servicers share.
 or account), maps DomainErrors to their gRPC status with the domain's message,
 Redis being unreachable to UNAVAILABLE (retry shortly), turns anything unexpected into INTERNAL with a generic message (the traceback goes
 to the log, never to the client), and after a routing change has the publisher
-bring Redis up to date before the reply.
+bring Redis up to date before the reply. It also counts and times every call by
+service, method and status code (`control.metrics`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import redis.asyncio as aioredis
@@ -22,6 +23,7 @@ from redis.exceptions import RedisError
 
 from .auth import Authenticator
 from .errors import DomainError
+from .metrics import ControlMetrics
 from .publisher import SnapshotPublisher
 from .reconciler import ChangeFeed
 from .registry import Registry
@@ -53,6 +55,7 @@ class Services:
     publisher: SnapshotPublisher
     redis: aioredis.Redis
     feed: ChangeFeed
+    metrics: ControlMetrics = field(default_factory=ControlMetrics)
 
     async def routing_changed(self) -> None:
         """Publish the new routing now; if Redis is down the publisher's loop will."""
@@ -66,6 +69,18 @@ class Services:
 def _caller(services: Services, context, who: str):
     metadata = context.invocation_metadata()
     return services.auth.admin(metadata) if who == ADMIN else services.auth.account(metadata)
+
+
+def _status_of(context, exc: BaseException) -> grpc.StatusCode:
+    """The status the client gets for `exc` (`_abort`'s choice)."""
+    if isinstance(exc, grpc.aio.AbortError):
+        code = context.code()
+        return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+    if isinstance(exc, DomainError):
+        return getattr(grpc.StatusCode, exc.code)
+    if isinstance(exc, REDIS_OUTAGE_ERRORS):
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.INTERNAL
 
 
 async def _abort(context, exc: BaseException) -> None:
@@ -88,27 +103,31 @@ def rpc(who: str, *, changes_routing: bool = False):
 
             @functools.wraps(method)
             async def streaming(self, request, context):
-                try:
-                    caller = _caller(self.services, context, who)
-                    async for reply in method(self, request, context, caller):
-                        yield reply
-                except Exception as exc:  # noqa: BLE001 - mapped to a status, logged if unexpected
-                    await _abort(context, exc)
+                with self.services.metrics.rpc(type(self), method.__name__) as call:
+                    try:
+                        caller = _caller(self.services, context, who)
+                        async for reply in method(self, request, context, caller):
+                            yield reply
+                    except Exception as exc:  # noqa: BLE001 - mapped to a status, logged if unexpected
+                        call.code = _status_of(context, exc)
+                        await _abort(context, exc)
 
             return streaming
 
         @functools.wraps(method)
         async def unary(self, request, context):
-            try:
-                caller = _caller(self.services, context, who)
-                reply = method(self, request, context, caller)
-                if inspect.isawaitable(reply):
-                    reply = await reply
-            except Exception as exc:  # noqa: BLE001 - mapped to a status, logged if unexpected
-                await _abort(context, exc)
-            if changes_routing:
-                await self.services.routing_changed()
-            return reply
+            with self.services.metrics.rpc(type(self), method.__name__) as call:
+                try:
+                    caller = _caller(self.services, context, who)
+                    reply = method(self, request, context, caller)
+                    if inspect.isawaitable(reply):
+                        reply = await reply
+                except Exception as exc:  # noqa: BLE001 - mapped to a status, logged if unexpected
+                    call.code = _status_of(context, exc)
+                    await _abort(context, exc)
+                if changes_routing:
+                    await self.services.routing_changed()
+                return reply
 
         return unary
 

@@ -2,6 +2,8 @@
 
 Health (grpc.health.v1) is SERVING, for "" and every service, only while Redis
 and SQLite answer (`control.health_watch`), and NOT_SERVING from stop() on.
+With `metrics_listen` set, its Prometheus metrics (`control.metrics`) are served
+there; `metrics_address` says where.
 
     cp = ControlPlane(config)
     await cp.start()      # serving; cp.grpc_address says where
@@ -23,7 +25,9 @@ from . import grpc_tls
 from .auth import Authenticator, load_or_create_admin_token
 from .config import ControlConfig
 from .contract import dkim_seal, file_modes
+from .contract.metrics_http import MetricsHttpServer
 from .health_watch import HealthWatch
+from .metrics import ControlMetrics
 from .publisher import SnapshotPublisher
 from .reconciler import ChangeFeed, Reconciler
 from .registry import Registry
@@ -46,6 +50,9 @@ class ControlPlane:
         self._store: Store | None = None
         self._redis: aioredis.Redis | None = None
         self._service_names: list[str] = []
+        self.metrics = ControlMetrics()
+        self.metrics_address = ""
+        self._metrics_server: MetricsHttpServer | None = None
 
     @property
     def admin_token_path(self):
@@ -61,9 +68,10 @@ class ControlPlane:
                             dkim_master_key=dkim_seal.load_or_create_master_key(cfg.data_dir))
         admin_token = load_or_create_admin_token(cfg.admin_token_path, cfg.admin_token)
         self._redis = aioredis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        publisher = SnapshotPublisher(self._store, self._redis)
+        publisher = SnapshotPublisher(self._store, self._redis, self.metrics)
         feed = ChangeFeed()
-        services = Services(registry, Authenticator(registry, admin_token), publisher, self._redis, feed)
+        services = Services(registry, Authenticator(registry, admin_token), publisher, self._redis, feed,
+                            self.metrics)
 
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         self._service_names = add_servicers(server, services)
@@ -82,6 +90,13 @@ class ControlPlane:
             log.error("Redis unreachable at start (%s); old counters will be moved when it answers", exc)
             self._tasks.append(asyncio.create_task(migrate_when_redis_answers(self._redis, self._store),
                                                    name="stats-migration"))
+        if cfg.metrics_listen is not None:
+            host, _, port = cfg.metrics_listen.rpartition(":")
+            try:
+                self._metrics_server = MetricsHttpServer(host.strip("[]"), int(port), self.metrics.registry)
+            except OSError as exc:
+                raise RuntimeError(f"cannot serve metrics on {cfg.metrics_listen}: {exc.strerror or exc}") from None
+            self.metrics_address = self._metrics_server.listen
         bound = grpc_tls.bind(server, cfg.grpc_listen, cfg.grpc_tls, insecure=cfg.grpc_insecure)
         self.grpc_address = f"{cfg.grpc_listen.rpartition(':')[0]}:{bound}"
         await server.start()
@@ -99,7 +114,7 @@ class ControlPlane:
         ]
         # SERVING only while Redis and SQLite answer, from the first check on.
         watch = HealthWatch(self._health, self._service_names, cfg.redis_url, self._store,
-                            on_recovered=publisher.wake)
+                            on_recovered=publisher.wake, metrics=self.metrics)
         await watch.check()
         self._tasks.append(asyncio.create_task(watch.run(cfg.health_check_interval), name="health"))
         log.info("control plane serving gRPC on %s", self.grpc_address)
@@ -125,6 +140,9 @@ class ControlPlane:
         if self._store is not None:
             self._store.close()
             self._store = None
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
 
     async def wait_for_termination(self) -> None:
         if self._server is not None:

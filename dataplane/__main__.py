@@ -18,6 +18,7 @@ from pathlib import Path
 
 from control.contract import file_modes
 from control.contract.runtime import (
+    DEFAULT_DATAPLANE_METRICS_LISTEN,
     DEFAULT_INBOUND_LISTEN,
     DEFAULT_SMTP_LISTEN,
     default_data_dir,
@@ -245,6 +246,13 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
                   "idle time a Bridge session may spend before AUTH (trusted networks excepted); then 421")
     p.add_argument("--log-level", choices=logs.LEVELS, default=e("POOLMTA_LOG_LEVEL", "info"),
                    help="env POOLMTA_LOG_LEVEL; default info")
+    p.add_argument("--log-format", choices=logs.FORMATS, default=e("POOLMTA_LOG_FORMAT", "text"),
+                   help="text, or json: one object per line with ts, level, logger, msg and the event's fields "
+                        "(env POOLMTA_LOG_FORMAT; default text)")
+    p.add_argument("--metrics-listen", default=e("POOLMTA_METRICS_LISTEN", DEFAULT_DATAPLANE_METRICS_LISTEN),
+                   metavar="HOST:PORT|none",
+                   help="where the workers' Prometheus metrics are served, merged (port 0 picks one; 'none' "
+                        f"turns it off; env POOLMTA_METRICS_LISTEN; default {DEFAULT_DATAPLANE_METRICS_LISTEN})")
     # Given by `poolmta up` for the REST bridge, a later issue: accepted so `up`
     # can pass it, not served yet.
     p.add_argument("--http-listen", default=e("POOLMTA_HTTP_LISTEN"), help=argparse.SUPPRESS)
@@ -261,6 +269,16 @@ def _inbound_config(args: argparse.Namespace) -> InboundConfig:
     host, port = parse_listen(args.inbound_listen) if enabled else ("127.0.0.1", 0)
     return InboundConfig(enabled=enabled, host=host, port=port, max_message_size=args.inbound_max_size,
                          fbl_addresses=tuple(dict.fromkeys(fbl)), max_connections=int(args.inbound_max_connections))
+
+
+def _metrics_listen(text: str) -> tuple[str, int] | None:
+    """--metrics-listen: (host, port), or None for 'none'; ValueError naming a bad one."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise ValueError(f"--metrics-listen: {exc} (or 'none')") from None
 
 
 def build_config(args: argparse.Namespace, redis_url: str) -> DataplaneConfig:
@@ -303,6 +321,7 @@ def build_config(args: argparse.Namespace, redis_url: str) -> DataplaneConfig:
         max_connections_per_address=int(args.max_connections_per_address),
         pre_auth_timeout=args.pre_auth_timeout,
         connection_cap_exempt=args.connection_cap_exempt,
+        metrics_listen=_metrics_listen(args.metrics_listen),
     )
 
 
@@ -322,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir is None:
         args.data_dir = default_data_dir(env)
     args.data_dir = args.data_dir.expanduser().absolute()
-    logs.configure(args.log_level, "supervisor")
+    logs.configure(args.log_level, "supervisor", args.log_format)
 
     from .supervisor import StartError, Supervisor
     from .tls import ensure_self_signed, server_context
@@ -364,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     config = dataclasses.replace(config, redis_url=redis_url, tls_cert=cert, tls_key=key)
     try:
-        return Supervisor(config, log_level=args.log_level).run()
+        return Supervisor(config, log_level=args.log_level, log_format=args.log_format).run()
     except StartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -384,6 +384,9 @@ class DataplaneConfig:
         outbound transactions) finish.
     delivery: the delivery engine's settings.
     inbound: the inbound listener's settings.
+    metrics_listen: (host, port) where the supervisor serves the workers' merged
+        Prometheus metrics (port 0 picks one); None = not served (the workers still
+        count, in memory, when no metrics directory is set: `dataplane.metrics`).
     """
 
     server_id: int
@@ -412,8 +415,11 @@ class DataplaneConfig:
     max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
     pre_auth_timeout: float = DEFAULT_PRE_AUTH_TIMEOUT
     connection_cap_exempt: tuple[str, ...] = ()
+    metrics_listen: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.metrics_listen is not None and not 0 <= self.metrics_listen[1] <= 65535:
+            raise ValueError(f"metrics port must be 0-65535, got {self.metrics_listen[1]}")
         if self.max_connections < 1 or self.max_connections_per_address < 1:
             raise ValueError("--max-connections and --max-connections-per-address must be at least 1, got "
                              f"{self.max_connections} and {self.max_connections_per_address}")
@@ -459,6 +465,11 @@ class DataplaneConfig:
     def stats_journal_dir(self) -> Path:
         """`<data_dir>/stats-journal/server-<N>/`; layout in `dataplane.stats_journal`."""
         return self.data_dir / "stats-journal" / f"server-{self.server_id}"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """`<data_dir>/metrics/server-<N>/`: the workers' metric files (`dataplane.metrics`)."""
+        return self.data_dir / "metrics" / f"server-{self.server_id}"
 
     @property
     def tls_dir(self) -> Path:

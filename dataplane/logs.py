@@ -1,5 +1,6 @@
 """Logging of data-plane processes: one line per event on stderr, tagged with the
-process role (supervisor or worker N) and pid."""
+process role (supervisor or worker N) and pid; as text for people (the default) or
+one JSON object per line (`--log-format json`, `control.contract.log_format`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import logging
 import os
 import sys
 
+from control.contract.log_format import LOG_FORMATS, TEXT, formatter
+
+__all__ = ["FORMATS", "LEVELS", "configure"]
+
 LEVELS = ("debug", "info", "warning", "error")
+FORMATS = LOG_FORMATS
 
 
 class _DropAiosmtpdNoise(logging.Filter):
@@ -18,13 +24,14 @@ class _DropAiosmtpdNoise(logging.Filter):
         return not str(record.msg).startswith("Session.login_data is deprecated")
 
 
-def configure(level: str, role: str) -> None:
+def configure(level: str, role: str, log_format: str = TEXT) -> None:
     """Route poolmta's and aiosmtpd's logs to stderr at `level` (aiosmtpd's per-command
-    INFO lines only at debug)."""
+    INFO lines only at debug), as `log_format` (one of FORMATS) says."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(f"%(asctime)s %(levelname)s dataplane[{role} pid {os.getpid()}] %(name)s: %(message)s")
-    )
+    handler.setFormatter(formatter(
+        log_format, f"%(asctime)s %(levelname)s dataplane[{role} pid {os.getpid()}] %(name)s: %(message)s",
+        {"role": role, "pid": os.getpid()},
+    ))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

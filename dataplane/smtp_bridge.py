@@ -34,6 +34,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from control.contract.snapshot import BridgeRoute
 
+from . import metrics
 from .bridge_auth import BridgeIdentity, SharedAuthThrottle, check_credentials
 from .config import DataplaneConfig
 from .dsn_relay import mail_fields, rcpt_options
@@ -273,6 +274,7 @@ class BridgeHandler(ListenerHandler):
         bridge = check_credentials(self.loader.current, auth_data.login, auth_data.password)
         if bridge is None:
             log.info("AUTH %s failed from %s", mechanism, getattr(server, "peer_address", "?"))
+            metrics.auth_failures.inc()
             return AuthResult(success=False, handled=False)
         return AuthResult(
             success=True,
@@ -393,8 +395,8 @@ class BridgeHandler(ListenerHandler):
             **mail_fields(envelope.dsn_mail),
         )
         # One per distinct recipient: delivered, bounced and deferred count recipients too.
-        stats = [self.stats.count_record("sent", route.pool.smtp_id, route.address,
-                                         len(dict.fromkeys(record.rcpt_tos)))]
+        recipients = len(dict.fromkeys(record.rcpt_tos))
+        stats = [self.stats.count_record("sent", route.pool.smtp_id, route.address, recipients)]
         if not signing.keys:
             stats.append(self.stats.count_record("dkim_unsigned", route.pool.smtp_id, ""))
         # The message index: a report that returns only the original headers finds
@@ -412,6 +414,8 @@ class BridgeHandler(ListenerHandler):
             log.error("message from bridge %d not queued: %s", bridge.bridge_id, exc)
             return REPLY_SPOOL_FAILED
         self.stats.end(group)
+        metrics.messages_accepted.inc(record.pool, record.ip)
+        metrics.recipients_accepted.inc(record.pool, record.ip, n=recipients)
         if self.delivery is not None:
             self.delivery.accepted(record)
         return REPLY_QUEUED.format(id=message_id)

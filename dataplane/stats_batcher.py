@@ -191,6 +191,7 @@ class StatsBatcher:
         self._wake: asyncio.Event | None = None
         self._failing = False
         self._claimed_at = -math.inf
+        self._flushed_at = time.monotonic()  # the end of the last flush that did not fail
         self.max_batch_events = max_batch_events
         self.event_ttl = max(1, math.ceil(event_ttl))
         self.metrics: Counter[str] = Counter()
@@ -292,6 +293,12 @@ class StatsBatcher:
         """Suppression-list entries not yet known to be in Redis."""
         return self.journal.suppressions
 
+    def flush_lag(self) -> float:
+        """Seconds since the last flush that did not fail, while records wait for
+        Redis; 0 when none wait. At most about `interval` while Redis keeps up; it
+        grows while Redis is unreachable."""
+        return 0.0 if self.journal.empty else max(0.0, time.monotonic() - self._flushed_at)
+
     def start(self) -> None:
         """Start flushing in the background (and replaying dead workers' journals)."""
         self._wake = asyncio.Event()
@@ -368,6 +375,7 @@ class StatsBatcher:
             journal.seal()
         segment = journal.oldest()
         if segment is None:
+            self._flushed_at = time.monotonic()
             return True
         try:
             await self.apply_segment(segment)
@@ -380,6 +388,7 @@ class StatsBatcher:
                 self._failing = True
             return False
         journal.acknowledge(segment)  # applied now, or found applied by an earlier attempt
+        self._flushed_at = time.monotonic()
         self.metrics["flushes"] += 1
         if self._failing:
             log.info("stats flush recovered")

@@ -26,9 +26,10 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import IO
 
-from control.contract.runtime import DATAPLANE_READY_INBOUND, DATAPLANE_READY_LINE
+from control.contract.metrics_http import MetricsHttpServer
+from control.contract.runtime import DATAPLANE_READY_INBOUND, DATAPLANE_READY_LINE, DATAPLANE_READY_METRICS
 
-from . import spool, stats_journal_recovery
+from . import metrics, spool, stats_journal_recovery
 from .config import DataplaneConfig, format_listen
 from .return_path import keyring_path
 from .verp_keyring import KeyringError, VerpKeyring
@@ -67,9 +68,12 @@ class _Slot:
 
 
 class Supervisor:
-    def __init__(self, config: DataplaneConfig, *, log_level: str = "info", out: IO[str] = sys.stdout) -> None:
+    def __init__(self, config: DataplaneConfig, *, log_level: str = "info", out: IO[str] = sys.stdout,
+                 log_format: str = "text") -> None:
         self.config = config
         self.log_level = log_level
+        self.log_format = log_format
+        self._metrics: MetricsHttpServer | None = None
         self.out = out
         self._ctx = multiprocessing.get_context("spawn")
         self._stopping = False
@@ -102,7 +106,7 @@ class Supervisor:
         receiver, sender = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=worker_main,
-            args=(self.config, slot.index, slot.worker_id, sender, self.log_level),
+            args=(self.config, slot.index, slot.worker_id, sender, self.log_level, self.log_format),
             name=f"poolmta-dataplane-w{slot.index}",
         )
         process.start()
@@ -129,6 +133,8 @@ class Supervisor:
         process.join()
         code = process.exitcode
         removed = spool.remove_temp_files(self.config.spool_dir, process.pid)
+        if self._metrics is not None:
+            metrics.process_died(process.pid, self.config.metrics_dir)
         self._resolve_journals(process.pid)
         if slot.ready is not None:
             slot.ready.close()
@@ -176,6 +182,7 @@ class Supervisor:
                 config = dataclasses.replace(config, inbound=dataclasses.replace(
                     config.inbound, port=reservations[1].getsockname()[1]))
             self.config = config
+            self._serve_metrics()
             self._resolve_journals()  # what the last run left (kill -9 included), before any worker
             for slot in self._slots:
                 self._start(slot)
@@ -187,7 +194,7 @@ class Supervisor:
             self.out.write(DATAPLANE_READY_LINE.format(
                 server_id=config.server_id, smtp=format_listen(config.smtp_host, port),
                 workers=config.workers, snapshot=snapshot,
-            ) + inbound + "\n")
+            ) + inbound + self._ready_metrics() + "\n")
             self.out.flush()
             self._serve()
             return 0
@@ -196,7 +203,30 @@ class Supervisor:
             self._stop_all()
             for reservation in reservations:
                 reservation.close()
+            if self._metrics is not None:
+                self._metrics.close()
             log.info("stopped")
+
+    def _serve_metrics(self) -> None:
+        """With `metrics_listen`: a fresh metrics directory the workers will count into
+        (named in the environment they inherit), served merged; StartError when the
+        address is taken."""
+        config = self.config
+        if config.metrics_listen is None:
+            return
+        metrics.reset_directory(config.metrics_dir)
+        os.environ[metrics.MULTIPROC_DIR_ENV] = str(config.metrics_dir)
+        host, port = config.metrics_listen
+        try:
+            self._metrics = metrics.serve(host, port, config.metrics_dir)
+        except OSError as exc:
+            raise StartError(f"cannot serve metrics on {format_listen(host, port)}: {exc.strerror or exc}") from None
+        log.info("metrics served on http://%s/metrics", self._metrics.listen)
+
+    def _ready_metrics(self) -> str:
+        if self._metrics is None:
+            return ""
+        return DATAPLANE_READY_METRICS.format(metrics=self._metrics.listen)
 
     def _wait_started(self) -> list[int] | None:
         """Versions the workers started with, once every one is listening; None when

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import threading
+import time
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -27,7 +28,7 @@ from redis.backoff import ExponentialBackoff
 from _fastpath import IMPLEMENTATION
 from control.contract.runtime import die_with_parent
 
-from . import logs
+from . import logs, metrics
 from .bridge_auth import SharedAuthThrottle
 from .config import DataplaneConfig, format_listen
 from .connection_caps import ConnectionCaps
@@ -83,16 +84,34 @@ def _arm_hard_stop(index: int, seconds: float) -> None:
     timer.start()
 
 
-def worker_main(config: DataplaneConfig, index: int, worker_id: str, ready, log_level: str) -> None:
+def worker_main(config: DataplaneConfig, index: int, worker_id: str, ready, log_level: str,
+                log_format: str = "text") -> None:
     """Process entry point (multiprocessing target): serve until signalled."""
     stop_with_supervisor = die_with_parent(os.getppid())
     if stop_with_supervisor is not None:  # SIGTERM when the supervisor dies, even by SIGKILL
         stop_with_supervisor()
-    logs.configure(log_level, f"w{index}")
+    logs.configure(log_level, f"w{index}", log_format)
     try:
         asyncio.run(Worker(config, index, worker_id).run(ready))
     except KeyboardInterrupt:
         pass
+
+
+async def _sample_metrics(loader: SnapshotLoader, stats: StatsBatcher, delivery: DeliveryEngine | None) -> None:
+    """Set this worker's sampled gauges (`metrics.sample`) every `metrics.SAMPLE_INTERVAL` seconds."""
+    while True:
+        routing = loader.current
+        published_ms = routing.snapshot.published_at_ms if routing is not None else 0
+        try:
+            metrics.sample(
+                now=time.time(), queued=delivery.queued if delivery is not None else None,
+                oldest_queued_at=delivery.oldest_queued_at() if delivery is not None else None,
+                version=loader.version, published_at=published_ms / 1000 if published_ms else None,
+                flush_lag=stats.flush_lag(),
+            )
+        except Exception:
+            log.exception("worker: sampling the metrics failed")
+        await asyncio.sleep(metrics.SAMPLE_INTERVAL)
 
 
 class Worker:
@@ -184,11 +203,13 @@ class Worker:
             redis, server_id=config.server_id, worker_id=self.worker_id,
             queue=delivery.queue if delivery else None, outcomes=delivery.outcomes if delivery else None,
         ).run(), name="queue-control")
+        sampler = loop.create_task(_sample_metrics(loader, stats, delivery), name="metrics-sampler")
         try:
             if delivery is not None:
                 await delivery.start()
             await stop.wait()
         finally:
+            sampler.cancel()
             queue_control.cancel()
             await asyncio.gather(queue_control, return_exceptions=True)
             await self._shutdown(listeners, loader, stats, spool, redis, delivery, caps)

@@ -7,6 +7,7 @@ import inspect
 import os
 import socket
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,3 +69,17 @@ def process_gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat_line[stat_line.rfind(b")") + 2 :][:1] in (b"Z", b"X")
+
+
+def scrape_metrics(address: str) -> dict[str, dict[tuple, float]]:
+    """The Prometheus metrics served at `http://address/metrics`, read with
+    prometheus-client's own parser: {sample name: {sorted (label, value) pairs: value}}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    samples: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples

@@ -28,8 +28,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# gRPC's C core writes its own lines to stderr, past `logging` and --log-format (an
+# INFO line about fork handlers each time `up` starts the data plane): only its errors,
+# unless the environment asks for more. gRPC reads it once, when first imported: by the
+# imports below, which come after it on purpose.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from .. import grpc_tls
-from ..contract.runtime import DEFAULT_SMTP_LISTEN, default_data_dir
+from ..contract.log_format import LOG_FORMATS, TEXT, formatter
+from ..contract.runtime import (
+    DEFAULT_CONTROL_METRICS_LISTEN,
+    DEFAULT_SMTP_LISTEN,
+    default_data_dir,
+)
 from . import (
     admin_commands,
     dkim_commands,
@@ -126,6 +137,11 @@ def listen_arg(value: str) -> str:
     return value
 
 
+def metrics_listen_arg(value: str) -> str | None:
+    """A HOST:PORT to serve metrics on, or None for 'none'."""
+    return None if value.strip().lower() in ("none", "off") else listen_arg(value)
+
+
 def global_options() -> argparse.ArgumentParser:
     """The options every command takes; SUPPRESS defaults let them go before or after the
     command word without the subcommand's parser resetting what came before."""
@@ -187,8 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, metavar="K", help="data-plane worker processes")
     p.add_argument("--no-dataplane", dest="dataplane", action="store_false",
                    help="run Redis and the control plane only")
+    p.add_argument("--dataplane-metrics-listen", type=metrics_listen_arg, metavar="HOST:PORT|none",
+                   help="the data plane's Prometheus metrics address, or 'none' (data plane default "
+                   "127.0.0.1:9125)")
     _add_trusted_prefix_args(p)
     _add_grpc_tls_args(p)
+    _add_operating_args(p)
 
     p = commands.add_parser("control", parents=[common], help="run the control plane only",
                             description="Embedded Redis (unless --redis-url) and the control plane.")
@@ -196,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"control plane gRPC address (default {DEFAULT_GRPC})")
     _add_trusted_prefix_args(p)
     _add_grpc_tls_args(p)
+    _add_operating_args(p)
 
     _add_passthrough(commands, common, "dataplane", help_text="run a data plane (python -m dataplane ARGS...)",
                      description="Runs `python -m dataplane ARGS...`; every argument after `dataplane` "
@@ -285,14 +306,17 @@ def _attach_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _configure_logging(settings: Settings, command: str) -> None:
+def _configure_logging(settings: Settings, command: str, log_format: str = TEXT) -> None:
     if settings.verbose:
         level = logging.DEBUG
     elif command in SERVER_COMMANDS:
         level = logging.INFO
     else:
         level = logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format, "%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                   {"role": command, "pid": os.getpid()}))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 # -- running ------------------------------------------------------------------------
@@ -308,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     settings = Settings.build(args, os.environ)
-    _configure_logging(settings, args.command)
+    _configure_logging(settings, args.command, getattr(args, "log_format", TEXT))
     try:
         if passthrough is not None:
             command, _, rest = passthrough
@@ -374,6 +398,16 @@ def _prefix_arg(most: int):
     return parse
 
 
+def _add_operating_args(p: argparse.ArgumentParser) -> None:
+    """--metrics-listen and --log-format of `up` and `control`."""
+    p.add_argument("--metrics-listen", type=metrics_listen_arg, default=DEFAULT_CONTROL_METRICS_LISTEN,
+                   metavar="HOST:PORT|none", help="the control plane's Prometheus metrics address, or 'none' "
+                   f"(default {DEFAULT_CONTROL_METRICS_LISTEN})")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default=TEXT,
+                   help="text, or json: one object per line with ts, level, logger, msg and the event's fields "
+                   "(`up` passes it to the data plane; default text)")
+
+
 def _add_grpc_tls_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc-tls-cert", type=Path, metavar="FILE",
                    help="serve gRPC over TLS with this PEM certificate (chain); needs --grpc-tls-key")
@@ -411,9 +445,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         admin_token=settings.admin_token, dataplane=up and args.dataplane,
         min_trusted_prefix_v4=args.min_trusted_prefix_v4, min_trusted_prefix_v6=args.min_trusted_prefix_v6,
         grpc_tls=tls, grpc_insecure=settings.insecure,
+        metrics_listen=args.metrics_listen, log_format=args.log_format,
         **(
             dict(server_id=args.server_id, smtp_listen=args.smtp_listen, http_listen=args.http_listen,
-                 inbound_listen=args.inbound_listen, workers=args.workers)
+                 inbound_listen=args.inbound_listen, workers=args.workers,
+                 dataplane_metrics_listen=args.dataplane_metrics_listen)
             if up else {}
         ),
     )

@@ -52,6 +52,10 @@ class ServeOptions:
     http_listen, inbound_listen, workers: passed to the data plane only when given.
     min_trusted_prefix_v4/_v6: the widest network a bridge may trust (ControlConfig).
     grpc_tls, grpc_insecure: TLS for gRPC, or plaintext off loopback allowed (ControlConfig).
+    metrics_listen: the control plane's metrics address (None: not served).
+    dataplane_metrics_listen: the data plane's (`--metrics-listen`), passed only when given;
+        "none" turns them off.
+    log_format: text or json, for the control plane and the data plane.
     """
 
     data_dir: Path
@@ -68,6 +72,9 @@ class ServeOptions:
     workers: int | None = None
     grpc_tls: grpc_tls.ServerTls | None = None
     grpc_insecure: bool = False
+    metrics_listen: str | None = None
+    dataplane_metrics_listen: str | None = None
+    log_format: str = "text"
 
 
 def serve(opts: ServeOptions, out: IO[str]) -> int:
@@ -139,7 +146,7 @@ class _Stack:
                 data_dir=opts.data_dir, redis_url=self.redis_url, grpc_listen=opts.grpc_listen,
                 admin_token=opts.admin_token, min_trusted_prefix_v4=opts.min_trusted_prefix_v4,
                 min_trusted_prefix_v6=opts.min_trusted_prefix_v6, grpc_tls=opts.grpc_tls,
-                grpc_insecure=opts.grpc_insecure,
+                grpc_insecure=opts.grpc_insecure, metrics_listen=opts.metrics_listen,
             )
         )
         try:
@@ -151,6 +158,8 @@ class _Stack:
         try:
             security = f"TLS, certificate {opts.grpc_tls.cert_file}" if opts.grpc_tls else "plaintext"
             self.say(f"control plane (gRPC) listening on {cp.grpc_address} ({security})")
+            if cp.metrics_address:
+                self.say(f"control plane metrics on http://{cp.metrics_address}/metrics")
             if opts.admin_token:
                 self.say("admin token: the one in POOLMTA_ADMIN_TOKEN")
             else:
@@ -236,6 +245,9 @@ class _Stack:
             cmd += ["--inbound-listen", opts.inbound_listen]
         if opts.workers is not None:
             cmd += ["--workers", str(opts.workers)]
+        if opts.dataplane_metrics_listen:
+            cmd += ["--metrics-listen", opts.dataplane_metrics_listen]
+        cmd += ["--log-format", opts.log_format]
         return cmd
 
     def _ready_seen(self, line: str) -> None:

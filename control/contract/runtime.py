@@ -90,13 +90,21 @@ DEFAULT_SMTP_LISTEN = f"127.0.0.1:{DEFAULT_SMTP_PORT}"
 DEFAULT_INBOUND_PORT = 2526
 DEFAULT_INBOUND_LISTEN = f"127.0.0.1:{DEFAULT_INBOUND_PORT}"
 
+# Prometheus metrics: the control plane's (`poolmta control` / `up --metrics-listen`)
+# and the data plane's (`poolmta dataplane --metrics-listen`), on loopback.
+DEFAULT_CONTROL_METRICS_LISTEN = "127.0.0.1:9124"
+DEFAULT_DATAPLANE_METRICS_LISTEN = "127.0.0.1:9125"
+
 # What the data plane prints on stdout once every worker serves, e.g.
-#   dataplane ready server_id=1 smtp=127.0.0.1:2525 workers=2 snapshot=7 inbound=127.0.0.1:2526
-# (snapshot=none before the first snapshot; no inbound= with the inbound listener off);
+#   dataplane ready server_id=1 smtp=127.0.0.1:2525 workers=2 snapshot=7 inbound=127.0.0.1:2526 metrics=127.0.0.1:9125
+# (snapshot=none before the first snapshot; no inbound= with the inbound listener off,
+# no metrics= with the metrics not served);
 # a line holding DATAPLANE_READY is that line.
 DATAPLANE_READY = "dataplane ready"
 DATAPLANE_READY_LINE = DATAPLANE_READY + " server_id={server_id} smtp={smtp} workers={workers} snapshot={snapshot}"
 DATAPLANE_READY_INBOUND = " inbound={inbound}"
+# Appended when the data plane serves its metrics (`metrics=127.0.0.1:9125`).
+DATAPLANE_READY_METRICS = " metrics={metrics}"
 
 # What the sink prints once it listens: SINK_READY and its addresses, comma-separated
 # (`sink ready listen=127.0.0.1:2626`).
@@ -116,6 +124,12 @@ def ready_line_inbound(line: str) -> str | None:
     """The inbound listener's address (`HOST:PORT`) a data plane's ready line names,
     or None (the listener is off)."""
     return _ready_line_value(line, "inbound")
+
+
+def ready_line_metrics(line: str) -> str | None:
+    """The address (`HOST:PORT`) a data plane's ready line says its metrics are served
+    on, or None (not served)."""
+    return _ready_line_value(line, "metrics")
 
 
 # -- processes and tasks -------------------------------------------------------------

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from typing import NamedTuple
 
 from _fastpath import NoUsableIp, RotationTable
 
+from .. import metrics
 from ..config import DataplaneConfig
 from ..destinations import Destinations, LookupFailed
 from ..return_path import ReturnPaths
@@ -229,6 +231,7 @@ class Egress:
 
     def _open_session(self, key: Pair) -> None:
         site, ip = key
+        metrics.outbound_connections.inc(ip)
         self._per_ip[ip] += 1
         self._per_site[site] += 1
         session = Session(key, self)
@@ -255,6 +258,7 @@ class Egress:
 
     def _session_ended(self, session: Session) -> None:
         site, ip = session.key
+        metrics.outbound_connections.dec(ip)
         self._per_ip[ip] -= 1
         self._per_site[site] -= 1
         group = self._sessions.get(session.key)
@@ -302,6 +306,7 @@ class Egress:
                 job = await self._next_job(session, wait=connection is not None)
                 if job is None:
                     break
+                started = time.monotonic()
                 try:
                     connection = await self.dispatcher.deliver(session, job, connection)
                 except Exception:
@@ -313,6 +318,7 @@ class Egress:
                     await self.outcomes.internal_error(job)
                 finally:
                     session.in_transaction = False
+                    metrics.delivery_attempt_duration.observe(time.monotonic() - started)
                 session.jobs += 1
                 if session.jobs % YIELD_AFTER_JOBS == 0 and self._someone_waits_for(session.key):
                     break  # give the slot to a waiting destination or IP (it is requeued behind it)

@@ -126,6 +126,11 @@ class DeliveryEngine:
         """Messages this worker is delivering (owned and not final)."""
         return len(self.queue)
 
+    def oldest_queued_at(self) -> float | None:
+        """When the oldest message this worker is delivering was accepted (unix
+        seconds); None when it delivers none."""
+        return self.queue.oldest_received()
+
     async def _metrics_loop(self) -> None:
         last: dict[str, int] = {}
         while True:

@@ -46,6 +46,7 @@ from control.contract.suppression import (
     normalize_address,
 )
 
+from .. import metrics
 from ..config import DeliveryConfig, format_duration
 from ..smtp_reply import BOUNCED, DEFERRED, EXPIRED, LOCAL_ERROR, Reply, local_reply
 from ..spool import DSN_OWED, Spool, SpoolCorrupt, SpoolError, SpoolRecord
@@ -102,6 +103,7 @@ class Outcomes:
             else:
                 rcpt.next_at = next_attempt_at(self.delivery.retry_schedule, rcpt.attempts, now, message.deadline)
             self.metrics[outcome] += 1
+            (metrics.dsn_deliveries if record.dsn_of else metrics.deliveries).inc(record.pool, ip, outcome)
             unjournaled = self._unjournaled.setdefault(record.id, [])
             # A DSN to a sender is counted apart from the senders' own mail.
             unjournaled.append(self.stats.count_record(f"dsn_{outcome}" if record.dsn_of else outcome,
@@ -120,8 +122,12 @@ class Outcomes:
             if outcome == BOUNCED and self.notices.due(record, rcpt):
                 entry["dsn"] = DSN_OWED  # durable with the bounce; the DSN itself at the round's end
             entries.append(entry)
-            log.info("%s to=<%s> pool=%s ip=%s relay=%s attempt=%d %s: %s",
-                     record.id, rcpt.address, record.pool, ip, mx or "none", rcpt.attempts, outcome, reply)
+            # The domain, not the address: a log line names no person.
+            log.info("%s domain=%s bridge=%d pool=%s ip=%s relay=%s attempt=%d %s: %s", record.id, rcpt.domain,
+                     record.bridge_id, record.pool, ip, mx or "none", rcpt.attempts, outcome, reply,
+                     extra={"message_id": record.id, "bridge_id": record.bridge_id, "pool": record.pool,
+                            "source_ip": ip, "rcpt_domain": rcpt.domain, "relay": mx, "attempt": rcpt.attempts,
+                            "outcome": outcome, "reply": str(reply)})
         message.attempts.extend(entries)
         message.jobs -= 1
         if message.jobs == 0 and message.pending:

@@ -140,6 +140,13 @@ class DeliveryQueue:
     def __len__(self) -> int:
         return len(self._messages)
 
+    def oldest_received(self) -> float | None:
+        """When the oldest tracked message was accepted (unix seconds); None when none
+        is tracked. A pass over the messages: for a periodic sample, not per message."""
+        if not self._messages:
+            return None
+        return min(message.record.received_ms for message in self._messages.values()) / 1000
+
     # -- intake ---------------------------------------------------------------
 
     def submit(self, record: SpoolRecord, now: float) -> None:

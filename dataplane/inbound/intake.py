@@ -14,9 +14,11 @@ from collections.abc import Sequence
 
 from redis import exceptions as redis_errors
 
+from control.contract.delivery_event import DELIVERED
 from control.contract.runtime import reraise_if_cancelling
 from control.contract.snapshot import Snapshot
 
+from .. import metrics
 from ..message_headers import header_fields
 from ..reports import parse_report
 from .accounting import Accounting
@@ -58,6 +60,7 @@ class ReportIntake:
         # The parser is bounded (dataplane.reports.limits) but not free on a large
         # message: a thread keeps the worker's other sessions moving meanwhile.
         report = await asyncio.to_thread(parse_report, raw)
+        metrics.inbound_reports.inc(report.kind)
         now_ms = int(self._clock() * 1000)
         try:
             attribution = await self.attributor.attribute(report, recipients, snapshot, domains)
@@ -85,4 +88,9 @@ class ReportIntake:
                      target.message_id or "no message", quoted(target.rcpt), target.pool, target.ip or "-",
                      target.via, "counted" if fresh else "counted already")
         counted = [t for t, fresh in zip(attribution.targets, applied) if fresh]
+        for target in counted:
+            if target.kind != BOUNCE:
+                metrics.complaints.inc(target.pool, target.ip)
+            elif target.counted == DELIVERED:
+                metrics.report_bounces.inc(target.pool, target.ip)
         return REPLY_COUNTED.format(what=_summary(counted)) if counted else REPLY_COUNTED_ALREADY

@@ -192,7 +192,11 @@ class Lines:
 
 
 def start_up(data_dir: Path, *args: str) -> tuple[subprocess.Popen, Lines, Lines]:
-    """`poolmta up` as a subprocess; returns it with readers of its stdout and stderr."""
+    """`poolmta up` as a subprocess, every listener on a free port unless `args` name
+    it; returns it with readers of its stdout and stderr."""
+    for option in ("--metrics-listen", "--dataplane-metrics-listen"):
+        if option not in args:
+            args = (*args, option, "127.0.0.1:0")
     proc = subprocess.Popen(
         [sys.executable, "-m", "control.cli", "--data-dir", str(data_dir), "up", "--grpc-listen", "127.0.0.1:0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),

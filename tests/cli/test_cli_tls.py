@@ -86,7 +86,7 @@ def _start_control(tmp_path, redis_url: str, *args: str) -> tuple[subprocess.Pop
     """`poolmta control ARGS` as a process; returns it, its stdout lines and its gRPC port."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "control.cli", "--data-dir", str(tmp_path / "data"), "--redis-url", redis_url,
-         "control", *args],
+         "control", "--metrics-listen", "127.0.0.1:0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
     )
     lines = Lines(proc.stdout, companion=Lines(proc.stderr))
