@@ -26,7 +26,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import IO
 
-from control.contract.runtime import DATAPLANE_READY_INBOUND, DATAPLANE_READY_LINE
+from control.contract.runtime import DATAPLANE_READY_HTTP, DATAPLANE_READY_INBOUND, DATAPLANE_READY_LINE
 
 from . import spool, stats_journal_recovery
 from .config import DataplaneConfig, format_listen
@@ -175,6 +175,10 @@ class Supervisor:
                 reservations.append(_reserve(config.inbound.host, config.inbound.port, config.inbound.listen))
                 config = dataclasses.replace(config, inbound=dataclasses.replace(
                     config.inbound, port=reservations[1].getsockname()[1]))
+            if config.http.enabled:
+                reservations.append(_reserve(config.http.host, config.http.port, config.http.listen))
+                config = dataclasses.replace(config, http=dataclasses.replace(
+                    config.http, port=reservations[-1].getsockname()[1]))
             self.config = config
             self._resolve_journals()  # what the last run left (kill -9 included), before any worker
             for slot in self._slots:
@@ -187,7 +191,7 @@ class Supervisor:
             self.out.write(DATAPLANE_READY_LINE.format(
                 server_id=config.server_id, smtp=format_listen(config.smtp_host, port),
                 workers=config.workers, snapshot=snapshot,
-            ) + inbound + "\n")
+            ) + inbound + (DATAPLANE_READY_HTTP.format(http=config.http.listen) if config.http.enabled else "") + "\n")
             self.out.flush()
             self._serve()
             return 0

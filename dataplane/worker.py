@@ -21,6 +21,7 @@ import socket
 import threading
 
 import redis.asyncio as aioredis
+from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -33,6 +34,7 @@ from .config import DataplaneConfig, format_listen
 from .connection_caps import ConnectionCaps
 from .delivery import DeliveryEngine
 from .inbound import Accounting, Attributor, InboundHandler, InboundSMTP, ReportIntake
+from .rest import Health, RestBridge, build_app
 from .return_path import ReturnPaths, open_codec
 from .smtp_bridge import BridgeHandler, BridgeSMTP
 from .smtp_listener import REPLY_SHUTTING_DOWN
@@ -172,9 +174,11 @@ class Worker:
                 sock=listening_socket(config.inbound.host, config.inbound.port),
             )
             listeners.append((inbound_server, inbound))
+        http_runner = await self._start_http(handler, redis, loader) if config.http.enabled else None
         log.info("worker %d pid %d listening on %s%s (snapshot version %d)",
                  self.index, os.getpid(), format_listen(config.smtp_host, config.smtp_port),
-                 f", inbound {config.inbound.listen}" if config.inbound.enabled else "", loader.version)
+                 (f", inbound {config.inbound.listen}" if config.inbound.enabled else "")
+                 + (f", http {config.http.listen}" if config.http.enabled else ""), loader.version)
         ready.send(("ready", self.index, os.getpid(), loader.version))
         ready.close()
         try:
@@ -182,7 +186,22 @@ class Worker:
                 await delivery.start()
             await stop.wait()
         finally:
+            if http_runner is not None:
+                await http_runner.cleanup()  # stops taking requests; those under way finish first
             await self._shutdown(listeners, loader, stats, spool, redis, delivery, caps)
+
+    async def _start_http(self, handler: BridgeHandler, redis, loader: SnapshotLoader) -> web.AppRunner:
+        """The REST Bridge and health endpoints on the shared HTTP port (`dataplane.rest`)."""
+        config = self.config
+        bridge = RestBridge(config, handler=handler, throttle=handler.throttle, redis=redis,
+                            hostname=lambda: self._hostname(loader))
+        health = Health(redis=redis, loader=loader, spool_dir=config.spool_dir,
+                        min_free_disk=config.http.min_free_disk)
+        runner = web.AppRunner(build_app(bridge, health), access_log=None,
+                               shutdown_timeout=config.shutdown_grace)
+        await runner.setup()
+        await web.SockSite(runner, listening_socket(config.http.host, config.http.port)).start()
+        return runner
 
     def _caps(self, redis, listener: str, total: int) -> ConnectionCaps:
         config = self.config

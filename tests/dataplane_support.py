@@ -36,7 +36,8 @@ from dataplane import spool
 from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"dataplane ready server_id=(\d+) smtp=(\S+) workers=(\d+) snapshot=(\S+)(?: inbound=(\S+))?")
+READY = re.compile(r"dataplane ready server_id=(\d+) smtp=(\S+) workers=(\d+) snapshot=(\S+)(?: inbound=(\S+))?"
+                   r"(?: http=(\S+))?")
 LISTENING = re.compile(r"worker (\d+) pid (\d+) listening")
 QUEUED = re.compile(r"queued as ([0-9a-f]{26})")
 
@@ -108,7 +109,8 @@ class Dataplane:
 
     `delivery=False` (the default) adds `--no-delivery`: tests of the accept path
     read the spool records the delivery engine would consume. The inbound listener
-    gets a free port (`inbound_port`) unless `args` give `--inbound-listen`.
+    gets a free port (`inbound_port`) unless `args` give `--inbound-listen`, and so
+    does the REST Bridge (`http_port`) unless they give `--http-listen`.
     """
 
     def __init__(self, data_dir: Path, redis_url: str, server_id: int, *, workers: int = 1,
@@ -123,6 +125,8 @@ class Dataplane:
         ]
         if "--inbound-listen" not in args:
             self.cmd += ["--inbound-listen", "127.0.0.1:0"]
+        if "--http-listen" not in args:  # never the fixed default port: tests run side by side
+            self.cmd += ["--http-listen", "127.0.0.1:0"]
         if not delivery:  # tests of the accept path read the records the delivery engine would consume
             self.cmd.append("--no-delivery")
         if redis_url:
@@ -135,6 +139,7 @@ class Dataplane:
         self.host = ""
         self.port = 0
         self.inbound_port = 0
+        self.http_port = 0
 
     def _pump(self, stream) -> None:
         for line in stream:
@@ -159,6 +164,8 @@ class Dataplane:
         self.host, self.port = host.strip("[]"), int(port)
         if match.group(5):
             self.inbound_port = int(match.group(5).rpartition(":")[2])
+        if match.group(6):
+            self.http_port = int(match.group(6).rpartition(":")[2])
         return self
 
     def ready_match(self):

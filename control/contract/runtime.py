@@ -97,6 +97,12 @@ DEFAULT_INBOUND_LISTEN = f"127.0.0.1:{DEFAULT_INBOUND_PORT}"
 DATAPLANE_READY = "dataplane ready"
 DATAPLANE_READY_LINE = DATAPLANE_READY + " server_id={server_id} smtp={smtp} workers={workers} snapshot={snapshot}"
 DATAPLANE_READY_INBOUND = " inbound={inbound}"
+# With the REST Bridge on (`--http-listen`, not `none`): where it listens.
+DATAPLANE_READY_HTTP = " http={http}"
+
+# The REST Bridge, /healthz and /readyz (ARCHITECTURE.md, "Runtime defaults"): 8025 on loopback.
+DEFAULT_HTTP_PORT = 8025
+DEFAULT_HTTP_LISTEN = f"127.0.0.1:{DEFAULT_HTTP_PORT}"
 
 # What the sink prints once it listens: SINK_READY and its addresses, comma-separated
 # (`sink ready listen=127.0.0.1:2626`).
@@ -116,6 +122,12 @@ def ready_line_inbound(line: str) -> str | None:
     """The inbound listener's address (`HOST:PORT`) a data plane's ready line names,
     or None (the listener is off)."""
     return _ready_line_value(line, "inbound")
+
+
+def ready_line_http(line: str) -> str | None:
+    """The REST Bridge's address (`HOST:PORT`) a data plane's ready line names, or None
+    (it is off)."""
+    return _ready_line_value(line, "http")
 
 
 # -- processes and tasks -------------------------------------------------------------

@@ -231,7 +231,7 @@ class Stack:
         return [
             sys.executable, "-m", "dataplane", "--server-id", "1", "--data-dir", str(self.data_dir),
             "--redis-url", redis_url, "--smtp-listen", "127.0.0.1:0", "--inbound-listen", "127.0.0.1:0",
-            "--workers", str(self.options.workers),
+            "--http-listen", "127.0.0.1:0", "--workers", str(self.options.workers),
             "--log-level", "warning", "--route", f"*={host}:{port}",
             "--retry-schedule", self.options.retry_schedule, *self.options.dataplane_args,
         ]
