@@ -37,6 +37,9 @@ _CONTENT_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z
 _BUILT_HEADERS = frozenset({"from", "to", "cc", "bcc", "reply-to", "subject", "mime-version", "content-type",
                             "content-transfer-encoding", "content-disposition"})
 _FIELDS = frozenset({"from", "to", "cc", "bcc", "reply_to", "subject", "text", "html", "headers", "attachments"})
+# What may not be in a header value given in JSON: the C0 controls but TAB, DEL, and
+# what str.splitlines() breaks at (the stdlib's header folding refuses those as line breaks).
+_NOT_IN_HEADER = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 # An error quotes at most this much of the client's input (ARCHITECTURE.md, "Limits").
 _QUOTE = 80
 
@@ -57,8 +60,8 @@ def _quote(text: str) -> str:
 def _string(value, field: str) -> str:
     if not isinstance(value, str):
         raise malformed(f"{field} must be a string")
-    if "\r" in value or "\n" in value or "\0" in value:
-        raise invalid_message(f"{field} must be one line (no CR, LF or NUL)")
+    if _NOT_IN_HEADER.search(value):
+        raise invalid_message(f"{field} must be one line of text (no CR, LF, NUL or other control characters)")
     return value
 
 
@@ -116,6 +119,13 @@ def _attach(message: EmailMessage, attachments) -> None:
 def from_json(document) -> Submission:
     """The message a JSON send request describes, built as MIME (multipart/alternative
     for text plus html, multipart/mixed around it with attachments)."""
+    try:
+        return _build(document)
+    except (ValueError, TypeError, IndexError) as exc:  # what the email package refuses past the checks above
+        raise invalid_message(f"the message cannot be built: {str(exc)[:_QUOTE]}") from None
+
+
+def _build(document) -> Submission:
     if not isinstance(document, dict):
         raise malformed("the request body must be a JSON object (a message)")
     unknown = sorted(set(document) - _FIELDS)
