@@ -8,7 +8,7 @@ any of it is read, or from a chunked body as it arrives) and for a message built
 over the size limit, 415, 422 (bad address, no recipient, NUL bytes, a line too
 long, every recipient suppressed), 503 with Retry-After when the pool cannot send,
 and 429 once a client has failed too often: counted with SMTP AUTH's, so the SMTP
-Bridge then refuses that client too.
+Bridge then refuses that client too. Two workers share the HTTP port.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ async def test_every_refusal_is_a_problem_and_failures_count_with_smtp_auth(
     publish(redis_client, make_snapshot(SERVER, 1, [pool, paused], [bridge, stuck]))
     entry = SuppressionEntry(reason="bounce", at_ms=int(time.time() * 1000))
     redis_client.hset(rediskeys.suppression_key(bridge.user_id), "gone@example.net", entry.encode())
-    plane = start_dataplane(redis_url, SERVER, args=[
+    plane = start_dataplane(redis_url, SERVER, workers=2, args=[
         "--max-message-size", str(MAX_SIZE), "--auth-block-after", "3", "--auth-delay-after", "10",
         "--max-line-length", "200"])
     auth = basic(bridge.username, SECRET)

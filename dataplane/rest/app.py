@@ -49,6 +49,8 @@ JSON = "application/json"
 RFC822 = "message/rfc822"
 # Base64 grows an attachment by 4/3; the JSON around a message is far less than this.
 JSON_OVERHEAD = 64 * 1024
+# Bodies from this size on are parsed in a thread.
+OFF_LOOP_BYTES = 256 * 1024
 _BEARER = "bearer "
 _BASIC = "basic "
 
@@ -56,6 +58,12 @@ _BASIC = "basic "
 def body_limit(config: DataplaneConfig) -> int:
     """The largest request body read: a message of the size limit, base64 encoded, in JSON."""
     return config.max_message_size * 4 // 3 + JSON_OVERHEAD
+
+
+async def _built(document) -> Submission:
+    """`messages.from_json`, in a thread: building MIME with the stdlib `email` package
+    (base64 of the attachments included) is kept off the loop that serves SMTP too."""
+    return await asyncio.to_thread(from_json, document)
 
 
 def _credentials(header: str) -> tuple[bytes, bytes] | None:
@@ -127,8 +135,10 @@ class RestBridge:
         if request.content_type != JSON:
             raise Problem(415, "unsupported-media-type", "Unsupported media type",
                           f"Send {JSON} (or {RFC822} to /v1/messages), not {request.content_type[:80]!r}")
+        body = await self._body(request)
         try:
-            return json.loads(await self._body(request))
+            # A body of megabytes takes the parser a while: off the loop, which serves SMTP too.
+            return json.loads(body) if len(body) < OFF_LOOP_BYTES else await asyncio.to_thread(json.loads, body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise problems.malformed(f"The body is not JSON: {str(exc)[:120]}") from None
 
@@ -174,7 +184,7 @@ class RestBridge:
             submission = from_raw(await self._body(request), request.query.get("from"),
                                   request.query.getall("to", []))
         else:
-            submission = from_json(await self._json(request))
+            submission = await _built(await self._json(request))
         return web.json_response(await self.submit(request, bridge, submission), status=202)
 
     async def send_batch(self, request: web.Request) -> web.Response:
@@ -190,7 +200,7 @@ class RestBridge:
         results = []
         for message in messages:
             try:
-                results.append({"status": 202, **await self.submit(request, bridge, from_json(message))})
+                results.append({"status": 202, **await self.submit(request, bridge, await _built(message))})
             except Problem as problem:
                 results.append({"status": problem.status, "problem": problem.body()})
         everything = all(r["status"] == 202 for r in results)
