@@ -142,6 +142,7 @@ def content_refusal(config: DataplaneConfig, content: bytes | None) -> str | Non
         return REPLY_LINE_TOO_LONG.format(limit=max_line)
     return None
 
+
 class BridgeSMTP(PreAuthLimit, ListenerSMTP):
     """One SMTP Bridge connection.
 
