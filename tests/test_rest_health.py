@@ -2,7 +2,8 @@
 until a routing snapshot is loaded, and sends get 503 with Retry-After meanwhile;
 ready once it is; not ready (`redis` failing) while Redis is down, though the
 process stays alive (/healthz 200) and ready again when Redis is back. Also the
-free-disk floor: a floor above the disk's free space fails `disk`."""
+free-disk floor: a floor above the disk's free space fails `disk`. `--http-listen none`
+turns HTTP off."""
 
 from __future__ import annotations
 
@@ -65,3 +66,9 @@ async def test_readyz_fails_below_the_free_disk_floor(redis_client, redis_url, s
     async with aiohttp.ClientSession() as session:
         reply = await _ready(RestClient(session, plane.http_port), 503)
         assert reply.json["failing"] == ["disk"] and "floor" in reply.json["checks"]["disk"]["detail"]
+
+
+def test_http_listen_none_serves_no_http(redis_client, redis_url, start_dataplane):
+    publish(redis_client, make_snapshot(SERVER, 1, [make_pool(7, [("127.0.0.2", 1)])], [make_bridge(1, 7, SECRET)]))
+    plane = start_dataplane(redis_url, SERVER, args=["--http-listen", "none"])
+    assert plane.http_port == 0 and " http=" not in plane.log()
