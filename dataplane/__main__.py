@@ -19,6 +19,7 @@ from pathlib import Path
 from control.contract import file_modes
 from control.contract.runtime import (
     DEFAULT_DATAPLANE_METRICS_LISTEN,
+    DEFAULT_HTTP_LISTEN,
     DEFAULT_INBOUND_LISTEN,
     DEFAULT_SMTP_LISTEN,
     default_data_dir,
@@ -37,15 +38,17 @@ from .config import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     DEFAULT_MAX_LINE_LENGTH,
-    DEFAULT_PRE_AUTH_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_RECIPIENTS,
+    DEFAULT_MIN_FREE_DISK,
+    DEFAULT_PRE_AUTH_TIMEOUT,
     DEFAULT_QUEUE_LIFETIME,
     DEFAULT_RETRY_SCHEDULE,
     SMTP_PORT,
     AuthThrottleConfig,
     DataplaneConfig,
     DeliveryConfig,
+    HttpConfig,
     InboundConfig,
     argument_type,
     format_duration,
@@ -253,9 +256,14 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
                    metavar="HOST:PORT|none",
                    help="where the workers' Prometheus metrics are served, merged (port 0 picks one; 'none' "
                         f"turns it off; env POOLMTA_METRICS_LISTEN; default {DEFAULT_DATAPLANE_METRICS_LISTEN})")
-    # Given by `poolmta up` for the REST bridge, a later issue: accepted so `up`
-    # can pass it, not served yet.
-    p.add_argument("--http-listen", default=e("POOLMTA_HTTP_LISTEN"), help=argparse.SUPPRESS)
+    h = p.add_argument_group("REST Bridge and health endpoints")
+    h.add_argument("--http-listen", default=e("POOLMTA_HTTP_LISTEN", DEFAULT_HTTP_LISTEN), metavar="HOST:PORT|none",
+                   help="REST Bridge (POST /v1/messages, /openapi.json), /healthz and /readyz, on every worker "
+                        f"(port 0 picks one; 'none' turns it off; env POOLMTA_HTTP_LISTEN; default "
+                        f"{DEFAULT_HTTP_LISTEN})")
+    h.add_argument("--min-free-disk", type=_size, default=e("POOLMTA_MIN_FREE_DISK", str(DEFAULT_MIN_FREE_DISK)),
+                   help="free disk under the spool below which /readyz answers 503 (env POOLMTA_MIN_FREE_DISK; "
+                        "bytes or K/M/G; default 256M)")
     p.set_defaults(env_route=e("POOLMTA_ROUTE"), env_fbl=e("POOLMTA_FBL_ADDRESS"))
     return p
 
@@ -279,6 +287,13 @@ def _metrics_listen(text: str) -> tuple[str, int] | None:
         return parse_listen(text)
     except ValueError as exc:
         raise ValueError(f"--metrics-listen: {exc} (or 'none')") from None
+
+
+def _http_config(args: argparse.Namespace) -> HttpConfig:
+    """The REST Bridge's settings; ValueError naming a bad one."""
+    enabled = args.http_listen.strip().lower() not in ("none", "off")
+    host, port = parse_listen(args.http_listen) if enabled else ("127.0.0.1", 0)
+    return HttpConfig(enabled=enabled, host=host, port=port, min_free_disk=args.min_free_disk)
 
 
 def build_config(args: argparse.Namespace, redis_url: str) -> DataplaneConfig:
@@ -322,6 +337,7 @@ def build_config(args: argparse.Namespace, redis_url: str) -> DataplaneConfig:
         pre_auth_timeout=args.pre_auth_timeout,
         connection_cap_exempt=args.connection_cap_exempt,
         metrics_listen=_metrics_listen(args.metrics_listen),
+        http=_http_config(args),
     )
 
 
@@ -351,8 +367,6 @@ def main(argv: list[str] | None = None) -> int:
         config = build_config(args, redis_url=args.redis_url or "redis://placeholder")
     except ValueError as exc:
         parser.error(str(exc))
-    if args.http_listen:
-        log.info("--http-listen: the REST bridge is not part of this data plane yet; ignored")
     try:
         file_modes.private_dir(args.data_dir)
         spool.lock(config.spool_dir)  # its descriptor stays open, and the lock held, until exit

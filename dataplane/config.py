@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from control.contract.runtime import DEFAULT_INBOUND_PORT, DEFAULT_SMTP_PORT
+from control.contract.runtime import (
+    DEFAULT_HTTP_PORT,
+    DEFAULT_INBOUND_PORT,
+    DEFAULT_SMTP_PORT,
+)
 
 MIB = 1024 * 1024
 
@@ -344,6 +348,41 @@ class InboundConfig:
         return format_listen(self.host, self.port)
 
 
+# /readyz fails below this much free disk under the spool: a full disk fails every
+# spool write, so a load balancer should send new mail elsewhere before it is full.
+DEFAULT_MIN_FREE_DISK = 256 * MIB
+# Messages in one REST batch request (`POST /v1/messages/batch`).
+DEFAULT_REST_MAX_BATCH = 100
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The REST Bridge with /healthz and /readyz (`dataplane.rest`), served by every
+    worker on one SO_REUSEPORT port.
+
+    enabled: False = no HTTP listener (`--http-listen none`).
+    host, port: where it listens; port 0 lets the supervisor pick one.
+    min_free_disk: bytes free under the spool below which /readyz answers 503.
+    max_batch: messages one `POST /v1/messages/batch` may carry.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_HTTP_PORT
+    min_free_disk: int = DEFAULT_MIN_FREE_DISK
+    max_batch: int = DEFAULT_REST_MAX_BATCH
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"HTTP port must be 0-65535, got {self.port}")
+        if self.min_free_disk < 0 or self.max_batch < 1:
+            raise ValueError("--min-free-disk must not be negative and the batch size must be at least 1")
+
+    @property
+    def listen(self) -> str:
+        return format_listen(self.host, self.port)
+
+
 @dataclass(frozen=True)
 class DataplaneConfig:
     """What one data-plane server (supervisor plus its workers) needs to run.
@@ -387,6 +426,7 @@ class DataplaneConfig:
     metrics_listen: (host, port) where the supervisor serves the workers' merged
         Prometheus metrics (port 0 picks one); None = not served (the workers still
         count, in memory, when no metrics directory is set: `dataplane.metrics`).
+    http: the REST Bridge's and health endpoints' settings.
     """
 
     server_id: int
@@ -416,6 +456,7 @@ class DataplaneConfig:
     pre_auth_timeout: float = DEFAULT_PRE_AUTH_TIMEOUT
     connection_cap_exempt: tuple[str, ...] = ()
     metrics_listen: tuple[str, int] | None = None
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def __post_init__(self) -> None:
         if self.metrics_listen is not None and not 0 <= self.metrics_listen[1] <= 65535:

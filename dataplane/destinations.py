@@ -31,7 +31,14 @@ import dns.name
 import dns.resolver
 
 from .config import DeliveryConfig
-from .smtp_reply import BAD_DOMAIN, DNS_FAILED, NO_SUCH_DOMAIN, NULL_MX, Reply, local_reply
+from .smtp_reply import (
+    BAD_DOMAIN,
+    DNS_FAILED,
+    NO_SUCH_DOMAIN,
+    NULL_MX,
+    Reply,
+    local_reply,
+)
 
 DNS_LIFETIME = 10.0
 MAX_CACHE_SECONDS = 3600.0

@@ -161,7 +161,7 @@ def _selector(selector: str) -> str:
 def _a_label(domain: str) -> str | None:
     """`domain` lower-case, one trailing dot dropped, IDN labels as A-labels (the
     stdlib's IDNA 2003 codec); None when it is not a DNS host name."""
-    name = domain[:-1] if domain.endswith(".") else domain
+    name = domain.removesuffix(".")
     if not name.isascii():
         try:
             name = name.encode("idna").decode("ascii")

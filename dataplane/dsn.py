@@ -51,13 +51,19 @@ import email.policy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import Message, MIMEPart
 from email.utils import format_datetime, make_msgid
 
-from dataplane.dsn_request import Action, MailDsnParams, OriginalRecipient, Ret, is_null_sender
+from dataplane.dsn_request import (
+    Action,
+    MailDsnParams,
+    OriginalRecipient,
+    Ret,
+    is_null_sender,
+)
 
-__all__ = ["Action", "DsnError", "DsnRecipient", "build_dsn", "DEFAULT_MAX_RETURNED"]
+__all__ = ["DEFAULT_MAX_RETURNED", "Action", "DsnError", "DsnRecipient", "build_dsn"]
 
 DEFAULT_MAX_RETURNED = 64 * 1024
 # Field values are cut (diagnostics) or refused (addresses, ENVID) past these, so with
@@ -156,7 +162,7 @@ def build_dsn(
         raise DsnError(f"the original message must be bytes, not {type(original).__name__}")
     if type(max_returned) is not int or max_returned < 0:
         raise DsnError(f"max_returned must be a non-negative integer, got {str(max_returned)[:20]}")
-    now = _aware("now", now) if now is not None else datetime.now(timezone.utc)
+    now = _aware("now", now) if now is not None else datetime.now(UTC)
     blocks = [_per_message(host, mail_params.envid, _aware("arrival_date", arrival_date))]
     blocks += [_per_recipient(r) for r in recipients]
     actions = {r.action for r in recipients}
@@ -215,9 +221,9 @@ def _typed_address(addr_type: str, address: str) -> str:
         raise DsnError("an address and its type must be text")
     addr_type = addr_type.lower()
     if not _ADDR_TYPE.fullmatch(addr_type):
-        raise DsnError(f"address type {ascii(addr_type[:32])} is not an atom like rfc822 (RFC 3461 4.2)")
+        raise DsnError(f"address type {addr_type[:32]!a} is not an atom like rfc822 (RFC 3461 4.2)")
     if not address or any(ord(c) < 0x20 or ord(c) == 0x7F for c in address):
-        raise DsnError(f"address {ascii(address[:64])} is empty or contains control characters")
+        raise DsnError(f"address {address[:64]!a} is empty or contains control characters")
     if addr_type == "utf-8" or not address.isascii() or "=?" in address:
         address = "".join(c if c in _QCHAR else f"\\x{{{ord(c):02X}}}" for c in address)
         addr_type = "utf-8"
@@ -257,7 +263,7 @@ def _per_message(host: str, envid: str | None, arrival: datetime) -> Message:
     _set(block, "Reporting-MTA", f"dns; {host}")  # RFC 3464 2.2.2
     if envid is not None:  # RFC 3464 2.2.1: the ENVID, xtext-decoded
         if not isinstance(envid, str) or not 0 < len(envid) <= MAX_FIELD or not all(" " <= c <= "~" for c in envid):
-            raise DsnError(f"ENVID {ascii(str(envid)[:64])} is not printable US-ASCII of 1-{MAX_FIELD} characters")
+            raise DsnError(f"ENVID {str(envid)[:64]!a} is not printable US-ASCII of 1-{MAX_FIELD} characters")
         _set(block, "Original-Envelope-Id", envid)
     _set(block, "Arrival-Date", format_datetime(arrival))  # RFC 3464 2.2.5
     return block
@@ -270,14 +276,14 @@ def _with_action(r: DsnRecipient) -> DsnRecipient:
     try:
         return replace(r, action=Action(r.action))
     except ValueError:
-        raise DsnError(f"action {ascii(str(r.action)[:20])} is not one of RFC 3464 2.3.3's") from None
+        raise DsnError(f"action {str(r.action)[:20]!a} is not one of RFC 3464 2.3.3's") from None
 
 
 def _per_recipient(r: DsnRecipient) -> Message:
     action = r.action
     match = _STATUS.fullmatch(r.status) if isinstance(r.status, str) else None
     if match is None:
-        raise DsnError(f"status {ascii(str(r.status)[:20])} is not an RFC 3463 code like 5.1.1")
+        raise DsnError(f"status {str(r.status)[:20]!a} is not an RFC 3463 code like 5.1.1")
     if match.group(1) != _STATUS_CLASS[action]:
         raise DsnError(f"status {r.status} contradicts action {action}: it needs class {_STATUS_CLASS[action]}")
     for name in ("address", "remote_mta", "diagnostic"):
@@ -313,7 +319,7 @@ def _per_recipient(r: DsnRecipient) -> Message:
 def _hostname(name: str) -> str:
     host = name.removesuffix(".").lower() if isinstance(name, str) else ""
     if not _HOSTNAME.fullmatch(host):
-        raise DsnError(f"reporting MTA {ascii(str(name)[:64])} is not a hostname")
+        raise DsnError(f"reporting MTA {str(name)[:64]!a} is not a hostname")
     return host
 
 
@@ -324,7 +330,7 @@ def _sender(sender: str) -> str:
     if address.startswith("<") and address.endswith(">"):
         address = address[1:-1]
     if len(address) > MAX_FIELD or not _MAILBOX.fullmatch(address):
-        raise DsnError(f"sender {ascii(sender[:64])} is not a mailbox a DSN can be addressed to")
+        raise DsnError(f"sender {sender[:64]!a} is not a mailbox a DSN can be addressed to")
     return address
 
 

@@ -132,7 +132,7 @@ def xtext_encode(text: str) -> str:
         try:
             octets = char.encode("utf-8")
         except UnicodeEncodeError:
-            raise DsnParamError(f"{ascii(char)} has no UTF-8 form") from None
+            raise DsnParamError(f"{char!a} has no UTF-8 form") from None
         out.extend(f"+{octet:02X}" for octet in octets)
     return "".join(out)
 
@@ -158,7 +158,7 @@ def xtext_decode(value: str, *, allow_utf8: bool = False) -> str:
         elif allow_utf8 and ord(char) > 0x7F:
             octets += char.encode("utf-8", "surrogatepass")  # a lone surrogate fails the decode below
         else:
-            raise DsnParamError(f"xtext {_quote(value)}: character {ascii(char)} must be written as +XX")
+            raise DsnParamError(f"xtext {_quote(value)}: character {char!a} must be written as +XX")
         i += 1
     try:
         return octets.decode("utf-8")

@@ -28,12 +28,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from control.contract.metrics_http import MetricsHttpServer
-
-
 
 # The variable prometheus-client reads, at import, to count in multiprocess mode.
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -52,7 +50,7 @@ class LabelledCounter:
     """A Counter with labels whose children are made once per label values and kept:
     `inc(*values, n)` costs a dict lookup more than the increment itself."""
 
-    __slots__ = ("_metric", "_children")
+    __slots__ = ("_children", "_metric")
 
     def __init__(self, metric: Counter) -> None:
         self._metric = metric
@@ -69,7 +67,7 @@ class LabelledCounter:
 class LabelledGauge:
     """A Gauge with labels whose children are made once per label values and kept."""
 
-    __slots__ = ("_metric", "_children")
+    __slots__ = ("_children", "_metric")
 
     def __init__(self, metric: Gauge) -> None:
         self._metric = metric
@@ -178,10 +176,21 @@ def process_died(pid: int, directory: Path) -> None:
     mark_process_dead(pid, str(directory))
 
 
+def merged_registry(directory: Path) -> CollectorRegistry:
+    """A registry that reads every worker's metrics files in `directory`, summed."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    return registry
+
+
 def serve(host: str, port: int, directory: Path) -> MetricsHttpServer:
     """Serve the merged metrics of every worker (the files in `directory`) at
     `http://host:port/metrics`, in a thread of the supervisor. OSError when the
     address cannot be bound."""
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(directory))
-    return MetricsHttpServer(host, port, registry)
+    return MetricsHttpServer(host, port, merged_registry(directory))
+
+
+def exposition(directory: Path) -> tuple[bytes, str]:
+    """The merged metrics in Prometheus's text format, and its content type: what a
+    worker's HTTP port answers at /metrics, the same figures as the supervisor's."""
+    return generate_latest(merged_registry(directory)), CONTENT_TYPE_LATEST

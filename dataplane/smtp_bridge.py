@@ -59,6 +59,7 @@ from .smtp_listener import (
 from .snapshot_loader import SnapshotLoader
 from .spool import Spool, SpoolRecord, SpoolWriteError
 from .stats_batcher import StatsBatcher
+from .submission import Acceptance, Submitter
 from .suppression import SuppressionLookup
 from .tls import client_handshake_failed
 from .trace_header import address_literal, line_ending, printable, rfc5322_date
@@ -125,6 +126,22 @@ def _address_refusal(address: str, smtp_utf8: bool) -> str | None:
         return REPLY_BAD_ADDRESS_ENCODING
     if not smtp_utf8 and not address.isascii():
         return REPLY_NEEDS_SMTPUTF8
+    return None
+
+
+def content_refusal(config: DataplaneConfig, content: bytes | None) -> str | None:
+    """The reply refusing a message's content for a limit (None = too big), or None
+    when it may be accepted. The SMTP and REST Bridges both apply it."""
+    if content is None or len(content) > config.max_message_size:
+        return REPLY_TOO_BIG.format(limit=config.max_message_size)
+    if b"\0" in content:
+        # RFC 5321 2.3.8 and 4.1.1.4, RFC 5322 2.1 and 2.3: a message has no NUL.
+        # Refused rather than stripped: the sender learns its message was broken.
+        return REPLY_NUL_IN_MESSAGE
+    max_line = config.max_line_length
+    if len(content) > max_line and max(map(len, content.split(b"\n"))) > max_line + 1:
+        # +1: split on LF leaves the CR of CRLF on each line.
+        return REPLY_LINE_TOO_LONG.format(limit=max_line)
     return None
 
 
@@ -219,18 +236,8 @@ class BridgeSMTP(PreAuthLimit, ListenerSMTP):
 
     async def message_received(self, content: bytes | None) -> str:
         """The reply to the end of DATA: a limit's reply, or the handler's (spooled, 250)."""
-        config = self.bridge_handler.config
-        if content is None:
-            return REPLY_TOO_BIG.format(limit=config.max_message_size)
-        if b"\0" in content:
-            # RFC 5321 2.3.8 and 4.1.1.4, RFC 5322 2.1 and 2.3: a message has no NUL.
-            # Refused rather than stripped: the sender learns its message was broken.
-            return REPLY_NUL_IN_MESSAGE
-        max_line = config.max_line_length
-        if len(content) > max_line and max(map(len, content.split(b"\n"))) > max_line + 1:
-            # +1: split on LF leaves the CR of CRLF on each line.
-            return REPLY_LINE_TOO_LONG.format(limit=max_line)
-        return await self.handler_reply(content)
+        refusal = content_refusal(self.bridge_handler.config, content)
+        return refusal if refusal is not None else await self.handler_reply(content)
 
 
 class BridgeHandler(ListenerHandler):
@@ -342,6 +349,12 @@ class BridgeHandler(ListenerHandler):
 
     async def handle_DATA(self, server: BridgeSMTP, session: Session, envelope: BridgeEnvelope) -> str:
         """Route, stamp, spool (durably), count; the 250 carries the message id."""
+        return (await self.accept(envelope, Submitter.of_session(server, session, envelope.auth_kind))).reply
+
+    async def accept(self, envelope: BridgeEnvelope, client: Submitter) -> Acceptance:
+        """Accept a message whose Bridge, sender and recipients are decided (the SMTP
+        Bridge at end of DATA, the REST Bridge per message): route, stamp, spool
+        (durably), count. The content's limits (`content_refusal`) are checked before."""
         routing = self.loader.current
         bridge = envelope.bridge
         assert routing is not None and bridge is not None
@@ -349,17 +362,17 @@ class BridgeHandler(ListenerHandler):
             route = routing.route(bridge)
         except PoolGone:
             log.warning("bridge %d: pool %d not in snapshot %d", bridge.bridge_id, bridge.smtp_id, routing.version)
-            return REPLY_POOL_GONE
+            return Acceptance(REPLY_POOL_GONE)
         except NoUsableIp:
             pool = routing.pool(bridge.smtp_id)
             log.warning("pool %s has no usable IP in snapshot %d", pool.internal_name, routing.version)
-            return REPLY_NO_USABLE_IP.format(pool=pool.internal_name)
+            return Acceptance(REPLY_NO_USABLE_IP.format(pool=pool.internal_name))
         message_id = self.spool.new_id()
         now = time.time()
         raw = envelope.original_content
         assert isinstance(raw, bytes)
         eol = line_ending(raw)
-        stamped = self._trace_header(server, session, envelope, message_id, now, eol) + stamp(raw, route)
+        stamped = self._trace_header(client, envelope, message_id, now, eol) + stamp(raw, route)
         # DKIM after stamping (RFC 6376 section 5): our signatures go on top, any the
         # client made stay below them. Unsigned mail is still accepted, and counted.
         signing = routing.signing(bridge, route, raw)
@@ -370,9 +383,9 @@ class BridgeHandler(ListenerHandler):
             server_id=self.config.server_id,
             snapshot_version=routing.version,
             worker=self.worker_id,
-            client_address=server.peer_address,
-            client_helo=_as_sent(session.host_name or ""),
-            tls=server.tls_active,
+            client_address=client.address,
+            client_helo=_as_sent(client.helo),
+            tls=client.tls,
             auth=envelope.auth_kind,
             bridge_id=bridge.bridge_id,
             bridge_username=bridge.username,
@@ -412,13 +425,13 @@ class BridgeHandler(ListenerHandler):
         except SpoolWriteError as exc:
             self.stats.end(group, committed=False)
             log.error("message from bridge %d not queued: %s", bridge.bridge_id, exc)
-            return REPLY_SPOOL_FAILED
+            return Acceptance(REPLY_SPOOL_FAILED)
         self.stats.end(group)
         metrics.messages_accepted.inc(record.pool, record.ip)
         metrics.recipients_accepted.inc(record.pool, record.ip, n=recipients)
         if self.delivery is not None:
             self.delivery.accepted(record)
-        return REPLY_QUEUED.format(id=message_id)
+        return Acceptance(REPLY_QUEUED.format(id=message_id), message_id)
 
     async def handle_exception(self, error: Exception) -> str:
         if client_handshake_failed(error, log):
@@ -435,20 +448,15 @@ class BridgeHandler(ListenerHandler):
             self._date_text = rfc5322_date(now)
         return self._date_text
 
-    def _trace_header(self, server: BridgeSMTP, session: Session, envelope: BridgeEnvelope,
+    def _trace_header(self, client: Submitter, envelope: BridgeEnvelope,
                       message_id: str, now: float, eol: str) -> bytes:
         """The Received header (RFC 5321 4.4) ending its lines with `eol`."""
-        protocol = "ESMTP" if session.extended_smtp else "SMTP"
-        if server.tls_active:
-            protocol += "S"
-        if envelope.auth_kind == "auth":
-            protocol += "A"  # RFC 3848
         recipient = ""
         if len(envelope.rcpt_tos) == 1:
             recipient = f"{eol}\tfor <{printable(envelope.rcpt_tos[0], 320)}>"
         text = (
-            f"Received: from {printable(session.host_name)} (unknown {address_literal(server.peer_address)})"
-            f"{eol}\tby {printable(server.hostname)} (poolmta) with {protocol} id {message_id}"
+            f"Received: from {printable(client.helo)} (unknown {address_literal(client.address)})"
+            f"{eol}\tby {printable(client.hostname)} (poolmta) with {client.protocol} id {message_id}"
             f"{recipient}; {self._date(now)}{eol}"
         )
         return text.encode("ascii")

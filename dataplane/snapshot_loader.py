@@ -105,7 +105,7 @@ class SnapshotLoader:
         self._tasks = []
         try:
             await asyncio.wait_for(self._redis.hdel(self._acks_key, self.worker_id), 1.0)
-        except (asyncio.TimeoutError, *REDIS_ERRORS):
+        except (TimeoutError, *REDIS_ERRORS):
             pass
 
     async def check_current(self) -> None:

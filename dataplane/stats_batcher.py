@@ -65,7 +65,16 @@ from redis import exceptions as redis_errors
 from control.contract import rediskeys
 from control.contract.runtime import reraise_if_cancelling
 
-from .stats_journal import COUNT, EVENT, INDEX, SUPPRESSION, Segment, SegmentRecords, StatsJournal, read_segment
+from .stats_journal import (
+    COUNT,
+    EVENT,
+    INDEX,
+    SUPPRESSION,
+    Segment,
+    SegmentRecords,
+    StatsJournal,
+    read_segment,
+)
 
 log = logging.getLogger("poolmta.dataplane.stats")
 

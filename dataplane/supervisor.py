@@ -27,7 +27,12 @@ from multiprocessing.connection import Connection, wait
 from typing import IO
 
 from control.contract.metrics_http import MetricsHttpServer
-from control.contract.runtime import DATAPLANE_READY_INBOUND, DATAPLANE_READY_LINE, DATAPLANE_READY_METRICS
+from control.contract.runtime import (
+    DATAPLANE_READY_HTTP,
+    DATAPLANE_READY_INBOUND,
+    DATAPLANE_READY_LINE,
+    DATAPLANE_READY_METRICS,
+)
 
 from . import metrics, spool, stats_journal_recovery
 from .config import DataplaneConfig, format_listen
@@ -181,6 +186,10 @@ class Supervisor:
                 reservations.append(_reserve(config.inbound.host, config.inbound.port, config.inbound.listen))
                 config = dataclasses.replace(config, inbound=dataclasses.replace(
                     config.inbound, port=reservations[1].getsockname()[1]))
+            if config.http.enabled:
+                reservations.append(_reserve(config.http.host, config.http.port, config.http.listen))
+                config = dataclasses.replace(config, http=dataclasses.replace(
+                    config.http, port=reservations[-1].getsockname()[1]))
             self.config = config
             self._serve_metrics()
             self._resolve_journals()  # what the last run left (kill -9 included), before any worker
@@ -194,7 +203,8 @@ class Supervisor:
             self.out.write(DATAPLANE_READY_LINE.format(
                 server_id=config.server_id, smtp=format_listen(config.smtp_host, port),
                 workers=config.workers, snapshot=snapshot,
-            ) + inbound + self._ready_metrics() + "\n")
+            ) + inbound + self._ready_metrics()
+            + (DATAPLANE_READY_HTTP.format(http=config.http.listen) if config.http.enabled else "") + "\n")
             self.out.flush()
             self._serve()
             return 0

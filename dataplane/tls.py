@@ -52,7 +52,7 @@ def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
         x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64]),
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "poolmta self-signed"),
     ])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     alt_names: list[x509.GeneralName] = [x509.DNSName(hostname), x509.DNSName("localhost"),
                                          x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     cert = (

@@ -71,7 +71,9 @@ from dataclasses import dataclass
 
 from control.contract.bounce_domain import DOMAIN as _DOMAIN
 from control.contract.bounce_domain import MAX_BOUNCE_DOMAIN_LENGTH, BounceDomainError
-from control.contract.bounce_domain import check_bounce_domain as contract_check_bounce_domain
+from control.contract.bounce_domain import (
+    check_bounce_domain as contract_check_bounce_domain,
+)
 from dataplane.verp_keyring import KeyringError, VerpKey, VerpKeyring
 
 log = logging.getLogger("poolmta.dataplane.verp")

@@ -22,6 +22,7 @@ import threading
 import time
 
 import redis.asyncio as aioredis
+from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -36,6 +37,7 @@ from .delivery import DeliveryEngine
 from .delivery.queue_control import QueueControl
 from .dkim_keys import DkimKeyCache
 from .inbound import Accounting, Attributor, InboundHandler, InboundSMTP, ReportIntake
+from .rest import Health, RestBridge, build_app
 from .return_path import ReturnPaths, open_codec
 from .smtp_bridge import BridgeHandler, BridgeSMTP
 from .smtp_listener import REPLY_SHUTTING_DOWN
@@ -194,9 +196,11 @@ class Worker:
                 sock=listening_socket(config.inbound.host, config.inbound.port),
             )
             listeners.append((inbound_server, inbound))
+        http_runner = await self._start_http(handler, redis, loader) if config.http.enabled else None
         log.info("worker %d pid %d listening on %s%s (snapshot version %d)",
                  self.index, os.getpid(), format_listen(config.smtp_host, config.smtp_port),
-                 f", inbound {config.inbound.listen}" if config.inbound.enabled else "", loader.version)
+                 (f", inbound {config.inbound.listen}" if config.inbound.enabled else "")
+                 + (f", http {config.http.listen}" if config.http.enabled else ""), loader.version)
         ready.send(("ready", self.index, os.getpid(), loader.version))
         ready.close()
         queue_control = loop.create_task(QueueControl(
@@ -212,7 +216,30 @@ class Worker:
             sampler.cancel()
             queue_control.cancel()
             await asyncio.gather(queue_control, return_exceptions=True)
+            if http_runner is not None:
+                await http_runner.cleanup()  # stops taking requests; those under way finish first
             await self._shutdown(listeners, loader, stats, spool, redis, delivery, caps)
+
+    async def _start_http(self, handler: BridgeHandler, redis, loader: SnapshotLoader) -> web.AppRunner:
+        """The REST Bridge and health endpoints on the shared HTTP port (`dataplane.rest`)."""
+        config = self.config
+        bridge = RestBridge(config, handler=handler, throttle=handler.throttle, redis=redis,
+                            hostname=lambda: self._hostname(loader))
+        health = Health(redis=redis, loader=loader, spool_dir=config.spool_dir,
+                        min_free_disk=config.http.min_free_disk)
+        app = build_app(bridge, health)
+        if config.metrics_listen is not None:  # the workers count into the shared metrics directory
+            app.router.add_get("/metrics", self._metrics_page)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_grace)
+        await runner.setup()
+        await web.SockSite(runner, listening_socket(config.http.host, config.http.port)).start()
+        return runner
+
+    async def _metrics_page(self, _request: web.Request) -> web.Response:
+        """/metrics on the HTTP port: every worker's figures merged, as the supervisor's
+        --metrics-listen serves them (read in a thread: it reads one file per worker)."""
+        body, content_type = await asyncio.to_thread(metrics.exposition, self.config.metrics_dir)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     def _caps(self, redis, listener: str, total: int) -> ConnectionCaps:
         config = self.config

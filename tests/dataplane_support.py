@@ -31,13 +31,20 @@ import redis
 
 from control.contract import rediskeys
 from control.contract.secrets import hash_secret
-from control.contract.snapshot import IP_ACTIVE, BridgeRoute, IpRoute, PoolRoute, Snapshot, encode
+from control.contract.snapshot import (
+    IP_ACTIVE,
+    BridgeRoute,
+    IpRoute,
+    PoolRoute,
+    Snapshot,
+    encode,
+)
 from dataplane import spool
 from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"dataplane ready server_id=(\d+) smtp=(\S+) workers=(\d+) snapshot=(\S+)(?: inbound=(\S+))?"
-                   r"(?: metrics=(\S+))?")
+                   r"(?: metrics=(\S+))?(?: http=(\S+))?")
 LISTENING = re.compile(r"worker (\d+) pid (\d+) listening")
 QUEUED = re.compile(r"queued as ([0-9a-f]{26})")
 
@@ -110,7 +117,8 @@ class Dataplane:
     `delivery=False` (the default) adds `--no-delivery`: tests of the accept path
     read the spool records the delivery engine would consume. The inbound listener
     gets a free port (`inbound_port`) unless `args` give `--inbound-listen`, and so do
-    the metrics (`metrics_port`) unless they give `--metrics-listen`.
+    the metrics (`metrics_port`) and the REST Bridge (`http_port`) unless they give
+    `--metrics-listen` / `--http-listen`.
     """
 
     def __init__(self, data_dir: Path, redis_url: str, server_id: int, *, workers: int = 1,
@@ -127,6 +135,8 @@ class Dataplane:
             self.cmd += ["--inbound-listen", "127.0.0.1:0"]
         if "--metrics-listen" not in args:
             self.cmd += ["--metrics-listen", "127.0.0.1:0"]
+        if "--http-listen" not in args:  # never the fixed default port: tests run side by side
+            self.cmd += ["--http-listen", "127.0.0.1:0"]
         if not delivery:  # tests of the accept path read the records the delivery engine would consume
             self.cmd.append("--no-delivery")
         if redis_url:
@@ -140,6 +150,7 @@ class Dataplane:
         self.port = 0
         self.inbound_port = 0
         self.metrics_port = 0
+        self.http_port = 0
 
     def _pump(self, stream) -> None:
         for line in stream:
@@ -166,6 +177,8 @@ class Dataplane:
             self.inbound_port = int(match.group(5).rpartition(":")[2])
         if match.group(6):
             self.metrics_port = int(match.group(6).rpartition(":")[2])
+        if match.group(7):
+            self.http_port = int(match.group(7).rpartition(":")[2])
         return self
 
     def ready_match(self):

@@ -67,6 +67,10 @@ def test_two_workers_metrics_sum_and_match_the_stats_and_the_sink_and_logs_are_j
     assert wait_until(settled, timeout=90, interval=0.2), stats_of(redis_client, SERVER, 7, IPS)
     assert wait_until(lambda: total(scrape_metrics(endpoint), "poolmta_spool_messages") == 0, timeout=10)
     samples = scrape_metrics(endpoint)
+    # The workers' HTTP port (REST Bridge, health) serves the same merged figures.
+    on_http_port = scrape_metrics(f"127.0.0.1:{plane.http_port}")
+    for name in ("poolmta_messages_accepted_total", "poolmta_deliveries_total"):
+        assert on_http_port[name] == samples[name], name
 
     # Per source IP: exactly the counters StatsService reads, and what the sink saw.
     stats = stats_of(redis_client, SERVER, 7, IPS)

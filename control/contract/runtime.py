@@ -96,7 +96,7 @@ DEFAULT_CONTROL_METRICS_LISTEN = "127.0.0.1:9124"
 DEFAULT_DATAPLANE_METRICS_LISTEN = "127.0.0.1:9125"
 
 # What the data plane prints on stdout once every worker serves, e.g.
-#   dataplane ready server_id=1 smtp=127.0.0.1:2525 workers=2 snapshot=7 inbound=127.0.0.1:2526 metrics=127.0.0.1:9125
+#   dataplane ready server_id=1 smtp=127.0.0.1:2525 workers=2 snapshot=7 inbound=127.0.0.1:2526 metrics=127.0.0.1:9125 http=127.0.0.1:8025
 # (snapshot=none before the first snapshot; no inbound= with the inbound listener off,
 # no metrics= with the metrics not served);
 # a line holding DATAPLANE_READY is that line.
@@ -105,6 +105,12 @@ DATAPLANE_READY_LINE = DATAPLANE_READY + " server_id={server_id} smtp={smtp} wor
 DATAPLANE_READY_INBOUND = " inbound={inbound}"
 # Appended when the data plane serves its metrics (`metrics=127.0.0.1:9125`).
 DATAPLANE_READY_METRICS = " metrics={metrics}"
+# With the REST Bridge on (`--http-listen`, not `none`): where it listens.
+DATAPLANE_READY_HTTP = " http={http}"
+
+# The REST Bridge, /healthz and /readyz (ARCHITECTURE.md, "Runtime defaults"): 8025 on loopback.
+DEFAULT_HTTP_PORT = 8025
+DEFAULT_HTTP_LISTEN = f"127.0.0.1:{DEFAULT_HTTP_PORT}"
 
 # What the sink prints once it listens: SINK_READY and its addresses, comma-separated
 # (`sink ready listen=127.0.0.1:2626`).
@@ -130,6 +136,12 @@ def ready_line_metrics(line: str) -> str | None:
     """The address (`HOST:PORT`) a data plane's ready line says its metrics are served
     on, or None (not served)."""
     return _ready_line_value(line, "metrics")
+
+
+def ready_line_http(line: str) -> str | None:
+    """The REST Bridge's address (`HOST:PORT`) a data plane's ready line names, or None
+    (it is off)."""
+    return _ready_line_value(line, "http")
 
 
 # -- processes and tasks -------------------------------------------------------------

@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING
 from ..config import DeliveryConfig, format_duration
 from ..destinations import Destinations, LookupFailed, family_of
 from ..dsn_relay import next_hop_mail_params, next_hop_rcpt_params
-from ..smtp_client import BindError, ConnectError, SessionError, SmtpConnection, client_tls_context
+from ..smtp_client import (
+    BindError,
+    ConnectError,
+    SessionError,
+    SmtpConnection,
+    client_tls_context,
+)
 from ..smtp_reply import (
     BAD_ADDRESS,
     BIND_FAILED,

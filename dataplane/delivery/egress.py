@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from _fastpath import NoUsableIp, RotationTable
+from control.contract.runtime import reraise_if_cancelling
 
 from .. import metrics
 from ..config import DataplaneConfig
@@ -42,7 +43,6 @@ from ..return_path import ReturnPaths
 from ..smtp_client import SmtpConnection
 from ..smtp_reply import DEFERRED, NO_SOURCE_IP, STAGE_RCPT, classify, local_reply
 from ..spool import SpoolCorrupt
-from control.contract.runtime import reraise_if_cancelling
 from .dispatcher import Dispatcher, quit_quietly
 from .outcomes import Outcomes
 from .queue import DeliveryJob, DeliveryQueue, QueuedMessage

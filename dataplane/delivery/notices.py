@@ -30,7 +30,7 @@ import logging
 import socket
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from _fastpath import inject
 from control.contract.headers import STAMPED_HEADERS
@@ -50,7 +50,7 @@ DSN_NONE = "none"
 
 
 def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def _remote_host(mx: str) -> str | None:

@@ -35,8 +35,17 @@ import hashlib
 from collections.abc import Sequence
 
 from control.contract import rediskeys
-from control.contract.delivery_event import BOUNCED, COMPLAINED, DELIVERED, DeliveryEvent
-from control.contract.suppression import AddressError, SuppressionEntry, normalize_address
+from control.contract.delivery_event import (
+    BOUNCED,
+    COMPLAINED,
+    DELIVERED,
+    DeliveryEvent,
+)
+from control.contract.suppression import (
+    AddressError,
+    SuppressionEntry,
+    normalize_address,
+)
 from control.contract.unattributed import RAW_KEPT_BYTES, UnattributedReport
 
 from .attribution import BOUNCE, Target

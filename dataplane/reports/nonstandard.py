@@ -17,7 +17,13 @@ from email.utils import getaddresses
 
 from flufl.bounce import all_failures
 
-from .limits import MAX_DETECTOR_TEXT, MAX_DIAGNOSTIC, MAX_RECIPIENTS, MAX_RETURNED_HEADERS, MAX_SCANNED_TEXT
+from .limits import (
+    MAX_DETECTOR_TEXT,
+    MAX_DIAGNOSTIC,
+    MAX_RECIPIENTS,
+    MAX_RETURNED_HEADERS,
+    MAX_SCANNED_TEXT,
+)
 from .mime import DECODE_ERRORS, RETURNED_TYPES, Walk, clean, content_type, field_blocks
 from .mime import payload as part_payload
 from .results import Action, RecipientStatus
@@ -164,7 +170,7 @@ def detect(msg: Message, text: str) -> Detected:
         temporary, permanent = all_failures(msg)
     # flufl.bounce re-raises whatever one of its heuristic detectors raised on a
     # malformed message; that is a bounce we could not read, not a crash.
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.debug("flufl.bounce failed on a report", exc_info=True)
         return Detected((), f"bounce detectors failed ({type(exc).__name__})")
     text = text[:MAX_SCANNED_TEXT]

@@ -172,7 +172,7 @@ def parse_report(data: bytes | bytearray | memoryview) -> Report:
     # The last line of defence for the inbound listener: the stdlib email package
     # and the detectors are large; an input that finds a bug in them (or here) is
     # still answered. The suite checks this branch is never taken on its inputs.
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.warning("report parser failed; reporting unknown", exc_info=True)
         return Report(kind="unknown", problem=f"{PARSER_ERROR} ({type(exc).__name__})")
 

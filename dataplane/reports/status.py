@@ -81,7 +81,7 @@ def strip_type(value: str) -> str:
     return rest.strip() if semicolon and head and " " not in head else value.strip()
 
 
-_TYPED = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9-]*)\s*;(.*)$", re.S)
+_TYPED = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9-]*)\s*;(.*)$", re.DOTALL)
 _COMMENT = re.compile(r"\([^()]*\)")
 _XTEXT = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
 

@@ -43,7 +43,14 @@ from dataplane.message_headers import header_fields
 from dataplane.smtp_wire import WireSMTP
 
 from .config import SinkConfig
-from .counts import COUNTS_INTERVAL, CountsFile, PeerCounts, SinkCounts, print_report, report_console
+from .counts import (
+    COUNTS_INTERVAL,
+    CountsFile,
+    PeerCounts,
+    SinkCounts,
+    print_report,
+    report_console,
+)
 from .rules import ActionKind, RuleSet
 
 log = logging.getLogger("poolmta.sink")

@@ -41,7 +41,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .durable import FILE_MODE, GroupFsync, fsync_dir, remove_durably, write_durably
-from .record import SpoolCorrupt, SpoolError, SpoolRecord, encode_record, looks_complete, read_record
+from .record import (
+    SpoolCorrupt,
+    SpoolError,
+    SpoolRecord,
+    encode_record,
+    looks_complete,
+    read_record,
+)
 
 RECORD_SUFFIX = ".msg"
 TEMP_SUFFIX = ".tmp"

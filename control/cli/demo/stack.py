@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import IO
 
 from ...config import ControlConfig
-from ...contract.runtime import DATAPLANE_READY, SINK_READY, ready_line_inbound, ready_line_smtp
+from ...contract.runtime import (
+    DATAPLANE_READY,
+    SINK_READY,
+    ready_line_inbound,
+    ready_line_smtp,
+)
 from ...embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from ..children import DATAPLANE_STOP_SECONDS, start_child, stop_child
 from ..serve import CONTROL_STOP_EXTRA_SECONDS, stop_within
@@ -231,7 +236,7 @@ class Stack:
         return [
             sys.executable, "-m", "dataplane", "--server-id", "1", "--data-dir", str(self.data_dir),
             "--redis-url", redis_url, "--smtp-listen", "127.0.0.1:0", "--inbound-listen", "127.0.0.1:0",
-            "--metrics-listen", "127.0.0.1:0",
+            "--metrics-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
             "--workers", str(self.options.workers),
             "--log-level", "warning", "--route", f"*={host}:{port}",
             "--retry-schedule", self.options.retry_schedule, *self.options.dataplane_args,
