@@ -240,12 +240,15 @@ def test_bytes_outside_the_stamped_fields_are_preserved(headers_twins, raw, stam
 
 @FAST
 @given(value=st.binary(max_size=12), name=st.binary(max_size=6))
+@example(value=b"", name=b"from")  # found by hypothesis: the name of the message's own field
 def test_only_valid_names_and_values_pass(headers_twins, value, name):
     name_ok = bool(name) and all(33 <= c <= 126 and c != ord(":") for c in name)
     value_ok = not any(c in value for c in b"\r\n\0")
     for twin in headers_twins:
         result = outcome(twin.inject, b"From: a\r\n\r\n", [(name, value)])
         if name_ok and value_ok:
-            assert result == ("ok", name + b": " + value + b"\r\nFrom: a\r\n\r\n")
+            # A stamped name replaces the message's own field of that name (any case).
+            kept = b"" if name.lower() == b"from" else b"From: a\r\n"
+            assert result == ("ok", name + b": " + value + b"\r\n" + kept + b"\r\n")
         else:
             assert result[:2] == ("raised", ValueError)
