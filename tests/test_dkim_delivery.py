@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import shutil
+import urllib.request
 from pathlib import Path
 
 import dkim
@@ -94,6 +96,17 @@ class Setup:
         username, secret, _ = self.bridges[label]
         plan = [(key, [f"{key}@{DESTINATION}"], raw) for key, raw in messages]
         return await asyncio.to_thread(send_all, self.plane.port, username, secret, plan, sessions=1)
+
+    def send_rest(self, label: str, message: dict) -> str:
+        """POST one JSON message to the data plane's REST Bridge as `label`'s Bridge; its id."""
+        username, secret, _ = self.bridges[label]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.plane.http_port}/v1/messages", data=json.dumps(message).encode(),
+            headers={"Content-Type": "application/json",
+                     "Authorization": "Basic " + base64.b64encode(f"{username}:{secret}".encode()).decode()})
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            assert reply.status == 202
+            return json.loads(reply.read())["id"]
 
     async def start(self, start_dataplane, start_sink, *, delivery: bool = True) -> None:
         if not hasattr(self, "sink"):
@@ -177,8 +190,11 @@ async def test_every_message_verifies_with_the_domain_that_should_sign_it(setup,
         ("pooldomain", mail("pooldomain", "a@nokey.example", body=b"")),
         ("ownfeedback", mail("ownfeedback", "b@example.com")),
     ])
-    got = await setup.received(7)
+    ids["rest"] = await asyncio.to_thread(setup.send_rest, "plain", {  # the REST Bridge signs alike
+        "from": "News <news@example.com>", "to": [f"rest@{DESTINATION}"], "subject": "case rest", "text": "Hello."})
+    got = await setup.received(8)
     expect = {
+        "rest": [("example.com", own.selector)],
         "barelf": [("example.com", own.selector)],
         "own": [("example.com", own.selector)],
         "parent": [("ed.example", parent.selector)],
@@ -209,7 +225,7 @@ async def test_every_message_verifies_with_the_domain_that_should_sign_it(setup,
     status = await setup.acme.stats.GetMessageStatus(pb.GetMessageStatusRequest(message_id=ids["unsigned"]))
     assert [e.dkim for e in status.events] == ["unsigned: no key for nokey.example"]
     stats = await setup.acme.stats.GetPoolStats(pb.GetPoolStatsRequest(smtp_id=plain))
-    assert (stats.sent, stats.dkim_unsigned) == (5, 1)
+    assert (stats.sent, stats.dkim_unsigned) == (6, 1)
 
 
 async def test_mail_signed_before_a_rotation_verifies_with_the_old_selector(
