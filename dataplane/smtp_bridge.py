@@ -411,7 +411,8 @@ class BridgeHandler(ListenerHandler):
         recipients = len(dict.fromkeys(record.rcpt_tos))
         stats = [self.stats.count_record("sent", route.pool.smtp_id, route.address, recipients)]
         if not signing.keys:
-            stats.append(self.stats.count_record("dkim_unsigned", route.pool.smtp_id, ""))
+            # Per pool and per IP, like `sent`, so an IP's figures add up as its pool's do.
+            stats.append(self.stats.count_record("dkim_unsigned", route.pool.smtp_id, route.address))
         # The message index: a report that returns only the original headers finds
         # this message by its Message-ID (dataplane.inbound.attribution).
         header_id = indexed_message_id(header_fields(raw, _MESSAGE_ID_FIELD)["message-id"])

@@ -94,7 +94,8 @@ def test_reports_are_counted_exactly_once_across_a_worker_sigkill(redis_client, 
         assert plane.stop() == 0
 
     assert len(answered) == REPORTS and failures, "the kill should have cut some sessions"
-    moved = {"sent": REPORTS, "delivered": 0, "bounced": REPORTS, "deferred": 0, "complaints": 0, "suppressed": 0}
+    moved = {"sent": REPORTS, "delivered": 0, "bounced": REPORTS, "deferred": 0, "complaints": 0, "suppressed": 0,
+             "dkim_unsigned": 0}
     # Every bucket of the deliveries moved (they are all in this minute, give or take one).
     at = int(messages[0][0][:12], 16) / 1000 + 3600
     for resolution in (None, *rediskeys.RESOLUTIONS):
@@ -124,6 +125,6 @@ def test_a_report_while_redis_is_down_gets_451_and_counts_once_redis_is_back(fre
         finally:
             assert plane.stop() == 0
         assert stats_of(client, SERVER, 51, [IP])["pool"] == {"sent": 1, "delivered": 0, "bounced": 1, "deferred": 0,
-                                                      "complaints": 0, "suppressed": 0}
+                                                      "complaints": 0, "suppressed": 0, "dkim_unsigned": 0}
     finally:
         client.close()

@@ -49,7 +49,7 @@ PIPE_WIDTH = 200
 class PeerCounts:
     """The counts of one client address."""
 
-    __slots__ = ("accepted", "connections", "deferred", "hung", "notices", "rejected")
+    __slots__ = ("connections", "accepted", "rejected", "deferred", "hung", "notices")  # the table's column order
 
     def __init__(self) -> None:
         self.connections = self.accepted = self.rejected = self.deferred = self.hung = self.notices = 0
