@@ -40,15 +40,17 @@ class Pools:
         self, account: Account, *, label: str, server_id: int, tag: str = "", feed_type: str = "",
         headers: list[tuple[str, str]] = (),
     ) -> models.Pool:
-        """Create a pool on an MTA server; the account's first pool becomes its default."""
+        """Create a pool on an MTA server (server_id 0: the platform's only one); the
+        account's first pool becomes its default."""
         require_dedicated_tier(account, "creating a pool")
         label = validation.check_label(label)
         tag = validation.check_tag(tag) if tag else validation.slug_from_label(label)
         feed_type = validation.check_feed_type(feed_type)
         headers = validation.check_headers(list(headers))
-        validation.check_id(server_id, "server_id")
+        if server_id < 0:
+            validation.check_id(server_id, "server_id")
         with self.store.write() as s:
-            lookups.server(s, server_id)
+            server_id = lookups.server_or_only(s, server_id, "a pool").server_id
             smtp_id = insert_pool(s, account, label=label, tag=tag, server_id=server_id, feed_type=feed_type)
             if headers:
                 s.set_pool_headers(smtp_id, headers)

@@ -257,15 +257,15 @@ def test_pool_headers_and_feed_type(cli, acme):
     cli.ok("--token", acme, "pool", "create", "news", "--server", "1")
     assert "has no custom headers" in cli.ok("--token", acme, "pool", "headers", "news").out
 
-    cli.ok("--token", acme, "pool", "headers", "news", "--set", "X-List=weekly", "X-Brand=acme")
+    cli.ok("--token", acme, "pool", "headers", "news", "--header", "X-List=weekly", "X-Brand=acme")
     shown = cli.ok("--token", acme, "pool", "headers", "news")
     assert table_rows(shown.out) == [["X-List", "weekly"], ["X-Brand", "acme"]]
     data = cli.ok("--token", acme, "--json", "pool", "headers", "news").json()
     assert data["headers"] == [{"name": "X-List", "value": "weekly"}, {"name": "X-Brand", "value": "acme"}]
 
-    refused = cli.fails(1, "--token", acme, "pool", "headers", "news", "--set", "x-zone=EU")
+    refused = cli.fails(1, "--token", acme, "pool", "headers", "news", "--header", "x-zone=EU")
     assert "INVALID_ARGUMENT" in refused.err
-    cli.fails(2, "--token", acme, "pool", "headers", "news", "--set", "a=b", "--clear")
+    cli.fails(2, "--token", acme, "pool", "headers", "news", "--header", "a=b", "--clear")
 
     assert cli.ok("--token", acme, "--json", "pool", "headers", "news", "--clear").json()["headers"] == []
     changed = cli.ok("--token", acme, "--json", "pool", "feed-type", "news", "newsletter").json()
