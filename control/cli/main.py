@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, metavar="K", help="data-plane worker processes")
     p.add_argument("--no-dataplane", dest="dataplane", action="store_false",
                    help="run Redis and the control plane only")
+    _add_dataplane_args(p)
     _add_trusted_prefix_args(p)
     _add_grpc_tls_args(p)
 
@@ -364,6 +365,45 @@ def _prefix_arg(most: int):
     return parse
 
 
+# Data-plane options `up` takes and hands to the data plane it starts, as given (the data
+# plane checks them and says what is wrong): (flag, takes a value, repeatable, help).
+UP_DATAPLANE_OPTIONS = (
+    ("--route", True, True, "deliver DOMAIN's mail to HOST:PORT instead of its MX (DOMAIN=HOST:PORT, '*' = every "
+                            "domain; repeatable)"),
+    ("--smarthost", True, False, "relay every domain without a --route through HOST:PORT"),
+    ("--tls-cert", True, False, "PEM certificate (chain) for the SMTP Bridge's STARTTLS (default self-signed)"),
+    ("--tls-key", True, False, "PEM private key of --tls-cert"),
+    ("--allow-insecure-auth", False, False, "accept AUTH before STARTTLS from any client"),
+)
+
+
+def _add_dataplane_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data plane (passed to it; `poolmta dataplane --help` tells more)")
+    for flag, value, repeatable, help_text in UP_DATAPLANE_OPTIONS:
+        dest = "dp_" + flag.removeprefix("--").replace("-", "_")
+        if not value:
+            g.add_argument(flag, dest=dest, action="store_true", help=help_text)
+        else:
+            metavar = "DOMAIN=HOST:PORT" if flag == "--route" else "HOST:PORT" if flag == "--smarthost" else "FILE"
+            g.add_argument(flag, dest=dest, action="append" if repeatable else "store", metavar=metavar,
+                           help=help_text)
+
+
+def dataplane_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """The data-plane options given to `up`, as the data plane's own arguments."""
+    out: list[str] = []
+    for flag, value, _, _ in UP_DATAPLANE_OPTIONS:
+        given = getattr(args, "dp_" + flag.removeprefix("--").replace("-", "_"), None)
+        if not given:
+            continue
+        if not value:
+            out.append(flag)
+        else:
+            for item in given if isinstance(given, list) else [given]:
+                out += [flag, str(item)]
+    return tuple(out)
+
+
 def _add_grpc_tls_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc-tls-cert", type=Path, metavar="FILE",
                    help="serve gRPC over TLS with this PEM certificate (chain); needs --grpc-tls-key")
@@ -403,7 +443,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         grpc_tls=tls, grpc_insecure=settings.insecure,
         **(
             dict(server_id=args.server_id, smtp_listen=args.smtp_listen, http_listen=args.http_listen,
-                 inbound_listen=args.inbound_listen, workers=args.workers)
+                 inbound_listen=args.inbound_listen, workers=args.workers,
+                 dataplane_args=dataplane_args(args))
             if up else {}
         ),
     )

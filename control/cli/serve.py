@@ -50,6 +50,7 @@ class ServeOptions:
     admin_token: POOLMTA_ADMIN_TOKEN, or None for `<data_dir>/admin.token`.
     dataplane: start the data plane child (False for `control` and `up --no-dataplane`).
     http_listen, inbound_listen, workers: passed to the data plane only when given.
+    dataplane_args: more data-plane arguments (--route, --smarthost, its TLS), passed as given.
     min_trusted_prefix_v4/_v6: the widest network a bridge may trust (ControlConfig).
     grpc_tls, grpc_insecure: TLS for gRPC, or plaintext off loopback allowed (ControlConfig).
     """
@@ -68,6 +69,7 @@ class ServeOptions:
     workers: int | None = None
     grpc_tls: grpc_tls.ServerTls | None = None
     grpc_insecure: bool = False
+    dataplane_args: tuple[str, ...] = ()
 
 
 def serve(opts: ServeOptions, out: IO[str]) -> int:
@@ -236,7 +238,7 @@ class _Stack:
             cmd += ["--inbound-listen", opts.inbound_listen]
         if opts.workers is not None:
             cmd += ["--workers", str(opts.workers)]
-        return cmd
+        return cmd + list(opts.dataplane_args)
 
     def _ready_seen(self, line: str) -> None:
         if not self._ready.is_set():
