@@ -16,7 +16,8 @@ from .contract import acks, rediskeys
 from .errors import InvalidArgument
 from .feedback_servicers import StatsServicer, SuppressionServicer
 from .registry import dkim
-from .rpc import ACCOUNT, ADMIN, Servicer, Services, rpc
+from .models import Account
+from .rpc import ACCOUNT, ADMIN, EITHER, Servicer, Services, rpc
 
 DEFAULT_UNATTRIBUTED_LIMIT = 50
 
@@ -42,6 +43,13 @@ class AccountServicer(Servicer, rpc_pb.AccountServiceServicer):
     @rpc(ADMIN)
     def IssueAccountToken(self, request, context, admin):
         return pb.IssueAccountTokenResponse(token=self.registry.issue_token(request.user_id, request.revoke_existing))
+
+
+    @rpc(EITHER)
+    def WhoAmI(self, request, context, caller):
+        if isinstance(caller, Account):
+            return pb.WhoAmIResponse(account=convert.account(caller))
+        return pb.WhoAmIResponse(admin=True)
 
 
 class MtaServerServicer(Servicer, rpc_pb.MtaServerServiceServicer):
@@ -186,6 +194,12 @@ class IpServicer(Servicer, rpc_pb.IpServiceServicer):
     @rpc(ACCOUNT)
     def GetOperation(self, request, context, account):
         return convert.operation(self.registry.get_operation(account, request.operation_id))
+
+    @rpc(ACCOUNT)
+    def ListOperations(self, request, context, account):
+        found = self.registry.list_operations(account, request.address, request.page_size, request.page_token)
+        return pb.ListOperationsResponse(operations=[convert.operation(o) for o in found.items],
+                                         next_page_token=found.next_page_token)
 
     @rpc(ACCOUNT)
     async def WatchOperation(self, request, context, account):

@@ -127,11 +127,17 @@ def _server_status(ctx: Context, a) -> int:
     return emit(ctx, ctx.client.call("servers", "GetRoutingStatus", request), render.routing_status)
 
 
+def _whoami(ctx: Context, a) -> int:
+    reply = ctx.client.call("accounts", "WhoAmI", pb.WhoAmIRequest())
+    return done(ctx, reply, render.whoami(reply))
+
+
 # -- parsers ------------------------------------------------------------------------
 
 
 def add(tree: CommandTree) -> None:
-    """Add the `account` and `server` groups."""
+    """Add the `account` and `server` groups, and `whoami`."""
+    tree.command("whoami", _whoami, "who the token speaks for: the platform admin or an account (either token)")
     # account
     subs = tree.group("account", "tenant accounts (admin token; ID|NAME: a user_id or an account name)")
     p = tree.leaf(subs, "create", _account_create, "create an account; prints its API token once")

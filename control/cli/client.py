@@ -139,6 +139,17 @@ class ControlClient:
         finally:
             replies.cancel()
 
+    def list_all(self, service: str, method: str, request, field: str) -> list:
+        """Every item of a paged List call: the `field` of each page, following
+        next_page_token to the last page (the request's page_size is kept)."""
+        items: list = []
+        while True:
+            page = self.call(service, method, request)
+            items += getattr(page, field)
+            if not page.next_page_token:
+                return items
+            request.page_token = page.next_page_token
+
     def _reachable(self) -> bool:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=_CONNECT_PROBE_SECONDS)

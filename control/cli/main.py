@@ -3,6 +3,7 @@
     poolmta up | control | dataplane ARGS... | sink ARGS...   run the servers
     poolmta demo [--messages N] [--keep-running]       the whole story on loopback
     poolmta account | server | pool | ip | bridge | op | stats | message | suppression | dkim ...   client commands
+    poolmta whoami                                     who the token speaks for
     poolmta report parse FILE... | report unattributed   bounce and complaint reports
     poolmta verp list | rotate | prune | retire ID     the data directory's VERP signing keys
 

@@ -11,7 +11,15 @@ from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from ..contract.runtime import DEFAULT_SMTP_PORT
 from . import dkim_commands, names, render, stats_render, trends
 from .client import EXIT_ERROR, EXIT_USAGE, CliError
-from .commands import CommandTree, Context, add_bounce_domain_arguments, done, emit, requested_bounce_domain
+from .commands import (
+    CommandTree,
+    Context,
+    add_bounce_domain_arguments,
+    done,
+    emit,
+    page_size_option,
+    requested_bounce_domain,
+)
 
 
 def _header_arg(value: str) -> pb.Header:
@@ -161,6 +169,12 @@ def _ip_release(ctx: Context, a) -> int:
 def _op_show(ctx: Context, a) -> int:
     op = ctx.client.call("ips", "GetOperation", pb.GetOperationRequest(operation_id=a.id))
     return emit(ctx, op, render.operation)
+
+
+def _op_list(ctx: Context, a) -> int:
+    request = pb.ListOperationsRequest(address=a.ip or "", page_size=a.page_size or 0)
+    found = ctx.client.list_all("ips", "ListOperations", request, "operations")
+    return emit(ctx, pb.ListOperationsResponse(operations=found), lambda r: render.operations(r.operations))
 
 
 def _op_watch(ctx: Context, a) -> int:
@@ -396,6 +410,9 @@ def add(tree: CommandTree) -> None:
 
     # op
     subs = tree.group("op", "IP reassignment operations (account token)")
+    p = tree.leaf(subs, "list", _op_list, "the account's operations, newest first")
+    p.add_argument("--ip", metavar="ADDRESS", help="only the operations moving this IP")
+    page_size_option(p)
     p = tree.leaf(subs, "show", _op_show, "show an operation")
     p.add_argument("id", metavar="ID")
     p = tree.leaf(subs, "watch", _op_watch, "follow an operation until DONE or FAILED (exit 1 on FAILED)")

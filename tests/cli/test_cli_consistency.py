@@ -5,7 +5,7 @@ platform has one MTA server."""
 from __future__ import annotations
 
 from control.cli.main import build_parser
-from tests.cli.cli_support import Cli, token_after
+from tests.cli.cli_support import Cli, table_rows, token_after
 
 
 def test_accounts_and_servers_are_named_by_name_or_id(cli: Cli):
@@ -75,3 +75,21 @@ def test_an_account_token_never_needs_a_server_name_lookup(cli: Cli):
     cli.ok("server", "register", "--hostname", "mta1.example.net", "--zone", "US-1")
     token = token_after(cli.ok("account", "create", "acme", "--tier", "PRO").out, "API token")
     cli.ok("--token", token, "pool", "create", "news", "--server", "1")
+
+
+def test_whoami_says_who_each_token_speaks_for(cli: Cli, acme: str):
+    assert "The platform admin" in cli.ok("whoami").out
+    assert "Account acme (user 1, PRO)." in cli.ok("--token", acme, "whoami").out
+    assert cli.ok("--json", "--token", acme, "whoami").json()["account"]["name"] == "acme"
+
+
+def test_op_list_follows_every_page(cli: Cli, acme: str):
+    cli.ok("--token", acme, "pool", "create", "home")
+    cli.ok("--token", acme, "pool", "create", "away")
+    for n in (2, 3, 4):
+        cli.ok("--token", acme, "ip", "provision", f"127.0.0.{n}", "--pool", "home")
+        cli.ok("--token", acme, "ip", "assign", f"127.0.0.{n}", "away")
+    listed = cli.ok("--json", "--token", acme, "op", "list", "--page-size", "1").json()
+    assert [op["address"] for op in listed["operations"]] == ["127.0.0.4", "127.0.0.3", "127.0.0.2"]
+    rows = table_rows(cli.ok("--token", acme, "op", "list", "--ip", "127.0.0.3").out)
+    assert len(rows) == 1 and rows[0][2] == "127.0.0.3"
