@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import grpc
 
-from . import convert, reports_reader
+from . import convert, paging, reports_reader
 from ._pb.poolmta.v1 import poolmta_pb2 as pb
 from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc_pb
 from .contract import acks, rediskeys
@@ -20,6 +20,15 @@ from .models import Account
 from .rpc import ACCOUNT, ADMIN, EITHER, Servicer, Services, rpc
 
 DEFAULT_UNATTRIBUTED_LIMIT = 50
+
+
+def _paged(request, listing: str, rows, key) -> paging.Page:
+    """The page of `rows` (a whole list, in `key` order) that a List request asks for."""
+    return paging.whole(paging.request(listing, request.page_size, request.page_token), rows, key)
+
+
+def _ip_key(ip) -> list:
+    return [ip.created_at, ip.address]
 
 
 class AccountServicer(Servicer, rpc_pb.AccountServiceServicer):
@@ -34,7 +43,9 @@ class AccountServicer(Servicer, rpc_pb.AccountServiceServicer):
 
     @rpc(ADMIN)
     def ListAccounts(self, request, context, admin):
-        return pb.ListAccountsResponse(accounts=[convert.account(a) for a in self.registry.list_accounts()])
+        found = _paged(request, "accounts", self.registry.list_accounts(), lambda a: [a.user_id])
+        return pb.ListAccountsResponse(accounts=[convert.account(a) for a in found.items],
+                                       next_page_token=found.next_page_token)
 
     @rpc(ADMIN)
     def SetAccountTier(self, request, context, admin):
@@ -63,7 +74,9 @@ class MtaServerServicer(Servicer, rpc_pb.MtaServerServiceServicer):
 
     @rpc(ADMIN)
     def ListMtaServers(self, request, context, admin):
-        return pb.ListMtaServersResponse(servers=[convert.server(s) for s in self.registry.list_servers()])
+        found = _paged(request, "servers", self.registry.list_servers(), lambda s: [s.server_id])
+        return pb.ListMtaServersResponse(servers=[convert.server(s) for s in found.items],
+                                         next_page_token=found.next_page_token)
 
     @rpc(ADMIN, changes_routing=True)
     def SetMtaServerBounceDomain(self, request, context, admin):
@@ -77,7 +90,9 @@ class MtaServerServicer(Servicer, rpc_pb.MtaServerServiceServicer):
 
     @rpc(ADMIN)
     def ListSharedIps(self, request, context, admin):
-        return pb.ListIpsResponse(ips=[convert.ip(i) for i in self.registry.list_shared_ips(request.server_id)])
+        found = _paged(request, f"shared-ips:{request.server_id}", self.registry.list_shared_ips(request.server_id),
+                       _ip_key)
+        return pb.ListIpsResponse(ips=[convert.ip(i) for i in found.items], next_page_token=found.next_page_token)
 
     @rpc(ADMIN, changes_routing=True)
     def ReleaseSharedIp(self, request, context, admin):
@@ -132,7 +147,9 @@ class PoolServicer(Servicer, rpc_pb.PoolServiceServicer):
 
     @rpc(ACCOUNT)
     def ListPools(self, request, context, account):
-        return pb.ListPoolsResponse(pools=[convert.pool(p) for p in self.registry.list_pools(account)])
+        found = _paged(request, "pools", self.registry.list_pools(account), lambda p: [p.smtp_id])
+        return pb.ListPoolsResponse(pools=[convert.pool(p) for p in found.items],
+                                    next_page_token=found.next_page_token)
 
     @rpc(ACCOUNT)
     def RenamePool(self, request, context, account):
@@ -183,7 +200,8 @@ class IpServicer(Servicer, rpc_pb.IpServiceServicer):
 
     @rpc(ACCOUNT)
     def ListIps(self, request, context, account):
-        return pb.ListIpsResponse(ips=[convert.ip(i) for i in self.registry.list_ips(account, request.smtp_id)])
+        found = _paged(request, f"ips:{request.smtp_id}", self.registry.list_ips(account, request.smtp_id), _ip_key)
+        return pb.ListIpsResponse(ips=[convert.ip(i) for i in found.items], next_page_token=found.next_page_token)
 
     @rpc(ACCOUNT)
     async def AssignPool(self, request, context, account):
@@ -246,9 +264,10 @@ class BridgeServicer(Servicer, rpc_pb.BridgeServiceServicer):
 
     @rpc(ACCOUNT)
     def ListBridges(self, request, context, account):
-        return pb.ListBridgesResponse(
-            bridges=[convert.bridge(b) for b in self.registry.list_bridges(account, request.smtp_id)]
-        )
+        found = _paged(request, f"bridges:{request.smtp_id}", self.registry.list_bridges(account, request.smtp_id),
+                       lambda b: [b.bridge_id])
+        return pb.ListBridgesResponse(bridges=[convert.bridge(b) for b in found.items],
+                                      next_page_token=found.next_page_token)
 
     @rpc(ACCOUNT, changes_routing=True)
     def RevokeBridge(self, request, context, account):
@@ -287,7 +306,9 @@ class DkimServicer(Servicer, rpc_pb.DkimServiceServicer):
 
     @rpc(ACCOUNT)
     def ListDkimKeys(self, request, context, account):
-        return pb.ListDkimKeysResponse(keys=[_dkim_key(k) for k in self.registry.list_dkim_keys(account, request.domain)])
+        found = _paged(request, f"dkim:{request.domain}", self.registry.list_dkim_keys(account, request.domain),
+                       lambda k: [k.domain, k.key_id])
+        return pb.ListDkimKeysResponse(keys=[_dkim_key(k) for k in found.items], next_page_token=found.next_page_token)
 
     @rpc(ACCOUNT)
     def GetDkimKey(self, request, context, account):

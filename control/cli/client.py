@@ -195,7 +195,7 @@ class ControlClient:
         Raises CliError (exit 1) for an unknown label.
         """
         wanted = text.strip()
-        pools = self.call("pools", "ListPools", pb.ListPoolsRequest()).pools
+        pools = self.list_all("pools", "ListPools", pb.ListPoolsRequest(), "pools")
         if wanted.isdigit():
             smtp_id = int(wanted)
             if any(p.smtp_id == smtp_id for p in pools):

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .client import EXIT_USAGE, CliError, ControlClient
-from .render import Printer
+from .render import Printer, to_dict
 
 Handler = Callable[["Context", argparse.Namespace], int]
 
@@ -97,6 +97,16 @@ def emit(ctx: Context, message, human) -> int:
         ctx.printer.json(message)
     else:
         ctx.printer.show(human(message))
+    return 0
+
+
+def emit_list(ctx: Context, reply, human) -> int:
+    """`emit` for a list the CLI followed to its last page: its JSON has no next_page_token."""
+    if not ctx.json:
+        return emit(ctx, reply, human)
+    data = to_dict(reply)
+    data.pop("next_page_token", None)
+    ctx.printer.json(data)
     return 0
 
 

@@ -40,8 +40,7 @@ def resolve(client: ControlClient, kind: Named, text: str) -> int:
     wanted = text.strip()
     if wanted.isdigit():
         return int(wanted)
-    reply = client.call(kind.service, kind.method, kind.request())
-    items = list(getattr(reply, kind.items))
+    items = client.list_all(kind.service, kind.method, kind.request(), kind.items)
     found = [item for item in items if getattr(item, kind.name_field) == wanted]
     if len(found) == 1:
         return getattr(found[0], kind.id_field)

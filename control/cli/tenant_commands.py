@@ -17,6 +17,7 @@ from .commands import (
     add_bounce_domain_arguments,
     done,
     emit,
+    emit_list,
     page_size_option,
     requested_bounce_domain,
 )
@@ -47,7 +48,8 @@ def _pool_create(ctx: Context, a) -> int:
 
 
 def _pool_list(ctx: Context, a) -> int:
-    return emit(ctx, ctx.client.call("pools", "ListPools", pb.ListPoolsRequest()), lambda r: render.pools(r.pools))
+    found = ctx.client.list_all("pools", "ListPools", pb.ListPoolsRequest(page_size=a.page_size or 0), "pools")
+    return emit_list(ctx, pb.ListPoolsResponse(pools=found), lambda r: render.pools(r.pools))
 
 
 def _pool_show(ctx: Context, a) -> int:
@@ -119,8 +121,9 @@ def _ip_provision(ctx: Context, a) -> int:
 
 def _ip_list(ctx: Context, a) -> int:
     smtp_id = ctx.client.resolve_optional_pool(a.pool)
-    return emit(ctx, ctx.client.call("ips", "ListIps", pb.ListIpsRequest(smtp_id=smtp_id)),
-                lambda r: render.ips(r.ips))
+    found = ctx.client.list_all("ips", "ListIps", pb.ListIpsRequest(smtp_id=smtp_id, page_size=a.page_size or 0),
+                                "ips")
+    return emit_list(ctx, pb.ListIpsResponse(ips=found), lambda r: render.ips(r.ips))
 
 
 def _ip_show(ctx: Context, a) -> int:
@@ -174,7 +177,7 @@ def _op_show(ctx: Context, a) -> int:
 def _op_list(ctx: Context, a) -> int:
     request = pb.ListOperationsRequest(address=a.ip or "", page_size=a.page_size or 0)
     found = ctx.client.list_all("ips", "ListOperations", request, "operations")
-    return emit(ctx, pb.ListOperationsResponse(operations=found), lambda r: render.operations(r.operations))
+    return emit_list(ctx, pb.ListOperationsResponse(operations=found), lambda r: render.operations(r.operations))
 
 
 def _op_watch(ctx: Context, a) -> int:
@@ -242,8 +245,9 @@ def _bridge_with_secret(ctx: Context, reply: pb.BridgeWithSecret, what: str) -> 
 
 def _bridge_list(ctx: Context, a) -> int:
     smtp_id = ctx.client.resolve_optional_pool(a.pool)
-    return emit(ctx, ctx.client.call("bridges", "ListBridges", pb.ListBridgesRequest(smtp_id=smtp_id)),
-                lambda r: render.bridges(r.bridges))
+    request = pb.ListBridgesRequest(smtp_id=smtp_id, page_size=a.page_size or 0)
+    found = ctx.client.list_all("bridges", "ListBridges", request, "bridges")
+    return emit_list(ctx, pb.ListBridgesResponse(bridges=found), lambda r: render.bridges(r.bridges))
 
 
 def _bridge_show(ctx: Context, a) -> int:
@@ -332,7 +336,7 @@ def add(tree: CommandTree) -> None:
     p.add_argument("--feed-type", help="stamped as x-feedtype")
     p.add_argument("--header", dest="headers", type=_header_arg, action="extend", nargs="+", metavar="NAME=VALUE",
                    help="a custom header stamped on every message (repeatable)")
-    tree.leaf(subs, "list", _pool_list, "list the account's pools")
+    page_size_option(tree.leaf(subs, "list", _pool_list, "list the account's pools"))
     p = tree.leaf(subs, "show", _pool_show, "show one pool")
     p.add_argument("pool", metavar="POOL")
     p = tree.leaf(subs, "rename", _pool_rename, "change a pool's label (its internal name stays)")
@@ -368,6 +372,7 @@ def add(tree: CommandTree) -> None:
     p.add_argument("--weight", type=int, help="rotation weight 1-1000 (default 1)")
     p.add_argument("--hostname", help="HELO hostname (default the server's hostname)")
     p = tree.leaf(subs, "list", _ip_list, "list the account's IPs")
+    page_size_option(p)
     _pool_option(p, "only this pool's IPs")
     p = tree.leaf(subs, "show", _ip_show, "show one IP")
     p.add_argument("address")
@@ -395,6 +400,7 @@ def add(tree: CommandTree) -> None:
     p.add_argument("--trust", action="extend", nargs="+", metavar="CIDR",
                    help="client networks that may send without AUTH")
     p = tree.leaf(subs, "list", _bridge_list, "list the account's bridges (never their secrets)")
+    page_size_option(p)
     _pool_option(p, "only this pool's bridges")
     for name, handler, help_text in (("show", _bridge_show, "show one bridge (never its secret)"),
                                      ("revoke", _bridge_revoke, "revoke a bridge"),

@@ -93,3 +93,14 @@ def test_op_list_follows_every_page(cli: Cli, acme: str):
     assert [op["address"] for op in listed["operations"]] == ["127.0.0.4", "127.0.0.3", "127.0.0.2"]
     rows = table_rows(cli.ok("--token", acme, "op", "list", "--ip", "127.0.0.3").out)
     assert len(rows) == 1 and rows[0][2] == "127.0.0.3"
+
+
+def test_list_commands_follow_every_page(cli: Cli, acme: str):
+    for n in range(3):
+        cli.ok("--token", acme, "pool", "create", f"p{n}")
+        cli.ok("--token", acme, "bridge", "create", f"b{n}", "--pool", f"p{n}")
+        cli.ok("--token", acme, "ip", "provision", f"127.0.0.{n + 2}", "--pool", f"p{n}")
+    for group, field in (("pool", "pools"), ("bridge", "bridges"), ("ip", "ips")):
+        listed = cli.ok("--json", "--token", acme, group, "list", "--page-size", "1").json()[field]
+        assert len(listed) == 3, (group, listed)
+    assert len(cli.ok("--json", "account", "list", "--page-size", "1").json()["accounts"]) == 1
