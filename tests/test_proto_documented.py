@@ -1,5 +1,5 @@
 """Every field, RPC and service of the proto carries a comment (issue 10): the
-(issue 10): the proto is the API's reference, read through reflection and grpcurl."""
+proto is the API's reference, read through reflection and grpcurl."""
 
 from __future__ import annotations
 
