@@ -39,7 +39,7 @@ class AccountServicer(Servicer, rpc_pb.AccountServiceServicer):
 
     @rpc(ADMIN)
     def GetAccount(self, request, context, admin):
-        return convert.account(self.registry.get_account(request.user_id))
+        return convert.account(self.registry.get_account(request.user_id, request.name))
 
     @rpc(ADMIN)
     def ListAccounts(self, request, context, admin):
@@ -70,7 +70,7 @@ class MtaServerServicer(Servicer, rpc_pb.MtaServerServiceServicer):
 
     @rpc(ADMIN)
     def GetMtaServer(self, request, context, admin):
-        return convert.server(self.registry.get_server(request.server_id))
+        return convert.server(self.registry.get_server(request.server_id, request.hostname))
 
     @rpc(ADMIN)
     def ListMtaServers(self, request, context, admin):
@@ -143,7 +143,7 @@ class PoolServicer(Servicer, rpc_pb.PoolServiceServicer):
 
     @rpc(ACCOUNT)
     def GetPool(self, request, context, account):
-        return convert.pool(self.registry.get_pool(account, request.smtp_id))
+        return convert.pool(self.registry.get_pool(account, request.smtp_id, request.label))
 
     @rpc(ACCOUNT)
     def ListPools(self, request, context, account):
@@ -260,7 +260,7 @@ class BridgeServicer(Servicer, rpc_pb.BridgeServiceServicer):
 
     @rpc(ACCOUNT)
     def GetBridge(self, request, context, account):
-        return convert.bridge(self.registry.get_bridge(account, request.bridge_id))
+        return convert.bridge(self.registry.get_bridge(account, request.bridge_id, request.name))
 
     @rpc(ACCOUNT)
     def ListBridges(self, request, context, account):

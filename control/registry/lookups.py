@@ -46,6 +46,14 @@ def server_or_only(s: Store, server_id: int, what: str) -> models.MtaServer:
     raise InvalidArgument(f"server_id is required for {what}: this platform has {len(servers)} MTA servers ({ids})")
 
 
+def named(records: list[R], field: str, name: str, noun: str) -> R:
+    """The one record of `records` whose `field` is `name`, or NotFound naming it."""
+    for record in records:
+        if getattr(record, field) == name:
+            return record
+    raise NotFound(f"no {noun} {quoted(name)}")
+
+
 def pool(s: Store, account: Account, smtp_id: int) -> models.Pool:
     """The account's pool `smtp_id`, or NotFound."""
     return _found(s.pool(smtp_id) if smtp_id > 0 else None, f"no pool with smtp_id {smtp_id}", owner=account)

@@ -57,9 +57,11 @@ class Pools:
             s.bump_routing_version(server_id)
             return s.pool(smtp_id)
 
-    def get_pool(self, account: Account, smtp_id: int) -> models.Pool:
-        """The account's pool `smtp_id`, or NotFound."""
+    def get_pool(self, account: Account, smtp_id: int, label: str = "") -> models.Pool:
+        """The account's pool `smtp_id`, else (smtp_id 0) its pool labelled `label`; NotFound otherwise."""
         with self.store.read() as s:
+            if not smtp_id and label:
+                return lookups.named(s.pools_of(account.user_id), "label", label, "pool labelled")
             return lookups.pool(s, account, smtp_id)
 
     def list_pools(self, account: Account) -> list[models.Pool]:
