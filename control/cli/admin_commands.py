@@ -7,16 +7,8 @@ import argparse
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from . import names, render
-from .commands import (
-    CommandTree,
-    Context,
-    add_bounce_domain_arguments,
-    done,
-    emit,
-    emit_list,
-    page_size_option,
-    requested_bounce_domain,
-)
+from .commands import (CommandTree, Context, add_bounce_domain_arguments, done, emit, emit_list, page_size_option,
+                       requested_bounce_domain)
 
 TIERS = ("ESSENTIAL", "PRO", "BUSINESS")
 

@@ -35,6 +35,7 @@ from . import admin_commands, dkim_commands, report_commands, suppression_comman
 from .client import EXIT_USAGE, CliError, ControlClient, resolve_token
 from .commands import CommandTree, Context, positive_int
 from .render import Printer
+from .up_options import add_dataplane_args, dataplane_args
 
 DEFAULT_GRPC = "127.0.0.1:50051"
 EXIT_INTERRUPTED = 130
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, metavar="K", help="data-plane worker processes")
     p.add_argument("--no-dataplane", dest="dataplane", action="store_false",
                    help="run Redis and the control plane only")
-    _add_dataplane_args(p)
+    add_dataplane_args(p)
     _add_trusted_prefix_args(p)
     _add_grpc_tls_args(p)
 
@@ -364,45 +365,6 @@ def _prefix_arg(most: int):
             raise argparse.ArgumentTypeError(f"must be a prefix length 0-{most}")
         return int(text)
     return parse
-
-
-# Data-plane options `up` takes and hands to the data plane it starts, as given (the data
-# plane checks them and says what is wrong): (flag, takes a value, repeatable, help).
-UP_DATAPLANE_OPTIONS = (
-    ("--route", True, True, "deliver DOMAIN's mail to HOST:PORT instead of its MX (DOMAIN=HOST:PORT, '*' = every "
-                            "domain; repeatable)"),
-    ("--smarthost", True, False, "relay every domain without a --route through HOST:PORT"),
-    ("--tls-cert", True, False, "PEM certificate (chain) for the SMTP Bridge's STARTTLS (default self-signed)"),
-    ("--tls-key", True, False, "PEM private key of --tls-cert"),
-    ("--allow-insecure-auth", False, False, "accept AUTH before STARTTLS from any client"),
-)
-
-
-def _add_dataplane_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data plane (passed to it; `poolmta dataplane --help` tells more)")
-    for flag, value, repeatable, help_text in UP_DATAPLANE_OPTIONS:
-        dest = "dp_" + flag.removeprefix("--").replace("-", "_")
-        if not value:
-            g.add_argument(flag, dest=dest, action="store_true", help=help_text)
-        else:
-            metavar = "DOMAIN=HOST:PORT" if flag == "--route" else "HOST:PORT" if flag == "--smarthost" else "FILE"
-            g.add_argument(flag, dest=dest, action="append" if repeatable else "store", metavar=metavar,
-                           help=help_text)
-
-
-def dataplane_args(args: argparse.Namespace) -> tuple[str, ...]:
-    """The data-plane options given to `up`, as the data plane's own arguments."""
-    out: list[str] = []
-    for flag, value, _, _ in UP_DATAPLANE_OPTIONS:
-        given = getattr(args, "dp_" + flag.removeprefix("--").replace("-", "_"), None)
-        if not given:
-            continue
-        if not value:
-            out.append(flag)
-        else:
-            for item in given if isinstance(given, list) else [given]:
-                out += [flag, str(item)]
-    return tuple(out)
 
 
 def _add_grpc_tls_args(p: argparse.ArgumentParser) -> None:

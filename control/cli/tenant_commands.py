@@ -11,16 +11,8 @@ from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from ..contract.runtime import DEFAULT_SMTP_PORT
 from . import dkim_commands, names, render, stats_render, trends
 from .client import EXIT_ERROR, EXIT_USAGE, CliError
-from .commands import (
-    CommandTree,
-    Context,
-    add_bounce_domain_arguments,
-    done,
-    emit,
-    emit_list,
-    page_size_option,
-    requested_bounce_domain,
-)
+from .commands import (CommandTree, Context, add_bounce_domain_arguments, done, emit, emit_list, page_size_option,
+                       requested_bounce_domain)
 
 
 def _header_arg(value: str) -> pb.Header:

@@ -25,6 +25,7 @@ from control.cli.main import _split_passthrough, main
 from control.contract import rediskeys
 from tests.cli.cli_support import (
     Cli,
+    exit_of_up,
     field,
     run_poolmta,
     start_up,
@@ -583,9 +584,7 @@ def test_up_says_loudly_when_the_dataplane_dies_and_stops_the_rest(tmp_path):
             redis_pid = int(lines.until(r"\(embedded, pid (\d+)\)").group(1))
             lines.until(r"MTA server 1 is not registered yet")
             lines.until(r"poolmta server register --hostname")
-            lines.until(r"poolmta: stopped", timeout=60)
-            code = proc.wait(timeout=30)
-            err = errors.rest()
+            code, err = exit_of_up(proc, lines, errors)
         finally:
             stop_process(proc)
     assert code == 1

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from control.cli.main import build_parser, dataplane_args
+from control.cli.main import build_parser
+from control.cli.up_options import dataplane_args
 from control.cli.serve import ServeOptions, _Stack
-from tests.cli.cli_support import start_up, stop_process
+from tests.cli.cli_support import exit_of_up, start_up, stop_process
 
 
 def test_up_turns_its_dataplane_options_into_the_dataplanes_arguments(tmp_path):
@@ -33,10 +34,8 @@ def test_a_bad_route_given_to_up_reaches_the_dataplane_which_says_what_is_wrong(
     proc, lines, errors = start_up(tmp_path / "up", "--smtp-listen", "127.0.0.1:0", "--workers", "1",
                                    "--route", "not a route")
     try:
-        lines.until(r"poolmta: stopped", timeout=60)
-        code = proc.wait(timeout=30)
-        err = errors.rest()
+        code, err = exit_of_up(proc, lines, errors)
     finally:
         stop_process(proc)
     assert code == 1
-    assert "route must be DOMAIN=HOST:PORT" in err
+    assert "route must be DOMAIN=HOST:PORT" in err and "THE DATA PLANE EXITED UNEXPECTEDLY" in err
