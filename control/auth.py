@@ -73,6 +73,16 @@ class Authenticator:
             raise PermissionDenied("this call needs the platform admin token, not an account token")
         raise Unauthenticated("invalid token")
 
+    def caller(self, metadata) -> Admin | Account:
+        """The admin or the account the token speaks for, or Unauthenticated."""
+        token = bearer_token(metadata)
+        if self._is_admin(token):
+            return ADMIN
+        account = self._registry.account_for_token(token)
+        if account is None:
+            raise Unauthenticated("invalid or revoked token")
+        return account
+
     def account(self, metadata) -> Account:
         """The account the token belongs to, or Unauthenticated/PermissionDenied."""
         token = bearer_token(metadata)

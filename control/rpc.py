@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 ADMIN = "admin"
 ACCOUNT = "account"
+EITHER = "either"  # the admin or an account: for calls that say who the token is (WhoAmI)
 INTERNAL_MESSAGE = "internal error; the control-plane log has the details"
 REDIS_UNAVAILABLE_MESSAGE = (
     "the stats and routing store (Redis) is unavailable, probably restarting; nothing was read or "
@@ -68,6 +69,8 @@ class Services:
 
 def _caller(services: Services, context, who: str):
     metadata = context.invocation_metadata()
+    if who == EITHER:
+        return services.auth.caller(metadata)
     return services.auth.admin(metadata) if who == ADMIN else services.auth.account(metadata)
 
 

@@ -18,10 +18,9 @@ import logging
 import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
 
-from . import grpc_tls
+from . import grpc_tls, reflection
 from .auth import Authenticator, load_or_create_admin_token
 from .config import ControlConfig
 from .contract import dkim_seal, file_modes
@@ -77,11 +76,7 @@ class ControlPlane:
         self._service_names = add_servicers(server, services)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME],
-            server,
-        )
+        reflection.enable(server, [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
         # Counters under the old single `{stats}` tag move under their server's tag
         # before StatsService answers; if Redis is down, as soon as it answers.
         try:

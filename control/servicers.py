@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import grpc
 
-from . import convert, reports_reader
+from . import convert, paging, reports_reader
 from ._pb.poolmta.v1 import poolmta_pb2 as pb
 from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc_pb
 from .contract import acks, rediskeys
@@ -17,9 +17,19 @@ from .errors import InvalidArgument
 from .feedback_servicers import StatsServicer, SuppressionServicer
 from .queue_servicer import QueueServicer
 from .registry import dkim
-from .rpc import ACCOUNT, ADMIN, Servicer, Services, rpc
+from .models import Account
+from .rpc import ACCOUNT, ADMIN, EITHER, Servicer, Services, rpc
 
 DEFAULT_UNATTRIBUTED_LIMIT = 50
+
+
+def _paged(request, listing: str, rows, key) -> paging.Page:
+    """The page of `rows` (a whole list, in `key` order) that a List request asks for."""
+    return paging.whole(paging.request(listing, request.page_size, request.page_token), rows, key)
+
+
+def _ip_key(ip) -> list:
+    return [ip.created_at, ip.address]
 
 
 class AccountServicer(Servicer, rpc_pb.AccountServiceServicer):
@@ -30,11 +40,13 @@ class AccountServicer(Servicer, rpc_pb.AccountServiceServicer):
 
     @rpc(ADMIN)
     def GetAccount(self, request, context, admin):
-        return convert.account(self.registry.get_account(request.user_id))
+        return convert.account(self.registry.get_account(request.user_id, request.name))
 
     @rpc(ADMIN)
     def ListAccounts(self, request, context, admin):
-        return pb.ListAccountsResponse(accounts=[convert.account(a) for a in self.registry.list_accounts()])
+        found = _paged(request, "accounts", self.registry.list_accounts(), lambda a: [a.user_id])
+        return pb.ListAccountsResponse(accounts=[convert.account(a) for a in found.items],
+                                       next_page_token=found.next_page_token)
 
     @rpc(ADMIN)
     def SetAccountTier(self, request, context, admin):
@@ -45,6 +57,13 @@ class AccountServicer(Servicer, rpc_pb.AccountServiceServicer):
         return pb.IssueAccountTokenResponse(token=self.registry.issue_token(request.user_id, request.revoke_existing))
 
 
+    @rpc(EITHER)
+    def WhoAmI(self, request, context, caller):
+        if isinstance(caller, Account):
+            return pb.WhoAmIResponse(account=convert.account(caller))
+        return pb.WhoAmIResponse(admin=True)
+
+
 class MtaServerServicer(Servicer, rpc_pb.MtaServerServiceServicer):
     @rpc(ADMIN, changes_routing=True)
     def RegisterMtaServer(self, request, context, admin):
@@ -52,11 +71,13 @@ class MtaServerServicer(Servicer, rpc_pb.MtaServerServiceServicer):
 
     @rpc(ADMIN)
     def GetMtaServer(self, request, context, admin):
-        return convert.server(self.registry.get_server(request.server_id))
+        return convert.server(self.registry.get_server(request.server_id, request.hostname))
 
     @rpc(ADMIN)
     def ListMtaServers(self, request, context, admin):
-        return pb.ListMtaServersResponse(servers=[convert.server(s) for s in self.registry.list_servers()])
+        found = _paged(request, "servers", self.registry.list_servers(), lambda s: [s.server_id])
+        return pb.ListMtaServersResponse(servers=[convert.server(s) for s in found.items],
+                                         next_page_token=found.next_page_token)
 
     @rpc(ADMIN, changes_routing=True)
     def SetMtaServerBounceDomain(self, request, context, admin):
@@ -70,7 +91,9 @@ class MtaServerServicer(Servicer, rpc_pb.MtaServerServiceServicer):
 
     @rpc(ADMIN)
     def ListSharedIps(self, request, context, admin):
-        return pb.ListIpsResponse(ips=[convert.ip(i) for i in self.registry.list_shared_ips(request.server_id)])
+        found = _paged(request, f"shared-ips:{request.server_id}", self.registry.list_shared_ips(request.server_id),
+                       _ip_key)
+        return pb.ListIpsResponse(ips=[convert.ip(i) for i in found.items], next_page_token=found.next_page_token)
 
     @rpc(ADMIN, changes_routing=True)
     def ReleaseSharedIp(self, request, context, admin):
@@ -121,11 +144,13 @@ class PoolServicer(Servicer, rpc_pb.PoolServiceServicer):
 
     @rpc(ACCOUNT)
     def GetPool(self, request, context, account):
-        return convert.pool(self.registry.get_pool(account, request.smtp_id))
+        return convert.pool(self.registry.get_pool(account, request.smtp_id, request.label))
 
     @rpc(ACCOUNT)
     def ListPools(self, request, context, account):
-        return pb.ListPoolsResponse(pools=[convert.pool(p) for p in self.registry.list_pools(account)])
+        found = _paged(request, "pools", self.registry.list_pools(account), lambda p: [p.smtp_id])
+        return pb.ListPoolsResponse(pools=[convert.pool(p) for p in found.items],
+                                    next_page_token=found.next_page_token)
 
     @rpc(ACCOUNT)
     def RenamePool(self, request, context, account):
@@ -176,7 +201,8 @@ class IpServicer(Servicer, rpc_pb.IpServiceServicer):
 
     @rpc(ACCOUNT)
     def ListIps(self, request, context, account):
-        return pb.ListIpsResponse(ips=[convert.ip(i) for i in self.registry.list_ips(account, request.smtp_id)])
+        found = _paged(request, f"ips:{request.smtp_id}", self.registry.list_ips(account, request.smtp_id), _ip_key)
+        return pb.ListIpsResponse(ips=[convert.ip(i) for i in found.items], next_page_token=found.next_page_token)
 
     @rpc(ACCOUNT)
     async def AssignPool(self, request, context, account):
@@ -187,6 +213,12 @@ class IpServicer(Servicer, rpc_pb.IpServiceServicer):
     @rpc(ACCOUNT)
     def GetOperation(self, request, context, account):
         return convert.operation(self.registry.get_operation(account, request.operation_id))
+
+    @rpc(ACCOUNT)
+    def ListOperations(self, request, context, account):
+        found = self.registry.list_operations(account, request.address, request.page_size, request.page_token)
+        return pb.ListOperationsResponse(operations=[convert.operation(o) for o in found.items],
+                                         next_page_token=found.next_page_token)
 
     @rpc(ACCOUNT)
     async def WatchOperation(self, request, context, account):
@@ -229,13 +261,14 @@ class BridgeServicer(Servicer, rpc_pb.BridgeServiceServicer):
 
     @rpc(ACCOUNT)
     def GetBridge(self, request, context, account):
-        return convert.bridge(self.registry.get_bridge(account, request.bridge_id))
+        return convert.bridge(self.registry.get_bridge(account, request.bridge_id, request.name))
 
     @rpc(ACCOUNT)
     def ListBridges(self, request, context, account):
-        return pb.ListBridgesResponse(
-            bridges=[convert.bridge(b) for b in self.registry.list_bridges(account, request.smtp_id)]
-        )
+        found = _paged(request, f"bridges:{request.smtp_id}", self.registry.list_bridges(account, request.smtp_id),
+                       lambda b: [b.bridge_id])
+        return pb.ListBridgesResponse(bridges=[convert.bridge(b) for b in found.items],
+                                      next_page_token=found.next_page_token)
 
     @rpc(ACCOUNT, changes_routing=True)
     def RevokeBridge(self, request, context, account):
@@ -274,7 +307,9 @@ class DkimServicer(Servicer, rpc_pb.DkimServiceServicer):
 
     @rpc(ACCOUNT)
     def ListDkimKeys(self, request, context, account):
-        return pb.ListDkimKeysResponse(keys=[_dkim_key(k) for k in self.registry.list_dkim_keys(account, request.domain)])
+        found = _paged(request, f"dkim:{request.domain}", self.registry.list_dkim_keys(account, request.domain),
+                       lambda k: [k.domain, k.key_id])
+        return pb.ListDkimKeysResponse(keys=[_dkim_key(k) for k in found.items], next_page_token=found.next_page_token)
 
     @rpc(ACCOUNT)
     def GetDkimKey(self, request, context, account):

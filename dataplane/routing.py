@@ -119,10 +119,13 @@ class Routing:
         if headers is None:
             snap = self.snapshot
             # The attribution headers, in their order, before the pool's custom
-            # headers; `inject` removes client-sent copies.
+            # headers; `inject` removes client-sent copies. Without a feed type
+            # there is no x-feedtype at all: an empty one tells a receiver nothing
+            # and looks like a broken stamp.
+            feed = [(STAMPED_HEADERS.feed_type, feed_type.encode("utf-8"))] if feed_type else []
             headers = [
                 (STAMPED_HEADERS.virtual_mta, pool.internal_name.encode("utf-8")),
-                (STAMPED_HEADERS.feed_type, feed_type.encode("utf-8")),
+                *feed,
                 (STAMPED_HEADERS.zone, snap.zone.encode("utf-8")),
                 (STAMPED_HEADERS.server_id, str(snap.server_id).encode("ascii")),
                 *((n.encode("utf-8"), v.encode("utf-8")) for n, v in pool.headers),

@@ -82,6 +82,7 @@ REPLY_LINE_TOO_LONG = "500 5.5.2 A message line is longer than {limit} octets (R
 REPLY_QUEUED = "250 2.0.0 Ok: queued as {id}"
 REPLY_POOL_GONE = "451 4.3.0 The Bridge's pool is not routed by this server right now; try again later"
 REPLY_NO_USABLE_IP = "451 4.3.0 Pool {pool} has no active IP to send from (all paused); try again later"
+REPLY_POOL_WITHOUT_IPS = "451 4.3.0 Pool {pool} has no IPs to send from yet; try again later"
 REPLY_SPOOL_FAILED = "451 4.3.0 The message could not be stored, nothing was queued; try again later"
 
 EHLO_DSN = "250-DSN"  # RFC 3461 4
@@ -366,7 +367,10 @@ class BridgeHandler(ListenerHandler):
         except NoUsableIp:
             pool = routing.pool(bridge.smtp_id)
             log.warning("pool %s has no usable IP in snapshot %d", pool.internal_name, routing.version)
-            return Acceptance(REPLY_NO_USABLE_IP.format(pool=pool.internal_name))
+            # An empty pool (a shared pool before the admin adds an IP) is not a paused one:
+            # the reply says which, so the sender knows whom to ask.
+            reply = REPLY_NO_USABLE_IP if pool.ips else REPLY_POOL_WITHOUT_IPS
+            return Acceptance(reply.format(pool=pool.internal_name))
         message_id = self.spool.new_id()
         now = time.time()
         raw = envelope.original_content

@@ -52,8 +52,10 @@ async def test_essential_bridges_route_through_the_hidden_shared_pool(admin, mak
     assert [ip.address for ip in shared_ips.ips] == ["127.0.0.9"]
 
 
-async def test_first_ip_creates_the_default_pool_and_new_ips_land_there(acme, server):
-    await expect_error(acme.ips.ProvisionIp(pb.ProvisionIpRequest(address="127.0.0.2")), INVALID, "server_id")
+async def test_first_ip_creates_the_default_pool_and_new_ips_land_there(acme, server, admin):
+    await admin.servers.RegisterMtaServer(pb.RegisterMtaServerRequest(hostname="mta2.example.net", zone="EU-1"))
+    await expect_error(acme.ips.ProvisionIp(pb.ProvisionIpRequest(address="127.0.0.2")), INVALID, "server_id",
+                       "2 MTA servers")
     first = await acme.ips.ProvisionIp(pb.ProvisionIpRequest(address="127.0.0.2", server_id=server.server_id))
     pools = (await acme.pools.ListPools(pb.ListPoolsRequest())).pools
     assert len(pools) == 1 and pools[0].is_default and pools[0].smtp_id == first.smtp_id
@@ -122,6 +124,7 @@ async def test_a_pool_is_bound_to_one_server_which_fixes_its_zone(admin, acme, s
     await expect_error(
         acme.pools.CreatePool(pb.CreatePoolRequest(label="nowhere", server_id=99)), grpc.StatusCode.NOT_FOUND, "99"
     )
+    # With two MTA servers, a pool must name one (with one, it is that one).
     await expect_error(acme.pools.CreatePool(pb.CreatePoolRequest(label="none")), INVALID, "server_id")
     await acme.ips.ProvisionIp(pb.ProvisionIpRequest(address="127.0.0.2", smtp_id=us_pool.smtp_id))
     await expect_error(

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
-from . import render
-from .commands import CommandTree, Context, add_bounce_domain_arguments, done, emit, requested_bounce_domain
+from . import names, render
+from .commands import (CommandTree, Context, add_bounce_domain_arguments, done, emit, emit_list, page_size_option,
+                       requested_bounce_domain)
 
 TIERS = ("ESSENTIAL", "PRO", "BUSINESS")
 
@@ -39,21 +40,23 @@ def _account_create(ctx: Context, a) -> int:
 
 
 def _account_list(ctx: Context, a) -> int:
-    return emit(ctx, ctx.client.call("accounts", "ListAccounts", pb.ListAccountsRequest()),
-                lambda r: render.accounts(r.accounts))
+    found = ctx.client.list_all("accounts", "ListAccounts", pb.ListAccountsRequest(page_size=a.page_size or 0),
+                                "accounts")
+    return emit_list(ctx, pb.ListAccountsResponse(accounts=found), lambda r: render.accounts(r.accounts))
 
 
 def _account_show(ctx: Context, a) -> int:
-    return emit(ctx, ctx.client.call("accounts", "GetAccount", pb.GetAccountRequest(user_id=a.id)), render.account)
+    return emit(ctx, ctx.client.call("accounts", "GetAccount", pb.GetAccountRequest(user_id=names.resolve(ctx.client, names.ACCOUNT, a.id))), render.account)
 
 
 def _account_tier(ctx: Context, a) -> int:
-    request = pb.SetAccountTierRequest(user_id=a.id, tier=pb.Tier.Value(a.tier))
+    request = pb.SetAccountTierRequest(user_id=names.resolve(ctx.client, names.ACCOUNT, a.id), tier=pb.Tier.Value(a.tier))
     return emit(ctx, ctx.client.call("accounts", "SetAccountTier", request), render.account)
 
 
 def _account_token(ctx: Context, a) -> int:
-    request = pb.IssueAccountTokenRequest(user_id=a.id, revoke_existing=a.revoke_existing)
+    user_id = names.resolve(ctx.client, names.ACCOUNT, a.id)
+    request = pb.IssueAccountTokenRequest(user_id=user_id, revoke_existing=a.revoke_existing)
     reply = ctx.client.call("accounts", "IssueAccountToken", request)
     if ctx.json:
         ctx.printer.json(reply)
@@ -80,35 +83,38 @@ def _server_register(ctx: Context, a) -> int:
 
 
 def _server_list(ctx: Context, a) -> int:
-    return emit(ctx, ctx.client.call("servers", "ListMtaServers", pb.ListMtaServersRequest()),
-                lambda r: render.servers(r.servers))
+    request = pb.ListMtaServersRequest(page_size=a.page_size or 0)
+    found = ctx.client.list_all("servers", "ListMtaServers", request, "servers")
+    return emit_list(ctx, pb.ListMtaServersResponse(servers=found), lambda r: render.servers(r.servers))
 
 
 def _server_show(ctx: Context, a) -> int:
-    return emit(ctx, ctx.client.call("servers", "GetMtaServer", pb.GetMtaServerRequest(server_id=a.id)),
+    return emit(ctx, ctx.client.call("servers", "GetMtaServer", pb.GetMtaServerRequest(server_id=names.resolve(ctx.client, names.SERVER, a.id))),
                 render.server)
 
 
 def _server_bounce_domain(ctx: Context, a) -> int:
     domain = requested_bounce_domain(a)
     if domain is not None:
-        request = pb.SetMtaServerBounceDomainRequest(server_id=a.id, bounce_domain=domain)
+        request = pb.SetMtaServerBounceDomainRequest(server_id=names.resolve(ctx.client, names.SERVER, a.id), bounce_domain=domain)
         server = ctx.client.call("servers", "SetMtaServerBounceDomain", request)
     else:
-        server = ctx.client.call("servers", "GetMtaServer", pb.GetMtaServerRequest(server_id=a.id))
+        server = ctx.client.call("servers", "GetMtaServer", pb.GetMtaServerRequest(server_id=names.resolve(ctx.client, names.SERVER, a.id)))
     return done(ctx, server, f"MTA server {server.server_id} ({server.hostname}) bounces to "
                              f"{render.server_bounce_domain(server)}.")
 
 
 def _shared_ip_add(ctx: Context, a) -> int:
-    request = pb.ProvisionSharedIpRequest(server_id=a.server_id, address=a.address, weight=a.weight or 0,
+    request = pb.ProvisionSharedIpRequest(server_id=names.resolve(ctx.client, names.SERVER, a.server_id), address=a.address, weight=a.weight or 0,
                                           hostname=a.hostname or "")
     return emit(ctx, ctx.client.call("servers", "ProvisionSharedIp", request), render.ip)
 
 
 def _shared_ip_list(ctx: Context, a) -> int:
-    return emit(ctx, ctx.client.call("servers", "ListSharedIps", pb.ListSharedIpsRequest(server_id=a.server_id)),
-                lambda r: render.ips(r.ips))
+    request = pb.ListSharedIpsRequest(server_id=names.resolve(ctx.client, names.SERVER, a.server_id),
+                                      page_size=a.page_size or 0)
+    found = ctx.client.list_all("servers", "ListSharedIps", request, "ips")
+    return emit_list(ctx, pb.ListIpsResponse(ips=found), lambda r: render.ips(r.ips))
 
 
 def _shared_ip_release(ctx: Context, a) -> int:
@@ -117,61 +123,69 @@ def _shared_ip_release(ctx: Context, a) -> int:
 
 
 def _server_republish(ctx: Context, a) -> int:
-    request = pb.RepublishSnapshotsRequest(server_id=a.id or 0)
+    request = pb.RepublishSnapshotsRequest(server_id=names.resolve_optional(ctx.client, names.SERVER, a.id))
     return emit(ctx, ctx.client.call("servers", "RepublishSnapshots", request), render.republished)
 
 
 def _server_status(ctx: Context, a) -> int:
-    request = pb.GetRoutingStatusRequest(server_id=a.id)
+    request = pb.GetRoutingStatusRequest(server_id=names.resolve(ctx.client, names.SERVER, a.id))
     return emit(ctx, ctx.client.call("servers", "GetRoutingStatus", request), render.routing_status)
+
+
+def _whoami(ctx: Context, a) -> int:
+    reply = ctx.client.call("accounts", "WhoAmI", pb.WhoAmIRequest())
+    return done(ctx, reply, render.whoami(reply))
 
 
 # -- parsers ------------------------------------------------------------------------
 
 
 def add(tree: CommandTree) -> None:
-    """Add the `account` and `server` groups."""
+    """Add the `account` and `server` groups, and `whoami`."""
+    tree.command("whoami", _whoami, "who the token speaks for: the platform admin or an account (either token)")
     # account
-    subs = tree.group("account", "tenant accounts (admin token)")
+    subs = tree.group("account", "tenant accounts (admin token; ID|NAME: a user_id or an account name)")
     p = tree.leaf(subs, "create", _account_create, "create an account; prints its API token once")
     p.add_argument("name")
     p.add_argument("--tier", type=_tier_arg, required=True, metavar="{ESSENTIAL,PRO,BUSINESS}")
-    tree.leaf(subs, "list", _account_list, "list every account")
+    page_size_option(tree.leaf(subs, "list", _account_list, "list every account"))
     p = tree.leaf(subs, "show", _account_show, "show one account")
-    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("id", metavar="ID|NAME")
     p = tree.leaf(subs, "tier", _account_tier, "change an account's tier")
-    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("id", metavar="ID|NAME")
     p.add_argument("tier", type=_tier_arg, metavar="{ESSENTIAL,PRO,BUSINESS}")
     p = tree.leaf(subs, "token", _account_token, "issue a new API token (printed once)")
-    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("id", metavar="ID|NAME")
     p.add_argument("--revoke-existing", action="store_true", help="revoke every earlier token of the account")
 
     # server
-    subs = tree.group("server", "MTA servers and their shared pools (admin token)")
+    subs = tree.group("server", "MTA servers and their shared pools (admin token; SERVER: a server_id or "
+                      "a hostname)")
     p = tree.leaf(subs, "register", _server_register, "register an MTA server")
     p.add_argument("--hostname", required=True, help="its public hostname (default HELO name of its IPs)")
     p.add_argument("--zone", required=True, help="its zone, e.g. US-1, EU-1, MTA4")
     p.add_argument("--bounce-domain", metavar="DOMAIN",
                    help="domain of its VERP return paths, with an MX to it (default its hostname)")
-    tree.leaf(subs, "list", _server_list, "list MTA servers")
+    page_size_option(tree.leaf(subs, "list", _server_list, "list MTA servers"))
     p = tree.leaf(subs, "show", _server_show, "show one MTA server")
-    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("id", metavar="ID|NAME")
     p = tree.leaf(subs, "bounce-domain", _server_bounce_domain,
                   "show or set the domain of the VERP return paths of the server's pools without "
                   "their own (default its hostname)")
-    p.add_argument("id", type=int, metavar="SERVER_ID")
+    p.add_argument("id", metavar="SERVER")
     add_bounce_domain_arguments(p, "the server's hostname")
     shared_subs = tree.group("shared-ip", "IPs of a server's shared pool (ESSENTIAL traffic)", within=subs)
     p = tree.leaf(shared_subs, "add", _shared_ip_add, "add an IP to a server's shared pool")
-    p.add_argument("server_id", type=int, metavar="SERVER_ID")
+    p.add_argument("server_id", metavar="SERVER")
     p.add_argument("address")
     p.add_argument("--weight", type=int, help="rotation weight (default 1)")
     p.add_argument("--hostname", help="HELO hostname (default the server's hostname)")
     p = tree.leaf(shared_subs, "list", _shared_ip_list, "list a server's shared IPs")
-    p.add_argument("server_id", type=int, metavar="SERVER_ID")
+    page_size_option(p)
+    p.add_argument("server_id", metavar="SERVER")
     p = tree.leaf(shared_subs, "release", _shared_ip_release, "remove an IP from its shared pool")
     p.add_argument("address")
     p = tree.leaf(subs, "republish", _server_republish, "rebuild routing snapshots from SQLite and publish them")
-    p.add_argument("id", type=int, nargs="?", metavar="SERVER_ID", help="only this server (default every server)")
+    p.add_argument("id", nargs="?", metavar="SERVER", help="only this server (default every server)")
     p = tree.leaf(subs, "status", _server_status, "routing versions and the version each live worker serves")
-    p.add_argument("id", type=int, metavar="SERVER_ID")
+    p.add_argument("id", metavar="SERVER")

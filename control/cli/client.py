@@ -140,6 +140,17 @@ class ControlClient:
         finally:
             replies.cancel()
 
+    def list_all(self, service: str, method: str, request, field: str) -> list:
+        """Every item of a paged List call: the `field` of each page, following
+        next_page_token to the last page (the request's page_size is kept)."""
+        items: list = []
+        while True:
+            page = self.call(service, method, request)
+            items += getattr(page, field)
+            if not page.next_page_token:
+                return items
+            request.page_token = page.next_page_token
+
     def _reachable(self) -> bool:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=_CONNECT_PROBE_SECONDS)
@@ -185,7 +196,7 @@ class ControlClient:
         Raises CliError (exit 1) for an unknown label.
         """
         wanted = text.strip()
-        pools = self.call("pools", "ListPools", pb.ListPoolsRequest()).pools
+        pools = self.list_all("pools", "ListPools", pb.ListPoolsRequest(), "pools")
         if wanted.isdigit():
             smtp_id = int(wanted)
             if any(p.smtp_id == smtp_id for p in pools):

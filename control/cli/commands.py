@@ -7,7 +7,8 @@ and the command tree they are added to. The commands themselves:
              | signing (dkim_commands)
     ip       provision | list | show | assign | pause | resume | weight | release
     bridge   create | list | show | revoke | rotate | dsn | trust        tenant_commands
-    op       show | watch
+    op       list | show | watch
+    whoami                                                              admin_commands
     stats    pool | ip
     message  status
     suppression  list | show | add | remove                             suppression_commands
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .client import EXIT_USAGE, CliError, ControlClient
-from .render import Printer
+from .render import Printer, to_dict
 
 Handler = Callable[["Context", argparse.Namespace], int]
 
@@ -74,6 +75,12 @@ def add_bounce_domain_arguments(parser: argparse.ArgumentParser, default: str) -
     parser.add_argument("--clear", action="store_true", help=f"back to {default}")
 
 
+def page_size_option(parser: argparse.ArgumentParser) -> None:
+    """Add `--page-size N` to a list command, which follows every page anyway."""
+    parser.add_argument("--page-size", type=positive_int, metavar="N",
+                        help="objects fetched per call (1-1000; default the server's, 100); every page is shown")
+
+
 def requested_bounce_domain(a: argparse.Namespace) -> str | None:
     """What a `bounce-domain` command asks for: the DOMAIN given, "" for --clear, None to
     only show it; CliError (usage) when given both."""
@@ -90,6 +97,16 @@ def emit(ctx: Context, message, human) -> int:
         ctx.printer.json(message)
     else:
         ctx.printer.show(human(message))
+    return 0
+
+
+def emit_list(ctx: Context, reply, human) -> int:
+    """`emit` for a list the CLI followed to its last page: its JSON has no next_page_token."""
+    if not ctx.json:
+        return emit(ctx, reply, human)
+    data = to_dict(reply)
+    data.pop("next_page_token", None)
+    ctx.printer.json(data)
     return 0
 
 
@@ -129,10 +146,11 @@ class CommandTree:
                                                        parents=self._parents)
         return parser.add_subparsers(dest=f"{name.replace('-', '_')}_command", metavar="COMMAND", required=True)
 
-    def command(self, name: str, handler: Handler, help_text: str, description: str) -> argparse.ArgumentParser:
+    def command(self, name: str, handler: Handler, help_text: str, description: str = "") -> argparse.ArgumentParser:
         """A top-level command (`poolmta NAME`), run by `handler`; returns its parser."""
-        parser = self._commands.add_parser(name, help=help_text, description=description, parents=self._parents)
-        parser.set_defaults(handler=handler)
+        parser = self.leaf(self._commands, name, handler, help_text)
+        if description:
+            parser.description = description
         return parser
 
     def leaf(self, subs, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:

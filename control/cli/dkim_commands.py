@@ -24,7 +24,7 @@ from rich.text import Text
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from . import render
 from .client import EXIT_USAGE, CliError
-from .commands import CommandTree, Context, done, emit
+from .commands import CommandTree, Context, done, emit, emit_list
 
 ALGORITHMS = {"rsa": pb.RSA_SHA256, "ed25519": pb.ED25519_SHA256}
 TXT_MARKER = "TXT record (one line; a zone file splits it into quoted strings of at most 255 characters):"
@@ -96,8 +96,8 @@ def _import(ctx: Context, a) -> int:
 
 
 def _list(ctx: Context, a) -> int:
-    reply = ctx.client.call("dkim", "ListDkimKeys", pb.ListDkimKeysRequest(domain=a.domain or ""))
-    return emit(ctx, reply, lambda r: keys(r.keys))
+    found = ctx.client.list_all("dkim", "ListDkimKeys", pb.ListDkimKeysRequest(domain=a.domain or ""), "keys")
+    return emit_list(ctx, pb.ListDkimKeysResponse(keys=found), lambda r: keys(r.keys))
 
 
 def _show(ctx: Context, a) -> int:

@@ -3,6 +3,7 @@
     poolmta up | control | dataplane ARGS... | sink ARGS...   run the servers
     poolmta demo [--messages N] [--keep-running]       the whole story on loopback
     poolmta account | server | pool | ip | bridge | op | stats | message | suppression | dkim ...   client commands
+    poolmta whoami                                     who the token speaks for
     poolmta report parse FILE... | report unattributed   bounce and complaint reports
     poolmta verp list | rotate | prune | retire ID     the data directory's VERP signing keys
 
@@ -53,6 +54,7 @@ from . import (
 from .client import EXIT_USAGE, CliError, ControlClient, resolve_token
 from .commands import CommandTree, Context, positive_int
 from .render import Printer
+from .up_options import add_dataplane_args, dataplane_args
 
 DEFAULT_GRPC = "127.0.0.1:50051"
 EXIT_INTERRUPTED = 130
@@ -206,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataplane-metrics-listen", type=metrics_listen_arg, metavar="HOST:PORT|none",
                    help="the data plane's Prometheus metrics address, or 'none' (data plane default "
                    "127.0.0.1:9125)")
+    add_dataplane_args(p)
     _add_trusted_prefix_args(p)
     _add_grpc_tls_args(p)
     _add_operating_args(p)
@@ -449,7 +452,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         **(
             dict(server_id=args.server_id, smtp_listen=args.smtp_listen, http_listen=args.http_listen,
                  inbound_listen=args.inbound_listen, workers=args.workers,
-                 dataplane_metrics_listen=args.dataplane_metrics_listen)
+                 dataplane_metrics_listen=args.dataplane_metrics_listen,
+                 dataplane_args=dataplane_args(args))
             if up else {}
         ),
     )

@@ -355,6 +355,26 @@ def operation(op: pb.Operation) -> Text:
     )
 
 
+def operations(items: Sequence[pb.Operation]) -> Table:
+    """Operations, one row each, in the order given (newest first)."""
+    return table(
+        ["ID", "STATE", "ADDRESS", "FROM POOL", "TO POOL", "ROUTING VERSION", "CREATED", "ERROR"],
+        [
+            (op.operation_id, op_state(op.state), op.address, str(op.from_smtp_id), str(op.to_smtp_id),
+             str(op.routing_version) if op.routing_version else NONE, when(op, "create_time"), text(op.error))
+            for op in items
+        ],
+    )
+
+
+def whoami(reply: pb.WhoAmIResponse) -> str:
+    """Who a token speaks for, as a line."""
+    if reply.admin:
+        return "The platform admin (account and server commands)."
+    a = reply.account
+    return f"Account {a.name} (user {a.user_id}, {tier(a.tier)})."
+
+
 def operation_line(op: pb.Operation) -> str:
     """One line per state change of a watched operation."""
     stamp = when(op, "update_time") if op.HasField("update_time") else when(op, "create_time")

@@ -50,6 +50,7 @@ class ServeOptions:
     admin_token: POOLMTA_ADMIN_TOKEN, or None for `<data_dir>/admin.token`.
     dataplane: start the data plane child (False for `control` and `up --no-dataplane`).
     http_listen, inbound_listen, workers: passed to the data plane only when given.
+    dataplane_args: more data-plane arguments (--route, --smarthost, its TLS), passed as given.
     min_trusted_prefix_v4/_v6: the widest network a bridge may trust (ControlConfig).
     grpc_tls, grpc_insecure: TLS for gRPC, or plaintext off loopback allowed (ControlConfig).
     metrics_listen: the control plane's metrics address (None: not served).
@@ -75,6 +76,7 @@ class ServeOptions:
     metrics_listen: str | None = None
     dataplane_metrics_listen: str | None = None
     log_format: str = "text"
+    dataplane_args: tuple[str, ...] = ()
 
 
 def serve(opts: ServeOptions, out: IO[str]) -> int:
@@ -248,7 +250,7 @@ class _Stack:
         if opts.dataplane_metrics_listen:
             cmd += ["--metrics-listen", opts.dataplane_metrics_listen]
         cmd += ["--log-format", opts.log_format]
-        return cmd
+        return cmd + list(opts.dataplane_args)
 
     def _ready_seen(self, line: str) -> None:
         if not self._ready.is_set():

@@ -9,9 +9,10 @@ from rich.live import Live
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from ..contract.runtime import DEFAULT_SMTP_PORT
-from . import dkim_commands, render, stats_render, trends
+from . import dkim_commands, names, render, stats_render, trends
 from .client import EXIT_ERROR, EXIT_USAGE, CliError
-from .commands import CommandTree, Context, add_bounce_domain_arguments, done, emit, requested_bounce_domain
+from .commands import (CommandTree, Context, add_bounce_domain_arguments, done, emit, emit_list, page_size_option,
+                       requested_bounce_domain)
 
 
 def _header_arg(value: str) -> pb.Header:
@@ -32,13 +33,15 @@ def _window_arg(value: str) -> int:
 
 
 def _pool_create(ctx: Context, a) -> int:
-    request = pb.CreatePoolRequest(label=a.label, server_id=a.server, tag=a.tag or "", feed_type=a.feed_type or "",
+    server_id = names.resolve_optional(ctx.client, names.SERVER, a.server)
+    request = pb.CreatePoolRequest(label=a.label, server_id=server_id, tag=a.tag or "", feed_type=a.feed_type or "",
                                    headers=a.headers or [])
     return emit(ctx, ctx.client.call("pools", "CreatePool", request), render.pool)
 
 
 def _pool_list(ctx: Context, a) -> int:
-    return emit(ctx, ctx.client.call("pools", "ListPools", pb.ListPoolsRequest()), lambda r: render.pools(r.pools))
+    found = ctx.client.list_all("pools", "ListPools", pb.ListPoolsRequest(page_size=a.page_size or 0), "pools")
+    return emit_list(ctx, pb.ListPoolsResponse(pools=found), lambda r: render.pools(r.pools))
 
 
 def _pool_show(ctx: Context, a) -> int:
@@ -63,11 +66,11 @@ def _pool_delete(ctx: Context, a) -> int:
 
 
 def _pool_headers(ctx: Context, a) -> int:
-    if a.set and a.clear:
-        raise CliError("give either --set or --clear, not both", EXIT_USAGE)
+    if a.headers and a.clear:
+        raise CliError("give either --header or --clear, not both", EXIT_USAGE)
     smtp_id = ctx.client.resolve_pool(a.pool)
-    if a.set or a.clear:
-        request = pb.SetPoolHeadersRequest(smtp_id=smtp_id, headers=[] if a.clear else a.set)
+    if a.headers or a.clear:
+        request = pb.SetPoolHeadersRequest(smtp_id=smtp_id, headers=[] if a.clear else a.headers)
         pool = ctx.client.call("pools", "SetPoolHeaders", request)
     else:
         pool = ctx.client.call("pools", "GetPool", pb.GetPoolRequest(smtp_id=smtp_id))
@@ -102,15 +105,17 @@ def _pool_bounce_domain(ctx: Context, a) -> int:
 
 def _ip_provision(ctx: Context, a) -> int:
     smtp_id = ctx.client.resolve_optional_pool(a.pool)
-    request = pb.ProvisionIpRequest(address=a.address, smtp_id=smtp_id, server_id=a.server or 0,
+    server_id = names.resolve_optional(ctx.client, names.SERVER, a.server)
+    request = pb.ProvisionIpRequest(address=a.address, smtp_id=smtp_id, server_id=server_id,
                                     weight=a.weight or 0, hostname=a.hostname or "")
     return emit(ctx, ctx.client.call("ips", "ProvisionIp", request), render.ip)
 
 
 def _ip_list(ctx: Context, a) -> int:
     smtp_id = ctx.client.resolve_optional_pool(a.pool)
-    return emit(ctx, ctx.client.call("ips", "ListIps", pb.ListIpsRequest(smtp_id=smtp_id)),
-                lambda r: render.ips(r.ips))
+    found = ctx.client.list_all("ips", "ListIps", pb.ListIpsRequest(smtp_id=smtp_id, page_size=a.page_size or 0),
+                                "ips")
+    return emit_list(ctx, pb.ListIpsResponse(ips=found), lambda r: render.ips(r.ips))
 
 
 def _ip_show(ctx: Context, a) -> int:
@@ -161,6 +166,12 @@ def _op_show(ctx: Context, a) -> int:
     return emit(ctx, op, render.operation)
 
 
+def _op_list(ctx: Context, a) -> int:
+    request = pb.ListOperationsRequest(address=a.ip or "", page_size=a.page_size or 0)
+    found = ctx.client.list_all("ips", "ListOperations", request, "operations")
+    return emit_list(ctx, pb.ListOperationsResponse(operations=found), lambda r: render.operations(r.operations))
+
+
 def _op_watch(ctx: Context, a) -> int:
     return _watch_operation(ctx, a.id, last_state=None)
 
@@ -188,16 +199,22 @@ def _watch_operation(ctx: Context, operation_id: str, last_state: int | None) ->
 # -- bridge -------------------------------------------------------------------------
 
 
+def _bridge_id(ctx: Context, a) -> int:
+    return names.resolve(ctx.client, names.BRIDGE, a.id)
+
+
 def _bridge_create(ctx: Context, a) -> int:
     smtp_id = ctx.client.resolve_optional_pool(a.pool)
-    request = pb.CreateBridgeRequest(name=a.name, smtp_id=smtp_id, server_id=a.server or 0,
+    server_id = names.resolve_optional(ctx.client, names.SERVER, a.server)
+    request = pb.CreateBridgeRequest(name=a.name, smtp_id=smtp_id, server_id=server_id,
                                      feed_type=a.feed_type or "", trusted_networks=a.trust or [])
     reply = ctx.client.call("bridges", "CreateBridge", request)
     return _bridge_with_secret(ctx, reply, "SMTP secret")
 
 
 def _bridge_rotate(ctx: Context, a) -> int:
-    reply = ctx.client.call("bridges", "RotateBridgeSecret", pb.RotateBridgeSecretRequest(bridge_id=a.id))
+    request = pb.RotateBridgeSecretRequest(bridge_id=_bridge_id(ctx, a))
+    reply = ctx.client.call("bridges", "RotateBridgeSecret", request)
     return _bridge_with_secret(ctx, reply, "New SMTP secret (the old one no longer works)")
 
 
@@ -220,31 +237,35 @@ def _bridge_with_secret(ctx: Context, reply: pb.BridgeWithSecret, what: str) -> 
 
 def _bridge_list(ctx: Context, a) -> int:
     smtp_id = ctx.client.resolve_optional_pool(a.pool)
-    return emit(ctx, ctx.client.call("bridges", "ListBridges", pb.ListBridgesRequest(smtp_id=smtp_id)),
-                lambda r: render.bridges(r.bridges))
+    request = pb.ListBridgesRequest(smtp_id=smtp_id, page_size=a.page_size or 0)
+    found = ctx.client.list_all("bridges", "ListBridges", request, "bridges")
+    return emit_list(ctx, pb.ListBridgesResponse(bridges=found), lambda r: render.bridges(r.bridges))
 
 
 def _bridge_show(ctx: Context, a) -> int:
-    return emit(ctx, ctx.client.call("bridges", "GetBridge", pb.GetBridgeRequest(bridge_id=a.id)), render.bridge)
+    request = pb.GetBridgeRequest(bridge_id=_bridge_id(ctx, a))
+    return emit(ctx, ctx.client.call("bridges", "GetBridge", request), render.bridge)
 
 
 def _bridge_revoke(ctx: Context, a) -> int:
-    return emit(ctx, ctx.client.call("bridges", "RevokeBridge", pb.RevokeBridgeRequest(bridge_id=a.id)),
-                render.bridge)
+    request = pb.RevokeBridgeRequest(bridge_id=_bridge_id(ctx, a))
+    return emit(ctx, ctx.client.call("bridges", "RevokeBridge", request), render.bridge)
 
 
 def _bridge_dsn(ctx: Context, a) -> int:
     if a.state is None:
-        bridge = ctx.client.call("bridges", "GetBridge", pb.GetBridgeRequest(bridge_id=a.id))
+        bridge = ctx.client.call("bridges", "GetBridge", pb.GetBridgeRequest(bridge_id=_bridge_id(ctx, a)))
     else:
-        request = pb.SetBridgeSendDsnsRequest(bridge_id=a.id, send_dsns=a.state == "on")
+        request = pb.SetBridgeSendDsnsRequest(bridge_id=_bridge_id(ctx, a), send_dsns=a.state == "on")
         bridge = ctx.client.call("bridges", "SetBridgeSendDsns", request)
     return done(ctx, bridge, f"Bridge {bridge.bridge_id} ({bridge.name}): DSNs to senders "
                              f"{render.dsn_switch(bridge.send_dsns)}.")
 
 
 def _bridge_trust(ctx: Context, a) -> int:
-    request = pb.SetBridgeTrustedNetworksRequest(bridge_id=a.id, trusted_networks=a.cidrs)
+    # `none` is how the help spells "clear"; an empty list is what the API takes for it.
+    cidrs = [] if [c.lower() for c in a.cidrs] == ["none"] else a.cidrs
+    request = pb.SetBridgeTrustedNetworksRequest(bridge_id=_bridge_id(ctx, a), trusted_networks=cidrs)
     return emit(ctx, ctx.client.call("bridges", "SetBridgeTrustedNetworks", request), render.bridge)
 
 
@@ -301,12 +322,13 @@ def add(tree: CommandTree) -> None:
     subs = tree.group("pool", "dedicated pools (account token)")
     p = tree.leaf(subs, "create", _pool_create, "create a pool on an MTA server")
     p.add_argument("label")
-    p.add_argument("--server", type=int, required=True, metavar="ID", help="MTA server (fixes the zone)")
+    p.add_argument("--server", metavar="SERVER", help="MTA server id (fixes the zone; default the platform's "
+                   "only one)")
     p.add_argument("--tag", help="slug for the internal name (default derived from the label)")
     p.add_argument("--feed-type", help="stamped as x-feedtype")
     p.add_argument("--header", dest="headers", type=_header_arg, action="extend", nargs="+", metavar="NAME=VALUE",
                    help="a custom header stamped on every message (repeatable)")
-    tree.leaf(subs, "list", _pool_list, "list the account's pools")
+    page_size_option(tree.leaf(subs, "list", _pool_list, "list the account's pools"))
     p = tree.leaf(subs, "show", _pool_show, "show one pool")
     p.add_argument("pool", metavar="POOL")
     p = tree.leaf(subs, "rename", _pool_rename, "change a pool's label (its internal name stays)")
@@ -316,10 +338,12 @@ def add(tree: CommandTree) -> None:
     p.add_argument("pool", metavar="POOL")
     p = tree.leaf(subs, "delete", _pool_delete, "delete an empty, non-default pool")
     p.add_argument("pool", metavar="POOL")
-    p = tree.leaf(subs, "headers", _pool_headers, "show, replace (--set) or clear (--clear) a pool's custom headers")
+    p = tree.leaf(subs, "headers", _pool_headers, "show, replace (--header) or clear (--clear) a pool's custom headers")
     p.add_argument("pool", metavar="POOL")
-    p.add_argument("--set", type=_header_arg, action="extend", nargs="+", metavar="NAME=VALUE",
-                   help="replace every custom header with these")
+    # One spelling with `pool create --header`; `--set` stays as a hidden alias for older scripts.
+    p.add_argument("--header", dest="headers", type=_header_arg, action="extend", nargs="+",
+                   metavar="NAME=VALUE", help="replace every custom header with these (repeatable)")
+    p.add_argument("--set", dest="headers", type=_header_arg, action="extend", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--clear", action="store_true", help="remove every custom header")
     p = tree.leaf(subs, "feed-type", _pool_feed_type, "change a pool's feed type")
     p.add_argument("pool", metavar="POOL")
@@ -335,10 +359,12 @@ def add(tree: CommandTree) -> None:
     p = tree.leaf(subs, "provision", _ip_provision, "add a dedicated IP (to the default pool unless --pool)")
     p.add_argument("address")
     _pool_option(p, "pool to land in (default the default pool)")
-    p.add_argument("--server", type=int, metavar="ID", help="MTA server; needed for the account's first IP")
+    p.add_argument("--server", metavar="SERVER", help="MTA server id; for the account's first IP when the "
+                   "platform has several")
     p.add_argument("--weight", type=int, help="rotation weight 1-1000 (default 1)")
     p.add_argument("--hostname", help="HELO hostname (default the server's hostname)")
     p = tree.leaf(subs, "list", _ip_list, "list the account's IPs")
+    page_size_option(p)
     _pool_option(p, "only this pool's IPs")
     p = tree.leaf(subs, "show", _ip_show, "show one IP")
     p.add_argument("address")
@@ -361,26 +387,30 @@ def add(tree: CommandTree) -> None:
     p.add_argument("name")
     route = p.add_mutually_exclusive_group(required=True)
     route.add_argument("--pool", metavar="POOL", help="pool to route through (smtp_id or label; PRO, BUSINESS)")
-    route.add_argument("--server", type=int, metavar="ID", help="MTA server whose shared pool it uses (ESSENTIAL)")
+    route.add_argument("--server", metavar="SERVER", help="MTA server whose shared pool it uses (ESSENTIAL)")
     p.add_argument("--feed-type", help="overrides the pool's x-feedtype")
     p.add_argument("--trust", action="extend", nargs="+", metavar="CIDR",
                    help="client networks that may send without AUTH")
     p = tree.leaf(subs, "list", _bridge_list, "list the account's bridges (never their secrets)")
+    page_size_option(p)
     _pool_option(p, "only this pool's bridges")
     for name, handler, help_text in (("show", _bridge_show, "show one bridge (never its secret)"),
                                      ("revoke", _bridge_revoke, "revoke a bridge"),
                                      ("rotate", _bridge_rotate, "replace a bridge's secret; prints the new one once")):
         p = tree.leaf(subs, name, handler, help_text)
-        p.add_argument("id", type=int, metavar="ID")
+        p.add_argument("id", metavar="BRIDGE")
     p = tree.leaf(subs, "dsn", _bridge_dsn, "show, or turn on or off, the DSNs senders get for bounced mail")
-    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("id", metavar="BRIDGE")
     p.add_argument("state", nargs="?", choices=("on", "off"), metavar="on|off")
     p = tree.leaf(subs, "trust", _bridge_trust, "replace the networks trusted to send without AUTH (none = clear)")
-    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("id", metavar="BRIDGE")
     p.add_argument("cidrs", nargs="*", metavar="CIDR")
 
     # op
     subs = tree.group("op", "IP reassignment operations (account token)")
+    p = tree.leaf(subs, "list", _op_list, "the account's operations, newest first")
+    p.add_argument("--ip", metavar="ADDRESS", help="only the operations moving this IP")
+    page_size_option(p)
     p = tree.leaf(subs, "show", _op_show, "show an operation")
     p.add_argument("id", metavar="ID")
     p = tree.leaf(subs, "watch", _op_watch, "follow an operation until DONE or FAILED (exit 1 on FAILED)")

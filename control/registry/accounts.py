@@ -38,9 +38,11 @@ class Accounts:
             account = s.account(user_id)
         return account, token
 
-    def get_account(self, user_id: int) -> Account:
-        """The account `user_id`, or NotFound."""
+    def get_account(self, user_id: int, name: str = "") -> Account:
+        """The account `user_id`, else (user_id 0) the one named `name`; NotFound otherwise."""
         with self.store.read() as s:
+            if not user_id and name:
+                return lookups.named(s.accounts(), "name", name, "account named")
             return lookups.account(s, user_id)
 
     def list_accounts(self) -> list[Account]:

@@ -68,9 +68,12 @@ class Bridges:
             s.bump_routing_version(pool.server_id)
             return s.bridge(bridge_id), secret
 
-    def get_bridge(self, account: Account, bridge_id: int) -> models.Bridge:
-        """The account's bridge `bridge_id` (revoked ones included), or NotFound."""
+    def get_bridge(self, account: Account, bridge_id: int, name: str = "") -> models.Bridge:
+        """The account's bridge `bridge_id` (revoked ones included), else (bridge_id 0) its
+        bridge named `name`; NotFound otherwise."""
         with self.store.read() as s:
+            if not bridge_id and name:
+                return lookups.named(s.bridges_of(account.user_id, 0), "name", name, "bridge named")
             return lookups.bridge(s, account, bridge_id)
 
     def list_bridges(self, account: Account, smtp_id: int = 0) -> list[models.Bridge]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .. import models, validation
 from ..contract.json_records import quoted
-from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from ..errors import AlreadyExists, FailedPrecondition
 from ..models import Account
 from ..store import Store
 from . import lookups
@@ -45,12 +45,8 @@ class DedicatedIps:
             else:
                 pool = s.default_pool(account.user_id)
                 if pool is None:
-                    if not server_id:
-                        raise InvalidArgument(
-                            "server_id is required for the account's first IP: it creates the "
-                            "default pool on that MTA server"
-                        )
-                    lookups.server(s, server_id)
+                    # The account's first IP creates its default pool on that MTA server.
+                    server_id = lookups.server_or_only(s, server_id, "the account's first IP").server_id
                     new_id = insert_pool(
                         s, account, label=DEFAULT_POOL_LABEL, tag=DEFAULT_POOL_LABEL,
                         server_id=server_id, feed_type="",

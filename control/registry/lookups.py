@@ -14,7 +14,7 @@ from typing import Iterator, TypeVar
 
 from .. import models, validation
 from ..contract.json_records import quoted
-from ..errors import AlreadyExists, NotFound
+from ..errors import AlreadyExists, InvalidArgument, NotFound
 from ..models import Account
 from ..store import Store, is_unique_violation
 
@@ -29,6 +29,29 @@ def account(s: Store, user_id: int) -> Account:
 def server(s: Store, server_id: int) -> models.MtaServer:
     """The MTA server `server_id`, or NotFound."""
     return _found(s.server(server_id), f"no MTA server with server_id {server_id}")
+
+
+def server_or_only(s: Store, server_id: int, what: str) -> models.MtaServer:
+    """The MTA server `server_id`; when it is 0 (not given), the platform's only MTA
+    server, or INVALID_ARGUMENT saying `what` needs one named when there are several
+    (or none yet); NotFound for an unknown id."""
+    if server_id:
+        return server(s, server_id)
+    servers = s.servers()
+    if len(servers) == 1:
+        return servers[0]
+    if not servers:
+        raise InvalidArgument(f"{what} needs an MTA server, and none is registered yet")
+    ids = ", ".join(str(m.server_id) for m in servers)
+    raise InvalidArgument(f"server_id is required for {what}: this platform has {len(servers)} MTA servers ({ids})")
+
+
+def named(records: list[R], field: str, name: str, noun: str) -> R:
+    """The one record of `records` whose `field` is `name`, or NotFound naming it."""
+    for record in records:
+        if getattr(record, field) == name:
+            return record
+    raise NotFound(f"no {noun} {quoted(name)}")
 
 
 def pool(s: Store, account: Account, smtp_id: int) -> models.Pool:

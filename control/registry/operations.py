@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 
-from .. import models, validation
+from .. import models, paging, validation
 from ..contract.json_records import quoted
 from ..errors import FailedPrecondition
 from ..models import Account
@@ -50,6 +50,17 @@ class Operations:
         """The account's operation `operation_id`, or NotFound."""
         with self.store.read() as s:
             return lookups.operation(s, account, operation_id)
+
+    def list_operations(self, account: Account, address: str, page_size: int,
+                        page_token: str) -> paging.Page[models.Operation]:
+        """One page of the account's operations, newest first (only `address`'s when given)."""
+        address = validation.canonical_address(address) if address else ""
+        wanted = paging.request(f"operations:{address}", page_size, page_token)
+        after = paging.checked_after(wanted, float, str)
+        before = None if after is None else (float(after[0]), after[1])
+        with self.store.read() as s:
+            rows = s.operations_of(account.user_id, address=address, before=before, limit=wanted.size + 1)
+        return paging.page(wanted, rows, lambda o: [o.created_at, o.operation_id])
 
     # The reconciler's side: no account, it works for every tenant.
 

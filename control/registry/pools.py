@@ -40,24 +40,28 @@ class Pools:
         self, account: Account, *, label: str, server_id: int, tag: str = "", feed_type: str = "",
         headers: list[tuple[str, str]] = (),
     ) -> models.Pool:
-        """Create a pool on an MTA server; the account's first pool becomes its default."""
+        """Create a pool on an MTA server (server_id 0: the platform's only one); the
+        account's first pool becomes its default."""
         require_dedicated_tier(account, "creating a pool")
         label = validation.check_label(label)
         tag = validation.check_tag(tag) if tag else validation.slug_from_label(label)
         feed_type = validation.check_feed_type(feed_type)
         headers = validation.check_headers(list(headers))
-        validation.check_id(server_id, "server_id")
+        if server_id < 0:
+            validation.check_id(server_id, "server_id")
         with self.store.write() as s:
-            lookups.server(s, server_id)
+            server_id = lookups.server_or_only(s, server_id, "a pool").server_id
             smtp_id = insert_pool(s, account, label=label, tag=tag, server_id=server_id, feed_type=feed_type)
             if headers:
                 s.set_pool_headers(smtp_id, headers)
             s.bump_routing_version(server_id)
             return s.pool(smtp_id)
 
-    def get_pool(self, account: Account, smtp_id: int) -> models.Pool:
-        """The account's pool `smtp_id`, or NotFound."""
+    def get_pool(self, account: Account, smtp_id: int, label: str = "") -> models.Pool:
+        """The account's pool `smtp_id`, else (smtp_id 0) its pool labelled `label`; NotFound otherwise."""
         with self.store.read() as s:
+            if not smtp_id and label:
+                return lookups.named(s.pools_of(account.user_id), "label", label, "pool labelled")
             return lookups.pool(s, account, smtp_id)
 
     def list_pools(self, account: Account) -> list[models.Pool]:

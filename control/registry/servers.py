@@ -34,9 +34,12 @@ class MtaServers:
             )
             return s.server(server_id)
 
-    def get_server(self, server_id: int) -> models.MtaServer:
-        """The MTA server `server_id`, or NotFound."""
+    def get_server(self, server_id: int, hostname: str = "") -> models.MtaServer:
+        """The MTA server `server_id`, else (server_id 0) the one with `hostname`; NotFound otherwise."""
         with self.store.read() as s:
+            if not server_id and hostname:
+                return lookups.named(s.servers(), "hostname", hostname.strip().lower().rstrip("."),
+                                     "MTA server with hostname")
             return lookups.server(s, server_id)
 
     def list_servers(self) -> list[models.MtaServer]:

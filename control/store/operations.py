@@ -41,6 +41,24 @@ class OperationQueries(Connection):
         row = self._one(f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE operation_id = ?", (operation_id,))
         return models.Operation(**dict(row)) if row else None
 
+    def operations_of(self, user_id: int, *, address: str, before: tuple[float, str] | None,
+                      limit: int) -> list[models.Operation]:
+        """At most `limit` of the account's operations (only `address`'s when given), newest
+        first (create time, then operation_id, descending), starting after `before`."""
+        where, args = ["user_id = ?"], [user_id]
+        if address:
+            where.append("address = ?")
+            args.append(address)
+        if before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND operation_id < ?))")
+            args += [before[0], before[0], before[1]]
+        rows = self._all(
+            f"""SELECT {_OPERATION_COLUMNS} FROM operations WHERE {' AND '.join(where)}
+                ORDER BY created_at DESC, operation_id DESC LIMIT ?""",
+            (*args, limit),
+        )
+        return [models.Operation(**dict(r)) for r in rows]
+
     def pending_operations(self) -> list[tuple[models.Operation, int]]:
         """(operation, server_id) of every QUEUED or APPLYING operation, oldest first."""
         rows = self._all(

@@ -205,6 +205,12 @@ def start_up(data_dir: Path, *args: str) -> tuple[subprocess.Popen, Lines, Lines
     return proc, Lines(proc.stdout, companion=errors), errors
 
 
+def exit_of_up(proc: subprocess.Popen, lines: Lines, errors: Lines) -> tuple[int, str]:
+    """Once `poolmta up` says it stopped: its exit code and everything it wrote to stderr."""
+    lines.until(r"poolmta: stopped", timeout=60)
+    return proc.wait(timeout=30), errors.rest()
+
+
 def stop_process(proc: subprocess.Popen) -> None:
     """Kill `proc` if it still runs, and reap it."""
     if proc.poll() is None:

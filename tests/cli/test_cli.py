@@ -25,6 +25,7 @@ from control.cli.main import _split_passthrough, main
 from control.contract import rediskeys
 from tests.cli.cli_support import (
     Cli,
+    exit_of_up,
     field,
     run_poolmta,
     start_up,
@@ -257,15 +258,15 @@ def test_pool_headers_and_feed_type(cli, acme):
     cli.ok("--token", acme, "pool", "create", "news", "--server", "1")
     assert "has no custom headers" in cli.ok("--token", acme, "pool", "headers", "news").out
 
-    cli.ok("--token", acme, "pool", "headers", "news", "--set", "X-List=weekly", "X-Brand=acme")
+    cli.ok("--token", acme, "pool", "headers", "news", "--header", "X-List=weekly", "X-Brand=acme")
     shown = cli.ok("--token", acme, "pool", "headers", "news")
     assert table_rows(shown.out) == [["X-List", "weekly"], ["X-Brand", "acme"]]
     data = cli.ok("--token", acme, "--json", "pool", "headers", "news").json()
     assert data["headers"] == [{"name": "X-List", "value": "weekly"}, {"name": "X-Brand", "value": "acme"}]
 
-    refused = cli.fails(1, "--token", acme, "pool", "headers", "news", "--set", "x-zone=EU")
+    refused = cli.fails(1, "--token", acme, "pool", "headers", "news", "--header", "x-zone=EU")
     assert "INVALID_ARGUMENT" in refused.err
-    cli.fails(2, "--token", acme, "pool", "headers", "news", "--set", "a=b", "--clear")
+    cli.fails(2, "--token", acme, "pool", "headers", "news", "--header", "a=b", "--clear")
 
     assert cli.ok("--token", acme, "--json", "pool", "headers", "news", "--clear").json()["headers"] == []
     changed = cli.ok("--token", acme, "--json", "pool", "feed-type", "news", "newsletter").json()
@@ -583,9 +584,7 @@ def test_up_says_loudly_when_the_dataplane_dies_and_stops_the_rest(tmp_path):
             redis_pid = int(lines.until(r"\(embedded, pid (\d+)\)").group(1))
             lines.until(r"MTA server 1 is not registered yet")
             lines.until(r"poolmta server register --hostname")
-            lines.until(r"poolmta: stopped", timeout=60)
-            code = proc.wait(timeout=30)
-            err = errors.rest()
+            code, err = exit_of_up(proc, lines, errors)
         finally:
             stop_process(proc)
     assert code == 1
