@@ -62,7 +62,7 @@ from .stats_batcher import StatsBatcher
 from .submission import Acceptance, Submitter
 from .suppression import SuppressionLookup
 from .tls import client_handshake_failed
-from .trace_header import address_literal, line_ending, printable, rfc5322_date
+from .trace_header import ReceivedHeader, line_ending
 
 log = logging.getLogger("poolmta.dataplane.smtp")
 
@@ -267,8 +267,7 @@ class BridgeHandler(ListenerHandler):
         self._plaintext_networks = tuple(
             ipaddress.ip_network(n, strict=False) for n in config.insecure_auth_networks
         )
-        self._date_second = -1
-        self._date_text = ""
+        self._received = ReceivedHeader()
 
     # -- policy -----------------------------------------------------------
 
@@ -376,7 +375,9 @@ class BridgeHandler(ListenerHandler):
         raw = envelope.original_content
         assert isinstance(raw, bytes)
         eol = line_ending(raw)
-        stamped = self._trace_header(client, envelope, message_id, now, eol) + stamp(raw, route)
+        received = self._received.render(client.helo, client.address, client.hostname, client.protocol,
+                                         message_id, envelope.rcpt_tos, now, eol)
+        stamped = received + stamp(raw, route)
         # DKIM after stamping (RFC 6376 section 5): our signatures go on top, any the
         # client made stay below them. Unsigned mail is still accepted, and counted.
         signing = routing.signing(bridge, route, raw)
@@ -443,25 +444,3 @@ class BridgeHandler(ListenerHandler):
             return REPLY_INTERNAL_ERROR  # not sent: aiosmtpd closes the connection
         log.error("SMTP session error", exc_info=error)
         return REPLY_INTERNAL_ERROR
-
-    # -- helpers ----------------------------------------------------------
-
-    def _date(self, now: float) -> str:
-        second = int(now)
-        if second != self._date_second:
-            self._date_second = second
-            self._date_text = rfc5322_date(now)
-        return self._date_text
-
-    def _trace_header(self, client: Submitter, envelope: BridgeEnvelope,
-                      message_id: str, now: float, eol: str) -> bytes:
-        """The Received header (RFC 5321 4.4) ending its lines with `eol`."""
-        recipient = ""
-        if len(envelope.rcpt_tos) == 1:
-            recipient = f"{eol}\tfor <{printable(envelope.rcpt_tos[0], 320)}>"
-        text = (
-            f"Received: from {printable(client.helo)} (unknown {address_literal(client.address)})"
-            f"{eol}\tby {printable(client.hostname)} (poolmta) with {client.protocol} id {message_id}"
-            f"{recipient}; {self._date(now)}{eol}"
-        )
-        return text.encode("ascii")

@@ -1,5 +1,5 @@
-"""The pieces of the Received trace header the Bridge writes at the top of every
-message (RFC 5321 4.4): printable text, the date, and address literals."""
+"""The Received trace header the Bridge writes at the top of every message (RFC
+5321 4.4), and its pieces: printable text, the date, and address literals."""
 
 from __future__ import annotations
 
@@ -36,3 +36,27 @@ def line_ending(raw: bytes) -> str:
     of it (Received, DKIM-Signature) end with."""
     lf = raw.find(b"\n")
     return "\n" if lf == 0 or (lf > 0 and raw[lf - 1] != 13) else "\r\n"
+
+
+class ReceivedHeader:
+    """Writes Received headers; the date text is made once per second (one worker's
+    messages share it), not per message."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._date = ""
+
+    def render(self, helo: str, address: str, hostname: str, protocol: str, message_id: str,
+               recipients: list[str], now: float, eol: str) -> bytes:
+        """The header, its lines ending with `eol`; `for <rcpt>` only with one recipient
+        (with several it would show each recipient the others, Bcc ones included)."""
+        if int(now) != self._second:
+            self._second = int(now)
+            self._date = rfc5322_date(now)
+        recipient = f"{eol}\tfor <{printable(recipients[0], 320)}>" if len(recipients) == 1 else ""
+        text = (
+            f"Received: from {printable(helo)} (unknown {address_literal(address)})"
+            f"{eol}\tby {printable(hostname)} (poolmta) with {protocol} id {message_id}"
+            f"{recipient}; {self._date}{eol}"
+        )
+        return text.encode("ascii")
