@@ -1,6 +1,8 @@
 """The stats journal: every count, delivery event, message index entry and
 suppression a worker makes, on disk before anything depends on it, until Redis
-has it.
+has it. One module past ~450 lines on purpose: the record format, the segment
+files and the claim of dead workers' journals share one crash-safety argument,
+made here once; recovery from the spool is `dataplane.stats_journal_recovery`.
 
 Layout of `<data_dir>/stats-journal/server-<N>/` (0700; files 0600):
 

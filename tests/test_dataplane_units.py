@@ -20,7 +20,7 @@ from control.contract.snapshot import IP_PAUSED
 from dataplane import spool
 from dataplane.__main__ import build_config, build_parser
 from dataplane.bridge_auth import check_credentials
-from dataplane.config import AuthThrottleConfig, DataplaneConfig, parse_listen
+from dataplane.config import DataplaneConfig, parse_listen
 from dataplane.routing import NoUsableIp, PoolGone, Routing, stamp
 from dataplane.stats_batcher import _APPLY_BATCH, StatsBatcher
 from dataplane.trace_header import rfc5322_date

@@ -10,7 +10,6 @@ import smtplib
 import socket
 import time
 
-import redis
 
 from control.contract import rediskeys
 from dataplane.smtp_bridge import REPLY_NUL_IN_MESSAGE

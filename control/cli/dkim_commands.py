@@ -24,7 +24,7 @@ from rich.text import Text
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from . import render
 from .client import EXIT_USAGE, CliError
-from .commands import CommandTree, Context, done, emit, emit_list
+from .commands import CommandTree, Context, done, emit_list
 
 ALGORITHMS = {"rsa": pb.RSA_SHA256, "ed25519": pb.ED25519_SHA256}
 TXT_MARKER = "TXT record (one line; a zone file splits it into quoted strings of at most 255 characters):"

@@ -7,6 +7,11 @@
     poolmta report parse FILE... | report unattributed   bounce and complaint reports
     poolmta verp list | rotate | prune | retire ID     the data directory's VERP signing keys
 
+This module is the parser of every runner's options and the global settings, kept
+in one place past ~450 lines so `poolmta --help` and the README's configuration
+table have one source; the client commands' parsers are their own modules
+(`*_commands.py`).
+
 Global options go before or after the command: --data-dir, --redis-url, --grpc,
 --token, --grpc-ca, --grpc-tls, --grpc-client-cert, --grpc-client-key, --insecure,
 --json, -v. Settings are read here, once, from flags and the environment

@@ -7,7 +7,6 @@ free ports instead of the defaults, and `swaks` sent with smtplib."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import smtplib
