@@ -29,7 +29,7 @@ class Counters:
     deferred: int = 0
     complaints: int = 0
     suppressed: int = 0  # RCPTs refused for the suppression list (pools only)
-    dkim_unsigned: int = 0  # messages accepted without a DKIM signature (pools only)
+    dkim_unsigned: int = 0  # messages accepted without a DKIM signature
 
     @property
     def delivery_rate(self) -> float:

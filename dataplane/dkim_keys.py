@@ -54,11 +54,15 @@ class Signing:
         return (fields if eol == "\r\n" else fields.replace(b"\r\n", eol.encode("ascii"))) + message
 
 
+_NO_KEYS = Signing((), "unsigned: the account has no DKIM key")
+
+
 class DkimKeyring:
     """The usable keys of one snapshot, by (user_id, domain)."""
 
     def __init__(self, keys: dict[tuple[int, str], DkimKey] | None = None) -> None:
         self._keys = keys or {}
+        self._accounts = frozenset(user_id for user_id, _ in self._keys)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -67,6 +71,9 @@ class DkimKeyring:
         """The signatures for a message a Bridge of account `user_id` sent through
         `pool` (see the module docstring for the order)."""
         keys = self._keys
+        if user_id not in self._accounts and pool.user_id not in self._accounts:
+            # Most mail of an account without keys: no need to read its From per message.
+            return _NO_KEYS
         domain = from_domain(message)
         first = None
         if keys and domain is not None:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from control.contract import dkim_seal
 from control.contract.snapshot import DkimKeyRoute
-from dataplane.dkim_keys import DkimKeyCache
+from dataplane.dkim_keys import DkimKeyCache, Signing
 from tests.dataplane_support import make_pool, make_snapshot
 
 USER = 3
@@ -67,6 +67,10 @@ def test_the_from_domain_or_a_parent_then_the_pool_domain_then_unsigned(tmp_path
     assert bare_keyring.signing(USER, bare.pools[0], _mail("a@other.example")).note == \
         "unsigned: no key for other.example"
     assert bare_keyring.signing(USER, bare.pools[0], b"Subject: no from\r\n\r\n").note == "unsigned: no From domain"
+    # An account with no key at all: unsigned, said without reading the message.
+    stranger = replace(bare.pools[0], user_id=USER + 7)
+    assert bare_keyring.signing(USER + 7, stranger, _mail("a@example.com")) == \
+        Signing((), "unsigned: the account has no DKIM key")
 
 
 def test_no_master_key_or_a_key_that_does_not_open_signs_nothing_and_logs_no_key(tmp_path, master, caplog):
