@@ -30,7 +30,9 @@ from hypothesis import settings
 from control.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from tests.support import free_port
 
-pytest_plugins = ("tests.control_support", "tests.dataplane_support", "tests._fastpath_impls")
+pytest_plugins = (
+    "tests.control_support", "tests.dataplane_support", "tests.redis_support", "tests._fastpath_impls",
+)
 
 # ---------------------------------------------------------------------------
 # Hypothesis

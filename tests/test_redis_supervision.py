@@ -7,48 +7,15 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from control.embedded_redis import EmbeddedRedis
-from control.redis_supervisor import RedisSupervisor, restart_delay, resolve_redis
-from tests.support import free_port, process_gone, wait_until
-
-# A file Redis cannot load: every restart attempt exits at once.
-CORRUPT_AOF = b"this is not an append-only file\r\n"
-
-
-def aof_path(server: EmbeddedRedis) -> Path:
-    return server.redis_dir / "appendonly.aof"
-
-
-def replace_file(path: Path, content: bytes) -> None:
-    """Give `path` new content under a new inode: a running Redis keeps appending to the old one."""
-    tmp = path.with_suffix(".test-tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
-
-
-def crash_into_a_loop(supervisor: RedisSupervisor) -> bytes:
-    """Corrupt the AOF and SIGKILL Redis, so every restart fails; returns the good AOF."""
-    good = aof_path(supervisor.server).read_bytes()
-    replace_file(aof_path(supervisor.server), CORRUPT_AOF)
-    os.kill(supervisor.server.pid, signal.SIGKILL)
-    return good
-
-
-@pytest.fixture
-def supervised(tmp_path: Path) -> Iterator[RedisSupervisor]:
-    """A supervised embedded Redis on a free TCP port (the same across restarts)."""
-    supervisor = RedisSupervisor(EmbeddedRedis(tmp_path / "data", port=free_port()))
-    supervisor.start()
-    try:
-        yield supervisor
-    finally:
-        supervisor.stop()
+from control.redis_supervisor import RedisSupervisor, resolve_redis, restart_delay
+from tests.redis_support import aof_path, crash_into_a_loop, replace_file
+from tests.support import process_gone, wait_until
 
 
 def test_backoff_doubles_from_a_tenth_of_a_second_to_five_seconds():

@@ -15,9 +15,8 @@ from control.redis_supervisor import RedisSupervisor
 from control.rpc import REDIS_UNAVAILABLE_MESSAGE
 from control.server import ControlPlane
 from tests.control_support import Client, current_snapshot, expect_error, start_config
+from tests.redis_support import aof_path, crash_into_a_loop, replace_file
 from tests.support import eventually
-from tests.test_redis_supervision import aof_path, crash_into_a_loop, replace_file
-from tests.test_redis_supervision import supervised  # noqa: F401 - the fixture, shared
 
 pytestmark = pytest.mark.slow
 
