@@ -7,6 +7,7 @@ its tag's slot, every script on one slot.
   snapshot, mail sent over SMTP is delivered to a sink from the pool's IP, the
   stats equal what the sink received, an IP move goes to DONE, a suppressed
   recipient is refused and counted;
+* the inbound listener's scripts: a report counted, suppressed and kept once;
 * the failed-AUTH throttle and the connection caps hold across two workers: the
   scenarios of tests/test_auth_throttle_workers.py and tests/test_smtp_bounds_bridge.py,
   collected here again with `redis_url` and `redis_client` naming the cluster.
@@ -30,6 +31,8 @@ from control.contract import rediskeys
 from control.contract.acks import parse_ack
 from control.contract.redis_client import redis_client as make_client
 from control.contract.redis_client import subscribe, sync_redis_client
+from dataplane.inbound.accounting import Accounting
+from dataplane.inbound.attribution import Target
 from tests.control_support import current_snapshot
 from tests.dataplane_support import message, send_all, sink_outcomes
 from tests.dns_support import DnsStub
@@ -162,3 +165,27 @@ async def test_send_deliver_count_move_and_suppress_on_a_cluster(acme, server, r
         assert await asyncio.to_thread(wait_until, lambda: _served(redis_client, sid), 30), plane.log()
     finally:
         dns.close()
+
+
+async def test_a_report_is_counted_suppressed_and_kept_on_one_slot_per_script(redis_url, redis_client):
+    """The inbound listener's scripts on the cluster: a complaint naming no message
+    (its event would go to the message's own `{msg:ID}` slot) counts once and
+    suppresses once, and an unattributed report is kept once."""
+    client = make_client(redis_url)
+    accounting = Accounting(client, server_id=3, event_ttl=3600)
+    now_ms = int(time.time() * 1000)
+    complaint = Target(kind="complaint", source="arf", via="headers", subject="complaint:h:f1:a@example.net",
+                       message_id="", rcpt="a@example.net", rcpt_index=0, user_id=9, bridge_id=1, smtp_id=7,
+                       pool="p", ip="192.0.2.1", counted="", at_ms=now_ms, attempt=0, reply="")
+    try:
+        assert await accounting.apply([complaint], now_ms) == [True]
+        assert await accounting.apply([complaint], now_ms) == [False]
+        assert await accounting.keep_unattributed(b"report", reason="why", kind="unknown", peer="192.0.2.9",
+                                                  mail_from="", rcpt_tos=["fbl@x"], subject="s", now_ms=now_ms)
+        assert not await accounting.keep_unattributed(b"report", reason="why", kind="unknown", peer="192.0.2.9",
+                                                      mail_from="", rcpt_tos=["fbl@x"], subject="s", now_ms=now_ms)
+    finally:
+        await client.aclose()
+    assert int(redis_client.hget(rediskeys.ip_stats_key(3, "192.0.2.1"), "complaints")) == 1
+    assert redis_client.hlen(rediskeys.suppression_key(9)) == 1
+    assert int(redis_client.hget(rediskeys.inbound_counts_key(3), "unattributed")) == 1

@@ -108,7 +108,10 @@ def parse_cluster_url(url: str) -> ClusterAddress:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in CLUSTER_SCHEMES:
         raise RedisUrlError(f"a Redis Cluster URL has the form {CLUSTER_URL_FORM}")
-    rest = rest.split("/", 1)[0].split("?", 1)[0]
+    rest, _, database = rest.split("?", 1)[0].partition("/")
+    if database not in ("", "0"):
+        raise RedisUrlError("a Redis Cluster has one database: leave the /database out of "
+                            f"the URL, or make it /0 ({CLUSTER_URL_FORM})")
     credentials, at, hosts = rest.rpartition("@")
     username = password = None
     if at:
