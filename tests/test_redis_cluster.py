@@ -7,6 +7,7 @@ its tag's slot, every script on one slot.
   snapshot, mail sent over SMTP is delivered to a sink from the pool's IP, the
   stats equal what the sink received, an IP move goes to DONE, a suppressed
   recipient is refused and counted;
+* `poolmta up --redis-cluster` runs both planes on the cluster, no embedded Redis;
 * the inbound listener's scripts: a report counted, suppressed and kept once;
 * the failed-AUTH throttle and the connection caps hold across two workers: the
   scenarios of tests/test_auth_throttle_workers.py and tests/test_smtp_bounds_bridge.py,
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import smtplib
 import time
 from collections.abc import Iterator
@@ -33,6 +35,7 @@ from control.contract.redis_client import redis_client as make_client
 from control.contract.redis_client import subscribe, sync_redis_client
 from dataplane.inbound.accounting import Accounting
 from dataplane.inbound.attribution import Target
+from tests.cli.cli_support import exit_of_up, start_up, stop_process
 from tests.control_support import current_snapshot
 from tests.dataplane_support import message, send_all, sink_outcomes
 from tests.dns_support import DnsStub
@@ -189,3 +192,20 @@ async def test_a_report_is_counted_suppressed_and_kept_on_one_slot_per_script(re
     assert int(redis_client.hget(rediskeys.ip_stats_key(3, "192.0.2.1"), "complaints")) == 1
     assert redis_client.hlen(rediskeys.suppression_key(9)) == 1
     assert int(redis_client.hget(rediskeys.inbound_counts_key(3), "unattributed")) == 1
+
+
+def test_up_with_redis_cluster_runs_both_planes_on_the_cluster(redis_cluster, redis_client, tmp_path):
+    """`poolmta up --redis-cluster NODES`: no embedded Redis; the control plane and the
+    data plane it starts both use the cluster, and stop cleanly."""
+    proc, lines, errors = start_up(tmp_path / "up", "--redis-cluster", redis_cluster.nodes,
+                                   "--smtp-listen", "127.0.0.1:0", "--workers", "1")
+    try:
+        assert lines.until(r"Redis (\S+)").group(1) == redis_cluster.url
+        ready = lines.until(r"dataplane ready server_id=(\d+) .*", timeout=60)
+        server_id = int(ready.group(1))
+        assert wait_until(lambda: redis_client.hlen(rediskeys.worker_acks_key(server_id)) == 1, 30)
+        proc.send_signal(signal.SIGTERM)
+        assert exit_of_up(proc, lines, errors)[0] == 0
+    finally:
+        stop_process(proc)
+    assert not (tmp_path / "up" / "redis").exists()
