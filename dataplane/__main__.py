@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from control.contract import file_modes
-from control.contract.redis_client import cluster_option
+from control.contract.redis_client import RedisUrlError, check_redis_url, cluster_option
 from control.contract.runtime import (
     DEFAULT_DATAPLANE_METRICS_LISTEN,
     DEFAULT_HTTP_LISTEN,
@@ -400,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
               f"({embedded_redis_url(args.data_dir)}). Start `poolmta up` or `poolmta control` with this data "
               "directory, run the data plane as `poolmta dataplane` (which starts that Redis), "
               "or pass --redis-url.", file=sys.stderr)
+        return 1
+    try:
+        check_redis_url(redis_url)
+    except RedisUrlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     config = dataclasses.replace(config, redis_url=redis_url, tls_cert=cert, tls_key=key)
     try:

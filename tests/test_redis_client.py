@@ -20,6 +20,7 @@ from control.contract.redis_client import redis_client as make_client
 from control.contract.redis_client import (
     ClusterAddress,
     RedisUrlError,
+    check_redis_url,
     cluster_option,
     cluster_url,
     is_cluster_url,
@@ -55,6 +56,16 @@ def test_a_bad_cluster_url_says_what_fits(url, fragment):
     with pytest.raises(RedisUrlError, match=fragment.replace("+", r"\+")) as info:
         parse_cluster_url(url)
     assert "secret" not in str(info.value)
+
+
+def test_a_url_poolmta_cannot_use_is_refused_at_start(tmp_path, capsys):
+    for url in ("redis://h:1/0", "rediss://:pw@h:1", "unix:///r.sock", "redis+cluster://h:1"):
+        check_redis_url(url)
+    with pytest.raises(RedisUrlError, match="starts with redis://") as info:
+        check_redis_url("http://user:hunter2@h:1")
+    assert "hunter2" not in str(info.value)
+    assert main(["--data-dir", str(tmp_path), "--redis-url", "redis+cluster://bad", "control"]) != 0
+    assert "error: a Redis Cluster node is HOST:PORT" in capsys.readouterr().err
 
 
 def test_the_cluster_option_is_a_url_or_a_usage_error():

@@ -30,7 +30,7 @@ from .._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
 from .. import grpc_tls, validation
 from ..config import ControlConfig
 from ..contract import file_modes
-from ..contract.redis_client import redacted_url
+from ..contract.redis_client import RedisUrlError, check_redis_url, redacted_url
 from ..contract.runtime import DATAPLANE_READY, DEFAULT_SMTP_LISTEN, ready_line_smtp
 from ..embedded_redis import EmbeddedRedisError
 from ..redis_supervisor import RedisSupervisor, resolve_redis
@@ -85,6 +85,10 @@ def serve(opts: ServeOptions, out: IO[str]) -> int:
         file_modes.private_dir(opts.data_dir)
     except OSError as exc:
         raise CliError(f"cannot create the data directory {opts.data_dir}: {exc.strerror}") from None
+    try:
+        check_redis_url(opts.redis_url or "unix://")
+    except RedisUrlError as exc:
+        raise CliError(str(exc)) from None
     try:
         redis_url, embedded = resolve_redis(opts.data_dir, opts.redis_url)
     except EmbeddedRedisError as exc:

@@ -91,6 +91,17 @@ def cluster_option(nodes: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def check_redis_url(url: str) -> None:
+    """RedisUrlError, saying what fits, unless `url` is a Redis URL poolmta can use:
+    `redis://`, `rediss://`, `unix://`, or a well-formed `redis+cluster://`. Run
+    at start, so a typo fails with one clear line rather than in every worker."""
+    if is_cluster_url(url):
+        parse_cluster_url(url)
+    elif url.partition("://")[0].lower() not in ("redis", "rediss", "unix"):
+        raise RedisUrlError(f"a Redis URL starts with redis://, rediss://, unix:// or, for a Redis Cluster, "
+                            f"redis+cluster://, not {redacted_url(url)[:100]!r}")
+
+
 def redacted_url(url: str) -> str:
     """A Redis URL fit to print or log: a password in it replaced by `***` (one Redis
     or a cluster's list of nodes alike)."""
