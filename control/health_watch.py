@@ -17,10 +17,10 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2
 from redis.exceptions import RedisError
 
+from .contract.redis_client import redis_client
 from .contract.runtime import reraise_if_cancelling
 from .metrics import ControlMetrics
 from .store import Store
@@ -42,8 +42,7 @@ class HealthWatch:
                  metrics: ControlMetrics | None = None) -> None:
         self._servicer = servicer
         self._names = ("", *service_names)
-        self._redis = aioredis.Redis.from_url(redis_url, socket_timeout=PING_TIMEOUT,
-                                              socket_connect_timeout=PING_TIMEOUT)
+        self._redis = redis_client(redis_url, socket_timeout=PING_TIMEOUT, socket_connect_timeout=PING_TIMEOUT)
         self._store = store
         self._on_recovered = on_recovered
         self._metrics = metrics

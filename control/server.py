@@ -25,6 +25,7 @@ from .auth import Authenticator, load_or_create_admin_token
 from .config import ControlConfig
 from .contract import dkim_seal, file_modes
 from .contract.metrics_http import MetricsHttpServer
+from .contract.redis_client import redis_client
 from .health_watch import HealthWatch
 from .metrics import ControlMetrics
 from .publisher import SnapshotPublisher
@@ -66,7 +67,7 @@ class ControlPlane:
                             min_trusted_prefix_v6=cfg.min_trusted_prefix_v6,
                             dkim_master_key=dkim_seal.load_or_create_master_key(cfg.data_dir))
         admin_token = load_or_create_admin_token(cfg.admin_token_path, cfg.admin_token)
-        self._redis = aioredis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self._redis = redis_client(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
         publisher = SnapshotPublisher(self._store, self._redis, self.metrics)
         feed = ChangeFeed()
         services = Services(registry, Authenticator(registry, admin_token), publisher, self._redis, feed,

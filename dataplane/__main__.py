@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from control.contract import file_modes
+from control.contract.redis_client import RedisUrlError, check_redis_url, cluster_option
 from control.contract.runtime import (
     DEFAULT_DATAPLANE_METRICS_LISTEN,
     DEFAULT_HTTP_LISTEN,
@@ -126,9 +127,14 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=e("POOLMTA_DATA_DIR"),
                    help="state directory (env POOLMTA_DATA_DIR; default $XDG_DATA_HOME/poolmta "
                         "or ~/.local/share/poolmta)")
-    p.add_argument("--redis-url", default=e("POOLMTA_REDIS_URL"),
-                   help="Redis URL (env POOLMTA_REDIS_URL); default: the data directory's embedded "
-                        "Redis, which `poolmta up`, `poolmta control` or `poolmta dataplane` runs")
+    redis = p.add_mutually_exclusive_group()
+    redis.add_argument("--redis-url", default=e("POOLMTA_REDIS_URL"),
+                       help="Redis URL (env POOLMTA_REDIS_URL); default: the data directory's embedded "
+                            "Redis, which `poolmta up`, `poolmta control` or `poolmta dataplane` runs; "
+                            "redis+cluster://HOST:PORT[,HOST:PORT] for a Redis Cluster")
+    redis.add_argument("--redis-cluster", type=cluster_option, metavar="HOST:PORT[,HOST:PORT]",
+                       help="use the Redis Cluster these nodes belong to (the same as --redis-url "
+                            "redis+cluster://HOST:PORT[,HOST:PORT])")
     p.add_argument("--smtp-listen", default=e("POOLMTA_SMTP_LISTEN", DEFAULT_SMTP_LISTEN),
                    help=f"SMTP Bridge host:port (env POOLMTA_SMTP_LISTEN; default {DEFAULT_SMTP_LISTEN}; "
                         "port 0 picks one)")
@@ -388,12 +394,17 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ssl.SSLError) as exc:
         print(f"error: cannot load the STARTTLS certificate and key: {exc}", file=sys.stderr)
         return 1
-    redis_url = args.redis_url or _join_embedded_redis(args.data_dir)
+    redis_url = args.redis_cluster or args.redis_url or _join_embedded_redis(args.data_dir)
     if redis_url is None:
         print(f"error: no Redis to use: the embedded Redis of {args.data_dir} does not answer "
               f"({embedded_redis_url(args.data_dir)}). Start `poolmta up` or `poolmta control` with this data "
               "directory, run the data plane as `poolmta dataplane` (which starts that Redis), "
               "or pass --redis-url.", file=sys.stderr)
+        return 1
+    try:
+        check_redis_url(redis_url)
+    except RedisUrlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     config = dataclasses.replace(config, redis_url=redis_url, tls_cert=cert, tls_key=key)
     try:

@@ -25,6 +25,7 @@ from redis import exceptions as redis_errors
 
 from control.contract import rediskeys
 from control.contract.acks import format_ack, parse_ack
+from control.contract.redis_client import subscribe
 from control.contract.runtime import reraise_if_cancelling
 from control.contract.snapshot import decode
 
@@ -183,9 +184,9 @@ class SnapshotLoader:
         channel = rediskeys.snapshot_channel(self.server_id)
         delay = 0.1
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
-                await pubsub.subscribe(channel)
+                pubsub = await subscribe(self._redis, channel)
                 delay = 0.1
                 # A notice published while we were not subscribed is caught here.
                 await self.check_current()
@@ -203,7 +204,8 @@ class SnapshotLoader:
                 self._note_redis_error("notice subscription", exc)
             finally:
                 try:
-                    await pubsub.aclose()
+                    if pubsub is not None:
+                        await pubsub.aclose()
                 except REDIS_ERRORS:
                     pass
             await asyncio.sleep(delay)

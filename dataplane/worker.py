@@ -21,12 +21,12 @@ import socket
 import threading
 import time
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from _fastpath import IMPLEMENTATION
+from control.contract.redis_client import redis_client
 from control.contract.runtime import die_with_parent
 
 from . import logs, metrics
@@ -146,7 +146,7 @@ class Worker:
         log.info("worker %d starting: server %d, fast path %s, spool %s",
                  self.index, config.server_id, IMPLEMENTATION, config.spool_dir)
 
-        redis = aioredis.Redis.from_url(
+        redis = redis_client(
             config.redis_url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10,
             # Fail fast while Redis is down: every caller retries on its own schedule.
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),

@@ -12,7 +12,8 @@ plugins (`pytest_plugins`), so a test module imports only the helpers it calls:
 
 * `tests/control_support.py` — a real control plane and authenticated gRPC clients;
 * `tests/dataplane_support.py` — real `python -m dataplane` and sink processes;
-* `tests/_fastpath_impls.py` — both fast-path implementations (`rotation`, `headers`, `dkim`).
+* `tests/_fastpath_impls.py` — both fast-path implementations (`rotation`, `headers`, `dkim`);
+* `tests/redis_cluster_support.py` — a real 3-master Redis Cluster (`redis_cluster`).
 
 Plain helpers (free ports, polling) live in `tests/support.py`.
 """
@@ -32,6 +33,7 @@ from tests.support import free_port
 
 pytest_plugins = (
     "tests.control_support", "tests.dataplane_support", "tests.redis_support", "tests._fastpath_impls",
+    "tests.redis_cluster_support",
 )
 
 # ---------------------------------------------------------------------------
@@ -49,10 +51,11 @@ if os.environ.get("CI") == "true":
 # Markers
 # ---------------------------------------------------------------------------
 
-# Fixtures that start other processes (data-plane supervisors and workers, sinks):
+# Fixtures that start other processes (data-plane supervisors and workers, sinks,
+# the nodes of a Redis Cluster):
 # every test using one is a multi-process scenario, marked `slow` here so no test
 # can forget it. Tests that start processes themselves carry the mark in their file.
-PROCESS_FIXTURES = frozenset({"start_dataplane", "start_sink"})
+PROCESS_FIXTURES = frozenset({"start_dataplane", "start_sink", "redis_cluster"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -14,6 +14,7 @@ from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.cli.client import STUBS
 from control.config import ControlConfig
 from control.contract import dkim_seal, rediskeys, snapshot
+from control.contract.redis_client import sync_redis_client
 from control.server import ControlPlane
 
 
@@ -103,7 +104,7 @@ async def expect_error(call, code: grpc.StatusCode, *fragments: str) -> str:
 
 def current_snapshot(redis_url: str, server_id: int) -> snapshot.Snapshot | None:
     """The snapshot Redis's `current` pointer names, decoded; None if there is none."""
-    r = redis.Redis.from_url(redis_url)
+    r = sync_redis_client(redis_url)
     try:
         version = r.get(rediskeys.snapshot_current_key(server_id))
         if version is None:

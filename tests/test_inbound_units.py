@@ -323,6 +323,23 @@ async def test_a_complaint_counts_once_per_recipient_and_a_first_suppression_ent
     assert _counts(redis_client)["pool"] == {"complaints": 2}
 
 
+async def test_the_suppression_is_applied_once_on_its_own_slot_and_a_retry_completes_it(redis, redis_client):
+    accounting = Accounting(redis, server_id=SERVER, event_ttl=3600)
+    now_ms = int(time.time() * 1000)
+    # A crash after the counting script but before the suppression's: no 250 was
+    # given, the sender retries, nothing is counted again and the suppression is made.
+    redis_client.set(rediskeys.report_marker_key(SERVER, "complaint:m1:0"), "1")
+    assert await accounting.apply([_target("complaint", at_ms=now_ms)], now_ms) == [False]
+    assert _counts(redis_client)["pool"] == {}
+    assert json.loads(redis_client.hget(rediskeys.suppression_key(3), "a@example.net"))["reason"] == "complaint"
+    marker = rediskeys.suppression_marker_key(3, "complaint:m1:0")
+    assert "{supp:3}" in marker and 0 < redis_client.ttl(marker) <= rediskeys.REPORT_MARKER_TTL_SECONDS
+    # The operator lifts it; the same report arriving again does not put it back.
+    redis_client.hdel(rediskeys.suppression_key(3), "a@example.net")
+    assert await accounting.apply([_target("complaint", at_ms=now_ms)], now_ms) == [False]
+    assert redis_client.hlen(rediskeys.suppression_key(3)) == 0
+
+
 async def test_unattributed_reports_are_kept_newest_first_bounded_and_once(redis, redis_client):
     accounting = Accounting(redis, server_id=4, event_ttl=3600)
     big = b"x" * (RAW_KEPT_BYTES + 10)

@@ -42,6 +42,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from .. import grpc_tls
 from ..contract.log_format import LOG_FORMATS, TEXT, formatter
+from ..contract.redis_client import cluster_option
 from ..contract.runtime import (
     DEFAULT_CONTROL_METRICS_LISTEN,
     DEFAULT_SMTP_LISTEN,
@@ -68,7 +69,7 @@ SERVER_COMMANDS = ("up", "control")
 PASSTHROUGH_COMMANDS = ("dataplane", "sink", "demo", "verp")
 
 # Global options, for finding the command word before argparse runs (see _split_passthrough).
-_GLOBAL_VALUE_OPTIONS = ("--data-dir", "--redis-url", "--grpc", "--token", "--grpc-ca", "--grpc-client-cert",
+_GLOBAL_VALUE_OPTIONS = ("--data-dir", "--redis-url", "--redis-cluster", "--grpc", "--token", "--grpc-ca", "--grpc-client-cert",
                          "--grpc-client-key")
 _GLOBAL_FLAGS = ("--json", "-v", "--verbose", "--grpc-tls", "--insecure")
 
@@ -113,7 +114,8 @@ class Settings:
         return cls(
             data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(environ),
             data_dir_given=bool(data_dir),
-            redis_url=getattr(args, "redis_url", None) or env("POOLMTA_REDIS_URL"),
+            redis_url=(getattr(args, "redis_url", None) or getattr(args, "redis_cluster", None)
+                       or env("POOLMTA_REDIS_URL")),
             grpc=getattr(args, "grpc", None) or env("POOLMTA_GRPC") or DEFAULT_GRPC,
             token=getattr(args, "token", None) or env("POOLMTA_TOKEN"),
             admin_token=env("POOLMTA_ADMIN_TOKEN"),
@@ -157,8 +159,13 @@ def global_options() -> argparse.ArgumentParser:
     s = argparse.SUPPRESS
     g.add_argument("--data-dir", type=Path, default=s, metavar="DIR",
                    help=f"state directory (env POOLMTA_DATA_DIR; default {default_data_dir(os.environ)})")
-    g.add_argument("--redis-url", default=s, metavar="URL",
-                   help="Redis to use (env POOLMTA_REDIS_URL); without one, up and control start an embedded Redis")
+    redis = g.add_mutually_exclusive_group()
+    redis.add_argument("--redis-url", default=s, metavar="URL",
+                       help="Redis to use (env POOLMTA_REDIS_URL; redis+cluster://HOST:PORT[,HOST:PORT] for a "
+                       "Redis Cluster); without one, up and control start an embedded Redis")
+    redis.add_argument("--redis-cluster", type=cluster_option, default=s, metavar="HOST:PORT[,HOST:PORT]",
+                       help="use the Redis Cluster these nodes belong to (the same as --redis-url "
+                       "redis+cluster://HOST:PORT[,HOST:PORT])")
     g.add_argument("--grpc", default=s, metavar="HOST:PORT",
                    help=f"control plane address for client commands (env POOLMTA_GRPC; default {DEFAULT_GRPC})")
     g.add_argument("--token", default=s,

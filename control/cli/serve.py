@@ -22,7 +22,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
-from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 
@@ -31,6 +30,7 @@ from .._pb.poolmta.v1 import poolmta_pb2_grpc as rpc
 from .. import grpc_tls, validation
 from ..config import ControlConfig
 from ..contract import file_modes
+from ..contract.redis_client import RedisUrlError, check_redis_url, redacted_url
 from ..contract.runtime import DATAPLANE_READY, DEFAULT_SMTP_LISTEN, ready_line_smtp
 from ..embedded_redis import EmbeddedRedisError
 from ..redis_supervisor import RedisSupervisor, resolve_redis
@@ -86,6 +86,10 @@ def serve(opts: ServeOptions, out: IO[str]) -> int:
     except OSError as exc:
         raise CliError(f"cannot create the data directory {opts.data_dir}: {exc.strerror}") from None
     try:
+        check_redis_url(opts.redis_url or "unix://")
+    except RedisUrlError as exc:
+        raise CliError(str(exc)) from None
+    try:
         redis_url, embedded = resolve_redis(opts.data_dir, opts.redis_url)
     except EmbeddedRedisError as exc:
         raise CliError(f"the embedded Redis did not start: {exc}") from None
@@ -94,18 +98,6 @@ def serve(opts: ServeOptions, out: IO[str]) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
-
-
-def redact(url: str) -> str:
-    """A Redis URL fit to print: the password, if any, replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class _Stack:
@@ -141,7 +133,7 @@ class _Stack:
             self.say(f"Redis {self.redis_url} (embedded, pid {self.embedded.server.pid}), "
                      "restarted from its append-only file if it dies")
         else:
-            self.say(f"Redis {redact(self.redis_url)}")
+            self.say(f"Redis {redacted_url(self.redis_url)}")
 
         cp = ControlPlane(
             ControlConfig(

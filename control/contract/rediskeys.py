@@ -239,6 +239,14 @@ def suppression_key(user_id: int) -> str:
     return f"{PREFIX}:{{supp:{int(user_id)}}}:addresses"
 
 
+def suppression_marker_key(user_id: int, subject: str) -> str:
+    """Marks one report's suppression of a recipient as applied (`subject` as in
+    `report_marker_key`), so that a report arriving again suppresses nothing an
+    operator has removed since. In the account's `{supp:USER}` slot, beside its list:
+    a Lua script sets the marker and the entry together, on one Redis Cluster node."""
+    return f"{PREFIX}:{{supp:{int(user_id)}}}:report:{subject}"
+
+
 def message_index_key(header_message_id: str) -> str:
     """String holding our message id for a Message-ID header value the Bridge accepted
     (its content between the angle brackets), so a report that returns only the

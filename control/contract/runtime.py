@@ -71,7 +71,12 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
     """True when the Redis at `url` answers PING within `timeout` seconds; never raises."""
     import redis
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    from .redis_client import sync_redis_client
+
+    try:
+        client = sync_redis_client(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    except (redis.RedisError, OSError, ValueError):
+        return False
     try:
         return bool(client.ping())
     except (redis.RedisError, OSError):

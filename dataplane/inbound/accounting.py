@@ -16,17 +16,21 @@ target whose marker was not there yet changes anything:
 * the message gets an event (`DeliveryEvent`, `source` the report's kind, final)
   that `message status` shows;
 * the recipient goes on the account's suppression list (HSETNX: a first entry
-  stays) when the account and the address are known.
+  stays) when the account and the address are known: a second script, in the
+  account's `{supp:USER}` slot, under a marker of its own there
+  (`rediskeys.suppression_marker_key`), so each script stays on one Redis Cluster
+  slot and each is applied exactly once on its own.
 
-The script is one atomic unit, and the listener answers 250 only after Redis
-acknowledged it (the embedded Redis runs with appendfsync always): a crash right
-after the 250 loses nothing, and a report that arrives again finds its markers and
-counts nothing. With Redis down the caller answers 451 and the sender retries.
+Each script is one atomic unit, and the listener answers 250 only after Redis
+acknowledged both (the embedded Redis runs with appendfsync always): a crash right
+after the 250 loses nothing; a crash between the two means no 250, and the
+sender's retry finds the first one's markers, counts nothing again and applies
+what the crash cut off. With Redis down the caller answers 451 and the sender retries.
 
 Which keys a move touches is `counter_keys` alone; counters and markers share the
-server's `{stats:N}` slot. The script also appends to the message's events and the
-account's suppression list (other slots): it needs one Redis node, as the embedded
-one is.
+server's `{stats:N}` slot. The counting script also appends to the message's
+events (`{msg:ID}`, another slot): until those move beside the counters it needs
+one Redis node, as the embedded one is.
 """
 
 from __future__ import annotations
@@ -54,7 +58,6 @@ from .attribution import BOUNCE, Target
 # TTL, then per target: its marker's KEYS index, its op count, and the ops, each one of
 #   H key field increment expires (HINCRBY; then EXPIREAT the key unless expires is 0)
 #   E key event                   (RPUSH an event; EXPIRE the list)
-#   S key field value             (HSETNX: the suppression list)
 # Returns, per target, 1 when applied now, 0 when its marker was there already.
 _APPLY_REPORT = """
 local applied = {}
@@ -77,9 +80,6 @@ while i <= #ARGV do
         redis.call('EXPIRE', key, ARGV[2])
       end
       i = i + 3
-    else
-      if fresh then redis.call('HSETNX', key, ARGV[i + 2], ARGV[i + 3]) end
-      i = i + 4
     end
   end
   applied[#applied + 1] = fresh and 1 or 0
@@ -96,6 +96,16 @@ end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
 redis.call('HINCRBY', KEYS[3], 'unattributed', 1)
+return 1
+"""
+
+# KEYS[1] the suppression's marker, KEYS[2] the account's suppression list;
+# ARGV[1] marker TTL, ARGV[2] the address, ARGV[3] the entry. 1 if applied now.
+_SUPPRESS = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return 0
+end
+redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3])
 return 1
 """
 
@@ -154,11 +164,13 @@ class Accounting:
         self.event_ttl = max(1, int(event_ttl))
         self._apply = redis.register_script(_APPLY_REPORT)
         self._keep = redis.register_script(_KEEP_UNATTRIBUTED)
+        self._suppress_script = redis.register_script(_SUPPRESS)
 
     async def apply(self, targets: Sequence[Target], now_ms: int) -> list[bool]:
         """Count each target once (see the module docstring); per target, True when it
         was counted now, False when an earlier report had counted it already."""
         script = _Script(rediskeys.REPORT_MARKER_TTL_SECONDS, self.event_ttl)
+        suppressions = []
         for target in targets:
             script.target(rediskeys.report_marker_key(self.server_id, target.subject))
             if target.kind == BOUNCE:
@@ -171,21 +183,26 @@ class Accounting:
             if target.message_id and (moves or target.counted != BOUNCED):
                 script.op("E", rediskeys.message_events_key(target.message_id), self._event(target, now_ms))
             if target.user_id and target.rcpt and target.suppresses:
-                self._suppress(script, target, now_ms)
-        return [bool(n) for n in await self._apply(keys=script.keys, args=script.args)]
+                suppressions += self._suppression(target, now_ms)
+        applied = [bool(n) for n in await self._apply(keys=script.keys, args=script.args)]
+        for keys, args in suppressions:
+            await self._suppress_script(keys=keys, args=args)
+        return applied
 
     @staticmethod
-    def _suppress(script: _Script, target: Target, now_ms: int) -> None:
-        """The recipient onto the account's suppression list, keyed and written as every
-        writer of the list does (`control.contract.suppression`); an address the list
-        cannot hold is left out."""
+    def _suppression(target: Target, now_ms: int) -> list[tuple[list[str], list[str | int]]]:
+        """KEYS and ARGV of `_SUPPRESS` putting the recipient onto the account's
+        suppression list, keyed and written as every writer of the list does
+        (`control.contract.suppression`); none for an address the list cannot hold."""
         try:
             field = normalize_address(target.rcpt)
         except AddressError:
-            return
+            return []
         entry = SuppressionEntry(reason=target.kind, at_ms=now_ms, message_id=target.message_id,
                                  source=target.source, detail=target.reply)
-        script.op("S", rediskeys.suppression_key(target.user_id), field, entry.encode())
+        keys = [rediskeys.suppression_marker_key(target.user_id, target.subject),
+                rediskeys.suppression_key(target.user_id)]
+        return [(keys, [rediskeys.REPORT_MARKER_TTL_SECONDS, field, entry.encode()])]
 
     @staticmethod
     def _event(target: Target, now_ms: int) -> str:
