@@ -79,17 +79,13 @@ def page(wanted: PageRequest, rows: Sequence[T], key: Callable[[T], Key]) -> Pag
     return Page(items, _encode(wanted.listing, key(items[-1])) if more and items else "")
 
 
-def after(wanted: PageRequest, rows: Sequence[T], key: Callable[[T], Key]) -> list[T]:
-    """The rows of a whole, key-ordered list that come after the request's token (for
-    lists short enough to read at once: accounts, servers, an account's pools)."""
-    if wanted.after is None:
-        return list(rows)
-    return [row for row in rows if key(row) > wanted.after]
-
-
-def whole(wanted: PageRequest, rows: Sequence[T], key: Callable[[T], Key]) -> Page[T]:
-    """`page(wanted, after(wanted, rows, key), key)`: one page of a list read whole."""
-    return page(wanted, after(wanted, rows, key), key)
+def fetched(wanted: PageRequest, types: tuple[type, ...], fetch: Callable[[Key | None, int], Sequence[T]],
+            key: Callable[[T], Key]) -> Page[T]:
+    """The page `wanted` names, read in SQL: `fetch(after, limit)` returns at most `limit`
+    rows after the key `after` (None: from the first), in key order, and is called with
+    `wanted.size + 1` so the last page is known as such. INVALID_ARGUMENT when the token's
+    key is not one part of each of `types`."""
+    return page(wanted, fetch(checked_after(wanted, *types), wanted.size + 1), key)
 
 
 def _encode(listing: str, key: Key) -> str:

@@ -31,7 +31,7 @@ import time
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from .. import models
+from .. import models, paging
 from ..contract import dkim_seal
 from ..contract.bounce_domain import LABEL
 from ..contract.dkim_record import SELECTOR, txt_record_text
@@ -204,6 +204,15 @@ class DkimKeys:
         domain = check_domain(domain) if domain else ""
         with self.store.read() as s:
             return s.dkim_keys_of(account.user_id, domain)
+
+    def list_dkim_keys_page(self, account: Account, page_size: int, page_token: str,
+                            domain: str = "") -> paging.Page[models.DkimKey]:
+        """One page of the account's keys, every state, by domain then age; only `domain`'s when given."""
+        domain = check_domain(domain) if domain else ""
+        wanted = paging.request(f"dkim:{domain}", page_size, page_token)
+        with self.store.read() as s:
+            return paging.fetched(wanted, (str, int), lambda after, limit: s.dkim_keys_page(
+                account.user_id, after=after, limit=limit, domain=domain), lambda k: [k.domain, k.key_id])
 
     def get_dkim_key(self, account: Account, key_id: int) -> models.DkimKey:
         """The account's key `key_id`, or NotFound."""
