@@ -45,11 +45,6 @@ class Accounts:
                 return lookups.named(s.account_named(name), name, "account named")
             return lookups.account(s, user_id)
 
-    def list_accounts(self) -> list[Account]:
-        """Every account, oldest first."""
-        with self.store.read() as s:
-            return s.accounts()
-
     def list_accounts_page(self, page_size: int, page_token: str, *, server_id: int = 0,
                            tier: str = "") -> paging.Page[Account]:
         """One page of the accounts, oldest first (by user_id); only those with a pool or an
@@ -58,8 +53,7 @@ class Accounts:
         tier = _check_tier(tier) if tier else ""
         wanted = paging.request(f"accounts:{server_id}:{tier}", page_size, page_token)
         with self.store.read() as s:
-            if server_id:
-                lookups.server(s, server_id)
+            lookups.list_filter(s, None, server_id=server_id)
             return paging.fetched(wanted, (int,), lambda after, limit: s.accounts_page(
                 after=after, limit=limit, server_id=server_id, tier=tier), lambda a: [a.user_id])
 

@@ -55,7 +55,7 @@ class Bridges:
                 raise FailedPrecondition(
                     f"pool {quoted(pool.label)} is on MTA server {pool.server_id}, not {server_id}"
                 )
-            if any(b.name == name for b in s.bridges_of(account.user_id)):
+            if s.bridge_named(account.user_id, name) is not None:
                 raise AlreadyExists(f"a bridge named {quoted(name)} already exists")
             _check_networks_free(s, account, pool.server_id, networks, excluding_bridge=0)
             bridge_id = s.insert_bridge(
@@ -76,14 +76,6 @@ class Bridges:
                 return lookups.named(s.bridge_named(account.user_id, name), name, "bridge named")
             return lookups.bridge(s, account, bridge_id)
 
-    def list_bridges(self, account: Account, smtp_id: int = 0) -> list[models.Bridge]:
-        """The account's bridges, of one pool when `smtp_id` is given (NotFound if it is
-        not the account's)."""
-        with self.store.read() as s:
-            if smtp_id:
-                lookups.pool(s, account, smtp_id)
-            return s.bridges_of(account.user_id, smtp_id)
-
     def list_bridges_page(self, account: Account, page_size: int, page_token: str, *, smtp_id: int = 0,
                           server_id: int = 0, revoked: bool | None = None) -> paging.Page[models.Bridge]:
         """One page of the account's bridges, by bridge_id; only those of pool `smtp_id`
@@ -91,10 +83,7 @@ class Bridges:
         unknown) and revoked (True) or active (False), when given."""
         wanted = paging.request(f"bridges:{smtp_id}:{server_id}:{revoked}", page_size, page_token)
         with self.store.read() as s:
-            if smtp_id:
-                lookups.pool(s, account, smtp_id)
-            if server_id:
-                lookups.server(s, server_id)
+            lookups.list_filter(s, account, smtp_id=smtp_id, server_id=server_id)
             return paging.fetched(wanted, (int,), lambda after, limit: s.bridges_page(
                 account.user_id, after=after, limit=limit, smtp_id=smtp_id, server_id=server_id, revoked=revoked),
                 lambda b: [b.bridge_id])

@@ -199,12 +199,6 @@ class DkimKeys:
         algorithm, key = parse_private_pem(bytes(pem))
         return self._add_dkim_key(account, domain, selector, algorithm, key)
 
-    def list_dkim_keys(self, account: Account, domain: str = "") -> list[models.DkimKey]:
-        """The account's keys, every state, only `domain`'s when given."""
-        domain = check_domain(domain) if domain else ""
-        with self.store.read() as s:
-            return s.dkim_keys_of(account.user_id, domain)
-
     def list_dkim_keys_page(self, account: Account, page_size: int, page_token: str,
                             domain: str = "") -> paging.Page[models.DkimKey]:
         """One page of the account's keys, every state, by domain then age; only `domain`'s when given."""

@@ -93,10 +93,7 @@ class DedicatedIps:
         (NotFound if unknown) and in `state` (active or paused), when given."""
         wanted = paging.request(f"ips:{smtp_id}:{server_id}:{state}", page_size, page_token)
         with self.store.read() as s:
-            if smtp_id:
-                lookups.pool(s, account, smtp_id)
-            if server_id:
-                lookups.server(s, server_id)
+            lookups.list_filter(s, account, smtp_id=smtp_id, server_id=server_id)
             return paging.fetched(wanted, IP_KEY_TYPES, lambda after, limit: s.ips_page(
                 account.user_id, after=after, limit=limit, smtp_id=smtp_id, server_id=server_id, state=state),
                 ip_key)

@@ -51,6 +51,16 @@ def named(record: R | None, name: str, noun: str) -> R:
     return _found(record, f"no {noun} {quoted(name)}")
 
 
+def list_filter(s: Store, account: Account | None, *, smtp_id: int = 0, server_id: int = 0) -> None:
+    """Check what a listing filters on: the pool `smtp_id` is the account's and the MTA
+    server `server_id` exists, when given (0: no such filter); NotFound otherwise, so an
+    unknown filter is never an empty list that looks like a real answer."""
+    if smtp_id:
+        pool(s, account, smtp_id)
+    if server_id:
+        server(s, server_id)
+
+
 def pool(s: Store, account: Account, smtp_id: int) -> models.Pool:
     """The account's pool `smtp_id`, or NotFound."""
     return _found(s.pool(smtp_id) if smtp_id > 0 else None, f"no pool with smtp_id {smtp_id}", owner=account)

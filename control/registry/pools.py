@@ -75,8 +75,7 @@ class Pools:
         server `server_id` (NotFound if unknown) and in `status` (models.POOL_*), when given."""
         wanted = paging.request(f"pools:{server_id}:{status}", page_size, page_token)
         with self.store.read() as s:
-            if server_id:
-                lookups.server(s, server_id)
+            lookups.list_filter(s, account, server_id=server_id)
             return paging.fetched(wanted, (int,), lambda after, limit: s.pools_page(
                 account.user_id, after=after, limit=limit, server_id=server_id, status=status), lambda p: [p.smtp_id])
 
@@ -167,5 +166,5 @@ class Pools:
 
 
 def _check_label_free(s: Store, account: Account, label: str) -> None:
-    if any(p.label == label for p in s.pools_of(account.user_id)):
+    if s.pool_labelled(account.user_id, label) is not None:
         raise AlreadyExists(f"a pool labelled {quoted(label)} already exists in this account")

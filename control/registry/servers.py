@@ -78,12 +78,6 @@ class MtaServers:
             s.bump_routing_version(server_id)
             return s.ip(address)
 
-    def list_shared_ips(self, server_id: int) -> list[models.DedicatedIp]:
-        """The IPs of the server's shared pool; NotFound for an unknown server."""
-        with self.store.read() as s:
-            lookups.server(s, server_id)
-            return s.ips_in_pool(s.shared_pool(server_id).smtp_id)
-
     def list_shared_ips_page(self, server_id: int, page_size: int,
                              page_token: str) -> paging.Page[models.DedicatedIp]:
         """One page of the IPs of the server's shared pool, oldest first; NotFound for an

@@ -22,10 +22,6 @@ class AccountQueries(Connection):
         row = self._one("SELECT * FROM accounts WHERE user_id = ?", (user_id,))
         return models.Account(**dict(row)) if row else None
 
-    def accounts(self) -> list[models.Account]:
-        """Every account, by user_id."""
-        return [models.Account(**dict(r)) for r in self._all("SELECT * FROM accounts ORDER BY user_id")]
-
     def accounts_page(self, *, after: list | None, limit: int, server_id: int = 0,
                       tier: str = "") -> list[models.Account]:
         """At most `limit` accounts after the key [user_id] `after`, by user_id; only those

@@ -46,14 +46,6 @@ class BridgeQueries(Connection):
         row = self._one(_BRIDGE_SELECT + " WHERE b.bridge_id = ?", (bridge_id,))
         return self._bridge_from_row(row) if row else None
 
-    def bridges_of(self, user_id: int, smtp_id: int = 0) -> list[models.Bridge]:
-        """The account's bridges (revoked ones included), of pool `smtp_id` only unless it is 0."""
-        rows = self._all(
-            _BRIDGE_SELECT + " WHERE b.user_id = ? AND (? = 0 OR b.smtp_id = ?) ORDER BY b.bridge_id",
-            (user_id, smtp_id, smtp_id),
-        )
-        return [self._bridge_from_row(r) for r in rows]
-
     def bridges_page(self, user_id: int, *, after: list | None, limit: int, smtp_id: int = 0,
                      server_id: int = 0, revoked: bool | None = None) -> list[models.Bridge]:
         """At most `limit` of the account's bridges after the key [bridge_id] `after`, by

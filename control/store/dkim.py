@@ -32,12 +32,6 @@ class DkimKeyQueries(Connection):
         row = self._one(_KEY_SELECT + " WHERE key_id = ?", (key_id,))
         return models.DkimKey(**dict(row)) if row else None
 
-    def dkim_keys_of(self, user_id: int, domain: str = "") -> list[models.DkimKey]:
-        """The account's keys (only `domain`'s when given), by domain then age."""
-        sql = _KEY_SELECT + " WHERE user_id = ?" + (" AND domain = ?" if domain else "")
-        rows = self._all(sql + " ORDER BY domain, key_id", (user_id, domain) if domain else (user_id,))
-        return [models.DkimKey(**dict(r)) for r in rows]
-
     def dkim_keys_page(self, user_id: int, *, after: list | None, limit: int,
                        domain: str = "") -> list[models.DkimKey]:
         """At most `limit` of the account's keys after the key [domain, key_id] `after`, by
