@@ -10,6 +10,7 @@ twice, none that stayed throughout is skipped, and the order holds."""
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 import tempfile
 import time
@@ -240,6 +241,12 @@ async def test_a_token_is_bound_to_its_filter(admin, acme, server):
     for changed in (pb.ListPoolsRequest(page_token=first.next_page_token),
                     pb.ListPoolsRequest(server_id=server.server_id, status=pb.EMPTY, page_token=first.next_page_token)):
         await expect_error(acme.pools.ListPools(changed), INVALID, "same filter")
+    # An edited token (its key changed, still well-formed JSON) fails its check.
+    raw = base64.urlsafe_b64decode(first.next_page_token + "=" * (-len(first.next_page_token) % 4))
+    assert b"]]" in raw
+    edited = base64.urlsafe_b64encode(raw.replace(b"]]", b"0]]", 1)).decode().rstrip("=")
+    await expect_error(acme.pools.ListPools(pb.ListPoolsRequest(server_id=server.server_id, page_token=edited)),
+                       INVALID, "page_token is not one this list gave out")
     accounts = await admin.accounts.ListAccounts(pb.ListAccountsRequest(page_size=1, tier=pb.PRO))
     await expect_error(admin.accounts.ListAccounts(pb.ListAccountsRequest(page_token=accounts.next_page_token or "x")),
                        INVALID, "page_token")
