@@ -159,18 +159,6 @@ def done(ctx: Context, reply, message: str) -> int:
     return 0
 
 
-def all_pages(ctx: Context, service: str, method: str, request, field: str) -> list:
-    """Every item of a paged List RPC: `request` sent again with each next_page_token
-    until an empty one, the items of its repeated `field` gathered in order."""
-    found = []
-    while True:
-        page = ctx.client.call(service, method, request)
-        found += getattr(page, field)
-        if not page.next_page_token:
-            return found
-        request.page_token = page.next_page_token
-
-
 class CommandTree:
     """Adds command groups and commands under the top-level subparsers `commands`;
     every parser takes the global options (`parents`)."""
