@@ -71,6 +71,9 @@ EXTRA_RATIOS = [
     ("suppression", "refusal", "ping"),
     ("data", "bounded", "whole"),
     ("relaxed_body", "py", "c"),
+    ("list pools", "whole", "first"),
+    ("list pools", "whole", "deep"),
+    ("list pools", "deep", "first"),
 ]
 
 

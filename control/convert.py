@@ -27,6 +27,40 @@ def tier_name(value: int) -> str:
     return pb.Tier.Name(value)
 
 
+def _filter(value: int, enum, choices: dict, field: str):
+    """The domain value the proto `enum` filter `value` names (its 0 value: no filter, in
+    `choices` too); InvalidArgument naming the choices for a number the enum does not have."""
+    try:
+        return choices[value]
+    except KeyError:
+        names = ", ".join(enum.Name(v) for v in list(choices)[1:])
+        raise InvalidArgument(f"{field} must be one of {names} (or unset: no filter), got {value}") from None
+
+
+def tier_filter(value: int) -> str:
+    """The tier a list filters on ('' = every tier)."""
+    return _filter(value, pb.Tier, {pb.TIER_UNSPECIFIED: "", pb.ESSENTIAL: "ESSENTIAL", pb.PRO: "PRO",
+                           pb.BUSINESS: "BUSINESS"}, "tier")
+
+
+def pool_status_filter(value: int) -> str:
+    """The models.POOL_* status a pool list filters on ('' = every status)."""
+    return _filter(value, pb.PoolStatus, {pb.POOL_STATUS_UNSPECIFIED: "", pb.ACTIVE: models.POOL_ACTIVE,
+                           pb.PAUSED: models.POOL_PAUSED, pb.EMPTY: models.POOL_EMPTY}, "status")
+
+
+def ip_state_filter(value: int) -> str:
+    """The IP state an IP list filters on ('' = both)."""
+    return _filter(value, pb.IpState, {pb.IP_STATE_UNSPECIFIED: "", pb.IP_ACTIVE: models.IP_ACTIVE,
+                           pb.IP_PAUSED: models.IP_PAUSED}, "state")
+
+
+def bridge_revoked_filter(value: int) -> bool | None:
+    """Whether a bridge list wants revoked bridges (True), active ones (False) or both (None)."""
+    return _filter(value, pb.BridgeState, {pb.BRIDGE_STATE_UNSPECIFIED: None, pb.BRIDGE_ACTIVE: False,
+                           pb.BRIDGE_REVOKED: True}, "state")
+
+
 _RESOLUTIONS = {pb.MINUTE: rediskeys.MINUTE, pb.HOUR: rediskeys.HOUR}
 
 
@@ -207,6 +241,7 @@ def unattributed_reports(found: reports_reader.UnattributedReports) -> pb.ListUn
         ],
         unattributed_total=found.unattributed_total,
         too_big_total=found.too_big_total,
+        next_page_token=found.next_page_token,
     )
 
 

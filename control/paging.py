@@ -4,14 +4,16 @@ Every list is ordered by a key that never changes (an id, an address, a creation
 time with the id as tie-break), and a token names the last key a page gave out:
 the next page starts after it (keyset paging), so a listing interrupted by inserts
 or deletes never repeats or skips an object present throughout. A token is bound to
-its listing (the RPC and its filter): one given out by another listing, or made up,
-is INVALID_ARGUMENT.
+its listing (the RPC and its filter): one given out by another listing, made up or
+edited (a check over the rest fails), is INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +23,8 @@ from .errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-_TOKEN_VERSION = 1
+_TOKEN_VERSION = 2  # 2: with a check of the rest (_check)
+_CHECK_BYTES = 8
 
 T = TypeVar("T")
 Key = list  # the JSON form of an ordering key: [id] or [create_time, id]
@@ -79,28 +82,34 @@ def page(wanted: PageRequest, rows: Sequence[T], key: Callable[[T], Key]) -> Pag
     return Page(items, _encode(wanted.listing, key(items[-1])) if more and items else "")
 
 
-def after(wanted: PageRequest, rows: Sequence[T], key: Callable[[T], Key]) -> list[T]:
-    """The rows of a whole, key-ordered list that come after the request's token (for
-    lists short enough to read at once: accounts, servers, an account's pools)."""
-    if wanted.after is None:
-        return list(rows)
-    return [row for row in rows if key(row) > wanted.after]
-
-
-def whole(wanted: PageRequest, rows: Sequence[T], key: Callable[[T], Key]) -> Page[T]:
-    """`page(wanted, after(wanted, rows, key), key)`: one page of a list read whole."""
-    return page(wanted, after(wanted, rows, key), key)
+def fetched(wanted: PageRequest, types: tuple[type, ...], fetch: Callable[[Key | None, int], Sequence[T]],
+            key: Callable[[T], Key]) -> Page[T]:
+    """The page `wanted` names, read in SQL: `fetch(after, limit)` returns at most `limit`
+    rows after the key `after` (None: from the first), in key order, and is called with
+    `wanted.size + 1` so the last page is known as such. INVALID_ARGUMENT when the token's
+    key is not one part of each of `types`."""
+    return page(wanted, fetch(checked_after(wanted, *types), wanted.size + 1), key)
 
 
 def _encode(listing: str, key: Key) -> str:
-    data = json.dumps([_TOKEN_VERSION, listing, key], separators=(",", ":"))
-    return base64.urlsafe_b64encode(data.encode("utf-8")).decode("ascii").rstrip("=")
+    data = json.dumps([_TOKEN_VERSION, listing, key], separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(data + _check(data)).decode("ascii").rstrip("=")
+
+
+def _check(data: bytes) -> bytes:
+    # Not a secret: a token only places the caller in lists of its own objects (every
+    # query filters by the account), so the check is there to refuse an edited or cut
+    # token with a clear INVALID_ARGUMENT rather than to keep anyone out.
+    return hashlib.blake2b(data, digest_size=_CHECK_BYTES, person=b"poolmta-page").digest()
 
 
 def _decode(listing: str, token: str) -> Key:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        version, given_listing, key = json.loads(raw)
+        data, check = raw[:-_CHECK_BYTES], raw[-_CHECK_BYTES:]
+        if not hmac.compare_digest(check, _check(data)):
+            raise ValueError("edited")
+        version, given_listing, key = json.loads(data)
         if version != _TOKEN_VERSION or given_listing != listing or not isinstance(key, list) or not key:
             raise ValueError(version)
         if not all(isinstance(part, (int, float, str)) and not isinstance(part, bool) for part in key):

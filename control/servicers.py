@@ -23,15 +23,6 @@ from .rpc import ACCOUNT, ADMIN, EITHER, Servicer, Services, rpc
 DEFAULT_UNATTRIBUTED_LIMIT = 50
 
 
-def _paged(request, listing: str, rows, key) -> paging.Page:
-    """The page of `rows` (a whole list, in `key` order) that a List request asks for."""
-    return paging.whole(paging.request(listing, request.page_size, request.page_token), rows, key)
-
-
-def _ip_key(ip) -> list:
-    return [ip.created_at, ip.address]
-
-
 class AccountServicer(Servicer, rpc_pb.AccountServiceServicer):
     @rpc(ADMIN)
     def CreateAccount(self, request, context, admin):
@@ -44,7 +35,8 @@ class AccountServicer(Servicer, rpc_pb.AccountServiceServicer):
 
     @rpc(ADMIN)
     def ListAccounts(self, request, context, admin):
-        found = _paged(request, "accounts", self.registry.list_accounts(), lambda a: [a.user_id])
+        found = self.registry.list_accounts_page(request.page_size, request.page_token, server_id=request.server_id,
+                                                 tier=convert.tier_filter(request.tier))
         return pb.ListAccountsResponse(accounts=[convert.account(a) for a in found.items],
                                        next_page_token=found.next_page_token)
 
@@ -69,13 +61,13 @@ class MtaServerServicer(Servicer, rpc_pb.MtaServerServiceServicer):
     def RegisterMtaServer(self, request, context, admin):
         return convert.server(self.registry.register_server(request.hostname, request.zone, request.bounce_domain))
 
-    @rpc(ADMIN)
-    def GetMtaServer(self, request, context, admin):
+    @rpc(EITHER)
+    def GetMtaServer(self, request, context, caller):
         return convert.server(self.registry.get_server(request.server_id, request.hostname))
 
     @rpc(ADMIN)
     def ListMtaServers(self, request, context, admin):
-        found = _paged(request, "servers", self.registry.list_servers(), lambda s: [s.server_id])
+        found = self.registry.list_servers_page(request.page_size, request.page_token)
         return pb.ListMtaServersResponse(servers=[convert.server(s) for s in found.items],
                                          next_page_token=found.next_page_token)
 
@@ -91,8 +83,7 @@ class MtaServerServicer(Servicer, rpc_pb.MtaServerServiceServicer):
 
     @rpc(ADMIN)
     def ListSharedIps(self, request, context, admin):
-        found = _paged(request, f"shared-ips:{request.server_id}", self.registry.list_shared_ips(request.server_id),
-                       _ip_key)
+        found = self.registry.list_shared_ips_page(request.server_id, request.page_size, request.page_token)
         return pb.ListIpsResponse(ips=[convert.ip(i) for i in found.items], next_page_token=found.next_page_token)
 
     @rpc(ADMIN, changes_routing=True)
@@ -121,14 +112,16 @@ class MtaServerServicer(Servicer, rpc_pb.MtaServerServiceServicer):
 
     @rpc(ADMIN)
     async def ListUnattributedReports(self, request, context, admin):
-        limit = request.limit or DEFAULT_UNATTRIBUTED_LIMIT
-        if not 0 < limit <= rediskeys.UNATTRIBUTED_KEPT:
-            raise InvalidArgument(f"limit must be 1-{rediskeys.UNATTRIBUTED_KEPT} (0 = {DEFAULT_UNATTRIBUTED_LIMIT})")
+        size = request.page_size or request.limit or DEFAULT_UNATTRIBUTED_LIMIT  # limit: page_size's old name
+        if not 0 < size <= rediskeys.UNATTRIBUTED_KEPT:
+            raise InvalidArgument(f"page_size must be 1-{rediskeys.UNATTRIBUTED_KEPT} "
+                                  f"(0 = {DEFAULT_UNATTRIBUTED_LIMIT})")
+        wanted = paging.request(f"unattributed:{request.server_id}", size, request.page_token)
         if request.server_id:
             server_ids = [self.registry.get_server(request.server_id).server_id]
         else:
             server_ids = [s.server_id for s in self.registry.list_servers()]
-        found = await reports_reader.unattributed_reports(self.services.redis, server_ids, limit)
+        found = await reports_reader.unattributed_reports(self.services.redis, server_ids, wanted)
         return convert.unattributed_reports(found)
 
 
@@ -148,7 +141,9 @@ class PoolServicer(Servicer, rpc_pb.PoolServiceServicer):
 
     @rpc(ACCOUNT)
     def ListPools(self, request, context, account):
-        found = _paged(request, "pools", self.registry.list_pools(account), lambda p: [p.smtp_id])
+        found = self.registry.list_pools_page(account, request.page_size, request.page_token,
+                                              server_id=request.server_id,
+                                              status=convert.pool_status_filter(request.status))
         return pb.ListPoolsResponse(pools=[convert.pool(p) for p in found.items],
                                     next_page_token=found.next_page_token)
 
@@ -201,7 +196,8 @@ class IpServicer(Servicer, rpc_pb.IpServiceServicer):
 
     @rpc(ACCOUNT)
     def ListIps(self, request, context, account):
-        found = _paged(request, f"ips:{request.smtp_id}", self.registry.list_ips(account, request.smtp_id), _ip_key)
+        found = self.registry.list_ips_page(account, request.page_size, request.page_token, smtp_id=request.smtp_id,
+                                            server_id=request.server_id, state=convert.ip_state_filter(request.state))
         return pb.ListIpsResponse(ips=[convert.ip(i) for i in found.items], next_page_token=found.next_page_token)
 
     @rpc(ACCOUNT)
@@ -265,8 +261,9 @@ class BridgeServicer(Servicer, rpc_pb.BridgeServiceServicer):
 
     @rpc(ACCOUNT)
     def ListBridges(self, request, context, account):
-        found = _paged(request, f"bridges:{request.smtp_id}", self.registry.list_bridges(account, request.smtp_id),
-                       lambda b: [b.bridge_id])
+        found = self.registry.list_bridges_page(account, request.page_size, request.page_token,
+                                                smtp_id=request.smtp_id, server_id=request.server_id,
+                                                revoked=convert.bridge_revoked_filter(request.state))
         return pb.ListBridgesResponse(bridges=[convert.bridge(b) for b in found.items],
                                       next_page_token=found.next_page_token)
 
@@ -307,8 +304,7 @@ class DkimServicer(Servicer, rpc_pb.DkimServiceServicer):
 
     @rpc(ACCOUNT)
     def ListDkimKeys(self, request, context, account):
-        found = _paged(request, f"dkim:{request.domain}", self.registry.list_dkim_keys(account, request.domain),
-                       lambda k: [k.domain, k.key_id])
+        found = self.registry.list_dkim_keys_page(account, request.page_size, request.page_token, request.domain)
         return pb.ListDkimKeysResponse(keys=[_dkim_key(k) for k in found.items], next_page_token=found.next_page_token)
 
     @rpc(ACCOUNT)

@@ -7,7 +7,7 @@ import argparse
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from . import names, render
-from .commands import (CommandTree, Context, add_bounce_domain_arguments, done, emit, emit_list, page_size_option,
+from .commands import (CommandTree, Context, add_bounce_domain_arguments, done, emit, emit_pages, list_options,
                        requested_bounce_domain)
 
 TIERS = ("ESSENTIAL", "PRO", "BUSINESS")
@@ -40,9 +40,9 @@ def _account_create(ctx: Context, a) -> int:
 
 
 def _account_list(ctx: Context, a) -> int:
-    found = ctx.client.list_all("accounts", "ListAccounts", pb.ListAccountsRequest(page_size=a.page_size or 0),
-                                "accounts")
-    return emit_list(ctx, pb.ListAccountsResponse(accounts=found), lambda r: render.accounts(r.accounts))
+    request = pb.ListAccountsRequest(server_id=names.resolve_optional(ctx.client, names.SERVER, a.server),
+                                     tier=pb.Tier.Value(a.tier) if a.tier else 0)
+    return emit_pages(ctx, a, ("accounts", "ListAccounts"), request, "accounts", lambda r: render.accounts(r.accounts))
 
 
 def _account_show(ctx: Context, a) -> int:
@@ -83,9 +83,8 @@ def _server_register(ctx: Context, a) -> int:
 
 
 def _server_list(ctx: Context, a) -> int:
-    request = pb.ListMtaServersRequest(page_size=a.page_size or 0)
-    found = ctx.client.list_all("servers", "ListMtaServers", request, "servers")
-    return emit_list(ctx, pb.ListMtaServersResponse(servers=found), lambda r: render.servers(r.servers))
+    return emit_pages(ctx, a, ("servers", "ListMtaServers"), pb.ListMtaServersRequest(), "servers",
+                      lambda r: render.servers(r.servers))
 
 
 def _server_show(ctx: Context, a) -> int:
@@ -111,10 +110,8 @@ def _shared_ip_add(ctx: Context, a) -> int:
 
 
 def _shared_ip_list(ctx: Context, a) -> int:
-    request = pb.ListSharedIpsRequest(server_id=names.resolve(ctx.client, names.SERVER, a.server_id),
-                                      page_size=a.page_size or 0)
-    found = ctx.client.list_all("servers", "ListSharedIps", request, "ips")
-    return emit_list(ctx, pb.ListIpsResponse(ips=found), lambda r: render.ips(r.ips))
+    request = pb.ListSharedIpsRequest(server_id=names.resolve(ctx.client, names.SERVER, a.server_id))
+    return emit_pages(ctx, a, ("servers", "ListSharedIps"), request, "ips", lambda r: render.ips(r.ips))
 
 
 def _shared_ip_release(ctx: Context, a) -> int:
@@ -148,7 +145,9 @@ def add(tree: CommandTree) -> None:
     p = tree.leaf(subs, "create", _account_create, "create an account; prints its API token once")
     p.add_argument("name")
     p.add_argument("--tier", type=_tier_arg, required=True, metavar="{ESSENTIAL,PRO,BUSINESS}")
-    page_size_option(tree.leaf(subs, "list", _account_list, "list every account"))
+    p = tree.leaf(subs, "list", _account_list, "list the accounts, oldest first (one page unless --limit or --all)")
+    list_options(p, server=True)
+    p.add_argument("--tier", type=_tier_arg, metavar="{ESSENTIAL,PRO,BUSINESS}", help="only this tier's accounts")
     p = tree.leaf(subs, "show", _account_show, "show one account")
     p.add_argument("id", metavar="ID|NAME")
     p = tree.leaf(subs, "tier", _account_tier, "change an account's tier")
@@ -166,7 +165,7 @@ def add(tree: CommandTree) -> None:
     p.add_argument("--zone", required=True, help="its zone, e.g. US-1, EU-1, MTA4")
     p.add_argument("--bounce-domain", metavar="DOMAIN",
                    help="domain of its VERP return paths, with an MX to it (default its hostname)")
-    page_size_option(tree.leaf(subs, "list", _server_list, "list MTA servers"))
+    list_options(tree.leaf(subs, "list", _server_list, "list MTA servers (one page unless --limit or --all)"))
     p = tree.leaf(subs, "show", _server_show, "show one MTA server")
     p.add_argument("id", metavar="ID|NAME")
     p = tree.leaf(subs, "bounce-domain", _server_bounce_domain,
@@ -181,7 +180,7 @@ def add(tree: CommandTree) -> None:
     p.add_argument("--weight", type=int, help="rotation weight (default 1)")
     p.add_argument("--hostname", help="HELO hostname (default the server's hostname)")
     p = tree.leaf(shared_subs, "list", _shared_ip_list, "list a server's shared IPs")
-    page_size_option(p)
+    list_options(p)
     p.add_argument("server_id", metavar="SERVER")
     p = tree.leaf(shared_subs, "release", _shared_ip_release, "remove an IP from its shared pool")
     p.add_argument("address")

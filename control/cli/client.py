@@ -53,10 +53,12 @@ _ADMIN_SERVICES = frozenset({"accounts", "servers"})
 class CliError(Exception):
     """A failure to report as `error: <message>` and exit with `exit_code`."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_ERROR, hint: str = ""):
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR, hint: str = "",
+                 code: grpc.StatusCode | None = None):
         super().__init__(message)
         self.exit_code = exit_code
         self.hint = hint
+        self.code = code  # the gRPC status of a failed call, None for other failures
 
 
 def resolve_token(token: str | None, admin_token: str | None, data_dir: Path) -> str:
@@ -140,16 +142,14 @@ class ControlClient:
         finally:
             replies.cancel()
 
-    def list_all(self, service: str, method: str, request, field: str) -> list:
-        """Every item of a paged List call: the `field` of each page, following
-        next_page_token to the last page (the request's page_size is kept)."""
-        items: list = []
-        while True:
-            page = self.call(service, method, request)
-            items += getattr(page, field)
-            if not page.next_page_token:
-                return items
-            request.page_token = page.next_page_token
+    def found(self, service: str, method: str, request):
+        """`call(...)` of a Get call, None when the object is NOT_FOUND."""
+        try:
+            return self.call(service, method, request)
+        except CliError as exc:
+            if exc.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            return None
 
     def _reachable(self) -> bool:
         try:
@@ -185,29 +185,26 @@ class ControlClient:
             )
         elif code == grpc.StatusCode.UNAUTHENTICATED:
             hint = "check --token / POOLMTA_TOKEN (an account token may have been revoked)"
-        return CliError(f"{code.name}: {details}", hint=hint)
+        return CliError(f"{code.name}: {details}", hint=hint, code=code)
 
     # -- lookups shared by several commands ---------------------------------
 
     def resolve_pool(self, text: str) -> int:
         """The smtp_id a POOL argument names: an smtp_id of one of the account's pools,
-        else an exact label; a number no pool has is passed on for the server to judge.
+        else an exact label, asked of the control plane (GetPool by id, then by label:
+        never a listing); a number no pool has is passed on for the server to judge.
 
         Raises CliError (exit 1) for an unknown label.
         """
         wanted = text.strip()
-        pools = self.list_all("pools", "ListPools", pb.ListPoolsRequest(), "pools")
-        if wanted.isdigit():
-            smtp_id = int(wanted)
-            if any(p.smtp_id == smtp_id for p in pools):
-                return smtp_id
-        for p in pools:
-            if p.label == wanted:
-                return p.smtp_id
+        if wanted.isdigit() and self.found("pools", "GetPool", pb.GetPoolRequest(smtp_id=int(wanted))):
+            return int(wanted)
+        pool = self.found("pools", "GetPool", pb.GetPoolRequest(label=wanted))
+        if pool is not None:
+            return pool.smtp_id
         if wanted.isdigit():
             return int(wanted)
-        known = ", ".join(sorted(repr(p.label) for p in pools)) or "none yet"
-        raise CliError(f"no pool with the label or id {wanted!r} (this account's pools: {known})")
+        raise CliError(f"no pool with the label or id {wanted!r}", hint="`poolmta pool list` shows the account's pools")
 
     def resolve_optional_pool(self, text: str | None) -> int:
         """`resolve_pool(text)` when a POOL was given, else 0: no pool named, so the server

@@ -75,10 +75,60 @@ def add_bounce_domain_arguments(parser: argparse.ArgumentParser, default: str) -
     parser.add_argument("--clear", action="store_true", help=f"back to {default}")
 
 
-def page_size_option(parser: argparse.ArgumentParser) -> None:
-    """Add `--page-size N` to a list command, which follows every page anyway."""
+# One page of a list command without --limit or --all; the most a call asks for otherwise.
+DEFAULT_LIST_PAGE = 50
+MAX_LIST_PAGE = 1000
+
+
+def list_options(parser: argparse.ArgumentParser, *, server: bool = False, states: tuple[str, ...] = ()) -> None:
+    """Add the paging options of a list command (`--limit N`, `--all`, `--page-size N`,
+    `--page-token T`) and, where its RPC has them, the `--server` and `--state` filters."""
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="the first N, over as many pages as needed")
+    parser.add_argument("--all", action="store_true", help="every page, to the end of the list")
     parser.add_argument("--page-size", type=positive_int, metavar="N",
-                        help="objects fetched per call (1-1000; default the server's, 100); every page is shown")
+                        help=f"objects per call (1-1000; default {DEFAULT_LIST_PAGE} for one page, "
+                             f"{MAX_LIST_PAGE} with --limit or --all)")
+    parser.add_argument("--page-token", metavar="TOKEN", help="continue where the previous page ended")
+    if server:
+        parser.add_argument("--server", metavar="SERVER", help="only those on this MTA server (id or hostname)")
+    if states:
+        parser.add_argument("--state", choices=states, help="only those in this state")
+
+
+def emit_pages(ctx: Context, a: argparse.Namespace, call: tuple[str, str], request, field_name: str, human) -> int:
+    """Run a list command: one page (default), the first `--limit N` or every page
+    (`--all`) of the List RPC `call` (service, method), from `--page-token` on; print
+    them as one reply. When more follow, the JSON object has a `next_page_token` (it
+    has none at the end of the list) and the table a hint line on stderr ("more: --all
+    or --page-token X")."""
+    if a.limit and a.all:
+        raise CliError("give either --limit N or --all, not both", EXIT_USAGE)
+    request.page_token = a.page_token or ""
+    wanted = a.limit or (None if a.all else (a.page_size or DEFAULT_LIST_PAGE))
+    found: list = []
+    while True:
+        room = MAX_LIST_PAGE if wanted is None else wanted - len(found)
+        # Never more than the rest of --limit: the token then points just past the last one shown.
+        request.page_size = min(a.page_size or MAX_LIST_PAGE, room)
+        page = ctx.client.call(*call, request)
+        found += getattr(page, field_name)
+        request.page_token = page.next_page_token
+        if not page.next_page_token or (wanted is not None and len(found) >= wanted):
+            break
+    reply = type(page)()
+    reply.CopyFrom(page)
+    reply.ClearField(field_name)
+    getattr(reply, field_name).extend(found)
+    if ctx.json:
+        data = to_dict(reply)
+        if not reply.next_page_token:
+            data.pop("next_page_token", None)
+        ctx.printer.json(data)
+        return 0
+    emit(ctx, reply, human)
+    if reply.next_page_token:
+        ctx.printer.note(f"more: --all or --page-token {reply.next_page_token}")
+    return 0
 
 
 def requested_bounce_domain(a: argparse.Namespace) -> str | None:
@@ -100,16 +150,6 @@ def emit(ctx: Context, message, human) -> int:
     return 0
 
 
-def emit_list(ctx: Context, reply, human) -> int:
-    """`emit` for a list the CLI followed to its last page: its JSON has no next_page_token."""
-    if not ctx.json:
-        return emit(ctx, reply, human)
-    data = to_dict(reply)
-    data.pop("next_page_token", None)
-    ctx.printer.json(data)
-    return 0
-
-
 def done(ctx: Context, reply, message: str) -> int:
     """Print `reply` as JSON, or `message` as a line for people."""
     if ctx.json:
@@ -117,18 +157,6 @@ def done(ctx: Context, reply, message: str) -> int:
     else:
         ctx.printer.line(message)
     return 0
-
-
-def all_pages(ctx: Context, service: str, method: str, request, field: str) -> list:
-    """Every item of a paged List RPC: `request` sent again with each next_page_token
-    until an empty one, the items of its repeated `field` gathered in order."""
-    found = []
-    while True:
-        page = ctx.client.call(service, method, request)
-        found += getattr(page, field)
-        if not page.next_page_token:
-            return found
-        request.page_token = page.next_page_token
 
 
 class CommandTree:

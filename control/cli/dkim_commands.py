@@ -24,7 +24,7 @@ from rich.text import Text
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from . import render
 from .client import EXIT_USAGE, CliError
-from .commands import CommandTree, Context, done, emit_list
+from .commands import CommandTree, Context, done, emit_pages, list_options
 
 ALGORITHMS = {"rsa": pb.RSA_SHA256, "ed25519": pb.ED25519_SHA256}
 TXT_MARKER = "TXT record (one line; a zone file splits it into quoted strings of at most 255 characters):"
@@ -96,8 +96,8 @@ def _import(ctx: Context, a) -> int:
 
 
 def _list(ctx: Context, a) -> int:
-    found = ctx.client.list_all("dkim", "ListDkimKeys", pb.ListDkimKeysRequest(domain=a.domain or ""), "keys")
-    return emit_list(ctx, pb.ListDkimKeysResponse(keys=found), lambda r: keys(r.keys))
+    return emit_pages(ctx, a, ("dkim", "ListDkimKeys"), pb.ListDkimKeysRequest(domain=a.domain or ""), "keys",
+                      lambda r: keys(r.keys))
 
 
 def _show(ctx: Context, a) -> int:
@@ -163,8 +163,9 @@ def add(tree: CommandTree) -> None:
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument("--selector", required=True, metavar="S", help="the selector its TXT record is published under")
     p.add_argument("--pem", required=True, metavar="FILE", help="the private key (never printed or logged)")
-    p = tree.leaf(subs, "list", _list, "the account's keys, every state")
+    p = tree.leaf(subs, "list", _list, "the account's keys, every state (one page unless --limit or --all)")
     p.add_argument("domain", nargs="?", metavar="DOMAIN", help="only this domain's")
+    list_options(p)
     for name, handler, help_text in (("show", _show, "one key and its TXT record"),
                                      ("delete", _delete, "forget a RETIRED key")):
         p = tree.leaf(subs, name, handler, help_text)

@@ -1,10 +1,12 @@
 """Objects named by name as well as by id on the command line: `account tier globex
-ESSENTIAL`, `server status mta1.example.net`, `bridge revoke promo-app`.
+ESSENTIAL`, `server status mta1.example.net`, `bridge revoke promo-app`, `pool show
+promo`.
 
 An argument that is a number is the object's id, passed on for the control plane to
-judge (an unknown one is its NOT_FOUND); anything else is looked up by name in the
-matching List RPC. No match, or several (Bridge names need not be unique), is a
-CliError naming what exists, so the person can pick the id.
+judge (an unknown one is its NOT_FOUND); anything else is resolved by the control
+plane: one Get call by name (GetAccount by name, GetMtaServer by hostname, GetBridge
+by name, GetPool by label), never a listing, so naming an object costs the same with
+ten objects or fifty thousand.
 """
 
 from __future__ import annotations
@@ -17,38 +19,41 @@ from .client import CliError, ControlClient
 
 @dataclass(frozen=True)
 class Named:
-    """One kind of object a command names: how to list it, its id and its name fields."""
+    """One kind of object a command names: the Get call that finds it by name, its id
+    and its name fields, and the command that lists them (for the hint)."""
 
     noun: str
     service: str
     method: str
     request: type
-    items: str
     id_field: str
     name_field: str
+    lister: str
 
 
-ACCOUNT = Named("account", "accounts", "ListAccounts", pb.ListAccountsRequest, "accounts", "user_id", "name")
-SERVER = Named("MTA server", "servers", "ListMtaServers", pb.ListMtaServersRequest, "servers", "server_id",
-               "hostname")
-BRIDGE = Named("bridge", "bridges", "ListBridges", pb.ListBridgesRequest, "bridges", "bridge_id", "name")
+ACCOUNT = Named("account", "accounts", "GetAccount", pb.GetAccountRequest, "user_id", "name", "account list")
+SERVER = Named("MTA server", "servers", "GetMtaServer", pb.GetMtaServerRequest, "server_id", "hostname",
+               "server list")
+BRIDGE = Named("bridge", "bridges", "GetBridge", pb.GetBridgeRequest, "bridge_id", "name", "bridge list")
 
 
 def resolve(client: ControlClient, kind: Named, text: str) -> int:
-    """The id the argument `text` names: the number itself, else the id of the one
-    `kind` whose name is `text` (exactly); CliError when none or several are."""
+    """The id the argument `text` names: the number itself, else the id of the `kind`
+    whose name is `text` (exactly), asked of the control plane in one call; CliError
+    when there is none."""
     wanted = text.strip()
     if wanted.isdigit():
         return int(wanted)
-    items = client.list_all(kind.service, kind.method, kind.request(), kind.items)
-    found = [item for item in items if getattr(item, kind.name_field) == wanted]
-    if len(found) == 1:
-        return getattr(found[0], kind.id_field)
-    if found:
-        ids = ", ".join(str(getattr(item, kind.id_field)) for item in found)
-        raise CliError(f"{len(found)} {kind.noun}s are named {wanted!r} (ids {ids}): give the id")
-    known = ", ".join(sorted(repr(getattr(item, kind.name_field)) for item in items)) or "none yet"
-    raise CliError(f"no {kind.noun} with the name or id {wanted!r} (known: {known})")
+    return by_name(client, kind, wanted)
+
+
+def by_name(client: ControlClient, kind: Named, name: str) -> int:
+    """The id of the `kind` called `name`: one Get call; CliError naming it when the
+    control plane knows none (another account's is none too)."""
+    found = client.found(kind.service, kind.method, kind.request(**{kind.name_field: name}))
+    if found is None:
+        raise CliError(f"no {kind.noun} with the name or id {name!r}", hint=f"`poolmta {kind.lister}` shows them")
+    return getattr(found, kind.id_field)
 
 
 def resolve_optional(client: ControlClient, kind: Named, text: str | None) -> int:

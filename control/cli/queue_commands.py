@@ -2,7 +2,7 @@
 the data planes, and what an operator does with it.
 
     poolmta queue list [--by pool|ip|domain] [--pool P] [--ip A] [--domain D]
-    poolmta queue messages [--pool P] [--ip A] [--domain D] [--page-size N] [--page-token T] [--all]
+    poolmta queue messages [--pool P] [--ip A] [--domain D] [--limit N | --all] [--page-size N] [--page-token T]
     poolmta queue retry|hold|release|bounce|delete (ID... | --pool P | --ip A | --domain D)
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from . import render
-from .commands import CommandTree, Context, all_pages, done, emit
+from .commands import CommandTree, Context, done, emit, emit_pages, list_options
 
 _GROUPINGS = {"pool": pb.QUEUE_BY_POOL, "ip": pb.QUEUE_BY_IP, "domain": pb.QUEUE_BY_DOMAIN}
 _ACTIONS = {
@@ -74,16 +74,8 @@ def _list(ctx: Context, a) -> int:
 
 
 def _messages(ctx: Context, a) -> int:
-    request = pb.ListQueuedMessagesRequest(filter=_filter(ctx, a), page_size=a.page_size or 0,
-                                           page_token=a.page_token or "")
-    if not a.all:
-        page = ctx.client.call("queue", "ListQueuedMessages", request)
-        emit(ctx, page, lambda r: messages(r.messages))
-        if page.next_page_token and not ctx.json:
-            ctx.printer.note(f"More follow: poolmta queue messages --page-token {page.next_page_token} (or --all)")
-        return 0
-    found = all_pages(ctx, "queue", "ListQueuedMessages", request, "messages")
-    return emit(ctx, pb.ListQueuedMessagesResponse(messages=found), lambda r: messages(r.messages))
+    return emit_pages(ctx, a, ("queue", "ListQueuedMessages"), pb.ListQueuedMessagesRequest(filter=_filter(ctx, a)),
+                      "messages", lambda r: messages(r.messages))
 
 
 def _action(name: str):
@@ -112,11 +104,10 @@ def add(tree: CommandTree) -> None:
     p = tree.leaf(subs, "list", _list, "waiting recipients by pool, IP or domain: depth, oldest, last error")
     p.add_argument("--by", choices=sorted(_GROUPINGS), default="pool", help="how to group (default pool)")
     _add_filter_options(p)
-    p = tree.leaf(subs, "messages", _messages, "the queued messages, oldest first (--all: every page)")
+    p = tree.leaf(subs, "messages", _messages, "the queued messages, oldest first (--limit N: the first N; "
+                                               "--all: every page)")
     _add_filter_options(p)
-    p.add_argument("--page-size", type=int, metavar="N", help="messages per page, 1-1000 (default 100)")
-    p.add_argument("--page-token", metavar="TOKEN", help="continue where the previous page ended")
-    p.add_argument("--all", action="store_true", help="follow the pages to the end")
+    list_options(p)
     for name, (_, _, help_text) in _ACTIONS.items():
         p = tree.leaf(subs, name, _action(name), f"{help_text}; by message id or by filter")
         p.add_argument("ids", nargs="*", metavar="ID", help="message ids (as the 250 reply gave them)")

@@ -2,16 +2,16 @@
 
     report parse FILE... [--json]     what the report parser makes of saved messages
                                       (runs `python -m dataplane.reports parse`)
-    report unattributed [--server N]  the reports the inbound listeners accepted but
+    report unattributed [--server S]  the reports the inbound listeners accepted but
                                       could not attribute (admin token)
 """
 
 from __future__ import annotations
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
-from . import render
+from . import names, render
 from .client import CliError
-from .commands import CommandTree, Context, emit
+from .commands import CommandTree, Context, emit_pages, list_options
 
 
 def _report_parse(ctx: Context, a) -> int:
@@ -24,9 +24,8 @@ def _report_parse(ctx: Context, a) -> int:
 
 
 def _report_unattributed(ctx: Context, a) -> int:
-    request = pb.ListUnattributedReportsRequest(server_id=a.server or 0, limit=a.limit or 0)
-    reply = ctx.client.call("servers", "ListUnattributedReports", request)
-    return emit(ctx, reply, render.unattributed_reports)
+    request = pb.ListUnattributedReportsRequest(server_id=names.resolve_optional(ctx.client, names.SERVER, a.server))
+    return emit_pages(ctx, a, ("servers", "ListUnattributedReports"), request, "reports", render.unattributed_reports)
 
 
 def add(tree: CommandTree) -> None:
@@ -38,5 +37,4 @@ def add(tree: CommandTree) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help='message files ("-" reads standard input)')
     p = tree.leaf(subs, "unattributed", _report_unattributed,
                   "reports the inbound listeners accepted but could not attribute, newest first (admin token)")
-    p.add_argument("--server", type=int, metavar="N", help="only MTA server N (default every server)")
-    p.add_argument("--limit", type=int, metavar="N", help="at most N reports (default 50, at most 1000)")
+    list_options(p, server=True)

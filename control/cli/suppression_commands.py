@@ -1,7 +1,7 @@
 """The `poolmta suppression` commands (an account token): the account's suppression
 list, whose addresses its Bridges refuse at RCPT.
 
-    poolmta suppression list [--page-size N] [--page-token T] [--all]
+    poolmta suppression list [--limit N | --all] [--page-size N] [--page-token T]
     poolmta suppression show ADDRESS
     poolmta suppression add ADDRESS [--reason TEXT]
     poolmta suppression remove ADDRESS
@@ -15,7 +15,7 @@ from rich.text import Text
 
 from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from . import render
-from .commands import CommandTree, Context, all_pages, done, emit
+from .commands import CommandTree, Context, done, emit, emit_pages, list_options
 
 
 def reason(value: int) -> str:
@@ -49,16 +49,8 @@ def suppressions(items: Sequence[pb.Suppression]):
 
 
 def _list(ctx: Context, a) -> int:
-    request = pb.ListSuppressionsRequest(page_size=a.page_size or 0, page_token=a.page_token or "")
-    if not a.all:
-        page = ctx.client.call("suppressions", "ListSuppressions", request)
-        emit(ctx, page, lambda r: suppressions(r.suppressions))
-        if page.next_page_token and not ctx.json:
-            ctx.printer.note(f"More follow: poolmta suppression list --page-token {page.next_page_token} "
-                             "(or --all)")
-        return 0
-    found = all_pages(ctx, "suppressions", "ListSuppressions", request, "suppressions")
-    return emit(ctx, pb.ListSuppressionsResponse(suppressions=found), lambda r: suppressions(r.suppressions))
+    return emit_pages(ctx, a, ("suppressions", "ListSuppressions"), pb.ListSuppressionsRequest(), "suppressions",
+                      lambda r: suppressions(r.suppressions))
 
 
 def _show(ctx: Context, a) -> int:
@@ -80,10 +72,8 @@ def _remove(ctx: Context, a) -> int:
 def add(tree: CommandTree) -> None:
     """Add the `suppression` group."""
     subs = tree.group("suppression", "the account's suppression list: addresses its Bridges refuse (account token)")
-    p = tree.leaf(subs, "list", _list, "one page of suppressed addresses (--all: every page)")
-    p.add_argument("--page-size", type=int, metavar="N", help="entries per page, 1-1000 (default 100)")
-    p.add_argument("--page-token", metavar="TOKEN", help="continue where the previous page ended")
-    p.add_argument("--all", action="store_true", help="follow the pages to the end of the list")
+    list_options(tree.leaf(subs, "list", _list, "one page of suppressed addresses (--limit N: the first N; "
+                                                "--all: every page)"))
     p = tree.leaf(subs, "show", _show, "why one address is suppressed (exit 1 when it is not)")
     p.add_argument("address", metavar="ADDRESS")
     p = tree.leaf(subs, "add", _add, "suppress an address by hand")

@@ -11,7 +11,7 @@ from .._pb.poolmta.v1 import poolmta_pb2 as pb
 from ..contract.runtime import DEFAULT_SMTP_PORT
 from . import dkim_commands, names, render, stats_render, trends
 from .client import EXIT_ERROR, EXIT_USAGE, CliError
-from .commands import (CommandTree, Context, add_bounce_domain_arguments, done, emit, emit_list, page_size_option,
+from .commands import (CommandTree, Context, add_bounce_domain_arguments, done, emit, emit_pages, list_options,
                        requested_bounce_domain)
 
 
@@ -40,8 +40,9 @@ def _pool_create(ctx: Context, a) -> int:
 
 
 def _pool_list(ctx: Context, a) -> int:
-    found = ctx.client.list_all("pools", "ListPools", pb.ListPoolsRequest(page_size=a.page_size or 0), "pools")
-    return emit_list(ctx, pb.ListPoolsResponse(pools=found), lambda r: render.pools(r.pools))
+    request = pb.ListPoolsRequest(server_id=names.resolve_optional(ctx.client, names.SERVER, a.server),
+                                  status=pb.PoolStatus.Value(a.state.upper()) if a.state else 0)
+    return emit_pages(ctx, a, ("pools", "ListPools"), request, "pools", lambda r: render.pools(r.pools))
 
 
 def _pool_show(ctx: Context, a) -> int:
@@ -112,10 +113,10 @@ def _ip_provision(ctx: Context, a) -> int:
 
 
 def _ip_list(ctx: Context, a) -> int:
-    smtp_id = ctx.client.resolve_optional_pool(a.pool)
-    found = ctx.client.list_all("ips", "ListIps", pb.ListIpsRequest(smtp_id=smtp_id, page_size=a.page_size or 0),
-                                "ips")
-    return emit_list(ctx, pb.ListIpsResponse(ips=found), lambda r: render.ips(r.ips))
+    request = pb.ListIpsRequest(smtp_id=ctx.client.resolve_optional_pool(a.pool),
+                                server_id=names.resolve_optional(ctx.client, names.SERVER, a.server),
+                                state=pb.IpState.Value(f"IP_{a.state.upper()}") if a.state else 0)
+    return emit_pages(ctx, a, ("ips", "ListIps"), request, "ips", lambda r: render.ips(r.ips))
 
 
 def _ip_show(ctx: Context, a) -> int:
@@ -167,9 +168,8 @@ def _op_show(ctx: Context, a) -> int:
 
 
 def _op_list(ctx: Context, a) -> int:
-    request = pb.ListOperationsRequest(address=a.ip or "", page_size=a.page_size or 0)
-    found = ctx.client.list_all("ips", "ListOperations", request, "operations")
-    return emit_list(ctx, pb.ListOperationsResponse(operations=found), lambda r: render.operations(r.operations))
+    return emit_pages(ctx, a, ("ips", "ListOperations"), pb.ListOperationsRequest(address=a.ip or ""), "operations",
+                      lambda r: render.operations(r.operations))
 
 
 def _op_watch(ctx: Context, a) -> int:
@@ -236,10 +236,10 @@ def _bridge_with_secret(ctx: Context, reply: pb.BridgeWithSecret, what: str) -> 
 
 
 def _bridge_list(ctx: Context, a) -> int:
-    smtp_id = ctx.client.resolve_optional_pool(a.pool)
-    request = pb.ListBridgesRequest(smtp_id=smtp_id, page_size=a.page_size or 0)
-    found = ctx.client.list_all("bridges", "ListBridges", request, "bridges")
-    return emit_list(ctx, pb.ListBridgesResponse(bridges=found), lambda r: render.bridges(r.bridges))
+    request = pb.ListBridgesRequest(smtp_id=ctx.client.resolve_optional_pool(a.pool),
+                                    server_id=names.resolve_optional(ctx.client, names.SERVER, a.server),
+                                    state=pb.BridgeState.Value(f"BRIDGE_{a.state.upper()}") if a.state else 0)
+    return emit_pages(ctx, a, ("bridges", "ListBridges"), request, "bridges", lambda r: render.bridges(r.bridges))
 
 
 def _bridge_show(ctx: Context, a) -> int:
@@ -322,13 +322,14 @@ def add(tree: CommandTree) -> None:
     subs = tree.group("pool", "dedicated pools (account token)")
     p = tree.leaf(subs, "create", _pool_create, "create a pool on an MTA server")
     p.add_argument("label")
-    p.add_argument("--server", metavar="SERVER", help="MTA server id (fixes the zone; default the platform's "
-                   "only one)")
+    p.add_argument("--server", metavar="SERVER", help="MTA server id or hostname (fixes the zone; default the "
+                   "platform's only one)")
     p.add_argument("--tag", help="slug for the internal name (default derived from the label)")
     p.add_argument("--feed-type", help="stamped as x-feedtype")
     p.add_argument("--header", dest="headers", type=_header_arg, action="extend", nargs="+", metavar="NAME=VALUE",
                    help="a custom header stamped on every message (repeatable)")
-    page_size_option(tree.leaf(subs, "list", _pool_list, "list the account's pools"))
+    list_options(tree.leaf(subs, "list", _pool_list, "list the account's pools (one page unless --limit or --all)"),
+                 server=True, states=("active", "paused", "empty"))
     p = tree.leaf(subs, "show", _pool_show, "show one pool")
     p.add_argument("pool", metavar="POOL")
     p = tree.leaf(subs, "rename", _pool_rename, "change a pool's label (its internal name stays)")
@@ -359,12 +360,12 @@ def add(tree: CommandTree) -> None:
     p = tree.leaf(subs, "provision", _ip_provision, "add a dedicated IP (to the default pool unless --pool)")
     p.add_argument("address")
     _pool_option(p, "pool to land in (default the default pool)")
-    p.add_argument("--server", metavar="SERVER", help="MTA server id; for the account's first IP when the "
-                   "platform has several")
+    p.add_argument("--server", metavar="SERVER", help="MTA server id or hostname; for the account's first IP "
+                   "when the platform has several")
     p.add_argument("--weight", type=int, help="rotation weight 1-1000 (default 1)")
     p.add_argument("--hostname", help="HELO hostname (default the server's hostname)")
-    p = tree.leaf(subs, "list", _ip_list, "list the account's IPs")
-    page_size_option(p)
+    p = tree.leaf(subs, "list", _ip_list, "list the account's IPs (one page unless --limit or --all)")
+    list_options(p, server=True, states=("active", "paused"))
     _pool_option(p, "only this pool's IPs")
     p = tree.leaf(subs, "show", _ip_show, "show one IP")
     p.add_argument("address")
@@ -391,8 +392,9 @@ def add(tree: CommandTree) -> None:
     p.add_argument("--feed-type", help="overrides the pool's x-feedtype")
     p.add_argument("--trust", action="extend", nargs="+", metavar="CIDR",
                    help="client networks that may send without AUTH")
-    p = tree.leaf(subs, "list", _bridge_list, "list the account's bridges (never their secrets)")
-    page_size_option(p)
+    p = tree.leaf(subs, "list", _bridge_list, "list the account's bridges (never their secrets; one page unless "
+                  "--limit or --all)")
+    list_options(p, server=True, states=("active", "revoked"))
     _pool_option(p, "only this pool's bridges")
     for name, handler, help_text in (("show", _bridge_show, "show one bridge (never its secret)"),
                                      ("revoke", _bridge_revoke, "revoke a bridge"),
@@ -410,7 +412,7 @@ def add(tree: CommandTree) -> None:
     subs = tree.group("op", "IP reassignment operations (account token)")
     p = tree.leaf(subs, "list", _op_list, "the account's operations, newest first")
     p.add_argument("--ip", metavar="ADDRESS", help="only the operations moving this IP")
-    page_size_option(p)
+    list_options(p)
     p = tree.leaf(subs, "show", _op_show, "show an operation")
     p.add_argument("id", metavar="ID")
     p = tree.leaf(subs, "watch", _op_watch, "follow an operation until DONE or FAILED (exit 1 on FAILED)")

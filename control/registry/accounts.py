@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import models, validation
+from .. import models, paging, validation
 from ..contract import secrets
 from ..contract.json_records import quoted
 from ..errors import FailedPrecondition, InvalidArgument
@@ -42,13 +42,20 @@ class Accounts:
         """The account `user_id`, else (user_id 0) the one named `name`; NotFound otherwise."""
         with self.store.read() as s:
             if not user_id and name:
-                return lookups.named(s.accounts(), "name", name, "account named")
+                return lookups.named(s.account_named(name), name, "account named")
             return lookups.account(s, user_id)
 
-    def list_accounts(self) -> list[Account]:
-        """Every account, oldest first."""
+    def list_accounts_page(self, page_size: int, page_token: str, *, server_id: int = 0,
+                           tier: str = "") -> paging.Page[Account]:
+        """One page of the accounts, oldest first (by user_id); only those with a pool or an
+        active Bridge on MTA server `server_id` and of `tier`, when given (NotFound for an
+        unknown server)."""
+        tier = _check_tier(tier) if tier else ""
+        wanted = paging.request(f"accounts:{server_id}:{tier}", page_size, page_token)
         with self.store.read() as s:
-            return s.accounts()
+            lookups.list_filter(s, None, server_id=server_id)
+            return paging.fetched(wanted, (int,), lambda after, limit: s.accounts_page(
+                after=after, limit=limit, server_id=server_id, tier=tier), lambda a: [a.user_id])
 
     def set_account_tier(self, user_id: int, tier: str) -> Account:
         """Change the tier; refused to ESSENTIAL while dedicated pools or IPs remain."""

@@ -5,7 +5,7 @@ senders get for bounced mail."""
 
 from __future__ import annotations
 
-from .. import models, validation
+from .. import models, paging, validation
 from ..contract import secrets
 from ..contract.json_records import quoted
 from ..errors import AlreadyExists, FailedPrecondition
@@ -55,7 +55,7 @@ class Bridges:
                 raise FailedPrecondition(
                     f"pool {quoted(pool.label)} is on MTA server {pool.server_id}, not {server_id}"
                 )
-            if any(b.name == name for b in s.bridges_of(account.user_id)):
+            if s.bridge_named(account.user_id, name) is not None:
                 raise AlreadyExists(f"a bridge named {quoted(name)} already exists")
             _check_networks_free(s, account, pool.server_id, networks, excluding_bridge=0)
             bridge_id = s.insert_bridge(
@@ -73,16 +73,20 @@ class Bridges:
         bridge named `name`; NotFound otherwise."""
         with self.store.read() as s:
             if not bridge_id and name:
-                return lookups.named(s.bridges_of(account.user_id, 0), "name", name, "bridge named")
+                return lookups.named(s.bridge_named(account.user_id, name), name, "bridge named")
             return lookups.bridge(s, account, bridge_id)
 
-    def list_bridges(self, account: Account, smtp_id: int = 0) -> list[models.Bridge]:
-        """The account's bridges, of one pool when `smtp_id` is given (NotFound if it is
-        not the account's)."""
+    def list_bridges_page(self, account: Account, page_size: int, page_token: str, *, smtp_id: int = 0,
+                          server_id: int = 0, revoked: bool | None = None) -> paging.Page[models.Bridge]:
+        """One page of the account's bridges, by bridge_id; only those of pool `smtp_id`
+        (NotFound unless it is the account's), on MTA server `server_id` (NotFound if
+        unknown) and revoked (True) or active (False), when given."""
+        wanted = paging.request(f"bridges:{smtp_id}:{server_id}:{revoked}", page_size, page_token)
         with self.store.read() as s:
-            if smtp_id:
-                lookups.pool(s, account, smtp_id)
-            return s.bridges_of(account.user_id, smtp_id)
+            lookups.list_filter(s, account, smtp_id=smtp_id, server_id=server_id)
+            return paging.fetched(wanted, (int,), lambda after, limit: s.bridges_page(
+                account.user_id, after=after, limit=limit, smtp_id=smtp_id, server_id=server_id, revoked=revoked),
+                lambda b: [b.bridge_id])
 
     def revoke_bridge(self, account: Account, bridge_id: int) -> models.Bridge:
         """Revoke a bridge; it stops authenticating once workers have the new snapshot."""

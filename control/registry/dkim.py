@@ -31,7 +31,7 @@ import time
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from .. import models
+from .. import models, paging
 from ..contract import dkim_seal
 from ..contract.bounce_domain import LABEL
 from ..contract.dkim_record import SELECTOR, txt_record_text
@@ -199,11 +199,14 @@ class DkimKeys:
         algorithm, key = parse_private_pem(bytes(pem))
         return self._add_dkim_key(account, domain, selector, algorithm, key)
 
-    def list_dkim_keys(self, account: Account, domain: str = "") -> list[models.DkimKey]:
-        """The account's keys, every state, only `domain`'s when given."""
+    def list_dkim_keys_page(self, account: Account, page_size: int, page_token: str,
+                            domain: str = "") -> paging.Page[models.DkimKey]:
+        """One page of the account's keys, every state, by domain then age; only `domain`'s when given."""
         domain = check_domain(domain) if domain else ""
+        wanted = paging.request(f"dkim:{domain}", page_size, page_token)
         with self.store.read() as s:
-            return s.dkim_keys_of(account.user_id, domain)
+            return paging.fetched(wanted, (str, int), lambda after, limit: s.dkim_keys_page(
+                account.user_id, after=after, limit=limit, domain=domain), lambda k: [k.domain, k.key_id])
 
     def get_dkim_key(self, account: Account, key_id: int) -> models.DkimKey:
         """The account's key `key_id`, or NotFound."""

@@ -3,7 +3,7 @@ rotation weight, pause and resume, and release."""
 
 from __future__ import annotations
 
-from .. import models, validation
+from .. import models, paging, validation
 from ..contract.json_records import quoted
 from ..errors import AlreadyExists, FailedPrecondition
 from ..models import Account
@@ -22,6 +22,15 @@ def insert_ip(s: Store, *, address: str, user_id: int | None, pool: models.Pool,
     with lookups.unique(taken):
         s.insert_ip(address=address, user_id=user_id, server_id=pool.server_id,
                     smtp_id=pool.smtp_id, weight=weight, hostname=hostname)
+
+
+# IPs are listed oldest first: by (created_at, address), a key no IP shares.
+IP_KEY_TYPES = (float, str)
+
+
+def ip_key(ip: models.DedicatedIp) -> list:
+    """The IP's place in a listing (control.paging key)."""
+    return [ip.created_at, ip.address]
 
 
 class DedicatedIps:
@@ -76,6 +85,18 @@ class DedicatedIps:
             if smtp_id:
                 lookups.pool(s, account, smtp_id)
             return s.ips_of(account.user_id, smtp_id)
+
+    def list_ips_page(self, account: Account, page_size: int, page_token: str, *, smtp_id: int = 0,
+                      server_id: int = 0, state: str = "") -> paging.Page[models.DedicatedIp]:
+        """One page of the account's dedicated IPs, oldest first; only those of pool
+        `smtp_id` (NotFound unless it is the account's), on MTA server `server_id`
+        (NotFound if unknown) and in `state` (active or paused), when given."""
+        wanted = paging.request(f"ips:{smtp_id}:{server_id}:{state}", page_size, page_token)
+        with self.store.read() as s:
+            lookups.list_filter(s, account, smtp_id=smtp_id, server_id=server_id)
+            return paging.fetched(wanted, IP_KEY_TYPES, lambda after, limit: s.ips_page(
+                account.user_id, after=after, limit=limit, smtp_id=smtp_id, server_id=server_id, state=state),
+                ip_key)
 
     def set_ip_weight(self, account: Account, address: str, weight: int) -> models.DedicatedIp:
         """Set the IP's rotation weight (0 takes it out of rotation)."""

@@ -46,12 +46,19 @@ def server_or_only(s: Store, server_id: int, what: str) -> models.MtaServer:
     raise InvalidArgument(f"server_id is required for {what}: this platform has {len(servers)} MTA servers ({ids})")
 
 
-def named(records: list[R], field: str, name: str, noun: str) -> R:
-    """The one record of `records` whose `field` is `name`, or NotFound naming it."""
-    for record in records:
-        if getattr(record, field) == name:
-            return record
-    raise NotFound(f"no {noun} {quoted(name)}")
+def named(record: R | None, name: str, noun: str) -> R:
+    """`record`, the one a store lookup by name found, or NotFound naming `name`."""
+    return _found(record, f"no {noun} {quoted(name)}")
+
+
+def list_filter(s: Store, account: Account | None, *, smtp_id: int = 0, server_id: int = 0) -> None:
+    """Check what a listing filters on: the pool `smtp_id` is the account's and the MTA
+    server `server_id` exists, when given (0: no such filter); NotFound otherwise, so an
+    unknown filter is never an empty list that looks like a real answer."""
+    if smtp_id:
+        pool(s, account, smtp_id)
+    if server_id:
+        server(s, server_id)
 
 
 def pool(s: Store, account: Account, smtp_id: int) -> models.Pool:

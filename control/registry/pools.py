@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from .. import models, validation
+from .. import models, paging, validation
 from ..contract.json_records import quoted
 from ..errors import AlreadyExists, FailedPrecondition
 from ..models import Account
@@ -61,13 +61,23 @@ class Pools:
         """The account's pool `smtp_id`, else (smtp_id 0) its pool labelled `label`; NotFound otherwise."""
         with self.store.read() as s:
             if not smtp_id and label:
-                return lookups.named(s.pools_of(account.user_id), "label", label, "pool labelled")
+                return lookups.named(s.pool_labelled(account.user_id, label), label, "pool labelled")
             return lookups.pool(s, account, smtp_id)
 
     def list_pools(self, account: Account) -> list[models.Pool]:
         """The account's pools, oldest first."""
         with self.store.read() as s:
             return s.pools_of(account.user_id)
+
+    def list_pools_page(self, account: Account, page_size: int, page_token: str, *, server_id: int = 0,
+                        status: str = "") -> paging.Page[models.Pool]:
+        """One page of the account's pools, oldest first (by smtp_id); only those on MTA
+        server `server_id` (NotFound if unknown) and in `status` (models.POOL_*), when given."""
+        wanted = paging.request(f"pools:{server_id}:{status}", page_size, page_token)
+        with self.store.read() as s:
+            lookups.list_filter(s, account, server_id=server_id)
+            return paging.fetched(wanted, (int,), lambda after, limit: s.pools_page(
+                account.user_id, after=after, limit=limit, server_id=server_id, status=status), lambda p: [p.smtp_id])
 
     def rename_pool(self, account: Account, smtp_id: int, label: str) -> models.Pool:
         """Change the label; the internal name never changes."""
@@ -156,5 +166,5 @@ class Pools:
 
 
 def _check_label_free(s: Store, account: Account, label: str) -> None:
-    if any(p.label == label for p in s.pools_of(account.user_id)):
+    if s.pool_labelled(account.user_id, label) is not None:
         raise AlreadyExists(f"a pool labelled {quoted(label)} already exists in this account")

@@ -3,12 +3,12 @@ and each server's shared pool and its IPs, through which ESSENTIAL accounts send
 
 from __future__ import annotations
 
-from .. import models, validation
+from .. import models, paging, validation
 from ..contract.json_records import quoted
 from ..errors import NotFound
 from ..store import Store
 from . import lookups
-from .ips import insert_ip
+from .ips import IP_KEY_TYPES, insert_ip, ip_key
 
 SHARED_POOL_LABEL = "shared"
 SHARED_POOL_TAG = "shared"
@@ -38,7 +38,7 @@ class MtaServers:
         """The MTA server `server_id`, else (server_id 0) the one with `hostname`; NotFound otherwise."""
         with self.store.read() as s:
             if not server_id and hostname:
-                return lookups.named(s.servers(), "hostname", hostname.strip().lower().rstrip("."),
+                return lookups.named(s.server_with_hostname(hostname.strip().lower().rstrip(".")), hostname,
                                      "MTA server with hostname")
             return lookups.server(s, server_id)
 
@@ -46,6 +46,13 @@ class MtaServers:
         """Every registered MTA server, in registration order."""
         with self.store.read() as s:
             return s.servers()
+
+    def list_servers_page(self, page_size: int, page_token: str) -> paging.Page[models.MtaServer]:
+        """One page of the MTA servers, in registration order (by server_id)."""
+        wanted = paging.request("servers", page_size, page_token)
+        with self.store.read() as s:
+            return paging.fetched(wanted, (int,), lambda after, limit: s.servers_page(after=after, limit=limit),
+                                  lambda m: [m.server_id])
 
     def set_server_bounce_domain(self, server_id: int, bounce_domain: str) -> models.MtaServer:
         """Set the domain of the VERP return paths of the server's pools that have none of
@@ -71,11 +78,16 @@ class MtaServers:
             s.bump_routing_version(server_id)
             return s.ip(address)
 
-    def list_shared_ips(self, server_id: int) -> list[models.DedicatedIp]:
-        """The IPs of the server's shared pool; NotFound for an unknown server."""
+    def list_shared_ips_page(self, server_id: int, page_size: int,
+                             page_token: str) -> paging.Page[models.DedicatedIp]:
+        """One page of the IPs of the server's shared pool, oldest first; NotFound for an
+        unknown server."""
+        wanted = paging.request(f"shared-ips:{server_id}", page_size, page_token)
         with self.store.read() as s:
             lookups.server(s, server_id)
-            return s.ips_in_pool(s.shared_pool(server_id).smtp_id)
+            smtp_id = s.shared_pool(server_id).smtp_id
+            return paging.fetched(wanted, IP_KEY_TYPES, lambda after, limit: s.ips_page(
+                None, after=after, limit=limit, smtp_id=smtp_id), ip_key)
 
     def release_shared_ip(self, address: str) -> None:
         """Remove an IP from its server's shared pool; NotFound unless it is a shared-pool IP."""

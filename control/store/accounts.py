@@ -22,9 +22,26 @@ class AccountQueries(Connection):
         row = self._one("SELECT * FROM accounts WHERE user_id = ?", (user_id,))
         return models.Account(**dict(row)) if row else None
 
-    def accounts(self) -> list[models.Account]:
-        """Every account, by user_id."""
-        return [models.Account(**dict(r)) for r in self._all("SELECT * FROM accounts ORDER BY user_id")]
+    def accounts_page(self, *, after: list | None, limit: int, server_id: int = 0,
+                      tier: str = "") -> list[models.Account]:
+        """At most `limit` accounts after the key [user_id] `after`, by user_id; only those
+        with a pool or an active Bridge on MTA server `server_id` and of `tier`, when given."""
+        where, args = [], []
+        if server_id:
+            where.append("""(EXISTS (SELECT 1 FROM pools p WHERE p.user_id = a.user_id AND p.server_id = ?)
+                             OR EXISTS (SELECT 1 FROM bridges b WHERE b.user_id = a.user_id
+                                        AND b.server_id = ? AND b.revoked_at IS NULL))""")
+            args += [server_id, server_id]
+        if tier:
+            where.append("a.tier = ?")
+            args.append(tier)
+        rows = self._keyset("SELECT a.* FROM accounts a", where, args, ("a.user_id",), after, limit)
+        return [models.Account(**dict(r)) for r in rows]
+
+    def account_named(self, name: str) -> models.Account | None:
+        """The account called `name`, None if there is none."""
+        row = self._one("SELECT * FROM accounts WHERE name = ?", (name,))
+        return models.Account(**dict(row)) if row else None
 
     def set_account_tier(self, user_id: int, tier: str) -> None:
         """Set the account's tier."""

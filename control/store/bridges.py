@@ -46,13 +46,25 @@ class BridgeQueries(Connection):
         row = self._one(_BRIDGE_SELECT + " WHERE b.bridge_id = ?", (bridge_id,))
         return self._bridge_from_row(row) if row else None
 
-    def bridges_of(self, user_id: int, smtp_id: int = 0) -> list[models.Bridge]:
-        """The account's bridges (revoked ones included), of pool `smtp_id` only unless it is 0."""
-        rows = self._all(
-            _BRIDGE_SELECT + " WHERE b.user_id = ? AND (? = 0 OR b.smtp_id = ?) ORDER BY b.bridge_id",
-            (user_id, smtp_id, smtp_id),
-        )
+    def bridges_page(self, user_id: int, *, after: list | None, limit: int, smtp_id: int = 0,
+                     server_id: int = 0, revoked: bool | None = None) -> list[models.Bridge]:
+        """At most `limit` of the account's bridges after the key [bridge_id] `after`, by
+        bridge_id; only those of pool `smtp_id`, on MTA server `server_id` and revoked (or
+        not), when given."""
+        where, args = ["b.user_id = ?"], [user_id]
+        for column, value in (("b.smtp_id", smtp_id), ("b.server_id", server_id)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if revoked is not None:
+            where.append("b.revoked_at IS NOT NULL" if revoked else "b.revoked_at IS NULL")
+        rows = self._keyset(_BRIDGE_SELECT, where, args, ("b.bridge_id",), after, limit)
         return [self._bridge_from_row(r) for r in rows]
+
+    def bridge_named(self, user_id: int, name: str) -> models.Bridge | None:
+        """The account's bridge called `name` (revoked or not), None if it has none."""
+        row = self._one(_BRIDGE_SELECT + " WHERE b.user_id = ? AND b.name = ?", (user_id, name))
+        return self._bridge_from_row(row) if row else None
 
     def bridge_networks(self, bridge_id: int) -> tuple[str, ...]:
         """The bridge's trusted networks (CIDR), in the order given."""

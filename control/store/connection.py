@@ -18,6 +18,18 @@ class Connection:
     def _all(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         return self._conn.execute(sql, args).fetchall()
 
+    def _keyset(self, select: str, where: list[str], args: list, order: tuple[str, ...],
+                after: list | None, limit: int) -> list[sqlite3.Row]:
+        """At most `limit` rows of `select` that match every condition of `where`, in the
+        order of the columns `order` (a unique key), after the key `after` (None: from
+        the first): keyset paging, one range scan where an index leads with the
+        equality columns of `where` and ends with `order`."""
+        if after is not None:
+            where = [*where, f"({', '.join(order)}) > ({', '.join('?' * len(order))})"]
+            args = [*args, *after]
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return self._all(f"{select}{clause} ORDER BY {', '.join(order)} LIMIT ?", (*args, limit))
+
     def _insert(self, sql: str, args: tuple) -> int:
         return self._conn.execute(sql, args).lastrowid
 

@@ -32,10 +32,15 @@ class DkimKeyQueries(Connection):
         row = self._one(_KEY_SELECT + " WHERE key_id = ?", (key_id,))
         return models.DkimKey(**dict(row)) if row else None
 
-    def dkim_keys_of(self, user_id: int, domain: str = "") -> list[models.DkimKey]:
-        """The account's keys (only `domain`'s when given), by domain then age."""
-        sql = _KEY_SELECT + " WHERE user_id = ?" + (" AND domain = ?" if domain else "")
-        rows = self._all(sql + " ORDER BY domain, key_id", (user_id, domain) if domain else (user_id,))
+    def dkim_keys_page(self, user_id: int, *, after: list | None, limit: int,
+                       domain: str = "") -> list[models.DkimKey]:
+        """At most `limit` of the account's keys after the key [domain, key_id] `after`, by
+        domain then age; only `domain`'s when given."""
+        where, args = ["user_id = ?"], [user_id]
+        if domain:
+            where.append("domain = ?")
+            args.append(domain)
+        rows = self._keyset(_KEY_SELECT, where, args, ("domain", "key_id"), after, limit)
         return [models.DkimKey(**dict(r)) for r in rows]
 
     def active_dkim_key(self, user_id: int, domain: str) -> models.DkimKey | None:

@@ -43,6 +43,19 @@ class IpQueries(Connection):
         )
         return [models.DedicatedIp(**dict(r)) for r in rows]
 
+    def ips_page(self, user_id: int | None, *, after: list | None, limit: int, smtp_id: int = 0,
+                 server_id: int = 0, state: str = "") -> list[models.DedicatedIp]:
+        """At most `limit` IPs of the account `user_id` (None: of shared pools) after the key
+        [created_at, address] `after`, oldest first; only those of pool `smtp_id`, on MTA
+        server `server_id` and in `state` (active or paused), when given."""
+        where, args = ["i.user_id IS ?"], [user_id]
+        for column, value in (("i.smtp_id", smtp_id), ("i.server_id", server_id), ("i.state", state)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        rows = self._keyset(_IP_SELECT, where, args, ("i.created_at", "i.address"), after, limit)
+        return [models.DedicatedIp(**dict(r)) for r in rows]
+
     def ips_in_pool(self, smtp_id: int) -> list[models.DedicatedIp]:
         """The IPs of pool `smtp_id`, oldest first."""
         rows = self._all(_IP_SELECT + " WHERE i.smtp_id = ? ORDER BY i.created_at, i.address", (smtp_id,))

@@ -19,6 +19,15 @@ _POOL_SELECT = """
     FROM pools p JOIN mta_servers s ON s.server_id = p.server_id
 """
 
+# models.Pool.status as SQL: EMPTY without IPs, ACTIVE when one takes traffic, else PAUSED.
+_USABLE_IP = "EXISTS (SELECT 1 FROM ips i WHERE i.smtp_id = p.smtp_id AND i.state = 'active' AND i.weight > 0)"
+_ANY_IP = "EXISTS (SELECT 1 FROM ips i WHERE i.smtp_id = p.smtp_id)"
+_POOL_STATUS_WHERE = {
+    models.POOL_EMPTY: f"NOT {_ANY_IP}",
+    models.POOL_ACTIVE: _USABLE_IP,
+    models.POOL_PAUSED: f"{_ANY_IP} AND NOT {_USABLE_IP}",
+}
+
 
 class PoolQueries(Connection):
     """Pools (the account's and each server's shared one) with their headers."""
@@ -59,6 +68,24 @@ class PoolQueries(Connection):
         """The account's pools, by smtp_id."""
         rows = self._all(_POOL_SELECT + " WHERE p.user_id = ? ORDER BY p.smtp_id", (user_id,))
         return [self._pool_from_row(r) for r in rows]
+
+    def pools_page(self, user_id: int, *, after: list | None, limit: int, server_id: int = 0,
+                   status: str = "") -> list[models.Pool]:
+        """At most `limit` of the account's pools after the key [smtp_id] `after`, by smtp_id;
+        only those on MTA server `server_id` and in `status` (models.POOL_*), when given."""
+        where, args = ["p.user_id = ?"], [user_id]
+        if server_id:
+            where.append("p.server_id = ?")
+            args.append(server_id)
+        if status:
+            where.append(_POOL_STATUS_WHERE[status])
+        rows = self._keyset(_POOL_SELECT, where, args, ("p.smtp_id",), after, limit)
+        return [self._pool_from_row(r) for r in rows]
+
+    def pool_labelled(self, user_id: int, label: str) -> models.Pool | None:
+        """The account's pool labelled `label`, None if it has none."""
+        row = self._one(_POOL_SELECT + " WHERE p.user_id = ? AND p.label = ?", (user_id, label))
+        return self._pool_from_row(row) if row else None
 
     def pools_on_server(self, server_id: int) -> list[models.Pool]:
         """Every pool of the MTA server (its shared pool included), by smtp_id."""

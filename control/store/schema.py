@@ -144,6 +144,19 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE pools ADD COLUMN signing_domain TEXT NOT NULL DEFAULT '';
     ALTER TABLE pools ADD COLUMN feedback_signing_domain TEXT NOT NULL DEFAULT '';
     """,
+    # 6: keyset paging of the List RPCs (control.paging): an index per listing and filter
+    # that leads with the equality columns and ends with the listing's order, so a page
+    # is one range scan, however deep (SQLite appends the rowid: smtp_id, bridge_id, key_id)
+    """
+    CREATE INDEX pools_by_account ON pools (user_id);
+    CREATE INDEX pools_by_account_server ON pools (user_id, server_id);
+    CREATE INDEX ips_by_account_age ON ips (user_id, created_at, address);
+    CREATE INDEX ips_by_account_server_age ON ips (user_id, server_id, created_at, address);
+    CREATE INDEX ips_by_pool_age ON ips (smtp_id, created_at, address);
+    CREATE INDEX bridges_by_account ON bridges (user_id);
+    CREATE INDEX bridges_by_account_server ON bridges (user_id, server_id);
+    CREATE INDEX dkim_keys_by_account_domain ON dkim_keys (user_id, domain);
+    """,
 )
 
 

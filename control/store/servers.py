@@ -38,6 +38,16 @@ class ServerQueries(Connection):
         """Every MTA server, by server_id."""
         return [models.MtaServer(**dict(r)) for r in self._all(_SERVER_SELECT + " ORDER BY s.server_id")]
 
+    def servers_page(self, *, after: list | None, limit: int) -> list[models.MtaServer]:
+        """At most `limit` MTA servers after the key [server_id] `after`, by server_id."""
+        rows = self._keyset(_SERVER_SELECT, [], [], ("s.server_id",), after, limit)
+        return [models.MtaServer(**dict(r)) for r in rows]
+
+    def server_with_hostname(self, hostname: str) -> models.MtaServer | None:
+        """The MTA server registered as `hostname` (as stored: lower case, no trailing dot), None if none."""
+        row = self._one(_SERVER_SELECT + " WHERE s.hostname = ?", (hostname,))
+        return models.MtaServer(**dict(row)) if row else None
+
     def bump_routing_version(self, server_id: int) -> int:
         """Mark a routing change on `server_id`; returns the new version."""
         self._conn.execute(

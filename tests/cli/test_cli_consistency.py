@@ -20,7 +20,7 @@ def test_accounts_and_servers_are_named_by_name_or_id(cli: Cli):
         "198.51.100.9"
 
     unknown = cli.fails(1, "account", "tier", "initech", "PRO")
-    assert "no account with the name or id 'initech' (known: 'globex')" in unknown.err
+    assert "no account with the name or id 'initech'" in unknown.err and "poolmta account list" in unknown.err
     unknown = cli.fails(1, "server", "status", "mta9.example.net")
     assert "no MTA server with the name or id 'mta9.example.net'" in unknown.err
     assert "NOT_FOUND" in cli.fails(1, "account", "show", "42").err
@@ -33,7 +33,7 @@ def test_bridges_are_named_by_name(cli: Cli, acme: str):
     assert shown["name"] == "promo-app" and shown["bridge_id"] == "1"
 
     unknown = cli.fails(1, "--token", acme, "bridge", "revoke", "nope")
-    assert "no bridge with the name or id 'nope' (known: 'promo-app')" in unknown.err
+    assert "no bridge with the name or id 'nope'" in unknown.err
 
 
 def test_bridge_trust_none_clears(cli: Cli, acme: str):
@@ -89,7 +89,7 @@ def test_op_list_follows_every_page(cli: Cli, acme: str):
     for n in (2, 3, 4):
         cli.ok("--token", acme, "ip", "provision", f"127.0.0.{n}", "--pool", "home")
         cli.ok("--token", acme, "ip", "assign", f"127.0.0.{n}", "away")
-    listed = cli.ok("--json", "--token", acme, "op", "list", "--page-size", "1").json()
+    listed = cli.ok("--json", "--token", acme, "op", "list", "--all", "--page-size", "1").json()
     assert [op["address"] for op in listed["operations"]] == ["127.0.0.4", "127.0.0.3", "127.0.0.2"]
     rows = table_rows(cli.ok("--token", acme, "op", "list", "--ip", "127.0.0.3").out)
     assert len(rows) == 1 and rows[0][2] == "127.0.0.3"
@@ -101,6 +101,6 @@ def test_list_commands_follow_every_page(cli: Cli, acme: str):
         cli.ok("--token", acme, "bridge", "create", f"b{n}", "--pool", f"p{n}")
         cli.ok("--token", acme, "ip", "provision", f"127.0.0.{n + 2}", "--pool", f"p{n}")
     for group, field in (("pool", "pools"), ("bridge", "bridges"), ("ip", "ips")):
-        listed = cli.ok("--json", "--token", acme, group, "list", "--page-size", "1").json()[field]
+        listed = cli.ok("--json", "--token", acme, group, "list", "--all", "--page-size", "1").json()[field]
         assert len(listed) == 3, (group, listed)
     assert len(cli.ok("--json", "account", "list", "--page-size", "1").json()["accounts"]) == 1
