@@ -19,7 +19,7 @@ from pathlib import Path
 
 from control.contract.file_modes import PRIVATE_FILE_MODE
 
-from .spool import SpoolError, read_record, record_path
+from .spool import SpoolError, view_of
 from .stats_journal import (
     ABORT,
     CLOSED,
@@ -39,19 +39,25 @@ log = logging.getLogger("poolmta.dataplane.stats")
 
 def spool_check(spool_dir: Path) -> Callable[[list], bool]:
     """How `resolve_orphans` decides an open group from the spool of `spool_dir`: whether
-    the spool update it accounts for happened. A stored message's record is in `queue/`
-    ("q"); a rewrite's record carries at least that many attempts ("a"); a removed
-    message's record is gone ("r"). A record gone or damaged after a rewrite counts as
-    rewritten: it will not be delivered again."""
+    the spool update it accounts for happened. A stored message is queued ("q": its
+    whole `M` frame is in a journal, or its old-format file is in `queue/`); a rewrite's
+    record carries at least that many attempts ("a"); a removed message is not queued
+    ("r": its `F` frame is written). A record gone or damaged after a rewrite counts as
+    rewritten: it will not be delivered again. The spool is read once, when first asked."""
+    view = None
+
     def happened(check: list) -> bool:
+        nonlocal view
+        if view is None:
+            view = view_of(spool_dir)
         kind, message_id = check[0], check[1]
-        path = record_path(spool_dir, message_id)
+        queued = view.queued(message_id)
         if kind == "q":
-            return path.exists()
+            return queued
         if kind == "r":
-            return not path.exists()
+            return not queued
         try:
-            return len(read_record(path).attempts) >= check[2]
+            return len(view.record(message_id).attempts) >= check[2]
         except (FileNotFoundError, SpoolError):
             return True
 
