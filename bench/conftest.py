@@ -71,6 +71,7 @@ EXTRA_RATIOS = [
     ("suppression", "refusal", "ping"),
     ("data", "bounded", "whole"),
     ("relaxed_body", "py", "c"),
+    ("spool accept", "journal", "files"),
 ]
 
 

@@ -10,16 +10,15 @@ is the one being (re)started.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from control.contract.file_modes import PRIVATE_FILE_MODE
 
 from .spool import SpoolError, view_of
+from .spool.durable import wait_for_flock
 from .stats_journal import (
     ABORT,
     CLOSED,
@@ -79,7 +78,7 @@ def resolve_orphans(directory: Path, happened: Callable[[list], bool], *, pid: i
     for token in sorted(tokens):
         if pid is not None and not token.startswith(f"{pid}-"):
             continue
-        fd = _wait_for_lock(directory / f"{token}{LOCK_SUFFIX}", wait)
+        fd = wait_for_flock(directory / f"{token}{LOCK_SUFFIX}", wait, PRIVATE_FILE_MODE)
         if fd is None:
             log.warning("stats journal %s is held by a live worker; not resolved", token)
             continue
@@ -88,22 +87,6 @@ def resolve_orphans(directory: Path, happened: Callable[[list], bool], *, pid: i
         finally:
             os.close(fd)
     return decided
-
-
-def _wait_for_lock(path: Path, wait: float) -> int | None:
-    """flock `path` (created if missing), waiting up to `wait` seconds for a claimer
-    that holds it for a moment; None if it stays held (a live worker's)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.01)
 
 
 def _resolve(directory: Path, token: str, happened: Callable[[list], bool]) -> int:

@@ -285,3 +285,33 @@ async def _run_ops(root: Path, ops, segment_bytes: int) -> dict[str, spool.Spool
     finally:
         writer.close()
     return model
+
+
+async def test_a_bad_end_of_an_older_segment_is_damage_not_a_torn_tail(tmp_path):
+    records = await _stored(tmp_path, 3, segment_bytes=1)  # a segment each
+    older = _segments(tmp_path)[1]
+    data = older.read_bytes()
+    older.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    state, _, report = load_writer(tmp_path, 0)
+    assert sorted(state.entries) == [records[0].id, records[2].id]
+    assert report.damaged == [f"{older.name}@0"] and report.torn_bytes == 0
+    assert (tmp_path / spool.CORRUPT_DIR / f"{older.name}@0.bad").read_bytes() == data[:-1] + bytes([data[-1] ^ 1])
+
+
+async def test_the_stats_recovery_decides_from_the_journal(tmp_path):
+    from dataplane.stats_journal_recovery import spool_check
+
+    writer = spool.Spool(tmp_path)
+    writer.open()
+    try:
+        queued, removed = _record(writer.new_id()), _record(writer.new_id())
+        await writer.store(queued)
+        await writer.store(removed)
+        await writer.rewrite_attempts(queued.id, (ATTEMPT,))
+        await writer.remove(removed.id)
+        happened = spool_check(tmp_path)
+        assert happened(["q", queued.id]) and not happened(["q", "f" * 26])
+        assert happened(["r", removed.id]) and not happened(["r", queued.id])
+        assert happened(["a", queued.id, 1]) and not happened(["a", queued.id, 2])
+    finally:
+        writer.close()

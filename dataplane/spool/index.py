@@ -121,11 +121,12 @@ def load_writer(root: Path, writer: int) -> tuple[WriterState, int, LoadReport]:
     report = LoadReport()
     directory = Path(root) / JOURNAL_DIR
     next_seq = 1
-    for _, seq, name in journal.segments(directory, writer):
+    names = journal.segments(directory, writer)
+    for _, seq, name in names:
         next_seq = seq + 1
         path = directory / name
         data = path.read_bytes()
-        found, end = journal.scan(data)
+        found, end = journal.scan(data, last=seq == names[-1][1])
         state.sizes[seq] = end
         for item in found:
             if isinstance(item, Damaged):

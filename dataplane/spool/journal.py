@@ -42,7 +42,7 @@ from pathlib import Path
 
 import msgpack
 
-from .durable import FILE_MODE, fsync_dir
+from .durable import FILE_MODE, fsync_dir, write_all
 from .record import SpoolCorrupt, SpoolRecord, decode_meta, encode_meta
 
 JOURNAL_DIR = "journal"
@@ -171,9 +171,11 @@ class Damaged:
     reason: str
 
 
-def scan(data: bytes | memoryview, start: int = 0) -> tuple[list[Frame | Damaged], int]:
+def scan(data: bytes | memoryview, start: int = 0, *, last: bool = True) -> tuple[list[Frame | Damaged], int]:
     """The frames (and damage) in segment bytes `data` from `start`, and where its
-    good part ends: the bytes after it are the torn tail (module docstring)."""
+    good part ends: the bytes after it are the torn tail (module docstring). Only a
+    writer's `last` segment can have one: an older one was synced whole before the
+    next began, so anything bad at its end is damage."""
     view = memoryview(data)
     size = len(view)
     found: list[Frame | Damaged] = []
@@ -182,17 +184,20 @@ def scan(data: bytes | memoryview, start: int = 0) -> tuple[list[Frame | Damaged
         length, crc = _HEAD.unpack_from(view, at)
         end = at + HEAD_SIZE + length
         if length < _MIN_BODY or length > _MAX_BODY:
-            if not any(view[at:]):
+            if last and not any(view[at:]):
                 break  # zeros a crash left past the last write: torn
             found.append(Damaged(at, size - at, f"impossible frame length {length}"))
             return found, size
         if end > size:
+            if not last:
+                found.append(Damaged(at, size - at, "frame cut short"))
+                return found, size
             break  # cut short: torn
         body = view[at + HEAD_SIZE:end]
         id_end = 2 + body[1]
         kind = bytes(body[:1])
         if zlib.crc32(body) != crc or id_end > length or kind not in KINDS:
-            if end == size:
+            if end == size and last:
                 break  # the last frame: torn
             found.append(Damaged(at, end - at, "frame checksum mismatch"))
         else:
@@ -313,7 +318,7 @@ class SegmentWriter:
                 buffers += parts
                 at += length
             for first in range(0, len(buffers), _IOV_MAX):
-                _write_all(self._fd, buffers[first:first + _IOV_MAX])
+                _write_buffers(self._fd, buffers[first:first + _IOV_MAX])
             os.fdatasync(self._fd)
             self._size = at
             self.syncs += 1
@@ -353,11 +358,9 @@ class SegmentWriter:
         self._fd = None
 
 
-def _write_all(fd: int, buffers: list[bytes]) -> None:
+def _write_buffers(fd: int, buffers: list[bytes]) -> None:
     total = sum(len(b) for b in buffers)
     written = os.writev(fd, buffers)
     if written < total:  # a short write: finish it the slow way
-        view = memoryview(b"".join(buffers))[written:]
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, memoryview(b"".join(buffers))[written:])
 

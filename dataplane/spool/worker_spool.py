@@ -29,7 +29,6 @@ newer goes, so they happen in order after a crash too.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import itertools
 import logging
 import os
@@ -39,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import journal
-from .durable import FILE_MODE, fsync_dir
+from .durable import fsync_dir, wait_for_flock
 from .index import CORRUPT_DIR, Entry, LoadReport, load_writer, read_entry
 from .journal import JOURNAL_DIR, Location, SegmentWriter
 from .record import SpoolCorrupt, SpoolError, SpoolRecord
@@ -60,17 +59,10 @@ class SpoolLocked(SpoolError):
 def lock_file(path: Path, message: str, wait: float = 0.0) -> int:
     """flock `path` exclusively (created if missing) and return its descriptor, to keep
     open; SpoolLocked(`message`) if another process still holds it after `wait` seconds."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise SpoolLocked(message) from None
-            time.sleep(0.01)
+    fd = wait_for_flock(path, wait)
+    if fd is None:
+        raise SpoolLocked(message)
+    return fd
 
 
 class Spool:
