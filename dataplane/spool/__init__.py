@@ -32,6 +32,7 @@ from .directory import (
     remove_temp_files,
     view_of,
 )
+from .durable import SpoolLocked
 from .index import CORRUPT_DIR, QUEUE_DIR, RECORD_SUFFIX
 from .journal import JOURNAL_DIR
 from .record import (
@@ -46,7 +47,7 @@ from .record import (
     owes_dsn,
     read_record,
 )
-from .worker_spool import Spool, SpoolLocked, SpoolWriteError
+from .worker_spool import Spool, SpoolWriteError
 
 __all__ = [
     "CORRUPT_DIR",

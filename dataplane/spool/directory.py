@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import journal
-from .durable import FILE_MODE, fsync_dir
+from .durable import FILE_MODE, fsync_dir, lock_file
 from .index import (
     CORRUPT_DIR,
     QUEUE_DIR,
@@ -52,7 +52,6 @@ from .index import (
 )
 from .journal import JOURNAL_DIR
 from .record import SpoolCorrupt, SpoolRecord, looks_complete, read_record
-from .worker_spool import lock_file
 
 log = logging.getLogger("poolmta.dataplane.spool")
 

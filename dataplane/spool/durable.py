@@ -1,5 +1,6 @@
 """Replacing a small file so that a crash at any instant leaves the old one or the
-new one, and the directory fsync that makes a create, rename or unlink durable.
+new one, the directory fsync that makes a create, rename or unlink durable, and the
+flock that keeps a second process away.
 
 (The spool's messages no longer live one per file: see `journal`. The
 one-file-per-message write it replaced is kept in `bench/spool_baseline.py`, as
@@ -12,6 +13,8 @@ import fcntl
 import os
 import time
 from pathlib import Path
+
+from .record import SpoolError
 
 FILE_MODE = 0o640
 
@@ -40,6 +43,19 @@ def wait_for_flock(path: Path, wait: float, mode: int = FILE_MODE) -> int | None
                 os.close(fd)
                 return None
             time.sleep(0.01)
+
+
+class SpoolLocked(SpoolError):
+    """Another process holds the spool (or this worker's journal): two would deliver the same messages."""
+
+
+def lock_file(path: Path, message: str, wait: float = 0.0) -> int:
+    """flock `path` exclusively (created if missing) and return its descriptor, to keep
+    open; SpoolLocked(`message`) if another process still holds it after `wait` seconds."""
+    fd = wait_for_flock(path, wait)
+    if fd is None:
+        raise SpoolLocked(message)
+    return fd
 
 
 def replace_durably(path: Path, data: bytes, mode: int) -> None:

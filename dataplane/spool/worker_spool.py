@@ -38,7 +38,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import journal
-from .durable import fsync_dir, wait_for_flock
+from .directory import prepare
+from .durable import fsync_dir, lock_file
 from .index import CORRUPT_DIR, Entry, LoadReport, load_writer, read_entry
 from .journal import JOURNAL_DIR, Location, SegmentWriter
 from .record import SpoolCorrupt, SpoolError, SpoolRecord
@@ -50,19 +51,6 @@ COMPACT_AFTER = 8
 
 class SpoolWriteError(SpoolError):
     """A record could not be stored durably; the message is not queued."""
-
-
-class SpoolLocked(SpoolError):
-    """Another process holds the spool (or this worker's journal): two would deliver the same messages."""
-
-
-def lock_file(path: Path, message: str, wait: float = 0.0) -> int:
-    """flock `path` exclusively (created if missing) and return its descriptor, to keep
-    open; SpoolLocked(`message`) if another process still holds it after `wait` seconds."""
-    fd = wait_for_flock(path, wait)
-    if fd is None:
-        raise SpoolLocked(message)
-    return fd
 
 
 class Spool:
@@ -98,8 +86,6 @@ class Spool:
     def open(self) -> None:
         """Take this worker's journal, read it back (cutting a torn tail), and start the
         writer thread; before any other call."""
-        from .directory import prepare
-
         prepare(self.root)
         self._lock_fd = lock_file(self._journal / f"w{self.owner}.lock",
                                   f"another process appends to worker {self.owner}'s spool journal", wait=5.0)
