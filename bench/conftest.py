@@ -74,6 +74,7 @@ EXTRA_RATIOS = [
     ("list pools", "whole", "first"),
     ("list pools", "whole", "deep"),
     ("list pools", "deep", "first"),
+    ("spool accept", "journal", "files"),
 ]
 
 

@@ -376,15 +376,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         file_modes.private_dir(args.data_dir)
         spool.lock(config.spool_dir)  # its descriptor stays open, and the lock held, until exit
-        report = spool.recover(config.spool_dir)
+        report = spool.recover(config.spool_dir, owners=config.workers)
     except spool.SpoolLocked as exc:
         print(f"error: {exc} (is this MTA server's data plane already running?)", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"error: cannot prepare the spool {config.spool_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    log.info("spool %s: %d message(s) queued (%d bytes), %d partial write(s) removed, %d quarantined in corrupt/",
-             config.spool_dir, report.queued, report.queued_bytes, report.removed_partial, len(report.quarantined))
+    log.info("spool %s: %d message(s) queued (%d bytes), %d partial write(s) removed, %d quarantined in corrupt/, "
+             "%d adopted by their owner", config.spool_dir, report.queued, report.queued_bytes,
+             report.removed_partial, len(report.quarantined), report.adopted)
     try:
         if config.tls_cert is None:
             cert, key = ensure_self_signed(config.tls_dir, config.hostname or socket.getfqdn())

@@ -24,10 +24,11 @@ def _when(ms: int) -> str:
 
 
 def _list(root: Path, out) -> int:
-    ids = spool.queued_ids(root)
+    view = spool.view_of(root)
+    ids = view.live_ids()
     for message_id in ids:
         try:
-            r = spool.read_record(spool.record_path(root, message_id))
+            r = view.record(message_id)
         except FileNotFoundError:
             continue
         except spool.SpoolCorrupt as exc:
@@ -36,7 +37,7 @@ def _list(root: Path, out) -> int:
         rcpts = ",".join(r.rcpt_tos[:3]) + (f" (+{len(r.rcpt_tos) - 3})" if len(r.rcpt_tos) > 3 else "")
         out.write(f"{r.id}  {_when(r.received_ms)}  bridge={r.bridge_id} pool={r.pool} ip={r.ip} "
                   f"from=<{r.mail_from}> to={rcpts} size={len(r.message)} attempts={len(r.attempts)}\n")
-    out.write(f"{len(ids)} message(s) queued in {root / spool.QUEUE_DIR}\n")
+    out.write(f"{len(ids)} message(s) queued in {root}\n")
     return 0
 
 
@@ -44,7 +45,7 @@ def _show(root: Path, ids: list[str], out) -> int:
     status = 0
     for message_id in ids:
         try:
-            r = spool.read_record(spool.record_path(root, message_id))
+            r = spool.find_record(root, message_id)
         except (OSError, spool.SpoolCorrupt) as exc:
             sys.stderr.write(f"{message_id}: {exc}\n")
             status = 1

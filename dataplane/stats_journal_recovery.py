@@ -10,16 +10,15 @@ is the one being (re)started.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from control.contract.file_modes import PRIVATE_FILE_MODE
 
-from .spool import SpoolError, read_record, record_path
+from .spool import SpoolError, view_of
+from .spool.durable import wait_for_flock
 from .stats_journal import (
     ABORT,
     CLOSED,
@@ -39,19 +38,25 @@ log = logging.getLogger("poolmta.dataplane.stats")
 
 def spool_check(spool_dir: Path) -> Callable[[list], bool]:
     """How `resolve_orphans` decides an open group from the spool of `spool_dir`: whether
-    the spool update it accounts for happened. A stored message's record is in `queue/`
-    ("q"); a rewrite's record carries at least that many attempts ("a"); a removed
-    message's record is gone ("r"). A record gone or damaged after a rewrite counts as
-    rewritten: it will not be delivered again."""
+    the spool update it accounts for happened. A stored message is queued ("q": its
+    whole `M` frame is in a journal, or its old-format file is in `queue/`); a rewrite's
+    record carries at least that many attempts ("a"); a removed message is not queued
+    ("r": its `F` frame is written). A record gone or damaged after a rewrite counts as
+    rewritten: it will not be delivered again. The spool is read once, when first asked."""
+    view = None
+
     def happened(check: list) -> bool:
+        nonlocal view
+        if view is None:
+            view = view_of(spool_dir)
         kind, message_id = check[0], check[1]
-        path = record_path(spool_dir, message_id)
+        queued = view.queued(message_id)
         if kind == "q":
-            return path.exists()
+            return queued
         if kind == "r":
-            return not path.exists()
+            return not queued
         try:
-            return len(read_record(path).attempts) >= check[2]
+            return len(view.record(message_id).attempts) >= check[2]
         except (FileNotFoundError, SpoolError):
             return True
 
@@ -73,7 +78,7 @@ def resolve_orphans(directory: Path, happened: Callable[[list], bool], *, pid: i
     for token in sorted(tokens):
         if pid is not None and not token.startswith(f"{pid}-"):
             continue
-        fd = _wait_for_lock(directory / f"{token}{LOCK_SUFFIX}", wait)
+        fd = wait_for_flock(directory / f"{token}{LOCK_SUFFIX}", wait, PRIVATE_FILE_MODE)
         if fd is None:
             log.warning("stats journal %s is held by a live worker; not resolved", token)
             continue
@@ -82,22 +87,6 @@ def resolve_orphans(directory: Path, happened: Callable[[list], bool], *, pid: i
         finally:
             os.close(fd)
     return decided
-
-
-def _wait_for_lock(path: Path, wait: float) -> int | None:
-    """flock `path` (created if missing), waiting up to `wait` seconds for a claimer
-    that holds it for a moment; None if it stays held (a live worker's)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.01)
 
 
 def _resolve(directory: Path, token: str, happened: Callable[[list], bool]) -> int:

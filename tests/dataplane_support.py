@@ -243,7 +243,7 @@ class Dataplane:
         return self.data_dir / "spool" / f"server-{self.server_id}"
 
     def record(self, message_id: str) -> spool.SpoolRecord:
-        return spool.read_record(spool.record_path(self.spool_dir, message_id))
+        return spool.find_record(self.spool_dir, message_id)
 
 
 @contextlib.contextmanager

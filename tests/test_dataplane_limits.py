@@ -5,7 +5,6 @@ cannot be written. Each gets the right reply code, and the worker keeps serving.
 from __future__ import annotations
 
 import os
-import shutil
 import smtplib
 import socket
 
@@ -120,8 +119,7 @@ def test_long_lines_and_garbage(redis_client, redis_url, start_dataplane):
 
 def test_spool_write_failure_answers_451_and_leaves_nothing(redis_client, redis_url, start_dataplane):
     plane, bridge = _start(redis_client, redis_url, start_dataplane)
-    tmp_dir = plane.spool_dir / spool.TMP_DIR
-    queue_dir = plane.spool_dir / spool.QUEUE_DIR
+    journal_dir = plane.spool_dir / spool.JOURNAL_DIR
 
     def send() -> tuple[int, bytes]:
         with _client(plane, bridge) as client:
@@ -129,24 +127,15 @@ def test_spool_write_failure_answers_451_and_leaves_nothing(redis_client, redis_
             client.rcpt("rcpt@example.net")
             return client.data(message(1))
 
-    # The temp file cannot be created (tmp/ is not a directory any more).
-    shutil.rmtree(tmp_dir)
-    tmp_dir.write_bytes(b"")
+    # No segment can be created (journal/ is not a directory any more; the workers have
+    # written nothing yet, so none is open).
+    moved = plane.spool_dir / "journal-moved"
+    os.rename(journal_dir, moved)
+    journal_dir.write_bytes(b"")
     code, reply = send()
     assert code == 451 and b"nothing was queued" in reply
-    assert spool.queued_ids(plane.spool_dir) == []
-    tmp_dir.unlink()
-    tmp_dir.mkdir()
-
-    # The temp file is written but cannot be renamed into queue/: it is removed.
-    moved = plane.spool_dir / "queue-moved"
-    os.rename(queue_dir, moved)
-    queue_dir.write_bytes(b"")
-    code, reply = send()
-    assert code == 451
-    assert os.listdir(tmp_dir) == []
-    queue_dir.unlink()
-    os.rename(moved, queue_dir)
+    journal_dir.unlink()
+    os.rename(moved, journal_dir)
     assert spool.queued_ids(plane.spool_dir) == []
 
     code, reply = send()

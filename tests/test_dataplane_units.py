@@ -81,7 +81,7 @@ async def test_spool_store_concurrent_writes_share_fsyncs(tmp_path):
     assert len({r.id for r in records}) == 200
     assert spool.queued_ids(tmp_path / "spool") == sorted(r.id for r in records)
     assert os.listdir(tmp_path / "spool" / "tmp") == []
-    assert spool.read_record(spool.record_path(tmp_path / "spool", records[7].id)) == records[7]
+    assert spool.find_record(tmp_path / "spool", records[7].id) == records[7]
 
 
 # --- AUTH ----------------------------------------------------------------------

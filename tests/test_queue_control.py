@@ -18,6 +18,7 @@ import sys
 import grpc
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
+from dataplane import spool
 from tests.control_support import expect_error
 from tests.dataplane_support import queued_id
 
@@ -140,7 +141,7 @@ async def test_queue_control_acts_on_real_spooled_messages(
     deleted = await acme.queue.Delete(pb.QueueActionRequest(filter=pb.QueueFilter(domain="example.com")))
     assert list(deleted.message_ids) == [gone]
     assert not await _messages(acme)
-    assert not (plane.spool_dir / "queue" / f"{gone}.msg").exists()
+    assert gone not in spool.queued_ids(plane.spool_dir)
     await expect_error(acme.queue.Delete(pb.QueueActionRequest(filter=pb.QueueFilter(message_ids=[gone]))),
                        grpc.StatusCode.NOT_FOUND, gone)
     figures = await acme.stats.GetPoolStats(pb.GetPoolStatsRequest(smtp_id=pool.smtp_id))

@@ -3,7 +3,7 @@ each recipient is due, and when a message's time is up.
 
 Ownership: of K workers, worker i delivers the records `spool.owner_of(id, K)
 == i`. It gets the ones it accepts handed over in memory (`submit`), finds the
-rest by scanning `queue/` at start (a restarted worker recovers its set this
+rest in its spool journal at start (a restarted worker recovers its set this
 way) and every `rescan_interval` as a safety net. No record has two live owners.
 
 Per message: the recipients are grouped by domain; each group (at most
@@ -185,7 +185,7 @@ class DeliveryQueue:
         self.schedule(message)
 
     async def scan(self) -> int:
-        """Submit every owned record in `queue/` not known yet; how many were new."""
+        """Submit every owned record in the spool not known yet; how many were new."""
         self._scan_removed = set()
         found = 0
         try:

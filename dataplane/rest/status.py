@@ -10,7 +10,7 @@ from pathlib import Path
 from control.contract import rediskeys
 from control.contract.delivery_event import DeliveryEvent, decode_list
 
-from ..spool import SpoolError, read_record, record_path
+from ..spool import SpoolError, find_record
 from .problems import not_found
 
 QUEUED = "queued"  # no attempt has decided anything yet
@@ -19,7 +19,7 @@ _MAX_ID = 64
 
 def _record(spool_dir: Path, message_id: str):
     try:
-        return read_record(record_path(spool_dir, message_id))
+        return find_record(spool_dir, message_id)
     except (OSError, SpoolError):
         return None  # delivered and removed, or never here
 

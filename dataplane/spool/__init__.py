@@ -1,25 +1,27 @@
-"""The durable spool: one file per accepted message, fsynced before the client hears 250.
+"""The durable spool: each worker appends accepted messages to its own journal of
+segment files, one fdatasync covering every message that arrived while the previous
+one ran, before the client hears 250.
 
-Three parts, each with the specification it implements:
+The parts, each with the specification it implements:
 
-* `record`: the record format (bytes in a file <-> `SpoolRecord`);
-* `durable`: writing, rewriting and removing a file crash safely (group commit);
-* `directory`: the layout on disk, message ids and which worker owns them,
-  start-up recovery, the lock, and `Spool`, a worker's asyncio API.
+* `record`: a message's record (`SpoolRecord`), and the old one-file-per-message format;
+* `journal`: the frames in a segment, reading one back (torn tail, damage), and the
+  writer thread (group commit);
+* `index`: what the frames say (live messages, where, their state), for the owner and,
+  read-only, for other processes (`JournalView`);
+* `worker_spool`: `Spool`, a worker's asyncio API, reclaim and compaction;
+* `directory`: the layout on disk, message ids and which worker owns them, start-up
+  recovery and adoption, the lock, and lookups from other processes;
+* `durable`: replacing small files crash safely (used elsewhere too).
 
 What the rest of the data plane uses is named here: `from dataplane import spool`.
 """
 
 from .directory import (
-    CORRUPT_DIR,
-    QUEUE_DIR,
-    RECORD_SUFFIX,
     TEMP_SUFFIX,
     TMP_DIR,
     RecoveryReport,
-    Spool,
-    SpoolLocked,
-    SpoolWriteError,
+    find_record,
     iter_records,
     lock,
     owner_of,
@@ -28,7 +30,11 @@ from .directory import (
     record_path,
     recover,
     remove_temp_files,
+    view_of,
 )
+from .durable import SpoolLocked
+from .index import CORRUPT_DIR, QUEUE_DIR, RECORD_SUFFIX
+from .journal import JOURNAL_DIR
 from .record import (
     DSN_OWED,
     MAGIC,
@@ -41,10 +47,12 @@ from .record import (
     owes_dsn,
     read_record,
 )
+from .worker_spool import Spool, SpoolWriteError
 
 __all__ = [
     "CORRUPT_DIR",
     "DSN_OWED",
+    "JOURNAL_DIR",
     "MAGIC",
     "QUEUE_DIR",
     "RECORD_SUFFIX",
@@ -60,6 +68,7 @@ __all__ = [
     "SpoolWriteError",
     "decode_record",
     "encode_record",
+    "find_record",
     "iter_records",
     "lock",
     "owes_dsn",
@@ -70,4 +79,5 @@ __all__ = [
     "record_path",
     "recover",
     "remove_temp_files",
+    "view_of",
 ]

@@ -1,6 +1,8 @@
-"""A spool record: one accepted message as a file of `queue/` holds it.
+"""A spool record: one accepted message, its envelope, decisions and state.
 
-Record format (`queue/<id>.msg`), big-endian integers:
+The metadata below is what a journal `M` frame carries (`journal`). The record
+file format of spools written before the journal (`queue/<id>.msg`, still read
+at start-up to carry such messages into the journal), big-endian integers:
 
     offset 0         8 bytes   magic b"PMTASPL1" (format version 1)
     8                4 bytes   M, length of the metadata
@@ -112,12 +114,35 @@ def owes_dsn(attempts) -> bool:
     return any(entry.get("dsn") == DSN_OWED for entry in attempts)
 
 
-def encode_record(record: SpoolRecord) -> list[bytes]:
-    """The record's file content as a list of byte strings (written with one writev)."""
+def encode_meta(record: SpoolRecord) -> bytes:
+    """The record's metadata (every field but the message) as msgpack."""
     meta = {name: getattr(record, name) for name in _META_FIELDS}  # not asdict: no deep copies
     meta["schema"] = SCHEMA
+    return msgpack.packb(meta, use_bin_type=True)
+
+
+def decode_meta(packed: bytes | memoryview, message: bytes) -> SpoolRecord:
+    """The record of msgpack metadata `packed` and its message; SpoolCorrupt if malformed."""
+    try:
+        meta = msgpack.unpackb(packed, raw=False)
+        if meta.pop("schema") != SCHEMA:
+            raise SpoolCorrupt("record schema is not supported")
+        meta["rcpt_tos"] = tuple(meta["rcpt_tos"])
+        meta["mail_options"] = tuple(meta["mail_options"])
+        meta["attempts"] = tuple(meta["attempts"])
+        if "rcpt_options" in meta:
+            meta["rcpt_options"] = tuple(meta["rcpt_options"])
+        return SpoolRecord(message=message, **meta)
+    except SpoolCorrupt:
+        raise
+    except Exception as exc:  # msgpack and the dataclass raise several unrelated types
+        raise SpoolCorrupt(f"record metadata is malformed: {exc!r}") from None
+
+
+def encode_record(record: SpoolRecord) -> list[bytes]:
+    """The record's file content (the one-file-per-message format) as a list of byte strings."""
     message = record.message
-    packed = msgpack.packb(meta, use_bin_type=True)
+    packed = encode_meta(record)
     head = MAGIC + _META_LEN.pack(len(packed))
     body_len = _BODY_LEN.pack(len(message))
     crc = zlib.crc32(head)
@@ -143,20 +168,7 @@ def decode_record(data: bytes) -> SpoolRecord:
     (crc,) = _CRC.unpack_from(view, end)
     if zlib.crc32(view[:end]) != crc:
         raise SpoolCorrupt("record checksum mismatch")
-    try:
-        meta = msgpack.unpackb(view[_HEAD : _HEAD + meta_len], raw=False)
-        if meta.pop("schema") != SCHEMA:
-            raise SpoolCorrupt("record schema is not supported")
-        meta["rcpt_tos"] = tuple(meta["rcpt_tos"])
-        meta["mail_options"] = tuple(meta["mail_options"])
-        meta["attempts"] = tuple(meta["attempts"])
-        if "rcpt_options" in meta:
-            meta["rcpt_options"] = tuple(meta["rcpt_options"])
-        return SpoolRecord(message=bytes(view[body_at:end]), **meta)
-    except SpoolCorrupt:
-        raise
-    except Exception as exc:  # msgpack and the dataclass raise several unrelated types
-        raise SpoolCorrupt(f"record metadata is malformed: {exc!r}") from None
+    return decode_meta(view[_HEAD : _HEAD + meta_len], bytes(view[body_at:end]))
 
 
 def read_record(path: Path) -> SpoolRecord:
