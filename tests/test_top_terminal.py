@@ -151,7 +151,7 @@ async def test_top_in_a_terminal_shows_pools_ips_rates_and_quits_cleanly(
                 rb"acme-promo(?:\s+\d+\.\d){5}\s+1\s", re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", s)))
             frames = terminal.screen.count(b"q quits")
             # It refreshes itself: a later frame comes without a key.
-            await asyncio.to_thread(terminal.read_until, lambda s: s.count(b"q quits") > frames)
+            await asyncio.to_thread(terminal.read_until, lambda s, seen=frames: s.count(b"q quits") > seen)
             terminal.type(quit_with)
             assert await asyncio.to_thread(terminal.wait) == 0, terminal.text()
             _restored(terminal)
