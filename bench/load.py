@@ -32,7 +32,8 @@ target configured to relay to it) and reports the target's relayed rate.
 harness on a free port: the floor of what a Python SMTP server costs.
 `--rest` measures poolmta again in the same session through the REST Bridge
 (`POST /v1/messages` over C keep-alive HTTP sessions, `bench/load_rest.py`):
-its rates against the SMTP run's are what the REST Bridge costs.
+its rates against the SMTP run's are what the REST Bridge costs; with
+`--accept-only` too, both Bridges are measured with delivery off as well.
 `--dkim rsa` / `--dkim ed25519` (repeatable) measures poolmta again in the same
 session with a DKIM key of that algorithm on the sender's domain, so every message
 is signed: the end-to-end cost of signing is the CPU per message against the run
@@ -600,6 +601,8 @@ async def run(args: argparse.Namespace) -> list[Result]:
                     results.append(await measure_poolmta(workload, args.workers, dkim=algorithm))
                 if args.accept_only:
                     results.append(await measure_poolmta(workload, args.workers, accept_only=True))
+                    if args.rest:
+                        results.append(await measure_poolmta(workload, args.workers, accept_only=True, rest=True))
                 for name, host, port in args.target:
                     results.append(await measure_target(name, host, port, workload,
                                                         sink.counts_path if sink else None, pids.get(name)))

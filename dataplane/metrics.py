@@ -106,7 +106,7 @@ recipients_accepted = LabelledCounter(Counter(
     "poolmta_recipients_accepted", "Distinct recipients of the accepted messages: StatsService's sent",
     POOL_IP, registry=REGISTRY))
 auth_failures = Counter(
-    "poolmta_auth_failures", "SMTP AUTH attempts whose credentials name no Bridge of the snapshot",
+    "poolmta_auth_failures", "SMTP AUTH attempts and REST requests whose credentials name no Bridge of the snapshot",
     registry=REGISTRY)
 
 # -- delivery -----------------------------------------------------------------------

@@ -4,6 +4,7 @@ more: a rotated secret or a revoked Bridge fails at the snapshot that changes it
 failure is still counted by the shared throttle, and a blocked client gets through only
 with credentials it proved itself before (one worker here, so which worker remembers is
 known; the shared count across workers is `test_rest_errors`'s and `test_auth_throttle`'s).
+Each wrong credential counts in `poolmta_auth_failures_total`, as a failed SMTP AUTH does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from control.contract.secrets import hash_secret
 from dataplane.bridge_auth import ProvenCredentials
 from tests.dataplane_support import make_bridge, make_pool, make_snapshot, publish
 from tests.rest_support import RestClient, assert_problem, basic
+from tests.support import scrape_metrics
 
 SERVER = 1
 OLD_SECRET = "s3cret-before-rotation"
@@ -78,3 +80,7 @@ async def test_rotation_and_revocation_take_effect_at_the_snapshot_and_failures_
         assert_problem(await as_(rotating.username, OLD_SECRET).send_json(LETTER), 429)  # the old secret
         # Credentials this client proved a moment ago tell it nothing new: still accepted.
         assert (await as_(rotating.username, NEW_SECRET).send_json(LETTER)).status == 202
+
+    # Every wrong credential is an AUTH failure on the scrape, those refused while blocked too.
+    failures = scrape_metrics(f"127.0.0.1:{plane.metrics_port}")["poolmta_auth_failures_total"]
+    assert sum(failures.values()) == 4

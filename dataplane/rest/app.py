@@ -36,6 +36,7 @@ from aiohttp import web
 
 from control.contract.snapshot import BridgeRoute
 
+from .. import metrics
 from ..bridge_auth import ProvenCredentials, SharedAuthThrottle, check_credentials
 from ..config import DataplaneConfig
 from ..routing import client_key
@@ -115,6 +116,8 @@ class RestBridge:
         if routing is None:
             raise problems.unavailable("No routing snapshot is loaded yet")
         bridge = check_credentials(routing, *credentials)
+        if bridge is None:
+            metrics.auth_failures.inc()
         client = client_key(request.remote or "")
         if bridge is not None and self.proven.proven(client, bridge):
             return bridge
