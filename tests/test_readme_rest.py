@@ -32,7 +32,7 @@ def _section(heading: str) -> str:
 def _shell_lines(text: str) -> list[str]:
     """The ```sh blocks of `text`: continuation lines joined, comments and `#` lines dropped."""
     lines = []
-    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL):
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
@@ -72,13 +72,13 @@ def test_the_readme_curl_example_sends_as_it_says(redis_client, redis_url, start
     bridge = make_bridge(1, 7, SECRET)
     publish(redis_client, make_snapshot(SERVER, 1, [make_pool(7, [("127.0.0.2", 1)])], [bridge]))
     plane = start_dataplane(redis_url, SERVER)
-    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", _section("## REST API"), flags=re.S) if "curl " in b]
+    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", _section("## REST API"), flags=re.DOTALL) if "curl " in b]
     assert "http://127.0.0.1:8025/v1/messages" in block  # the default address, as documented
     block = block.replace("127.0.0.1:8025", f"127.0.0.1:{plane.http_port}")
     request = _curl(block, {"BRIDGE_USERNAME": bridge.username, "BRIDGE_SECRET": SECRET})
     with urllib.request.urlopen(request, timeout=30) as reply:
         status, body = reply.status, json.loads(reply.read())
-    documented = re.search(r"^# (\d{3}) (\{.*\})$", block, re.M)
+    documented = re.search(r"^# (\d{3}) (\{.*\})$", block, re.MULTILINE)
     assert documented, "no '# STATUS {reply}' comment after the curl example"
     assert status == int(documented.group(1)) == 202
     shown = json.loads(documented.group(2))
