@@ -27,7 +27,11 @@ import redis.asyncio as aioredis
 from control.contract.secrets import hash_secret
 from control.contract.snapshot import BridgeRoute, Snapshot
 from control.embedded_redis import EmbeddedRedis
-from dataplane.bridge_auth import ProvenCredentials, SharedAuthThrottle, check_credentials
+from dataplane.bridge_auth import (
+    ProvenCredentials,
+    SharedAuthThrottle,
+    check_credentials,
+)
 from dataplane.config import AuthThrottleConfig
 from dataplane.routing import Routing
 
