@@ -54,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -149,14 +150,33 @@ async def _step(reader, writer, command: bytes, expect: int, step: str) -> None:
         raise SmtpFailure(step, text)
 
 
-async def drive(host: str, port: int, username: str, secret: str, workload: Workload) -> dict:
-    """Send the workload; the result as a JSON-able dict (latencies in seconds)."""
+async def run_sessions(workload: Workload, session: Callable[[list[int], list[float], list[str]], Awaitable[None]]
+                       ) -> dict:
+    """Run `workload.concurrency` sessions, `session(remaining, latencies, errors)`, each
+    taking message numbers from `remaining` until none are left, within --timeout; the
+    result as a JSON-able dict (latencies in seconds)."""
     remaining = list(range(workload.messages, 0, -1))
     latencies: list[float] = []
     errors: list[str] = []
+    started = time.time()
+    t0 = time.perf_counter()
+    tasks = [asyncio.create_task(session(remaining, latencies, errors)) for _ in range(workload.concurrency)]
+    _, pending = await asyncio.wait(tasks, timeout=workload.timeout)
+    elapsed = time.perf_counter() - t0
+    if pending:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        errors.append(f"stopped after --timeout {workload.timeout:g}s with messages left to send")
+    return {"accepted": len(latencies), "failed": workload.messages - len(latencies), "errors": errors,
+            "started": started, "elapsed": elapsed, "latencies": latencies}
+
+
+async def drive(host: str, port: int, username: str, secret: str, workload: Workload) -> dict:
+    """Send the workload over SMTP; the result as `run_sessions` gives it."""
     auth = b"AUTH PLAIN " + base64.b64encode(f"\0{username}\0{secret}".encode()) + b"\r\n" if username else b""
 
-    async def session() -> None:
+    async def session(remaining: list[int], latencies: list[float], errors: list[str]) -> None:
         while remaining:
             writer = None
             batch = [remaining.pop() for _ in range(min(workload.per_connection, len(remaining)))]
@@ -191,18 +211,7 @@ async def drive(host: str, port: int, username: str, secret: str, workload: Work
                 if writer is not None:
                     writer.close()
 
-    started = time.time()
-    t0 = time.perf_counter()
-    tasks = [asyncio.create_task(session()) for _ in range(workload.concurrency)]
-    _, pending = await asyncio.wait(tasks, timeout=workload.timeout)
-    elapsed = time.perf_counter() - t0
-    if pending:
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        errors.append(f"stopped after --timeout {workload.timeout:g}s with messages left to send")
-    return {"accepted": len(latencies), "failed": workload.messages - len(latencies), "errors": errors,
-            "started": started, "elapsed": elapsed, "latencies": latencies}
+    return await run_sessions(workload, session)
 
 
 def client_main(spec: str) -> int:
@@ -212,8 +221,8 @@ def client_main(spec: str) -> int:
         from load_rest import drive_rest  # bench/ is this script's directory
 
         result = asyncio.run(drive_rest(request["host"], request["port"], request["username"], request["secret"],
-                                        workload, message_bytes, SENDER, RECIPIENT_DOMAIN, CONNECT_TIMEOUT,
-                                        REPLY_TIMEOUT))
+                                        workload, run_sessions, message_bytes, SENDER, RECIPIENT_DOMAIN,
+                                        CONNECT_TIMEOUT, REPLY_TIMEOUT))
     else:
         result = asyncio.run(drive(request["host"], request["port"], request.get("username", ""),
                                    request.get("secret", ""), workload))
