@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from control._pb.poolmta.v1 import poolmta_pb2 as pb
+from tests.control_support import sending_account
 
 pytestmark = pytest.mark.slow
 
@@ -127,11 +127,8 @@ def _restored(terminal: Terminal) -> None:
 
 async def test_top_in_a_terminal_shows_pools_ips_rates_and_quits_cleanly(
         control_plane, admin, server, make_account, redis_url, start_dataplane, start_sink):
-    acme, account = await make_account("acme", pb.PRO)
-    token = (await admin.accounts.IssueAccountToken(pb.IssueAccountTokenRequest(user_id=account.user_id))).token
-    pool = await acme.pools.CreatePool(pb.CreatePoolRequest(label="acme-promo", server_id=server.server_id))
-    await acme.ips.ProvisionIp(pb.ProvisionIpRequest(address=SOURCE_IP, smtp_id=pool.smtp_id))
-    bridge = await acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="app", smtp_id=pool.smtp_id))
+    _, token, _, bridge = await sending_account(admin, make_account, server, label="acme-promo",
+                                                address=SOURCE_IP)
     sink = await asyncio.to_thread(start_sink, "--rule", "stuck*=451")
     plane = await asyncio.to_thread(start_dataplane, redis_url, server.server_id, delivery=True,
                                     args=("--route", f"*={sink.address}", "--retry-schedule", "1h"))
