@@ -1,8 +1,8 @@
 """`poolmta demo` end to end: the real console script in a subprocess, starting the
 real embedded Redis, control plane, data plane and sink. It must exit 0, print the
 per-Pool panel with the totals the demo's message plan implies, show a stamped
-message, show the mail of each channel (SMTP and the REST Bridge, JSON requests and
-batch requests) received from its Pool's IPs, and leave no process behind."""
+message, show the mail of each channel (SMTP, and the REST Bridge: JSON, batch and raw
+requests) received from its Pool's IPs, and leave no process behind."""
 
 from __future__ import annotations
 
@@ -134,7 +134,8 @@ def test_demo_shows_the_panel_with_totals_that_add_up_and_leaves_nothing_running
     rest = sum(accepted for (channel, _), (accepted, _) in channels.items() if channel == REST)
     assert 0 < rest < MESSAGES
     assert re.search(rf"^of them {rest} through the REST Bridge at http://127\.0\.0\.1:\d+ \([1-9]\d* POST "
-                     r"/v1/messages, [1-9]\d* POST /v1/messages/batch\)", output, re.MULTILINE), output
+                     r"/v1/messages with JSON, [1-9]\d* POST /v1/messages/batch, [1-9]\d* POST /v1/messages "
+                     r"\(message/rfc822\)\)", output, re.MULTILINE), output
     for (channel, label), (accepted, bounced) in channels.items():
         plan = next(p for p in DEMO_POOLS if p.label == label)
         ips = "|".join(re.escape(a) for a in plan.addresses)

@@ -2,9 +2,12 @@
 treated alike.
 
 `RestSender` sends a batch of the plan (`traffic.Message`s with `channel` REST, each
-a JSON message) through the data plane's `--http-listen` with the Pool's Bridge
-credentials (HTTP Basic), over one keep-alive aiohttp session: every other batch as
-one `POST /v1/messages/batch`, the others as one `POST /v1/messages` per message.
+both a JSON message and its MIME bytes) through the data plane's `--http-listen` with
+the Pool's Bridge credentials (HTTP Basic), over one keep-alive aiohttp session, in
+turn in the API's three shapes: one `POST /v1/messages` per message with the JSON
+message (built into MIME by the Bridge), one `POST /v1/messages/batch` for the
+batch, and one `POST /v1/messages` per message with the raw message
+(`message/rfc822`, the envelope in the query string).
 
 `check_channels` reads what the destination received (the sink's log) and splits it
 by channel (a REST message's Message-ID carries `plan.REST_MESSAGE_ID_MARK`): each
@@ -30,6 +33,7 @@ REST_BATCH_MAX = 100
 REQUEST_TIMEOUT = 30.0
 MESSAGES = "/v1/messages"
 BATCH = "/v1/messages/batch"
+RAW = "/v1/messages (message/rfc822)"  # a key of `RestSender.requests`
 
 
 class RestSender:
@@ -48,8 +52,11 @@ class RestSender:
         OSError when the requests themselves fail."""
         auth = aiohttp.BasicAuth(provisioned.bridge.username, provisioned.secret)
         self._batches += 1
-        if self._batches % 2:
+        if self._batches % 3 == 1:
             return [await self._one(auth, message.document) for message in messages]
+        if self._batches % 3 == 0:
+            sender = provisioned.plan.sender
+            return [await self._raw(auth, sender, message.recipient, message.data) for message in messages]
         results: list[str | None] = []
         for start in range(0, len(messages), REST_BATCH_MAX):
             results += await self._batch(auth, [m.document for m in messages[start:start + REST_BATCH_MAX]])
@@ -58,6 +65,13 @@ class RestSender:
     async def _one(self, auth: aiohttp.BasicAuth, document: dict) -> str | None:
         self.requests[MESSAGES] += 1
         async with self.session.post(self.base + MESSAGES, json=document, auth=auth) as response:
+            body = await response.json(content_type=None)
+        return None if response.status == 202 else _problem(response.status, body)
+
+    async def _raw(self, auth: aiohttp.BasicAuth, sender: str, recipient: str, data: bytes) -> str | None:
+        self.requests[RAW] += 1
+        async with self.session.post(self.base + MESSAGES, data=data, params={"from": sender, "to": recipient},
+                                     headers={"Content-Type": "message/rfc822"}, auth=auth) as response:
             body = await response.json(content_type=None)
         return None if response.status == 202 else _problem(response.status, body)
 

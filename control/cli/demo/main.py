@@ -9,8 +9,9 @@ US-1 and creates the PRO account `acme`; acme generates a DKIM key (RSA-2048) fo
 sending domain acme.example, creates three Pools, provisions 127.0.0.2-127.0.0.7 into
 them and opens one Bridge per Pool. It waits until every
 data-plane worker serves that routing, sends a few thousand messages through the
-Bridges, two thirds with SMTP AUTH and a third through the REST Bridge (JSON messages,
-one request each or in batch requests; some to recipients the sink bounces or defers), waits
+Bridges, two thirds with SMTP AUTH and a third through the REST Bridge (JSON messages
+one per request or in batch requests, and raw messages; some to recipients the sink
+bounces or defers), waits
 until StatsService counts every one of them delivered or bounced, and prints the
 product's "Sending stats" panel, a message as the destination received it, the
 destination's view of the source IPs and of each channel's mail (SMTP and REST

@@ -36,6 +36,11 @@ class PoolPlan:
     bridge: str
     share: float
 
+    @property
+    def sender(self) -> str:
+        """The envelope sender of the Bridge's mail (`promo@acme.example` for `promo-app`)."""
+        return f"{self.bridge.split('-')[0]}@{SENDER_DOMAIN}"
+
 
 DEMO_POOLS = (
     PoolPlan("acme-promotional", "promo", "newsletter", ("127.0.0.2", "127.0.0.3", "127.0.0.4"),

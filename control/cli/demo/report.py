@@ -15,7 +15,7 @@ from rich.text import Text
 from ..._pb.poolmta.v1 import poolmta_pb2 as pb
 from ...contract.headers import STAMPED_HEADER_NAMES
 from .. import render, stats_render
-from .channels import BATCH, MESSAGES, ChannelCheck, RestSender
+from .channels import BATCH, MESSAGES, RAW, ChannelCheck, RestSender
 from .feedback import FedReport
 from .provision import Tenant
 from .stack import Stack
@@ -130,8 +130,8 @@ def sources_table(checks: list[SourceCheck]) -> Table:
 def show_rest_requests(console: Console, stack: Stack, rest: RestSender, tallies) -> None:
     """How much of the mail went through the REST Bridge, in which requests."""
     say(console, f"of them {sum(t.rest_sent for t in tallies):,} through the REST Bridge at "
-                 f"http://{address(stack.http_address)} ({rest.requests[MESSAGES]:,} POST {MESSAGES}, "
-                 f"{rest.requests[BATCH]:,} POST {BATCH}), the rest over SMTP")
+                 f"http://{address(stack.http_address)} ({rest.requests[MESSAGES]:,} POST {MESSAGES} with JSON, "
+                 f"{rest.requests[BATCH]:,} POST {BATCH}, {rest.requests[RAW]:,} POST {RAW}), the rest over SMTP")
 
 
 def channels_table(checks: list[ChannelCheck]) -> Table:

@@ -37,7 +37,7 @@ from .provision import Tenant
 @dataclass(frozen=True)
 class Message:
     """One message of the plan: the Pool (index into the plan) whose Bridge sends it, over
-    `channel` (SMTP: `data` is the message; REST: `document` is the JSON message)."""
+    `channel`: `data` is the message (MIME); over REST, `document` is it as JSON too."""
 
     pool: int  # index into the plan
     number: int  # in the plan, from 1
@@ -101,7 +101,7 @@ def _template(plan: PoolPlan, rng: random.Random) -> dict:
     text = "\n\n".join(textwrap.fill(p, 72) for p in paragraphs)
     html = "".join(f"<p style=\"font-family:Arial,sans-serif;font-size:15px\">{p}</p>\n" for p in paragraphs)
     return {
-        "from": f"acme <{plan.bridge.split('-')[0]}@{SENDER_DOMAIN}>",
+        "from": f"acme <{plan.sender}>",
         "to": "__RCPT__",
         "subject": _SUBJECTS.get(plan.feed_type, "News from acme").replace("{n}", "__N__"),
         "headers": {"Message-ID": f"<__N__.{plan.tag}@{SENDER_DOMAIN}>", "Date": "Fri, 28 Nov 2025 09:00:00 +0000",
@@ -134,6 +134,13 @@ def _filled(template: dict, recipient: str, n: int) -> dict:
     return {**template, "to": recipient, "subject": fill(template["subject"]), "headers": headers}
 
 
+def _marked(data: bytes) -> bytes:
+    """MIME bytes with the REST mark in the Message-ID, as `_filled` puts it there."""
+    start = data.index(b"\nMessage-ID: <") + 1
+    at = data.index(b"@", start)
+    return data[:at] + REST_MESSAGE_ID_MARK.encode() + data[at + 1:]
+
+
 def plan_messages(options: DemoOptions) -> tuple[list[list[Message]], list[PoolTally]]:
     """The messages in batches of `per_session` (one SMTP session or REST batch each, one
     Pool each), shuffled, every `rest_every`-th through the REST Bridge, and what each
@@ -159,7 +166,7 @@ def plan_messages(options: DemoOptions) -> tuple[list[list[Message]], list[PoolT
     rng.shuffle(batches)
     for b, batch in enumerate(batches):
         if b % options.rest_every == options.rest_every - 1:
-            batches[b] = [Message(m.pool, m.number, m.recipient, b"", REST,
+            batches[b] = [Message(m.pool, m.number, m.recipient, _marked(m.data), REST,
                                   _filled(documents[m.pool], m.recipient, m.number)) for m in batch]
     return batches, [PoolTally() for _ in options.pools]
 
@@ -194,7 +201,7 @@ async def send_all(tenant: Tenant, smtp: tuple[str, int], rest: RestSender, batc
             accepted(message, refusal, provisioned.plan.bridge)
 
     async def send_smtp(batch: list[Message], provisioned) -> None:
-        sender = f"{provisioned.plan.bridge.split('-')[0]}@{SENDER_DOMAIN}"
+        sender = provisioned.plan.sender
         client = aiosmtplib.SMTP(hostname=smtp[0], port=smtp[1], start_tls=False, timeout=30)
         handled = 0
         try:
