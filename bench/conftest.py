@@ -69,6 +69,8 @@ EXTRA_RATIOS = [
     ("stats flush", "trends", "days"),
     ("suppression", "lookup", "ping"),
     ("suppression", "refusal", "ping"),
+    ("rest auth", "throttle", "proven"),
+    ("rest auth", "throttle", "ping"),
     ("data", "bounded", "whole"),
     ("relaxed_body", "py", "c"),
     ("list pools", "whole", "first"),

@@ -30,6 +30,10 @@ target configured to relay to it) and reports the target's relayed rate.
 `--cpu-pid NAME=PID` adds the CPU of a target's process tree (e.g. Postfix's master).
 `--baseline aiosmtpd` adds a bare aiosmtpd that only answers 250, started by the
 harness on a free port: the floor of what a Python SMTP server costs.
+`--rest` measures poolmta again in the same session through the REST Bridge
+(`POST /v1/messages` over C keep-alive HTTP sessions, `bench/load_rest.py`):
+its rates against the SMTP run's are what the REST Bridge costs; with
+`--accept-only` too, both Bridges are measured with delivery off as well.
 `--dkim rsa` / `--dkim ed25519` (repeatable) measures poolmta again in the same
 session with a DKIM key of that algorithm on the sender's domain, so every message
 is signed: the end-to-end cost of signing is the CPU per message against the run
@@ -50,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -145,14 +150,33 @@ async def _step(reader, writer, command: bytes, expect: int, step: str) -> None:
         raise SmtpFailure(step, text)
 
 
-async def drive(host: str, port: int, username: str, secret: str, workload: Workload) -> dict:
-    """Send the workload; the result as a JSON-able dict (latencies in seconds)."""
+async def run_sessions(workload: Workload, session: Callable[[list[int], list[float], list[str]], Awaitable[None]]
+                       ) -> dict:
+    """Run `workload.concurrency` sessions, `session(remaining, latencies, errors)`, each
+    taking message numbers from `remaining` until none are left, within --timeout; the
+    result as a JSON-able dict (latencies in seconds)."""
     remaining = list(range(workload.messages, 0, -1))
     latencies: list[float] = []
     errors: list[str] = []
+    started = time.time()
+    t0 = time.perf_counter()
+    tasks = [asyncio.create_task(session(remaining, latencies, errors)) for _ in range(workload.concurrency)]
+    _, pending = await asyncio.wait(tasks, timeout=workload.timeout)
+    elapsed = time.perf_counter() - t0
+    if pending:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        errors.append(f"stopped after --timeout {workload.timeout:g}s with messages left to send")
+    return {"accepted": len(latencies), "failed": workload.messages - len(latencies), "errors": errors,
+            "started": started, "elapsed": elapsed, "latencies": latencies}
+
+
+async def drive(host: str, port: int, username: str, secret: str, workload: Workload) -> dict:
+    """Send the workload over SMTP; the result as `run_sessions` gives it."""
     auth = b"AUTH PLAIN " + base64.b64encode(f"\0{username}\0{secret}".encode()) + b"\r\n" if username else b""
 
-    async def session() -> None:
+    async def session(remaining: list[int], latencies: list[float], errors: list[str]) -> None:
         while remaining:
             writer = None
             batch = [remaining.pop() for _ in range(min(workload.per_connection, len(remaining)))]
@@ -187,32 +211,30 @@ async def drive(host: str, port: int, username: str, secret: str, workload: Work
                 if writer is not None:
                     writer.close()
 
-    started = time.time()
-    t0 = time.perf_counter()
-    tasks = [asyncio.create_task(session()) for _ in range(workload.concurrency)]
-    _, pending = await asyncio.wait(tasks, timeout=workload.timeout)
-    elapsed = time.perf_counter() - t0
-    if pending:
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        errors.append(f"stopped after --timeout {workload.timeout:g}s with messages left to send")
-    return {"accepted": len(latencies), "failed": workload.messages - len(latencies), "errors": errors,
-            "started": started, "elapsed": elapsed, "latencies": latencies}
+    return await run_sessions(workload, session)
 
 
 def client_main(spec: str) -> int:
     request = json.loads(spec)
     workload = Workload(**request["workload"])
-    result = asyncio.run(drive(request["host"], request["port"], request.get("username", ""),
-                               request.get("secret", ""), workload))
+    if request.get("rest"):
+        from load_rest import drive_rest  # bench/ is this script's directory
+
+        result = asyncio.run(drive_rest(request["host"], request["port"], request["username"], request["secret"],
+                                        workload, run_sessions, message_bytes, SENDER, RECIPIENT_DOMAIN,
+                                        CONNECT_TIMEOUT, REPLY_TIMEOUT))
+    else:
+        result = asyncio.run(drive(request["host"], request["port"], request.get("username", ""),
+                                   request.get("secret", ""), workload))
     json.dump(result, sys.stdout)
     return 0
 
 
-async def run_client(host: str, port: int, workload: Workload, username: str = "", secret: str = "") -> dict:
-    """Run the load generator in a child process (so its CPU is not the server's)."""
-    spec = json.dumps({"host": host, "port": port, "username": username, "secret": secret,
+async def run_client(host: str, port: int, workload: Workload, username: str = "", secret: str = "",
+                     rest: bool = False) -> dict:
+    """Run the load generator in a child process (so its CPU is not the server's);
+    `rest`: through the REST Bridge at host:port instead of SMTP."""
+    spec = json.dumps({"host": host, "port": port, "username": username, "secret": secret, "rest": rest,
                        "workload": asdict(workload)})
     proc = await asyncio.create_subprocess_exec(
         sys.executable, __file__, CLIENT_MODE, spec, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -370,9 +392,10 @@ def _with_cpu(result: Result, seconds: float, includes: str) -> None:
 
 
 async def measure_poolmta(workload: Workload, workers: int, accept_only: bool = False,
-                          dkim: str | None = None) -> Result:
+                          dkim: str | None = None, rest: bool = False) -> Result:
     """Stand up poolmta (as the demo does), drive one Bridge with AUTH, measure.
     `accept_only`: the data plane spools and delivers nothing (`--no-delivery`).
+    `rest`: send through the REST Bridge (`bench/load_rest.py`) instead of SMTP.
     `dkim`: a key of DKIM_ALGORITHMS on the sender's domain, so every message is signed."""
     import grpc
 
@@ -399,12 +422,14 @@ async def measure_poolmta(workload: Workload, workers: int, accept_only: bool = 
             roots = [stack.dataplane.pid, stack.redis.pid, os.getpid()]
             before = int(read_counts(stack.sink_counts_path).get("accepted", 0))
             cpu0 = tree_cpu_seconds(roots[:2]) + _self_cpu()
-            client = await run_client(*stack.smtp_address, workload, pool.bridge.username, pool.secret)
+            client = await run_client(*(stack.http_address if rest else stack.smtp_address), workload,
+                                      pool.bridge.username, pool.secret, rest=rest)
             if not accept_only:
                 relayed, relayed_at = await wait_relayed(stack.sink_counts_path, before, client["accepted"],
                                                          workload.timeout)
             cpu = tree_cpu_seconds(roots[:2]) + _self_cpu() - cpu0
             name = "poolmta (accept only)" if accept_only else "poolmta"
+            name = f"{name} REST" if rest else name
             result = summarise(name if dkim is None else f"{name} DKIM {dkim}", workload, client)
             if not accept_only:
                 _with_relay(result, client, relayed, relayed_at)
@@ -551,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accept-only", action="store_true",
                    help="also measure poolmta with delivery off (data plane --no-delivery): the Bridge alone")
     p.add_argument("--baseline", choices=["aiosmtpd"], help="also measure a bare aiosmtpd that only answers 250")
+    p.add_argument("--rest", action="store_true",
+                   help="also measure poolmta through the REST Bridge (POST /v1/messages, C keep-alive sessions)")
     p.add_argument("--dkim", choices=sorted(DKIM_ALGORITHMS), action="append", default=[],
                    help="also measure poolmta signing every message with a DKIM key of this algorithm; repeatable")
     p.add_argument("--sink-listen", metavar="HOST:PORT",
@@ -577,10 +604,14 @@ async def run(args: argparse.Namespace) -> list[Result]:
             for _ in range(args.repeat):
                 if not args.target or args.poolmta:
                     results.append(await measure_poolmta(workload, args.workers))
+                if args.rest:
+                    results.append(await measure_poolmta(workload, args.workers, rest=True))
                 for algorithm in args.dkim:
                     results.append(await measure_poolmta(workload, args.workers, dkim=algorithm))
                 if args.accept_only:
                     results.append(await measure_poolmta(workload, args.workers, accept_only=True))
+                    if args.rest:
+                        results.append(await measure_poolmta(workload, args.workers, accept_only=True, rest=True))
                 for name, host, port in args.target:
                     results.append(await measure_target(name, host, port, workload,
                                                         sink.counts_path if sink else None, pids.get(name)))

@@ -38,6 +38,22 @@ with the window. Clearing them would let anyone holding one valid Bridge secret 
 tenant) reset its count between guesses at other Bridges, and a client sharing an
 attacker's NAT address or /64 reset the attacker's count.
 
+Proven credentials (`ProvenCredentials`, the REST Bridge)
+-------------------------------------------------------
+SMTP authenticates once per connection; the REST Bridge authenticates every request,
+and the throttle's round trip to Redis was most of what a request cost beyond the
+message itself. So a worker remembers, for `PROVEN_FOR` seconds, that a client
+(`client_key`) passed the throttle with a Bridge's credentials, keyed by (client,
+username, the secret hash they verified against). The credentials are still checked
+against the current snapshot on every request (one SHA-256, in memory): a revoked
+Bridge, or a rotated secret, fails at the first snapshot without it, goes through the
+throttle like any failure, and never reaches what was remembered; a Bridge moved to
+another pool is routed by the current snapshot. Only a request whose credentials are
+right, from a client that proved those very credentials within `PROVEN_FOR` seconds,
+skips the round trip: a blocked client learns nothing from it that it did not know
+(it cannot test a guess that way), and every failed attempt is counted as before, for
+every worker. At most `PROVEN_MAX` entries per worker, the least recently used go first.
+
 Redis unreachable (or slower than `REDIS_TIMEOUT`): the worker counts in its own
 memory (`AuthThrottle`: the same rules, per worker, at most `max_tracked_addresses`
 clients), says so once in its log, tries Redis again `REDIS_RETRY_AFTER` later (what it
@@ -81,6 +97,47 @@ class BridgeIdentity:
     bridge_id: int
     username: str
     secret_hash: str
+
+
+# How long a worker lets a client's proven credentials skip the throttle's round trip,
+# and how many (client, Bridge, secret hash) it remembers (see "Proven credentials").
+PROVEN_FOR = 30.0
+PROVEN_MAX = 4096
+
+
+class ProvenCredentials:
+    """Which clients passed the throttle with which Bridge credentials, in this worker's
+    memory, for `ttl` seconds each, at most `capacity` of them (see "Proven credentials")."""
+
+    def __init__(self, ttl: float = PROVEN_FOR, capacity: int = PROVEN_MAX,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._capacity = capacity
+        self._clock = clock
+        self._until: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def proven(self, client: str, bridge: BridgeRoute) -> bool:
+        """True when `client` (a `client_key`) passed the throttle with `bridge`'s username
+        and current secret hash less than `ttl` seconds ago."""
+        key = (client, bridge.username, bridge.secret_hash)
+        until = self._until.get(key)
+        if until is None:
+            return False
+        if until <= self._clock():
+            del self._until[key]
+            return False
+        self._until.move_to_end(key)
+        return True
+
+    def remember(self, client: str, bridge: BridgeRoute) -> None:
+        """Note that `client` just passed the throttle with `bridge`'s credentials."""
+        self._until[(client, bridge.username, bridge.secret_hash)] = self._clock() + self._ttl
+        self._until.move_to_end((client, bridge.username, bridge.secret_hash))
+        while len(self._until) > self._capacity:
+            self._until.popitem(last=False)
 
 
 def check_credentials(routing: Routing | None, login: bytes, password: bytes) -> BridgeRoute | None:

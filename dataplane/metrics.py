@@ -40,6 +40,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from control.contract.metrics_http import MetricsHttpServer
 
+from . import spool
+
 # The variable prometheus-client reads, at import, to count in multiprocess mode.
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds between two samples of the gauges (spool, snapshot, stats flush lag).
@@ -104,7 +106,7 @@ recipients_accepted = LabelledCounter(Counter(
     "poolmta_recipients_accepted", "Distinct recipients of the accepted messages: StatsService's sent",
     POOL_IP, registry=REGISTRY))
 auth_failures = Counter(
-    "poolmta_auth_failures", "SMTP AUTH attempts whose credentials name no Bridge of the snapshot",
+    "poolmta_auth_failures", "SMTP AUTH attempts and REST requests whose credentials name no Bridge of the snapshot",
     registry=REGISTRY)
 
 # -- delivery -----------------------------------------------------------------------
@@ -153,19 +155,39 @@ stats_flush_lag = Gauge(
     "(0 when none wait; grows while Redis is unreachable)", registry=REGISTRY, multiprocess_mode="livemax")
 
 
-def sample(*, now: float, queued: int | None, oldest_queued_at: float | None, version: int,
+def sample(*, now: float, queued: int, oldest_queued_at: float | None, version: int,
            published_at: float | None, flush_lag: float) -> None:
-    """Set the sampled gauges of this worker at unix time `now`: `queued` messages it
-    delivers (None: delivery is off, the spool gauges stay unset), the oldest one's
-    acceptance time, the snapshot `version` it serves and when that was published,
-    and the stats flush lag in seconds."""
-    if queued is not None:
-        spool_messages.set(queued)
-        spool_oldest_age.set(max(0.0, now - oldest_queued_at) if oldest_queued_at is not None else 0.0)
+    """Set the sampled gauges of this worker at unix time `now`: `queued` messages of
+    the spool that are its to deliver, the oldest one's acceptance time (None: it has
+    none), the snapshot `version` it serves and when that was published, and the stats
+    flush lag in seconds."""
+    spool_messages.set(queued)
+    spool_oldest_age.set(max(0.0, now - oldest_queued_at) if oldest_queued_at is not None else 0.0)
     snapshot_version.set(version)
     if published_at is not None:
         snapshot_age.set(max(0.0, now - published_at))
     stats_flush_lag.set(flush_lag)
+
+
+def undelivered_share(root: Path, owner: int, owners: int) -> tuple[int, float | None]:
+    """(how many records of the spool at `root` are worker `owner`'s of `owners`
+    (`spool.owner_of`), when the oldest of them was accepted, unix seconds, or None):
+    the spool gauges of a worker that delivers nothing (`--no-delivery`), so that they
+    say what waits there, as a delivering worker's do. Lists the directory: call it
+    off the event loop."""
+    count, oldest_ms = 0, None
+    for message_id in spool.queued_ids(root):  # oldest first
+        try:
+            mine = spool.owner_of(message_id, owners) == owner
+            # The id starts with 12 hex digits of its acceptance time in ms (`spool.directory`).
+            accepted_ms = int(message_id[:12], 16)
+        except ValueError:  # not a name the spool writes; the spool's own checks deal with it
+            continue
+        if mine:
+            count += 1
+            if oldest_ms is None:
+                oldest_ms = accepted_ms
+    return count, (oldest_ms / 1000 if oldest_ms is not None else None)
 
 
 # -- the supervisor's side -----------------------------------------------------------------

@@ -99,15 +99,21 @@ def worker_main(config: DataplaneConfig, index: int, worker_id: str, ready, log_
         pass
 
 
-async def _sample_metrics(loader: SnapshotLoader, stats: StatsBatcher, delivery: DeliveryEngine | None) -> None:
-    """Set this worker's sampled gauges (`metrics.sample`) every `metrics.SAMPLE_INTERVAL` seconds."""
+async def _sample_metrics(loader: SnapshotLoader, stats: StatsBatcher, delivery: DeliveryEngine | None,
+                          spool: Spool) -> None:
+    """Set this worker's sampled gauges (`metrics.sample`) every `metrics.SAMPLE_INTERVAL` seconds;
+    without delivery, the spool gauges count what waits in the spool for this worker."""
     while True:
         routing = loader.current
         published_ms = routing.snapshot.published_at_ms if routing is not None else 0
         try:
+            if delivery is not None:
+                queued, oldest = delivery.queued, delivery.oldest_queued_at()
+            else:
+                queued, oldest = await asyncio.to_thread(metrics.undelivered_share, spool.root, spool.owner,
+                                                         spool.owners)
             metrics.sample(
-                now=time.time(), queued=delivery.queued if delivery is not None else None,
-                oldest_queued_at=delivery.oldest_queued_at() if delivery is not None else None,
+                now=time.time(), queued=queued, oldest_queued_at=oldest,
                 version=loader.version, published_at=published_ms / 1000 if published_ms else None,
                 flush_lag=stats.flush_lag(),
             )
@@ -207,7 +213,7 @@ class Worker:
             redis, server_id=config.server_id, worker_id=self.worker_id,
             queue=delivery.queue if delivery else None, outcomes=delivery.outcomes if delivery else None,
         ).run(), name="queue-control")
-        sampler = loop.create_task(_sample_metrics(loader, stats, delivery), name="metrics-sampler")
+        sampler = loop.create_task(_sample_metrics(loader, stats, delivery, spool), name="metrics-sampler")
         try:
             if delivery is not None:
                 await delivery.start()

@@ -91,6 +91,17 @@ async def acme(make_account):
     return client
 
 
+async def sending_account(admin, make_account, server: pb.MtaServer, *, label: str, address: str):
+    """A PRO account `acme` with a pool `label` holding `address` and a Bridge `app`:
+    (its Client, an account token for the CLI, the pool, the CreateBridge reply)."""
+    acme, account = await make_account("acme", pb.PRO)
+    token = (await admin.accounts.IssueAccountToken(pb.IssueAccountTokenRequest(user_id=account.user_id))).token
+    pool = await acme.pools.CreatePool(pb.CreatePoolRequest(label=label, server_id=server.server_id))
+    await acme.ips.ProvisionIp(pb.ProvisionIpRequest(address=address, smtp_id=pool.smtp_id))
+    bridge = await acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="app", smtp_id=pool.smtp_id))
+    return acme, token, pool, bridge
+
+
 async def expect_error(call, code: grpc.StatusCode, *fragments: str) -> str:
     """Await `call`; assert it fails with `code` and a message containing each fragment."""
     with pytest.raises(grpc.aio.AioRpcError) as info:

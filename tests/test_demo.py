@@ -1,7 +1,8 @@
 """`poolmta demo` end to end: the real console script in a subprocess, starting the
 real embedded Redis, control plane, data plane and sink. It must exit 0, print the
 per-Pool panel with the totals the demo's message plan implies, show a stamped
-message, and leave no process behind."""
+message, show the mail of each channel (SMTP, and the REST Bridge: JSON, batch and raw
+requests) received from its Pool's IPs, and leave no process behind."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from control.cli.demo.plan import BOUNCE_LOCAL_PART, DEMO_POOLS, DemoOptions
+from control.cli.demo.plan import BOUNCE_LOCAL_PART, DEMO_POOLS, REST, SMTP, DemoOptions
 from control.cli.demo.traffic import plan_messages
 
 # Every test here runs `poolmta` with its child processes.
@@ -73,6 +74,18 @@ def _expected_rows() -> dict[str, tuple[int, int, int]]:
     return rows
 
 
+def _expected_channels() -> dict[tuple[str, str], tuple[int, int]]:
+    """(channel, label) -> (accepted, bounced) for the demo's seeded message plan."""
+    options = DemoOptions(messages=MESSAGES)
+    batches, _ = plan_messages(options)
+    rows = {(channel, plan.label): (0, 0) for channel in (SMTP, REST) for plan in options.pools}
+    for message in (m for batch in batches for m in batch):
+        key = (message.channel, options.pools[message.pool].label)
+        accepted, bounced = rows[key]
+        rows[key] = (accepted + 1, bounced + message.recipient.startswith(BOUNCE_LOCAL_PART))
+    return rows
+
+
 def test_demo_shows_the_panel_with_totals_that_add_up_and_leaves_nothing_running(tmp_path):
     poolmta = Path(sys.executable).with_name("poolmta")
     assert poolmta.exists(), f"the console script {poolmta} is not installed (pip install -e .)"
@@ -115,6 +128,20 @@ def test_demo_shows_the_panel_with_totals_that_add_up_and_leaves_nothing_running
                    "x-serverid: 1", "X-Brand: acme", "X-Campaign: black-friday"):
         assert header.lower() in output.lower(), f"{header!r} not shown\n{output}"
     assert "OK: StatsService counts 300 sent" in output
+    # A third of the mail went through the REST Bridge, as JSON requests and batch requests,
+    # and arrived, from its Pool's IPs, as often as it was accepted and not bounced.
+    channels = _expected_channels()
+    rest = sum(accepted for (channel, _), (accepted, _) in channels.items() if channel == REST)
+    assert 0 < rest < MESSAGES
+    assert re.search(rf"^of them {rest} through the REST Bridge at http://127\.0\.0\.1:\d+ \([1-9]\d* POST "
+                     r"/v1/messages with JSON, [1-9]\d* POST /v1/messages/batch, [1-9]\d* POST /v1/messages "
+                     r"\(message/rfc822\)\)", output, re.MULTILINE), output
+    for (channel, label), (accepted, bounced) in channels.items():
+        plan = next(p for p in DEMO_POOLS if p.label == label)
+        ips = "|".join(re.escape(a) for a in plan.addresses)
+        row = (rf"^\s*{channel}\s+{label}\s+{accepted}\s+{bounced}\s+{accepted - bounced}\s+"
+               rf"(?:(?:{ips}) \d+(?: · )?)+\s+ok\s*$")
+        assert re.search(row, output, re.MULTILINE), f"no row {row!r} in\n{output}"
     # The feedback loop: one DSN and one ARF report about mail it sent, both counted.
     assert re.search(r"^DSN \(asynchronous bounce\)\s.*report counted \(1 bounce", output, re.MULTILINE), output
     assert re.search(r"^ARF \(complaint\)\s.*report counted \(1 complaint.*complaints 0 -> 1", output,

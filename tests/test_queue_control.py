@@ -19,7 +19,7 @@ import grpc
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from dataplane import spool
-from tests.control_support import expect_error
+from tests.control_support import expect_error, sending_account
 from tests.dataplane_support import queued_id
 
 SOURCE_IP = "127.0.0.2"
@@ -60,11 +60,8 @@ async def _messages(acme, **flt) -> dict[str, pb.QueuedMessage]:
 
 async def test_queue_control_acts_on_real_spooled_messages(
         control_plane, admin, server, make_account, redis_url, start_dataplane, start_sink):
-    acme, account = await make_account("acme", pb.PRO)
-    token = (await admin.accounts.IssueAccountToken(pb.IssueAccountTokenRequest(user_id=account.user_id))).token
-    pool = await acme.pools.CreatePool(pb.CreatePoolRequest(label="acme-promo", server_id=server.server_id))
-    await acme.ips.ProvisionIp(pb.ProvisionIpRequest(address=SOURCE_IP, smtp_id=pool.smtp_id))
-    bridge = await acme.bridges.CreateBridge(pb.CreateBridgeRequest(name="app", smtp_id=pool.smtp_id))
+    acme, token, pool, bridge = await sending_account(admin, make_account, server, label="acme-promo",
+                                                       address=SOURCE_IP)
     other, _ = await make_account("globex", pb.PRO)
     sink = await asyncio.to_thread(start_sink, *(a for rule in SINK_RULES for a in ("--rule", rule)))
     plane = await asyncio.to_thread(

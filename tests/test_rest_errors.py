@@ -8,7 +8,10 @@ any of it is read, or from a chunked body as it arrives) and for a message built
 over the size limit, 415, 422 (bad address, no recipient, NUL bytes, a line too
 long, every recipient suppressed), 503 with Retry-After when the pool cannot send,
 and 429 once a client has failed too often: counted with SMTP AUTH's, so the SMTP
-Bridge then refuses that client too. Two workers share the HTTP port.
+Bridge then refuses that client too, and the REST Bridge refuses right credentials
+the client has not proven before (`bridge_auth.ProvenCredentials`: those it proved
+within the last seconds skip the throttle, `test_rest_proven_credentials`). Two
+workers share the HTTP port.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ async def test_every_refusal_is_a_problem_and_failures_count_with_smtp_auth(
     bridge = make_bridge(1, 7, SECRET)
     paused = make_pool(9, [("127.0.0.4", 1, IP_PAUSED)], tag="paused")
     stuck = make_bridge(3, 9, SECRET)
-    publish(redis_client, make_snapshot(SERVER, 1, [pool, paused], [bridge, stuck]))
+    unproven = make_bridge(4, 7, SECRET)  # never used before the client is blocked
+    publish(redis_client, make_snapshot(SERVER, 1, [pool, paused], [bridge, stuck, unproven]))
     entry = SuppressionEntry(reason="bounce", at_ms=int(time.time() * 1000))
     redis_client.hset(rediskeys.suppression_key(bridge.user_id), "gone@example.net", entry.encode())
     plane = start_dataplane(redis_url, SERVER, workers=2, args=[
@@ -124,9 +128,9 @@ async def test_every_refusal_is_a_problem_and_failures_count_with_smtp_auth(
         for _ in range(2):
             wrong = await rest.send_json(LETTER, authorization=basic(bridge.username, "wrong"))
             assert_problem(wrong, 401)
-        # 429: the third failure blocks the client, right credentials or not ...
+        # 429: the third failure blocks the client, right credentials (not proven before) or not ...
         assert_problem(await rest.send_json(LETTER, authorization=bearer(bridge.username, "wrong")), 429)
-        blocked = await rest.send_json(LETTER)
+        blocked = await rest.send_json(LETTER, authorization=basic(unproven.username, SECRET))
         assert_problem(blocked, 429)
         assert int(blocked.headers["Retry-After"]) > 0
         # ... and the SMTP Bridge, sharing the count, refuses it as well

@@ -13,7 +13,10 @@ Credentials are the Bridge's username and secret, as `Authorization: Basic
 base64(username:secret)` or `Authorization: Bearer username:secret`. They are
 checked as SMTP AUTH checks them (`bridge_auth.check_credentials`), and a failure
 counts against the client address in the same shared throttle: a client blocked
-for failed SMTP AUTHs gets 429 here, and the other way round.
+for failed SMTP AUTHs gets 429 here, and the other way round. Right credentials
+that the same client proved within the last seconds skip the throttle's round trip
+to Redis (`bridge_auth.ProvenCredentials`): what a request costs is then the
+message's, not the authentication's.
 
 Past authentication a message follows the SMTP Bridge's path exactly: the same
 content limits (`smtp_bridge.content_refusal`), the suppression lookup per
@@ -33,8 +36,10 @@ from aiohttp import web
 
 from control.contract.snapshot import BridgeRoute
 
-from ..bridge_auth import SharedAuthThrottle, check_credentials
+from .. import metrics
+from ..bridge_auth import ProvenCredentials, SharedAuthThrottle, check_credentials
 from ..config import DataplaneConfig
+from ..routing import client_key
 from ..smtp_bridge import BridgeEnvelope, BridgeHandler, content_refusal
 from ..submission import Submitter
 from . import problems, status
@@ -91,6 +96,7 @@ class RestBridge:
         self.config = config
         self.handler = handler
         self.throttle = throttle
+        self.proven = ProvenCredentials()
         self.redis = redis
         self._hostname = hostname  # () -> the name this server answers with
 
@@ -110,6 +116,11 @@ class RestBridge:
         if routing is None:
             raise problems.unavailable("No routing snapshot is loaded yet")
         bridge = check_credentials(routing, *credentials)
+        if bridge is None:
+            metrics.auth_failures.inc()
+        client = client_key(request.remote or "")
+        if bridge is not None and self.proven.proven(client, bridge):
+            return bridge
         verdict = await self.throttle.attempt(request.remote or "", failed=bridge is None)
         if verdict.block:
             log.warning("REST request refused for %s: too many failed authentications", request.remote)
@@ -119,6 +130,7 @@ class RestBridge:
         if bridge is None:
             log.info("REST authentication failed from %s", request.remote)
             raise problems.unauthorized("Unknown username, wrong secret, or a revoked Bridge")
+        self.proven.remember(client, bridge)
         return bridge
 
     # -- reading ----------------------------------------------------------

@@ -9,10 +9,13 @@ US-1 and creates the PRO account `acme`; acme generates a DKIM key (RSA-2048) fo
 sending domain acme.example, creates three Pools, provisions 127.0.0.2-127.0.0.7 into
 them and opens one Bridge per Pool. It waits until every
 data-plane worker serves that routing, sends a few thousand messages through the
-Bridges with SMTP AUTH (some to recipients the sink bounces or defers), waits
+Bridges, two thirds with SMTP AUTH and a third through the REST Bridge (JSON messages
+one per request or in batch requests, and raw messages; some to recipients the sink
+bounces or defers), waits
 until StatsService counts every one of them delivered or bounced, and prints the
-product's "Sending stats" panel, a message as the destination received it, and
-the destination's view of the source IPs, and dkimpy verifying that message's DKIM
+product's "Sending stats" panel, a message as the destination received it, the
+destination's view of the source IPs and of each channel's mail (SMTP and REST
+delivered, rotated and counted alike), and dkimpy verifying that message's DKIM
 signature against the TXT record the API returned. Then it feeds the data plane's inbound
 listener one asynchronous bounce (a DSN) and one complaint (an ARF report) about
 two of the messages the sink accepted, as a receiving MTA and a feedback loop
@@ -46,6 +49,7 @@ from rich.console import Console
 from ..._pb.poolmta.v1 import poolmta_pb2 as pb
 from .. import render
 from . import DemoError, report
+from .channels import RestSender, check_channels, rest_session
 from .feedback import feed_reports
 from .plan import DemoOptions
 from .provision import Api, provision, wait_for_routing
@@ -76,12 +80,15 @@ async def run(options: DemoOptions, data_dir: Path, console: Console) -> int:
             api = Api(channel, tenant.token)
             with report.progress(console) as progress:
                 started = time.monotonic()
-                send_problems = await send_with_progress(tenant, stack.smtp_address, batches, tallies,
-                                                         options.sessions, progress, stack.check_children)
+                async with rest_session() as session:
+                    rest = RestSender(stack.http_address, session)
+                    send_problems = await send_with_progress(tenant, stack.smtp_address, rest, batches, tallies,
+                                                             options.sessions, progress, stack.check_children)
                 stats = await wait_until_final(api, tenant, tallies, options.timeout, progress, stack)
             report.say(console, f"sent {sum(t.sent for t in tallies):,} messages in {time.monotonic() - started:.1f}s "
                                 f"({sum(t.bounce for t in tallies)} to bouncing and {sum(t.defer for t in tallies)} "
                                 "to deferring recipients); every one delivered or bounced")
+            report.show_rest_requests(console, stack, rest, tallies)
 
             pools = list((await api("pools", "ListPools", pb.ListPoolsRequest())).pools)
             counts = await settled_sink_counts(stack, sum(s.delivered for s in stats))
@@ -92,9 +99,13 @@ async def run(options: DemoOptions, data_dir: Path, console: Console) -> int:
             report.show_dkim(console, signature)
             console.print()
             console.print(report.sources_table(sources))
+            channels = check_channels(stack, tenant, tallies)
+            console.print()
+            console.print(report.channels_table(channels))
 
             problems = (send_problems[:10] + check_totals(tallies, stats, counts)
                         + [source.problem for source in sources if source.problem]
+                        + [problem for channel in channels for problem in channel.problems[:5]]
                         + ([f"DKIM: {signature.problem}"] if signature and signature.problem else []))
             # After the checks above: the reports move figures the sink cannot see.
             reports = []

@@ -13,6 +13,12 @@ RECIPIENT_DOMAIN = "example.net"
 # The sink's default rules: bounce* answers 550, defer* 451 twice and then 250.
 BOUNCE_LOCAL_PART = "bounce"
 DEFER_LOCAL_PART = "defer"
+# The two ways mail reaches a Bridge: SMTP AUTH, or the REST Bridge (POST /v1/messages).
+SMTP = "SMTP"
+REST = "REST"
+# What marks a message sent over REST in its Message-ID (`<n.tag.rest@acme.example>`),
+# so the destination's log tells the channels apart.
+REST_MESSAGE_ID_MARK = ".rest@"
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,11 @@ class PoolPlan:
     headers: tuple[tuple[str, str], ...]
     bridge: str
     share: float
+
+    @property
+    def sender(self) -> str:
+        """The envelope sender of the Bridge's mail (`promo@acme.example` for `promo-app`)."""
+        return f"{self.bridge.split('-')[0]}@{SENDER_DOMAIN}"
 
 
 DEMO_POOLS = (
@@ -48,6 +59,8 @@ class DemoOptions:
     messages: int = 3000
     sessions: int = 6
     per_session: int = 25
+    # Every `rest_every`-th batch goes through the REST Bridge instead of SMTP.
+    rest_every: int = 3
     bounce_share: float = 0.03
     defer_share: float = 0.02
     workers: int = 2
@@ -61,6 +74,8 @@ class DemoOptions:
             raise ValueError("--messages must be at least 1")
         if self.sessions < 1 or self.per_session < 1 or self.workers < 1:
             raise ValueError("--sessions, --per-session and --workers must be at least 1")
+        if self.rest_every < 1:
+            raise ValueError("rest_every must be at least 1")
         if not 0 <= self.bounce_share + self.defer_share <= 1:
             raise ValueError("bounce and defer shares must add up to at most 1")
         if self.timeout <= 0:

@@ -15,6 +15,7 @@ from rich.text import Text
 from ..._pb.poolmta.v1 import poolmta_pb2 as pb
 from ...contract.headers import STAMPED_HEADER_NAMES
 from .. import render, stats_render
+from .channels import BATCH, MESSAGES, RAW, ChannelCheck, RestSender
 from .feedback import FedReport
 from .provision import Tenant
 from .stack import Stack
@@ -126,6 +127,25 @@ def sources_table(checks: list[SourceCheck]) -> Table:
                         right=range(2, 9))
 
 
+def show_rest_requests(console: Console, stack: Stack, rest: RestSender, tallies) -> None:
+    """How much of the mail went through the REST Bridge, in which requests."""
+    say(console, f"of them {sum(t.rest_sent for t in tallies):,} through the REST Bridge at "
+                 f"http://{address(stack.http_address)} ({rest.requests[MESSAGES]:,} POST {MESSAGES} with JSON, "
+                 f"{rest.requests[BATCH]:,} POST {BATCH}, {rest.requests[RAW]:,} POST {RAW}), the rest over SMTP")
+
+
+def channels_table(checks: list[ChannelCheck]) -> Table:
+    """Each Pool's mail per channel: accepted, bounced, received by the sink, and the
+    source IPs it left from (with how many messages each)."""
+    rows = [(check.channel, check.pool, render.count(check.accepted), render.count(check.bounced),
+             render.count(check.delivered),
+             " · ".join(f"{ip} {n}" for ip, n in sorted(check.sources.items())) or render.NONE,
+             "MISMATCH" if check.problems else "ok") for check in checks]
+    return render.table(["Channel", "Pool", "Accepted", "Bounced", "Sink received", "Source IPs (messages)", "Check"],
+                        rows, title="Mail by channel: SMTP AUTH and the REST Bridge, rotated, delivered and counted "
+                                    "alike", right=range(2, 5))
+
+
 def show_feedback(console: Console, reports: list[FedReport]) -> None:
     """The reports fed to the inbound listener and what StatsService counts since."""
     console.print()
@@ -182,6 +202,8 @@ def show_endpoints(console: Console, stack: Stack, tenant: Tenant, data_dir: Pat
         f"  admin token           {stack.admin_token}",
         f"  acme's account token  {tenant.token}",
         f"  SMTP Bridge           {address(stack.smtp_address)} (AUTH PLAIN/LOGIN without STARTTLS on loopback)",
+        f"  REST Bridge           http://{address(stack.http_address)}/v1/messages (HTTP Basic: a Bridge's "
+        "user and secret; /openapi.json, /metrics, /healthz)",
     ]
     for p in tenant.pools:
         lines.append(f"    {p.plan.bridge:<12} {p.pool.label:<20} user {p.bridge.username}  secret {p.secret}")

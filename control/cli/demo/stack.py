@@ -21,6 +21,7 @@ from ...config import ControlConfig
 from ...contract.runtime import (
     DATAPLANE_READY,
     SINK_READY,
+    ready_line_http,
     ready_line_inbound,
     ready_line_smtp,
 )
@@ -135,7 +136,8 @@ class Stack:
     """The whole of poolmta for one MTA server on loopback, with a sink as the destination.
 
         async with Stack(StackOptions(data_dir)) as stack:
-            stack.grpc_address, stack.smtp_address, stack.inbound_address, stack.sink_address, stack.admin_token
+            stack.grpc_address, stack.smtp_address, stack.http_address, stack.inbound_address,
+            stack.sink_address, stack.admin_token
 
     The embedded Redis and the control plane run in this process (start it from the
     main thread: the Redis child dies with the thread that forked it); the sink and
@@ -154,6 +156,7 @@ class Stack:
         self.admin_token = ""
         self.smtp_address: tuple[str, int] = ("", 0)
         self.inbound_address: tuple[str, int] = ("", 0)
+        self.http_address: tuple[str, int] = ("", 0)  # the REST Bridge
         self.sink_address: tuple[str, int] = ("", 0)
 
     @property
@@ -213,6 +216,10 @@ class Stack:
         inbound = ready_line_inbound(ready)
         if inbound is not None:
             self.inbound_address = _host_port(inbound)
+        http = ready_line_http(ready)
+        if http is None:
+            raise DemoError(f"the data plane's ready line names no REST Bridge address: {ready!r}")
+        self.http_address = _host_port(http)
 
         control = ControlPlane(ControlConfig(data_dir=self.data_dir, redis_url=redis_url, grpc_listen="127.0.0.1:0",
                                              publish_check_interval=0.25, grace_seconds=1.0))
