@@ -152,6 +152,7 @@ class CSink:
 
     def __init__(self) -> None:
         self.count = 0
+        self.changed_at = 0.0  # wall time the counter last moved
         self._changed = asyncio.Event()
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
@@ -174,6 +175,7 @@ class CSink:
             found = self._MESSAGES.findall(chunk)
             if found:
                 self.count = int(found[-1])
+                self.changed_at = time.time()
                 self._changed.set()
 
     async def wait_for(self, count: int, timeout: float) -> float | None:
@@ -230,6 +232,9 @@ class Poolmta:
         self.address: tuple[str, int] = ("", 0)
         self.roots: list[int] = []
         self.credentials = ("", "")
+        self.tenant = None  # control.cli.demo.provision.Tenant, once up
+        self.grpc_address = ""
+        self.admin_token = ""
 
     async def __aenter__(self) -> Poolmta:
         import grpc
@@ -255,6 +260,7 @@ class Poolmta:
                                    stack.check_children)
         self.address = stack.smtp_address
         self.roots = [stack.dataplane.pid, stack.redis.pid]
+        self.tenant, self.grpc_address, self.admin_token = tenant, stack.grpc_address, stack.admin_token
         return self
 
     def cpu(self) -> float:
@@ -419,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python bench/postfix_compare.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="1,500 messages, 2 rounds, 5K and 50K, new and reused connections (< 8 minutes)")
+                   help="1,000 messages, 2 rounds, 5K and 50K, new and reused connections (< 8 minutes)")
     p.add_argument("--messages", type=int, default=10000, metavar="N", help="messages per run (default 10000)")
     p.add_argument("--size", type=load.parse_size, action="append", metavar="S",
                    help="payload bytes per message, e.g. 5K; repeatable (default 5K and 50K)")
@@ -435,12 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0, help="bound on each run (default 600 s)")
     p.add_argument("--plot", type=Path, metavar="DIR", help="write PNG curves here (needs matplotlib)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every run as JSON")
+    p.add_argument("--merge", type=Path, action="append", default=[], metavar="FILE",
+                   help="report and plot the runs of an earlier --json FILE too; repeatable")
     return p
 
 
 def _defaults(args: argparse.Namespace) -> None:
     if args.quick:
-        args.messages, args.repeat = 1500, 2
+        args.messages, args.repeat = 1000, 2
     args.size = args.size or [5000, 50000]
     args.sessions = args.sessions or [20]
     args.mode = args.mode or ["new", "reused"]
@@ -490,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    runs = [Run(**run) for path in args.merge for run in json.loads(path.read_text(encoding="utf-8"))] + runs
     print(render(runs))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in runs], indent=1), encoding="utf-8")

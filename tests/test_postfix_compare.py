@@ -40,7 +40,7 @@ def _args(*argv: str):
 def test_quick_preset_and_defaults():
     quick = _args("--quick", "--event-loop", "asyncio")
     assert (quick.messages, quick.repeat, quick.size, quick.sessions, quick.mode) == (
-        1500, 2, [5000, 50000], [20], ["new", "reused"])
+        1000, 2, [5000, 50000], [20], ["new", "reused"])
     full = _args("--size", "1K", "--sessions", "200", "--mode", "reused", "--event-loop", "uvloop")
     assert (full.messages, full.repeat, full.size, full.sessions, full.mode, full.event_loop) == (
         10000, 4, [1000], [200], ["reused"], ["uvloop"])
