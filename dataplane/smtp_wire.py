@@ -52,6 +52,8 @@ from collections.abc import Iterator
 from aiosmtpd.smtp import SMTP, syntax
 
 log = logging.getLogger("poolmta.dataplane.smtp")
+# aiosmtpd's own logger: `push` logs each reply there at DEBUG, as aiosmtpd's did.
+_wire_log = logging.getLogger("mail.log")
 
 # RFC 5321 section 4.1.2: a Path with a Dot-string local part and a domain, then
 # the ESMTP parameters. The domain is a dot-atom as aiosmtpd's parser reads it
@@ -365,6 +367,8 @@ class WireSMTP(SMTP):
         if isinstance(status, str):
             status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")  # as aiosmtpd's push
         self._held_replies.append(status + CRLF)
+        if _wire_log.isEnabledFor(logging.DEBUG):
+            _wire_log.debug("%r << %r", _peer(self), status)
         if (self._in_data or self._close_after_reply or status.startswith(_ALWAYS_SENT)
                 or not self.line_reader.holds_command_line()):
             replies = b"".join(self._held_replies)
