@@ -380,12 +380,13 @@ def render(runs: list[Run]) -> str:
 
 def plot(runs: list[Run], directory: Path) -> list[Path]:
     """PNG curves (matplotlib, the `bench` extra): msg/s and CPU/msg by size, p99 accept and
-    MB/session by sessions; one line per system, medians."""
+    MB/session by sessions; one line per system, medians of the runs without errors."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = [r for r in runs if not r.errors]  # a run cut short measured something else
     written = []
     for x_name, fixed, charts in (("size", "sessions", (("relayed_rate", "relayed msg/s"),
                                                          ("cpu_ms_per_msg", "CPU ms / relayed message"))),
