@@ -7,8 +7,9 @@
 
     python bench/control_loop.py [--samples 50] [--json FILE]
 
-The stack is `bench/postfix_compare.py`'s (2 workers, one Pool, a Bridge trusting
-loopback, delivering to smtp-sink on 127.0.0.1:2727), one message at a time. Both
+The stack is `bench/compare_stack.py`'s, as `bench/postfix_compare.py` runs it (2
+workers, one Pool, a Bridge trusting loopback, delivering to smtp-sink on
+127.0.0.1:2727), one message at a time. Both
 sides are polled every POLL_SECONDS, so each figure is exact to about that much.
 Needs smtp-sink: `DEBIAN_FRONTEND=noninteractive apt-get install -y postfix`
 (benchmark machines only).
@@ -25,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import load  # noqa: E402  (bench/ is a directory of scripts, not a package)
-import postfix_compare as compare  # noqa: E402
+import compare_stack as compare  # noqa: E402
 
 POLL_SECONDS = 0.005
 STATS_GOAL_MS = 1000
