@@ -16,15 +16,8 @@ comes, never held) and near `DATA_CHUNK` in DATA (read in pieces of that size,
 counted against the size limit as they come). Repeated refused lines, or one
 that goes on past `OVERLONG_LINE_DISCARD`, get 421 and the connection is closed.
 A command line holding a NUL is refused with 500 (RFC 5321 section 4.1.1.4 and
-2.3.8: NUL is not SMTP text).
-
-Replies to a client that pipelines (RFC 2920) go out together: a reply is held
-while the client's next command line is already buffered, and the held replies are
-written in one send with the first reply given when no whole line is waiting, so
-the server never waits for input with a reply unsent (RFC 2920 section 3.1). Never
-held: 354, 334, 220, 221 and 421, after which the client must see the reply before
-it may go on or the connection ends, and the reply at the end of DATA (a message's
-250 is sent as soon as it is spooled).
+2.3.8: NUL is not SMTP text). Replies to a pipelining client go out in one write
+(`dataplane.smtp_replies`).
 
 ESMTP parameters a server implements itself (RFC 3461's NOTIFY, ORCPT, RET and
 ENVID: aiosmtpd knows none of them, answers 555 to any, and upper-cases the rest,
@@ -51,9 +44,9 @@ from collections.abc import Iterator
 
 from aiosmtpd.smtp import SMTP, syntax
 
+from .smtp_replies import PipelinedReplies
+
 log = logging.getLogger("poolmta.dataplane.smtp")
-# aiosmtpd's own logger: `push` logs each reply there at DEBUG, as aiosmtpd's did.
-_wire_log = logging.getLogger("mail.log")
 
 # RFC 5321 section 4.1.2: a Path with a Dot-string local part and a domain, then
 # the ESMTP parameters. The domain is a dot-atom as aiosmtpd's parser reads it
@@ -65,8 +58,6 @@ _DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 _SIMPLE_PATH = re.compile(rf"<({_DOT_ATOM}@{_DOT_ATOM})>[ \t]*((?:[^(\s][^\r\n]*)?)", re.ASCII)
 
 CRLF = b"\r\n"
-# Replies never held back for a pipelined group (see the module docstring).
-_ALWAYS_SENT = (b"354", b"334", b"220", b"221", b"421")
 # End of DATA (RFC 5321 section 4.1.1.4). Only CRLF counts: a bare LF never ends
 # the message, which is what keeps "SMTP smuggling" out.
 END_OF_DATA = b"\r\n.\r\n"
@@ -277,7 +268,7 @@ async def read_data(
     return None if too_big else b"".join(parts)
 
 
-class WireSMTP(SMTP):
+class WireSMTP(PipelinedReplies, SMTP):
     """aiosmtpd's SMTP protocol with `parse_simple_path` for MAIL/RCPT and `read_data` for
     DATA. A server subclasses it, sets the class attributes below to its own rules
     and reply texts, and implements `message_received`.
@@ -313,8 +304,6 @@ class WireSMTP(SMTP):
                                               client_connected_cb=self._cb_client_connected, loop=self.loop)
         self._refused_lines = 0
         self._close_after_reply = False
-        self._held_replies: list[bytes] = []  # replies to a pipelined group, not sent yet
-        self._in_data = False  # within DATA: its replies are never held
         # The current command's parameters of `*_extension_keywords`, as written
         # ("KEY=VALUE"), for the MAIL or RCPT hook.
         self.extension_params: list[str] = []
@@ -360,21 +349,10 @@ class WireSMTP(SMTP):
 
     async def push(self, status: str | bytes) -> None:
         """aiosmtpd's push, with its line-too-long reply replaced by ours (and counted),
-        replies to a pipelined group written together (see the module docstring), and
-        the connection closed after a reply that says so."""
+        closing the connection after a reply that says so."""
         if status == AIOSMTPD_COMMAND_TOO_LONG:
             status = self._refused_line(REPLY_COMMAND_TOO_LONG)
-        if isinstance(status, str):
-            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")  # as aiosmtpd's push
-        self._held_replies.append(status + CRLF)
-        if _wire_log.isEnabledFor(logging.DEBUG):
-            _wire_log.debug("%r << %r", _peer(self), status)
-        if (self._in_data or self._close_after_reply or status.startswith(_ALWAYS_SENT)
-                or not self.line_reader.holds_command_line()):
-            replies = b"".join(self._held_replies)
-            self._held_replies.clear()
-            self._writer.write(replies)
-            await self._writer.drain()
+        await super().push(status)
         if self._close_after_reply:
             # As aiosmtpd's QUIT does: no pipelined command after the 421 is run.
             self._close_transport()
@@ -421,7 +399,7 @@ class WireSMTP(SMTP):
         if arg:
             await self.push(self.reply_data_syntax)
             return
-        with self.message_in_flight(), self._data_replies():
+        with self.message_in_flight(), self.replies_in_data():
             await self.push(self.reply_start_data)
             try:
                 with self.line_reader.reading_data(self.data_chunk):
@@ -442,14 +420,6 @@ class WireSMTP(SMTP):
             finally:
                 self._set_post_data_state()
             await self.push(status)
-
-    @contextlib.contextmanager
-    def _data_replies(self) -> Iterator[None]:
-        self._in_data = True
-        try:
-            yield
-        finally:
-            self._in_data = False
 
     def _close_transport(self) -> None:
         if self.transport is not None:
