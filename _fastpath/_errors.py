@@ -74,6 +74,10 @@ def raw_not_bytes(raw: object) -> TypeError:
     return TypeError(f"the raw message must be bytes, got {type(raw).__name__}")
 
 
+def prefix_not_bytes(prefix: object) -> TypeError:
+    return TypeError(f"the prefix must be bytes, got {type(prefix).__name__}")
+
+
 def bad_header_item(item: object) -> TypeError:
     return TypeError(f"each header must be a (name, value) tuple of bytes, got {item!r}")
 

@@ -9,8 +9,8 @@ may matter - the first, those in a removed field, and those whose first byte
 could start one or the empty line - are looked at one by one; the runs of
 lines in between are skipped 64 bytes per step (SSE2 where there is SSE2,
 memchr elsewhere). Then the output is allocated at its exact size and filled
-in one pass: the new fields, the kept stretches, and the rest of the message
-(the empty line and the body) in one final memcpy.
+in one pass: the caller's prefix, the new fields, the kept stretches, and the
+rest of the message (the empty line and the body) in one final memcpy.
 """
 
 from cpython.bytes cimport (
@@ -431,16 +431,19 @@ cdef object _stamp_error(int problem, object item):
     return _errors.invalid_header_value(name)
 
 
-def inject(raw, headers):
-    """Return `raw` with `headers` written at the top of its header block.
+def inject(raw, headers, prefix=b""):
+    """Return `raw` with `headers` written at the top of its header block, and
+    `prefix` as is above them.
 
     Every existing field named like a reserved header or like one of `headers`
     (case-insensitive) is removed first, folded lines included. Raises TypeError
-    when `raw` or a header is not bytes and ValueError on an invalid field name
-    or a value holding CR, LF or NUL.
+    when `raw`, `prefix` or a header is not bytes and ValueError on an invalid
+    field name or a value holding CR, LF or NUL.
     """
     if not PyBytes_Check(raw):
         raise _errors.raw_not_bytes(raw)
+    if not PyBytes_Check(prefix):
+        raise _errors.prefix_not_bytes(prefix)
     cdef list items = headers if type(headers) is list else list(headers)
     cdef Py_ssize_t count = len(items)
     cdef Stamp stack_stamps[STACK_STAMPS]
@@ -448,19 +451,19 @@ def inject(raw, headers):
     cdef Stamp* stamps
     cdef FieldName* names
     if count <= STACK_STAMPS:
-        return _inject(raw, items, stack_stamps, stack_names)
+        return _inject(raw, items, stack_stamps, stack_names, prefix)
     stamps = <Stamp*>PyMem_Malloc(count * sizeof(Stamp))
     names = <FieldName*>PyMem_Malloc((count + _reserved_count) * sizeof(FieldName))
     try:
         if stamps == NULL or names == NULL:
             raise MemoryError()
-        return _inject(raw, items, stamps, names)
+        return _inject(raw, items, stamps, names, prefix)
     finally:
         PyMem_Free(stamps)
         PyMem_Free(names)
 
 
-cdef object _inject(bytes raw, list items, Stamp* stamps, FieldName* names):
+cdef object _inject(bytes raw, list items, Stamp* stamps, FieldName* names, bytes prefix):
     cdef Py_ssize_t count = len(items)
     cdef Py_ssize_t k, j
     cdef Py_ssize_t fields_size = 0
@@ -505,14 +508,14 @@ cdef object _inject(bytes raw, list items, Stamp* stamps, FieldName* names):
     cdef Span* spans
     cdef Py_ssize_t n_spans = _find_removed(src, size, &removal, stack_spans, STACK_SPANS)
     if n_spans <= STACK_SPANS:
-        return _render(src, size, stamps, count, crlf, fields_size, stack_spans, n_spans)
+        return _render(src, size, stamps, count, crlf, fields_size, stack_spans, n_spans, prefix)
     # Only a message built to have many removed fields gets here.
     spans = <Span*>PyMem_Malloc(n_spans * sizeof(Span))
     if spans == NULL:
         raise MemoryError()
     try:
         _find_removed(src, size, &removal, spans, n_spans)
-        return _render(src, size, stamps, count, crlf, fields_size, spans, n_spans)
+        return _render(src, size, stamps, count, crlf, fields_size, spans, n_spans, prefix)
     finally:
         PyMem_Free(spans)
 
@@ -526,16 +529,23 @@ cdef bytes _render(
     Py_ssize_t fields_size,
     const Span* spans,
     Py_ssize_t n_spans,
+    bytes prefix,
 ):
     """The output, sized once and filled in one pass."""
     cdef Py_ssize_t k
-    cdef Py_ssize_t out_size = fields_size + size
+    cdef Py_ssize_t prefix_size = PyBytes_GET_SIZE(prefix)
+    cdef Py_ssize_t out_size = prefix_size + fields_size + size
     for k in range(n_spans):
         out_size -= spans[k].end - spans[k].start
     if out_size == 0:
         return b""
     cdef bytes result = PyBytes_FromStringAndSize(NULL, out_size)
     cdef unsigned char* write = <unsigned char*>PyBytes_AS_STRING(result)
+
+    # The caller's own lines (the Received header) on top, as they are.
+    if prefix_size:
+        memcpy(write, PyBytes_AS_STRING(prefix), <size_t>prefix_size)
+        write += prefix_size
 
     # The new fields, at the top of the header block: `name: value` + line ending.
     for k in range(count):

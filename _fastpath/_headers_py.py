@@ -25,6 +25,11 @@ Rules, with the part of RFC 5322 each one comes from:
   line; CRLF when it has none).
 
 Injecting the same headers twice gives the same bytes as injecting them once.
+
+`prefix` (bytes, empty by default) is written as is above the new fields: complete
+header lines the caller made itself, such as the Received trace header, which would
+otherwise cost a second full copy of the message to prepend. It is neither checked
+nor scanned, and the line ending is still the message's own.
 """
 
 from __future__ import annotations
@@ -48,16 +53,19 @@ _SP = 0x20
 _HTAB = 0x09
 
 
-def inject(raw: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
-    """Return `raw` with `headers` written at the top of its header block.
+def inject(raw: bytes, headers: list[tuple[bytes, bytes]], prefix: bytes = b"") -> bytes:
+    """Return `raw` with `headers` written at the top of its header block, and
+    `prefix` as is above them.
 
     Every existing field named like a reserved header or like one of `headers`
     (case-insensitive) is removed first, folded lines included. Raises TypeError
-    when `raw` or a header is not bytes and ValueError on an invalid field name
-    or a value holding CR, LF or NUL.
+    when `raw`, `prefix` or a header is not bytes and ValueError on an invalid
+    field name or a value holding CR, LF or NUL.
     """
     if not isinstance(raw, bytes):
         raise _errors.raw_not_bytes(raw)
+    if not isinstance(prefix, bytes):
+        raise _errors.prefix_not_bytes(prefix)
     removed = set(RESERVED_HEADERS)
     fields = []
     for item in headers:
@@ -77,7 +85,7 @@ def inject(raw: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
 
     first_lf = raw.find(b"\n")
     eol = b"\r\n" if first_lf < 0 or (first_lf > 0 and raw[first_lf - 1] == _CR) else b"\n"
-    parts: list = [b"".join(name + b": " + value + eol for name, value in fields)]
+    parts: list = [prefix, b"".join(name + b": " + value + eol for name, value in fields)]
 
     view = memoryview(raw)
     size = len(raw)

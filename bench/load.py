@@ -99,6 +99,7 @@ class Workload:
     concurrency: int
     per_connection: int
     timeout: float = 300.0
+    recipient_domain: str = RECIPIENT_DOMAIN  # bench/postfix_compare.py routes its own
 
     def __post_init__(self) -> None:
         if min(self.messages, self.concurrency, self.per_connection) < 1:
@@ -113,12 +114,12 @@ class SmtpFailure(Exception):
         super().__init__(f"{step}: {reply.strip()}")
 
 
-def message_bytes(n: int, size: int) -> bytes:
+def message_bytes(n: int, size: int, recipient_domain: str = RECIPIENT_DOMAIN) -> bytes:
     """Message number `n`, exactly `size` bytes as sent (headers, a body of 76-character
     lines, CRLF endings; no line starts with '.', so no dot-stuffing), without the
     terminating `.<CRLF>`."""
     head = (
-        f"From: Load <{SENDER}>\r\nTo: <user{n}@{RECIPIENT_DOMAIN}>\r\nSubject: load test message {n}\r\n"
+        f"From: Load <{SENDER}>\r\nTo: <user{n}@{recipient_domain}>\r\nSubject: load test message {n}\r\n"
         f"Message-ID: <{n}.{os.getpid()}@bench.example>\r\nDate: Fri, 28 Nov 2025 09:00:00 +0000\r\n"
         "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
     ).encode()
@@ -191,9 +192,10 @@ async def drive(host: str, port: int, username: str, secret: str, workload: Work
                     await _step(reader, writer, auth, 235, "AUTH")
                 for n in batch:
                     await _step(reader, writer, f"MAIL FROM:<{SENDER}>\r\n".encode(), 250, "MAIL")
-                    await _step(reader, writer, f"RCPT TO:<user{n}@{RECIPIENT_DOMAIN}>\r\n".encode(), 250, "RCPT")
+                    rcpt = f"RCPT TO:<user{n}@{workload.recipient_domain}>\r\n"
+                    await _step(reader, writer, rcpt.encode(), 250, "RCPT")
                     await _step(reader, writer, b"DATA\r\n", 354, "DATA")
-                    writer.write(message_bytes(n, workload.size) + b".\r\n")
+                    writer.write(message_bytes(n, workload.size, workload.recipient_domain) + b".\r\n")
                     await writer.drain()
                     t0 = time.perf_counter()
                     code, text = await _reply(reader)

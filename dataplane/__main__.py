@@ -28,7 +28,7 @@ from control.contract.runtime import (
     redis_answers,
 )
 
-from . import logs, spool
+from . import event_loop, logs, spool
 from .config import (
     DEFAULT_EVENT_RETENTION,
     DEFAULT_INBOUND_MAX_CONNECTIONS,
@@ -220,6 +220,9 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     d.add_argument("--no-delivery", action="store_true", default=_flag_default(env, "POOLMTA_NO_DELIVERY"),
                    help="accept and spool only, deliver nothing (benchmarks of the accept path; "
                         "env POOLMTA_NO_DELIVERY=1)")
+    d.add_argument("--event-loop", choices=event_loop.CHOICES, default=e("POOLMTA_EVENT_LOOP", "auto"),
+                   help="the workers' event loop: uvloop when installed (the 'fast' extra), or asyncio's "
+                        "own (env POOLMTA_EVENT_LOOP; default auto)")
     i = p.add_argument_group("inbound listener (bounces and feedback reports)")
     i.add_argument("--inbound-listen", default=e("POOLMTA_INBOUND_LISTEN", DEFAULT_INBOUND_LISTEN),
                    metavar="HOST:PORT|none",
@@ -344,6 +347,7 @@ def build_config(args: argparse.Namespace, redis_url: str) -> DataplaneConfig:
         connection_cap_exempt=args.connection_cap_exempt,
         metrics_listen=_metrics_listen(args.metrics_listen),
         http=_http_config(args),
+        event_loop=event_loop.resolve(args.event_loop),
     )
 
 

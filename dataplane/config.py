@@ -431,6 +431,8 @@ class DataplaneConfig:
         Prometheus metrics (port 0 picks one); None = not served (the workers still
         count, in memory, when no metrics directory is set: `dataplane.metrics`).
     http: the REST Bridge's and health endpoints' settings.
+    event_loop: the workers' event loop, "auto" (uvloop when installed), "asyncio" or
+        "uvloop" (`dataplane.event_loop`).
     """
 
     server_id: int
@@ -461,6 +463,7 @@ class DataplaneConfig:
     connection_cap_exempt: tuple[str, ...] = ()
     metrics_listen: tuple[str, int] | None = None
     http: HttpConfig = field(default_factory=HttpConfig)
+    event_loop: str = "auto"
 
     def __post_init__(self) -> None:
         if self.metrics_listen is not None and not 0 <= self.metrics_listen[1] <= 65535:

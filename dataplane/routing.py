@@ -181,6 +181,7 @@ class Routing:
         return self.dkim.signing(bridge.user_id, route.pool, message)
 
 
-def stamp(raw: bytes, route: Route) -> bytes:
-    """The message with its attribution and custom headers injected (client copies removed)."""
-    return inject(raw, route.headers)
+def stamp(raw: bytes, route: Route, trace: bytes = b"") -> bytes:
+    """The message with its attribution and custom headers injected (client copies
+    removed), below `trace` (the Received header), all in one copy of the message."""
+    return inject(raw, route.headers, trace)

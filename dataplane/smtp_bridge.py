@@ -377,7 +377,7 @@ class BridgeHandler(ListenerHandler):
         eol = line_ending(raw)
         received = self._received.render(client.helo, client.address, client.hostname, client.protocol,
                                          message_id, envelope.rcpt_tos, now, eol)
-        stamped = received + stamp(raw, route)
+        stamped = stamp(raw, route, received)
         # DKIM after stamping (RFC 6376 section 5): our signatures go on top, any the
         # client made stay below them. Unsigned mail is still accepted, and counted.
         signing = routing.signing(bridge, route, raw)

@@ -16,6 +16,12 @@ The replies both listeners give are here, each a named constant.
 
 This relies on aiosmtpd 1.4's `_handle_client` coroutine (wrapped to refuse
 before the banner) and its idle timer's `_timeout_cb` (wrapped to send a 421 first).
+
+aiosmtpd's SMTP constructor, run for every connection, builds its command, AUTH and
+hook tables from `dir()` of the session and of its handler, `inspect.getmembers`
+reading every attribute on the way: 1-3 ms of CPU per connection (`bench/LOAD.md`).
+Sessions and handlers here answer `dir()` with just the names those tables are built
+from (`dispatch_names`, found once per class), so the tables come out the same.
 """
 
 from __future__ import annotations
@@ -49,6 +55,23 @@ REPLY_INTERNAL_ERROR = "451 4.3.0 Local error in processing; try again later"
 
 EHLO_PIPELINING = "250-PIPELINING"
 
+# The attribute prefixes aiosmtpd builds its tables from: AUTH mechanisms (on the
+# session and the handler), SMTP commands (the session), hooks (the handler).
+DISPATCH_PREFIXES = ("auth_", "smtp_", "handle_")
+_dispatch_names: dict[type, list[str]] = {}
+
+
+def dispatch_names(obj: object) -> list[str]:
+    """The names of `obj`'s attributes that start with one of DISPATCH_PREFIXES, in
+    `dir()` order; looked up once per class (instance attributes included, as the
+    first instance has them)."""
+    cls = type(obj)
+    names = _dispatch_names.get(cls)
+    if names is None:
+        names = _dispatch_names[cls] = [name for name in object.__dir__(obj) if name.startswith(DISPATCH_PREFIXES)]
+        names.sort()
+    return names
+
 
 class ListenerHandler:
     """The state one worker's listener keeps across its connections: the sessions
@@ -61,6 +84,10 @@ class ListenerHandler:
         self.caps = caps  # None: no connection caps (tests of the protocol alone)
         self.sessions: set[ListenerSMTP] = set()
         self.in_flight = 0
+
+    def __dir__(self) -> list[str]:
+        # Read by aiosmtpd on every connection: see the module docstring.
+        return dispatch_names(self)
 
 
 class ListenerSMTP(HardenedSMTP, WireSMTP):
@@ -93,6 +120,10 @@ class ListenerSMTP(HardenedSMTP, WireSMTP):
         )
         self.peer_address = ""
         self._admitted = False  # counted in the handler's caps
+
+    def __dir__(self) -> list[str]:
+        # Read by aiosmtpd's constructor: see the module docstring.
+        return dispatch_names(self)
 
     # -- connection -------------------------------------------------------
 

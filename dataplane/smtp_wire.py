@@ -16,7 +16,8 @@ comes, never held) and near `DATA_CHUNK` in DATA (read in pieces of that size,
 counted against the size limit as they come). Repeated refused lines, or one
 that goes on past `OVERLONG_LINE_DISCARD`, get 421 and the connection is closed.
 A command line holding a NUL is refused with 500 (RFC 5321 section 4.1.1.4 and
-2.3.8: NUL is not SMTP text).
+2.3.8: NUL is not SMTP text). Replies to a pipelining client go out in one write
+(`dataplane.smtp_replies`).
 
 ESMTP parameters a server implements itself (RFC 3461's NOTIFY, ORCPT, RET and
 ENVID: aiosmtpd knows none of them, answers 555 to any, and upper-cases the rest,
@@ -42,6 +43,8 @@ import re
 from collections.abc import Iterator
 
 from aiosmtpd.smtp import SMTP, syntax
+
+from .smtp_replies import PipelinedReplies
 
 log = logging.getLogger("poolmta.dataplane.smtp")
 
@@ -170,6 +173,10 @@ class CommandLineReader(asyncio.StreamReader):
                 raise CommandLineRefused(REPLY_BAD_LINES_CLOSING, endless=True)
         self._discarded = -1
 
+    def holds_command_line(self) -> bool:
+        """True when a whole command line is already buffered (the client pipelined)."""
+        return self._buffer.find(b"\n") >= 0
+
     @contextlib.contextmanager
     def reading_data(self, chunk: int) -> Iterator[None]:
         """Within it, the buffer holds up to `chunk` bytes (DATA's pieces)."""
@@ -261,7 +268,7 @@ async def read_data(
     return None if too_big else b"".join(parts)
 
 
-class WireSMTP(SMTP):
+class WireSMTP(PipelinedReplies, SMTP):
     """aiosmtpd's SMTP protocol with `parse_simple_path` for MAIL/RCPT and `read_data` for
     DATA. A server subclasses it, sets the class attributes below to its own rules
     and reply texts, and implements `message_received`.
@@ -392,7 +399,7 @@ class WireSMTP(SMTP):
         if arg:
             await self.push(self.reply_data_syntax)
             return
-        with self.message_in_flight():
+        with self.message_in_flight(), self.replies_in_data():
             await self.push(self.reply_start_data)
             try:
                 with self.line_reader.reading_data(self.data_chunk):

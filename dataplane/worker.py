@@ -29,7 +29,7 @@ from _fastpath import IMPLEMENTATION
 from control.contract.redis_client import redis_client
 from control.contract.runtime import die_with_parent
 
-from . import logs, metrics
+from . import event_loop, logs, metrics
 from .bridge_auth import SharedAuthThrottle
 from .config import DataplaneConfig, format_listen
 from .connection_caps import ConnectionCaps
@@ -94,7 +94,7 @@ def worker_main(config: DataplaneConfig, index: int, worker_id: str, ready, log_
         stop_with_supervisor()
     logs.configure(log_level, f"w{index}", log_format)
     try:
-        asyncio.run(Worker(config, index, worker_id).run(ready))
+        event_loop.run(Worker(config, index, worker_id).run(ready), config.event_loop)
     except KeyboardInterrupt:
         pass
 

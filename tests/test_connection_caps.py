@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from control.contract import rediskeys
 from dataplane.connection_caps import Admission, ConnectionCaps
+from tests.redis_support import aof_path
 from tests.support import eventually
 
 SERVER = 31
@@ -112,3 +113,29 @@ async def test_an_ipv6_client_counts_by_its_64_and_exempt_networks_are_not_count
         assert await aredis.hget(key, rediskeys.CONNECTIONS_TOTAL_FIELD) == b"5"
     finally:
         await caps.close()
+
+
+async def test_counts_stay_out_of_the_append_only_file_and_come_back_after_a_restart(fresh_redis):
+    # Ephemeral counts: no fsync per admission; a restarted Redis gets them from the refresh.
+    client = aioredis.Redis.from_url(fresh_redis.url)
+    caps = _caps(client, 0, per_address=2, total=5, workers=1)
+    key = rediskeys.connection_counts_key(SERVER, "bridge", 0)
+    await caps.start()
+    try:
+        await client.set("a-durable-write", "1")  # the AOF is written and fsynced as before
+        assert await caps.admit("192.0.2.7") is Admission.ADMITTED
+        assert await client.hget(key, "192.0.2.7") == b"1"
+        aof = aof_path(fresh_redis).read_bytes()
+        assert b"a-durable-write" in aof and key.encode() not in aof
+
+        fresh_redis.stop()
+        fresh_redis.start()
+        await client.connection_pool.disconnect()  # the old connections died with the old Redis
+        assert await client.exists(key) == 0  # nothing came back from the AOF
+        await caps._refresh()  # what the worker's refresher does every REFRESH_INTERVAL
+        assert await client.hget(key, "192.0.2.7") == b"1"
+        assert await caps.admit("192.0.2.7") is Admission.ADMITTED
+        assert await caps.admit("192.0.2.7") is Admission.ADDRESS_FULL  # still counted across the restart
+    finally:
+        await caps.close()
+        await client.aclose()

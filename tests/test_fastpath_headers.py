@@ -296,6 +296,39 @@ def test_wrong_types(headers, raw, stamp, error, message):
     assert str(caught.value) == message
 
 
+# --- the prefix: the caller's own lines on top, in the same copy ------------------------
+
+RECEIVED = b"Received: from app (unknown [10.0.0.9])\r\n\tby mta1 (poolmta) with ESMTP id 1; Thu, 1 Jan 2026\r\n"
+
+
+def test_prefix_goes_above_the_injected_headers(headers):
+    raw = crlf(b"x-zone: spoofed\nFrom: a@example.com\n\nHello.\n")
+    assert headers.inject(raw, STAMP, RECEIVED) == RECEIVED + STAMP_CRLF + crlf(b"From: a@example.com\n\nHello.\n")
+
+
+@pytest.mark.parametrize("raw", [b"", b"\r\n", b"From: a\n\nbody", b"no header block at all"])
+def test_prefix_is_what_prepending_it_gives(headers, raw):
+    assert headers.inject(raw, STAMP, RECEIVED) == RECEIVED + headers.inject(raw, STAMP)
+    assert headers.inject(raw, [], RECEIVED) == RECEIVED + headers.inject(raw, [])
+
+
+def test_prefix_is_written_as_is_and_never_scanned(headers):
+    # The caller's lines are its own: a reserved name in them is not removed.
+    prefix = b"X-Zone: from the caller\r\n"
+    assert headers.inject(b"From: a\r\n\r\n", [], prefix) == prefix + b"From: a\r\n\r\n"
+
+
+@pytest.mark.parametrize("prefix, message", [
+    ("Received: x\r\n", "the prefix must be bytes, got str"),
+    (bytearray(b"x"), "the prefix must be bytes, got bytearray"),
+    (None, "the prefix must be bytes, got NoneType"),
+])
+def test_prefix_must_be_bytes(headers, prefix, message):
+    with pytest.raises(TypeError) as caught:
+        headers.inject(b"From: a\r\n\r\n", STAMP, prefix)
+    assert str(caught.value) == message
+
+
 def test_first_bad_header_is_reported(headers):
     with pytest.raises(ValueError, match="invalid header name b'B:'"):
         headers.inject(b"", [(b"A", b"ok"), (b"B:", b"\n"), (b"C:", b"x")])

@@ -184,6 +184,17 @@ def test_header_twins_agree(headers_twins, raw, stamp):
 
 
 @THOROUGH
+@given(raw=messages(), stamp=st.one_of(valid_headers, any_headers), prefix=st.one_of(st.binary(max_size=40),
+                                                                                   st.text(max_size=4)))
+@example(raw=b"", stamp=[], prefix=b"Received: x\r\n")  # nothing but the prefix
+def test_header_twins_agree_with_a_prefix(headers_twins, raw, stamp, prefix):
+    compiled, pure = headers_twins
+    assert outcome(compiled.inject, raw, stamp, prefix) == outcome(pure.inject, raw, stamp, prefix)
+    if isinstance(prefix, bytes) and outcome(pure.inject, raw, stamp)[0] == "ok":
+        assert pure.inject(raw, stamp, prefix) == prefix + pure.inject(raw, stamp)
+
+
+@THOROUGH
 @given(raw=messages(), stamp=valid_headers)
 @example(raw=b" orphan", stamp=[(b"X-A", b"1")])
 @example(raw=b"X-A: 1", stamp=[])
