@@ -166,13 +166,16 @@ return false
 async def message_events(redis, server_ids: Iterable[int], message_id: str) -> list[DeliveryEvent]:
     """A message's delivery events in the event logs of MTA servers `server_ids` and
     in its list from before the log (`rediskeys.message_events_key`), oldest first; []
-    if none. An entry that is not a delivery event is left out. One script per server
-    and one LRANGE."""
-    read = redis.register_script(READ_EVENTS_LUA)
-    raw = list(await redis.lrange(rediskeys.message_events_key(message_id), 0, -1))
+    if none. An entry that is not a delivery event is left out. One round trip: a
+    pipeline of one LRANGE and one script per server (EVAL: a pipeline's EVALSHA
+    would cost a SCRIPT EXISTS first)."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.lrange(rediskeys.message_events_key(message_id), 0, -1)
     for server_id in dict.fromkeys(server_ids):
-        raw += await read(*read_events_input(server_id, message_id))
-    return sorted(decode_list(raw), key=lambda event: event.ts_ms)
+        keys, args = read_events_input(server_id, message_id)
+        pipe.eval(READ_EVENTS_LUA, len(keys), *keys, *args)
+    replies = await pipe.execute()
+    return sorted(decode_list([raw for reply in replies for raw in reply]), key=lambda event: event.ts_ms)
 
 
 def read_events_input(server_id: int, message_id: str) -> tuple[list[str], list[str]]:
