@@ -8,7 +8,8 @@ batches of 1,000 through the stats batch script: the stream holds them all and t
 index has its ~1,000 buckets (the worst case for a read, which looks at each).
 
 - `message events`: `event_log.message_events` of a random message among the newest
-  10 % (one script, one LRANGE for the lists of before): variant `log`;
+  10 % (ids as the spool makes them, acceptance time first; one script and one
+  LRANGE for the lists of before, pipelined): variant `log`;
 - the baseline `list`: one LRANGE of a message's own list, what the read was before
   the event log (one key per message, unbounded).
 
@@ -47,8 +48,9 @@ def _event(message_id: str, ts_ms: int) -> str:
                        "dkim": "d=example.com s=pm2026111"}, separators=(",", ":"))
 
 
-def _message_id(n: int) -> str:
-    return f"{n:024x}"
+def _message_id(n: int, at: float) -> str:
+    """An id as the spool makes them: the acceptance time in ms, then a nonce and a counter."""
+    return f"{int(at * 1000):012x}{n:014x}"
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +62,13 @@ def filled(tmp_path_factory: pytest.TempPathFactory):
     script = client.register_script(_APPLY_BATCH)
     retention = event_log.EventRetention(WEEK, EVENTS)
     start = time.time() - WEEK
+    recent = []
     for batch in range(EVENTS // BATCH):
         now = start + WEEK * batch / (EVENTS // BATCH)
-        events = [(_message_id(n), _event(_message_id(n), int(now * 1000)))
-                  for n in range(batch * BATCH, (batch + 1) * BATCH)]
+        ids = [_message_id(n, now - 1) for n in range(batch * BATCH, (batch + 1) * BATCH)]
+        events = [(message_id, _event(message_id, int(now * 1000))) for message_id in ids]
+        if batch >= EVENTS // BATCH * 9 // 10:
+            recent += ids
         keys, args = counts_script_input(SERVER, "bench", (), now, journal_seq=batch + 1, events=events,
                                          retention=retention)
         script(keys=keys, args=args)
@@ -71,23 +76,22 @@ def filled(tmp_path_factory: pytest.TempPathFactory):
     while client.info("persistence")["aof_rewrite_in_progress"]:
         time.sleep(0.1)  # the automatic AOF rewrite the fill set off: not part of a read
     client.rpush(rediskeys.message_events_key("legacy"), _event("legacy", 1))
-    yield server, used
+    yield server, used, recent
     client.close()
     server.stop()
 
 
 @pytest.mark.parametrize("variant", ["log", "list"])
 def test_message_events_read(benchmark, measure, filled, variant):
-    server, used = filled
+    server, used, recent = filled
     benchmark.group = f"message events, {EVENTS} resident"
     benchmark.extra_info["variant"] = variant
     loop = asyncio.new_event_loop()
     reader = aioredis.Redis.from_url(server.url)
-    recent = range(EVENTS - EVENTS // 10, EVENTS)
     rng = random.Random(14)
 
     async def log_read() -> list:
-        return await event_log.message_events(reader, [SERVER], _message_id(rng.choice(recent)))
+        return await event_log.message_events(reader, [SERVER], rng.choice(recent))
 
     async def list_read() -> list:
         return await reader.lrange(rediskeys.message_events_key("legacy"), 0, -1)

@@ -182,3 +182,36 @@ async def test_message_status_reads_the_event_log_of_the_accounts_servers(make_a
     finally:
         await batcher.close()
         await client.aclose()
+
+
+def test_a_message_id_says_when_it_was_accepted_so_a_read_skips_older_buckets():
+    now = T0
+    ours = f"{int(now * 1000):012x}a1b2c3d4000001"
+    assert event_log.accepted_at(ours, now) == int(now * 1000) / 1000
+    assert event_log.accepted_at("m1", now) is None and event_log.accepted_at("0123abcd", now) is None
+    assert event_log.accepted_at("zz" * 13, now) is None  # not hex
+    assert event_log.accepted_at(f"{int((now + 2 * 86400) * 1000):012x}00", now) is None  # not one of ours
+    _, args = event_log.read_events_input(SERVER, ours)
+    assert args[2] == f"({int(now) - event_log.CLOCK_SLACK_SECONDS}"
+    assert event_log.read_events_input(SERVER, "m1")[1][2] == "-inf"
+
+
+async def test_a_read_finds_events_written_after_the_acceptance_its_id_names(redis_url):
+    client = aioredis.Redis.from_url(redis_url)
+    clock = _Clock()
+    batcher = StatsBatcher(client, server_id=SERVER, clock=clock)
+    try:
+        early = f"{int((T0 - 3600) * 1000):012x}a1b2c3d4000001"
+        batcher.event(early, _event(early))  # written at T0, an hour after its acceptance
+        await _flush_all(batcher)
+        clock.now += 2 * batcher.retention.bucket_seconds
+        batcher.event(early, _event(early, 1))  # a retry, two buckets later
+        late = f"{int(clock.now * 1000):012x}a1b2c3d4000002"
+        batcher.event(late, _event(late))
+        await _flush_all(batcher)
+        assert await client.zcard(rediskeys.event_buckets_key(SERVER)) == 2
+        assert len(await event_log.message_events(client, [SERVER], early)) == 2  # both buckets
+        assert len(await event_log.message_events(client, [SERVER], late)) == 1
+    finally:
+        await batcher.close()
+        await client.aclose()

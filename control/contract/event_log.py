@@ -9,7 +9,8 @@ under the same marker):
   JSON, `delivery_event.DeliveryEvent.encode`), capped by length
   (`XADD MAXLEN ~ max_events`) and by age (`XTRIM MINID ~` now - retention);
 * index buckets, one per `bucket_seconds` of writing time, listed in a sorted set
-  (`rediskeys.event_buckets_key`): a hash our message id -> its events' stream ids
+  (`rediskeys.event_buckets_key`, member the bucket's start, score its end): a hash
+  our message id -> its events' stream ids
   (`event_index_bucket_key`) and a hash Message-ID digest -> our message id
   (`message_index_bucket_key`). A bucket's hashes expire as a whole one retention
   after the bucket ends, and go sooner, at the next write, once every event of
@@ -18,9 +19,11 @@ under the same marker):
 
 Nothing scans the keyspace: trimming happens in the writing script, and every key
 expires when its server stops writing. Reading a message's events is one script:
-for each live bucket one HGET, then one XRANGE per event id; events written
-before this log (`rediskeys.message_events_key` lists, `message_index_key`
-strings) are read too until they expire.
+one HGET in each bucket that ends after the message was accepted (our message ids
+start with that time, `dataplane.spool`: a recent message looks at a bucket or
+two), then one XRANGE per event id; events written before this log
+(`rediskeys.message_events_key` lists, `message_index_key` strings) are read too
+until they expire.
 
 Stream ids are taken from the writer's clock (the time the counts of the same
 batch go by), never below the stream's last id, so age trimming and buckets agree.
@@ -33,14 +36,17 @@ accounting) and both planes read (GetMessageStatus, REST status, attribution).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import rediskeys
 from .delivery_event import DeliveryEvent, decode_list
 
-__all__ = ["DEFAULT_MAX_EVENTS", "DEFAULT_RETENTION_SECONDS", "EVENT_LOG_ARGS", "EVENT_LOG_LUA", "READ_EVENTS_LUA",
-           "EventRetention", "find_message", "message_events", "read_events_input"]
+__all__ = [
+    "CLOCK_SLACK_SECONDS", "DEFAULT_MAX_EVENTS", "DEFAULT_RETENTION_SECONDS", "EVENT_LOG_ARGS", "EVENT_LOG_LUA",
+    "READ_EVENTS_LUA", "EventRetention", "accepted_at", "find_message", "message_events", "read_events_input",
+]
 
 DEFAULT_RETENTION_SECONDS = 7 * 86400
 # About 450 bytes of Redis memory each (the event's JSON, its stream entry and its
@@ -118,14 +124,14 @@ local function event_log(at)
     local expires = log.bucket + log.width + log.retention
     redis.call('EXPIREAT', log.by_message .. log.bucket, expires)
     redis.call('EXPIREAT', log.by_header .. log.bucket, expires)
-    redis.call('ZADD', log.buckets, log.bucket, log.bucket)
+    redis.call('ZADD', log.buckets, log.bucket + log.width, log.bucket)
     redis.call('EXPIREAT', log.buckets, expires)
     redis.call('XTRIM', log.stream, 'MINID', '~', string.format('%d', (log.now - log.retention) * 1000))
     redis.call('EXPIREAT', log.stream, expires)
     local first = redis.call('XRANGE', log.stream, '-', '+', 'COUNT', 1)[1]
     local oldest = first and math.floor(tonumber(string.match(first[1], '^(%d+)')) / 1000) or log.now
-    -- a bucket [b, b + width) whose events all precede the oldest one kept is gone
-    local gone = math.min(math.max(oldest, log.now - log.retention), log.bucket) - log.width
+    -- a bucket whose events all precede the oldest one kept (it ends by then) is gone
+    local gone = math.min(math.max(oldest, log.now - log.retention), log.bucket)
     for _, b in ipairs(redis.call('ZRANGEBYSCORE', log.buckets, '-inf', gone)) do
       redis.call('DEL', log.by_message .. b, log.by_header .. b)
     end
@@ -136,10 +142,11 @@ end
 """
 
 # KEYS[1] the stream, KEYS[2] the buckets; ARGV[1] the index bucket prefix, ARGV[2]
-# our message id (`read_events_input`). The message's events (JSON), oldest first.
+# our message id, ARGV[3] the end after which its buckets are (a ZRANGEBYSCORE min;
+# `read_events_input`). The message's events (JSON), oldest first.
 READ_EVENTS_LUA = """
 local events = {}
-for _, b in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+for _, b in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[3], '+inf')) do
   local ids = redis.call('HGET', ARGV[1] .. b, ARGV[2])
   if ids then
     for id in string.gmatch(ids, '%S+') do
@@ -180,9 +187,29 @@ async def message_events(redis, server_ids: Iterable[int], message_id: str) -> l
 
 def read_events_input(server_id: int, message_id: str) -> tuple[list[str], list[str]]:
     """KEYS and ARGV of READ_EVENTS_LUA reading `message_id`'s events in the event
-    log of MTA server `server_id` (its JSON texts, oldest first)."""
+    log of MTA server `server_id` (its JSON texts, oldest first): the buckets that
+    end after the message was accepted (every bucket when its id does not say)."""
+    accepted = accepted_at(message_id)
+    since = "-inf" if accepted is None else f"({int(accepted) - CLOCK_SLACK_SECONDS}"
     return ([rediskeys.event_stream_key(server_id), rediskeys.event_buckets_key(server_id)],
-            [rediskeys.event_index_bucket_key(server_id, ""), message_id])
+            [rediskeys.event_index_bucket_key(server_id, ""), message_id, since])
+
+
+# How far the clock that named a message may be ahead of the one its events were
+# written by (the workers of one MTA server share a host).
+CLOCK_SLACK_SECONDS = 60
+
+
+def accepted_at(message_id: str, now: float | None = None) -> float | None:
+    """When a message was accepted (unix seconds), from its id: our ids start with the
+    time in milliseconds as 12 hex digits (`dataplane.spool`). None when the id does
+    not start so, or names a time more than a day after `now` (not one of ours)."""
+    try:
+        accepted = int(message_id[:12], 16) / 1000 if len(message_id) > 12 else None
+    except ValueError:
+        return None
+    now = time.time() if now is None else now
+    return accepted if accepted is not None and accepted < now + 86400 else None
 
 
 async def find_message(redis, server_id: int, header_message_id: str) -> str:
