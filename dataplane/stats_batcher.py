@@ -94,22 +94,25 @@ CLAIM_INTERVAL = 5.0
 
 # KEYS[1] the batch's marker, KEYS[2..] counter hashes; ARGV[1] the marker's TTL,
 # ARGV[2] the journal segment's seq (the marker is its journal's mark: applied when
-# the mark is below it) or 0 (a one-off marker, set NX), then the event log's
-# arguments (EventRetention.script_args), then per counter hash: when it expires
+# the mark is below it) or 0 (a one-off marker, set NX), ARGV[3] the segment's
+# marker of before the journal marks (a segment applied by a worker of before them
+# but not deleted yet: applied already) or "", then the event log's arguments
+# (EventRetention.script_args), then per counter hash: when it expires
 # (unix seconds, 0 for never), how many fields follow, and that many field,
 # increment pairs; then the number of events and (message id, JSON) pairs, the
 # number of index entries and (field, message id) pairs.
 _APPLY_BATCH = EVENT_LOG_LUA + """
 local seq = tonumber(ARGV[2])
 if seq > 0 then
-  if tonumber(redis.call('GET', KEYS[1]) or '0') >= seq then
+  if tonumber(redis.call('GET', KEYS[1]) or '0') >= seq or
+      (ARGV[3] ~= '' and redis.call('EXISTS', ARGV[3]) == 1) then
     return 0
   end
   redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
 elseif not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   return 0
 end
-local a = 3 + """ + str(EVENT_LOG_ARGS) + """
+local a = 4 + """ + str(EVENT_LOG_ARGS) + """
 for i = 2, #KEYS do
   local expires_at = tonumber(ARGV[a])
   local fields = tonumber(ARGV[a + 1])
@@ -122,7 +125,7 @@ for i = 2, #KEYS do
     redis.call('EXPIREAT', KEYS[i], expires_at)
   end
 end
-local log = event_log(3)
+local log = event_log(4)
 for _, write in ipairs({log.event, log.index}) do
   local n = tonumber(ARGV[a])
   a = a + 1
@@ -164,9 +167,12 @@ def counts_script_input(server_id: int, marker_id: str, changes: Iterable[CountC
             increments.setdefault(target.key, (target.expires_at, Counter()))[1][field] += n
     if journal_seq:
         keys = [rediskeys.stats_journal_mark_key(server_id, marker_id)]
+        # what named the segment's batch before journal marks (kept 7 days)
+        legacy = rediskeys.stats_batch_marker_key(server_id, f"{marker_id}.{journal_seq:08d}")
     else:
         keys = [rediskeys.stats_batch_marker_key(server_id, marker_id)]
-    args: list[str | int] = [marker_ttl, journal_seq, *retention.script_args(server_id, now)]
+        legacy = ""
+    args: list[str | int] = [marker_ttl, journal_seq, legacy, *retention.script_args(server_id, now)]
     for key, (expires_at, fields) in increments.items():
         keys.append(key)
         args += [expires_at or 0, len(fields)]

@@ -215,3 +215,22 @@ async def test_a_read_finds_events_written_after_the_acceptance_its_id_names(red
     finally:
         await batcher.close()
         await client.aclose()
+
+
+async def test_a_segment_applied_before_journal_marks_existed_is_not_applied_again(tmp_path, redis_url):
+    client = aioredis.Redis.from_url(redis_url)
+    batcher = StatsBatcher(client, server_id=SERVER, journal_dir=tmp_path / "j", clock=_Clock())
+    try:
+        _send(batcher, "m1")
+        batcher.journal.seal()
+        segment = batcher.journal.oldest()
+        # a worker of before applied it (setting its marker) and died before deleting it
+        await client.set(rediskeys.stats_batch_marker_key(SERVER, segment.batch_id), "1", ex=3600)
+        await _flush_all(batcher)
+        assert await client.hget(rediskeys.pool_stats_key(SERVER, POOL), "sent") is None
+        _send(batcher, "m2")  # the next segment applies as usual
+        await _flush_all(batcher)
+        assert await client.hget(rediskeys.pool_stats_key(SERVER, POOL), "sent") == b"1"
+    finally:
+        await batcher.close()
+        await client.aclose()
