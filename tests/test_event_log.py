@@ -3,6 +3,7 @@ what the traffic made; read back by GetMessageStatus, REST status and attributio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -47,15 +48,25 @@ def _send(batcher: StatsBatcher, message_id: str) -> None:
     batcher.event(message_id, _event(message_id))
 
 
+@contextlib.asynccontextmanager
+async def _batcher(url: str, **options):
+    """A client of the Redis at `url` and a stats batcher of SERVER on it; both closed after."""
+    client = aioredis.Redis.from_url(url)
+    batcher = StatsBatcher(client, server_id=options.pop("server_id", SERVER), **options)
+    try:
+        yield client, batcher
+    finally:
+        await batcher.close()
+        await client.aclose()
+
+
 async def _flush_all(batcher: StatsBatcher) -> None:
     while not await batcher.flush():
         pass
 
 
 async def test_the_log_keeps_at_most_events_max_and_forgets_the_index_of_what_it_trimmed(redis_url):
-    client = aioredis.Redis.from_url(redis_url)
-    batcher = StatsBatcher(client, server_id=SERVER, max_batch_events=100, max_events=200, clock=_Clock())
-    try:
+    async with _batcher(redis_url, max_batch_events=100, max_events=200, clock=_Clock()) as (client, batcher):
         for n in range(1000):
             _send(batcher, f"m{n}")
         await _flush_all(batcher)
@@ -65,22 +76,18 @@ async def test_the_log_keeps_at_most_events_max_and_forgets_the_index_of_what_it
         assert await event_log.message_events(client, [SERVER], "m0") == []
         assert await event_log.find_message(client, SERVER, "m999@sender.example") == "m999"
         assert await client.hget(rediskeys.pool_stats_key(SERVER, POOL), "sent") == b"1000"  # counts are exact
-    finally:
-        await batcher.close()
-        await client.aclose()
 
 
 async def test_the_log_forgets_what_is_older_than_its_retention_without_a_scan(redis_url):
-    client = aioredis.Redis.from_url(redis_url)
     clock = _Clock()
-    batcher = StatsBatcher(client, server_id=SERVER, event_ttl=3600, clock=clock)
-    try:
+    async with _batcher(redis_url, event_ttl=3600, clock=clock) as (client, batcher):
         _send(batcher, "old")
         await _flush_all(batcher)
         buckets = rediskeys.event_buckets_key(SERVER)
         (first,) = await client.zrange(buckets, 0, -1)
-        for key in (buckets, rediskeys.event_stream_key(SERVER), rediskeys.event_index_bucket_key(SERVER, first.decode()),
-                    rediskeys.message_index_bucket_key(SERVER, first.decode())):
+        bucket_keys = [rediskeys.event_index_bucket_key(SERVER, first.decode()),
+                       rediskeys.message_index_bucket_key(SERVER, first.decode())]
+        for key in (buckets, rediskeys.event_stream_key(SERVER), *bucket_keys):
             assert await client.ttl(key) > 0, key  # each goes on its own once nothing is written
         clock.now += 3600 + 2 * batcher.retention.bucket_seconds  # past the retention
         _send(batcher, "new")
@@ -90,17 +97,11 @@ async def test_the_log_forgets_what_is_older_than_its_retention_without_a_scan(r
         assert len(await event_log.message_events(client, [SERVER], "new")) == 1
         (bucket,) = await client.zrange(buckets, 0, -1)  # the old bucket is gone, hashes and all
         assert bucket != first
-        assert not await client.exists(rediskeys.event_index_bucket_key(SERVER, first.decode()),
-                                       rediskeys.message_index_bucket_key(SERVER, first.decode()))
-    finally:
-        await batcher.close()
-        await client.aclose()
+        assert not await client.exists(*bucket_keys)
 
 
 async def test_the_keyspace_does_not_grow_with_the_messages(redis_url):
-    client = aioredis.Redis.from_url(redis_url)
-    batcher = StatsBatcher(client, server_id=SERVER, max_batch_events=50, clock=_Clock())
-    try:
+    async with _batcher(redis_url, max_batch_events=50, clock=_Clock()) as (client, batcher):
         sizes = []
         for n in range(1000):
             _send(batcher, f"m{n}")
@@ -111,15 +112,10 @@ async def test_the_keyspace_does_not_grow_with_the_messages(redis_url):
         # each kind, and the one mark of this worker's journal
         assert sizes == [sizes[0]] * 2 and sizes[0] == 12 + 5
         assert len([k async for k in client.scan_iter(match=rediskeys.stats_journal_mark_key(SERVER, "*"))]) == 1
-    finally:
-        await batcher.close()
-        await client.aclose()
 
 
 async def test_a_segment_replayed_after_later_ones_counts_once_and_the_mark_is_kept_long(tmp_path, redis_url):
-    client = aioredis.Redis.from_url(redis_url)
-    batcher = StatsBatcher(client, server_id=SERVER, journal_dir=tmp_path / "j", clock=_Clock())
-    try:
+    async with _batcher(redis_url, journal_dir=tmp_path / "j", clock=_Clock()) as (client, batcher):
         _send(batcher, "m1")
         batcher.journal.seal()
         first = batcher.journal.oldest()
@@ -137,15 +133,10 @@ async def test_a_segment_replayed_after_later_ones_counts_once_and_the_mark_is_k
         assert await client.get(mark) == b"2"
         assert rediskeys.STATS_DAY_RETENTION_SECONDS < await client.ttl(mark) <= (
             rediskeys.STATS_JOURNAL_MARK_TTL_SECONDS)
-    finally:
-        await batcher.close()
-        await client.aclose()
 
 
 async def test_a_full_redis_refuses_the_batch_loudly_and_it_is_applied_once_later(fresh_redis):
-    client = aioredis.Redis.from_url(fresh_redis.url)
-    batcher = StatsBatcher(client, server_id=SERVER, clock=_Clock())
-    try:
+    async with _batcher(fresh_redis.url, clock=_Clock()) as (client, batcher):
         assert await client.config_get("maxmemory-policy") == {"maxmemory-policy": MAXMEMORY_POLICY}
         await client.set("ballast", "x" * 2_000_000)
         await client.config_set("maxmemory", 1024**2)  # below what it holds: every write is refused
@@ -157,18 +148,13 @@ async def test_a_full_redis_refuses_the_batch_loudly_and_it_is_applied_once_late
         await _flush_all(batcher)
         assert await client.hget(rediskeys.pool_stats_key(SERVER, POOL), "sent") == b"1"
         assert len(await event_log.message_events(client, [SERVER], "m1")) == 1
-    finally:
-        await batcher.close()
-        await client.aclose()
 
 
 async def test_message_status_reads_the_event_log_of_the_accounts_servers(make_account, server, redis_url):
     acme, account = await make_account("acme")
     globex, _ = await make_account("globex")
     await acme.pools.CreatePool(pb.CreatePoolRequest(label="promo", server_id=server.server_id))
-    client = aioredis.Redis.from_url(redis_url)
-    batcher = StatsBatcher(client, server_id=server.server_id)
-    try:
+    async with _batcher(redis_url, server_id=server.server_id) as (client, batcher):
         batcher.event("0123abcd", _event("0123abcd", user_id=account.user_id, ts_ms=2_000))
         await _flush_all(batcher)
         # one more written before the event log, in the message's own list: read too
@@ -179,9 +165,6 @@ async def test_message_status_reads_the_event_log_of_the_accounts_servers(make_a
             ("r1@example.net", 501), ("r0@example.net", 2_000)]
         await expect_error(globex.stats.GetMessageStatus(pb.GetMessageStatusRequest(message_id="0123abcd")),
                            grpc.StatusCode.NOT_FOUND)
-    finally:
-        await batcher.close()
-        await client.aclose()
 
 
 def test_a_message_id_says_when_it_was_accepted_so_a_read_skips_older_buckets():
@@ -197,10 +180,8 @@ def test_a_message_id_says_when_it_was_accepted_so_a_read_skips_older_buckets():
 
 
 async def test_a_read_finds_events_written_after_the_acceptance_its_id_names(redis_url):
-    client = aioredis.Redis.from_url(redis_url)
     clock = _Clock()
-    batcher = StatsBatcher(client, server_id=SERVER, clock=clock)
-    try:
+    async with _batcher(redis_url, clock=clock) as (client, batcher):
         early = f"{int((T0 - 3600) * 1000):012x}a1b2c3d4000001"
         batcher.event(early, _event(early))  # written at T0, an hour after its acceptance
         await _flush_all(batcher)
@@ -212,15 +193,10 @@ async def test_a_read_finds_events_written_after_the_acceptance_its_id_names(red
         assert await client.zcard(rediskeys.event_buckets_key(SERVER)) == 2
         assert len(await event_log.message_events(client, [SERVER], early)) == 2  # both buckets
         assert len(await event_log.message_events(client, [SERVER], late)) == 1
-    finally:
-        await batcher.close()
-        await client.aclose()
 
 
 async def test_a_segment_applied_before_journal_marks_existed_is_not_applied_again(tmp_path, redis_url):
-    client = aioredis.Redis.from_url(redis_url)
-    batcher = StatsBatcher(client, server_id=SERVER, journal_dir=tmp_path / "j", clock=_Clock())
-    try:
+    async with _batcher(redis_url, journal_dir=tmp_path / "j", clock=_Clock()) as (client, batcher):
         _send(batcher, "m1")
         batcher.journal.seal()
         segment = batcher.journal.oldest()
@@ -231,6 +207,3 @@ async def test_a_segment_applied_before_journal_marks_existed_is_not_applied_aga
         _send(batcher, "m2")  # the next segment applies as usual
         await _flush_all(batcher)
         assert await client.hget(rediskeys.pool_stats_key(SERVER, POOL), "sent") == b"1"
-    finally:
-        await batcher.close()
-        await client.aclose()

@@ -161,7 +161,8 @@ class Accounting:
     async def apply(self, targets: Sequence[Target], now_ms: int) -> list[bool]:
         """Count each target once (see the module docstring); per target, True when it
         was counted now, False when an earlier report had counted it already."""
-        script = _Script(rediskeys.REPORT_MARKER_TTL_SECONDS, *self.retention.script_args(self.server_id, now_ms / 1000))
+        log_args = self.retention.script_args(self.server_id, now_ms / 1000)
+        script = _Script(rediskeys.REPORT_MARKER_TTL_SECONDS, *log_args)
         for target in targets:
             script.target(rediskeys.report_marker_key(self.server_id, target.subject))
             if target.kind == BOUNCE:
