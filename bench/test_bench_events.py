@@ -2,8 +2,8 @@
 for recent messages) with a full event log resident.
 
 Against the embedded Redis (unix socket, `appendfsync always`, as `poolmta up` runs
-it), the server's event log is filled with EVENTS events (env POOLMTA_BENCH_EVENTS,
-default 1,000,000), one per message, written over 7 days of the writer's clock in
+it), the server's event log is filled with POOLMTA_BENCH_EVENTS events (default
+1,000,000; 20,000 in the suite's smoke run), one per message, written over 7 days of the writer's clock in
 batches of 1,000 through the stats batch script: the stream holds them all and the
 index has its ~1,000 buckets (the worst case for a read, which looks at each).
 
@@ -35,7 +35,8 @@ from control.embedded_redis import EmbeddedRedis
 from dataplane.stats_batcher import _APPLY_BATCH, counts_script_input
 
 SERVER = 1
-EVENTS = int(os.environ.get("POOLMTA_BENCH_EVENTS", "1000000"))
+MEASURED_EVENTS = int(os.environ.get("POOLMTA_BENCH_EVENTS", "1000000"))
+SMOKE_EVENTS = 20_000  # the suite's smoke run (--benchmark-disable) checks the reads, quickly
 BATCH = 1000
 WEEK = 7 * 86400
 
@@ -54,21 +55,23 @@ def _message_id(n: int, at: float) -> str:
 
 
 @pytest.fixture(scope="module")
-def filled(tmp_path_factory: pytest.TempPathFactory):
+def filled(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    events_total = MEASURED_EVENTS if request.config.getoption("benchmark_enable") else SMOKE_EVENTS
     server = EmbeddedRedis(Path(tmp_path_factory.mktemp("bench-events")))
     server.start()
     client = redis.Redis.from_url(server.url)
     baseline = client.info("memory")["used_memory"]
     script = client.register_script(_APPLY_BATCH)
     client.config_set("appendfsync", "no")  # the fill is not what is measured: no fsync per batch
-    retention = event_log.EventRetention(WEEK, EVENTS)
+    retention = event_log.EventRetention(WEEK, events_total)
     start = time.time() - WEEK
     recent = []
-    for batch in range(EVENTS // BATCH):
-        now = start + WEEK * batch / (EVENTS // BATCH)
+    batches = events_total // BATCH
+    for batch in range(batches):
+        now = start + WEEK * batch / batches
         ids = [_message_id(n, now - 1) for n in range(batch * BATCH, (batch + 1) * BATCH)]
         events = [(message_id, _event(message_id, int(now * 1000))) for message_id in ids]
-        if batch >= EVENTS // BATCH * 9 // 10:
+        if batch >= batches * 9 // 10:
             recent += ids
         keys, args = counts_script_input(SERVER, "bench", (), now, journal_seq=batch + 1, events=events,
                                          retention=retention)
@@ -78,7 +81,7 @@ def filled(tmp_path_factory: pytest.TempPathFactory):
     while client.info("persistence")["aof_rewrite_in_progress"]:
         time.sleep(0.1)  # the automatic AOF rewrite the fill set off: not part of a read
     client.rpush(rediskeys.message_events_key("legacy"), _event("legacy", 1))
-    yield server, used, recent
+    yield server, used, recent, events_total
     client.close()
     server.stop()
 
@@ -86,8 +89,8 @@ def filled(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.timeout(1800)  # filling a million events takes minutes on a busy machine
 @pytest.mark.parametrize("variant", ["log", "list"])
 def test_message_events_read(benchmark, measure, filled, variant):
-    server, used, recent = filled
-    benchmark.group = f"message events, {EVENTS} resident"
+    server, used, recent, events_total = filled
+    benchmark.group = f"message events, {events_total} resident"
     benchmark.extra_info["variant"] = variant
     loop = asyncio.new_event_loop()
     reader = aioredis.Redis.from_url(server.url)
@@ -112,8 +115,9 @@ def test_message_events_read(benchmark, measure, filled, variant):
         times.sort()
         p50, p99 = times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000
         benchmark.extra_info.update(p50_ms=round(p50, 3), p99_ms=round(p99, 3),
-                                    bytes_per_event=round(used / EVENTS))
-        print(f"\n{variant}: {EVENTS} events resident, {used / 1024**2:.0f} MB ({used / EVENTS:.0f} B/event); "
+                                    bytes_per_event=round(used / events_total))
+        print(f"\n{variant}: {events_total} events resident, {used / 1024**2:.0f} MB "
+              f"({used / events_total:.0f} B/event); "
               f"read p50 {p50:.3f} ms, p99 {p99:.3f} ms")
     finally:
         loop.run_until_complete(reader.aclose())

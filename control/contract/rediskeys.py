@@ -6,10 +6,10 @@ scripts and multi-key commands stay on one slot of a Redis Cluster:
 * `{srv:N}` — everything about MTA server N's routing: snapshot versions, the
   `current` pointer, worker acks; and its queue-control command stream and results.
 * `{stats:N}` — every counter hash of MTA server N (lifetime totals and day, hour
-  and minute buckets of its pools, IPs and pools+IPs), plus the applied-batch
-  markers of its workers, so one Lua script applies a whole batch of a worker's
-  counts exactly once (idempotent flush), while a Redis Cluster spreads servers
-  over its nodes. The server's delivery event log and message index live here
+  and minute buckets of its pools, IPs and pools+IPs), plus the marks of its
+  workers' stats journals (and one-off batch markers), so one Lua script applies
+  a whole batch of a worker's counts exactly once (idempotent flush), while a
+  Redis Cluster spreads servers over its nodes. The server's delivery event log and message index live here
   too (`event_stream_key` and beside it), written by the same scripts as the counts.
 * `{msg:ID}` — one message's delivery events, as written before issue 14 (read
   until they expire; nothing writes them any more).
