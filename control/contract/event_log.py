@@ -14,8 +14,8 @@ under the same marker):
   (`event_index_bucket_key`) and a hash Message-ID digest -> our message id
   (`message_index_bucket_key`). A bucket's hashes expire as a whole one retention
   after the bucket ends, and go sooner, at the next write, once every event of
-  theirs was trimmed from the stream; so the index holds at most one bucket more
-  than the stream.
+  theirs was trimmed from the stream; so the index holds at most the entries of
+  the current bucket and the one before beyond what the stream still holds.
 
 Nothing scans the keyspace: trimming happens in the writing script, and every key
 expires when its server stops writing. Reading a message's events is one script:
