@@ -338,6 +338,11 @@ class Result:
     cpu_per_1000: float | None = None
     cpu_includes: str = ""
     errors: list[str] = field(default_factory=list)
+    # Redis growth over the run (issue 14), per 10k messages accepted: keys, used
+    # memory (MB) and the AOF on disk (MB); poolmta only.
+    redis_keys_per_10k: float | None = None
+    redis_mb_per_10k: float | None = None
+    aof_mb_per_10k: float | None = None
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -393,6 +398,39 @@ def _with_cpu(result: Result, seconds: float, includes: str) -> None:
     result.cpu_includes = includes
 
 
+def redis_footprint(url: str, aof_dir: Path) -> tuple[int, int, int]:
+    """(keys, used memory bytes, bytes of the AOF files) of the Redis at `url`."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        aof = sum(p.stat().st_size for p in aof_dir.glob("*.aof*") if p.is_file())
+        return client.dbsize(), client.info("memory")["used_memory"], aof
+    finally:
+        client.close()
+
+
+async def settled_footprint(url: str, aof_dir: Path, timeout: float = 30.0) -> tuple[int, int, int]:
+    """The footprint once the data plane's stats flushes stop changing the key count
+    (the last events and counts of the run are in), checked every second."""
+    last = await asyncio.to_thread(redis_footprint, url, aof_dir)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+        now = await asyncio.to_thread(redis_footprint, url, aof_dir)
+        if now[0] == last[0]:
+            return now
+        last = now
+    return last
+
+
+def _with_redis(result: Result, before: tuple[int, int, int], after: tuple[int, int, int]) -> None:
+    per = 10_000 / max(result.accepted, 1)
+    result.redis_keys_per_10k = round((after[0] - before[0]) * per, 1)
+    result.redis_mb_per_10k = round((after[1] - before[1]) * per / 1e6, 2)
+    result.aof_mb_per_10k = round((after[2] - before[2]) * per / 1e6, 2)
+
+
 async def measure_poolmta(workload: Workload, workers: int, accept_only: bool = False,
                           dkim: str | None = None, rest: bool = False) -> Result:
     """Stand up poolmta (as the demo does), drive one Bridge with AUTH, measure.
@@ -423,6 +461,8 @@ async def measure_poolmta(workload: Workload, workers: int, accept_only: bool = 
             pool = tenant.pools[0]
             roots = [stack.dataplane.pid, stack.redis.pid, os.getpid()]
             before = int(read_counts(stack.sink_counts_path).get("accepted", 0))
+            redis_dir = stack.redis.redis_dir
+            footprint0 = await settled_footprint(stack.redis.url, redis_dir)
             cpu0 = tree_cpu_seconds(roots[:2]) + _self_cpu()
             client = await run_client(*(stack.http_address if rest else stack.smtp_address), workload,
                                       pool.bridge.username, pool.secret, rest=rest)
@@ -436,6 +476,7 @@ async def measure_poolmta(workload: Workload, workers: int, accept_only: bool = 
             if not accept_only:
                 _with_relay(result, client, relayed, relayed_at)
             _with_cpu(result, cpu, f"data plane tree ({workers} workers), redis-server, control plane process")
+            _with_redis(result, footprint0, await settled_footprint(stack.redis.url, redis_dir))
             if dkim is not None:  # never report signing costs of mail that went unsigned
                 async with grpc.aio.insecure_channel(stack.grpc_address) as channel:
                     stats = await Api(channel, tenant.token)("stats", "GetPoolStats",
@@ -538,6 +579,9 @@ def render(results: list[Result]) -> str:
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"CPU of {r.system}: {r.cpu_includes}" for r in results if r.cpu_includes]
+    notes += [f"Redis growth of {r.system} per 10k messages: {r.redis_keys_per_10k:g} keys, "
+              f"{r.redis_mb_per_10k:g} MB used memory, {r.aof_mb_per_10k:g} MB of AOF"
+              for r in results if r.redis_keys_per_10k is not None]
     for r in results:
         if r.failed:
             notes.append(f"{r.system}: {r.failed} message(s) not accepted; first errors: {'; '.join(r.errors[:3])}")

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 
 from control import stats_reader
 from control.contract import rediskeys
+from control.contract.event_log import EVENT_LOG_ARGS
 from control.embedded_redis import EmbeddedRedis
 from dataplane.stats_batcher import StatsBatcher
 
@@ -63,7 +64,8 @@ def _fill(batcher: StatsBatcher) -> None:
 
 def _days_only(keys: list[str], args: list) -> tuple[list[str], list]:
     """The same batch without its hour and minute hashes: what a flush wrote before trends."""
-    kept_keys, kept_args, a = keys[:1], args[:1], 1
+    head = 3 + EVENT_LOG_ARGS  # the mark's TTL, the seq, the marker of before, the event log's
+    kept_keys, kept_args, a = keys[:1], args[:head], head
     for key in keys[1:]:
         fields = args[a + 1]
         chunk = args[a:a + 2 + 2 * fields]
@@ -71,7 +73,7 @@ def _days_only(keys: list[str], args: list) -> tuple[list[str], list]:
         if not any(f":{r.letter}:" in key for r in (rediskeys.HOUR, rediskeys.MINUTE)):
             kept_keys.append(key)
             kept_args += chunk
-    return kept_keys, kept_args
+    return kept_keys, kept_args + args[a:]  # then the events and index entries
 
 
 @pytest.mark.parametrize("variant", ["trends", "days"])

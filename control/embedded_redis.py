@@ -13,7 +13,10 @@ directory:
   the append-only file, `redis.pid`, `redis.log` and, by default, `redis.sock`.
 * Persistence is AOF with `appendfsync always` and no RDB snapshots: a write
   Redis acknowledged survives a Redis crash, which is what keeps poolmta's stats
-  counters exact across a Redis restart.
+  counters exact across a Redis restart. The AOF is rewritten automatically when
+  it doubled since the last rewrite (and is past 64 MB).
+* Memory is capped (`maxmemory`, `--redis-maxmemory`, default 2 GB) with the
+  `noeviction` policy: see `MAXMEMORY_POLICY`.
 * The server is never left orphaned: it gets `PR_SET_PDEATHSIG(SIGTERM)` (Linux),
   runs in its own session so a terminal's Ctrl-C reaches poolmta first and
   poolmta shuts it down cleanly, an `atexit` hook stops it, and a server left
@@ -43,7 +46,17 @@ from . import stale_redis
 from .contract import file_modes
 from .contract.runtime import die_with_parent, embedded_redis_socket
 
-__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "redis_server_executable"]
+__all__ = ["DEFAULT_MAXMEMORY", "MAXMEMORY_POLICY", "EmbeddedRedis", "EmbeddedRedisError", "redis_server_executable"]
+
+DEFAULT_MAXMEMORY = 2 * 1024**3
+# Never evict: Redis holds counters (evicting one loses counts for good), batch
+# marks (evicting one counts a batch twice) and routing snapshots. What grows with
+# traffic is bounded by configuration (the event log: `--events-max`, the
+# `--event-retention`; counter buckets expire), so Redis stays below the limit; if
+# it is reached anyway, writes fail with an OOM error: the data plane keeps counts
+# and events in its stats journal and retries, the control plane's writes fail
+# loudly, and nothing is dropped silently.
+MAXMEMORY_POLICY = "noeviction"
 
 LOG_LEVELS = frozenset({"debug", "verbose", "notice", "warning"})
 
@@ -96,7 +109,11 @@ class EmbeddedRedis:
     is left alone and `start()` fails saying so.
     """
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, log_level: str = "warning") -> None:
+    def __init__(self, data_dir: Path, *, port: int | None = None, log_level: str = "warning",
+                 maxmemory: int = DEFAULT_MAXMEMORY) -> None:
+        if maxmemory < 1024**2:
+            raise ValueError(f"maxmemory must be at least 1 MB, got {maxmemory} bytes")
+        self.maxmemory = int(maxmemory)
         if port is not None and not (0 < int(port) < 65536):
             raise ValueError(f"port must be 1-65535 or None (unix socket only), got {port!r}")
         if log_level not in LOG_LEVELS:
@@ -294,6 +311,10 @@ class EmbeddedRedis:
             "appendonly yes",
             'appendfilename "appendonly.aof"',
             "appendfsync always",
+            "auto-aof-rewrite-percentage 100",
+            "auto-aof-rewrite-min-size 64mb",
+            f"maxmemory {self.maxmemory}",
+            f"maxmemory-policy {MAXMEMORY_POLICY}",
             'dbfilename "dump.rdb"',
             # Puts the config path in /proc/<pid>/cmdline, so `ps` shows whose server it is.
             'proc-title-template "{title} {listen-addr} {server-mode} {config-file}"',

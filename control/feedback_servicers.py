@@ -93,7 +93,8 @@ class StatsServicer(Servicer, rpc_pb.StatsServiceServicer):
         message_id = request.message_id.strip()
         if not message_id or len(message_id) > 64 or not message_id.isalnum():
             raise InvalidArgument("message_id must be the id from the bridge's 250 reply (letters and digits)")
-        events = await stats_reader.message_events(self.services.redis, message_id)
+        servers = self.registry.servers_of_account(account)
+        events = await stats_reader.message_events(self.services.redis, servers, message_id)
         mine = [e for e in events if e.user_id == account.user_id]
         if not mine:
             raise NotFound(f"no delivery events for message {message_id} (unknown, not yet attempted, or expired)")

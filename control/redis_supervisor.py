@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from .embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from .embedded_redis import DEFAULT_MAXMEMORY, EmbeddedRedis, EmbeddedRedisError
 
 __all__ = ["RedisSupervisor", "restart_delay", "resolve_redis"]
 
@@ -143,17 +143,19 @@ class RedisSupervisor:
         return True
 
 
-def resolve_redis(data_dir: Path, redis_url: str | None) -> tuple[str, RedisSupervisor | None]:
+def resolve_redis(data_dir: Path, redis_url: str | None,
+                  maxmemory: int = DEFAULT_MAXMEMORY) -> tuple[str, RedisSupervisor | None]:
     """The Redis URL poolmta should use, and the supervisor of the Redis it started for it, if any.
 
     With a `redis_url`, returns it unchanged and None: nothing is started or
     supervised (an external Redis is not ours). Without one (None or empty),
-    starts an EmbeddedRedis for `data_dir` under a RedisSupervisor and returns its
+    starts an EmbeddedRedis for `data_dir` (capped at `maxmemory` bytes) under a
+    RedisSupervisor and returns its
     URL and the supervisor; the caller stops the supervisor on shutdown (an atexit
     hook stops the server otherwise). Call it from the main thread. Raises
     EmbeddedRedisError when the embedded server cannot start.
     """
     if redis_url:
         return redis_url, None
-    supervisor = RedisSupervisor(EmbeddedRedis(Path(data_dir)))
+    supervisor = RedisSupervisor(EmbeddedRedis(Path(data_dir), maxmemory=maxmemory))
     return supervisor.start(), supervisor

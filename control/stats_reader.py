@@ -10,12 +10,13 @@ read: a Lua script reads every field of every hash (all in one slot).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from .contract import rediskeys
-from .contract.delivery_event import DeliveryEvent, decode_list
+from .contract import event_log, rediskeys
+from .contract.delivery_event import DeliveryEvent
 
 LIFETIME = "lifetime"
 LAST_30_DAYS = "30d"
@@ -145,7 +146,9 @@ async def trend(redis: aioredis.Redis, server_id: int, resolution: rediskeys.Res
     return Trend(resolution, tuple(TrendPoint(start, c) for start, c in zip(starts, counters)))
 
 
-async def message_events(redis: aioredis.Redis, message_id: str) -> list[DeliveryEvent]:
-    """A message's delivery events, oldest first; [] if none. An entry that is not
-    a delivery event is left out rather than failing the whole list."""
-    return decode_list(await redis.lrange(rediskeys.message_events_key(message_id), 0, -1))
+async def message_events(redis: aioredis.Redis, server_ids: Iterable[int], message_id: str) -> list[DeliveryEvent]:
+    """A message's delivery events in the event logs of MTA servers `server_ids`
+    (`control.contract.event_log`, the older per-message lists included), oldest first;
+    [] if none. An entry that is not a delivery event is left out rather than failing
+    the whole list."""
+    return await event_log.message_events(redis, server_ids, message_id)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from control.contract import file_modes
+from control.contract.event_log import DEFAULT_MAX_EVENTS
 from control.contract.redis_client import RedisUrlError, check_redis_url, cluster_option
 from control.contract.runtime import (
     DEFAULT_DATAPLANE_METRICS_LISTEN,
@@ -210,6 +211,9 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
                                      f"{DEFAULT_MAX_CONN_PER_DESTINATION})")
     _add_duration(d, env, "--event-retention", "POOLMTA_EVENT_RETENTION", DEFAULT_EVENT_RETENTION,
                   "how long a message's delivery events stay in Redis for `message status`")
+    d.add_argument("--events-max", type=int, default=e("POOLMTA_EVENTS_MAX", str(DEFAULT_MAX_EVENTS)), metavar="N",
+                   help="delivery events the server keeps in Redis at most, the oldest trimmed first (about "
+                        f"450 bytes each; env POOLMTA_EVENTS_MAX; default {DEFAULT_MAX_EVENTS})")
     d.add_argument("--dns-server",
                    type=argument_type(lambda v: parse_hostport(v, what="--dns-server", default_port=53)),
                    default=e("POOLMTA_DNS_SERVER"), metavar="HOST[:PORT]",
@@ -337,6 +341,7 @@ def build_config(args: argparse.Namespace, redis_url: str) -> DataplaneConfig:
             max_conn_per_ip=int(args.max_conn_per_ip),
             max_conn_per_destination=int(args.max_conn_per_destination),
             event_retention=args.event_retention,
+            events_max=int(args.events_max),
             dns_server=args.dns_server,
             mx_port=int(args.mx_port),
         ),

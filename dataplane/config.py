@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+from control.contract.event_log import DEFAULT_MAX_EVENTS
 from control.contract.runtime import (
     DEFAULT_HTTP_PORT,
     DEFAULT_INBOUND_PORT,
@@ -180,6 +181,8 @@ class DeliveryConfig:
         per source IP and per destination, for the whole MTA server (each
         worker gets its share, rounded up).
     event_retention: seconds a message's delivery events stay in Redis.
+    events_max: how many delivery events the server's event log keeps at most
+        (`control.contract.event_log`; about 450 bytes of Redis memory each).
     dns_server: (host, port) of the resolver for MX/A/AAAA lookups; None =
         the system's (/etc/resolv.conf).
     mx_port: port of the hosts found by MX lookup (25; another for tests).
@@ -200,6 +203,7 @@ class DeliveryConfig:
     max_conn_per_ip: int = DEFAULT_MAX_CONN_PER_IP
     max_conn_per_destination: int = DEFAULT_MAX_CONN_PER_DESTINATION
     event_retention: float = DEFAULT_EVENT_RETENTION
+    events_max: int = DEFAULT_MAX_EVENTS
     dns_server: tuple[str, int] | None = None
     mx_port: int = SMTP_PORT
     timeouts: SmtpTimeouts = field(default_factory=SmtpTimeouts)
@@ -221,7 +225,7 @@ class DeliveryConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.replace('_', ' ')} must be positive")
         for name in ("max_conn_per_ip", "max_conn_per_destination", "max_messages_per_connection",
-                     "flush_max_events"):
+                     "flush_max_events", "events_max"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.mx_port <= 65535:

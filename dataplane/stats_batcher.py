@@ -15,12 +15,11 @@ deletes it:
   (`rediskeys.count_targets`: lifetime totals and the day, hour and minute
   buckets of the pool, the IP and the pool+IP, all under the worker's MTA server
   tag `{stats:N}`), buckets expiring at their retention (EXPIREAT);
-* events: one Lua script per message RPUSHes its events (JSON) to the
-  message's event list (`{msg:ID}` tag) and sets the list's expiry;
-* the message index: a SET per accepted message with a Message-ID header,
-  `rediskeys.message_index_key(Message-ID)` -> our message id, expiring with the
-  events (a report that returns only the original headers finds its message
-  through it while the message's events last);
+* events and the message index (Message-ID -> our message id, for each accepted
+  message with a Message-ID header: a report that returns only the original
+  headers finds its message through it): in the same script, into the server's
+  event log (`control.contract.event_log`: a stream capped by length and age and
+  index buckets that expire whole, all under `{stats:N}` too);
 * suppressions: one HSETNX per address a permanent bounce put on its account's
   suppression list (`{supp:USER}` tag; `control.contract.suppression`).
 
@@ -28,16 +27,22 @@ A correction made elsewhere (an asynchronous bounce moving a recipient from
 delivered to bounced) uses the same script through `apply_counts_once`, with a
 marker of its own, so it too applies once however often it is retried.
 
-Exactly once: a segment's counts are one batch whose id is the segment's name;
-the counts script first sets the batch's marker key with NX, applying nothing if
-the marker exists (kept `STATS_BATCH_MARKER_TTL_SECONDS`, 7 days: a journal left
-on disk longer than that after it was applied, but before it was deleted, would
-count again). The events script skips an event already in the list (a retried
-segment carries the very same JSON); an index entry is a plain SET of the same
-value, and HSETNX never replaces a suppression entry (the first one wins). So a
-segment applied again (the reply lost after Redis applied it, or a crash between
-the apply and the delete, replayed by whichever worker claims the journal) still
-counts once. Each stays on its own hash slot, so a Redis Cluster works.
+Exactly once: a segment's counts, events and index entries are one batch, named
+`<token>.<seq>` by the segment. A journal's segments are applied strictly in
+order (the oldest sealed one first, by its own worker or by the one worker that
+claims it), so one mark per journal (`rediskeys.stats_journal_mark_key`: the
+highest seq applied) says which were applied: the script applies nothing when
+the mark is at or past the segment's seq, else moves the mark and applies it. A
+mark is one key per worker run (not one per flush); it is kept
+`STATS_JOURNAL_MARK_TTL_SECONDS` (45 days) after its last apply, far beyond how
+long a segment can wait between being applied and being deleted (a lost reply
+is retried at once; a crash between the apply and the delete is replayed when a
+worker of the server runs again). HSETNX never replaces a suppression entry
+(the first one wins). So a segment applied again (the reply lost after Redis
+applied it, or a crash between the apply and the delete, replayed by whichever
+worker claims the journal) still counts once. Suppressions stay on their
+account's slot; everything else of a batch is on the server's, so a Redis
+Cluster works.
 
 A count goes into the buckets of the minute it was counted in (not the minute it
 is flushed in), so trends show when things happened even after Redis was down.
@@ -63,6 +68,7 @@ from pathlib import Path
 from redis import exceptions as redis_errors
 
 from control.contract import rediskeys
+from control.contract.event_log import DEFAULT_MAX_EVENTS, EVENT_LOG_ARGS, EVENT_LOG_LUA, EventRetention
 from control.contract.runtime import reraise_if_cancelling
 
 from .stats_journal import (
@@ -86,14 +92,27 @@ _DROPPED = {COUNT: "counts_dropped", EVENT: "events_dropped", INDEX: "index_drop
 # How often a worker looks for the journals of dead workers to replay (also at start).
 CLAIM_INTERVAL = 5.0
 
-# KEYS[1] the batch marker, KEYS[2..] counter hashes; ARGV[1] marker TTL, then per
-# counter hash: when it expires (unix seconds, 0 for never), how many fields
-# follow, and that many field, increment pairs.
-_APPLY_BATCH = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+# KEYS[1] the batch's marker, KEYS[2..] counter hashes; ARGV[1] the marker's TTL,
+# ARGV[2] the journal segment's seq (the marker is its journal's mark: applied when
+# the mark is below it) or 0 (a one-off marker, set NX), ARGV[3] the segment's
+# marker of before the journal marks (a segment applied by a worker of before them
+# but not deleted yet: applied already) or "", then the event log's arguments
+# (EventRetention.script_args), then per counter hash: when it expires
+# (unix seconds, 0 for never), how many fields follow, and that many field,
+# increment pairs; then the number of events and (message id, JSON) pairs, the
+# number of index entries and (field, message id) pairs.
+_APPLY_BATCH = EVENT_LOG_LUA + """
+local seq = tonumber(ARGV[2])
+if seq > 0 then
+  if tonumber(redis.call('GET', KEYS[1]) or '0') >= seq or
+      (ARGV[3] ~= '' and redis.call('EXISTS', ARGV[3]) == 1) then
+    return 0
+  end
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
+elseif not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   return 0
 end
-local a = 2
+local a = 4 + """ + str(EVENT_LOG_ARGS) + """
 for i = 2, #KEYS do
   local expires_at = tonumber(ARGV[a])
   local fields = tonumber(ARGV[a + 1])
@@ -106,21 +125,17 @@ for i = 2, #KEYS do
     redis.call('EXPIREAT', KEYS[i], expires_at)
   end
 end
-return 1
-"""
-
-# KEYS[1] a message's event list; ARGV[1] its TTL, ARGV[2..] events (JSON), in
-# order. An event already in the list (a retried batch) is not added again.
-_APPEND_EVENTS = """
-local added = 0
-for i = 2, #ARGV do
-  if not redis.call('LPOS', KEYS[1], ARGV[i]) then
-    redis.call('RPUSH', KEYS[1], ARGV[i])
-    added = added + 1
+local log = event_log(4)
+for _, write in ipairs({log.event, log.index}) do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  for _ = 1, n do
+    write(ARGV[a], ARGV[a + 1])
+    a = a + 2
   end
 end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return added
+log.finish()
+return 1
 """
 
 
@@ -130,12 +145,18 @@ CountChange = tuple[str, int, str, float, rediskeys.Resolution, int]
 
 
 def counts_script_input(server_id: int, marker_id: str, changes: Iterable[CountChange],
-                        now: float, marker_ttl: int = rediskeys.STATS_BATCH_MARKER_TTL_SECONDS,
+                        now: float, marker_ttl: int = rediskeys.STATS_BATCH_MARKER_TTL_SECONDS, *,
+                        journal_seq: int = 0, events: Iterable[tuple[str, str]] = (),
+                        index: Iterable[tuple[str, str]] = (), retention: EventRetention = EventRetention(),
                         ) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV of the counts script (_APPLY_BATCH) applying `changes` to every
-    hash `rediskeys.count_targets` names for them, once per `marker_id` (the script
-    does nothing when the marker `stats_batch_marker_key(server_id, marker_id)`
-    exists; it is kept `marker_ttl` seconds)."""
+    """KEYS and ARGV of the batch script (_APPLY_BATCH) applying `changes` to every
+    hash `rediskeys.count_targets` names for them, and `events` ((message id, JSON))
+    and `index` entries ((`rediskeys.message_index_field`, message id)) to the
+    server's event log kept for `retention`, all once: with `journal_seq` 0, once per
+    `marker_id` (nothing when the marker `stats_batch_marker_key(server_id,
+    marker_id)` exists; it is kept `marker_ttl` seconds); else `marker_id` is a
+    journal token, and the batch applies when its mark
+    (`stats_journal_mark_key`) is below `journal_seq`."""
     increments: dict[str, tuple[int | None, Counter[str]]] = {}
     targets: dict[tuple, tuple[rediskeys.CountTarget, ...]] = {}
     for field, smtp_id, address, at, finest, n in changes:
@@ -144,13 +165,23 @@ def counts_script_input(server_id: int, marker_id: str, changes: Iterable[CountC
             targets[where] = rediskeys.count_targets(server_id, smtp_id, address, at, now, finest)
         for target in targets[where]:
             increments.setdefault(target.key, (target.expires_at, Counter()))[1][field] += n
-    keys = [rediskeys.stats_batch_marker_key(server_id, marker_id)]
-    args: list[str | int] = [marker_ttl]
+    if journal_seq:
+        keys = [rediskeys.stats_journal_mark_key(server_id, marker_id)]
+        # what named the segment's batch before journal marks (kept 7 days)
+        legacy = rediskeys.stats_batch_marker_key(server_id, f"{marker_id}.{journal_seq:08d}")
+    else:
+        keys = [rediskeys.stats_batch_marker_key(server_id, marker_id)]
+        legacy = ""
+    args: list[str | int] = [marker_ttl, journal_seq, legacy, *retention.script_args(server_id, now)]
     for key, (expires_at, fields) in increments.items():
         keys.append(key)
         args += [expires_at or 0, len(fields)]
         for field, n in fields.items():
             args += [field, n]
+    for pairs in (list(events), list(index)):
+        args.append(len(pairs))
+        for first, second in pairs:
+            args += [first, second]
     return keys, args
 
 
@@ -181,11 +212,14 @@ class StatsBatcher:
     (each claims the journals of dead ones); None gives a private temporary one,
     removed by `close`, for tests and benches that need no crash safety.
     `clock` says what time it is (unix seconds): the bucket a count goes into.
+    Delivery events stay in the server's event log `event_ttl` seconds, at most
+    `max_events` of them (`event_log.EventRetention`).
     """
 
     def __init__(self, redis, interval: float = 0.25, *, server_id: int, journal_dir: Path | None = None,
                  max_batch_events: int = 1000, journal_max_bytes: int = 512 * 1024 * 1024,
-                 event_ttl: float = 7 * 86400.0, clock: Callable[[], float] = time.time) -> None:
+                 event_ttl: float = 7 * 86400.0, max_events: int = DEFAULT_MAX_EVENTS,
+                 clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
         self._server_id = server_id
         self._clock = clock
@@ -203,6 +237,7 @@ class StatsBatcher:
         self._flushed_at = time.monotonic()  # the end of the last flush that did not fail
         self.max_batch_events = max_batch_events
         self.event_ttl = max(1, math.ceil(event_ttl))
+        self.retention = EventRetention(self.event_ttl, max_events)
         self.metrics: Counter[str] = Counter()
 
     def _append(self, record: list, dropped: str, n: int = 1) -> None:
@@ -227,7 +262,7 @@ class StatsBatcher:
     @staticmethod
     def index_record(header_message_id: str, message_id: str) -> list:
         """The journal record of a message index entry (see `index_message`), for a group."""
-        return [INDEX, rediskeys.message_index_key(header_message_id), message_id]
+        return [INDEX, rediskeys.message_index_field(header_message_id), message_id]
 
     @staticmethod
     def suppression_record(user_id: int, address: str, entry_json: str) -> list:
@@ -346,33 +381,27 @@ class StatsBatcher:
         return self._counts_input(segment.batch_id, read_segment(segment.path)[0])
 
     def _counts_input(self, batch_id: str, records: SegmentRecords) -> tuple[list[str], list[str | int]]:
+        token, _, seq = batch_id.rpartition(".")
         return counts_script_input(
-            self._server_id, batch_id,
+            self._server_id, token,
             ((field, smtp_id, address, start, rediskeys.MINUTE, n)
              for field, start, smtp_id, address, n in records.counts),
-            self._clock(),
+            self._clock(), rediskeys.STATS_JOURNAL_MARK_TTL_SECONDS, journal_seq=int(seq),
+            events=records.events,
+            # an entry journaled before issue 14 names the whole key; its last part is the field
+            index=((key.rpartition(":")[2], message_id) for key, message_id in records.index),
+            retention=self.retention,
         )
 
     async def _apply(self, batch_id: str, records: SegmentRecords) -> None:
         client = self._script.registered_client
-        if records.counts:
+        if records.counts or records.events or records.index:
             keys, args = self._counts_input(batch_id, records)
             await self._script(keys=keys, args=args)
-        by_message: dict[str, list[str]] = {}
-        for message_id, text in records.events:
-            by_message.setdefault(message_id, []).append(text)
-        messages = list(by_message.items())
-        writes = [*records.index, *records.suppressions]
-        for at in range(0, max(len(messages), len(writes)), self.max_batch_events):
+        for at in range(0, len(records.suppressions), self.max_batch_events):
             pipe = client.pipeline(transaction=False)
-            for message_id, texts in messages[at:at + self.max_batch_events]:
-                pipe.eval(_APPEND_EVENTS, 1, rediskeys.message_events_key(message_id), self.event_ttl, *texts)
-            for write in writes[at:at + self.max_batch_events]:
-                if len(write) == 2:
-                    pipe.set(write[0], write[1], ex=self.event_ttl)
-                else:
-                    user_id, address, entry = write
-                    pipe.hsetnx(rediskeys.suppression_key(user_id), address, entry)
+            for user_id, address, entry in records.suppressions[at:at + self.max_batch_events]:
+                pipe.hsetnx(rediskeys.suppression_key(user_id), address, entry)
             await pipe.execute()
 
     async def flush(self) -> bool:

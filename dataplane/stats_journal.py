@@ -14,11 +14,12 @@ the stats batcher seals it (at most every flush interval, or when it holds
 `segment_max_items` events, index entries and suppressions or
 `segment_max_bytes`: then the journal seals it itself) and applies sealed segments
 to Redis oldest first, deleting each once Redis acknowledged it. The segment's
-name (`<token>.<seq>`) is the id of its counts' batch marker
-(`rediskeys.stats_batch_marker_key`, set NX by the counts script), so a segment
-applied twice (its reply lost, or replayed after a crash between the apply and
-the delete) counts once; its events, index entries and suppressions are
-idempotent on their own (see `stats_batcher`).
+name (`<token>.<seq>`) says which journal's mark
+(`rediskeys.stats_journal_mark_key(token)`, the highest seq applied, moved by the
+batch script) covers it, so a segment applied twice (its reply lost, or
+replayed after a crash between the apply and the delete) counts once, its
+events and index entries too (the same script); its suppressions are idempotent
+on their own (see `stats_batcher`).
 
 Exactly what the spool holds: a record that accounts for a spool update (`sent`
 for a stored message; an outcome's count, event and suppression for the
@@ -105,7 +106,8 @@ class Segment:
 
     @property
     def batch_id(self) -> str:
-        """The id of its counts' batch marker: `<token>.<seq>`, stable across replays."""
+        """The id of its batch: `<token>.<seq>` (its journal's mark covers it once the
+        mark reaches seq), stable across replays."""
         return self.path.name[: -len(SEGMENT_SUFFIX)]
 
     def note(self, record: list) -> None:

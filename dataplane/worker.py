@@ -166,7 +166,7 @@ class Worker:
         stats = StatsBatcher(
             redis, config.stats_flush_interval, server_id=config.server_id, journal_dir=config.stats_journal_dir,
             max_batch_events=delivery_config.flush_max_events, journal_max_bytes=config.stats_journal_max_bytes,
-            event_ttl=delivery_config.event_retention,
+            event_ttl=delivery_config.event_retention, max_events=delivery_config.events_max,
         )
         delivery = None
         if delivery_config.enabled:
@@ -257,7 +257,8 @@ class Worker:
         config = self.config
         intake = ReportIntake(
             Attributor(redis, open_codec(config.data_dir)),
-            Accounting(redis, server_id=config.server_id, event_ttl=config.delivery.event_retention),
+            Accounting(redis, server_id=config.server_id, event_ttl=config.delivery.event_retention,
+                       max_events=config.delivery.events_max),
         )
         return InboundHandler(config, loader=loader, intake=intake, caps=caps)
 

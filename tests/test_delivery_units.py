@@ -40,7 +40,7 @@ from dataplane.smtp_wire import read_data
 from dataplane.smtp_client import data_payload
 from dataplane.smtp_reply import BOUNCED, DEFERRED, DELIVERED, STAGE_DATA, STAGE_MAIL, STAGE_RCPT, Reply, classify
 from dataplane.stats_batcher import _APPLY_BATCH, StatsBatcher
-from tests.dataplane_support import make_bridge, make_pool, make_snapshot
+from tests.dataplane_support import logged_events, make_bridge, make_pool, make_snapshot
 from tests.support import free_port
 
 # --- replies -------------------------------------------------------------------
@@ -365,9 +365,8 @@ async def test_events_are_applied_once_with_their_counts_and_expire(redis_url):
         batcher.event("m2", json.dumps({"rcpt": "c", "outcome": "deferred"}))
         assert batcher.pending_events == 3
         assert await batcher.flush() is True
-        key = rediskeys.message_events_key("m1")
-        assert [json.loads(e)["rcpt"] for e in await client.lrange(key, 0, -1)] == ["a", "b"]
-        assert 0 < await client.ttl(key) <= 3600
+        assert [json.loads(e)["rcpt"] for e in await logged_events(client, 1, "m1")] == ["a", "b"]
+        assert 0 < await client.ttl(rediskeys.event_stream_key(1)) <= 3600 + batcher.retention.bucket_seconds
         assert await client.hget(rediskeys.pool_stats_key(1, 7), "delivered") == b"1"
 
         # A segment whose reply was lost is applied again with the same id and JSON: once.
@@ -376,7 +375,7 @@ async def test_events_are_applied_once_with_their_counts_and_expire(redis_url):
         batcher.journal.seal()
         await batcher.apply_segment(batcher.journal.oldest())
         assert await batcher.flush() is True
-        assert await client.llen(key) == 3
+        assert len(await logged_events(client, 1, "m1")) == 3
         assert await client.hget(rediskeys.pool_stats_key(1, 7), "delivered") == b"2"
     finally:
         await client.aclose()
@@ -399,7 +398,7 @@ async def test_events_wait_for_redis_on_disk_in_bounded_segments_and_every_one_a
         while not await batcher.flush():
             pass
         assert await up.hget(rediskeys.pool_stats_key(1, 7), "deferred") == b"40"
-        kept = [n for n in range(40) if await up.exists(rediskeys.message_events_key(f"m{n}"))]
+        kept = [n for n in range(40) if await logged_events(up, 1, f"m{n}")]
         assert kept == list(range(40))
         assert batcher.metrics["flushes"] == 4  # a segment per flush, at most max_batch_events events each
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -16,7 +17,8 @@ import pytest
 import redis
 
 from control.contract.runtime import SUN_PATH_MAX
-from control.embedded_redis import EmbeddedRedis, EmbeddedRedisError, redis_server_executable
+from control.cli.main import memory_size_arg
+from control.embedded_redis import DEFAULT_MAXMEMORY, EmbeddedRedis, EmbeddedRedisError, redis_server_executable
 from control.redis_supervisor import resolve_redis
 from tests.support import free_port, process_gone, wait_until
 
@@ -42,6 +44,10 @@ def test_start_serves_a_private_unix_socket_and_stop_cleans_up(tmp_path: Path) -
             assert client.config_get("appendfsync") == {"appendfsync": "always"}
             assert client.config_get("save") == {"save": ""}
             assert client.config_get("port") == {"port": "0"}
+            assert client.config_get("maxmemory") == {"maxmemory": str(DEFAULT_MAXMEMORY)}
+            assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+            assert client.config_get("auto-aof-rewrite-percentage") == {"auto-aof-rewrite-percentage": "100"}
+            assert client.config_get("auto-aof-rewrite-min-size") == {"auto-aof-rewrite-min-size": str(64 * 1024**2)}
         finally:
             client.close()
         pid = server.pid
@@ -52,6 +58,15 @@ def test_start_serves_a_private_unix_socket_and_stop_cleans_up(tmp_path: Path) -
     assert not sock.exists()
     assert not (tmp_path / "redis" / "redis.pid").exists()
     server.stop()  # a second stop is harmless
+
+
+def test_the_memory_cap_is_configurable(tmp_path: Path) -> None:
+    assert memory_size_arg("512mb") == 512 * 1024**2 and memory_size_arg("2GB") == 2 * 1024**3
+    for wrong in ("lots", "512k", "12"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            memory_size_arg(wrong)
+    with EmbeddedRedis(tmp_path, maxmemory=memory_size_arg("64mb")) as server:
+        assert _client(server).config_get("maxmemory") == {"maxmemory": str(64 * 1024**2)}
 
 
 def test_tcp_port_binds_loopback_only(tmp_path: Path) -> None:

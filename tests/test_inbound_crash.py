@@ -15,7 +15,7 @@ import redis
 
 from control.contract import rediskeys
 from control.contract.delivery_event import DeliveryEvent
-from tests.dataplane_support import HOSTNAME, Dataplane, make_pool, make_snapshot, publish, stats_of
+from tests.dataplane_support import HOSTNAME, Dataplane, events_of, make_pool, make_snapshot, publish, stats_of
 from tests.inbound_support import codec_of, dsn, send_report
 from tests.support import wait_until
 
@@ -105,8 +105,9 @@ def test_reports_are_counted_exactly_once_across_a_worker_sigkill(redis_client, 
         assert stats_of(redis_client, SERVER, 51, [IP], resolution=resolution, at=at) == {
             "pool": moved, IP: moved, ("pool", IP): moved}, resolution
     for message_id, _ in messages:
-        events = [DeliveryEvent.decode(e) for e in redis_client.lrange(rediskeys.message_events_key(message_id), 0, -1)]
-        assert [(e.outcome, e.source) for e in events] == [("delivered", ""), ("bounced", "dsn")]
+        # the delivery in its list of before the event log, the bounce in the log: both read
+        events = events_of(redis_client, message_id)
+        assert [(e["outcome"], e.get("source", "")) for e in events] == [("delivered", ""), ("bounced", "dsn")]
     assert redis_client.hlen(rediskeys.suppression_key(3)) == REPORTS
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from control.contract import rediskeys
+from control.contract import event_log, rediskeys
 from control.contract.delivery_event import BOUNCED, COMPLAINED, DEFERRED, DELIVERED, DeliveryEvent
 from control.contract.unattributed import RAW_KEPT_BYTES, UnattributedError, UnattributedReport
 from dataplane.inbound import Accounting, Attributor, Target, counter_keys
@@ -270,7 +270,7 @@ async def test_a_bounce_moves_delivered_to_bounced_in_the_delivery_buckets_once(
     assert _counts(redis_client, rediskeys.MINUTE, now_ms / 1000) == {"pool": {}, "ip": {}, "pool+ip": {}}
     day_key = rediskeys.pool_stats_key(SERVER, 7, rediskeys.DAY, delivered_at / 1000)
     assert 0 < redis_client.ttl(day_key) <= rediskeys.STATS_DAY_RETENTION_SECONDS
-    (event,) = [DeliveryEvent.decode(e) for e in redis_client.lrange(rediskeys.message_events_key("m1"), 0, -1)]
+    (event,) = await event_log.message_events(redis, [SERVER], "m1")
     assert (event.outcome, event.source, event.final, event.rcpt, event.ts_ms) == (BOUNCED, "dsn", True,
                                                                                  "A@example.net", now_ms)
     entry = json.loads(redis_client.hget(rediskeys.suppression_key(3), "a@example.net"))
@@ -301,8 +301,8 @@ async def test_a_recipient_counted_bounced_or_not_final_moves_nothing(redis, red
     assert await accounting.apply([_target(counted=BOUNCED, message_id="m1"),
                                    _target(counted="", message_id="m2")], now_ms) == [True, True]
     assert _counts(redis_client) == {"pool": {}, "ip": {}, "pool+ip": {}}
-    assert redis_client.llen(rediskeys.message_events_key("m1")) == 0  # bounced already: nothing to show
-    assert redis_client.llen(rediskeys.message_events_key("m2")) == 1  # its bounce is still news
+    assert await event_log.message_events(redis, [SERVER], "m1") == []  # bounced already: nothing to show
+    assert len(await event_log.message_events(redis, [SERVER], "m2")) == 1  # its bounce is still news
     assert redis_client.hlen(rediskeys.suppression_key(3)) == 1  # one address, suppressed once
 
 
@@ -315,7 +315,7 @@ async def test_a_complaint_counts_once_per_recipient_and_a_first_suppression_ent
     assert _counts(redis_client)["ip"] == {"complaints": 1}
     assert _counts(redis_client, rediskeys.DAY, now_ms / 1000)["pool+ip"] == {"complaints": 1}
     assert _counts(redis_client, rediskeys.MINUTE, now_ms / 1000)["pool+ip"] == {"complaints": 1}
-    (event,) = [DeliveryEvent.decode(e) for e in redis_client.lrange(rediskeys.message_events_key("m1"), 0, -1)]
+    (event,) = await event_log.message_events(redis, [SERVER], "m1")
     assert (event.outcome, event.source) == (COMPLAINED, "arf")
     assert redis_client.hget(rediskeys.suppression_key(3), "a@example.net") == b'{"reason": "manual"}'
     # Without an IP (a header-only complaint that named just the pool) only the pool counts.
@@ -377,9 +377,18 @@ async def test_the_stats_batcher_writes_message_index_entries_expiring_with_the_
     batcher.index_message("m-1@acme.example", "0190aaaa00000000000001")
     assert batcher.pending_index == 1
     assert await batcher.flush()
-    key = rediskeys.message_index_key("m-1@acme.example")
-    assert redis_client.get(key) == b"0190aaaa00000000000001" and 0 < redis_client.ttl(key) <= 600
+    assert await event_log.find_message(redis, SERVER, "m-1@acme.example") == "0190aaaa00000000000001"
+    assert await event_log.find_message(redis, SERVER + 1, "m-1@acme.example") == ""  # per server
+    (bucket,) = redis_client.zrange(rediskeys.event_buckets_key(SERVER), 0, -1)
+    key = rediskeys.message_index_bucket_key(SERVER, bucket.decode())
+    assert 0 < redis_client.ttl(key) <= 600 + batcher.retention.bucket_seconds  # it expires with the events
     assert batcher.pending_index == 0
+    await batcher.close()
+
+
+async def test_a_message_index_entry_of_before_the_event_log_is_still_found(redis, redis_client):
+    redis_client.set(rediskeys.message_index_key("m-2@acme.example"), "0190aaaa00000000000002")
+    assert await event_log.find_message(redis, SERVER, "m-2@acme.example") == "0190aaaa00000000000002"
 
 
 def test_delivery_events_carry_their_source_only_when_a_report_wrote_them():

@@ -21,6 +21,7 @@ from dataplane import spool, stats_journal
 from dataplane.stats_batcher import StatsBatcher
 from dataplane.stats_journal import COUNT, EVENT, StatsJournal, read_segment
 from dataplane.stats_journal_recovery import resolve_orphans, spool_check
+from tests.dataplane_support import logged_events
 
 SERVER, POOL, IP = 5, 7, "192.0.2.1"
 
@@ -82,7 +83,7 @@ async def test_segments_apply_once_however_often_replayed(tmp_path, redis_url):
             segment.path.write_bytes(kept)
             await batcher.apply_segment(segment)
         assert await _sent(client) == 3
-        assert await client.llen(rediskeys.message_events_key("m-once")) == 1
+        assert len(await logged_events(client, SERVER, "m-once")) == 1
     finally:
         await batcher.close()
         await client.aclose()
@@ -124,7 +125,7 @@ async def test_a_dead_workers_journal_is_claimed_by_one_worker_and_replayed_once
             while not await winner.flush():
                 pass
             assert await _sent(client) == 10
-            assert all([await client.llen(rediskeys.message_events_key(f"orphan-{n}")) == 1 for n in range(10)])
+            assert all([len(await logged_events(client, SERVER, f"orphan-{n}")) == 1 for n in range(10)])
             # Applied and deleted, lock file last: nothing is left to claim again.
             assert sorted(p.name.endswith(".lock") for p in directory.iterdir()) == [True, True]
             assert one.journal.claim_orphans() + two.journal.claim_orphans() == 0

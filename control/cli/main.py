@@ -28,6 +28,7 @@ import argparse
 import importlib.metadata
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
@@ -48,6 +49,7 @@ from ..contract.runtime import (
     DEFAULT_SMTP_LISTEN,
     default_data_dir,
 )
+from ..embedded_redis import DEFAULT_MAXMEMORY
 from . import (
     admin_commands,
     dkim_commands,
@@ -144,6 +146,17 @@ def listen_arg(value: str) -> str:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return value
+
+
+def memory_size_arg(value: str) -> int:
+    """A size in bytes, or with a unit: 512mb, 2gb (1024-based, as Redis reads them)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(b|kb|mb|gb)?\s*", value.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512mb or 2gb, got {value!r}")
+    size = int(match.group(1)) * 1024 ** ("b kb mb gb".split().index(match.group(2) or "b"))
+    if size < 1024**2:
+        raise argparse.ArgumentTypeError(f"expected at least 1mb, got {value!r}")
+    return size
 
 
 def metrics_listen_arg(value: str) -> str | None:
@@ -421,6 +434,9 @@ def _add_operating_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=LOG_FORMATS, default=TEXT,
                    help="text, or json: one object per line with ts, level, logger, msg and the event's fields "
                    "(`up` passes it to the data plane; default text)")
+    p.add_argument("--redis-maxmemory", type=memory_size_arg, default=DEFAULT_MAXMEMORY, metavar="SIZE",
+                   help="memory cap of the embedded Redis, e.g. 512mb or 4gb (policy noeviction: past it writes "
+                   f"fail and are retried, nothing is evicted; default {DEFAULT_MAXMEMORY // 1024**3}gb)")
 
 
 def _add_grpc_tls_args(p: argparse.ArgumentParser) -> None:
@@ -460,7 +476,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         admin_token=settings.admin_token, dataplane=up and args.dataplane,
         min_trusted_prefix_v4=args.min_trusted_prefix_v4, min_trusted_prefix_v6=args.min_trusted_prefix_v6,
         grpc_tls=tls, grpc_insecure=settings.insecure,
-        metrics_listen=args.metrics_listen, log_format=args.log_format,
+        metrics_listen=args.metrics_listen, log_format=args.log_format, redis_maxmemory=args.redis_maxmemory,
         **(
             dict(server_id=args.server_id, smtp_listen=args.smtp_listen, http_listen=args.http_listen,
                  inbound_listen=args.inbound_listen, workers=args.workers,

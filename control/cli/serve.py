@@ -32,7 +32,7 @@ from ..config import ControlConfig
 from ..contract import file_modes
 from ..contract.redis_client import RedisUrlError, check_redis_url, redacted_url
 from ..contract.runtime import DATAPLANE_READY, DEFAULT_SMTP_LISTEN, ready_line_smtp
-from ..embedded_redis import EmbeddedRedisError
+from ..embedded_redis import DEFAULT_MAXMEMORY, EmbeddedRedisError
 from ..redis_supervisor import RedisSupervisor, resolve_redis
 from .children import DATAPLANE_STOP_SECONDS, start_child, stop_child
 from .client import CliError
@@ -57,6 +57,7 @@ class ServeOptions:
     dataplane_metrics_listen: the data plane's (`--metrics-listen`), passed only when given;
         "none" turns them off.
     log_format: text or json, for the control plane and the data plane.
+    redis_maxmemory: the embedded Redis's memory cap in bytes (`--redis-maxmemory`).
     """
 
     data_dir: Path
@@ -77,6 +78,7 @@ class ServeOptions:
     dataplane_metrics_listen: str | None = None
     log_format: str = "text"
     dataplane_args: tuple[str, ...] = ()
+    redis_maxmemory: int = DEFAULT_MAXMEMORY
 
 
 def serve(opts: ServeOptions, out: IO[str]) -> int:
@@ -90,7 +92,7 @@ def serve(opts: ServeOptions, out: IO[str]) -> int:
     except RedisUrlError as exc:
         raise CliError(str(exc)) from None
     try:
-        redis_url, embedded = resolve_redis(opts.data_dir, opts.redis_url)
+        redis_url, embedded = resolve_redis(opts.data_dir, opts.redis_url, opts.redis_maxmemory)
     except EmbeddedRedisError as exc:
         raise CliError(f"the embedded Redis did not start: {exc}") from None
     try:

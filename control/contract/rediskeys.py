@@ -6,11 +6,13 @@ scripts and multi-key commands stay on one slot of a Redis Cluster:
 * `{srv:N}` — everything about MTA server N's routing: snapshot versions, the
   `current` pointer, worker acks; and its queue-control command stream and results.
 * `{stats:N}` — every counter hash of MTA server N (lifetime totals and day, hour
-  and minute buckets of its pools, IPs and pools+IPs), plus the applied-batch
-  markers of its workers, so one Lua script applies a whole batch of a worker's
-  counts exactly once (idempotent flush), while a Redis Cluster spreads servers
-  over its nodes.
-* `{msg:ID}` — one message's delivery events.
+  and minute buckets of its pools, IPs and pools+IPs), plus the marks of its
+  workers' stats journals (and one-off batch markers), so one Lua script applies
+  a whole batch of a worker's counts exactly once (idempotent flush), while a
+  Redis Cluster spreads servers over its nodes. The server's delivery event log and message index live here
+  too (`event_stream_key` and beside it), written by the same scripts as the counts.
+* `{msg:ID}` — one message's delivery events, as written before issue 14 (read
+  until they expire; nothing writes them any more).
 * `{supp:USER}` — one account's suppression list.
 * `{inbound:N}` — what MTA server N's inbound listener kept of the reports it
   could not attribute, and its counts of them.
@@ -19,8 +21,9 @@ scripts and multi-key commands stay on one slot of a Redis Cluster:
 * `{conn:N}` — the connections open now at each worker of MTA server N (one hash
   per worker and listener), summed by one Lua script for the connection caps.
 
-A message index entry (`message_index_key`) stands alone: one key, read and written
-on its own, so it needs no tag.
+A message index entry written before issue 14 (`message_index_key`) stands alone:
+one key, read on its own, so it needs no tag; entries are written per server now
+(`message_index_bucket_key`).
 
 Part of `control.contract`: the control plane and the data plane both import it.
 """
@@ -217,8 +220,26 @@ def stats_batch_marker_key(server_id: int, batch_id: str) -> str:
     return f"{_stats_tag(server_id)}:batch:{batch_id}"
 
 
-# How long an applied-batch marker is kept: far longer than any retry of that batch.
+# How long a one-off batch marker (`apply_counts_once` outside the journal) is kept:
+# far longer than any retry of that batch.
 STATS_BATCH_MARKER_TTL_SECONDS = 7 * 24 * 3600
+
+
+def stats_journal_mark_key(server_id: int, token: str) -> str:
+    """The highest segment number of stats journal `token` (one worker's run, see
+    `dataplane.stats_journal`) applied to the counters of MTA server `server_id`: one
+    key per worker run, whatever the traffic, where a marker per batch made a key per
+    flush. A journal's segments are applied in order, so a segment numbered at most
+    this was applied already and counts nothing when replayed."""
+    return f"{_stats_tag(server_id)}:journal:{token}"
+
+
+# How long a journal's mark is kept after its last segment was applied (refreshed at
+# every apply). A segment waits on disk only while Redis is unreachable or while no
+# worker of its server runs, and is deleted right after Redis acknowledged it; a
+# segment replayed after its mark expired would count again. 45 days: past the
+# 35 days of the day buckets, so by then only lifetime totals could move.
+STATS_JOURNAL_MARK_TTL_SECONDS = 45 * 24 * 3600
 
 # Before issue 9 every counter and batch marker shared one `{stats}` tag:
 # `poolmta:{stats}:` + the same scope and bucket as counter_key (days only). The
@@ -227,8 +248,36 @@ LEGACY_STATS_PREFIX = f"{PREFIX}:{{stats}}:"
 
 
 def message_events_key(message_id: str) -> str:
-    """List of one message's delivery events (JSON, oldest first), for `message status`."""
+    """List of one message's delivery events (JSON, oldest first) as written before
+    issue 14: still read (`control.contract.event_log`) until it expires, never written."""
     return f"{PREFIX}:{{msg:{message_id}}}:events"
+
+
+# -- the delivery event log: `{stats:N}` (see control.contract.event_log) ----------
+
+
+def event_stream_key(server_id: int) -> str:
+    """Stream of every delivery event of MTA server N (field "e": the event's JSON),
+    capped by length and age (`event_log.EventRetention`)."""
+    return f"{_stats_tag(server_id)}:events"
+
+
+def event_buckets_key(server_id: int) -> str:
+    """Sorted set of the index buckets of MTA server N's event log that may still hold
+    entries: member and score the bucket's start (unix seconds)."""
+    return f"{_stats_tag(server_id)}:events:buckets"
+
+
+def event_index_bucket_key(server_id: int, bucket: int | str) -> str:
+    """Hash our message id -> the ids (space-separated) of its events in the server's
+    event stream, for the events written in the bucket starting at `bucket`."""
+    return f"{_stats_tag(server_id)}:events:by-message:{bucket}"
+
+
+def message_index_bucket_key(server_id: int, bucket: int | str) -> str:
+    """Hash `message_index_field(Message-ID)` -> our message id, for the messages the
+    server's Bridge accepted (and indexed) in the bucket starting at `bucket`."""
+    return f"{_stats_tag(server_id)}:msgid:{bucket}"
 
 
 def suppression_key(user_id: int) -> str:
@@ -248,12 +297,17 @@ def suppression_marker_key(user_id: int, subject: str) -> str:
 
 
 def message_index_key(header_message_id: str) -> str:
-    """String holding our message id for a Message-ID header value the Bridge accepted
+    """(Before issue 14; read until it expires, never written.) String holding our message id for a Message-ID header value the Bridge accepted
     (its content between the angle brackets), so a report that returns only the
     original headers still finds its message. The value is hashed: it is whatever a
     sender wrote, and a key name stays short and plain."""
-    digest = hashlib.sha256(header_message_id.encode("utf-8", "surrogateescape")).hexdigest()[:40]
-    return f"{PREFIX}:msgid:{digest}"
+    return f"{PREFIX}:msgid:{message_index_field(header_message_id)}"
+
+
+def message_index_field(header_message_id: str) -> str:
+    """The name a Message-ID header value is indexed under (`message_index_bucket_key`
+    and the older `message_index_key`): a digest, short and plain."""
+    return hashlib.sha256(header_message_id.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
 def report_marker_key(server_id: int, subject: str) -> str:

@@ -19,6 +19,12 @@ class MtaServers:
 
     store: Store
 
+    def servers_of_account(self, account: models.Account) -> list[int]:
+        """The ids of the MTA servers carrying the account's pools or active Bridges:
+        where its messages' delivery events are."""
+        with self.store.read() as s:
+            return s.servers_of_account(account.user_id)
+
     def register_server(self, hostname: str, zone: str, bounce_domain: str = "") -> models.MtaServer:
         """Register an MTA server with its zone and bounce domain ('' = its hostname), and
         create its shared pool."""

@@ -14,7 +14,8 @@ target whose marker was not there yet changes anything:
 * a complaint adds 1 to `complaints` of the same keys (the delivery's buckets, or
   the report's when no message is known);
 * the message gets an event (`DeliveryEvent`, `source` the report's kind, final)
-  that `message status` shows;
+  that `message status` shows, in the server's event log
+  (`control.contract.event_log`, under `{stats:N}` like the counters);
 * the recipient goes on the account's suppression list (HSETNX: a first entry
   stays) when the account and the address are known: a second script, in the
   account's `{supp:USER}` slot, under a marker of its own there
@@ -28,9 +29,9 @@ sender's retry finds the first one's markers, counts nothing again and applies
 what the crash cut off. With Redis down the caller answers 451 and the sender retries.
 
 Which keys a move touches is `counter_keys` alone; counters and markers share the
-server's `{stats:N}` slot. The counting script also appends to the message's
-events (`{msg:ID}`, another slot): until those move beside the counters it needs
-one Redis node, as the embedded one is.
+server's `{stats:N}` slot, and so does the event log; the suppression step is a
+script of its own on the account's `{supp:USER}` slot, so every script stays on one
+slot of a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import hashlib
 from collections.abc import Sequence
 
 from control.contract import rediskeys
+from control.contract.event_log import DEFAULT_MAX_EVENTS, EVENT_LOG_ARGS, EVENT_LOG_LUA, EventRetention
 from control.contract.delivery_event import (
     BOUNCED,
     COMPLAINED,
@@ -54,14 +56,16 @@ from control.contract.unattributed import RAW_KEPT_BYTES, UnattributedReport
 
 from .attribution import BOUNCE, Target
 
-# KEYS: every key the ops name, by index. ARGV[1] marker TTL, ARGV[2] event-list
-# TTL, then per target: its marker's KEYS index, its op count, and the ops, each one of
+# KEYS: every key the ops name, by index. ARGV[1] marker TTL, ARGV[2..] the event
+# log's arguments (EventRetention.script_args), then per target: its marker's KEYS
+# index, its op count, and the ops, each one of
 #   H key field increment expires (HINCRBY; then EXPIREAT the key unless expires is 0)
-#   E key event                   (RPUSH an event; EXPIRE the list)
+#   E key message_id event        (the event into the log; key: its stream)
 # Returns, per target, 1 when applied now, 0 when its marker was there already.
-_APPLY_REPORT = """
+_APPLY_REPORT = EVENT_LOG_LUA + """
 local applied = {}
-local i = 3
+local log = event_log(2)
+local i = 2 + """ + str(EVENT_LOG_ARGS) + """
 while i <= #ARGV do
   local fresh = redis.call('SET', KEYS[tonumber(ARGV[i])], '1', 'NX', 'EX', ARGV[1])
   local ops = tonumber(ARGV[i + 1])
@@ -75,15 +79,13 @@ while i <= #ARGV do
       end
       i = i + 5
     elseif op == 'E' then
-      if fresh then
-        redis.call('RPUSH', key, ARGV[i + 2])
-        redis.call('EXPIRE', key, ARGV[2])
-      end
-      i = i + 3
+      if fresh then log.event(ARGV[i + 2], ARGV[i + 3]) end
+      i = i + 4
     end
   end
   applied[#applied + 1] = fresh and 1 or 0
 end
+log.finish()
 return applied
 """
 
@@ -121,10 +123,10 @@ def counter_keys(server_id: int, smtp_id: int, ip: str, at_ms: int, now_ms: int)
 class _Script:
     """KEYS and ARGV of one `_APPLY_REPORT` call, built target by target."""
 
-    def __init__(self, *ttls: int) -> None:
+    def __init__(self, *fixed: str | int) -> None:
         self.keys: list[str] = []
         self._index: dict[str, int] = {}
-        self._ttls = list(ttls)
+        self._fixed = list(fixed)
         self._targets: list[tuple[int, list[list[str | int]]]] = []
 
     def _key(self, name: str) -> int:
@@ -143,7 +145,7 @@ class _Script:
 
     @property
     def args(self) -> list[str | int]:
-        args = list(self._ttls)
+        args = list(self._fixed)
         for marker, ops in self._targets:
             args += [marker, len(ops)]
             for op in ops:
@@ -155,13 +157,14 @@ class Accounting:
     """Applies attributed reports and keeps unattributed ones, in Redis.
 
     server_id: the MTA server whose unattributed store this listener writes.
-    event_ttl: seconds a message's event list is kept (the data plane's event retention).
+    event_ttl, max_events: how long and how many delivery events the server's event
+    log keeps (the data plane's event retention, `event_log.EventRetention`).
     """
 
-    def __init__(self, redis, *, server_id: int, event_ttl: float) -> None:
+    def __init__(self, redis, *, server_id: int, event_ttl: float, max_events: int = DEFAULT_MAX_EVENTS) -> None:
         self.redis = redis
         self.server_id = server_id
-        self.event_ttl = max(1, int(event_ttl))
+        self.retention = EventRetention(max(1, int(event_ttl)), max_events)
         self._apply = redis.register_script(_APPLY_REPORT)
         self._keep = redis.register_script(_KEEP_UNATTRIBUTED)
         self._suppress_script = redis.register_script(_SUPPRESS)
@@ -169,7 +172,8 @@ class Accounting:
     async def apply(self, targets: Sequence[Target], now_ms: int) -> list[bool]:
         """Count each target once (see the module docstring); per target, True when it
         was counted now, False when an earlier report had counted it already."""
-        script = _Script(rediskeys.REPORT_MARKER_TTL_SECONDS, self.event_ttl)
+        log_args = self.retention.script_args(self.server_id, now_ms / 1000)
+        script = _Script(rediskeys.REPORT_MARKER_TTL_SECONDS, *log_args)
         suppressions = []
         for target in targets:
             script.target(rediskeys.report_marker_key(self.server_id, target.subject))
@@ -181,7 +185,8 @@ class Accounting:
                 for field, n in moves:
                     script.op("H", counter.key, field, n, counter.expires_at or 0)
             if target.message_id and (moves or target.counted != BOUNCED):
-                script.op("E", rediskeys.message_events_key(target.message_id), self._event(target, now_ms))
+                script.op("E", rediskeys.event_stream_key(self.server_id), target.message_id,
+                          self._event(target, now_ms))
             if target.user_id and target.rcpt and target.suppresses:
                 suppressions += self._suppression(target, now_ms)
         applied = [bool(n) for n in await self._apply(keys=script.keys, args=script.args)]

@@ -32,8 +32,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from control.contract import rediskeys
-from control.contract.delivery_event import DeliveryEvent, decode_list
+from control.contract import event_log
+from control.contract.delivery_event import DeliveryEvent
 from control.contract.headers import STAMPED_HEADER_NAMES
 from control.contract.snapshot import PoolRoute, Snapshot
 from control.contract.suppression import address_failure
@@ -211,11 +211,12 @@ class Attributor:
             return nothing
         notes: list[str] = []
         for token in self._verp_tokens(report, recipients, domains, notes):
-            found = await self._by_message(token.message_id, claims, report, "verp", notes, token.rcpt_index)
+            found = await self._by_message(snapshot.server_id, token.message_id, claims, report, "verp", notes,
+                                           token.rcpt_index)
             if found is not None:
                 return found
-        for message_id, via in await self._messages_from_headers(report, notes):
-            found = await self._by_message(message_id, claims, report, via, notes)
+        for message_id, via in await self._messages_from_headers(snapshot.server_id, report, notes):
+            found = await self._by_message(snapshot.server_id, message_id, claims, report, via, notes)
             if found is not None:
                 return found
         found = self._by_pool(claims, report, snapshot, notes)
@@ -241,7 +242,8 @@ class Attributor:
 
     # -- 2. the returned headers ------------------------------------------------------
 
-    async def _messages_from_headers(self, report: Report, notes: list[str]) -> list[tuple[str, str]]:
+    async def _messages_from_headers(self, server_id: int, report: Report,
+                                     notes: list[str]) -> list[tuple[str, str]]:
         """[(our message id, how it was found)] the returned headers name: the ids in
         our Received lines, then the one the message index holds for the Message-ID."""
         found = list(dict.fromkeys(
@@ -250,8 +252,7 @@ class Attributor:
         ))
         header_id = indexed_message_id(report.returned_header("message-id"))
         if header_id is not None:
-            value = await self.redis.get(rediskeys.message_index_key(header_id))
-            message_id = value.decode("ascii", "replace") if isinstance(value, bytes) else (value or "")
+            message_id = await event_log.find_message(self.redis, server_id, header_id)
             if _MESSAGE_ID.fullmatch(message_id):
                 found.append((message_id, "message-id"))
             else:
@@ -294,11 +295,11 @@ class Attributor:
     def _young(self, message_id: str) -> bool:
         return self._clock() * 1000 - _accepted_ms(message_id) < self.pending_grace * 1000
 
-    async def _by_message(self, message_id: str, claims: list[_Claim], report: Report, via: str,
+    async def _by_message(self, server_id: int, message_id: str, claims: list[_Claim], report: Report, via: str,
                           notes: list[str], rcpt_index: int | None = None) -> Attribution | None:
         """Targets from the message's delivery events; None (with a note) when they
         cannot say; a retry when its outcome is not recorded yet."""
-        events = decode_list(await self.redis.lrange(rediskeys.message_events_key(message_id), 0, -1))
+        events = await event_log.message_events(self.redis, (server_id,), message_id)
         retry = Attribution(retry=True, reason=f"message {message_id}: delivery outcome not recorded yet")
         if not events:
             if self._young(message_id):

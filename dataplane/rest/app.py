@@ -222,7 +222,7 @@ class RestBridge:
         """GET /v1/messages/{id}."""
         bridge = await self.authenticate(request)
         found = await status.message_status(self.redis, self.config.spool_dir, request.match_info["id"],
-                                            bridge.user_id)
+                                            bridge.user_id, self.config.server_id)
         return web.json_response(found)
 
 

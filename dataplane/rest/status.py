@@ -1,14 +1,15 @@
 """`GET /v1/messages/{id}`: where each recipient of a message stands, from its
-delivery events in Redis (`control.contract.delivery_event`, what `poolmta message
-status` reads through the control plane) and its spool record while it is queued."""
+delivery events in the server's event log (`control.contract.event_log`, what
+`poolmta message status` reads through the control plane) and its spool record
+while it is queued."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-from control.contract import rediskeys
-from control.contract.delivery_event import DeliveryEvent, decode_list
+from control.contract import event_log
+from control.contract.delivery_event import DeliveryEvent
 
 from ..spool import SpoolError, find_record
 from .problems import not_found
@@ -24,14 +25,14 @@ def _record(spool_dir: Path, message_id: str):
         return None  # delivered and removed, or never here
 
 
-async def message_status(redis, spool_dir: Path, message_id: str, user_id: int) -> dict:
-    """The message's status per recipient, for account `user_id`; 404 (Problem) when
-    neither the spool nor the events know it for that account."""
+async def message_status(redis, spool_dir: Path, message_id: str, user_id: int, server_id: int) -> dict:
+    """The message's status per recipient, for account `user_id`, from the spool and
+    the event log of MTA server `server_id`; 404 (Problem) when neither knows it for
+    that account."""
     if not message_id.isalnum() or not message_id.isascii() or len(message_id) > _MAX_ID:
         raise not_found("No such message: a message id is the one a 202 returned (letters and digits)")
     record = await asyncio.to_thread(_record, spool_dir, message_id)
-    events = [e for e in decode_list(await redis.lrange(rediskeys.message_events_key(message_id), 0, -1))
-              if e.user_id == user_id]
+    events = [e for e in await event_log.message_events(redis, (server_id,), message_id) if e.user_id == user_id]
     if (record is None or record.user_id != user_id) and not events:
         raise not_found(f"No message {message_id} for this account (unknown, or its events expired)")
     latest: dict[str, DeliveryEvent] = {}

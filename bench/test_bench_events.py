@@ -1,0 +1,124 @@
+"""Benchmark GetMessageStatus's read of a message's delivery events (issue 14: p99 <= 10 ms
+for recent messages) with a full event log resident.
+
+Against the embedded Redis (unix socket, `appendfsync always`, as `poolmta up` runs
+it), the server's event log is filled with POOLMTA_BENCH_EVENTS events (default
+1,000,000; 20,000 in the suite's smoke run), one per message, written over 7 days of the writer's clock in
+batches of 1,000 through the stats batch script: the stream holds them all and the
+index has its ~1,000 buckets (the worst case for a read, which looks at each).
+
+- `message events`: `event_log.message_events` of a random message among the newest
+  10 % (ids as the spool makes them, acceptance time first; one script and one
+  LRANGE for the lists of before, pipelined): variant `log`;
+- the baseline `list`: one LRANGE of a message's own list, what the read was before
+  the event log (one key per message, unbounded).
+
+The p50 / p99 of 2,000 single reads (time.perf_counter, not pytest-benchmark's
+rounds) and Redis's used memory per event are printed and kept in extra_info.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from control.contract import event_log, rediskeys
+from control.embedded_redis import EmbeddedRedis
+from dataplane.stats_batcher import _APPLY_BATCH, counts_script_input
+
+SERVER = 1
+MEASURED_EVENTS = int(os.environ.get("POOLMTA_BENCH_EVENTS", "1000000"))
+SMOKE_EVENTS = 20_000  # the suite's smoke run (--benchmark-disable) checks the reads, quickly
+BATCH = 1000
+WEEK = 7 * 86400
+
+
+def _event(message_id: str, ts_ms: int) -> str:
+    return json.dumps({"ts_ms": ts_ms, "message_id": message_id, "user_id": 3, "bridge_id": 12,
+                       "rcpt": "someone@example.net", "outcome": "delivered", "smtp_id": 7,
+                       "pool": "promo-3-1-pool-7", "ip": "192.0.2.1", "reply": "250 2.0.0 Ok: queued as 4F2A1",
+                       "attempt": 1, "final": True, "rcpt_index": 0,
+                       "dkim": "d=example.com s=pm2026111"}, separators=(",", ":"))
+
+
+def _message_id(n: int, at: float) -> str:
+    """An id as the spool makes them: the acceptance time in ms, then a nonce and a counter."""
+    return f"{int(at * 1000):012x}{n:014x}"
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    events_total = MEASURED_EVENTS if request.config.getoption("benchmark_enable") else SMOKE_EVENTS
+    server = EmbeddedRedis(Path(tmp_path_factory.mktemp("bench-events")))
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    baseline = client.info("memory")["used_memory"]
+    script = client.register_script(_APPLY_BATCH)
+    client.config_set("appendfsync", "no")  # the fill is not what is measured: no fsync per batch
+    retention = event_log.EventRetention(WEEK, events_total)
+    start = time.time() - WEEK
+    recent = []
+    batches = events_total // BATCH
+    for batch in range(batches):
+        now = start + WEEK * batch / batches
+        ids = [_message_id(n, now - 1) for n in range(batch * BATCH, (batch + 1) * BATCH)]
+        events = [(message_id, _event(message_id, int(now * 1000))) for message_id in ids]
+        if batch >= batches * 9 // 10:
+            recent += ids
+        keys, args = counts_script_input(SERVER, "bench", (), now, journal_seq=batch + 1, events=events,
+                                         retention=retention)
+        script(keys=keys, args=args)
+    used = client.info("memory")["used_memory"] - baseline
+    client.config_set("appendfsync", "always")
+    while client.info("persistence")["aof_rewrite_in_progress"]:
+        time.sleep(0.1)  # the automatic AOF rewrite the fill set off: not part of a read
+    client.rpush(rediskeys.message_events_key("legacy"), _event("legacy", 1))
+    yield server, used, recent, events_total
+    client.close()
+    server.stop()
+
+
+@pytest.mark.timeout(1800)  # filling a million events takes minutes on a busy machine
+@pytest.mark.parametrize("variant", ["log", "list"])
+def test_message_events_read(benchmark, measure, filled, variant):
+    server, used, recent, events_total = filled
+    benchmark.group = f"message events, {events_total} resident"
+    benchmark.extra_info["variant"] = variant
+    loop = asyncio.new_event_loop()
+    reader = aioredis.Redis.from_url(server.url)
+    rng = random.Random(14)
+
+    async def log_read() -> list:
+        return await event_log.message_events(reader, [SERVER], rng.choice(recent))
+
+    async def list_read() -> list:
+        return await reader.lrange(rediskeys.message_events_key("legacy"), 0, -1)
+
+    read = log_read if variant == "log" else list_read
+    try:
+        assert len(measure(lambda: loop.run_until_complete(read()))) == 1
+        if benchmark.disabled:
+            return
+        times = []
+        for _ in range(2000):
+            began = time.perf_counter()
+            loop.run_until_complete(read())
+            times.append(time.perf_counter() - began)
+        times.sort()
+        p50, p99 = times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000
+        benchmark.extra_info.update(p50_ms=round(p50, 3), p99_ms=round(p99, 3),
+                                    bytes_per_event=round(used / events_total))
+        print(f"\n{variant}: {events_total} events resident, {used / 1024**2:.0f} MB "
+              f"({used / events_total:.0f} B/event); "
+              f"read p50 {p50:.3f} ms, p99 {p99:.3f} ms")
+    finally:
+        loop.run_until_complete(reader.aclose())
+        loop.close()
