@@ -8,7 +8,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.cli.client import STUBS
