@@ -6,6 +6,7 @@ client has to answer; the cluster itself is exercised in tests/test_redis_cluste
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 import pytest
 import redis
@@ -18,6 +19,7 @@ from control.cli.main import main
 from control.contract import rediskeys
 from control.contract.redis_client import redis_client as make_client
 from control.contract.redis_client import (
+    POOL_CONNECTIONS,
     ClusterAddress,
     RedisUrlError,
     check_redis_url,
@@ -99,6 +101,19 @@ def test_one_redis_gets_the_plain_client_and_a_cluster_url_the_cluster_client(re
     assert isinstance(make_client("redis+cluster://127.0.0.1:1"), AsyncRedisCluster)
     with sync_redis_client(redis_url, socket_timeout=5) as client:
         assert type(client) is redis.Redis and client.ping()
+
+
+async def test_more_concurrent_commands_than_connections_wait_for_one_instead_of_failing(redis_url):
+    # Each BLPOP holds its connection until its timeout: more of them than the pool
+    # has connections must queue, not fail with "Too many connections" (a burst of
+    # SMTP sessions each checking the suppression list once answered 451).
+    client = make_client(redis_url)
+    try:
+        waits = [client.blpop([f"poolmta:test:burst:{n}"], timeout=0.3) for n in range(POOL_CONNECTIONS + 60)]
+        assert await asyncio.gather(*waits) == [None] * (POOL_CONNECTIONS + 60)
+        assert client.connection_pool.max_connections == POOL_CONNECTIONS
+    finally:
+        await client.aclose()
 
 
 async def test_a_cluster_nobody_answers_is_a_redis_error_as_one_redis_down_is():

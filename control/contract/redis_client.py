@@ -37,6 +37,17 @@ from redis.exceptions import RedisClusterException
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 CLUSTER_URL_FORM = "redis+cluster://HOST:PORT[,HOST:PORT...]"
 
+# Connections one asyncio client opens to one Redis at most. A command that finds
+# them all busy waits for one (up to POOL_WAIT seconds) instead of failing:
+# redis-py's default pool refuses the 101st concurrent command with "Too many
+# connections", which turned a burst of 200 SMTP sessions into 451s.
+POOL_CONNECTIONS = 256
+POOL_WAIT = 10.0
+# The cluster client has no waiting pool: it refuses a command beyond its
+# connections to a node. Its bound sits above what one worker can have in flight
+# (one command per open session, 1,000 sessions per server, plus its own tasks).
+CLUSTER_NODE_CONNECTIONS = 2048
+
 
 class RedisUrlError(ValueError):
     """A Redis URL poolmta cannot use; the message says what is wrong and what fits."""
@@ -159,12 +170,17 @@ def _cluster_options(address: ClusterAddress, opts: dict[str, Any]) -> dict[str,
 def redis_client(url: str, **opts: Any) -> aioredis.Redis | AsyncRedisCluster:
     """An asyncio client for `url`: `redis.asyncio.Redis` for one Redis, `RedisCluster`
     for a `redis+cluster://` URL; `opts` (timeouts, retry, health checks) apply to
-    every connection either makes. Connects lazily, on the first command."""
+    every connection either makes. Connects lazily, on the first command. One Redis
+    is reached over at most POOL_CONNECTIONS connections; more concurrent commands
+    wait for a free one rather than fail."""
     if not is_cluster_url(url):
-        return aioredis.Redis.from_url(url, **opts)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=POOL_CONNECTIONS, timeout=POOL_WAIT, **opts)
+        return aioredis.Redis.from_pool(pool)
     address = parse_cluster_url(url)
+    opts.setdefault("max_connections", CLUSTER_NODE_CONNECTIONS)
     return _AsyncCluster(startup_nodes=[AsyncClusterNode(host, port) for host, port in address.nodes],
-                             **_cluster_options(address, opts))
+                         **_cluster_options(address, opts))
 
 
 def sync_redis_client(url: str, **opts: Any) -> redis.Redis | RedisCluster:
