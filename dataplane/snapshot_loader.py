@@ -153,7 +153,7 @@ class SnapshotLoader:
             try:
                 routing = await self._catch_up(version)
             except ValueError as exc:  # SnapshotError, or a table the fast path refuses
-                log.error("routing version %d of server %d is unusable, keeping version %d: %s",
+                log.error("snapshot version %d of server %d is unusable, keeping version %d: %s",
                           version, self.server_id, self.version, exc)
                 return False
             if routing is None:
@@ -164,7 +164,7 @@ class SnapshotLoader:
                 return False
             previous = self.version
             self.current = routing
-        log.info("serving routing version %d of server %d (was %d)", routing.version, self.server_id, previous)
+        log.info("serving snapshot version %d of server %d (was %d)", routing.version, self.server_id, previous)
         try:
             await self._ack()
         except REDIS_ERRORS as exc:
