@@ -222,42 +222,46 @@ class SnapshotPublisher:
                 previous.delta_bytes_since_full + len(publication.delta_payload), previous.full_bytes)
 
     async def sync(self) -> list[tuple[int, int]]:
-        """Publish every server whose routing version is ahead of what was published.
+        """Publish every server whose routing version is ahead of what was published
+        (one publication per server, covering every change committed before it).
 
         Raises RedisError when Redis cannot be reached (nothing is lost: the next
         sync publishes it)."""
         async with self._lock:
-            done = []
-            for server_id, version in self._store_versions().items():
-                if self._published.get(server_id, 0) < version:
-                    done.append((server_id, await self.publish(server_id)))
-            return done
+            return await self._sync_locked()
+
+    async def _sync_locked(self) -> list[tuple[int, int]]:
+        done = []
+        for server_id, version in self._store_versions().items():
+            if self._published.get(server_id, 0) < version:
+                done.append((server_id, await self.publish(server_id)))
+        return done
 
     async def republish(self, server_id: int = 0) -> list[tuple[int, int]]:
-        """Rebuild and publish from SQLite, whatever Redis is believed to hold."""
+        """Rebuild and publish full snapshots from SQLite, whatever Redis is believed to hold."""
         async with self._lock:
             servers = [server_id] if server_id else sorted(self._store_versions())
             return [(sid, await self.publish(sid, full=True)) for sid in servers]
 
     async def verify(self) -> list[tuple[int, int]]:
-        """Republish servers whose `current` pointer in Redis is missing or behind
-        (Redis restarted empty, flushed, or a failover lost writes)."""
-        versions = self._store_versions()
-        if not versions:
-            return []
-        ordered = sorted(versions)
-        pipe = self._redis.pipeline(transaction=False)
-        for server_id in ordered:
-            pipe.get(rediskeys.snapshot_current_key(server_id))
-        currents = await pipe.execute()
-        stale = [sid for sid, cur in zip(ordered, currents) if int(cur or 0) < versions[sid]]
-        for server_id in stale:
-            # What Redis held is gone: the next publication is a full snapshot.
-            self._published.pop(server_id, None)
-            self._state.pop(server_id, None)
-        if stale:
-            log.warning("snapshot missing or behind in Redis for servers %s; republishing", stale)
-        return await self.sync()
+        """Publish what is pending, and republish in full the servers whose `current`
+        pointer in Redis is missing or behind what was published (Redis restarted
+        empty, flushed, or a failover lost writes)."""
+        async with self._lock:
+            ordered = sorted(self._published)
+            if ordered:
+                pipe = self._redis.pipeline(transaction=False)
+                for server_id in ordered:
+                    pipe.get(rediskeys.snapshot_current_key(server_id))
+                currents = await pipe.execute()
+                lost = [sid for sid, cur in zip(ordered, currents) if int(cur or 0) < self._published[sid]]
+                for server_id in lost:
+                    # What Redis held is gone: the next publication is a full snapshot.
+                    self._published.pop(server_id, None)
+                    self._state.pop(server_id, None)
+                if lost:
+                    log.warning("routing missing or behind in Redis for servers %s; republishing", lost)
+            return await self._sync_locked()
 
     async def published_version(self, server_id: int) -> int:
         """The version Redis's `current` pointer holds for the server (0 if none)."""

@@ -10,6 +10,7 @@ own (`ReaderStore`) while the event loop keeps answering RPCs.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 
@@ -103,7 +104,12 @@ class ReaderStore:
             return build_snapshot(self._store, server_id)
         with self._lock:
             if self._reader is None:
-                self._reader = Store.open(self._path)
+                # Read-only and never migrating: the event loop's Store owns the schema.
+                conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+                conn.row_factory = sqlite3.Row
+                conn.execute("PRAGMA query_only = ON")
+                conn.execute("PRAGMA busy_timeout = 5000")
+                self._reader = Store(conn)
             return build_snapshot(self._reader, server_id)
 
     def close(self) -> None:
