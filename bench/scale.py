@@ -98,6 +98,9 @@ def worker_rss_mb(snap: snapshot.Snapshot, workdir: Path) -> int:
 
 async def measure(size: int, changes: int, workdir: Path, redis_url: str) -> dict[str, float]:
     """Every number of one row of the table, at `size` pools."""
+    flush = aioredis.Redis.from_url(redis_url)
+    await flush.flushall()  # each size is a new platform: no version of the previous one may linger
+    await flush.aclose()
     cfg = start_config(workdir / f"cp{size}", redis_url)
     cp = ControlPlane(cfg)
     await cp.start()
@@ -183,7 +186,7 @@ async def main(sizes: list[int], changes: int) -> None:
             rows = []
             for size in sizes:
                 rows.append(await measure(size, changes, workdir, redis_server.url))
-                print(f"measured {size} pools", file=sys.stderr)
+                print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
             print(table(rows))
         finally:
             redis_server.stop()
