@@ -244,6 +244,9 @@ class SnapshotLoader:
                 await self.check_current()
                 while True:
                     message = await pubsub.get_message(timeout=self._interval * 4)
+                    # redis-py's read timeout can swallow a cancellation that lands with
+                    # it (seen as a stop() that never returned): check for one here.
+                    reraise_if_cancelling()
                     if message is None or message.get("type") != "message":
                         continue
                     try:
