@@ -25,9 +25,9 @@ the last one weigh as much as it does. Its script keeps the newest
 SNAPSHOT_FULLS_KEPT and trims the change log to what follows the oldest of them, so
 Redis holds a bounded amount of routing whatever the number of changes.
 
-Changes coalesce: `sync` runs one publication at a time, and a publication covers
-every change committed before its build started, so a burst of changes to one
-server becomes a few publications. A change committed while Redis is down is
+Changes coalesce: `sync` runs one publication at a time, waits COALESCE_SECONDS
+before starting one, and a publication covers every change committed before its
+build started, so a burst of changes to one server becomes a few publications. A change committed while Redis is down is
 published by the background loop once Redis answers again (retrying with bounded
 backoff meanwhile); a Redis that lost its data (FLUSHALL, a new empty server) is
 noticed by the same loop and refilled from SQLite with a full snapshot.
@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 # The longest wait between two publishing attempts while Redis does not answer.
 MAX_RETRY_DELAY = 5.0
+# How long a publication waits for the rest of a burst of changes before it starts:
+# a few milliseconds more for one change, far fewer publications for a burst.
+COALESCE_SECONDS = 0.005
 
 # KEYS: changes stream, current key. ARGV: version, base, delta, channel.
 # Returns {1, version} when published, {0, current} when `current` is not the base.
@@ -133,13 +136,14 @@ class SnapshotPublisher:
 
     def __init__(self, store: Store, redis: aioredis.Redis, metrics: ControlMetrics | None = None, *,
                  full_every: int = rediskeys.SNAPSHOT_FULL_EVERY,
-                 fulls_kept: int = rediskeys.SNAPSHOT_FULLS_KEPT):
+                 fulls_kept: int = rediskeys.SNAPSHOT_FULLS_KEPT, coalesce_seconds: float = COALESCE_SECONDS):
         self._store = store
         self._reader = ReaderStore(store)
         self._redis = redis
         self._metrics = metrics
         self._full_every = full_every
         self._fulls_kept = max(1, fulls_kept)
+        self._coalesce_seconds = coalesce_seconds
         self._delta_script = redis.register_script(_PUBLISH_DELTA_LUA)
         self._full_script = redis.register_script(_PUBLISH_FULL_LUA)
         self._state: dict[int, _Published] = {}
@@ -175,6 +179,8 @@ class SnapshotPublisher:
                 previous = None
                 publication = await self._prepare(server_id, None)
         if publication.full_payload:
+            if previous is None:
+                await self._expire_legacy_snapshot(server_id)
             current = await self._full_script(
                 keys=[rediskeys.snapshot_full_key(server_id), rediskeys.snapshot_current_key(server_id),
                       rediskeys.snapshot_changes_key(server_id)],
@@ -191,6 +197,13 @@ class SnapshotPublisher:
                  publication.delta.entries if publication.delta is not None else "-",
                  len(publication.delta_payload), len(publication.full_payload))
         return current
+
+    async def _expire_legacy_snapshot(self, server_id: int) -> None:
+        """Before routing deltas, the newest version's key never expired; give it the
+        expiry every replaced version had, so an upgraded Redis sheds it."""
+        current = int(await self._redis.get(rediskeys.snapshot_current_key(server_id)) or 0)
+        if current:
+            await self._redis.expire(rediskeys.snapshot_key(server_id, current), rediskeys.SNAPSHOT_RETENTION_SECONDS)
 
     async def _prepare(self, server_id: int, previous: _Published | None) -> _Publication:
         """Build, diff and encode, in a worker thread when the store allows it."""
@@ -228,14 +241,16 @@ class SnapshotPublisher:
         Raises RedisError when Redis cannot be reached (nothing is lost: the next
         sync publishes it)."""
         async with self._lock:
+            if self._coalesce_seconds and self._pending():
+                # Let the rest of a burst commit: one publication then covers it all.
+                await asyncio.sleep(self._coalesce_seconds)
             return await self._sync_locked()
 
+    def _pending(self) -> list[int]:
+        return [sid for sid, version in self._store_versions().items() if self._published.get(sid, 0) < version]
+
     async def _sync_locked(self) -> list[tuple[int, int]]:
-        done = []
-        for server_id, version in self._store_versions().items():
-            if self._published.get(server_id, 0) < version:
-                done.append((server_id, await self.publish(server_id)))
-        return done
+        return [(server_id, await self.publish(server_id)) for server_id in self._pending()]
 
     async def republish(self, server_id: int = 0) -> list[tuple[int, int]]:
         """Rebuild and publish full snapshots from SQLite, whatever Redis is believed to hold."""

@@ -89,7 +89,7 @@ def worker_acks_key(server_id: int) -> str:
 WORKER_HEARTBEAT_TTL_MS = 5_000
 
 # How long a full snapshot under its own version key (`snapshot_key`, the layout before
-# routing deltas) is kept once replaced: the publisher gives such leftovers this expiry.
+# routing deltas) is kept after an upgrade: the first full publication gives it this expiry.
 SNAPSHOT_RETENTION_SECONDS = 7 * 24 * 3600
 
 
