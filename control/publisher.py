@@ -1,12 +1,36 @@
-"""Routing snapshot publishing: SQLite state -> msgpack snapshot -> Redis.
+"""Routing publishing: SQLite state -> a routing delta (or a full snapshot) -> Redis.
 
-For each MTA server the publisher builds the snapshot at the server's current
-routing version (read in one transaction, so version and content agree), stores it
-under an immutable per-version key, moves the `current` pointer forward (never
-back) and publishes a notice — atomically, in one Lua script on the server's hash
-slot. A change committed while Redis is down is published by the background
-loop once Redis answers again (retrying with bounded backoff meanwhile); a Redis that lost its data (FLUSHALL, a new empty
-server) is noticed by the same loop and refilled from SQLite.
+A routing change costs what changed. For each MTA server the publisher remembers
+the routing it last put in Redis; when SQLite's routing version is ahead it builds
+the server's snapshot (`snapshot_builder`: a few set-based queries, in a worker
+thread on a connection of its own, so RPCs keep being answered meanwhile), diffs
+it against that routing, and publishes only the delta
+(`control.contract.routing_delta`: the pools, Bridges, DKIM accounts that changed,
+tombstones for those that went) under the new version.
+
+Redis layout per server, every key under the server's `{srv:N}` tag:
+
+* `snapshot:changes` — a stream of deltas, entry `<version>-0`, each naming its
+  `base` version;
+* `snapshot:full` — a hash of the newest full snapshots (SNAPSHOT_FULLS_KEPT),
+  for bootstrap and for workers behind the change log;
+* `snapshot:current` — the newest version, moved forward only.
+
+A delta is published by one Lua script only if `current` still equals the delta's
+base (otherwise, Redis lost data or was written by someone else: a full snapshot
+is published instead). A full snapshot is written alone at the first publication
+after a start and on a repair, and beside the delta (compaction: workers following
+the log never see a gap) after SNAPSHOT_FULL_EVERY deltas or once the deltas since
+the last one weigh as much as it does. Its script keeps the newest
+SNAPSHOT_FULLS_KEPT and trims the change log to what follows the oldest of them, so
+Redis holds a bounded amount of routing whatever the number of changes.
+
+Changes coalesce: `sync` runs one publication at a time, waits COALESCE_SECONDS
+before starting one, and a publication covers every change committed before its
+build started, so a burst of changes to one server becomes a few publications. A change committed while Redis is down is
+published by the background loop once Redis answers again (retrying with bounded
+backoff meanwhile); a Redis that lost its data (FLUSHALL, a new empty server) is
+noticed by the same loop and refilled from SQLite with a full snapshot.
 """
 
 from __future__ import annotations
@@ -14,31 +38,60 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from .contract import rediskeys, snapshot
+from .contract import rediskeys, routing_delta, snapshot
 from .contract.runtime import reraise_if_cancelling
 from .metrics import ControlMetrics
+from .snapshot_builder import ReaderStore, build_snapshot
 from .store import Store
+
+__all__ = ["PublishStats", "SnapshotPublisher", "build_snapshot"]
 
 log = logging.getLogger(__name__)
 
 # The longest wait between two publishing attempts while Redis does not answer.
 MAX_RETRY_DELAY = 5.0
+# How long a publication waits for the rest of a burst of changes before it starts:
+# a few milliseconds more for one change, far fewer publications for a burst.
+COALESCE_SECONDS = 0.005
 
-# KEYS: version key, current key, previous version key. ARGV: version, payload, channel, retention.
-_PUBLISH_LUA = """
-redis.call('SET', KEYS[1], ARGV[2], 'NX')
+# KEYS: changes stream, current key. ARGV: version, base, delta, channel.
+# Returns {1, version} when published, {0, current} when `current` is not the base.
+_PUBLISH_DELTA_LUA = """
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
 local version = tonumber(ARGV[1])
+if current ~= tonumber(ARGV[2]) or version <= current then
+  return {0, current}
+end
+redis.call('XADD', KEYS[1], ARGV[1] .. '-0', 'd', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[4], ARGV[1])
+return {1, version}
+"""
+
+# KEYS: full-snapshot hash, current key, changes stream. ARGV: version, snapshot,
+# channel, full snapshots kept. Returns the version `current` holds afterwards.
+_PUBLISH_FULL_LUA = """
+local version = tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local kept = {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  table.insert(kept, tonumber(field))
+end
+table.sort(kept)
+local extra = #kept - tonumber(ARGV[4])
+for i = 1, extra do
+  redis.call('HDEL', KEYS[1], tostring(kept[i]))
+end
+local oldest = kept[math.max(extra, 0) + 1]
+redis.call('XTRIM', KEYS[3], 'MINID', tostring(oldest + 1) .. '-0')
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
 if version > current then
   redis.call('SET', KEYS[2], ARGV[1])
-  if current > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
-    redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))
-  end
   redis.call('PUBLISH', ARGV[3], ARGV[1])
   return version
 end
@@ -46,129 +99,184 @@ return current
 """
 
 
-def build_snapshot(store: Store, server_id: int) -> snapshot.Snapshot:
-    """The snapshot of `server_id` at its current routing version."""
-    with store.read() as s:
-        server = s.server(server_id)
-        if server is None:
-            raise LookupError(f"no MTA server {server_id}")
-        pools = []
-        for pool in s.pools_on_server(server_id):
-            pools.append(
-                snapshot.PoolRoute(
-                    smtp_id=pool.smtp_id,
-                    user_id=pool.user_id or 0,
-                    internal_name=pool.internal_name,
-                    feed_type=pool.feed_type,
-                    headers=pool.headers,
-                    shared=pool.is_shared,
-                    bounce_domain=pool.bounce_domain,
-                    signing_domain=pool.signing_domain,
-                    feedback_signing_domain=pool.feedback_signing_domain,
-                    ips=tuple(
-                        snapshot.IpRoute(address=ip.address, weight=ip.weight, state=ip.state, hostname=ip.hostname)
-                        for ip in s.ips_in_pool(pool.smtp_id)
-                    ),
-                )
-            )
-        bridges = tuple(
-            snapshot.BridgeRoute(
-                bridge_id=row["bridge_id"],
-                user_id=row["user_id"],
-                name=row["name"],
-                username=row["username"],
-                secret_hash=row["secret_hash"],
-                smtp_id=row["smtp_id"],
-                feed_type=row["feed_type"],
-                trusted_networks=s.bridge_networks(row["bridge_id"]),
-                send_dsns=bool(row["send_dsns"]),
-            )
-            for row in s.bridge_routes(server_id)
-        )
-        dkim_keys = tuple(
-            snapshot.DkimKeyRoute(user_id=row["user_id"], domain=row["domain"], selector=row["selector"],
-                                  algorithm=row["algorithm"], sealed_key=bytes(row["sealed_private_key"]))
-            for row in s.dkim_key_routes(server_id)
-        )
-        return snapshot.Snapshot(
-            server_id=server.server_id,
-            version=server.routing_version,
-            hostname=server.hostname,
-            zone=server.zone,
-            bounce_domain=server.bounce_domain,
-            pools=tuple(pools),
-            bridges=bridges,
-            dkim_keys=dkim_keys,
-            published_at_ms=int(time.time() * 1000),
-        )
+@dataclass
+class PublishStats:
+    """What the publisher has put in Redis since it started (for tests, benches, logs)."""
+
+    publications: int = 0
+    full_snapshots: int = 0
+    deltas: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class _Published:
+    """The routing of one server as Redis holds it (the base of the next delta)."""
+
+    routing: snapshot.Snapshot
+    deltas_since_full: int
+    delta_bytes_since_full: int
+    full_bytes: int
+
+
+@dataclass
+class _Publication:
+    """One publication, prepared off the event loop: a delta, a full snapshot, or
+    both (a compaction: the delta keeps the change log unbroken for workers that
+    follow it, the full snapshot becomes the newest starting point)."""
+
+    routing: snapshot.Snapshot
+    delta: routing_delta.RoutingDelta | None = None
+    delta_payload: bytes = b""
+    full_payload: bytes = b""
 
 
 class SnapshotPublisher:
-    """Keeps every server's snapshot in Redis at the version SQLite says."""
+    """Keeps every server's routing in Redis at the version SQLite says."""
 
-    def __init__(self, store: Store, redis: aioredis.Redis, metrics: ControlMetrics | None = None):
+    def __init__(self, store: Store, redis: aioredis.Redis, metrics: ControlMetrics | None = None, *,
+                 full_every: int = rediskeys.SNAPSHOT_FULL_EVERY,
+                 fulls_kept: int = rediskeys.SNAPSHOT_FULLS_KEPT, coalesce_seconds: float = COALESCE_SECONDS):
         self._store = store
+        self._reader = ReaderStore(store)
         self._redis = redis
         self._metrics = metrics
-        self._script = redis.register_script(_PUBLISH_LUA)
+        self._full_every = full_every
+        self._fulls_kept = max(1, fulls_kept)
+        self._coalesce_seconds = coalesce_seconds
+        self._delta_script = redis.register_script(_PUBLISH_DELTA_LUA)
+        self._full_script = redis.register_script(_PUBLISH_FULL_LUA)
+        self._state: dict[int, _Published] = {}
         self._published: dict[int, int] = {}
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self.stats = PublishStats()
 
-    async def publish(self, server_id: int) -> int:
-        """Publish `server_id`'s snapshot; returns the version `current` now points at."""
-        snap = build_snapshot(self._store, server_id)
-        payload = snapshot.encode(snap)
-        current = await self._script(
-            keys=[
-                rediskeys.snapshot_key(server_id, snap.version),
-                rediskeys.snapshot_current_key(server_id),
-                rediskeys.snapshot_key(server_id, snap.version - 1),
-            ],
-            args=[snap.version, payload, rediskeys.snapshot_channel(server_id),
-                  rediskeys.SNAPSHOT_RETENTION_SECONDS],
-        )
-        self._published[server_id] = int(current)
+    def close(self) -> None:
+        """Close the reader connection (the publisher may not publish afterwards)."""
+        self._reader.close()
+
+    async def publish(self, server_id: int, *, full: bool = False) -> int:
+        """Publish `server_id`'s routing as a delta from what Redis holds (a full
+        snapshot instead when `full`, or when no delta applies); returns the version
+        `current` now points at."""
+        previous = None if full else self._state.get(server_id)
+        publication = await self._prepare(server_id, previous)
+        current = 0
+        if publication.delta is not None:
+            delta = publication.delta
+            try:
+                published, current = await self._delta_script(
+                    keys=[rediskeys.snapshot_changes_key(server_id), rediskeys.snapshot_current_key(server_id)],
+                    args=[delta.version, delta.base, publication.delta_payload, rediskeys.snapshot_channel(server_id)],
+                )
+            except ResponseError as exc:  # a change log that Redis holds ahead of `current`
+                log.warning("Redis refused the routing delta of server %s (%s)", server_id, exc)
+                published = 0
+            if not published:
+                log.warning("Redis does not hold version %s of server %s as the publisher believed (it holds %s); "
+                            "publishing a full snapshot", delta.base, server_id, current)
+                previous = None
+                publication = await self._prepare(server_id, None)
+        if publication.full_payload:
+            if previous is None:
+                await self._expire_legacy_snapshot(server_id)
+            current = await self._full_script(
+                keys=[rediskeys.snapshot_full_key(server_id), rediskeys.snapshot_current_key(server_id),
+                      rediskeys.snapshot_changes_key(server_id)],
+                args=[publication.routing.version, publication.full_payload, rediskeys.snapshot_channel(server_id),
+                      self._fulls_kept],
+            )
+        self._remember(server_id, publication, previous)
+        current = int(current)
+        self._published[server_id] = current
         if self._metrics is not None:
-            self._metrics.published(server_id, int(current))
-        log.info("published snapshot server_id=%s version=%s", server_id, snap.version)
-        return int(current)
+            self._metrics.published(server_id, current)
+        log.info("published routing server_id=%s version=%s delta_entries=%s delta_bytes=%d full_bytes=%d",
+                 server_id, publication.routing.version,
+                 publication.delta.entries if publication.delta is not None else "-",
+                 len(publication.delta_payload), len(publication.full_payload))
+        return current
+
+    async def _expire_legacy_snapshot(self, server_id: int) -> None:
+        """Before routing deltas, the newest version's key never expired; give it the
+        expiry every replaced version had, so an upgraded Redis sheds it."""
+        current = int(await self._redis.get(rediskeys.snapshot_current_key(server_id)) or 0)
+        if current:
+            await self._redis.expire(rediskeys.snapshot_key(server_id, current), rediskeys.SNAPSHOT_RETENTION_SECONDS)
+
+    async def _prepare(self, server_id: int, previous: _Published | None) -> _Publication:
+        """Build, diff and encode, in a worker thread when the store allows it."""
+        if self._reader.threaded:
+            return await asyncio.to_thread(self._prepare_now, server_id, previous)
+        return self._prepare_now(server_id, previous)
+
+    def _prepare_now(self, server_id: int, previous: _Published | None) -> _Publication:
+        routing = self._reader.build(server_id)
+        if previous is None or previous.routing.version >= routing.version:
+            return _Publication(routing, full_payload=snapshot.encode(routing))
+        delta = routing_delta.diff(previous.routing, routing)
+        payload = routing_delta.encode_delta(delta)
+        compact = (previous.deltas_since_full + 1 >= self._full_every
+                   or previous.delta_bytes_since_full + len(payload) >= previous.full_bytes)
+        return _Publication(routing, delta, payload, snapshot.encode(routing) if compact else b"")
+
+    def _remember(self, server_id: int, publication: _Publication, previous: _Published | None) -> None:
+        stats = self.stats
+        stats.publications += 1
+        stats.bytes += len(publication.delta_payload) + len(publication.full_payload)
+        stats.deltas += publication.delta is not None
+        if publication.full_payload:
+            stats.full_snapshots += 1
+            self._state[server_id] = _Published(publication.routing, 0, 0, len(publication.full_payload))
+        elif previous is not None:
+            self._state[server_id] = _Published(
+                publication.routing, previous.deltas_since_full + 1,
+                previous.delta_bytes_since_full + len(publication.delta_payload), previous.full_bytes)
 
     async def sync(self) -> list[tuple[int, int]]:
-        """Publish every server whose routing version is ahead of what was published.
+        """Publish every server whose routing version is ahead of what was published
+        (one publication per server, covering every change committed before it).
 
         Raises RedisError when Redis cannot be reached (nothing is lost: the next
         sync publishes it)."""
         async with self._lock:
-            done = []
-            for server_id, version in self._store_versions().items():
-                if self._published.get(server_id, 0) < version:
-                    done.append((server_id, await self.publish(server_id)))
-            return done
+            if self._coalesce_seconds and self._pending():
+                # Let the rest of a burst commit: one publication then covers it all.
+                await asyncio.sleep(self._coalesce_seconds)
+            return await self._sync_locked()
+
+    def _pending(self) -> list[int]:
+        return [sid for sid, version in self._store_versions().items() if self._published.get(sid, 0) < version]
+
+    async def _sync_locked(self) -> list[tuple[int, int]]:
+        return [(server_id, await self.publish(server_id)) for server_id in self._pending()]
 
     async def republish(self, server_id: int = 0) -> list[tuple[int, int]]:
-        """Rebuild and publish from SQLite, whatever Redis is believed to hold."""
+        """Rebuild and publish full snapshots from SQLite, whatever Redis is believed to hold."""
         async with self._lock:
             servers = [server_id] if server_id else sorted(self._store_versions())
-            return [(sid, await self.publish(sid)) for sid in servers]
+            return [(sid, await self.publish(sid, full=True)) for sid in servers]
 
     async def verify(self) -> list[tuple[int, int]]:
-        """Republish servers whose `current` pointer in Redis is missing or behind
-        (Redis restarted empty, flushed, or a failover lost writes)."""
-        versions = self._store_versions()
-        if not versions:
-            return []
-        ordered = sorted(versions)
-        pipe = self._redis.pipeline(transaction=False)
-        for server_id in ordered:
-            pipe.get(rediskeys.snapshot_current_key(server_id))
-        currents = await pipe.execute()
-        stale = [sid for sid, cur in zip(ordered, currents) if int(cur or 0) < versions[sid]]
-        for server_id in stale:
-            self._published.pop(server_id, None)
-        if stale:
-            log.warning("snapshot missing or behind in Redis for servers %s; republishing", stale)
-        return await self.sync()
+        """Publish what is pending, and republish in full the servers whose `current`
+        pointer in Redis is missing or behind what was published (Redis restarted
+        empty, flushed, or a failover lost writes)."""
+        async with self._lock:
+            ordered = sorted(self._published)
+            if ordered:
+                pipe = self._redis.pipeline(transaction=False)
+                for server_id in ordered:
+                    pipe.get(rediskeys.snapshot_current_key(server_id))
+                currents = await pipe.execute()
+                lost = [sid for sid, cur in zip(ordered, currents) if int(cur or 0) < self._published[sid]]
+                for server_id in lost:
+                    # What Redis held is gone: the next publication is a full snapshot.
+                    self._published.pop(server_id, None)
+                    self._state.pop(server_id, None)
+                if lost:
+                    log.warning("routing missing or behind in Redis for servers %s; republishing", lost)
+            return await self._sync_locked()
 
     async def published_version(self, server_id: int) -> int:
         """The version Redis's `current` pointer holds for the server (0 if none)."""

@@ -48,6 +48,7 @@ class ControlPlane:
         self._health: health.aio.HealthServicer | None = None
         self._tasks: list[asyncio.Task] = []
         self._store: Store | None = None
+        self._publisher: SnapshotPublisher | None = None
         self._redis: aioredis.Redis | None = None
         self._service_names: list[str] = []
         self.metrics = ControlMetrics()
@@ -68,7 +69,7 @@ class ControlPlane:
                             dkim_master_key=dkim_seal.load_or_create_master_key(cfg.data_dir))
         admin_token = load_or_create_admin_token(cfg.admin_token_path, cfg.admin_token)
         self._redis = redis_client(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        publisher = SnapshotPublisher(self._store, self._redis, self.metrics)
+        publisher = self._publisher = SnapshotPublisher(self._store, self._redis, self.metrics)
         feed = ChangeFeed()
         services = Services(registry, Authenticator(registry, admin_token), publisher, self._redis, feed,
                             self.metrics)
@@ -133,6 +134,9 @@ class ControlPlane:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
         if self._store is not None:
             self._store.close()
             self._store = None

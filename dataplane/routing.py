@@ -85,22 +85,51 @@ def _network_key(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tupl
 
 
 class Routing:
-    """Everything a worker routes by, at one snapshot version."""
+    """Everything a worker routes by, at one snapshot version.
 
-    def __init__(self, snapshot: Snapshot, dkim: DkimKeyring | None = None) -> None:
+    Given the `previous` version's Routing, only what changed is rebuilt: an
+    unchanged pool (the same `PoolRoute`, which `routing_delta.apply` keeps as the
+    same object) keeps its rotation table, position included, and its stamped
+    headers; the Bridge indexes are rebuilt only when a Bridge changed, the DKIM
+    keyring is passed in by the caller (the previous one when no key changed).
+    """
+
+    def __init__(self, snapshot: Snapshot, dkim: DkimKeyring | None = None,
+                 previous: Routing | None = None) -> None:
         self.snapshot = snapshot
         self.dkim = DkimKeyring() if dkim is None else dkim
         self.version = snapshot.version
         self._pools: dict[int, PoolRoute] = {p.smtp_id: p for p in snapshot.pools}
-        self._bounce_domains: dict[int, str] = {p.smtp_id: bounce_domain_of(snapshot, p) for p in snapshot.pools}
-        self.sources = SourceSelector(snapshot.pools)
-        self.bridges_by_username: dict[str, BridgeRoute] = snapshot.bridge_by_username()
-        self.bridges_by_id: dict[int, BridgeRoute] = {b.bridge_id: b for b in snapshot.bridges}
+        same_server = previous is not None and (
+            (previous.snapshot.server_id, previous.snapshot.zone, previous.snapshot.hostname,
+             previous.snapshot.bounce_domain) == (snapshot.server_id, snapshot.zone, snapshot.hostname,
+                                                  snapshot.bounce_domain))
+        self.sources = SourceSelector(snapshot.pools, previous.sources if previous is not None else None)
+        self._bounce_domains: dict[int, str] = {}
         self._headers: dict[tuple[int, str], list[Header]] = {}
+        if same_server:
+            # Headers and bounce domains depend on the server's fields and the pool only.
+            kept = {smtp_id for smtp_id, pool in self._pools.items() if previous._pools.get(smtp_id) is pool}
+            self._bounce_domains = {smtp_id: previous._bounce_domains[smtp_id] for smtp_id in kept}
+            # A copy first: the event loop may add to the previous cache meanwhile.
+            self._headers = {key: h for key, h in dict(previous._headers).items() if key[0] in kept}
+        for pool in snapshot.pools:
+            if pool.smtp_id not in self._bounce_domains:
+                self._bounce_domains[pool.smtp_id] = bounce_domain_of(snapshot, pool)
+        if previous is not None and previous.snapshot.bridges is snapshot.bridges:
+            self.bridges_by_username = previous.bridges_by_username
+            self.bridges_by_id = previous.bridges_by_id
+            self._trusted = previous._trusted
+        else:
+            self._index_bridges(snapshot)
         for bridge in snapshot.bridges:
             pool = self._pools.get(bridge.smtp_id)
             if pool is not None:
                 self._headers_for(pool, bridge.feed_type or pool.feed_type)
+
+    def _index_bridges(self, snapshot: Snapshot) -> None:
+        self.bridges_by_username: dict[str, BridgeRoute] = snapshot.bridge_by_username()
+        self.bridges_by_id: dict[int, BridgeRoute] = {b.bridge_id: b for b in snapshot.bridges}
         # Longest prefix first, so the most specific network wins if two ever overlap
         # (the control plane refuses overlaps; this keeps a bad snapshot deterministic).
         trusted = []

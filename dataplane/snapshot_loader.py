@@ -3,9 +3,14 @@
 * At start, loads the version the `current` key names.
 * Follows the pub/sub notices, and on every heartbeat also reads `current`, so a
   missed notice (or a Redis restart) never strands a worker on an old version.
-* Decodes the snapshot and builds the new `Routing` in a thread (off the event
-  loop that serves SMTP), then swaps it in with one assignment: a message sees
-  either the old routing or the new one, never a mix.
+* Catches up by routing deltas (`control.contract.routing_delta`): the entries of
+  the server's change log after the version served, each applied in order. Only
+  at start, or when the log has a gap (trimmed past this worker, or a repair
+  published a full snapshot alone), it loads the newest full snapshot kept and
+  applies the deltas after it. Either way the new `Routing` is built in a thread
+  (off the event loop that serves SMTP) from the one served, rebuilding only the
+  pools that changed (the others keep their rotation position), then swapped in
+  with one assignment: a message sees the old routing or the new one, never a mix.
 * Acks: every heartbeat writes its entry (format in `control.contract.acks`)
   under its worker id in the server's worker hash; the entry is removed on a
   clean stop. An ack is also written right after each swap, so the control
@@ -27,7 +32,9 @@ from control.contract import rediskeys
 from control.contract.acks import format_ack, parse_ack
 from control.contract.redis_client import subscribe
 from control.contract.runtime import reraise_if_cancelling
-from control.contract.snapshot import decode
+from control.contract import routing_delta
+from control.contract.routing_delta import RoutingDelta
+from control.contract.snapshot import Snapshot, decode
 
 from .dkim_keys import DkimKeyCache
 from .routing import Routing
@@ -41,11 +48,31 @@ STALE_ACK_MS = 12 * rediskeys.WORKER_HEARTBEAT_TTL_MS
 MAX_RETRY_DELAY = 2.0
 
 
-def build_routing(data: bytes, dkim_keys: DkimKeyCache | None = None) -> Routing:
-    """Decode a snapshot and build its Routing, its DKIM keys unsealed and parsed
-    by `dkim_keys` (None: it signs nothing). Runs in a thread."""
+def build_routing(data: bytes, dkim_keys: DkimKeyCache | None = None, deltas: tuple[RoutingDelta, ...] = (),
+                  previous: Routing | None = None) -> Routing:
+    """Decode a full snapshot, apply `deltas` to it and build its Routing, its DKIM keys
+    unsealed and parsed by `dkim_keys` (None: it signs nothing); pools equal to
+    `previous`'s keep their rotation. Runs in a thread."""
     snapshot = decode(data)
-    return Routing(snapshot, None if dkim_keys is None else dkim_keys.keyring(snapshot))
+    for delta in deltas:
+        snapshot = routing_delta.apply(snapshot, delta)
+    return _routing(snapshot, dkim_keys, previous)
+
+
+def follow_deltas(routing: Routing, deltas: tuple[RoutingDelta, ...], dkim_keys: DkimKeyCache | None) -> Routing:
+    """`routing` moved forward by `deltas`, rebuilding only what they change. Runs in a thread."""
+    snapshot = routing.snapshot
+    for delta in deltas:
+        snapshot = routing_delta.apply(snapshot, delta)
+    return _routing(snapshot, dkim_keys, routing)
+
+
+def _routing(snapshot: Snapshot, dkim_keys: DkimKeyCache | None, previous: Routing | None) -> Routing:
+    if previous is not None and previous.snapshot.dkim_keys is snapshot.dkim_keys:
+        keyring = previous.dkim  # no key changed: nothing to unseal or index again
+    else:
+        keyring = None if dkim_keys is None else dkim_keys.keyring(snapshot)
+    return Routing(snapshot, keyring, previous)
 
 
 class SnapshotLoader:
@@ -116,35 +143,61 @@ class SnapshotLoader:
             await self.load(int(raw))
 
     async def load(self, version: int) -> bool:
-        """Load and swap in `version` if it is newer than the one served; True if swapped."""
+        """Catch up to `version` if it is newer than the one served; True if a newer
+        routing was swapped in (it may stop short of `version` when the change log has
+        a gap after the newest full snapshot: the next heartbeat tries again)."""
         if version <= self.version:
             return False
         async with self._lock:
             if version <= self.version:
                 return False
-            data = await self._redis.get(rediskeys.snapshot_key(self.server_id, version))
-            if data is None:
-                log.warning("snapshot version %d of server %d is announced but not in Redis",
-                            version, self.server_id)
-                return False
             try:
-                routing = await asyncio.to_thread(build_routing, data, self._dkim_keys)
+                routing = await self._catch_up(version)
             except ValueError as exc:  # SnapshotError, or a table the fast path refuses
                 log.error("snapshot version %d of server %d is unusable, keeping version %d: %s",
                           version, self.server_id, self.version, exc)
                 return False
-            if routing.snapshot.server_id != self.server_id or routing.version != version:
-                log.error("snapshot key of server %d version %d holds server %d version %d; ignored",
+            if routing is None:
+                return False
+            if routing.snapshot.server_id != self.server_id or not self.version < routing.version <= version:
+                log.error("routing of server %d version %d came out as server %d version %d; ignored",
                           self.server_id, version, routing.snapshot.server_id, routing.version)
                 return False
             previous = self.version
             self.current = routing
-        log.info("serving snapshot version %d of server %d (was %d)", version, self.server_id, previous)
+        log.info("serving snapshot version %d of server %d (was %d)", routing.version, self.server_id, previous)
         try:
             await self._ack()
         except REDIS_ERRORS as exc:
             self._note_redis_error("ack", exc)
         return True
+
+    async def _catch_up(self, target: int) -> Routing | None:
+        current = self.current
+        if current is not None:
+            deltas = await self._deltas(current.version, target)
+            if deltas is not None:
+                return await asyncio.to_thread(follow_deltas, current, deltas, self._dkim_keys)
+        full_key = rediskeys.snapshot_full_key(self.server_id)
+        start = routing_delta.newest_full([int(v) for v in await self._redis.hkeys(full_key)], target)
+        if start is None:  # no full snapshot in the hash: one under its own version key, if any
+            start = target
+            data = await self._redis.get(rediskeys.snapshot_key(self.server_id, target))
+        else:
+            data = await self._redis.hget(full_key, str(start))
+        if data is None:
+            log.warning("routing version %d of server %d is announced but no full snapshot up to it is in Redis",
+                        target, self.server_id)
+            return None
+        deltas = await self._deltas(start, target) if start < target else ()
+        routing = await asyncio.to_thread(build_routing, data, self._dkim_keys, deltas or (), current)
+        return routing if current is None or routing.version > current.version else None
+
+    async def _deltas(self, served: int, target: int) -> tuple[RoutingDelta, ...] | None:
+        """The change log's deltas from `served` to `target`; None on a gap."""
+        entries = await self._redis.xrange(rediskeys.snapshot_changes_key(self.server_id),
+                                           min=f"{served + 1}-0", max=f"{target}-0")
+        return routing_delta.delta_chain(served, target, (fields[b"d"] for _, fields in entries))
 
     def _ack_entry(self) -> str:
         return format_ack(self.version, int(time.time() * 1000))
@@ -192,6 +245,9 @@ class SnapshotLoader:
                 await self.check_current()
                 while True:
                     message = await pubsub.get_message(timeout=self._interval * 4)
+                    # redis-py's read timeout can swallow a cancellation that lands with
+                    # it (seen as a stop() that never returned): check for one here.
+                    reraise_if_cancelling()
                     if message is None or message.get("type") != "message":
                         continue
                     try:

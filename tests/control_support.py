@@ -12,7 +12,7 @@ import pytest
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.cli.client import STUBS
 from control.config import ControlConfig
-from control.contract import dkim_seal, rediskeys, snapshot
+from control.contract import dkim_seal, rediskeys, routing_delta, snapshot
 from control.contract.redis_client import sync_redis_client
 from control.server import ControlPlane
 
@@ -113,13 +113,23 @@ async def expect_error(call, code: grpc.StatusCode, *fragments: str) -> str:
 
 
 def current_snapshot(redis_url: str, server_id: int) -> snapshot.Snapshot | None:
-    """The snapshot Redis's `current` pointer names, decoded; None if there is none."""
+    """The routing at the version Redis's `current` pointer names (the newest full
+    snapshot kept, moved forward by the change log's deltas); None if there is none."""
     r = sync_redis_client(redis_url)
     try:
         version = r.get(rediskeys.snapshot_current_key(server_id))
         if version is None:
             return None
-        return snapshot.decode(r.get(rediskeys.snapshot_key(server_id, int(version))))
+        target = int(version)
+        full_key = rediskeys.snapshot_full_key(server_id)
+        start = routing_delta.newest_full([int(v) for v in r.hkeys(full_key)], target)
+        if start is None:
+            return snapshot.decode(r.get(rediskeys.snapshot_key(server_id, target)))
+        routing = snapshot.decode(r.hget(full_key, str(start)))
+        entries = r.xrange(rediskeys.snapshot_changes_key(server_id), min=f"{start + 1}-0", max=f"{target}-0")
+        for delta in routing_delta.delta_chain(start, target, (fields[b"d"] for _, fields in entries)):
+            routing = routing_delta.apply(routing, delta)
+        return routing
     finally:
         r.close()
 

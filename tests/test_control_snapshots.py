@@ -7,7 +7,7 @@ import redis
 import redis.asyncio as aioredis
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
-from control.contract import rediskeys, snapshot
+from control.contract import rediskeys, routing_delta, snapshot
 from control.publisher import build_snapshot
 from control.server import ControlPlane
 from control.store import Store
@@ -54,14 +54,14 @@ async def test_snapshot_matches_the_store_after_each_change(acme, server, redis_
     check()
 
 
-async def test_every_version_is_kept_immutable_and_a_notice_is_published(acme, server, redis_url):
+async def test_a_change_publishes_a_delta_of_what_changed_and_a_notice(acme, server, redis_url):
     sid = server.server_id
     sub = aioredis.Redis.from_url(redis_url)
     pubsub = sub.pubsub()
     await pubsub.subscribe(rediskeys.snapshot_channel(sid))
     try:
         before = current_snapshot(redis_url, sid)
-        await acme.pools.CreatePool(pb.CreatePoolRequest(label="promo", server_id=sid))
+        pool = await acme.pools.CreatePool(pb.CreatePoolRequest(label="promo", server_id=sid))
         after = current_snapshot(redis_url, sid)
         notices = []
 
@@ -73,9 +73,13 @@ async def test_every_version_is_kept_immutable_and_a_notice_is_published(acme, s
 
         await eventually(got_notice)
         r = redis.Redis.from_url(redis_url)
-        old = snapshot.decode(r.get(rediskeys.snapshot_key(sid, before.version)))
+        [(_, fields)] = r.xrange(rediskeys.snapshot_changes_key(sid), min=f"{after.version}-0",
+                                 max=f"{after.version}-0")
         r.close()
-        assert _routing(old) == _routing(before) and len(old.pools) + 1 == len(after.pools)
+        delta = routing_delta.decode_delta(fields[b"d"])
+        assert (delta.base, delta.version) == (before.version, after.version)
+        assert [p.smtp_id for p in delta.pools] == [pool.smtp_id] and delta.entries == 1
+        assert routing_delta.apply(before, delta) == after
     finally:
         await pubsub.aclose()
         await sub.aclose()

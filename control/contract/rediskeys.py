@@ -3,8 +3,9 @@
 Keys that are read or written together share a hash tag (`{...}`), so Lua
 scripts and multi-key commands stay on one slot of a Redis Cluster:
 
-* `{srv:N}` — everything about MTA server N's routing: snapshot versions, the
-  `current` pointer, worker acks; and its queue-control command stream and results.
+* `{srv:N}` — everything about MTA server N's routing: its full snapshots, its
+  change log of routing deltas, the `current` pointer, worker acks; and its
+  queue-control command stream and results.
 * `{stats:N}` — every counter hash of MTA server N (lifetime totals and day, hour
   and minute buckets of its pools, IPs and pools+IPs), plus the marks of its
   workers' stats journals (and one-off batch markers), so one Lua script applies
@@ -40,7 +41,9 @@ def _server_tag(server_id: int) -> str:
 
 
 def snapshot_key(server_id: int, version: int) -> str:
-    """Immutable key holding the msgpack snapshot of `version` for `server_id`."""
+    """Key holding the msgpack snapshot of `version` for `server_id`, one key per version:
+    the layout before routing deltas. Workers still load it when neither the change log
+    nor `snapshot_full_key` reaches `current` (a snapshot written by hand, by a test)."""
     return f"{_server_tag(server_id)}:snapshot:{int(version)}"
 
 
@@ -52,6 +55,28 @@ def snapshot_current_key(server_id: int) -> str:
 def snapshot_channel(server_id: int) -> str:
     """Pub/sub channel on which a new version number of `server_id` is announced."""
     return f"{_server_tag(server_id)}:snapshot:notices"
+
+
+def snapshot_full_key(server_id: int) -> str:
+    """Hash version -> msgpack snapshot: the newest full snapshots of `server_id`
+    (at most SNAPSHOT_FULLS_KEPT), for bootstrap and for a worker behind the change log."""
+    return f"{_server_tag(server_id)}:snapshot:full"
+
+
+def snapshot_changes_key(server_id: int) -> str:
+    """Stream of `server_id`'s routing deltas (`control.contract.routing_delta`), entry
+    id `<version>-0`, field `d` the encoded delta, oldest first. It holds the deltas
+    newer than the oldest full snapshot kept: a worker at version V reads the entries
+    after V; one that finds a gap loads a full snapshot and reads on from there."""
+    return f"{_server_tag(server_id)}:snapshot:changes"
+
+
+# Full snapshots kept per server (the newest ones) ...
+SNAPSHOT_FULLS_KEPT = 2
+# ... and how often one is written: after this many deltas, or once the deltas since
+# the last full snapshot weigh as much as it does, whichever comes first. Redis then
+# holds at most SNAPSHOT_FULLS_KEPT full snapshots plus the deltas since the older one.
+SNAPSHOT_FULL_EVERY = 64
 
 
 def worker_acks_key(server_id: int) -> str:
@@ -66,7 +91,8 @@ def worker_acks_key(server_id: int) -> str:
 # A worker refreshes its ack at least this often; older entries are dead workers.
 WORKER_HEARTBEAT_TTL_MS = 5_000
 
-# How long an immutable snapshot version is kept after a newer one replaced it.
+# How long a full snapshot under its own version key (`snapshot_key`, the layout before
+# routing deltas) is kept after an upgrade: the first full publication gives it this expiry.
 SNAPSHOT_RETENTION_SECONDS = 7 * 24 * 3600
 
 

@@ -121,6 +121,46 @@ class Snapshot:
         return {b.username: b for b in self.bridges}
 
 
+def pool_doc(p: PoolRoute) -> dict:
+    """A pool's wire form (a map), as snapshots and routing deltas carry it."""
+    return {
+        "smtp_id": p.smtp_id,
+        "user_id": p.user_id,
+        "internal_name": p.internal_name,
+        "feed_type": p.feed_type,
+        "headers": [[n, v] for n, v in p.headers],
+        "shared": p.shared,
+        "bounce_domain": p.bounce_domain,
+        "signing_domain": p.signing_domain,
+        "feedback_signing_domain": p.feedback_signing_domain,
+        "ips": [
+            {"address": ip.address, "weight": ip.weight, "state": ip.state, "hostname": ip.hostname}
+            for ip in p.ips
+        ],
+    }
+
+
+def bridge_doc(b: BridgeRoute) -> dict:
+    """A Bridge's wire form (a map)."""
+    return {
+        "bridge_id": b.bridge_id,
+        "user_id": b.user_id,
+        "name": b.name,
+        "username": b.username,
+        "secret_hash": b.secret_hash,
+        "smtp_id": b.smtp_id,
+        "feed_type": b.feed_type,
+        "trusted_networks": list(b.trusted_networks),
+        "send_dsns": b.send_dsns,
+    }
+
+
+def dkim_key_doc(k: DkimKeyRoute) -> dict:
+    """A DKIM key's wire form (a map; the key stays sealed)."""
+    return {"user_id": k.user_id, "domain": k.domain, "selector": k.selector,
+            "algorithm": k.algorithm, "sealed_key": bytes(k.sealed_key)}
+
+
 def encode(snapshot: Snapshot) -> bytes:
     """Serialize a snapshot to its msgpack wire form."""
     doc = {
@@ -131,58 +171,72 @@ def encode(snapshot: Snapshot) -> bytes:
         "zone": snapshot.zone,
         "bounce_domain": snapshot.bounce_domain,
         "published_at_ms": snapshot.published_at_ms,
-        "pools": [
-            {
-                "smtp_id": p.smtp_id,
-                "user_id": p.user_id,
-                "internal_name": p.internal_name,
-                "feed_type": p.feed_type,
-                "headers": [[n, v] for n, v in p.headers],
-                "shared": p.shared,
-                "bounce_domain": p.bounce_domain,
-                "signing_domain": p.signing_domain,
-                "feedback_signing_domain": p.feedback_signing_domain,
-                "ips": [
-                    {"address": ip.address, "weight": ip.weight, "state": ip.state, "hostname": ip.hostname}
-                    for ip in p.ips
-                ],
-            }
-            for p in snapshot.pools
-        ],
-        "bridges": [
-            {
-                "bridge_id": b.bridge_id,
-                "user_id": b.user_id,
-                "name": b.name,
-                "username": b.username,
-                "secret_hash": b.secret_hash,
-                "smtp_id": b.smtp_id,
-                "feed_type": b.feed_type,
-                "trusted_networks": list(b.trusted_networks),
-                "send_dsns": b.send_dsns,
-            }
-            for b in snapshot.bridges
-        ],
-        "dkim_keys": [
-            {"user_id": k.user_id, "domain": k.domain, "selector": k.selector, "algorithm": k.algorithm,
-             "sealed_key": bytes(k.sealed_key)}
-            for k in snapshot.dkim_keys
-        ],
+        "pools": [pool_doc(p) for p in snapshot.pools],
+        "bridges": [bridge_doc(b) for b in snapshot.bridges],
+        "dkim_keys": [dkim_key_doc(k) for k in snapshot.dkim_keys],
     }
     return msgpack.packb(doc, use_bin_type=True)
 
 
-def decode(data: bytes) -> Snapshot:
-    """Parse the wire form; SnapshotError if it is not a snapshot of a known schema."""
+def unpack_map(data: bytes, what: str) -> dict:
+    """The msgpack map `data` of schema SCHEMA_VERSION; SnapshotError otherwise
+    (`what` names it in the message: "snapshot", "routing delta")."""
     try:
         doc = msgpack.unpackb(data, raw=False)
     except Exception as exc:  # msgpack raises several unrelated types
-        raise SnapshotError(f"snapshot is not valid msgpack: {exc}") from None
+        raise SnapshotError(f"{what} is not valid msgpack: {exc}") from None
     if not isinstance(doc, dict):
-        raise SnapshotError("snapshot is not a map")
+        raise SnapshotError(f"{what} is not a map")
     schema = doc.get("schema")
     if schema != SCHEMA_VERSION:
-        raise SnapshotError(f"snapshot schema {schema!r} is not supported (expected {SCHEMA_VERSION})")
+        raise SnapshotError(f"{what} schema {schema!r} is not supported (expected {SCHEMA_VERSION})")
+    return doc
+
+
+def pool_from_doc(p: dict) -> PoolRoute:
+    """The pool of a wire map (KeyError / TypeError / ValueError when malformed)."""
+    return PoolRoute(
+        smtp_id=int(p["smtp_id"]),
+        user_id=int(p["user_id"]),
+        internal_name=str(p["internal_name"]),
+        feed_type=str(p["feed_type"]),
+        headers=tuple((str(n), str(v)) for n, v in p["headers"]),
+        shared=bool(p.get("shared", False)),
+        bounce_domain=str(p.get("bounce_domain", "")),
+        signing_domain=str(p.get("signing_domain", "")),
+        feedback_signing_domain=str(p.get("feedback_signing_domain", "")),
+        ips=tuple(
+            IpRoute(address=str(ip["address"]), weight=int(ip["weight"]), state=str(ip["state"]),
+                    hostname=str(ip["hostname"]))
+            for ip in p["ips"]
+        ),
+    )
+
+
+def bridge_from_doc(b: dict) -> BridgeRoute:
+    """The Bridge of a wire map (KeyError / TypeError / ValueError when malformed)."""
+    return BridgeRoute(
+        bridge_id=int(b["bridge_id"]),
+        user_id=int(b["user_id"]),
+        name=str(b["name"]),
+        username=str(b["username"]),
+        secret_hash=str(b["secret_hash"]),
+        smtp_id=int(b["smtp_id"]),
+        feed_type=str(b["feed_type"]),
+        trusted_networks=tuple(str(n) for n in b.get("trusted_networks", ())),
+        send_dsns=bool(b.get("send_dsns", True)),
+    )
+
+
+def dkim_key_from_doc(k: dict) -> DkimKeyRoute:
+    """The DKIM key of a wire map (KeyError / TypeError / ValueError when malformed)."""
+    return DkimKeyRoute(user_id=int(k["user_id"]), domain=str(k["domain"]), selector=str(k["selector"]),
+                        algorithm=str(k["algorithm"]), sealed_key=_bytes(k["sealed_key"]))
+
+
+def decode(data: bytes) -> Snapshot:
+    """Parse the wire form; SnapshotError if it is not a snapshot of a known schema."""
+    doc = unpack_map(data, "snapshot")
     try:
         return Snapshot(
             server_id=int(doc["server_id"]),
@@ -191,53 +245,9 @@ def decode(data: bytes) -> Snapshot:
             zone=str(doc["zone"]),
             bounce_domain=str(doc.get("bounce_domain", "")),
             published_at_ms=int(doc.get("published_at_ms", 0)),
-            pools=tuple(
-                PoolRoute(
-                    smtp_id=int(p["smtp_id"]),
-                    user_id=int(p["user_id"]),
-                    internal_name=str(p["internal_name"]),
-                    feed_type=str(p["feed_type"]),
-                    headers=tuple((str(n), str(v)) for n, v in p["headers"]),
-                    shared=bool(p.get("shared", False)),
-                    bounce_domain=str(p.get("bounce_domain", "")),
-                    signing_domain=str(p.get("signing_domain", "")),
-                    feedback_signing_domain=str(p.get("feedback_signing_domain", "")),
-                    ips=tuple(
-                        IpRoute(
-                            address=str(ip["address"]),
-                            weight=int(ip["weight"]),
-                            state=str(ip["state"]),
-                            hostname=str(ip["hostname"]),
-                        )
-                        for ip in p["ips"]
-                    ),
-                )
-                for p in doc["pools"]
-            ),
-            bridges=tuple(
-                BridgeRoute(
-                    bridge_id=int(b["bridge_id"]),
-                    user_id=int(b["user_id"]),
-                    name=str(b["name"]),
-                    username=str(b["username"]),
-                    secret_hash=str(b["secret_hash"]),
-                    smtp_id=int(b["smtp_id"]),
-                    feed_type=str(b["feed_type"]),
-                    trusted_networks=tuple(str(n) for n in b.get("trusted_networks", ())),
-                    send_dsns=bool(b.get("send_dsns", True)),
-                )
-                for b in doc["bridges"]
-            ),
-            dkim_keys=tuple(
-                DkimKeyRoute(
-                    user_id=int(k["user_id"]),
-                    domain=str(k["domain"]),
-                    selector=str(k["selector"]),
-                    algorithm=str(k["algorithm"]),
-                    sealed_key=_bytes(k["sealed_key"]),
-                )
-                for k in doc.get("dkim_keys", ())
-            ),
+            pools=tuple(pool_from_doc(p) for p in doc["pools"]),
+            bridges=tuple(bridge_from_doc(b) for b in doc["bridges"]),
+            dkim_keys=tuple(dkim_key_from_doc(k) for k in doc.get("dkim_keys", ())),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise SnapshotError(f"snapshot is missing or has a malformed field: {exc!r}") from None

@@ -19,7 +19,7 @@ is held by the domain layer inside `Store.write()` transactions.
 Each routing change bumps `mta_servers.routing_version` in the same transaction.
 
 One module per concept holds its queries (`accounts`, `servers`, `pools`, `ips`,
-`bridges`, `operations`, `dkim`); `Store` is all of them on one connection, so a
+`bridges`, `operations`, `dkim`, and `routes` for snapshots); `Store` is all of them on one connection, so a
 transaction spans concepts.
 """
 
@@ -40,13 +40,14 @@ from .ips import IpQueries
 from .operations import OperationQueries
 from .pools import PoolQueries
 from .schema import MIGRATIONS
+from .routes import RouteQueries
 from .servers import ServerQueries
 
 __all__ = ["MIGRATIONS", "Store", "is_unique_violation"]
 
 
 class Store(AccountQueries, ServerQueries, PoolQueries, IpQueries, BridgeQueries, OperationQueries,
-            DkimKeyQueries):
+            DkimKeyQueries, RouteQueries):
     """One SQLite connection to the system of record, used from one thread."""
 
     @classmethod

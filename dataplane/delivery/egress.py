@@ -65,24 +65,44 @@ class IpState(NamedTuple):
 
 class SourceSelector:
     """Source-IP selection for every pool of one snapshot: each pool's smooth
-    weighted rotation (one `_fastpath.RotationTable`) and each IP's state.
+    weighted rotation (a `_fastpath.RotationTable` of its own) and each IP's state.
 
-    Built once per snapshot, off the hot path; then only the rotation's position
-    changes. `pools` are the snapshot's pools (`smtp_id`, and `ips` with
-    `address`, `weight`, `usable`, `hostname`).
+    Built once per snapshot, off the hot path; then only the rotations' positions
+    change. `pools` are the snapshot's pools (`smtp_id`, and `ips` with `address`,
+    `weight`, `usable`, `hostname`). Given the `previous` snapshot's selector, a pool
+    that did not change (the same `PoolRoute`) keeps its rotation table, position
+    included: a change to one pool leaves every other pool's rotation exact to the
+    message, and only the changed pools are rebuilt.
     """
 
-    __slots__ = ("_ips", "_pools", "_table")
+    __slots__ = ("_ips", "_pools")
 
-    def __init__(self, pools: Iterable) -> None:
+    def __init__(self, pools: Iterable, previous: SourceSelector | None = None) -> None:
         pools = tuple(pools)
-        self._table = RotationTable.from_pools(
-            [(p.smtp_id, [(ip.address, ip.weight, ip.usable) for ip in p.ips]) for p in pools])
-        # Per pool, its index in the table and each IP's HELO name by position: one
-        # dict lookup per pick on the hot path.
-        self._pools = {p.smtp_id: (self._table.index_of(p.smtp_id), tuple(ip.hostname for ip in p.ips))
-                       for p in pools}
-        self._ips = {ip.address: IpState(ip.usable, ip.hostname) for p in pools for ip in p.ips}
+        if previous is None:
+            self._pools = {p.smtp_id: (p, *_rotation(p)) for p in pools}
+            self._ips = {ip.address: IpState(ip.usable, ip.hostname) for p in pools for ip in p.ips}
+            return
+        kept = previous._pools
+        self._pools = {}
+        changed = []
+        for pool in pools:
+            entry = kept.get(pool.smtp_id)
+            if entry is None or not (entry[0] is pool or entry[0] == pool):
+                entry = (pool, *_rotation(pool))
+                changed.append(pool)
+            self._pools[pool.smtp_id] = entry
+        gone = [entry[0] for smtp_id, entry in kept.items() if self._pools.get(smtp_id, (None,))[0] is not entry[0]]
+        self._ips = previous._ips
+        if gone or changed:
+            ips = dict(previous._ips)
+            for pool in gone:  # the IPs of changed and removed pools, as they were
+                for ip in pool.ips:
+                    ips.pop(ip.address, None)
+            for pool in changed:
+                for ip in pool.ips:
+                    ips[ip.address] = IpState(ip.usable, ip.hostname)
+            self._ips = ips
 
     def pick(self, smtp_id: int) -> tuple[str, str]:
         """The pool's next source IP and its HELO name (advances the pool's rotation).
@@ -90,13 +110,19 @@ class SourceSelector:
         Raises KeyError when the snapshot has no such pool, NoUsableIp when none of
         its IPs is usable.
         """
-        index, hostnames = self._pools[smtp_id]
-        address, ip_index = self._table.pick(index)
+        _, table, hostnames = self._pools[smtp_id]
+        address, ip_index = table.pick(0)
         return address, hostnames[ip_index]
 
     def ip(self, address: str) -> IpState | None:
         """The IP's state in this snapshot; None when no pool has it (released)."""
         return self._ips.get(address)
+
+
+def _rotation(pool) -> tuple[RotationTable, tuple[str, ...]]:
+    """A pool's own rotation table and its IPs' HELO names by position."""
+    table = RotationTable.from_pools([(pool.smtp_id, [(ip.address, ip.weight, ip.usable) for ip in pool.ips])])
+    return table, tuple(ip.hostname for ip in pool.ips)
 
 
 @dataclass(eq=False)
