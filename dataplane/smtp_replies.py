@@ -3,8 +3,10 @@ a mixin of `dataplane.smtp_wire.WireSMTP`, so both SMTP listeners and the sink h
 
 A reply is held while the client's next command line is already buffered (it is about
 to be answered without waiting on the client), and the held replies are sent with the
-first reply given when no whole line is waiting: the server never waits for input
-with a reply unsent (RFC 2920 section 3.1). Never held: 354, 334, 220, 221 and 421
+first reply given when no whole line is waiting, or before the reader waits for the
+client in any case (a buffered line may get no reply of its own, like the rest of an
+overlong line being dropped): the server never waits for input with a reply unsent
+(RFC 2920 section 3.1). Never held: 354, 334, 220, 221 and 421
 (the client must see them before it may go on, or the connection ends) and any reply
 within DATA (a message's 250 goes out as soon as it is spooled).
 
@@ -51,7 +53,14 @@ class PipelinedReplies:
             peer = self.session.peer if self.session is not None else None
             _wire_log.debug("%r << %r", peer, status)
         if self._in_data or status.startswith(ALWAYS_SENT) or not self.line_reader.holds_command_line():
+            self.send_held_replies()
+            await self._writer.drain()
+
+    def send_held_replies(self) -> None:
+        """Write every reply held back, in order (nothing when none is): called before
+        the reader waits for the client, so a buffered line that is answered by no reply
+        of its own (the rest of an overlong line, dropped) never leaves one waiting."""
+        if self._held_replies and getattr(self, "_writer", None) is not None:
             replies = b"".join(self._held_replies)
             self._held_replies.clear()
             self._writer.write(replies)
-            await self._writer.drain()

@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from aiosmtpd.smtp import SMTP, syntax
 
@@ -141,10 +141,27 @@ class CommandLineReader(asyncio.StreamReader):
         self.discard_limit = discard_limit
         self.high_water = 0
         self._discarded = -1  # bytes of an overlong line discarded so far; -1: none
+        # Called before the reader waits for the peer, or sees its end: the protocol
+        # sends the replies it held back (`smtp_replies.PipelinedReplies`).
+        self.before_wait: Callable[[], None] | None = None
 
     def feed_data(self, data: bytes) -> None:
         super().feed_data(data)
         self.high_water = max(self.high_water, len(self._buffer))
+
+    def feed_eof(self) -> None:
+        self._before_waiting()
+        super().feed_eof()
+
+    async def _wait_for_data(self, func_name: str) -> None:
+        # asyncio's one place a read waits for the peer: nothing held back may wait
+        # with it (RFC 2920 section 3.1; see `smtp_replies`).
+        self._before_waiting()
+        await super()._wait_for_data(func_name)
+
+    def _before_waiting(self) -> None:
+        if self.before_wait is not None:
+            self.before_wait()
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         if separator != b"\n":
@@ -302,6 +319,7 @@ class WireSMTP(PipelinedReplies, SMTP):
                                              discard_limit=self.overlong_line_discard, loop=self.loop)
         asyncio.StreamReaderProtocol.__init__(self, self.line_reader,
                                               client_connected_cb=self._cb_client_connected, loop=self.loop)
+        self.line_reader.before_wait = self.send_held_replies
         self._refused_lines = 0
         self._close_after_reply = False
         # The current command's parameters of `*_extension_keywords`, as written

@@ -99,3 +99,37 @@ async def test_a_client_that_waits_gets_each_reply_as_its_own_write():
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_reply_held_behind_a_line_that_gets_no_reply_is_sent_before_waiting():
+    # NOOP's reply is held (a whole line follows), and so is the overlong line's 500
+    # (its rest, through its LF, is buffered); dropping that rest answers nothing, so
+    # the server must send both before it waits for the client's next command.
+    server, port, _ = await _serve()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await _replies(reader, 1)
+        writer.write(b"EHLO client.test\r\n")
+        await _replies(reader, 1)
+        writer.write(b"NOOP\r\nNOOP " + b"x" * 5000 + b"\r\n")
+        assert await _replies(reader, 2) == [b"250", b"500"]
+        writer.write(b"NOOP\r\n")
+        assert await _replies(reader, 1) == [b"250"]
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_replies_held_when_the_client_ends_its_side_are_still_sent():
+    server, port, _ = await _serve()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await _replies(reader, 1)
+        writer.write(b"EHLO client.test\r\nNOOP\r\nNOOP " + b"x" * 5000 + b"\r\n")
+        writer.write_eof()
+        assert await _replies(reader, 3) == [b"250", b"250", b"500"]
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
