@@ -73,7 +73,7 @@ def old_build(store: Store, server_id: int) -> snapshot.Snapshot:
                 bridge_id=r["bridge_id"], user_id=r["user_id"], name=r["name"], username=r["username"],
                 secret_hash=r["secret_hash"], smtp_id=r["smtp_id"], feed_type=r["feed_type"],
                 trusted_networks=s.bridge_networks(r["bridge_id"]), send_dsns=bool(r["send_dsns"]))
-            for r in s.bridge_routes(server_id))
+            for r in s.route_bridges(server_id))
         return snapshot.Snapshot(server_id=server_id, version=server.routing_version, hostname=server.hostname,
                                  zone=server.zone, pools=pools, bridges=bridges)
 
