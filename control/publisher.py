@@ -169,6 +169,7 @@ class SnapshotPublisher:
         self._full_script = redis.register_script(_PUBLISH_FULL_LUA)
         self._state: dict[int, _Published] = {}
         self._published: dict[int, int] = {}
+        self._pruned: dict[int, int] = {}  # the newest routing touch pruned, per server
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self.stats = PublishStats()
@@ -209,8 +210,10 @@ class SnapshotPublisher:
                       self._fulls_kept],
             )
         self._remember(server_id, publication, previous)
-        with self._store.write() as s:
-            s.prune_routing_touches(server_id, publication.touched_through)
+        if publication.touched_through > self._pruned.get(server_id, 0):
+            with self._store.write() as s:
+                s.prune_routing_touches(server_id, publication.touched_through)
+            self._pruned[server_id] = publication.touched_through
         current = int(current)
         self._published[server_id] = current
         if self._metrics is not None:

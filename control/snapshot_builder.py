@@ -127,10 +127,6 @@ class ReaderStore:
         """True when builds may run in another thread (the database is a file)."""
         return bool(self._path)
 
-    def build(self, server_id: int) -> snapshot.Snapshot:
-        """`build_snapshot` on the reader connection (one build at a time)."""
-        return self.run(build_snapshot, server_id)
-
     def run(self, read: Callable[..., T], *args, **kwargs) -> T:
         """`read(store, *args, **kwargs)` on the reader connection (one at a time); on the main
         store when the database is in memory."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
+
 def _touch_triggers() -> str:
     """The triggers of migration 7: every insert, update and delete of a row a snapshot
     is built from records the routing entries it touches (both sides of a move)."""
