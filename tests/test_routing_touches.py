@@ -238,3 +238,23 @@ async def test_the_consistency_check_publishes_sqlites_routing_when_the_remember
         world.assert_converged(redis_url)
     finally:
         await world.close()
+
+
+async def test_a_deleted_pool_and_a_revoked_bridge_go_as_tombstones(tmp_path, redis_url):
+    world = World(tmp_path, redis_url)
+    try:
+        account, sid = world.accounts[0], world.servers[0]
+        world.registry.create_pool(account, label="main", server_id=sid)
+        gone = world.registry.create_pool(account, label="gone", server_id=sid,
+                                          headers=[("X-Campaign", "spring")])
+        bridge, _ = world.registry.create_bridge(account, name="app", smtp_id=gone.smtp_id)
+        await world.publisher.sync()
+        world.registry.revoke_bridge(account, bridge.bridge_id)
+        world.registry.delete_pool(account, gone.smtp_id)
+        await world.publisher.sync()
+        routing = world.publisher.routing(sid)
+        assert gone.smtp_id not in {p.smtp_id for p in routing.pools} and routing.bridges == ()
+        assert world.publisher.stats.builds == len(world.servers)
+        world.assert_converged(redis_url)
+    finally:
+        await world.close()
