@@ -14,9 +14,11 @@ The whole server is built from SQLite (`snapshot_builder`) only at the first
 publication after a start, on a repair, and when SQLite's version is not ahead of
 what was published. The periodic full snapshot (compaction) is the remembered
 routing with the delta applied: it is what the deltas lead every worker to, and
-building it costs no SQLite reads; every CONSISTENCY_CHECK_EVERY-th compaction
-also rebuilds it from SQLite in the delta's read transaction and compares, and a
-difference is logged as an ERROR and published as a full snapshot.
+building it costs no SQLite reads. Off the hot path, `check_consistency` (run by
+the background loop every CONSISTENCY_CHECK_SECONDS) rebuilds each server from
+SQLite on a connection of its own, without holding publications, and compares it
+with the remembered routing at the same version; a difference is logged as an
+ERROR and the rebuilt routing is published as a full snapshot.
 
 Redis layout per server, every key under the server's `{srv:N}` tag:
 
@@ -69,9 +71,9 @@ MAX_RETRY_DELAY = 5.0
 # How long a publication waits for the rest of a burst of changes before it starts:
 # a few milliseconds more for one change, far fewer publications for a burst.
 COALESCE_SECONDS = 0.005
-# One compaction in this many also rebuilds the server from SQLite to check the
-# remembered routing (the first one after a start included).
-CONSISTENCY_CHECK_EVERY = 10
+# How often the background loop rebuilds every server from SQLite to check the
+# remembered routing (a whole-server build: seconds at 50k pools, so rarely).
+CONSISTENCY_CHECK_SECONDS = 3600.0
 
 # KEYS: changes stream, current key. ARGV: version, base, delta, channel.
 # Returns {1, version} when published, {0, current} when `current` is not the base.
@@ -122,7 +124,7 @@ class PublishStats:
     deltas: int = 0
     bytes: int = 0
     builds: int = 0  # whole servers built from SQLite to start from (not the consistency checks)
-    mismatches: int = 0  # consistency checks that found the remembered routing differing from SQLite's
+    mismatches: int = 0  # servers whose remembered routing a consistency check found differing from SQLite's
 
 
 @dataclass
@@ -133,7 +135,6 @@ class _Published:
     deltas_since_full: int
     delta_bytes_since_full: int
     full_bytes: int
-    compactions: int = 0
 
 
 @dataclass
@@ -156,7 +157,7 @@ class SnapshotPublisher:
     def __init__(self, store: Store, redis: aioredis.Redis, metrics: ControlMetrics | None = None, *,
                  full_every: int = rediskeys.SNAPSHOT_FULL_EVERY,
                  fulls_kept: int = rediskeys.SNAPSHOT_FULLS_KEPT, coalesce_seconds: float = COALESCE_SECONDS,
-                 check_every: int = CONSISTENCY_CHECK_EVERY):
+                 check_seconds: float = CONSISTENCY_CHECK_SECONDS):
         self._store = store
         self._reader = ReaderStore(store)
         self._redis = redis
@@ -164,7 +165,8 @@ class SnapshotPublisher:
         self._full_every = full_every
         self._fulls_kept = max(1, fulls_kept)
         self._coalesce_seconds = coalesce_seconds
-        self._check_every = max(1, check_every)
+        self._check_seconds = check_seconds
+        self._checker = ReaderStore(store)  # the consistency check's own connection: it never waits for a build
         self._delta_script = redis.register_script(_PUBLISH_DELTA_LUA)
         self._full_script = redis.register_script(_PUBLISH_FULL_LUA)
         self._state: dict[int, _Published] = {}
@@ -177,6 +179,7 @@ class SnapshotPublisher:
     def close(self) -> None:
         """Close the reader connection (the publisher may not publish afterwards)."""
         self._reader.close()
+        self._checker.close()
 
     async def publish(self, server_id: int, *, full: bool = False) -> int:
         """Publish `server_id`'s routing as a delta from what Redis holds (a full
@@ -241,9 +244,7 @@ class SnapshotPublisher:
         if previous is None:
             return self._build_publication(server_id)
         routing = previous.routing
-        check = (previous.deltas_since_full + 1 >= self._full_every
-                 and previous.compactions % self._check_every == 0)
-        change = self._reader.run(read_change, routing, rebuild=check)
+        change = self._reader.run(read_change, routing)
         delta = change.delta
         if delta is None:  # SQLite is not ahead of what was published: start again from it
             return self._build_publication(server_id)
@@ -253,11 +254,6 @@ class SnapshotPublisher:
         if not compact:
             return _Publication(delta.version, change.touched_through, delta, payload)
         full = routing_delta.apply(routing.snapshot(), delta)
-        if change.rebuilt is not None and replace(change.rebuilt, published_at_ms=0) != replace(full, published_at_ms=0):
-            log.error("routing of server %s at version %s reached by deltas differs from SQLite's; "
-                      "publishing the one rebuilt from SQLite", server_id, delta.version)
-            self.stats.mismatches += 1
-            return self._full_publication(change.rebuilt, change.touched_through)
         return _Publication(delta.version, change.touched_through, delta, payload, snapshot.encode(full))
 
     def _build_publication(self, server_id: int) -> _Publication:
@@ -282,11 +278,36 @@ class SnapshotPublisher:
             return
         previous.routing.apply(publication.delta, publication.touched_through)
         if publication.full_payload:
-            self._state[server_id] = _Published(previous.routing, 0, 0, len(publication.full_payload),
-                                                previous.compactions + 1)
+            self._state[server_id] = _Published(previous.routing, 0, 0, len(publication.full_payload))
         else:
             previous.deltas_since_full += 1
             previous.delta_bytes_since_full += len(publication.delta_payload)
+
+    async def check_consistency(self) -> list[int]:
+        """Rebuild every published server's routing from SQLite (in a thread, on a
+        connection of its own, publications going on meanwhile) and compare it with the
+        routing remembered at the same version; a server that differs is logged as an
+        ERROR and its rebuilt routing published in full. Returns those servers. A server
+        whose published version moved on while it was rebuilt is checked next time."""
+        differing = []
+        for server_id in sorted(self._state):
+            if self._checker.threaded:
+                rebuilt, _ = await asyncio.to_thread(self._checker.run, _build_with_touches, server_id)
+            else:
+                rebuilt, _ = self._checker.run(_build_with_touches, server_id)
+            async with self._lock:
+                published = self._state.get(server_id)
+                if published is None or published.routing.version != rebuilt.version:
+                    continue
+                remembered = await asyncio.to_thread(published.routing.snapshot)
+                if replace(remembered, published_at_ms=0) == replace(rebuilt, published_at_ms=0):
+                    continue
+                log.error("routing of server %s at version %s reached by deltas differs from SQLite's; "
+                          "publishing the one rebuilt from SQLite", server_id, rebuilt.version)
+                self.stats.mismatches += 1
+                differing.append(server_id)
+                await self.publish(server_id, full=True)
+        return differing
 
     def routing(self, server_id: int) -> snapshot.Snapshot | None:
         """The routing of the server as last published by this publisher (None: none yet)."""
@@ -348,14 +369,20 @@ class SnapshotPublisher:
     async def run(self, interval: float, max_retry_delay: float = MAX_RETRY_DELAY) -> None:
         """Background loop: publish what is pending and repair Redis, forever.
 
-        Checks every `interval` seconds. While Redis fails, the wait doubles from
+        Checks every `interval` seconds, and the remembered routing against SQLite
+        every CONSISTENCY_CHECK_SECONDS (`check_consistency`). While Redis fails, the wait doubles from
         `interval` up to `max_retry_delay` (a dead Redis is not hammered, and the
         outage is logged once, not at every retry); `wake()` ends a wait early.
         """
         failures = 0
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + self._check_seconds
         while True:
             try:
                 await self.verify()
+                if loop.time() >= next_check:
+                    next_check = loop.time() + self._check_seconds
+                    await self.check_consistency()
                 if failures:
                     log.warning("Redis reachable again after %d failed attempts; snapshots are up to date",
                                 failures)

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from .contract import routing_delta, snapshot
-from .snapshot_builder import build_in, read_entries
+from .snapshot_builder import read_entries
 from .store import Store
 
 
@@ -74,18 +74,15 @@ def _update(entries: dict, changed: dict, gone) -> None:
 @dataclass(frozen=True)
 class Change:
     """What `read_change` found: the delta (None: SQLite's version is not ahead of the
-    routing's), the newest touch it covers, and, when asked for, the server's whole
-    snapshot rebuilt from SQLite in the same transaction."""
+    routing's) and the newest touch it covers."""
 
     delta: routing_delta.RoutingDelta | None
     touched_through: int
-    rebuilt: snapshot.Snapshot | None = None
 
 
-def read_change(s: Store, routing: ServerRouting, *, rebuild: bool = False) -> Change:
+def read_change(s: Store, routing: ServerRouting) -> Change:
     """The delta from `routing` to the server's routing in SQLite, reading only the
-    entries touched since `routing.touched_through`; with `rebuild`, also the whole
-    snapshot at the same version (a consistency check). LookupError: no such server."""
+    entries touched since `routing.touched_through`. LookupError: no such server."""
     server_id = routing.server_id
     with s.read():
         server = s.server(server_id)
@@ -93,9 +90,8 @@ def read_change(s: Store, routing: ServerRouting, *, rebuild: bool = False) -> C
             raise LookupError(f"no MTA server {server_id}")
         touches = s.routing_touches(server_id, routing.touched_through)
         through = touches[-1][0] if touches else routing.touched_through
-        rebuilt = build_in(s, server_id) if rebuild else None
         if server.routing_version <= routing.version:
-            return Change(None, through, rebuilt)
+            return Change(None, through)
         touched: dict[str, set[int]] = {"pool": set(), "bridge": set(), "dkim": set(), "server": set()}
         for _, kind, ref in touches:
             touched[kind].add(ref)
@@ -113,7 +109,7 @@ def read_change(s: Store, routing: ServerRouting, *, rebuild: bool = False) -> C
         published_at_ms=int(time.time() * 1000), server=None if fields == routing.fields else fields,
         pools=new_pools, pools_gone=pools_gone, bridges=new_bridges, bridges_gone=bridges_gone,
         dkim=tuple((keys[0].user_id, keys) for keys in new_dkim), dkim_gone=dkim_gone)
-    return Change(delta, through, rebuilt)
+    return Change(delta, through)
 
 
 def _changes(published: dict, touched: set[int], read: dict) -> tuple[tuple, tuple]:
