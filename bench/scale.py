@@ -1,20 +1,23 @@
 """Scale bench for incremental routing (issue 14): what one routing change costs at
-100, 1k and 5k pools on one MTA server, old way against new way, in one run.
+1k, 10k (and 50k) pools on one MTA server, old way against new way, in one run.
 
-    .venv/bin/python -m bench.scale [--sizes 100,1000,5000] [--changes 15]
+    .venv/bin/python -m bench.scale [--sizes 1000,10000] [--changes 30]
 
 For each size it registers a server through a real control plane (embedded Redis,
 real gRPC), writes the pools straight into SQLite (`tests/scale_support.add_pools`:
 10 IPs and 1 Bridge per pool, accounts of 10 pools), starts two in-process workers
 (`SnapshotLoader`, as the data plane runs them) and then measures:
 
-* CreatePool p50: the RPC, its publication included, timed at the client;
-* change -> every worker acked p50: from the RPC's start until both workers serve
-  the version it published;
-* control-plane CPU per change (process CPU time, nothing else running):
-  old = the per-object build the publisher did before (one query per pool, IP list
-  and Bridge; `Store.pools_on_server` etc., still in the store) + encoding the whole
-  snapshot; new = the set-based build + diff + encoding the delta;
+* CreatePool p50 / p99: the RPC, its publication included, timed at the client;
+* change -> every worker acked p50 / p99: from the RPC's start until both workers
+  serve the version it published;
+* control-plane CPU per change (process CPU time of the publisher's preparation,
+  median of CPU_SAMPLES one-pool changes written straight into SQLite):
+  old = the whole server built set-based from SQLite, diffed against the published
+  routing, the delta encoded (the publisher before routing touches); new =
+  `routing_changes.read_change` (the touches, the touched entries by id, the delta
+  against the remembered routing) + encoding the delta + applying it to the
+  remembered routing;
 * bytes published per change: old = the whole snapshot; new = the delta;
 * worker rebuild CPU per change: old = decode the whole snapshot + build `Routing`;
   new = apply the delta + `Routing` from the previous one;
@@ -40,13 +43,16 @@ import redis.asyncio as aioredis
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.contract import routing_delta, snapshot
 from control.embedded_redis import EmbeddedRedis
+from control.routing_changes import ServerRouting, read_change
 from control.server import ControlPlane
-from control.snapshot_builder import build_snapshot
+from control.snapshot_builder import build_in, build_snapshot
 from control.store import Store
 from dataplane.routing import Routing
 from dataplane.snapshot_loader import SnapshotLoader, build_routing, follow_deltas
 from tests.control_support import Client, start_config
 from tests.scale_support import add_pools
+
+CPU_SAMPLES = 7
 
 _RSS_PROBE = """
 import resource, sys
@@ -54,28 +60,6 @@ from dataplane.snapshot_loader import build_routing
 routing = build_routing(open(sys.argv[1], 'rb').read())
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 """
-
-
-def old_build(store: Store, server_id: int) -> snapshot.Snapshot:
-    """The snapshot as the publisher built it before issue 14: a query per pool, IP list and Bridge."""
-    with store.read() as s:
-        server = s.server(server_id)
-        pools = tuple(
-            snapshot.PoolRoute(
-                smtp_id=p.smtp_id, user_id=p.user_id or 0, internal_name=p.internal_name, feed_type=p.feed_type,
-                headers=p.headers, shared=p.is_shared, bounce_domain=p.bounce_domain,
-                signing_domain=p.signing_domain, feedback_signing_domain=p.feedback_signing_domain,
-                ips=tuple(snapshot.IpRoute(ip.address, ip.weight, ip.state, ip.hostname)
-                          for ip in s.ips_in_pool(p.smtp_id)))
-            for p in s.pools_on_server(server_id))
-        bridges = tuple(
-            snapshot.BridgeRoute(
-                bridge_id=r["bridge_id"], user_id=r["user_id"], name=r["name"], username=r["username"],
-                secret_hash=r["secret_hash"], smtp_id=r["smtp_id"], feed_type=r["feed_type"],
-                trusted_networks=s.bridge_networks(r["bridge_id"]), send_dsns=bool(r["send_dsns"]))
-            for r in s.bridge_routes(server_id))
-        return snapshot.Snapshot(server_id=server_id, version=server.routing_version, hostname=server.hostname,
-                                 zone=server.zone, pools=pools, bridges=bridges)
 
 
 def _cpu(fn, *args):
@@ -86,6 +70,33 @@ def _cpu(fn, *args):
 
 def _p50(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def _p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[98]
+
+
+def control_cpu_per_change(store: Store, sid: int) -> tuple[float, float, snapshot.Snapshot, snapshot.Snapshot, bytes]:
+    """(old, new) median CPU seconds to prepare the publication of a one-pool change,
+    the routing before and after the last change, and the last delta's bytes."""
+    with store.read() as s:
+        base, through = build_in(s, sid), s.last_routing_touch(sid)
+    remembered = ServerRouting(base, through)
+    old, new = [], []
+    for n in range(CPU_SAMPLES):
+        with store.write() as s:  # a change straight into SQLite: one pool's feed type
+            s.set_pool_feed_type(base.pools[(n * 7919) % len(base.pools)].smtp_id, f"changed{n}")
+            s.bump_routing_version(sid)
+        cpu, after = _cpu(build_snapshot, store, sid)
+        diff_cpu, _ = _cpu(lambda: routing_delta.encode_delta(routing_delta.diff(base, after)))  # noqa: B023
+        old.append(cpu + diff_cpu)
+        start = time.process_time()
+        change = read_change(store, remembered)
+        delta_bytes = routing_delta.encode_delta(change.delta)
+        remembered.apply(change.delta, change.touched_through)
+        new.append(time.process_time() - start)
+        before, base = base, after
+    return statistics.median(old), statistics.median(new), before, base, delta_bytes
 
 
 def worker_rss_mb(snap: snapshot.Snapshot, workdir: Path) -> int:
@@ -130,24 +141,19 @@ async def measure(size: int, changes: int, workdir: Path, redis_url: str) -> dic
             acked.append(time.perf_counter() - start)
         store = Store.open(cfg.db_path)
         try:
-            old_cpu, old_snap = _cpu(old_build, store, sid)
-            old_encode_cpu, old_bytes = _cpu(snapshot.encode, old_snap)
-            base = build_snapshot(store, sid)
-            with store.write() as s:  # one more change, straight into SQLite: a pool's feed type
-                s.set_pool_feed_type(base.pools[-1].smtp_id, "changed")
-                s.bump_routing_version(sid)
-            new_cpu, new_snap = _cpu(build_snapshot, store, sid)
-            delta_cpu, delta_bytes = _cpu(lambda: routing_delta.encode_delta(routing_delta.diff(base, new_snap)))
+            old_cpu, new_cpu, base, new_snap, delta_bytes = control_cpu_per_change(store, sid)
         finally:
             store.close()
+        old_bytes = snapshot.encode(new_snap)
         delta = routing_delta.decode_delta(delta_bytes)
         routing = Routing(base)
         old_worker_cpu, _ = _cpu(build_routing, old_bytes)
         new_worker_cpu, _ = _cpu(follow_deltas, routing, (delta,), None)
         return {
             "pools": size, "ips": size * 10,
-            "create_p50_ms": _p50(rpc) * 1000, "acked_p50_ms": _p50(acked) * 1000,
-            "old_cpu_ms": (old_cpu + old_encode_cpu) * 1000, "new_cpu_ms": (new_cpu + delta_cpu) * 1000,
+            "create_p50_ms": _p50(rpc) * 1000, "create_p99_ms": _p99(rpc) * 1000,
+            "acked_p50_ms": _p50(acked) * 1000, "acked_p99_ms": _p99(acked) * 1000,
+            "old_cpu_ms": old_cpu * 1000, "new_cpu_ms": new_cpu * 1000,
             "old_bytes": len(old_bytes), "new_bytes": len(delta_bytes),
             "old_worker_ms": old_worker_cpu * 1000, "new_worker_ms": new_worker_cpu * 1000,
             "worker_rss_mb": worker_rss_mb(new_snap, workdir),
@@ -163,13 +169,15 @@ async def measure(size: int, changes: int, workdir: Path, redis_url: str) -> dic
 def table(rows: list[dict[str, float]]) -> str:
     """The rows as the Markdown table of bench/SCALE.md."""
     lines = [
-        "| pools / IPs | CreatePool p50 | change → all workers acked p50 | control CPU per change old → new "
-        "| bytes per change old → new | worker rebuild per change old → new | worker RSS |",
+        ("| pools / IPs | CreatePool p50 / p99 | change → all workers acked p50 / p99 "
+         "| control CPU per change old → new | bytes per change full → delta | worker rebuild per change full → delta "
+         "| worker RSS |"),
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['pools']:,} / {r['ips']:,} | {r['create_p50_ms']:.1f} ms | {r['acked_p50_ms']:.1f} ms "
+            f"| {r['pools']:,} / {r['ips']:,} | {r['create_p50_ms']:.1f} / {r['create_p99_ms']:.1f} ms "
+            f"| {r['acked_p50_ms']:.1f} / {r['acked_p99_ms']:.1f} ms "
             f"| {r['old_cpu_ms']:.1f} → {r['new_cpu_ms']:.1f} ms ({r['old_cpu_ms'] / r['new_cpu_ms']:.1f}×) "
             f"| {r['old_bytes']:,} → {r['new_bytes']:,} B ({r['old_bytes'] / r['new_bytes']:.0f}×) "
             f"| {r['old_worker_ms']:.1f} → {r['new_worker_ms']:.2f} ms | {r['worker_rss_mb']} MB |")
@@ -194,7 +202,7 @@ async def main(sizes: list[int], changes: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="100,1000,5000")
-    parser.add_argument("--changes", type=int, default=15)
+    parser.add_argument("--sizes", default="1000,10000")
+    parser.add_argument("--changes", type=int, default=30)
     args = parser.parse_args()
     asyncio.run(main([int(s) for s in args.sizes.split(",")], args.changes))

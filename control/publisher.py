@@ -1,12 +1,24 @@
 """Routing publishing: SQLite state -> a routing delta (or a full snapshot) -> Redis.
 
 A routing change costs what changed. For each MTA server the publisher remembers
-the routing it last put in Redis; when SQLite's routing version is ahead it builds
-the server's snapshot (`snapshot_builder`: a few set-based queries, in a worker
-thread on a connection of its own, so RPCs keep being answered meanwhile), diffs
-it against that routing, and publishes only the delta
+the routing it last put in Redis (`routing_changes.ServerRouting`); when SQLite's
+routing version is ahead it reads only the entries the changes since then touched
+(`routing_changes.read_change`: the touches the registry's transactions recorded,
+then those pools, Bridges and accounts by id, in a worker thread on a connection of
+its own, so RPCs keep being answered meanwhile), and publishes only the delta
 (`control.contract.routing_delta`: the pools, Bridges, DKIM accounts that changed,
-tombstones for those that went) under the new version.
+tombstones for those that went) under the new version. Once it is in Redis the
+touches it covers are pruned.
+
+The whole server is built from SQLite (`snapshot_builder`) only at the first
+publication after a start, on a repair, and when SQLite's version is not ahead of
+what was published. The periodic full snapshot (compaction) is the remembered
+routing with the delta applied: it is what the deltas lead every worker to, and
+building it costs no SQLite reads. Off the hot path, `check_consistency` (run by
+the background loop every CONSISTENCY_CHECK_SECONDS) rebuilds each server from
+SQLite on a connection of its own, without holding publications, and compares it
+with the remembered routing at the same version; a difference is logged as an
+ERROR and the rebuilt routing is published as a full snapshot.
 
 Redis layout per server, every key under the server's `{srv:N}` tag:
 
@@ -38,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -46,7 +58,8 @@ from redis.exceptions import RedisError, ResponseError
 from .contract import rediskeys, routing_delta, snapshot
 from .contract.runtime import reraise_if_cancelling
 from .metrics import ControlMetrics
-from .snapshot_builder import ReaderStore, build_snapshot
+from .routing_changes import ServerRouting, read_change
+from .snapshot_builder import ReaderStore, build_in, build_snapshot
 from .store import Store
 
 __all__ = ["PublishStats", "SnapshotPublisher", "build_snapshot"]
@@ -58,6 +71,9 @@ MAX_RETRY_DELAY = 5.0
 # How long a publication waits for the rest of a burst of changes before it starts:
 # a few milliseconds more for one change, far fewer publications for a burst.
 COALESCE_SECONDS = 0.005
+# How often the background loop rebuilds every server from SQLite to check the
+# remembered routing (a whole-server build: seconds at 50k pools, so rarely).
+CONSISTENCY_CHECK_SECONDS = 3600.0
 
 # KEYS: changes stream, current key. ARGV: version, base, delta, channel.
 # Returns {1, version} when published, {0, current} when `current` is not the base.
@@ -107,13 +123,15 @@ class PublishStats:
     full_snapshots: int = 0
     deltas: int = 0
     bytes: int = 0
+    builds: int = 0  # whole servers built from SQLite to start from (not the consistency checks)
+    mismatches: int = 0  # servers whose remembered routing a consistency check found differing from SQLite's
 
 
 @dataclass
 class _Published:
     """The routing of one server as Redis holds it (the base of the next delta)."""
 
-    routing: snapshot.Snapshot
+    routing: ServerRouting
     deltas_since_full: int
     delta_bytes_since_full: int
     full_bytes: int
@@ -125,10 +143,12 @@ class _Publication:
     both (a compaction: the delta keeps the change log unbroken for workers that
     follow it, the full snapshot becomes the newest starting point)."""
 
-    routing: snapshot.Snapshot
+    version: int
+    touched_through: int
     delta: routing_delta.RoutingDelta | None = None
     delta_payload: bytes = b""
     full_payload: bytes = b""
+    rebuilt: ServerRouting | None = None  # built from SQLite: it replaces the remembered routing
 
 
 class SnapshotPublisher:
@@ -136,7 +156,8 @@ class SnapshotPublisher:
 
     def __init__(self, store: Store, redis: aioredis.Redis, metrics: ControlMetrics | None = None, *,
                  full_every: int = rediskeys.SNAPSHOT_FULL_EVERY,
-                 fulls_kept: int = rediskeys.SNAPSHOT_FULLS_KEPT, coalesce_seconds: float = COALESCE_SECONDS):
+                 fulls_kept: int = rediskeys.SNAPSHOT_FULLS_KEPT, coalesce_seconds: float = COALESCE_SECONDS,
+                 check_seconds: float = CONSISTENCY_CHECK_SECONDS):
         self._store = store
         self._reader = ReaderStore(store)
         self._redis = redis
@@ -144,10 +165,13 @@ class SnapshotPublisher:
         self._full_every = full_every
         self._fulls_kept = max(1, fulls_kept)
         self._coalesce_seconds = coalesce_seconds
+        self._check_seconds = check_seconds
+        self._checker = ReaderStore(store)  # the consistency check's own connection: it never waits for a build
         self._delta_script = redis.register_script(_PUBLISH_DELTA_LUA)
         self._full_script = redis.register_script(_PUBLISH_FULL_LUA)
         self._state: dict[int, _Published] = {}
         self._published: dict[int, int] = {}
+        self._pruned: dict[int, int] = {}  # the newest routing touch pruned, per server
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self.stats = PublishStats()
@@ -155,6 +179,7 @@ class SnapshotPublisher:
     def close(self) -> None:
         """Close the reader connection (the publisher may not publish afterwards)."""
         self._reader.close()
+        self._checker.close()
 
     async def publish(self, server_id: int, *, full: bool = False) -> int:
         """Publish `server_id`'s routing as a delta from what Redis holds (a full
@@ -184,16 +209,20 @@ class SnapshotPublisher:
             current = await self._full_script(
                 keys=[rediskeys.snapshot_full_key(server_id), rediskeys.snapshot_current_key(server_id),
                       rediskeys.snapshot_changes_key(server_id)],
-                args=[publication.routing.version, publication.full_payload, rediskeys.snapshot_channel(server_id),
+                args=[publication.version, publication.full_payload, rediskeys.snapshot_channel(server_id),
                       self._fulls_kept],
             )
         self._remember(server_id, publication, previous)
+        if publication.touched_through > self._pruned.get(server_id, 0):
+            with self._store.write() as s:
+                s.prune_routing_touches(server_id, publication.touched_through)
+            self._pruned[server_id] = publication.touched_through
         current = int(current)
         self._published[server_id] = current
         if self._metrics is not None:
             self._metrics.published(server_id, current)
         log.info("published routing server_id=%s version=%s delta_entries=%s delta_bytes=%d full_bytes=%d",
-                 server_id, publication.routing.version,
+                 server_id, publication.version,
                  publication.delta.entries if publication.delta is not None else "-",
                  len(publication.delta_payload), len(publication.full_payload))
         return current
@@ -212,27 +241,78 @@ class SnapshotPublisher:
         return self._prepare_now(server_id, previous)
 
     def _prepare_now(self, server_id: int, previous: _Published | None) -> _Publication:
-        routing = self._reader.build(server_id)
-        if previous is None or previous.routing.version >= routing.version:
-            return _Publication(routing, full_payload=snapshot.encode(routing))
-        delta = routing_delta.diff(previous.routing, routing)
+        if previous is None:
+            return self._build_publication(server_id)
+        routing = previous.routing
+        change = self._reader.run(read_change, routing)
+        delta = change.delta
+        if delta is None:  # SQLite is not ahead of what was published: start again from it
+            return self._build_publication(server_id)
         payload = routing_delta.encode_delta(delta)
         compact = (previous.deltas_since_full + 1 >= self._full_every
                    or previous.delta_bytes_since_full + len(payload) >= previous.full_bytes)
-        return _Publication(routing, delta, payload, snapshot.encode(routing) if compact else b"")
+        if not compact:
+            return _Publication(delta.version, change.touched_through, delta, payload)
+        full = routing_delta.apply(routing.snapshot(), delta)
+        return _Publication(delta.version, change.touched_through, delta, payload, snapshot.encode(full))
+
+    def _build_publication(self, server_id: int) -> _Publication:
+        self.stats.builds += 1
+        return self._full_publication(*self._reader.run(_build_with_touches, server_id))
+
+    @staticmethod
+    def _full_publication(routing: snapshot.Snapshot, touched_through: int) -> _Publication:
+        return _Publication(routing.version, touched_through, full_payload=snapshot.encode(routing),
+                            rebuilt=ServerRouting(routing, touched_through))
 
     def _remember(self, server_id: int, publication: _Publication, previous: _Published | None) -> None:
         stats = self.stats
         stats.publications += 1
         stats.bytes += len(publication.delta_payload) + len(publication.full_payload)
         stats.deltas += publication.delta is not None
+        stats.full_snapshots += bool(publication.full_payload)
+        if publication.rebuilt is not None:
+            self._state[server_id] = _Published(publication.rebuilt, 0, 0, len(publication.full_payload))
+            return
+        if previous is None or publication.delta is None:
+            return
+        previous.routing.apply(publication.delta, publication.touched_through)
         if publication.full_payload:
-            stats.full_snapshots += 1
-            self._state[server_id] = _Published(publication.routing, 0, 0, len(publication.full_payload))
-        elif previous is not None:
-            self._state[server_id] = _Published(
-                publication.routing, previous.deltas_since_full + 1,
-                previous.delta_bytes_since_full + len(publication.delta_payload), previous.full_bytes)
+            self._state[server_id] = _Published(previous.routing, 0, 0, len(publication.full_payload))
+        else:
+            previous.deltas_since_full += 1
+            previous.delta_bytes_since_full += len(publication.delta_payload)
+
+    async def check_consistency(self) -> list[int]:
+        """Rebuild every published server's routing from SQLite (in a thread, on a
+        connection of its own, publications going on meanwhile) and compare it with the
+        routing remembered at the same version; a server that differs is logged as an
+        ERROR and its rebuilt routing published in full. Returns those servers. A server
+        whose published version moved on while it was rebuilt is checked next time."""
+        differing = []
+        for server_id in sorted(self._state):
+            if self._checker.threaded:
+                rebuilt, _ = await asyncio.to_thread(self._checker.run, _build_with_touches, server_id)
+            else:
+                rebuilt, _ = self._checker.run(_build_with_touches, server_id)
+            async with self._lock:
+                published = self._state.get(server_id)
+                if published is None or published.routing.version != rebuilt.version:
+                    continue
+                remembered = await asyncio.to_thread(published.routing.snapshot)
+                if replace(remembered, published_at_ms=0) == replace(rebuilt, published_at_ms=0):
+                    continue
+                log.error("routing of server %s at version %s reached by deltas differs from SQLite's; "
+                          "publishing the one rebuilt from SQLite", server_id, rebuilt.version)
+                self.stats.mismatches += 1
+                differing.append(server_id)
+                await self.publish(server_id, full=True)
+        return differing
+
+    def routing(self, server_id: int) -> snapshot.Snapshot | None:
+        """The routing of the server as last published by this publisher (None: none yet)."""
+        published = self._state.get(server_id)
+        return None if published is None else published.routing.snapshot()
 
     async def sync(self) -> list[tuple[int, int]]:
         """Publish every server whose routing version is ahead of what was published
@@ -289,14 +369,20 @@ class SnapshotPublisher:
     async def run(self, interval: float, max_retry_delay: float = MAX_RETRY_DELAY) -> None:
         """Background loop: publish what is pending and repair Redis, forever.
 
-        Checks every `interval` seconds. While Redis fails, the wait doubles from
+        Checks every `interval` seconds, and the remembered routing against SQLite
+        every CONSISTENCY_CHECK_SECONDS (`check_consistency`). While Redis fails, the wait doubles from
         `interval` up to `max_retry_delay` (a dead Redis is not hammered, and the
         outage is logged once, not at every retry); `wake()` ends a wait early.
         """
         failures = 0
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + self._check_seconds
         while True:
             try:
                 await self.verify()
+                if loop.time() >= next_check:
+                    next_check = loop.time() + self._check_seconds
+                    await self.check_consistency()
                 if failures:
                     log.warning("Redis reachable again after %d failed attempts; snapshots are up to date",
                                 failures)
@@ -320,3 +406,9 @@ class SnapshotPublisher:
     def _store_versions(self) -> dict[int, int]:
         with self._store.read() as s:
             return s.routing_versions()
+
+
+def _build_with_touches(s: Store, server_id: int) -> tuple[snapshot.Snapshot, int]:
+    """The server's whole snapshot and the newest touch it covers, in one read transaction."""
+    with s.read():
+        return build_in(s, server_id), s.last_routing_touch(server_id)

@@ -107,11 +107,3 @@ class BridgeQueries(Connection):
     def set_bridge_send_dsns(self, bridge_id: int, send_dsns: bool) -> None:
         """Turn the bridge's DSNs to senders on or off."""
         self._conn.execute("UPDATE bridges SET send_dsns = ? WHERE bridge_id = ?", (int(send_dsns), bridge_id))
-
-    def bridge_routes(self, server_id: int) -> list[sqlite3.Row]:
-        """Active bridges of a server with what the snapshot needs (secret hash included)."""
-        return self._all(
-            """SELECT bridge_id, user_id, name, username, secret_hash, smtp_id, feed_type, send_dsns
-               FROM bridges WHERE server_id = ? AND revoked_at IS NULL ORDER BY bridge_id""",
-            (server_id,),
-        )

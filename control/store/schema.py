@@ -5,6 +5,41 @@ from __future__ import annotations
 
 import sqlite3
 
+
+def _touch_triggers() -> str:
+    """The triggers of migration 7: every insert, update and delete of a row a snapshot
+    is built from records the routing entries it touches (both sides of a move)."""
+    on_pool = """INSERT INTO routing_touches (server_id, kind, ref) VALUES ({r}.server_id, 'pool', {r}.smtp_id);
+        INSERT INTO routing_touches (server_id, kind, ref)
+            SELECT {r}.server_id, 'dkim', {r}.user_id WHERE {r}.user_id IS NOT NULL;"""
+    on_header = """INSERT INTO routing_touches (server_id, kind, ref)
+            SELECT server_id, 'pool', smtp_id FROM pools WHERE smtp_id = {r}.smtp_id;"""
+    on_ip = """INSERT INTO routing_touches (server_id, kind, ref) VALUES ({r}.server_id, 'pool', {r}.smtp_id);"""
+    on_bridge = """INSERT INTO routing_touches (server_id, kind, ref) VALUES ({r}.server_id, 'bridge', {r}.bridge_id);
+        INSERT INTO routing_touches (server_id, kind, ref) VALUES ({r}.server_id, 'dkim', {r}.user_id);"""
+    on_network = """INSERT INTO routing_touches (server_id, kind, ref)
+            SELECT server_id, 'bridge', bridge_id FROM bridges WHERE bridge_id = {r}.bridge_id;"""
+    # An account's keys are routed on every server where it has a pool or a Bridge.
+    on_dkim = """INSERT INTO routing_touches (server_id, kind, ref)
+            SELECT server_id, 'dkim', {r}.user_id FROM pools WHERE user_id = {r}.user_id
+            UNION SELECT server_id, 'dkim', {r}.user_id FROM bridges WHERE user_id = {r}.user_id;"""
+    script = []
+    for table, body in (("pools", on_pool), ("pool_headers", on_header), ("ips", on_ip),
+                        ("bridges", on_bridge), ("bridge_networks", on_network), ("dkim_keys", on_dkim)):
+        for event, rows in (("INSERT", ("NEW",)), ("DELETE", ("OLD",)), ("UPDATE", ("OLD", "NEW"))):
+            actions = "\n        ".join(body.format(r=r) for r in rows)
+            script.append(f"CREATE TRIGGER routing_touch_{table}_{event.lower()} AFTER {event} ON {table} "
+                          f"BEGIN\n        {actions}\n    END")
+    script.append("""CREATE TRIGGER routing_touch_server AFTER UPDATE OF hostname, zone, bounce_domain
+        ON mta_servers BEGIN
+        INSERT INTO routing_touches (server_id, kind, ref) VALUES (NEW.server_id, 'server', 0);
+    END""")
+    return ";\n".join(script) + ";\n"
+
+
+_TOUCH_TRIGGERS = _touch_triggers()
+
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: the initial schema
     """
@@ -157,6 +192,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX bridges_by_account_server ON bridges (user_id, server_id);
     CREATE INDEX dkim_keys_by_account_domain ON dkim_keys (user_id, domain);
     """,
+    # 7: what each routing change touched (control.routing_touches), recorded by triggers
+    # in the transaction that makes the change, so the publisher reads only those entries;
+    # a row lives until the publication covering it is in Redis. The server indexes make
+    # a full build a range scan.
+    """
+    CREATE TABLE routing_touches (
+        touch_id   INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the publisher's watermark
+        server_id  INTEGER NOT NULL,
+        kind       TEXT NOT NULL CHECK (kind IN ('pool', 'bridge', 'dkim', 'server')),
+        ref        INTEGER NOT NULL
+    );
+    CREATE INDEX routing_touches_by_server ON routing_touches (server_id, touch_id);
+    CREATE INDEX pools_by_server ON pools (server_id);
+    CREATE INDEX ips_by_server ON ips (server_id, smtp_id);
+    CREATE INDEX bridges_by_server ON bridges (server_id);
+""" + _TOUCH_TRIGGERS,
 )
 
 
@@ -191,4 +242,14 @@ def schema_version(conn: sqlite3.Connection) -> int:
 
 
 def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    # A trigger's body holds semicolons: a piece ends a statement only once SQLite says it is complete.
+    statements, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip().rstrip(";"))
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending.strip().rstrip(";"))
+    return statements
