@@ -17,8 +17,10 @@ directory:
   it doubled since the last rewrite (and is past 64 MB).
 * Memory is capped (`maxmemory`, `--redis-maxmemory`, default 2 GB) with the
   `noeviction` policy: see `MAXMEMORY_POLICY`.
-* The server is never left orphaned: it gets `PR_SET_PDEATHSIG(SIGTERM)` (Linux),
-  runs in its own session so a terminal's Ctrl-C reaches poolmta first and
+* The server is never left orphaned: it gets `PR_SET_PDEATHSIG(SIGTERM)` (Linux)
+  from a small exec prelude (`runtime.argv_dying_with_parent`; no `preexec_fn`,
+  which runs Python in the forked copy of a threaded process and once crashed
+  there), runs in its own session so a terminal's Ctrl-C reaches poolmta first and
   poolmta shuts it down cleanly, an `atexit` hook stops it, and a server left
   behind by a crashed run of the same data directory is killed at the next start.
 
@@ -44,7 +46,7 @@ from types import TracebackType
 
 from . import stale_redis
 from .contract import file_modes
-from .contract.runtime import die_with_parent, embedded_redis_socket
+from .contract.runtime import argv_dying_with_parent, embedded_redis_socket
 
 __all__ = ["DEFAULT_MAXMEMORY", "MAXMEMORY_POLICY", "EmbeddedRedis", "EmbeddedRedisError", "redis_server_executable"]
 
@@ -329,12 +331,11 @@ class EmbeddedRedis:
         self._remove_socket(keep_dir=True)
         executable = redis_server_executable()
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        parent_pid = os.getpid()
         with open(self.log_path, "ab", opener=_private_opener) as log:
             # stdout/stderr go to the log too: config errors are printed before
             # Redis opens its logfile.
             self._proc = subprocess.Popen(
-                [executable, str(self.config_path)],
+                argv_dying_with_parent([executable, str(self.config_path)]),
                 cwd=self.redis_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -343,7 +344,6 @@ class EmbeddedRedis:
                 start_new_session=True,
                 # Redis creates its AOF, log and pidfile with 0644 & ~umask: keep them 0600.
                 umask=0o077,
-                preexec_fn=die_with_parent(parent_pid),
             )
 
     def _wait_ready(self, timeout: float) -> None:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from typing import IO
 
-from ..contract.runtime import die_with_parent
+from ..contract.runtime import argv_dying_with_parent
 
 # What a child's output can be handed to: a pipe, a file, or None (ours).
 Output = int | IO | None
@@ -29,8 +28,8 @@ DATAPLANE_STOP_SECONDS = 15.0
 async def start_child(argv: Sequence[str], stdout: Output, stderr: Output) -> asyncio.subprocess.Process:
     """Start `argv` with no stdin, in its own session, dying with the calling thread."""
     return await asyncio.create_subprocess_exec(
-        *argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-        start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
+        *argv_dying_with_parent(argv), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+        start_new_session=True,
     )
 
 

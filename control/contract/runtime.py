@@ -23,7 +23,7 @@ import hashlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 # Linux sun_path is 108 bytes including the terminating NUL; macOS/BSD 104.
@@ -177,6 +177,33 @@ def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
             os._exit(1)
 
     return preexec
+
+
+# Run by a fresh interpreter between this process and a child program: it asks for
+# PR_SET_PDEATHSIG, leaves if the parent is already gone, then becomes the program
+# (exec keeps the pid, and the death signal survives exec).
+_EXEC_DYING_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    f"ctypes.CDLL(None, use_errno=True).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM, 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def argv_dying_with_parent(argv: Sequence[str]) -> list[str]:
+    """The command line that runs `argv` (same pid, same program once started) so that
+    it gets SIGTERM when the thread starting it dies, even by SIGKILL, and exits at
+    once (code 1) if this process died before that took effect. `argv` itself where
+    there is no such thing (not Linux).
+
+    Use it instead of `die_with_parent` as a `preexec_fn` in a process with threads
+    (gRPC's, a watcher's): a preexec_fn runs Python in the forked copy of such a
+    process, which can crash there (a segfault was seen, in the Redis supervisor's
+    restart), while this prelude is a new interpreter of its own."""
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _EXEC_DYING_WITH_PARENT, str(os.getpid()), *argv]
 
 
 def reraise_if_cancelling() -> None:
