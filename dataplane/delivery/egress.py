@@ -104,6 +104,37 @@ class SourceSelector:
                     ips[ip.address] = IpState(ip.usable, ip.hostname)
             self._ips = ips
 
+    def prepare(self, pools: dict) -> dict:
+        """The entries `replace` will install for `pools` (smtp_id -> its new PoolRoute, or
+        None when it went): each changed pool's new rotation table, an equal pool's kept
+        one. May raise (a table the fast path refuses) without changing anything."""
+        prepared = {}
+        for smtp_id, pool in pools.items():
+            entry = self._pools.get(smtp_id)
+            if pool is not None and (entry is None or not (entry[0] is pool or entry[0] == pool)):
+                entry = (pool, *_rotation(pool))
+            prepared[smtp_id] = None if pool is None else entry
+        return prepared
+
+    def replace(self, prepared: dict) -> None:
+        """Install entries from `prepare`, in place, in time proportional to them (the
+        other pools and their rotation positions are untouched). Plain dict updates that
+        cannot fail: the caller runs it on the event loop with no await, so a message
+        sees the selector before or after, never between."""
+        ips = self._ips
+        for smtp_id in prepared:  # the IPs of changed and removed pools, as they were
+            entry = self._pools.get(smtp_id)
+            if entry is not None:
+                for ip in entry[0].ips:
+                    ips.pop(ip.address, None)
+        for smtp_id, entry in prepared.items():
+            if entry is None:
+                self._pools.pop(smtp_id, None)
+                continue
+            self._pools[smtp_id] = entry
+            for ip in entry[0].ips:
+                ips[ip.address] = IpState(ip.usable, ip.hostname)
+
     def pick(self, smtp_id: int) -> tuple[str, str]:
         """The pool's next source IP and its HELO name (advances the pool's rotation).
 
