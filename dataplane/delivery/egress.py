@@ -81,7 +81,9 @@ class SourceSelector:
         pools = tuple(pools)
         if previous is None:
             self._pools = {p.smtp_id: (p, *_rotation(p)) for p in pools}
-            self._ips = {ip.address: IpState(ip.usable, ip.hostname) for p in pools for ip in p.ips}
+            # The snapshot's own IpRoute per address (no object of ours per IP: a worker
+            # holds hundreds of thousands); `ip` makes the IpState asked for.
+            self._ips = {ip.address: ip for p in pools for ip in p.ips}
             return
         kept = previous._pools
         self._pools = {}
@@ -101,7 +103,7 @@ class SourceSelector:
                     ips.pop(ip.address, None)
             for pool in changed:
                 for ip in pool.ips:
-                    ips[ip.address] = IpState(ip.usable, ip.hostname)
+                    ips[ip.address] = ip
             self._ips = ips
 
     def prepare(self, pools: dict) -> dict:
@@ -133,7 +135,7 @@ class SourceSelector:
                 continue
             self._pools[smtp_id] = entry
             for ip in entry[0].ips:
-                ips[ip.address] = IpState(ip.usable, ip.hostname)
+                ips[ip.address] = ip
 
     def pick(self, smtp_id: int) -> tuple[str, str]:
         """The pool's next source IP and its HELO name (advances the pool's rotation).
@@ -147,7 +149,8 @@ class SourceSelector:
 
     def ip(self, address: str) -> IpState | None:
         """The IP's state in this snapshot; None when no pool has it (released)."""
-        return self._ips.get(address)
+        ip = self._ips.get(address)
+        return None if ip is None else IpState(ip.usable, ip.hostname)
 
 
 def _rotation(pool) -> tuple[RotationTable, tuple[str, ...]]:
