@@ -20,8 +20,7 @@ BRIDGE_IDS = range(1, 5)
 ADDRESSES = [f"192.0.2.{n}" for n in range(1, 13)]  # few, so pools trade IPs
 PROBES = ["198.51.100.7", "198.51.100.200", "203.0.113.9"]
 
-_pool = st.builds(
-    lambda ips, feed, headers: (ips, feed, headers),
+_pool = st.tuples(
     st.lists(st.tuples(st.sampled_from(ADDRESSES), st.sampled_from([1, 2, 3, 0]),
                        st.sampled_from(["active", "active", "paused"])),
              min_size=1, max_size=4, unique_by=lambda ip: ip[0]),
@@ -34,37 +33,38 @@ _bridge = st.tuples(st.sampled_from(POOL_IDS), st.sampled_from(["", "alerts"]),
 _STEPS = st.sampled_from(["new", "keep", "new", "drop"])
 
 
+def _evolve(draw, entries: dict, ids, strategy, make) -> None:
+    """Each of `ids` kept as it was, dropped, or (most often) made anew from a draw."""
+    for key in ids:
+        step = draw(_STEPS)
+        if step == "drop":
+            entries.pop(key, None)
+        elif step == "new":
+            entries[key] = make(key, *draw(strategy))
+
+
+def _new_pool(smtp_id, ips, feed, headers):
+    return make_pool(smtp_id, ips, feed_type=feed, headers=headers)
+
+
+def _new_bridge(bridge_id, smtp_id, feed, trusted, name):
+    return make_bridge(bridge_id, smtp_id, "s3cret", username=f"{name}{bridge_id}", feed_type=feed, trusted=trusted)
+
+
 @st.composite
 def _versions(draw):
     """A few snapshots of one server, each from the last by random changes; an IP
     is in one pool only per version (as the control plane has it)."""
     pools, bridges, snapshots = {}, {}, []
     for version in range(1, draw(st.integers(2, 6)) + 1):
-        for smtp_id in POOL_IDS:
-            step = draw(_STEPS)
-            if step == "new":
-                step = draw(_pool)
-            if step == "drop":
-                pools.pop(smtp_id, None)
-            elif step != "keep":
-                ips, feed, headers = step
-                pools[smtp_id] = make_pool(smtp_id, ips, feed_type=feed, headers=headers)
+        _evolve(draw, pools, POOL_IDS, _pool, _new_pool)
         taken: set[str] = set()
         for smtp_id in sorted(pools):  # an IP another pool has already is dropped from this one
             pool = pools[smtp_id]
             if any(ip.address in taken for ip in pool.ips):
                 pools[smtp_id] = replace(pool, ips=tuple(ip for ip in pool.ips if ip.address not in taken))
             taken.update(ip.address for ip in pools[smtp_id].ips)
-        for bridge_id in BRIDGE_IDS:
-            step = draw(_STEPS)
-            if step == "new":
-                step = draw(_bridge)
-            if step == "drop":
-                bridges.pop(bridge_id, None)
-            elif step != "keep":
-                smtp_id, feed, trusted, name = step
-                bridges[bridge_id] = make_bridge(bridge_id, smtp_id, "s3cret", username=f"{name}{bridge_id}",
-                                                 feed_type=feed, trusted=trusted)
+        _evolve(draw, bridges, BRIDGE_IDS, _bridge, _new_bridge)
         snapshots.append(make_snapshot(1, version, [pools[k] for k in sorted(pools)],
                                        [bridges[k] for k in sorted(bridges)]))
     return snapshots
