@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from _fastpath import NoUsableIp, inject
 from control.contract.headers import STAMPED_HEADERS
+from control.contract.routing_delta import RoutingDelta
 from control.contract.snapshot import BridgeRoute, PoolRoute, Snapshot
 
 from .delivery.egress import SourceSelector
@@ -84,6 +85,22 @@ def _network_key(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tupl
     return (network.version, -network.prefixlen)
 
 
+def _trusted_networks(trusting: dict[int, BridgeRoute]) -> tuple:
+    """(network, Bridge) of every trusted network, longest prefix first, so the most
+    specific network wins if two ever overlap (the control plane refuses overlaps;
+    this keeps a bad snapshot deterministic)."""
+    trusted = []
+    for bridge_id in sorted(trusting):
+        bridge = trusting[bridge_id]
+        for cidr in bridge.trusted_networks:
+            try:
+                trusted.append((ipaddress.ip_network(cidr, strict=False), bridge))
+            except ValueError:
+                continue  # the control plane validates; never fail a whole snapshot on one entry
+    trusted.sort(key=lambda item: _network_key(item[0]))
+    return tuple(trusted)
+
+
 class Routing:
     """Everything a worker routes by, at one snapshot version.
 
@@ -106,45 +123,41 @@ class Routing:
                                                   snapshot.bounce_domain))
         self.sources = SourceSelector(snapshot.pools, previous.sources if previous is not None else None)
         self._bounce_domains: dict[int, str] = {}
-        self._headers: dict[tuple[int, str], list[Header]] = {}
+        # smtp_id -> feed type -> the headers stamped (filled as Bridges send).
+        self._headers: dict[int, dict[str, list[Header]]] = {}
         if same_server:
             # Headers and bounce domains depend on the server's fields and the pool only.
             kept = {smtp_id for smtp_id, pool in self._pools.items() if previous._pools.get(smtp_id) is pool}
             self._bounce_domains = {smtp_id: previous._bounce_domains[smtp_id] for smtp_id in kept}
             # A copy first: the event loop may add to the previous cache meanwhile.
-            self._headers = {key: h for key, h in dict(previous._headers).items() if key[0] in kept}
+            self._headers = {smtp_id: h for smtp_id, h in dict(previous._headers).items() if smtp_id in kept}
         for pool in snapshot.pools:
             if pool.smtp_id not in self._bounce_domains:
                 self._bounce_domains[pool.smtp_id] = bounce_domain_of(snapshot, pool)
         if previous is not None and previous.snapshot.bridges is snapshot.bridges:
             self.bridges_by_username = previous.bridges_by_username
             self.bridges_by_id = previous.bridges_by_id
+            self._trusting = previous._trusting
             self._trusted = previous._trusted
         else:
-            self._index_bridges(snapshot)
+            self._index_bridges(snapshot.bridges)
         for bridge in snapshot.bridges:
             pool = self._pools.get(bridge.smtp_id)
             if pool is not None:
                 self._headers_for(pool, bridge.feed_type or pool.feed_type)
 
-    def _index_bridges(self, snapshot: Snapshot) -> None:
-        self.bridges_by_username: dict[str, BridgeRoute] = snapshot.bridge_by_username()
-        self.bridges_by_id: dict[int, BridgeRoute] = {b.bridge_id: b for b in snapshot.bridges}
-        # Longest prefix first, so the most specific network wins if two ever overlap
-        # (the control plane refuses overlaps; this keeps a bad snapshot deterministic).
-        trusted = []
-        for bridge in sorted(snapshot.bridges, key=lambda b: b.bridge_id):
-            for cidr in bridge.trusted_networks:
-                try:
-                    trusted.append((ipaddress.ip_network(cidr, strict=False), bridge))
-                except ValueError:
-                    continue  # the control plane validates; never fail a whole snapshot on one entry
-        trusted.sort(key=lambda item: _network_key(item[0]))
-        self._trusted = tuple(trusted)
+    def _index_bridges(self, bridges: tuple[BridgeRoute, ...]) -> None:
+        self.bridges_by_username: dict[str, BridgeRoute] = {b.username: b for b in bridges}
+        self.bridges_by_id: dict[int, BridgeRoute] = {b.bridge_id: b for b in bridges}
+        # The Bridges with trusted networks, so a change re-sorts only theirs.
+        self._trusting: dict[int, BridgeRoute] = {b.bridge_id: b for b in bridges if b.trusted_networks}
+        self._trusted = _trusted_networks(self._trusting)
 
     def _headers_for(self, pool: PoolRoute, feed_type: str) -> list[Header]:
-        key = (pool.smtp_id, feed_type)
-        headers = self._headers.get(key)
+        by_feed = self._headers.get(pool.smtp_id)
+        if by_feed is None:
+            by_feed = self._headers[pool.smtp_id] = {}
+        headers = by_feed.get(feed_type)
         if headers is None:
             snap = self.snapshot
             # The attribution headers, in their order, before the pool's custom
@@ -159,8 +172,62 @@ class Routing:
                 (STAMPED_HEADERS.server_id, str(snap.server_id).encode("ascii")),
                 *((n.encode("utf-8"), v.encode("utf-8")) for n, v in pool.headers),
             ]
-            self._headers[key] = headers
+            by_feed[feed_type] = headers
         return headers
+
+    def advance(self, snapshot: Snapshot, deltas: tuple[RoutingDelta, ...]) -> None:
+        """Move this routing, in place, to `snapshot` (its snapshot with `deltas`
+        applied), touching only the pools and Bridges the deltas name: an untouched
+        pool keeps its rotation position, headers and bounce domain. Only for deltas
+        `advances_in_place` accepts. Raises (ValueError: a rotation table the fast path
+        refuses) before changing anything.
+
+        Atomic for the worker: it runs on the event loop and has no await inside, and
+        the loop is single-threaded, so a message is routed entirely by the old
+        routing or entirely by the new one, never by a mix.
+        """
+        pools: dict[int, PoolRoute | None] = {}
+        bridges: dict[int, BridgeRoute | None] = {}
+        for delta in deltas:  # the last delta's word on an entry is the one that holds
+            pools.update((p.smtp_id, p) for p in delta.pools)
+            pools.update(dict.fromkeys(delta.pools_gone))
+            bridges.update((b.bridge_id, b) for b in delta.bridges)
+            bridges.update(dict.fromkeys(delta.bridges_gone))
+        prepared = self.sources.prepare(pools)
+        bounce_domains = {smtp_id: bounce_domain_of(snapshot, pool)
+                          for smtp_id, pool in pools.items() if pool is not None}
+        # From here on only dict updates that cannot fail.
+        self.sources.replace(prepared)
+        for smtp_id, pool in pools.items():
+            self._headers.pop(smtp_id, None)
+            if pool is None:
+                self._pools.pop(smtp_id, None)
+                self._bounce_domains.pop(smtp_id, None)
+            else:
+                self._pools[smtp_id] = pool
+                self._bounce_domains[smtp_id] = bounce_domains[smtp_id]
+        if bridges:
+            self._replace_bridges(bridges)
+        self.snapshot = snapshot
+        self.version = snapshot.version
+
+    def _replace_bridges(self, bridges: dict[int, BridgeRoute | None]) -> None:
+        trusting_changed = False
+        for bridge_id, bridge in bridges.items():
+            old = self.bridges_by_id.pop(bridge_id, None)
+            if old is not None and self.bridges_by_username.get(old.username) is old:
+                del self.bridges_by_username[old.username]
+            trusting_changed |= self._trusting.pop(bridge_id, None) is not None
+        for bridge_id, bridge in bridges.items():
+            if bridge is None:
+                continue
+            self.bridges_by_id[bridge_id] = bridge
+            self.bridges_by_username[bridge.username] = bridge
+            if bridge.trusted_networks:
+                self._trusting[bridge_id] = bridge
+                trusting_changed = True
+        if trusting_changed:
+            self._trusted = _trusted_networks(self._trusting)
 
     def pool(self, smtp_id: int) -> PoolRoute:
         """The pool; PoolGone when this snapshot has no such pool."""

@@ -7,10 +7,13 @@
   the server's change log after the version served, each applied in order. Only
   at start, or when the log has a gap (trimmed past this worker, or a repair
   published a full snapshot alone), it loads the newest full snapshot kept and
-  applies the deltas after it. Either way the new `Routing` is built in a thread
-  (off the event loop that serves SMTP) from the one served, rebuilding only the
-  pools that changed (the others keep their rotation position), then swapped in
-  with one assignment: a message sees the old routing or the new one, never a mix.
+  applies the deltas after it. A small catch-up (`advances_in_place`: the usual
+  one-pool change) is applied to the served `Routing` in place, on the event loop
+  and with no await, in time proportional to the change. Otherwise the new
+  `Routing` is built in a thread (off the event loop that serves SMTP) from the one
+  served, rebuilding only the pools that changed, then swapped in with one
+  assignment. Either way the other pools keep their rotation position, and a
+  message sees the old routing or the new one, never a mix.
 * Acks: every heartbeat writes its entry (format in `control.contract.acks`)
   under its worker id in the server's worker hash; the entry is removed on a
   clean stop. An ack is also written right after each swap, so the control
@@ -65,6 +68,30 @@ def follow_deltas(routing: Routing, deltas: tuple[RoutingDelta, ...], dkim_keys:
     for delta in deltas:
         snapshot = routing_delta.apply(snapshot, delta)
     return _routing(snapshot, dkim_keys, routing)
+
+
+# A catch-up touching at most this many entries is applied in place on the event loop
+# (`advance_in_place`); a larger one is rebuilt in a thread (`follow_deltas`), so one
+# big change never holds the loop that serves SMTP for long.
+IN_PLACE_MAX_ENTRIES = 256
+
+
+def advances_in_place(deltas: tuple[RoutingDelta, ...]) -> bool:
+    """True when `advance_in_place` may apply `deltas`: few entries, no DKIM key and
+    none of the server's own fields changed (those touch every pool's headers, or
+    unseal keys: the thread's work)."""
+    return (sum(d.entries for d in deltas) <= IN_PLACE_MAX_ENTRIES
+            and not any(d.server is not None or d.dkim or d.dkim_gone for d in deltas))
+
+
+def advance_in_place(routing: Routing, deltas: tuple[RoutingDelta, ...]) -> Routing:
+    """`routing` itself, moved forward by `deltas` in time proportional to them (see
+    `Routing.advance`). Runs on the event loop; `advances_in_place(deltas)` must hold."""
+    snapshot = routing.snapshot
+    for delta in deltas:
+        snapshot = routing_delta.apply(snapshot, delta)
+    routing.advance(snapshot, deltas)
+    return routing
 
 
 def _routing(snapshot: Snapshot, dkim_keys: DkimKeyCache | None, previous: Routing | None) -> Routing:
@@ -149,7 +176,8 @@ class SnapshotLoader:
         if version <= self.version:
             return False
         async with self._lock:
-            if version <= self.version:
+            previous = self.version
+            if version <= previous:
                 return False
             try:
                 routing = await self._catch_up(version)
@@ -159,11 +187,10 @@ class SnapshotLoader:
                 return False
             if routing is None:
                 return False
-            if routing.snapshot.server_id != self.server_id or not self.version < routing.version <= version:
+            if routing.snapshot.server_id != self.server_id or not previous < routing.version <= version:
                 log.error("routing of server %d version %d came out as server %d version %d; ignored",
                           self.server_id, version, routing.snapshot.server_id, routing.version)
                 return False
-            previous = self.version
             self.current = routing
         log.info("serving snapshot version %d of server %d (was %d)", routing.version, self.server_id, previous)
         try:
@@ -176,6 +203,8 @@ class SnapshotLoader:
         current = self.current
         if current is not None:
             deltas = await self._deltas(current.version, target)
+            if deltas is not None and advances_in_place(deltas):
+                return advance_in_place(current, deltas)  # no await: see Routing.advance
             if deltas is not None:
                 return await asyncio.to_thread(follow_deltas, current, deltas, self._dkim_keys)
         full_key = rediskeys.snapshot_full_key(self.server_id)

@@ -11,6 +11,7 @@ the publisher encodes with it, the data plane decodes with it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from sys import intern
 
 import msgpack
 
@@ -199,14 +200,16 @@ def pool_from_doc(p: dict) -> PoolRoute:
         smtp_id=int(p["smtp_id"]),
         user_id=int(p["user_id"]),
         internal_name=str(p["internal_name"]),
-        feed_type=str(p["feed_type"]),
+        # Interned: a few feed types and IP states repeat across every pool and IP,
+        # and a worker holds them all.
+        feed_type=intern(str(p["feed_type"])),
         headers=tuple((str(n), str(v)) for n, v in p["headers"]),
         shared=bool(p.get("shared", False)),
         bounce_domain=str(p.get("bounce_domain", "")),
         signing_domain=str(p.get("signing_domain", "")),
         feedback_signing_domain=str(p.get("feedback_signing_domain", "")),
         ips=tuple(
-            IpRoute(address=str(ip["address"]), weight=int(ip["weight"]), state=str(ip["state"]),
+            IpRoute(address=str(ip["address"]), weight=int(ip["weight"]), state=intern(str(ip["state"])),
                     hostname=str(ip["hostname"]))
             for ip in p["ips"]
         ),

@@ -81,7 +81,9 @@ class SourceSelector:
         pools = tuple(pools)
         if previous is None:
             self._pools = {p.smtp_id: (p, *_rotation(p)) for p in pools}
-            self._ips = {ip.address: IpState(ip.usable, ip.hostname) for p in pools for ip in p.ips}
+            # The snapshot's own IpRoute per address (no object of ours per IP: a worker
+            # holds hundreds of thousands); `ip` makes the IpState asked for.
+            self._ips = {ip.address: ip for p in pools for ip in p.ips}
             return
         kept = previous._pools
         self._pools = {}
@@ -101,8 +103,39 @@ class SourceSelector:
                     ips.pop(ip.address, None)
             for pool in changed:
                 for ip in pool.ips:
-                    ips[ip.address] = IpState(ip.usable, ip.hostname)
+                    ips[ip.address] = ip
             self._ips = ips
+
+    def prepare(self, pools: dict) -> dict:
+        """The entries `replace` will install for `pools` (smtp_id -> its new PoolRoute, or
+        None when it went): each changed pool's new rotation table, an equal pool's kept
+        one. May raise (a table the fast path refuses) without changing anything."""
+        prepared = {}
+        for smtp_id, pool in pools.items():
+            entry = self._pools.get(smtp_id)
+            if pool is not None and (entry is None or not (entry[0] is pool or entry[0] == pool)):
+                entry = (pool, *_rotation(pool))
+            prepared[smtp_id] = None if pool is None else entry
+        return prepared
+
+    def replace(self, prepared: dict) -> None:
+        """Install entries from `prepare`, in place, in time proportional to them (the
+        other pools and their rotation positions are untouched). Plain dict updates that
+        cannot fail: the caller runs it on the event loop with no await, so a message
+        sees the selector before or after, never between."""
+        ips = self._ips
+        for smtp_id in prepared:  # the IPs of changed and removed pools, as they were
+            entry = self._pools.get(smtp_id)
+            if entry is not None:
+                for ip in entry[0].ips:
+                    ips.pop(ip.address, None)
+        for smtp_id, entry in prepared.items():
+            if entry is None:
+                self._pools.pop(smtp_id, None)
+                continue
+            self._pools[smtp_id] = entry
+            for ip in entry[0].ips:
+                ips[ip.address] = ip
 
     def pick(self, smtp_id: int) -> tuple[str, str]:
         """The pool's next source IP and its HELO name (advances the pool's rotation).
@@ -116,7 +149,8 @@ class SourceSelector:
 
     def ip(self, address: str) -> IpState | None:
         """The IP's state in this snapshot; None when no pool has it (released)."""
-        return self._ips.get(address)
+        ip = self._ips.get(address)
+        return None if ip is None else IpState(ip.usable, ip.hostname)
 
 
 def _rotation(pool) -> tuple[RotationTable, tuple[str, ...]]:
