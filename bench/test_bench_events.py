@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 
 from control.contract import event_log, rediskeys
 from control.embedded_redis import EmbeddedRedis
-from dataplane.stats_batcher import _APPLY_BATCH, counts_script_input
+from dataplane.stats_script import _APPLY_BATCH, counts_script_input
 
 SERVER = 1
 MEASURED_EVENTS = int(os.environ.get("POOLMTA_BENCH_EVENTS", "1000000"))

@@ -22,7 +22,8 @@ from dataplane.__main__ import build_config, build_parser
 from dataplane.bridge_auth import check_credentials
 from dataplane.config import DataplaneConfig, parse_listen
 from dataplane.routing import NoUsableIp, PoolGone, Routing, stamp
-from dataplane.stats_batcher import _APPLY_BATCH, StatsBatcher
+from dataplane.stats_batcher import StatsBatcher
+from dataplane.stats_script import _APPLY_BATCH
 from dataplane.trace_header import rfc5322_date
 from tests.dataplane_support import make_bridge, make_pool, make_snapshot
 from tests.support import free_port

@@ -39,7 +39,8 @@ from dataplane.routing import NoUsableIp, Routing
 from dataplane.smtp_wire import read_data
 from dataplane.smtp_client import data_payload
 from dataplane.smtp_reply import BOUNCED, DEFERRED, DELIVERED, STAGE_DATA, STAGE_MAIL, STAGE_RCPT, Reply, classify
-from dataplane.stats_batcher import _APPLY_BATCH, StatsBatcher
+from dataplane.stats_batcher import StatsBatcher
+from dataplane.stats_script import _APPLY_BATCH
 from tests.dataplane_support import logged_events, make_bridge, make_pool, make_snapshot
 from tests.support import free_port
 

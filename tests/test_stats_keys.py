@@ -13,7 +13,8 @@ from redis.crc import key_slot
 
 from control.contract import rediskeys
 from dataplane import stats_journal
-from dataplane.stats_batcher import StatsBatcher, apply_counts_once
+from dataplane.stats_batcher import StatsBatcher
+from dataplane.stats_script import apply_counts_once
 
 # 2026-11-27 23:59:30 UTC: half a minute before a new minute, hour and day.
 FIXED = calendar.timegm((2026, 11, 27, 23, 59, 30))

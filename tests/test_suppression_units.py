@@ -24,7 +24,8 @@ from control.contract.suppression import (
     normalize_address,
 )
 from dataplane.smtp_reply import STAGE_DATA, STAGE_MAIL, STAGE_RCPT, Reply
-from dataplane.stats_batcher import _APPLY_BATCH, StatsBatcher
+from dataplane.stats_batcher import StatsBatcher
+from dataplane.stats_script import _APPLY_BATCH
 from dataplane.suppression import (
     REPLY_SUPPRESSION_UNAVAILABLE,
     SuppressionLookup,
