@@ -73,6 +73,10 @@ class SourceSelector:
     that did not change (the same `PoolRoute`) keeps its rotation table, position
     included: a change to one pool leaves every other pool's rotation exact to the
     message, and only the changed pools are rebuilt.
+
+    Per IP it keeps no object of its own (a worker holds hundreds of thousands): a
+    pick is a position in the pool's `ips`, and the address index maps each address
+    to its pool (`pool_of`, which inbound attribution reads too).
     """
 
     __slots__ = ("_ips", "_pools")
@@ -80,10 +84,8 @@ class SourceSelector:
     def __init__(self, pools: Iterable, previous: SourceSelector | None = None) -> None:
         pools = tuple(pools)
         if previous is None:
-            self._pools = {p.smtp_id: (p, *_rotation(p)) for p in pools}
-            # The snapshot's own IpRoute per address (no object of ours per IP: a worker
-            # holds hundreds of thousands); `ip` makes the IpState asked for.
-            self._ips = {ip.address: ip for p in pools for ip in p.ips}
+            self._pools = {p.smtp_id: (p, _rotation(p)) for p in pools}
+            self._ips = {ip.address: p for p in pools for ip in p.ips}
             return
         kept = previous._pools
         self._pools = {}
@@ -91,7 +93,7 @@ class SourceSelector:
         for pool in pools:
             entry = kept.get(pool.smtp_id)
             if entry is None or not (entry[0] is pool or entry[0] == pool):
-                entry = (pool, *_rotation(pool))
+                entry = (pool, _rotation(pool))
                 changed.append(pool)
             self._pools[pool.smtp_id] = entry
         gone = [entry[0] for smtp_id, entry in kept.items() if self._pools.get(smtp_id, (None,))[0] is not entry[0]]
@@ -103,7 +105,7 @@ class SourceSelector:
                     ips.pop(ip.address, None)
             for pool in changed:
                 for ip in pool.ips:
-                    ips[ip.address] = ip
+                    ips[ip.address] = pool
             self._ips = ips
 
     def prepare(self, pools: dict) -> dict:
@@ -114,7 +116,7 @@ class SourceSelector:
         for smtp_id, pool in pools.items():
             entry = self._pools.get(smtp_id)
             if pool is not None and (entry is None or not (entry[0] is pool or entry[0] == pool)):
-                entry = (pool, *_rotation(pool))
+                entry = (pool, _rotation(pool))
             prepared[smtp_id] = None if pool is None else entry
         return prepared
 
@@ -135,7 +137,7 @@ class SourceSelector:
                 continue
             self._pools[smtp_id] = entry
             for ip in entry[0].ips:
-                ips[ip.address] = ip
+                ips[ip.address] = entry[0]
 
     def pick(self, smtp_id: int) -> tuple[str, str]:
         """The pool's next source IP and its HELO name (advances the pool's rotation).
@@ -143,20 +145,27 @@ class SourceSelector:
         Raises KeyError when the snapshot has no such pool, NoUsableIp when none of
         its IPs is usable.
         """
-        _, table, hostnames = self._pools[smtp_id]
-        address, ip_index = table.pick(0)
-        return address, hostnames[ip_index]
+        pool, table = self._pools[smtp_id]
+        ip = pool.ips[table.pick(0)]
+        return ip.address, ip.hostname
+
+    def pool_of(self, address: str):
+        """The pool (`PoolRoute`) the IP `address` belongs to; None when no pool has it."""
+        return self._ips.get(address)
 
     def ip(self, address: str) -> IpState | None:
         """The IP's state in this snapshot; None when no pool has it (released)."""
-        ip = self._ips.get(address)
-        return None if ip is None else IpState(ip.usable, ip.hostname)
+        pool = self._ips.get(address)
+        if pool is None:
+            return None
+        # A scan of one pool's IPs: this runs once per delivery attempt, not per pick.
+        ip = next(ip for ip in pool.ips if ip.address == address)
+        return IpState(ip.usable, ip.hostname)
 
 
-def _rotation(pool) -> tuple[RotationTable, tuple[str, ...]]:
-    """A pool's own rotation table and its IPs' HELO names by position."""
-    table = RotationTable.from_pools([(pool.smtp_id, [(ip.address, ip.weight, ip.usable) for ip in pool.ips])])
-    return table, tuple(ip.hostname for ip in pool.ips)
+def _rotation(pool) -> RotationTable:
+    """A pool's own rotation table (a pick is a position in `pool.ips`)."""
+    return RotationTable.from_pools([(pool.smtp_id, [(ip.address, ip.weight, ip.usable) for ip in pool.ips])])
 
 
 @dataclass(eq=False)
