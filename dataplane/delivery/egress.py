@@ -236,8 +236,7 @@ class Egress:
         job.ip, job.helo = source
         routing = self.loader.current
         # One recipient per job for a VERP message (the queue's rule): its address names it.
-        job.sender = self.return_paths.sender(message.record, job.rcpts[0].index,
-                                              routing.snapshot if routing is not None else None)
+        job.sender = self.return_paths.sender(message.record, job.rcpts[0].index, routing)
         try:
             job.destination = await self.destinations.find(job.domain)
         except LookupFailed as failure:
