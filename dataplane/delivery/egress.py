@@ -76,7 +76,10 @@ class SourceSelector:
 
     Per IP it keeps no object of its own (a worker holds hundreds of thousands): a
     pick is a position in the pool's `ips`, and the address index maps each address
-    to its pool (`pool_of`, which inbound attribution reads too).
+    to its pool (`pool_of`, which inbound attribution reads too). The pools built
+    together share one rotation table (each at its own index: their rotations stay
+    independent), so a pool costs its IPs' slots in flat arrays, not a table object of
+    its own; a table lives as long as one of its pools is served.
     """
 
     __slots__ = ("_ips", "_pools")
@@ -84,18 +87,13 @@ class SourceSelector:
     def __init__(self, pools: Iterable, previous: SourceSelector | None = None) -> None:
         pools = tuple(pools)
         if previous is None:
-            self._pools = {p.smtp_id: (p, _rotation(p)) for p in pools}
+            self._pools = _rotations(pools)
             self._ips = {ip.address: p for p in pools for ip in p.ips}
             return
         kept = previous._pools
-        self._pools = {}
-        changed = []
-        for pool in pools:
-            entry = kept.get(pool.smtp_id)
-            if entry is None or not (entry[0] is pool or entry[0] == pool):
-                entry = (pool, _rotation(pool))
-                changed.append(pool)
-            self._pools[pool.smtp_id] = entry
+        changed = [p for p in pools if not _same(kept.get(p.smtp_id), p)]
+        fresh = _rotations(changed)
+        self._pools = {p.smtp_id: fresh.get(p.smtp_id) or kept[p.smtp_id] for p in pools}
         gone = [entry[0] for smtp_id, entry in kept.items() if self._pools.get(smtp_id, (None,))[0] is not entry[0]]
         self._ips = previous._ips
         if gone or changed:
@@ -112,13 +110,9 @@ class SourceSelector:
         """The entries `replace` will install for `pools` (smtp_id -> its new PoolRoute, or
         None when it went): each changed pool's new rotation table, an equal pool's kept
         one. May raise (a table the fast path refuses) without changing anything."""
-        prepared = {}
-        for smtp_id, pool in pools.items():
-            entry = self._pools.get(smtp_id)
-            if pool is not None and (entry is None or not (entry[0] is pool or entry[0] == pool)):
-                entry = (pool, _rotation(pool))
-            prepared[smtp_id] = None if pool is None else entry
-        return prepared
+        fresh = _rotations([p for p in pools.values() if p is not None and not _same(self._pools.get(p.smtp_id), p)])
+        return {smtp_id: None if pool is None else fresh.get(smtp_id) or self._pools[smtp_id]
+                for smtp_id, pool in pools.items()}
 
     def replace(self, prepared: dict) -> None:
         """Install entries from `prepare`, in place, in time proportional to them (the
@@ -145,8 +139,8 @@ class SourceSelector:
         Raises KeyError when the snapshot has no such pool, NoUsableIp when none of
         its IPs is usable.
         """
-        pool, table = self._pools[smtp_id]
-        ip = pool.ips[table.pick(0)]
+        pool, table, index = self._pools[smtp_id]
+        ip = pool.ips[table.pick(index)]
         return ip.address, ip.hostname
 
     def pool_of(self, address: str):
@@ -163,9 +157,20 @@ class SourceSelector:
         return IpState(ip.usable, ip.hostname)
 
 
-def _rotation(pool) -> RotationTable:
-    """A pool's own rotation table (a pick is a position in `pool.ips`)."""
-    return RotationTable.from_pools([(pool.smtp_id, [(ip.address, ip.weight, ip.usable) for ip in pool.ips])])
+def _same(entry, pool) -> bool:
+    """True when a selector entry is for `pool` as it is (its rotation may be kept)."""
+    return entry is not None and (entry[0] is pool or entry[0] == pool)
+
+
+def _rotations(pools) -> dict:
+    """smtp_id -> (pool, rotation table, its index in the table) for `pools`, all in one
+    table (a pick is a position in `pool.ips`). ValueError when the fast path refuses
+    one (a duplicate smtp_id, a malformed IP)."""
+    if not pools:
+        return {}
+    table = RotationTable.from_pools(
+        (p.smtp_id, [(ip.address, ip.weight, ip.usable) for ip in p.ips]) for p in pools)
+    return {p.smtp_id: (p, table, index) for index, p in enumerate(pools)}
 
 
 @dataclass(eq=False)
