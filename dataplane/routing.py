@@ -129,14 +129,19 @@ class Routing:
                                                   snapshot.bounce_domain))
         self.sources = SourceSelector(snapshot.pools, previous.sources if previous is not None else None)
         self._bounce_domains: dict[int, str] = {}
-        # smtp_id -> feed type -> the headers stamped (filled as Bridges send).
-        self._headers: dict[int, dict[str, list[Header]]] = {}
+        # The headers stamped (filled as Bridges send): the pool's own feed type's by
+        # smtp_id, a Bridge's override's apart (few Bridges override: a dict per pool
+        # would cost every pool 200 bytes).
+        self._headers: dict[int, list[Header]] = {}
+        self._override_headers: dict[int, dict[str, list[Header]]] = {}
         if same_server:
             # Headers and bounce domains depend on the server's fields and the pool only.
             kept = {smtp_id for smtp_id, pool in self._pools.items() if previous._pools.get(smtp_id) is pool}
             self._bounce_domains = {smtp_id: previous._bounce_domains[smtp_id] for smtp_id in kept}
             # A copy first: the event loop may add to the previous cache meanwhile.
             self._headers = {smtp_id: h for smtp_id, h in dict(previous._headers).items() if smtp_id in kept}
+            self._override_headers = {smtp_id: h for smtp_id, h in dict(previous._override_headers).items()
+                                      if smtp_id in kept}
         for pool in snapshot.pools:
             if pool.smtp_id not in self._bounce_domains:
                 self._bounce_domains[pool.smtp_id] = bounce_domain_of(snapshot, pool)
@@ -166,10 +171,15 @@ class Routing:
         self._trusted = _trusted_networks(self._trusting)
 
     def _headers_for(self, pool: PoolRoute, feed_type: str) -> list[Header]:
-        by_feed = self._headers.get(pool.smtp_id)
-        if by_feed is None:
-            by_feed = self._headers[pool.smtp_id] = {}
-        headers = by_feed.get(feed_type)
+        if feed_type == pool.feed_type:
+            by_feed = self._headers
+            key = pool.smtp_id
+        else:
+            by_feed = self._override_headers.get(pool.smtp_id)
+            if by_feed is None:
+                by_feed = self._override_headers[pool.smtp_id] = {}
+            key = feed_type
+        headers = by_feed.get(key)
         if headers is None:
             snap = self.snapshot
             # The attribution headers, in their order, before the pool's custom
@@ -184,7 +194,7 @@ class Routing:
                 self._stamp(STAMPED_HEADERS.server_id, str(snap.server_id).encode("ascii")),
                 *(self._stamp(n.encode("utf-8"), v.encode("utf-8")) for n, v in pool.headers),
             ]
-            by_feed[feed_type] = headers
+            by_feed[key] = headers
         return headers
 
     def _stamp(self, name: bytes, value: bytes) -> Header:
@@ -218,6 +228,7 @@ class Routing:
         self.sources.replace(prepared)
         for smtp_id, pool in pools.items():
             self._headers.pop(smtp_id, None)
+            self._override_headers.pop(smtp_id, None)
             self._forget_pool(smtp_id)
             if pool is not None:
                 self._pools[smtp_id] = pool
