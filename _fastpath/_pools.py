@@ -17,7 +17,9 @@ class FlatPools(NamedTuple):
     """Every pool's usable IPs laid end to end, pools addressed by dense index.
 
     Pool `i` owns the usable IPs `starts[i]:starts[i + 1]` of `weights` and
-    `choices`; an empty range means the pool has no usable IP.
+    `choices`; an empty range means the pool has no usable IP. A choice is the IP's
+    position in its pool's list (an int, no object per IP: a worker holds hundreds of
+    thousands), which is what a pick returns.
     """
 
     keys: list  # pool key per dense index
@@ -25,7 +27,7 @@ class FlatPools(NamedTuple):
     starts: list[int]  # len(keys) + 1 offsets into weights / choices
     weights: list[int]  # weight of each usable IP (always > 0)
     totals: list[int]  # sum of the usable weights per pool
-    choices: list[tuple[str, int]]  # (address, position in the pool's IP list), prebuilt
+    choices: list[int]  # position in the pool's IP list
 
 
 def flatten_pools(pools: Iterable[tuple[object, Sequence[tuple[str, int, bool]]]]) -> FlatPools:
@@ -42,7 +44,7 @@ def flatten_pools(pools: Iterable[tuple[object, Sequence[tuple[str, int, bool]]]
     starts = [0]
     weights: list[int] = []
     totals: list[int] = []
-    choices: list[tuple[str, int]] = []
+    choices: list[int] = []
     for pool_key, ips in pools:
         if pool_key in index:
             raise _errors.duplicate_pool(pool_key)
@@ -65,8 +67,15 @@ def flatten_pools(pools: Iterable[tuple[object, Sequence[tuple[str, int, bool]]]
                 raise _errors.bad_active(pool_key, address, active)
             if active and weight > 0:
                 weights.append(int(weight))
-                choices.append((address, position))
+                choices.append(position)
                 total += weight
         starts.append(len(weights))
         totals.append(total)
     return FlatPools(keys, index, starts, weights, totals, choices)
+
+
+def key_index(keys: list) -> dict:
+    """pool key -> dense index, for keys `flatten_pools` found unique. A table builds it
+    on its first `index_of`: a worker holds a one-pool table per pool and picks by
+    index, so most tables never need it."""
+    return {key: index for index, key in enumerate(keys)}

@@ -10,8 +10,8 @@ whatever the number of IPs. A pool whose cycle would be long next to its
 number of IPs (very uneven weights, see `_cycle_limit`) is not recorded; its
 picks run the algorithm over its IPs, exactly as the pure twin does.
 
-A pick allocates nothing: it returns the `(address, ip_index)` tuple built with
-the table. It never calls back into Python, so it runs under the GIL from start
+A pick allocates nothing: it returns the IP's position, an int built with the
+table. It never calls back into Python, so it runs under the GIL from start
 to end and a table is safe to share between tasks of one worker.
 """
 
@@ -24,7 +24,7 @@ from operator import index as _as_index
 
 from . import _errors
 from ._errors import NoUsableIp
-from ._pools import flatten_pools
+from ._pools import flatten_pools, key_index
 
 __all__ = ["NoUsableIp", "RotationTable"]
 
@@ -78,9 +78,9 @@ cdef class RotationTable:
     cdef int64_t* _weights      # weight per usable IP (> 0)
     cdef int64_t* _current      # smooth-WRR running value per usable IP
     cdef uint32_t* _schedule    # recorded cycles: flat indexes of the IPs picked
-    cdef list _choices          # prebuilt (address, ip_index) per usable IP
+    cdef list _choices          # position in its pool's list per usable IP (an int)
     cdef list _keys             # pool key per dense index
-    cdef dict _index            # pool key -> dense index
+    cdef dict _index            # pool key -> dense index, built on the first index_of
 
     def __cinit__(self):
         self._pools = NULL
@@ -125,7 +125,7 @@ cdef class RotationTable:
         self._n_ips = n_ips
         self._choices = flat.choices
         self._keys = flat.keys
-        self._index = flat.index
+        self._index = None  # see _pools.key_index
         for k in range(n_ips):
             self._weights[k] = flat.weights[k]
             self._current[k] = 0
@@ -173,17 +173,19 @@ cdef class RotationTable:
 
     def index_of(self, pool_key):
         """The dense index of `pool_key`; KeyError if the pool is not in the table."""
+        if self._index is None:
+            self._index = key_index(self._keys)
         index = self._index.get(pool_key)
         if index is None:
             raise _errors.unknown_pool(pool_key)
         return index
 
     def pick(self, index):
-        """Pick the next source IP of pool `index`: `(address, ip_index)`.
+        """Pick the next source IP of pool `index`: its position in the list the
+        pool was built from (an int).
 
-        `ip_index` is the IP's position in the list the pool was built from. The
-        tuple is the same object on every pick of that IP. Raises IndexError for
-        an index outside the table and NoUsableIp when the pool has no usable IP.
+        Raises IndexError for an index outside the table and NoUsableIp when the
+        pool has no usable IP.
         """
         cdef Py_ssize_t i
         cdef Py_ssize_t best

@@ -20,7 +20,7 @@ from operator import index as _as_index
 
 from . import _errors
 from ._errors import NoUsableIp
-from ._pools import flatten_pools
+from ._pools import flatten_pools, key_index
 
 __all__ = ["NoUsableIp", "RotationTable"]
 
@@ -43,7 +43,7 @@ class RotationTable:
         """Same as `RotationTable.from_pools(pools)`."""
         flat = flatten_pools(pools)
         self._keys = flat.keys
-        self._index = flat.index
+        self._index = None  # see _pools.key_index
         self._size = len(flat.keys)
         self._starts = flat.starts
         self._weights = flat.weights
@@ -70,17 +70,19 @@ class RotationTable:
 
     def index_of(self, pool_key: object) -> int:
         """The dense index of `pool_key`; KeyError if the pool is not in the table."""
+        if self._index is None:
+            self._index = key_index(self._keys)
         index = self._index.get(pool_key)
         if index is None:
             raise _errors.unknown_pool(pool_key)
         return index
 
-    def pick(self, index: int) -> tuple[str, int]:
-        """Pick the next source IP of pool `index`: `(address, ip_index)`.
+    def pick(self, index: int) -> int:
+        """Pick the next source IP of pool `index`: its position in the list the
+        pool was built from (an int).
 
-        `ip_index` is the IP's position in the list the pool was built from. The
-        tuple is the same object on every pick of that IP. Raises IndexError for
-        an index outside the table and NoUsableIp when the pool has no usable IP.
+        Raises IndexError for an index outside the table and NoUsableIp when the
+        pool has no usable IP.
         """
         if type(index) is not int:
             # Mirrors the compiled twin: anything with __index__, nothing else.
@@ -105,6 +107,6 @@ class RotationTable:
         current[best] = best_current - self._totals[index]
         return self._choices[best]
 
-    def pick_key(self, pool_key: object) -> tuple[str, int]:
+    def pick_key(self, pool_key: object) -> int:
         """`pick(index_of(pool_key))`."""
         return self.pick(self.index_of(pool_key))

@@ -23,7 +23,10 @@ real gRPC), writes the pools straight into SQLite (`tests/scale_support.add_pool
   rebuild = apply the delta + `Routing` from the previous one (`follow_deltas`, the
   thread path of large changes); in place = what a worker does with a one-pool
   change (`advance_in_place`, proportional to the delta);
-* worker RSS: a fresh process holding the routing of the server (its peak, VmHWM).
+* worker RSS: a fresh process that imports the worker (`dataplane.worker`) and builds
+  the routing of the server from the full snapshot's bytes as the loader does (the
+  bytes handed over, dropped once decoded): its peak (VmHWM) and its steady size
+  (VmRSS once built, after a collection), and the imports' own share.
 
 It prints a Markdown table (bench/SCALE.md holds the last one).
 """
@@ -66,11 +69,15 @@ CPU_SAMPLES = 7
 # probe across the exec (here the bench, with its control plane and workers), which
 # made this column the bench's own size.
 _RSS_PROBE = """
-import sys
+import gc, sys
+import dataplane.worker
 from dataplane.snapshot_loader import build_routing
-routing = build_routing(open(sys.argv[1], 'rb').read())
-status = dict(line.split(':', 1) for line in open('/proc/self/status'))
-print(int(status['VmHWM'].split()[0]) // 1024)
+def status(field):
+    return int(dict(line.split(':', 1) for line in open('/proc/self/status'))[field].split()[0]) // 1024
+imports = status('VmRSS')
+routing = build_routing([open(sys.argv[1], 'rb').read()])
+gc.collect()
+print(status('VmHWM'), status('VmRSS'), imports)
 """
 
 
@@ -111,12 +118,13 @@ def control_cpu_per_change(store: Store, sid: int) -> tuple[float, float, snapsh
     return statistics.median(old), statistics.median(new), before, base, delta_bytes
 
 
-def worker_rss_mb(snap: snapshot.Snapshot, workdir: Path) -> int:
-    """The peak RSS (MB) of a fresh process holding `snap`'s routing."""
+def worker_rss_mb(snap: snapshot.Snapshot, workdir: Path) -> tuple[int, int, int]:
+    """(peak, steady, imports) RSS in MB of a fresh worker process holding `snap`'s routing."""
     path = workdir / "snapshot.bin"
     path.write_bytes(snapshot.encode(snap))
     out = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(path)], check=True, capture_output=True, text=True)
-    return int(out.stdout.strip())
+    peak, steady, imports = (int(n) for n in out.stdout.split())
+    return peak, steady, imports
 
 
 async def measure(size: int, changes: int, workdir: Path, redis_url: str) -> dict[str, float]:
@@ -171,7 +179,7 @@ async def measure(size: int, changes: int, workdir: Path, redis_url: str) -> dic
             "old_bytes": len(old_bytes), "new_bytes": len(delta_bytes),
             "old_worker_ms": old_worker_cpu * 1000, "new_worker_ms": new_worker_cpu * 1000,
             "in_place_worker_ms": in_place_cpu * 1000,
-            "worker_rss_mb": worker_rss_mb(new_snap, workdir),
+            "worker_rss_mb": worker_rss_mb(new_snap, workdir),  # (peak, steady, imports)
         }
     finally:
         for worker in workers:
@@ -186,7 +194,7 @@ def table(rows: list[dict[str, float]]) -> str:
     lines = [
         ("| pools / IPs | CreatePool p50 / p99 | change → all workers acked p50 / p99 "
          "| control CPU per change old → new | bytes per change full → delta | worker CPU per change full → rebuild → in place "
-         "| worker RSS |"),
+         "| worker RSS peak / steady (imports) |"),
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -195,7 +203,8 @@ def table(rows: list[dict[str, float]]) -> str:
             f"| {r['acked_p50_ms']:.1f} / {r['acked_p99_ms']:.1f} ms "
             f"| {r['old_cpu_ms']:.1f} → {r['new_cpu_ms']:.1f} ms ({r['old_cpu_ms'] / r['new_cpu_ms']:.1f}×) "
             f"| {r['old_bytes']:,} → {r['new_bytes']:,} B ({r['old_bytes'] / r['new_bytes']:.0f}×) "
-            f"| {r['old_worker_ms']:.1f} → {r['new_worker_ms']:.2f} → {r['in_place_worker_ms']:.2f} ms | {r['worker_rss_mb']} MB |")
+            f"| {r['old_worker_ms']:.1f} → {r['new_worker_ms']:.2f} → {r['in_place_worker_ms']:.2f} ms "
+            "| {} / {} MB ({} MB) |".format(*r['worker_rss_mb']))
     return "\n".join(lines)
 
 

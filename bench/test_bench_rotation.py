@@ -73,6 +73,4 @@ def test_pick(benchmark, measure, snapshot, pool, variant):
         function = tables[variant].pick
     result = measure(function, index)
     if variant != "floor":
-        address, ip_index = result
-        assert address.startswith("203.0.")
-        assert 0 <= ip_index < POOLS[pool][0]
+        assert 0 <= result < POOLS[pool][0]  # the IP's position in its pool

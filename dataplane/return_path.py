@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from sys import intern
 
 from control.contract.snapshot import PoolRoute, Snapshot
 
@@ -61,7 +62,8 @@ def bounce_domain_of(snapshot: Snapshot, pool: PoolRoute) -> str:
     keeps its sender)."""
     name = pool.bounce_domain or _server_bounce_domain(snapshot)
     try:
-        return check_bounce_domain(name)
+        # Interned: a few domains repeat across every pool, and a worker holds them all.
+        return intern(check_bounce_domain(name))
     except VerpError as exc:
         log.warning("pool %s has no usable bounce domain (%s); its mail keeps the senders' own return paths",
                     pool.internal_name, exc)
@@ -70,11 +72,17 @@ def bounce_domain_of(snapshot: Snapshot, pool: PoolRoute) -> str:
 
 def bounce_domains(snapshot: Snapshot) -> frozenset[str]:
     """Every bounce domain of an MTA server's snapshot: its hostname, its own bounce
-    domain and its Pools' own (what the inbound listener accepts reports for)."""
+    domain and its Pools' own (what the inbound listener accepts reports for). A scan
+    of every pool: a worker reads `Routing.bounce_domains`, which keeps the set."""
     found = {bounce_domain_of(snapshot, pool) for pool in snapshot.pools}
-    found.add(_checked(snapshot.hostname))
-    found.add(_checked(snapshot.bounce_domain))
+    found.update(server_bounce_domains(snapshot))
     return frozenset(found - {""})
+
+
+def server_bounce_domains(snapshot: Snapshot) -> tuple[str, str, str]:
+    """The server's own bounce domains, checked ("" for one that is not usable): the
+    one its pools without their own use, its hostname, and its `bounce_domain`."""
+    return _checked(_server_bounce_domain(snapshot)), _checked(snapshot.hostname), _checked(snapshot.bounce_domain)
 
 
 def _server_bounce_domain(snapshot: Snapshot) -> str:
@@ -100,13 +108,15 @@ class ReturnPaths:
     def __init__(self, codec: VerpCodec) -> None:
         self.codec = codec
 
-    def sender(self, record: SpoolRecord, rcpt_index: int, snapshot: Snapshot | None) -> str:
+    def sender(self, record: SpoolRecord, rcpt_index: int, routing) -> str:
         """The return path for recipient `rcpt_index` of `record`: "" (the null path) for a
         message from the null sender, else its VERP address; the original sender when no
-        bounce domain is known or the address cannot be made (logged)."""
+        bounce domain is known or the address cannot be made (logged). `routing` (a
+        `dataplane.routing.Routing`, None before the first snapshot) names the pool's
+        bounce domain for a record from before bounce domains."""
         if not uses_verp(record):
             return ""
-        domain = record.bounce_domain or self._snapshot_domain(record, snapshot)
+        domain = record.bounce_domain or ("" if routing is None else routing.bounce_domain(record.smtp_id))
         if not domain:
             return record.mail_from
         try:
@@ -116,11 +126,3 @@ class ReturnPaths:
                         record.id, rcpt_index, exc, record.mail_from)
             return record.mail_from
 
-    @staticmethod
-    def _snapshot_domain(record: SpoolRecord, snapshot: Snapshot | None) -> str:
-        if snapshot is None:
-            return ""
-        try:
-            return bounce_domain_of(snapshot, snapshot.pool(record.smtp_id))
-        except KeyError:  # the pool is gone: the server's own domain still comes back here
-            return _checked(_server_bounce_domain(snapshot))

@@ -13,6 +13,7 @@ pool has one rotation per worker.
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from dataclasses import dataclass
 
 from _fastpath import NoUsableIp, inject
@@ -22,7 +23,7 @@ from control.contract.snapshot import BridgeRoute, PoolRoute, Snapshot
 
 from .delivery.egress import SourceSelector
 from .dkim_keys import DkimKeyring, Signing
-from .return_path import bounce_domain_of
+from .return_path import bounce_domain_of, server_bounce_domains
 from .trace_header import printable
 
 __all__ = ["NoUsableIp", "PoolGone", "Route", "Routing", "stamp"]
@@ -109,6 +110,11 @@ class Routing:
     same object) keeps its rotation table, position included, and its stamped
     headers; the Bridge indexes are rebuilt only when a Bridge changed, the DKIM
     keyring is passed in by the caller (the previous one when no key changed).
+
+    What the return paths and the inbound listener ask per version (a pool's bounce
+    domain, the set of bounce domains, a pool by internal name or by IP address) is
+    read from indexes `advance` keeps, so a one-pool change never costs a scan of
+    every pool there either.
     """
 
     def __init__(self, snapshot: Snapshot, dkim: DkimKeyring | None = None,
@@ -123,17 +129,28 @@ class Routing:
                                                   snapshot.bounce_domain))
         self.sources = SourceSelector(snapshot.pools, previous.sources if previous is not None else None)
         self._bounce_domains: dict[int, str] = {}
-        # smtp_id -> feed type -> the headers stamped (filled as Bridges send).
-        self._headers: dict[int, dict[str, list[Header]]] = {}
+        # The headers stamped (filled as Bridges send): the pool's own feed type's by
+        # smtp_id, a Bridge's override's apart (few Bridges override: a dict per pool
+        # would cost every pool 200 bytes).
+        self._headers: dict[int, list[Header]] = {}
+        self._override_headers: dict[int, dict[str, list[Header]]] = {}
         if same_server:
             # Headers and bounce domains depend on the server's fields and the pool only.
             kept = {smtp_id for smtp_id, pool in self._pools.items() if previous._pools.get(smtp_id) is pool}
             self._bounce_domains = {smtp_id: previous._bounce_domains[smtp_id] for smtp_id in kept}
             # A copy first: the event loop may add to the previous cache meanwhile.
             self._headers = {smtp_id: h for smtp_id, h in dict(previous._headers).items() if smtp_id in kept}
+            self._override_headers = {smtp_id: h for smtp_id, h in dict(previous._override_headers).items()
+                                      if smtp_id in kept}
         for pool in snapshot.pools:
             if pool.smtp_id not in self._bounce_domains:
                 self._bounce_domains[pool.smtp_id] = bounce_domain_of(snapshot, pool)
+        # How many pools use each bounce domain, so `advance` knows when the set changes.
+        self._domain_pools: Counter[str] = Counter(self._bounce_domains.values())
+        self._domain_set: frozenset[str] | None = None  # built on first use, kept while it holds
+        self._by_name: dict[str, PoolRoute] | None = None  # built on first use, then kept by advance
+        # One header tuple per distinct value, shared by every pool's stamped headers.
+        self._stamps: dict[Header, Header] = {}
         if previous is not None and previous.snapshot.bridges is snapshot.bridges:
             self.bridges_by_username = previous.bridges_by_username
             self.bridges_by_id = previous.bridges_by_id
@@ -154,26 +171,37 @@ class Routing:
         self._trusted = _trusted_networks(self._trusting)
 
     def _headers_for(self, pool: PoolRoute, feed_type: str) -> list[Header]:
-        by_feed = self._headers.get(pool.smtp_id)
-        if by_feed is None:
-            by_feed = self._headers[pool.smtp_id] = {}
-        headers = by_feed.get(feed_type)
+        if feed_type == pool.feed_type:
+            by_feed = self._headers
+            key = pool.smtp_id
+        else:
+            by_feed = self._override_headers.get(pool.smtp_id)
+            if by_feed is None:
+                by_feed = self._override_headers[pool.smtp_id] = {}
+            key = feed_type
+        headers = by_feed.get(key)
         if headers is None:
             snap = self.snapshot
             # The attribution headers, in their order, before the pool's custom
             # headers; `inject` removes client-sent copies. Without a feed type
             # there is no x-feedtype at all: an empty one tells a receiver nothing
             # and looks like a broken stamp.
-            feed = [(STAMPED_HEADERS.feed_type, feed_type.encode("utf-8"))] if feed_type else []
+            feed = [self._stamp(STAMPED_HEADERS.feed_type, feed_type.encode("utf-8"))] if feed_type else []
             headers = [
                 (STAMPED_HEADERS.virtual_mta, pool.internal_name.encode("utf-8")),
                 *feed,
-                (STAMPED_HEADERS.zone, snap.zone.encode("utf-8")),
-                (STAMPED_HEADERS.server_id, str(snap.server_id).encode("ascii")),
-                *((n.encode("utf-8"), v.encode("utf-8")) for n, v in pool.headers),
+                self._stamp(STAMPED_HEADERS.zone, snap.zone.encode("utf-8")),
+                self._stamp(STAMPED_HEADERS.server_id, str(snap.server_id).encode("ascii")),
+                *(self._stamp(n.encode("utf-8"), v.encode("utf-8")) for n, v in pool.headers),
             ]
-            by_feed[feed_type] = headers
+            by_feed[key] = headers
         return headers
+
+    def _stamp(self, name: bytes, value: bytes) -> Header:
+        """The one tuple of this header line (zone, server id, feed types and custom
+        headers repeat across pools: a worker holds one copy of each)."""
+        header = (name, value)
+        return self._stamps.setdefault(header, header)
 
     def advance(self, snapshot: Snapshot, deltas: tuple[RoutingDelta, ...]) -> None:
         """Move this routing, in place, to `snapshot` (its snapshot with `deltas`
@@ -200,16 +228,33 @@ class Routing:
         self.sources.replace(prepared)
         for smtp_id, pool in pools.items():
             self._headers.pop(smtp_id, None)
-            if pool is None:
-                self._pools.pop(smtp_id, None)
-                self._bounce_domains.pop(smtp_id, None)
-            else:
+            self._override_headers.pop(smtp_id, None)
+            self._forget_pool(smtp_id)
+            if pool is not None:
                 self._pools[smtp_id] = pool
-                self._bounce_domains[smtp_id] = bounce_domains[smtp_id]
+                self._bounce_domains[smtp_id] = domain = bounce_domains[smtp_id]
+                self._domain_pools[domain] += 1
+                if self._domain_pools[domain] == 1:
+                    self._domain_set = None
+                if self._by_name is not None:
+                    self._by_name[_name_key(pool.internal_name)] = pool
         if bridges:
             self._replace_bridges(bridges)
         self.snapshot = snapshot
         self.version = snapshot.version
+
+    def _forget_pool(self, smtp_id: int) -> None:
+        """Take a pool out of the per-pool indexes (a no-op for one not in them)."""
+        old = self._pools.pop(smtp_id, None)
+        if old is None:
+            return
+        domain = self._bounce_domains.pop(smtp_id)
+        self._domain_pools[domain] -= 1
+        if not self._domain_pools[domain]:
+            del self._domain_pools[domain]
+            self._domain_set = None
+        if self._by_name is not None and self._by_name.get(_name_key(old.internal_name)) is old:
+            del self._by_name[_name_key(old.internal_name)]
 
     def _replace_bridges(self, bridges: dict[int, BridgeRoute | None]) -> None:
         trusting_changed = False
@@ -235,6 +280,32 @@ class Routing:
             return self._pools[smtp_id]
         except KeyError:
             raise PoolGone(smtp_id) from None
+
+    def bounce_domain(self, smtp_id: int) -> str:
+        """The bounce domain of the pool's return paths (`return_path.bounce_domain_of`);
+        for a pool no longer here, the MTA server's ("" when none is usable)."""
+        domain = self._bounce_domains.get(smtp_id)
+        if domain is not None:
+            return domain
+        return server_bounce_domains(self.snapshot)[0]
+
+    @property
+    def bounce_domains(self) -> frozenset[str]:
+        """Every bounce domain of the server (`return_path.bounce_domains`: its hostname,
+        its own and its pools'); the same object until a change adds or removes one."""
+        if self._domain_set is None:
+            self._domain_set = frozenset({*self._domain_pools, *server_bounce_domains(self.snapshot)} - {""})
+        return self._domain_set
+
+    def pool_named(self, internal_name: str) -> PoolRoute | None:
+        """The pool with this internal name (any case), if the server has it."""
+        if self._by_name is None:
+            self._by_name = {_name_key(p.internal_name): p for p in self._pools.values()}
+        return self._by_name.get(_name_key(internal_name))
+
+    def pool_of_ip(self, address: str) -> PoolRoute | None:
+        """The pool the source IP `address` (canonical form) belongs to, if any."""
+        return self.sources.pool_of(address)
 
     def current_bridge(self, bridge_id: int, username: str, secret_hash: str) -> BridgeRoute | None:
         """The Bridge if it still exists with these credentials (not revoked, not rotated)."""
@@ -275,6 +346,10 @@ class Routing:
     def signing(self, bridge: BridgeRoute, route: Route, message: bytes) -> Signing:
         """The DKIM signatures for a message of `bridge` routed by `route`."""
         return self.dkim.signing(bridge.user_id, route.pool, message)
+
+
+def _name_key(internal_name: str) -> str:
+    return internal_name.lower()
 
 
 def stamp(raw: bytes, route: Route, trace: bytes = b"") -> bytes:

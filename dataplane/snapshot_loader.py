@@ -51,12 +51,20 @@ STALE_ACK_MS = 12 * rediskeys.WORKER_HEARTBEAT_TTL_MS
 MAX_RETRY_DELAY = 2.0
 
 
-def build_routing(data: bytes, dkim_keys: DkimKeyCache | None = None, deltas: tuple[RoutingDelta, ...] = (),
-                  previous: Routing | None = None) -> Routing:
+def build_routing(data: bytes | list[bytes], dkim_keys: DkimKeyCache | None = None,
+                  deltas: tuple[RoutingDelta, ...] = (), previous: Routing | None = None) -> Routing:
     """Decode a full snapshot, apply `deltas` to it and build its Routing, its DKIM keys
     unsealed and parsed by `dkim_keys` (None: it signs nothing); pools equal to
-    `previous`'s keep their rotation. Runs in a thread."""
-    snapshot = decode(data)
+    `previous`'s keep their rotation. Runs in a thread.
+
+    `data` may be a list holding the snapshot's bytes alone: it is emptied once they are
+    decoded, so a caller that hands over its only reference that way does not keep the
+    bytes (56 MB at 50k pools) alive while the routing is built beside the snapshot."""
+    if isinstance(data, list):
+        snapshot = decode(data[0])
+        data.clear()
+    else:
+        snapshot = decode(data)
     for delta in deltas:
         snapshot = routing_delta.apply(snapshot, delta)
     return _routing(snapshot, dkim_keys, previous)
@@ -219,7 +227,8 @@ class SnapshotLoader:
                         target, self.server_id)
             return None
         deltas = await self._deltas(start, target) if start < target else ()
-        routing = await asyncio.to_thread(build_routing, data, self._dkim_keys, deltas or (), current)
+        handed_over, data = [data], None  # build_routing drops the bytes once decoded
+        routing = await asyncio.to_thread(build_routing, handed_over, self._dkim_keys, deltas or (), current)
         return routing if current is None or routing.version > current.version else None
 
     async def _deltas(self, served: int, target: int) -> tuple[RoutingDelta, ...] | None:

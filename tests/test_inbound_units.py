@@ -20,6 +20,7 @@ from dataplane.inbound.addresses import BOUNCE, FEEDBACK, InboundAddresses, NotA
 from dataplane.inbound.attribution import COMPLAINT, _suppresses
 from dataplane.message_headers import indexed_message_id
 from dataplane.reports import parse_report
+from dataplane.routing import Routing
 from dataplane.stats_batcher import StatsBatcher
 from dataplane.verp import VerpCodec
 from dataplane.verp_keyring import VerpKeyring
@@ -57,6 +58,7 @@ def _event(message_id: str, rcpt: str, index: int, outcome: str = DELIVERED, *, 
 
 
 SNAPSHOT = make_snapshot(1, 1, [make_pool(7, [(IP, 1), ("127.0.0.3", 1)])], [])
+ROUTING = Routing(SNAPSHOT)
 DOMAINS = frozenset({HOSTNAME})
 
 
@@ -115,7 +117,7 @@ async def test_a_dsn_to_a_verp_return_path_names_the_recipient_and_how_it_is_cou
     for index, rcpt, counted in ((0, "a@example.net", DELIVERED), (1, "b@example.net", BOUNCED)):
         recipient = addresses.check(codec.encode(message_id, index, HOSTNAME))
         found = await attributor.attribute(parse_report(dsn("forwarded@elsewhere.example")), [recipient],
-                                           SNAPSHOT, DOMAINS)
+                                           ROUTING, DOMAINS)
         (target,) = found.targets
         assert (target.via, target.rcpt, target.rcpt_index, target.counted, target.subject) == (
             "verp", rcpt, index, counted, f"bounce:{message_id}:{index}")
@@ -129,11 +131,11 @@ async def test_a_recent_message_whose_outcome_is_not_recorded_yet_is_retried(red
     young, old = _id(age_ms=1000), _id(age_ms=DAY_MS, counter=2)
     redis_client.rpush(rediskeys.message_events_key(young), _event(young, "a@example.net", 0, DEFERRED, final=False))
     report = parse_report(dsn("a@example.net"))
-    found = await attributor.attribute(report, [addresses.check(codec.encode(young, 0, HOSTNAME))], SNAPSHOT, DOMAINS)
+    found = await attributor.attribute(report, [addresses.check(codec.encode(young, 0, HOSTNAME))], ROUTING, DOMAINS)
     assert found.retry and not found.targets
-    found = await attributor.attribute(report, [addresses.check(codec.encode(young, 1, HOSTNAME))], SNAPSHOT, DOMAINS)
+    found = await attributor.attribute(report, [addresses.check(codec.encode(young, 1, HOSTNAME))], ROUTING, DOMAINS)
     assert found.retry  # that recipient has no event yet
-    found = await attributor.attribute(report, [addresses.check(codec.encode(old, 0, HOSTNAME))], SNAPSHOT, DOMAINS)
+    found = await attributor.attribute(report, [addresses.check(codec.encode(old, 0, HOSTNAME))], ROUTING, DOMAINS)
     assert not found.retry and not found.targets
     assert f"message {old} has no delivery events" in found.reason
 
@@ -146,23 +148,23 @@ async def test_without_verp_our_received_line_or_the_message_index_names_the_mes
     redis_client.set(rediskeys.message_index_key("m-42@acme.example"), indexed)
     attributor = Attributor(redis, codec)
     ours = f"Received: from app (unknown [10.0.0.9])\n\tby {HOSTNAME} (poolmta) with ESMTPA id {message_id}; now\n"
-    found = await attributor.attribute(parse_report(dsn("B@example.net", returned=ours)), [], SNAPSHOT, DOMAINS)
+    found = await attributor.attribute(parse_report(dsn("B@example.net", returned=ours)), [], ROUTING, DOMAINS)
     assert [(t.via, t.message_id, t.rcpt, t.ip) for t in found.targets] == [
         ("received", message_id, "b@example.net", "127.0.0.3")]
     by_index = "Message-ID: <m-42@acme.example>\nx-virtual-mta: promo-3-1-pool-7\n"
-    found = await attributor.attribute(parse_report(dsn("a@example.net", returned=by_index)), [], SNAPSHOT, DOMAINS)
+    found = await attributor.attribute(parse_report(dsn("a@example.net", returned=by_index)), [], ROUTING, DOMAINS)
     assert [(t.via, t.message_id, t.rcpt) for t in found.targets] == [("message-id", indexed, "a@example.net")]
     # An x-virtual-mta naming another pool refutes the message; an unknown Message-ID names none.
     refuted = by_index.replace("pool-7", "pool-8")
-    found = await attributor.attribute(parse_report(dsn("a@example.net", returned=refuted)), [], SNAPSHOT, DOMAINS)
+    found = await attributor.attribute(parse_report(dsn("a@example.net", returned=refuted)), [], ROUTING, DOMAINS)
     assert not found.targets and "is not the pool of message" in found.reason
     # A Received line of ours naming a message without events (expired) does not stop the index.
     expired = f"Received: by {HOSTNAME} (poolmta) with ESMTPA id {_id(age_ms=9 * DAY_MS, counter=9)}; then\n"
     found = await attributor.attribute(parse_report(dsn("a@example.net", returned=expired + by_index)), [],
-                                       SNAPSHOT, DOMAINS)
+                                       ROUTING, DOMAINS)
     assert [(t.via, t.message_id) for t in found.targets] == [("message-id", indexed)]
     unknown = "Message-ID: <nope@acme.example>\n"
-    found = await attributor.attribute(parse_report(dsn("a@example.net", returned=unknown)), [], SNAPSHOT, DOMAINS)
+    found = await attributor.attribute(parse_report(dsn("a@example.net", returned=unknown)), [], ROUTING, DOMAINS)
     assert not found.targets and "is not in the message index" in found.reason
 
 
@@ -171,39 +173,39 @@ async def test_a_complaint_naming_no_recipient_counts_once_for_the_message(redis
     redis_client.rpush(rediskeys.message_events_key(message_id), _event(message_id, "a@example.net", 0),
                        _event(message_id, "b@example.net", 1))
     report = parse_report(arf(mail_from=codec.encode(message_id, 1, HOSTNAME)))
-    (target,) = (await Attributor(redis, codec).attribute(report, [], SNAPSHOT, DOMAINS)).targets
+    (target,) = (await Attributor(redis, codec).attribute(report, [], ROUTING, DOMAINS)).targets
     assert (target.kind, target.via, target.rcpt, target.subject) == (COMPLAINT, "verp", "b@example.net",
                                                                      f"complaint:{message_id}:1")
     received = f"Received: by {HOSTNAME} (poolmta) with ESMTPA id {message_id}; now\n"
     report = parse_report(arf(returned=received + "Subject: hi\n\nbody"))
-    (target,) = (await Attributor(redis, codec).attribute(report, [], SNAPSHOT, DOMAINS)).targets
+    (target,) = (await Attributor(redis, codec).attribute(report, [], ROUTING, DOMAINS)).targets
     assert (target.via, target.rcpt, target.subject, target.ip) == ("received", "", f"complaint:{message_id}:*", IP)
 
 
 async def test_with_no_message_a_complaint_counts_for_the_pool_and_ip_a_bounce_is_kept(redis, codec):
     attributor = Attributor(redis, codec)
     returned = "Received: from out ([127.0.0.3]) by mx.example.org; now\nx-virtual-mta: PROMO-3-1-pool-7\n\nhi"
-    (target,) = (await attributor.attribute(parse_report(arf(returned=returned)), [], SNAPSHOT, DOMAINS)).targets
+    (target,) = (await attributor.attribute(parse_report(arf(returned=returned)), [], ROUTING, DOMAINS)).targets
     assert (target.via, target.message_id, target.smtp_id, target.ip, target.user_id) == ("headers", "", 7,
                                                                                           "127.0.0.3", 3)
-    only_ip = await attributor.attribute(parse_report(arf(source_ip="::ffff:127.0.0.2")), [], SNAPSHOT, DOMAINS)
+    only_ip = await attributor.attribute(parse_report(arf(source_ip="::ffff:127.0.0.2")), [], ROUTING, DOMAINS)
     assert [(t.smtp_id, t.ip) for t in only_ip.targets] == [(7, IP)]  # the IP's pool in the snapshot
-    stranger = await attributor.attribute(parse_report(arf(source_ip="192.0.2.1")), [], SNAPSHOT, DOMAINS)
+    stranger = await attributor.attribute(parse_report(arf(source_ip="192.0.2.1")), [], ROUTING, DOMAINS)
     assert not stranger.targets and "no pool or IP of this server" in stranger.reason
     bounce = await attributor.attribute(parse_report(qmail_bounce("a@example.net", returned="Return-Path: <x@y>\n"
-                                                                  + returned)), [], SNAPSHOT, DOMAINS)
+                                                                  + returned)), [], ROUTING, DOMAINS)
     assert not bounce.targets  # moving a recipient's count needs its message
 
 
 async def test_reports_with_nothing_to_count_say_why(redis, codec):
     attributor = Attributor(redis, codec)
     delayed = await attributor.attribute(parse_report(dsn("a@example.net", status="4.2.2", action="delayed")), [],
-                                         SNAPSHOT, DOMAINS)
+                                         ROUTING, DOMAINS)
     relayed = await attributor.attribute(parse_report(dsn("a@example.net", status="2.0.0", action="relayed")), [],
-                                         SNAPSHOT, DOMAINS)
+                                         ROUTING, DOMAINS)
     assert delayed.nothing_to_count and relayed.nothing_to_count
-    not_spam = await attributor.attribute(parse_report(arf(feedback_type="not-spam")), [], SNAPSHOT, DOMAINS)
-    garbage = await attributor.attribute(parse_report(b"\x00garbage" * 100), [], SNAPSHOT, DOMAINS)
+    not_spam = await attributor.attribute(parse_report(arf(feedback_type="not-spam")), [], ROUTING, DOMAINS)
+    garbage = await attributor.attribute(parse_report(b"\x00garbage" * 100), [], ROUTING, DOMAINS)
     assert "'not-spam' is not a complaint" in not_spam.reason and not not_spam.nothing_to_count
     assert garbage.reason.startswith("not a bounce or complaint") and not garbage.nothing_to_count
 
@@ -214,7 +216,7 @@ async def test_a_forged_return_path_in_a_feedback_report_is_not_attributed_by_ve
     redis_client.rpush(rediskeys.message_events_key(message_id), _event(message_id, "a@example.net", 0))
     forger = VerpCodec(VerpKeyring.load_or_create(tmp_path / "forger.keys"))
     report = parse_report(arf(mail_from=forger.encode(message_id, 0, HOSTNAME)))
-    found = await Attributor(redis, codec).attribute(report, [], SNAPSHOT, DOMAINS)
+    found = await Attributor(redis, codec).attribute(report, [], ROUTING, DOMAINS)
     assert not found.targets and "MAC does not match" in found.reason
 
 

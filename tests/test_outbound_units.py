@@ -34,6 +34,7 @@ from dataplane.dsn_relay import (
 )
 from dataplane.dsn_request import MailDsnParams, Ret, parse_mail_params, parse_rcpt_params
 from dataplane.reports import parse_report
+from dataplane.routing import Routing
 from dataplane.return_path import ReturnPaths, bounce_domain_of, bounce_domains, open_codec, uses_verp
 from dataplane.smtp_reply import DEFERRED, DELIVERED, Reply
 from dataplane.smtp_wire import take_params
@@ -140,9 +141,10 @@ def test_the_null_sender_stays_null_and_a_record_without_a_domain_takes_the_snap
         assert paths.sender(_record(mail_from=null), 0, None) == "" and not uses_verp(_record(mail_from=null))
     snapshot = make_snapshot(1, 1, [make_pool(7, [("192.0.2.1", 1)]),
                                     replace(make_pool(8, [("192.0.2.8", 1)]), bounce_domain="b.acme.example")], [])
-    assert paths.sender(_record(), 0, snapshot).endswith("@" + HOSTNAME)
-    assert paths.sender(_record(smtp_id=8), 0, snapshot).endswith("@b.acme.example")
-    assert paths.sender(_record(smtp_id=99), 0, snapshot).endswith("@" + HOSTNAME)  # the pool is gone
+    routing = Routing(snapshot)
+    assert paths.sender(_record(), 0, routing).endswith("@" + HOSTNAME)
+    assert paths.sender(_record(smtp_id=8), 0, routing).endswith("@b.acme.example")
+    assert paths.sender(_record(smtp_id=99), 0, routing).endswith("@" + HOSTNAME)  # the pool is gone
     # No bounce domain known at all: the sender's own return path.
     assert paths.sender(_record(), 0, None) == SENDER
     # A recipient index VERP cannot carry: the sender's own too, never a crash.
@@ -176,8 +178,8 @@ def test_a_pools_bounce_domain_is_its_own_else_the_servers_else_the_hostname():
 def test_a_record_of_a_gone_pool_takes_the_servers_bounce_domain(codec):
     snapshot = replace(make_snapshot(1, 1, [make_pool(7, [("192.0.2.1", 1)])], []), bounce_domain="bounces.mta1.example")
     paths = ReturnPaths(codec)
-    assert paths.sender(_record(), 0, snapshot).endswith("@bounces.mta1.example")
-    assert paths.sender(_record(smtp_id=99), 0, snapshot).endswith("@bounces.mta1.example")
+    assert paths.sender(_record(), 0, Routing(snapshot)).endswith("@bounces.mta1.example")
+    assert paths.sender(_record(smtp_id=99), 0, Routing(snapshot)).endswith("@bounces.mta1.example")
 
 
 # --- which bounces owe a DSN, and the DSN ------------------------------------------------

@@ -10,6 +10,7 @@ the publisher encodes with it, the data plane decodes with it.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from sys import intern
 
@@ -188,9 +189,7 @@ def unpack_map(data: bytes, what: str) -> dict:
         raise SnapshotError(f"{what} is not valid msgpack: {exc}") from None
     if not isinstance(doc, dict):
         raise SnapshotError(f"{what} is not a map")
-    schema = doc.get("schema")
-    if schema != SCHEMA_VERSION:
-        raise SnapshotError(f"{what} schema {schema!r} is not supported (expected {SCHEMA_VERSION})")
+    _check_schema(doc.get("schema"), what)
     return doc
 
 
@@ -237,10 +236,39 @@ def dkim_key_from_doc(k: dict) -> DkimKeyRoute:
                         algorithm=str(k["algorithm"]), sealed_key=_bytes(k["sealed_key"]))
 
 
+# How much of the snapshot's bytes the streaming decoder reads at a time.
+_DECODE_READ_SIZE = 256 * 1024
+# The entries of a snapshot decoded one by one as they stream in, by the key of their array.
+_ENTRY_DECODERS = {"pools": pool_from_doc, "bridges": bridge_from_doc, "dkim_keys": dkim_key_from_doc}
+
+
 def decode(data: bytes) -> Snapshot:
-    """Parse the wire form; SnapshotError if it is not a snapshot of a known schema."""
-    doc = unpack_map(data, "snapshot")
+    """Parse the wire form; SnapshotError if it is not a snapshot of a known schema.
+
+    Streams: each pool, Bridge and DKIM key map is turned into its route object as soon
+    as it is read and then dropped, so the decoder never holds the whole document as
+    Python maps beside the objects built from it (at 50k pools that document was larger
+    than the routing itself)."""
+    unpacker = msgpack.Unpacker(io.BytesIO(data), raw=False, read_size=_DECODE_READ_SIZE,
+                                max_buffer_size=max(len(data), _DECODE_READ_SIZE))
     try:
+        try:
+            fields = unpacker.read_map_header()
+        except ValueError:
+            raise SnapshotError("snapshot is not a map") from None
+        doc: dict = {}
+        for _ in range(fields):
+            key = unpacker.unpack()
+            from_doc = _ENTRY_DECODERS.get(key)
+            if from_doc is None:
+                doc[key] = unpacker.unpack()
+                if key == "schema":
+                    _check_schema(doc[key], "snapshot")  # before decoding entries of an unknown schema
+                continue
+            doc[key] = tuple(from_doc(unpacker.unpack()) for _ in range(unpacker.read_array_header()))
+        _check_schema(doc.get("schema"), "snapshot")
+        if unpacker.tell() != len(data):
+            raise SnapshotError("snapshot is not valid msgpack: extra data after the map")
         return Snapshot(
             server_id=int(doc["server_id"]),
             version=int(doc["version"]),
@@ -248,12 +276,23 @@ def decode(data: bytes) -> Snapshot:
             zone=str(doc["zone"]),
             bounce_domain=str(doc.get("bounce_domain", "")),
             published_at_ms=int(doc.get("published_at_ms", 0)),
-            pools=tuple(pool_from_doc(p) for p in doc["pools"]),
-            bridges=tuple(bridge_from_doc(b) for b in doc["bridges"]),
-            dkim_keys=tuple(dkim_key_from_doc(k) for k in doc.get("dkim_keys", ())),
+            pools=doc["pools"],
+            bridges=doc["bridges"],
+            dkim_keys=doc.get("dkim_keys", ()),
         )
+    except SnapshotError:
+        raise
     except (KeyError, TypeError, ValueError) as exc:
+        if type(exc).__module__.startswith("msgpack"):
+            raise SnapshotError(f"snapshot is not valid msgpack: {exc}") from None
         raise SnapshotError(f"snapshot is missing or has a malformed field: {exc!r}") from None
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise SnapshotError(f"snapshot is not valid msgpack: {exc}") from None
+
+
+def _check_schema(schema, what: str) -> None:
+    if schema != SCHEMA_VERSION:
+        raise SnapshotError(f"{what} schema {schema!r} is not supported (expected {SCHEMA_VERSION})")
 
 
 def _bytes(value) -> bytes:

@@ -73,6 +73,13 @@ class SourceSelector:
     that did not change (the same `PoolRoute`) keeps its rotation table, position
     included: a change to one pool leaves every other pool's rotation exact to the
     message, and only the changed pools are rebuilt.
+
+    Per IP it keeps no object of its own (a worker holds hundreds of thousands): a
+    pick is a position in the pool's `ips`, and the address index maps each address
+    to its pool (`pool_of`, which inbound attribution reads too). The pools built
+    together share one rotation table (each at its own index: their rotations stay
+    independent), so a pool costs its IPs' slots in flat arrays, not a table object of
+    its own; a table lives as long as one of its pools is served.
     """
 
     __slots__ = ("_ips", "_pools")
@@ -80,20 +87,13 @@ class SourceSelector:
     def __init__(self, pools: Iterable, previous: SourceSelector | None = None) -> None:
         pools = tuple(pools)
         if previous is None:
-            self._pools = {p.smtp_id: (p, *_rotation(p)) for p in pools}
-            # The snapshot's own IpRoute per address (no object of ours per IP: a worker
-            # holds hundreds of thousands); `ip` makes the IpState asked for.
-            self._ips = {ip.address: ip for p in pools for ip in p.ips}
+            self._pools = _rotations(pools)
+            self._ips = {ip.address: p for p in pools for ip in p.ips}
             return
         kept = previous._pools
-        self._pools = {}
-        changed = []
-        for pool in pools:
-            entry = kept.get(pool.smtp_id)
-            if entry is None or not (entry[0] is pool or entry[0] == pool):
-                entry = (pool, *_rotation(pool))
-                changed.append(pool)
-            self._pools[pool.smtp_id] = entry
+        changed = [p for p in pools if not _same(kept.get(p.smtp_id), p)]
+        fresh = _rotations(changed)
+        self._pools = {p.smtp_id: fresh.get(p.smtp_id) or kept[p.smtp_id] for p in pools}
         gone = [entry[0] for smtp_id, entry in kept.items() if self._pools.get(smtp_id, (None,))[0] is not entry[0]]
         self._ips = previous._ips
         if gone or changed:
@@ -103,20 +103,16 @@ class SourceSelector:
                     ips.pop(ip.address, None)
             for pool in changed:
                 for ip in pool.ips:
-                    ips[ip.address] = ip
+                    ips[ip.address] = pool
             self._ips = ips
 
     def prepare(self, pools: dict) -> dict:
         """The entries `replace` will install for `pools` (smtp_id -> its new PoolRoute, or
         None when it went): each changed pool's new rotation table, an equal pool's kept
         one. May raise (a table the fast path refuses) without changing anything."""
-        prepared = {}
-        for smtp_id, pool in pools.items():
-            entry = self._pools.get(smtp_id)
-            if pool is not None and (entry is None or not (entry[0] is pool or entry[0] == pool)):
-                entry = (pool, *_rotation(pool))
-            prepared[smtp_id] = None if pool is None else entry
-        return prepared
+        fresh = _rotations([p for p in pools.values() if p is not None and not _same(self._pools.get(p.smtp_id), p)])
+        return {smtp_id: None if pool is None else fresh.get(smtp_id) or self._pools[smtp_id]
+                for smtp_id, pool in pools.items()}
 
     def replace(self, prepared: dict) -> None:
         """Install entries from `prepare`, in place, in time proportional to them (the
@@ -135,7 +131,7 @@ class SourceSelector:
                 continue
             self._pools[smtp_id] = entry
             for ip in entry[0].ips:
-                ips[ip.address] = ip
+                ips[ip.address] = entry[0]
 
     def pick(self, smtp_id: int) -> tuple[str, str]:
         """The pool's next source IP and its HELO name (advances the pool's rotation).
@@ -143,20 +139,38 @@ class SourceSelector:
         Raises KeyError when the snapshot has no such pool, NoUsableIp when none of
         its IPs is usable.
         """
-        _, table, hostnames = self._pools[smtp_id]
-        address, ip_index = table.pick(0)
-        return address, hostnames[ip_index]
+        pool, table, index = self._pools[smtp_id]
+        ip = pool.ips[table.pick(index)]
+        return ip.address, ip.hostname
+
+    def pool_of(self, address: str):
+        """The pool (`PoolRoute`) the IP `address` belongs to; None when no pool has it."""
+        return self._ips.get(address)
 
     def ip(self, address: str) -> IpState | None:
         """The IP's state in this snapshot; None when no pool has it (released)."""
-        ip = self._ips.get(address)
-        return None if ip is None else IpState(ip.usable, ip.hostname)
+        pool = self._ips.get(address)
+        if pool is None:
+            return None
+        # A scan of one pool's IPs: this runs once per delivery attempt, not per pick.
+        ip = next(ip for ip in pool.ips if ip.address == address)
+        return IpState(ip.usable, ip.hostname)
 
 
-def _rotation(pool) -> tuple[RotationTable, tuple[str, ...]]:
-    """A pool's own rotation table and its IPs' HELO names by position."""
-    table = RotationTable.from_pools([(pool.smtp_id, [(ip.address, ip.weight, ip.usable) for ip in pool.ips])])
-    return table, tuple(ip.hostname for ip in pool.ips)
+def _same(entry, pool) -> bool:
+    """True when a selector entry is for `pool` as it is (its rotation may be kept)."""
+    return entry is not None and (entry[0] is pool or entry[0] == pool)
+
+
+def _rotations(pools) -> dict:
+    """smtp_id -> (pool, rotation table, its index in the table) for `pools`, all in one
+    table (a pick is a position in `pool.ips`). ValueError when the fast path refuses
+    one (a duplicate smtp_id, a malformed IP)."""
+    if not pools:
+        return {}
+    table = RotationTable.from_pools(
+        (p.smtp_id, [(ip.address, ip.weight, ip.usable) for ip in p.ips]) for p in pools)
+    return {p.smtp_id: (p, table, index) for index, p in enumerate(pools)}
 
 
 @dataclass(eq=False)
@@ -227,8 +241,7 @@ class Egress:
         job.ip, job.helo = source
         routing = self.loader.current
         # One recipient per job for a VERP message (the queue's rule): its address names it.
-        job.sender = self.return_paths.sender(message.record, job.rcpts[0].index,
-                                              routing.snapshot if routing is not None else None)
+        job.sender = self.return_paths.sender(message.record, job.rcpts[0].index, routing)
         try:
             job.destination = await self.destinations.find(job.domain)
         except LookupFailed as failure:

@@ -64,7 +64,12 @@ def bounce_domains(snapshot: Snapshot, hostname: str | None = None) -> frozenset
     """The bounce domains of this server: those its return paths use
     (`return_path.bounce_domains`: the snapshot's hostname, the server's and every
     pool's own bounce domain), plus `hostname` when given and valid."""
-    domains = set(return_path_domains(snapshot))
+    return with_hostname(return_path_domains(snapshot), hostname)
+
+
+def with_hostname(domains: frozenset[str], hostname: str | None) -> frozenset[str]:
+    """`domains` (a server's bounce domains) plus `hostname` when given and valid."""
+    domains = set(domains)
     if hostname:
         try:
             domains.add(check_bounce_domain(hostname))

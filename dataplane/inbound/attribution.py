@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from control.contract import event_log
 from control.contract.delivery_event import DeliveryEvent
 from control.contract.headers import STAMPED_HEADER_NAMES
-from control.contract.snapshot import PoolRoute, Snapshot
 from control.contract.suppression import address_failure
 
 from ..message_headers import indexed_message_id
@@ -172,15 +171,6 @@ def _address_of(value: str | None) -> str:
     return (text[start + 1:end] if 0 <= start < end else text).strip()
 
 
-class _Pools:
-    """A snapshot's pools by internal name and by IP address."""
-
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.version = snapshot.version
-        self.by_name: dict[str, PoolRoute] = {p.internal_name.lower(): p for p in snapshot.pools}
-        self.by_ip: dict[str, PoolRoute] = {ip.address: p for p in snapshot.pools for ip in p.ips}
-
-
 def _canonical_ip(text: str) -> str:
     try:
         address = ipaddress.ip_address(text.strip())
@@ -200,26 +190,28 @@ class Attributor:
         self.codec = codec
         self.pending_grace = pending_grace
         self._clock = clock
-        self._pools: _Pools | None = None
 
-    async def attribute(self, report: Report, recipients: Sequence[InboundRecipient], snapshot: Snapshot,
+    async def attribute(self, report: Report, recipients: Sequence[InboundRecipient], routing,
                         domains: frozenset[str]) -> Attribution:
         """The targets of `report`, received for `recipients` on a server with this
-        snapshot and these bounce domains. Redis errors propagate (the caller answers 451)."""
+        routing (a `dataplane.routing.Routing`: its pools by internal name and by IP are
+        indexes it keeps) and these bounce domains. Redis errors propagate (the caller
+        answers 451)."""
+        server_id = routing.snapshot.server_id
         claims, nothing = _claims(report)
         if nothing is not None:
             return nothing
         notes: list[str] = []
         for token in self._verp_tokens(report, recipients, domains, notes):
-            found = await self._by_message(snapshot.server_id, token.message_id, claims, report, "verp", notes,
+            found = await self._by_message(server_id, token.message_id, claims, report, "verp", notes,
                                            token.rcpt_index)
             if found is not None:
                 return found
-        for message_id, via in await self._messages_from_headers(snapshot.server_id, report, notes):
-            found = await self._by_message(snapshot.server_id, message_id, claims, report, via, notes)
+        for message_id, via in await self._messages_from_headers(server_id, report, notes):
+            found = await self._by_message(server_id, message_id, claims, report, via, notes)
             if found is not None:
                 return found
-        found = self._by_pool(claims, report, snapshot, notes)
+        found = self._by_pool(claims, report, routing, notes)
         if found is not None:
             return found
         return Attribution(reason="; ".join(notes[:4]) or "no VERP return path, no message or pool of ours named")
@@ -259,21 +251,17 @@ class Attributor:
                 notes.append(f"Message-ID <{quoted(header_id)}> is not in the message index")
         return found
 
-    def _by_pool(self, claims: list[_Claim], report: Report, snapshot: Snapshot,
-                 notes: list[str]) -> Attribution | None:
+    def _by_pool(self, claims: list[_Claim], report: Report, routing, notes: list[str]) -> Attribution | None:
         """Complaints counted for the pool and IP the headers name, without a message."""
         if claims[0].kind != COMPLAINT:
             return None  # a bounce moves a recipient's count: it needs the message
-        if self._pools is None or self._pools.version != snapshot.version:
-            self._pools = _Pools(snapshot)
-        pools = self._pools
-        named = (report.returned_header(STAMPED_HEADER_NAMES.virtual_mta) or "").strip().lower()
-        pool = pools.by_name.get(named)
+        named = (report.returned_header(STAMPED_HEADER_NAMES.virtual_mta) or "").strip()
+        pool = routing.pool_named(named)
         candidates = [report.feedback.source_ip if report.feedback else ""]
         candidates += [m for name, value in report.returned_headers if name.lower() == "received"
                        for m in _IP_LITERAL.findall(value)]
-        ip = next((a for a in map(_canonical_ip, candidates) if a in pools.by_ip), "")
-        pool = pool or pools.by_ip.get(ip)
+        ip = next((a for a in map(_canonical_ip, candidates) if routing.pool_of_ip(a) is not None), "")
+        pool = pool or routing.pool_of_ip(ip)
         if pool is None:
             notes.append("the returned headers name no pool or IP of this server")
             return None

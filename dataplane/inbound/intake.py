@@ -16,7 +16,6 @@ from redis import exceptions as redis_errors
 
 from control.contract.delivery_event import DELIVERED
 from control.contract.runtime import reraise_if_cancelling
-from control.contract.snapshot import Snapshot
 
 from .. import metrics
 from ..message_headers import header_fields
@@ -53,7 +52,7 @@ class ReportIntake:
         self._clock = clock
 
     async def take(self, raw: bytes, *, recipients: Sequence[InboundRecipient], mail_from: str, peer: str,
-                   snapshot: Snapshot, domains: frozenset[str]) -> str:
+                   routing, domains: frozenset[str]) -> str:
         """Take one received report; the SMTP reply to its end of DATA (250 once it is
         counted or kept in Redis, 451 when Redis cannot be reached or the message's
         outcome is not there yet)."""
@@ -63,7 +62,7 @@ class ReportIntake:
         metrics.inbound_reports.inc(report.kind)
         now_ms = int(self._clock() * 1000)
         try:
-            attribution = await self.attributor.attribute(report, recipients, snapshot, domains)
+            attribution = await self.attributor.attribute(report, recipients, routing, domains)
             if attribution.retry:
                 log.info("report from %s: %s; answered 451", peer, attribution.reason)
                 return REPLY_NOT_YET

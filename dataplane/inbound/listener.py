@@ -38,7 +38,7 @@ from ..smtp_listener import (
 )
 from ..snapshot_loader import SnapshotLoader
 from ..tls import client_handshake_failed
-from .addresses import InboundAddresses, InboundRecipient, NotAccepted, bounce_domains
+from .addresses import InboundAddresses, InboundRecipient, NotAccepted, with_hostname
 from .intake import ReportIntake
 
 log = logging.getLogger("poolmta.dataplane.inbound")
@@ -99,10 +99,12 @@ class InboundHandler(ListenerHandler):
         """The recipients taken under the current snapshot (rebuilt when it changes)."""
         routing = self.loader.current
         assert routing is not None  # never None again once a connection got its banner
-        if self._addresses is None or self._addresses[0] != routing.version:
-            domains = bounce_domains(routing.snapshot, self.config.hostname)
-            self._addresses = (routing.version,
-                               InboundAddresses(domains, self.config.inbound.fbl_addresses, self.codec))
+        # Keyed by the routing's set of bounce domains, which stays the same object
+        # until a change adds or removes one: a change to a pool costs nothing here.
+        served = routing.bounce_domains
+        if self._addresses is None or self._addresses[0] is not served:
+            domains = with_hostname(served, self.config.hostname)
+            self._addresses = (served, InboundAddresses(domains, self.config.inbound.fbl_addresses, self.codec))
         return self._addresses[1]
 
     async def handle_EHLO(self, server: InboundSMTP, session: Session, envelope: Envelope,
@@ -142,7 +144,7 @@ class InboundHandler(ListenerHandler):
         assert routing is not None and isinstance(envelope.original_content, bytes)
         return await self.intake.take(
             envelope.original_content, recipients=envelope.recipients, mail_from=envelope.mail_from or "",
-            peer=server.peer_address, snapshot=routing.snapshot, domains=self.addresses().domains,
+            peer=server.peer_address, routing=routing, domains=self.addresses().domains,
         )
 
     async def count_too_big(self, peer: str) -> None:
