@@ -33,7 +33,7 @@ A delta is published by one Lua script only if `current` still equals the delta'
 base (otherwise, Redis lost data or was written by someone else: a full snapshot
 is published instead). A full snapshot is written alone at the first publication
 after a start and on a repair. A compaction (after SNAPSHOT_FULL_EVERY deltas, or
-once the deltas since the last full snapshot weigh as much as it does) encodes a
+once the deltas since the last full snapshot weigh half as much as it does) encodes a
 copy of the remembered routing in a thread and writes it as a full snapshot of its
 version, in the background: the delta that made it due is published first (so
 workers following the log never see a gap), the reply does not wait for an
@@ -45,8 +45,9 @@ Redis holds a bounded amount of routing whatever the number of changes.
 Changes coalesce like a group commit: `sync` runs one publication at a time and a
 publication covers every change committed before it read SQLite. An idle publisher
 publishes at once (no waiting for more changes); changes committed while a
-publication is in flight wait for it and are folded into the next one, so a burst
-of changes to one server becomes a few publications. A change committed while Redis is down is
+publication is in flight wait for it and are folded into the next one, which
+first waits COALESCE_SECONDS for the rest of the burst to commit, so a burst of
+changes to one server becomes a few publications. A change committed while Redis is down is
 published by the background loop once Redis answers again (retrying with bounded
 backoff meanwhile); a Redis that lost its data (FLUSHALL, a new empty server) is
 noticed by the same loop and refilled from SQLite with a full snapshot.
@@ -75,6 +76,9 @@ log = logging.getLogger(__name__)
 
 # The longest wait between two publishing attempts while Redis does not answer.
 MAX_RETRY_DELAY = 5.0
+# How long a publication that had to wait for another (a burst is under way) waits
+# for the rest of the burst to commit; an idle publisher does not wait.
+COALESCE_SECONDS = 0.002
 # How often the background loop rebuilds every server from SQLite to check the
 # remembered routing (a whole-server build: seconds at 50k pools, so rarely).
 CONSISTENCY_CHECK_SECONDS = 3600.0
@@ -160,7 +164,7 @@ class SnapshotPublisher:
 
     def __init__(self, store: Store, redis: aioredis.Redis, metrics: ControlMetrics | None = None, *,
                  full_every: int = rediskeys.SNAPSHOT_FULL_EVERY,
-                 fulls_kept: int = rediskeys.SNAPSHOT_FULLS_KEPT,
+                 fulls_kept: int = rediskeys.SNAPSHOT_FULLS_KEPT, coalesce_seconds: float = COALESCE_SECONDS,
                  check_seconds: float = CONSISTENCY_CHECK_SECONDS):
         self._store = store
         self._reader = ReaderStore(store)
@@ -169,6 +173,7 @@ class SnapshotPublisher:
         self._full_every = full_every
         self._fulls_kept = max(1, fulls_kept)
         self._check_seconds = check_seconds
+        self._coalesce_seconds = coalesce_seconds
         self._checker = ReaderStore(store)  # the consistency check's own connection: it never waits for a build
         self._delta_script = redis.register_script(_PUBLISH_DELTA_LUA)
         self._full_script = redis.register_script(_PUBLISH_FULL_LUA)
@@ -236,7 +241,7 @@ class SnapshotPublisher:
         if published is None or published.compacting:
             return
         if (published.deltas_since_full < self._full_every
-                and published.delta_bytes_since_full < published.full_bytes):
+                and 2 * published.delta_bytes_since_full < published.full_bytes):
             return
         published.compacting = True
         # A copy of the dicts (C speed), so that deltas applied meanwhile leave it alone.
@@ -373,7 +378,10 @@ class SnapshotPublisher:
 
         Raises RedisError when Redis cannot be reached (nothing is lost: the next
         sync publishes it)."""
-        async with self._lock:  # changes committed while one runs are folded into the next
+        burst = self._lock.locked()
+        async with self._lock:  # changes committed while one ran are folded into this one
+            if burst and self._coalesce_seconds and self._pending():
+                await asyncio.sleep(self._coalesce_seconds)  # and those of the burst still arriving
             return await self._sync_locked()
 
     def _pending(self) -> list[int]:

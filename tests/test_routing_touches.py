@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from control import models
-from control.contract import dkim_seal
+from control.contract import dkim_seal, snapshot
 from control.errors import DomainError
 from control.publisher import SnapshotPublisher
 from control.registry import Registry
@@ -129,6 +129,8 @@ class World:
         for sid in self.servers:
             built = replace(build_snapshot(self.store, sid), published_at_ms=0)
             assert replace(self.publisher.routing(sid), published_at_ms=0) == built
+            remembered = self.publisher._state[sid].routing  # its packed entries: what compactions join
+            assert remembered.encode() == snapshot.encode(remembered.snapshot())
             assert replace(current_snapshot(redis_url, sid), published_at_ms=0) == built
         self.publisher.prune_touches()  # the background loop's step
         assert self._rows("SELECT COUNT(*) FROM routing_touches")[0][0] == 0  # pruned once published

@@ -72,11 +72,15 @@ def snapshot_changes_key(server_id: int) -> str:
 
 
 # Full snapshots kept per server (the newest ones) ...
-SNAPSHOT_FULLS_KEPT = 2
-# ... and how often one is written: after this many deltas, or once the deltas since
-# the last full snapshot weigh as much as it does, whichever comes first. Redis then
-# holds at most SNAPSHOT_FULLS_KEPT full snapshots plus the deltas since the older one.
-SNAPSHOT_FULL_EVERY = 64
+SNAPSHOT_FULLS_KEPT = 1
+# ... and how often one is written: after this many deltas (what a starting worker
+# replays at most), or once the deltas since the last full snapshot weigh half as
+# much as it does, whichever comes first. Redis then holds at most
+# SNAPSHOT_FULLS_KEPT full snapshots plus the deltas since the older one: with one
+# kept, less than twice a full snapshot. A full snapshot is O(server) to write (at
+# 50k pools 56 MB, appended and fsynced to the AOF while Redis waits), so it is
+# written rarely: a one-pool delta is about 1 KB.
+SNAPSHOT_FULL_EVERY = 1024
 
 
 def worker_acks_key(server_id: int) -> str:
