@@ -1,16 +1,34 @@
-"""Scale bench for incremental routing (issue 14): what one routing change costs at
-1k, 10k (and 50k) pools on one MTA server, old way against new way, in one run.
+"""Scale bench (issue 14): what a routing change costs and how the control plane
+answers at 1k, 10k and 50k pools on one MTA server, in one run:
 
-    .venv/bin/python -m bench.scale [--sizes 1000,10000] [--changes 30]
+    .venv/bin/python -m bench.scale --json-out results.json   # the tables (bench/SCALE.md)
+    .venv/bin/python -m bench.scale_plot results.json          # bench/scale_*.png
 
-For each size it registers a server through a real control plane (embedded Redis,
-real gRPC), writes the pools straight into SQLite (`tests/scale_support.add_pools`:
-10 IPs and 1 Bridge per pool, accounts of 10 pools), starts two in-process workers
-(`SnapshotLoader`, as the data plane runs them) and then measures:
+Options: --sizes 1000,10000,50000, --samples 200 (CreatePool and ProvisionIp RPCs
+timed, each), --rate 50 and --storm-seconds 20 (the write storm).
 
-* CreatePool p50 / p99: the RPC, its publication included, timed at the client;
+Each size runs in a process of its own with an embedded Redis of its own. It
+registers a server through a real control plane (real gRPC), writes the pools
+straight into SQLite (`tests/scale_support.add_pools`: 10 IPs and 1 Bridge per
+pool, accounts of 10 pools), and starts two data-plane workers (`SnapshotLoader`)
+and the clients in other processes (`bench/scale_procs.py`), so the control
+plane's process runs the control plane only. It measures:
+
+* CreatePool and ProvisionIp p50 / p99: --samples of each, one at a time, timed at
+  the client (the reply comes after the change is committed and published);
 * change -> every worker acked p50 / p99: from the RPC's start until both workers
-  serve the version it published;
+  serve the version it published (the workers report when, on the machine's
+  monotonic clock);
+* a read's p50 / p99 during a write storm: GetPool, ListPools (first page) and
+  GetPoolStats back to back from another account and channel, while one account
+  makes CreatePool / ProvisionIp / SetPoolHeaders at --rate per second (open loop)
+  for --storm-seconds; and the storm's writes' p99;
+* Redis memory for routing after the changes (every write above is one, about
+  1,400): MEMORY USAGE of the server's full-snapshot hash, change log and `current`,
+  against one full snapshot's bytes;
+* control-plane RSS (VmRSS) and peak (VmHWM) of the process that ran the control
+  plane, read right after the storm: the control plane with its start-up build of
+  the server, plus this module's orchestration (no client, worker or Redis);
 * control-plane CPU per change (process CPU time of the publisher's preparation,
   median of CPU_SAMPLES one-pool changes written straight into SQLite):
   old = the whole server built set-based from SQLite, diffed against the published
@@ -23,9 +41,9 @@ real gRPC), writes the pools straight into SQLite (`tests/scale_support.add_pool
   rebuild = apply the delta + `Routing` from the previous one (`follow_deltas`, the
   thread path of large changes); in place = what a worker does with a one-pool
   change (`advance_in_place`, proportional to the delta);
-* worker RSS: a fresh process holding the routing of the server (its peak, VmHWM).
-
-It prints a Markdown table (bench/SCALE.md holds the last one).
+* worker RSS: a fresh process holding the routing of the server (its peak, VmHWM);
+* the load average when the row was done (the machine is shared: latencies move
+  with it, CPU times and bytes do not).
 """
 
 from __future__ import annotations
@@ -47,6 +65,7 @@ import redis.asyncio as aioredis
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.contract import rediskeys, routing_delta, snapshot
+from control.config import ControlConfig
 from control.embedded_redis import EmbeddedRedis
 from control.routing_changes import ServerRouting, read_change
 from control.server import ControlPlane
@@ -59,7 +78,7 @@ from dataplane.snapshot_loader import (
     build_routing,
     follow_deltas,
 )
-from tests.control_support import Client, start_config
+from tests.control_support import Client
 from tests.scale_support import add_pools
 
 CPU_SAMPLES = 7
@@ -159,7 +178,9 @@ async def routing_memory(redis_url: str, sid: int) -> int:
 async def measure(size: int, samples: int, rate: float, storm_seconds: float, workdir: Path,
                   redis_url: str) -> dict[str, float]:
     """Every number of one row of the table, at `size` pools."""
-    cfg = start_config(workdir / f"cp{size}", redis_url)
+    # The production intervals (not the tests' shorter ones): the background loops
+    # run as often as they would on a real control plane.
+    cfg = ControlConfig(data_dir=workdir / f"cp{size}", redis_url=redis_url, grpc_listen="127.0.0.1:0")
     cp = ControlPlane(cfg)
     await cp.start()
     channel = grpc.aio.insecure_channel(cp.grpc_address)

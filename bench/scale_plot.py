@@ -31,6 +31,7 @@ LATENCY_SERIES = (
     ("provision_p50_ms", "ProvisionIp p50", "C1", ":"),
     ("provision_p99_ms", "ProvisionIp p99", "C1", "-"),
     ("storm_read_p99_ms", "read p99 during 50 writes/s", "C2", "-"),
+    ("storm_write_p99_ms", "the storm's writes p99", "C4", "-."),
     ("acked_p99_ms", "change → all workers acked p99", "C3", "-"),
 )
 
@@ -49,6 +50,14 @@ def _goal(ax, value: float, label: str, color: str) -> None:
     ax.axhline(value, color=color, linestyle="--", linewidth=1, label=label)
 
 
+def _save(fig, ax, path: Path) -> None:
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_latency(rows: list[dict], path: Path) -> None:
     """RPC and propagation latencies against pools."""
     pools = [r["pools"] for r in rows]
@@ -57,11 +66,7 @@ def plot_latency(rows: list[dict], path: Path) -> None:
         ax.plot(pools, [r[key] for r in rows], marker="o", color=color, linestyle=style, label=label)
     _goal(ax, RPC_P99_GOAL_MS, f"goal: RPC p99 ≤ {RPC_P99_GOAL_MS} ms", "C0")
     _goal(ax, ACKED_P99_GOAL_MS, f"goal: acked p99 ≤ {ACKED_P99_GOAL_MS} ms", "C3")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def plot_memory(rows: list[dict], path: Path) -> None:
@@ -76,11 +81,7 @@ def plot_memory(rows: list[dict], path: Path) -> None:
     ax.plot(pools, [2 * r["full_snapshot_bytes"] / mb for r in rows], color="C2", linestyle="--",
             label="goal: Redis routing ≤ 2 × one full snapshot")
     _goal(ax, WORKER_RSS_GOAL_MB, f"goal: worker RSS ≤ {WORKER_RSS_GOAL_MB} MB", "C0")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def main() -> None:

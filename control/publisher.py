@@ -64,6 +64,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from .contract import rediskeys, routing_delta, snapshot
+from . import publish_scripts
 from .contract.runtime import reraise_if_cancelling
 from .metrics import ControlMetrics
 from .routing_changes import ServerRouting, read_change
@@ -82,45 +83,6 @@ COALESCE_SECONDS = 0.002
 # How often the background loop rebuilds every server from SQLite to check the
 # remembered routing (a whole-server build: seconds at 50k pools, so rarely).
 CONSISTENCY_CHECK_SECONDS = 3600.0
-
-# KEYS: changes stream, current key. ARGV: version, base, delta, channel.
-# Returns {1, version} when published, {0, current} when `current` is not the base.
-_PUBLISH_DELTA_LUA = """
-local current = tonumber(redis.call('GET', KEYS[2]) or '0')
-local version = tonumber(ARGV[1])
-if current ~= tonumber(ARGV[2]) or version <= current then
-  return {0, current}
-end
-redis.call('XADD', KEYS[1], ARGV[1] .. '-0', 'd', ARGV[3])
-redis.call('SET', KEYS[2], ARGV[1])
-redis.call('PUBLISH', ARGV[4], ARGV[1])
-return {1, version}
-"""
-
-# KEYS: full-snapshot hash, current key, changes stream. ARGV: version, snapshot,
-# channel, full snapshots kept. Returns the version `current` holds afterwards.
-_PUBLISH_FULL_LUA = """
-local version = tonumber(ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local kept = {}
-for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
-  table.insert(kept, tonumber(field))
-end
-table.sort(kept)
-local extra = #kept - tonumber(ARGV[4])
-for i = 1, extra do
-  redis.call('HDEL', KEYS[1], tostring(kept[i]))
-end
-local oldest = kept[math.max(extra, 0) + 1]
-redis.call('XTRIM', KEYS[3], 'MINID', tostring(oldest + 1) .. '-0')
-local current = tonumber(redis.call('GET', KEYS[2]) or '0')
-if version > current then
-  redis.call('SET', KEYS[2], ARGV[1])
-  redis.call('PUBLISH', ARGV[3], ARGV[1])
-  return version
-end
-return current
-"""
 
 
 @dataclass
@@ -175,8 +137,8 @@ class SnapshotPublisher:
         self._check_seconds = check_seconds
         self._coalesce_seconds = coalesce_seconds
         self._checker = ReaderStore(store)  # the consistency check's own connection: it never waits for a build
-        self._delta_script = redis.register_script(_PUBLISH_DELTA_LUA)
-        self._full_script = redis.register_script(_PUBLISH_FULL_LUA)
+        self._delta_script = redis.register_script(publish_scripts.PUBLISH_DELTA_LUA)
+        self._full_script = redis.register_script(publish_scripts.PUBLISH_FULL_LUA)
         self._state: dict[int, _Published] = {}
         self._published: dict[int, int] = {}
         self._pruned: dict[int, int] = {}  # the newest routing touch pruned, per server
