@@ -214,7 +214,8 @@ async def measure(size: int, samples: int, rate: float, storm_seconds: float, wo
         redis_routing = await routing_memory(redis_url, sid)
         full_bytes = len(snapshot.encode(cp._publisher.routing(sid)))
         acked = _acked(acks_path, write_samples)
-        rpc = {name: [sec for kind, _, sec, _ in write_samples if kind == name] for name in ("CreatePool", "ProvisionIp")}
+        rpc = {name: [sec for kind, _, sec, _ in write_samples if kind == name]
+               for name in ("CreatePool", "ProvisionIp")}
         reads = [sec for secs in storm["reads"].values() for sec in secs]
         storm_writes = [sec for secs in storm["writes"].values() for sec in secs]
         store = Store.open(cfg.db_path)
@@ -271,7 +272,8 @@ def table(rows: list[dict[str, float]]) -> str:
             f"| {r['acked_p50_ms']:.1f} / {r['acked_p99_ms']:.1f} ms "
             f"| {r['storm_read_p50_ms']:.1f} / {r['storm_read_p99_ms']:.1f} ms "
             f"({r['storm_writes'] / r['storm_seconds']:.0f} writes/s: {r['storm_write_p99_ms']:.1f} ms) "
-            f"| {r['redis_routing_bytes']:,} B after {r['changes']:,} ({r['redis_routing_bytes'] / r['full_snapshot_bytes']:.2f}×) "
+            f"| {r['redis_routing_bytes']:,} B after {r['changes']:,} "
+            f"({r['redis_routing_bytes'] / r['full_snapshot_bytes']:.2f}×) "
             f"| {r['control_rss_mb']} / {r['control_hwm_mb']} MB | {r['worker_rss_mb']} MB |")
     lines += [
         "",

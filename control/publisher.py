@@ -33,14 +33,14 @@ A delta is published by one Lua script only if `current` still equals the delta'
 base (otherwise, Redis lost data or was written by someone else: a full snapshot
 is published instead). A full snapshot is written alone at the first publication
 after a start and on a repair. A compaction (after SNAPSHOT_FULL_EVERY deltas, or
-once the deltas since the last full snapshot weigh half as much as it does) encodes a
-copy of the remembered routing in a thread and writes it as a full snapshot of its
-version, in the background: the delta that made it due is published first (so
+once the deltas since the last full snapshot weigh half as much as it does) joins a
+copy of the remembered routing's packed entries in a thread and writes it as a full
+snapshot of its version, in the background: the delta that made it due is published first (so
 workers following the log never see a gap), the reply does not wait for an
 encoding of the whole server, and deltas published meanwhile stay in the log after
 it. Its script keeps the newest
-SNAPSHOT_FULLS_KEPT and trims the change log to what follows the oldest of them, so
-Redis holds a bounded amount of routing whatever the number of changes.
+SNAPSHOT_FULLS_KEPT and trims the change log to what follows the full snapshot it
+dropped, so Redis holds a bounded amount of routing whatever the number of changes.
 
 Changes coalesce like a group commit: `sync` runs one publication at a time and a
 publication covers every change committed before it read SQLite. An idle publisher
@@ -207,15 +207,17 @@ class SnapshotPublisher:
             return
         published.compacting = True
         # A copy of the dicts (C speed), so that deltas applied meanwhile leave it alone.
-        task = asyncio.create_task(self._compact(server_id, published, published.routing.copy()),
+        counted = published.deltas_since_full, published.delta_bytes_since_full
+        task = asyncio.create_task(self._compact(server_id, published, published.routing.copy(), counted),
                                    name=f"compact-routing-{server_id}")
         self._compactions.add(task)
         task.add_done_callback(self._compactions.discard)
 
-    async def _compact(self, server_id: int, published: _Published, routing: ServerRouting) -> None:
-        """Write `routing` (a copy of what `published` held) as a full snapshot of its
-        version; the deltas published since stay in the log after it."""
-        counted = published.deltas_since_full, published.delta_bytes_since_full
+    async def _compact(self, server_id: int, published: _Published, routing: ServerRouting,
+                       counted: tuple[int, int]) -> None:
+        """Write `routing` (a copy of what `published` held, `counted` deltas and bytes
+        after its last full snapshot) as a full snapshot of its version; the deltas
+        published since stay in the log after it."""
         try:
             payload = await asyncio.to_thread(routing.encode)
             await self._full_script(

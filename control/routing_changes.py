@@ -55,7 +55,9 @@ class ServerRouting:
             raise ValueError(f"delta from version {delta.base} does not apply to version {self.version}")
         self.version = delta.version
         self.fields = delta.server or self.fields
-        pools, bridges, dkim = {p.smtp_id: p for p in delta.pools}, {b.bridge_id: b for b in delta.bridges}, dict(delta.dkim)
+        pools = {p.smtp_id: p for p in delta.pools}
+        bridges = {b.bridge_id: b for b in delta.bridges}
+        dkim = dict(delta.dkim)
         _update(self.pools, pools, delta.pools_gone)
         _update(self.bridges, bridges, delta.bridges_gone)
         _update(self.dkim, dkim, delta.dkim_gone)
