@@ -287,7 +287,7 @@ class SnapshotPublisher:
     @staticmethod
     def _full_publication(routing: snapshot.Snapshot, touched_through: int) -> _Publication:
         rebuilt = ServerRouting(routing, touched_through)
-        return _Publication(routing.version, touched_through, full_payload=rebuilt.encode(routing.published_at_ms),
+        return _Publication(routing.version, touched_through, full_payload=rebuilt.encode(),
                             rebuilt=rebuilt)
 
     def _remember(self, server_id: int, publication: _Publication, previous: _Published | None) -> None:

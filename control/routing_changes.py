@@ -40,6 +40,9 @@ class ServerRouting:
     def __init__(self, routing: snapshot.Snapshot, touched_through: int) -> None:
         self.server_id = routing.server_id
         self.version = routing.version
+        # When the routing at this version was published (a delta carries its own): a
+        # full snapshot this routing encodes equals the chain of deltas it replaces.
+        self.published_at_ms = routing.published_at_ms
         self.fields = routing_delta.server_fields(routing)
         self.pools = {p.smtp_id: p for p in routing.pools}
         self.bridges = {b.bridge_id: b for b in routing.bridges}
@@ -54,6 +57,7 @@ class ServerRouting:
         if delta.base != self.version:
             raise ValueError(f"delta from version {delta.base} does not apply to version {self.version}")
         self.version = delta.version
+        self.published_at_ms = delta.published_at_ms
         self.fields = delta.server or self.fields
         pools = {p.smtp_id: p for p in delta.pools}
         bridges = {b.bridge_id: b for b in delta.bridges}
@@ -75,10 +79,10 @@ class ServerRouting:
         other.packed_dkim = dict(self.packed_dkim)
         return other
 
-    def encode(self, published_at_ms: int = 0) -> bytes:
-        """This routing as a full snapshot's wire form (`snapshot.encode(self.snapshot())`
-        byte for byte), joined from the packed entries."""
-        head = self.snapshot(published_at_ms, entries=False)
+    def encode(self) -> bytes:
+        """This routing as a full snapshot's wire form (`snapshot.encode` of its
+        `snapshot(self.published_at_ms)` byte for byte), joined from the packed entries."""
+        head = self.snapshot(self.published_at_ms, entries=False)
         return snapshot.encode_packed(
             head, [self.packed_pools[k] for k in sorted(self.packed_pools)],
             [self.packed_bridges[k] for k in sorted(self.packed_bridges)],

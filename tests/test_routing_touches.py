@@ -130,7 +130,7 @@ class World:
             built = replace(build_snapshot(self.store, sid), published_at_ms=0)
             assert replace(self.publisher.routing(sid), published_at_ms=0) == built
             remembered = self.publisher._state[sid].routing  # its packed entries: what compactions join
-            assert remembered.encode() == snapshot.encode(remembered.snapshot())
+            assert remembered.encode() == snapshot.encode(remembered.snapshot(remembered.published_at_ms))
             assert replace(current_snapshot(redis_url, sid), published_at_ms=0) == built
         self.publisher.prune_touches()  # the background loop's step
         assert self._rows("SELECT COUNT(*) FROM routing_touches")[0][0] == 0  # pruned once published
