@@ -1,16 +1,34 @@
-"""Scale bench for incremental routing (issue 14): what one routing change costs at
-1k, 10k (and 50k) pools on one MTA server, old way against new way, in one run.
+"""Scale bench (issue 14): what a routing change costs and how the control plane
+answers at 1k, 10k and 50k pools on one MTA server, in one run:
 
-    .venv/bin/python -m bench.scale [--sizes 1000,10000] [--changes 30]
+    .venv/bin/python -m bench.scale --json-out results.json   # the tables (bench/SCALE.md)
+    .venv/bin/python -m bench.scale_plot results.json          # bench/scale_*.png
 
-For each size it registers a server through a real control plane (embedded Redis,
-real gRPC), writes the pools straight into SQLite (`tests/scale_support.add_pools`:
-10 IPs and 1 Bridge per pool, accounts of 10 pools), starts two in-process workers
-(`SnapshotLoader`, as the data plane runs them) and then measures:
+Options: --sizes 1000,10000,50000, --samples 200 (CreatePool and ProvisionIp RPCs
+timed, each), --rate 50 and --storm-seconds 20 (the write storm).
 
-* CreatePool p50 / p99: the RPC, its publication included, timed at the client;
+Each size runs in a process of its own with an embedded Redis of its own. It
+registers a server through a real control plane (real gRPC), writes the pools
+straight into SQLite (`tests/scale_support.add_pools`: 10 IPs and 1 Bridge per
+pool, accounts of 10 pools), and starts two data-plane workers (`SnapshotLoader`)
+and the clients in other processes (`bench/scale_procs.py`), so the control
+plane's process runs the control plane only. It measures:
+
+* CreatePool and ProvisionIp p50 / p99: --samples of each, one at a time, timed at
+  the client (the reply comes after the change is committed and published);
 * change -> every worker acked p50 / p99: from the RPC's start until both workers
-  serve the version it published;
+  serve the version it published (the workers report when, on the machine's
+  monotonic clock);
+* a read's p50 / p99 during a write storm: GetPool, ListPools (first page) and
+  GetPoolStats back to back from another account and channel, while one account
+  makes CreatePool / ProvisionIp / SetPoolHeaders at --rate per second (open loop)
+  for --storm-seconds; and the storm's writes' p99;
+* Redis memory for routing after the changes (every write above is one, about
+  1,400): MEMORY USAGE of the server's full-snapshot hash, change log and `current`,
+  against one full snapshot's bytes;
+* control-plane RSS (VmRSS) and peak (VmHWM) of the process that ran the control
+  plane, read right after the storm: the control plane with its start-up build of
+  the server, plus this module's orchestration (no client, worker or Redis);
 * control-plane CPU per change (process CPU time of the publisher's preparation,
   median of CPU_SAMPLES one-pool changes written straight into SQLite):
   old = the whole server built set-based from SQLite, diffed against the published
@@ -26,15 +44,18 @@ real gRPC), writes the pools straight into SQLite (`tests/scale_support.add_pool
 * worker RSS: a fresh process that imports the worker (`dataplane.worker`) and builds
   the routing of the server from the full snapshot's bytes as the loader does (the
   bytes handed over, dropped once decoded): its peak (VmHWM) and its steady size
-  (VmRSS once built, after a collection), and the imports' own share.
-
-It prints a Markdown table (bench/SCALE.md holds the last one).
+  (VmRSS once built, after a collection), and the imports' own share;
+* the load average when the row was done (the machine is shared: latencies move
+  with it, CPU times and bytes do not).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,7 +67,8 @@ import grpc
 import redis.asyncio as aioredis
 
 from control._pb.poolmta.v1 import poolmta_pb2 as pb
-from control.contract import routing_delta, snapshot
+from control.contract import rediskeys, routing_delta, snapshot
+from control.config import ControlConfig
 from control.embedded_redis import EmbeddedRedis
 from control.routing_changes import ServerRouting, read_change
 from control.server import ControlPlane
@@ -54,16 +76,16 @@ from control.snapshot_builder import build_in, build_snapshot
 from control.store import Store
 from dataplane.routing import Routing
 from dataplane.snapshot_loader import (
-    SnapshotLoader,
     advance_in_place,
     advances_in_place,
     build_routing,
     follow_deltas,
 )
-from tests.control_support import Client, start_config
+from tests.control_support import Client
 from tests.scale_support import add_pools
 
 CPU_SAMPLES = 7
+_ROOT = Path(__file__).resolve().parent.parent
 
 # VmHWM, not ru_maxrss: Linux carries the maxrss of the process that spawned the
 # probe across the exec (here the bench, with its control plane and workers), which
@@ -127,38 +149,83 @@ def worker_rss_mb(snap: snapshot.Snapshot, workdir: Path) -> tuple[int, int, int
     return peak, steady, imports
 
 
-async def measure(size: int, changes: int, workdir: Path, redis_url: str) -> dict[str, float]:
+def _status_mb(field: str) -> int:
+    """A /proc/self/status memory field (VmRSS, VmHWM) of this process, in MB."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(status[field].split()[0]) // 1024
+
+
+def _acked(acks_path: Path, samples: list[list]) -> list[float]:
+    """For each write sample [rpc, start, seconds, version]: seconds from its start
+    until every worker served its version (from the workers' report)."""
+    served: dict[str, list[tuple[int, float]]] = {}
+    for line in acks_path.read_text().splitlines():
+        worker, version, at = line.split()
+        served.setdefault(worker, []).append((int(version), float(at)))
+    return [max(min(at for v, at in versions if v >= version) for versions in served.values()) - start
+            for _, start, _, version in samples]
+
+
+async def _run(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.scale_procs", *args, cwd=_ROOT)
+    if await proc.wait():
+        raise RuntimeError(f"bench.scale_procs {args[0]} failed ({proc.returncode})")
+
+
+async def routing_memory(redis_url: str, sid: int) -> int:
+    """Bytes Redis holds for the server's routing: full snapshots, change log, `current`."""
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = (rediskeys.snapshot_full_key(sid), rediskeys.snapshot_changes_key(sid),
+                rediskeys.snapshot_current_key(sid))
+        return sum([await redis.memory_usage(key, samples=0) or 0 for key in keys])
+    finally:
+        await redis.aclose()
+
+
+async def measure(size: int, samples: int, rate: float, storm_seconds: float, workdir: Path,
+                  redis_url: str) -> dict[str, float]:
     """Every number of one row of the table, at `size` pools."""
-    flush = aioredis.Redis.from_url(redis_url)
-    await flush.flushall()  # each size is a new platform: no version of the previous one may linger
-    await flush.aclose()
-    cfg = start_config(workdir / f"cp{size}", redis_url)
+    # The production intervals (not the tests' shorter ones): the background loops
+    # run as often as they would on a real control plane.
+    cfg = ControlConfig(data_dir=workdir / f"cp{size}", redis_url=redis_url, grpc_listen="127.0.0.1:0")
     cp = ControlPlane(cfg)
     await cp.start()
     channel = grpc.aio.insecure_channel(cp.grpc_address)
     admin = Client(channel, cp.admin_token_path.read_text().strip())
-    workers: list[SnapshotLoader] = []
+    workers = None
     try:
         server = await admin.servers.RegisterMtaServer(
             pb.RegisterMtaServerRequest(hostname=f"mta{size}.example.net", zone="US-1"))
         sid = server.server_id
         add_pools(str(cfg.db_path), sid, size - 1)
-        account = await admin.accounts.CreateAccount(pb.CreateAccountRequest(name=f"bench{size}", tier=pb.PRO))
-        client = Client(channel, account.token)
+        tokens = [(await admin.accounts.CreateAccount(pb.CreateAccountRequest(name=f"{who}{size}", tier=pb.PRO))).token
+                  for who in ("bench", "writer", "reader")]
         await cp._publisher.sync()
-        workers = [SnapshotLoader(aioredis.Redis.from_url(redis_url), sid, f"bench-w{n}", heartbeat_interval=0.05)
-                   for n in range(2)]
-        for worker in workers:
-            await worker.start()
-        rpc, acked = [], []
-        for n in range(changes):
-            start = time.perf_counter()
-            await client.pools.CreatePool(pb.CreatePoolRequest(label=f"bench-{n}", server_id=sid))
-            rpc.append(time.perf_counter() - start)
-            version = await cp._publisher.published_version(sid)
-            while not all(w.version >= version for w in workers):
-                await asyncio.sleep(0.001)
-            acked.append(time.perf_counter() - start)
+        first = await cp._publisher.published_version(sid)
+        acks_path = workdir / f"acks{size}"
+        acks_path.touch()
+        workers = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.scale_procs", "workers", redis_url, str(sid), str(acks_path), cwd=_ROOT)
+        while len({line.split()[0] for line in acks_path.read_text().splitlines()}) < 2:
+            await asyncio.sleep(0.1)
+        writes_path = workdir / f"writes{size}.json"
+        await _run("writes", cp.grpc_address, tokens[0], redis_url, str(sid), str(samples), str(writes_path))
+        write_samples = json.loads(writes_path.read_text())
+        storm_path = workdir / f"storm{size}.json"
+        await _run("storm", cp.grpc_address, tokens[1], tokens[2], str(sid), str(rate), str(storm_seconds),
+                   str(storm_path))
+        storm = json.loads(storm_path.read_text())
+        control_rss_mb, control_hwm_mb = _status_mb("VmRSS"), _status_mb("VmHWM")
+        await cp._publisher.catch_up()
+        changes = await cp._publisher.published_version(sid) - first
+        redis_routing = await routing_memory(redis_url, sid)
+        full_bytes = len(snapshot.encode(cp._publisher.routing(sid)))
+        acked = _acked(acks_path, write_samples)
+        rpc = {name: [sec for kind, _, sec, _ in write_samples if kind == name]
+               for name in ("CreatePool", "ProvisionIp")}
+        reads = [sec for secs in storm["reads"].values() for sec in secs]
+        storm_writes = [sec for secs in storm["writes"].values() for sec in secs]
         store = Store.open(cfg.db_path)
         try:
             old_cpu, new_cpu, base, new_snap, delta_bytes = control_cpu_per_change(store, sid)
@@ -172,61 +239,105 @@ async def measure(size: int, changes: int, workdir: Path, redis_url: str) -> dic
         assert advances_in_place((delta,))
         in_place_cpu, _ = _cpu(advance_in_place, Routing(base), (delta,))
         return {
-            "pools": size, "ips": size * 10,
-            "create_p50_ms": _p50(rpc) * 1000, "create_p99_ms": _p99(rpc) * 1000,
+            "pools": size, "ips": size * 10, "samples": samples,
+            "create_p50_ms": _p50(rpc["CreatePool"]) * 1000, "create_p99_ms": _p99(rpc["CreatePool"]) * 1000,
+            "provision_p50_ms": _p50(rpc["ProvisionIp"]) * 1000, "provision_p99_ms": _p99(rpc["ProvisionIp"]) * 1000,
             "acked_p50_ms": _p50(acked) * 1000, "acked_p99_ms": _p99(acked) * 1000,
+            "storm_writes": len(storm_writes), "storm_seconds": storm_seconds, "storm_reads": len(reads),
+            "storm_read_p50_ms": _p50(reads) * 1000, "storm_read_p99_ms": _p99(reads) * 1000,
+            "storm_write_p99_ms": _p99(storm_writes) * 1000,
+            "storm_read_p99_by_rpc_ms": {name: _p99(secs) * 1000 for name, secs in storm["reads"].items()},
+            "changes": changes, "redis_routing_bytes": redis_routing, "full_snapshot_bytes": full_bytes,
+            "control_rss_mb": control_rss_mb, "control_hwm_mb": control_hwm_mb,
             "old_cpu_ms": old_cpu * 1000, "new_cpu_ms": new_cpu * 1000,
             "old_bytes": len(old_bytes), "new_bytes": len(delta_bytes),
             "old_worker_ms": old_worker_cpu * 1000, "new_worker_ms": new_worker_cpu * 1000,
             "in_place_worker_ms": in_place_cpu * 1000,
-            "worker_rss_mb": worker_rss_mb(new_snap, workdir),  # (peak, steady, imports)
+            **dict(zip(("worker_rss_mb", "worker_steady_mb", "worker_imports_mb"), worker_rss_mb(new_snap, workdir),
+                       strict=True)),
+            "load_average": os.getloadavg()[0],
         }
     finally:
-        for worker in workers:
-            await worker.stop()
-            await worker._redis.aclose()
+        if workers is not None:
+            workers.send_signal(signal.SIGTERM)
+            await workers.wait()
         await channel.close()
         await cp.stop(0)
 
 
 def table(rows: list[dict[str, float]]) -> str:
-    """The rows as the Markdown table of bench/SCALE.md."""
+    """The rows as the Markdown tables of bench/SCALE.md: latency and memory, then
+    what a change costs."""
     lines = [
-        ("| pools / IPs | CreatePool p50 / p99 | change → all workers acked p50 / p99 "
-         "| control CPU per change old → new | bytes per change full → delta | worker CPU per change full → rebuild → in place "
-         "| worker RSS peak / steady (imports) |"),
-        "|---|---|---|---|---|---|---|",
+        ("| pools / IPs | CreatePool p50 / p99 | ProvisionIp p50 / p99 | change → all workers acked p50 / p99 "
+         "| read p50 / p99 during write storm (write p99) | Redis routing after changes: bytes (× one full) "
+         "| control RSS / peak | worker RSS peak / steady (imports) |"),
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['pools']:,} / {r['ips']:,} | {r['create_p50_ms']:.1f} / {r['create_p99_ms']:.1f} ms "
+            f"| {r['provision_p50_ms']:.1f} / {r['provision_p99_ms']:.1f} ms "
             f"| {r['acked_p50_ms']:.1f} / {r['acked_p99_ms']:.1f} ms "
+            f"| {r['storm_read_p50_ms']:.1f} / {r['storm_read_p99_ms']:.1f} ms "
+            f"({r['storm_writes'] / r['storm_seconds']:.0f} writes/s: {r['storm_write_p99_ms']:.1f} ms) "
+            f"| {r['redis_routing_bytes']:,} B after {r['changes']:,} "
+            f"({r['redis_routing_bytes'] / r['full_snapshot_bytes']:.2f}×) "
+            f"| {r['control_rss_mb']} / {r['control_hwm_mb']} MB "
+            f"| {r['worker_rss_mb']} / {r['worker_steady_mb']} MB ({r['worker_imports_mb']} MB) |")
+    lines += [
+        "",
+        ("| pools / IPs | control CPU per change old → new | bytes per change full → delta "
+         "| worker CPU per change full → rebuild → in place | load average |"),
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['pools']:,} / {r['ips']:,} "
             f"| {r['old_cpu_ms']:.1f} → {r['new_cpu_ms']:.1f} ms ({r['old_cpu_ms'] / r['new_cpu_ms']:.1f}×) "
             f"| {r['old_bytes']:,} → {r['new_bytes']:,} B ({r['old_bytes'] / r['new_bytes']:.0f}×) "
             f"| {r['old_worker_ms']:.1f} → {r['new_worker_ms']:.2f} → {r['in_place_worker_ms']:.2f} ms "
-            "| {} / {} MB ({} MB) |".format(*r['worker_rss_mb']))
+            f"| {r['load_average']:.1f} |")
     return "\n".join(lines)
 
 
-async def main(sizes: list[int], changes: int) -> None:
-    """Measure every size against one embedded Redis and print the table."""
+async def one_size(size: int, args: argparse.Namespace) -> dict[str, float]:
+    """One row, against an embedded Redis of its own."""
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         redis_server = EmbeddedRedis(workdir / "redis")
         redis_server.start()
         try:
-            rows = []
-            for size in sizes:
-                rows.append(await measure(size, changes, workdir, redis_server.url))
-                print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-            print(table(rows))
+            return await measure(size, args.samples, args.rate, args.storm_seconds, workdir, redis_server.url)
         finally:
             redis_server.stop()
 
 
+def main(args: argparse.Namespace) -> None:
+    """Measure each size in a process of its own (so the control plane's RSS is that
+    size's alone), print the tables, and write the rows to --json-out."""
+    if args.one_size:
+        print(json.dumps(asyncio.run(one_size(args.one_size, args))))
+        return
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.scale", "--one-size", str(size), "--samples", str(args.samples),
+             "--rate", str(args.rate), "--storm-seconds", str(args.storm_seconds)],
+            cwd=_ROOT, check=True, stdout=subprocess.PIPE, text=True)
+        rows.append(json.loads(out.stdout.splitlines()[-1]))
+        print(table(rows[-1:]), file=sys.stderr, flush=True)
+    print(table(rows))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=1) + "\n")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1000,10000")
-    parser.add_argument("--changes", type=int, default=30)
-    args = parser.parse_args()
-    asyncio.run(main([int(s) for s in args.sizes.split(",")], args.changes))
+    parser.add_argument("--sizes", default="1000,10000,50000")
+    parser.add_argument("--samples", type=int, default=200, help="CreatePool and ProvisionIp RPCs timed, each")
+    parser.add_argument("--rate", type=float, default=50.0, help="writes per second of the storm")
+    parser.add_argument("--storm-seconds", type=float, default=20.0)
+    parser.add_argument("--json-out", help="also write the rows here (bench/scale_plot.py draws them)")
+    parser.add_argument("--one-size", type=int, default=0, help=argparse.SUPPRESS)
+    main(parser.parse_args())

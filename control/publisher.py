@@ -8,7 +8,8 @@ then those pools, Bridges and accounts by id, in a worker thread on a connection
 its own, so RPCs keep being answered meanwhile), and publishes only the delta
 (`control.contract.routing_delta`: the pools, Bridges, DKIM accounts that changed,
 tombstones for those that went) under the new version. Once it is in Redis the
-touches it covers are pruned.
+touches it covers are pruned by the background loop (`prune_touches`), off the
+reply path: a touch left over is harmless, the watermark skips it.
 
 The whole server is built from SQLite (`snapshot_builder`) only at the first
 publication after a start, on a repair, and when SQLite's version is not ahead of
@@ -31,15 +32,22 @@ Redis layout per server, every key under the server's `{srv:N}` tag:
 A delta is published by one Lua script only if `current` still equals the delta's
 base (otherwise, Redis lost data or was written by someone else: a full snapshot
 is published instead). A full snapshot is written alone at the first publication
-after a start and on a repair, and beside the delta (compaction: workers following
-the log never see a gap) after SNAPSHOT_FULL_EVERY deltas or once the deltas since
-the last one weigh as much as it does. Its script keeps the newest
-SNAPSHOT_FULLS_KEPT and trims the change log to what follows the oldest of them, so
-Redis holds a bounded amount of routing whatever the number of changes.
+after a start and on a repair. A compaction (after SNAPSHOT_FULL_EVERY deltas, or
+once the deltas since the last full snapshot weigh half as much as it does) joins a
+copy of the remembered routing's packed entries in a thread and writes it as a full
+snapshot of its version, in the background: the delta that made it due is published first (so
+workers following the log never see a gap), the reply does not wait for an
+encoding of the whole server, and deltas published meanwhile stay in the log after
+it. Its script keeps the newest
+SNAPSHOT_FULLS_KEPT and trims the change log to what follows the full snapshot it
+dropped, so Redis holds a bounded amount of routing whatever the number of changes.
 
-Changes coalesce: `sync` runs one publication at a time, waits COALESCE_SECONDS
-before starting one, and a publication covers every change committed before its
-build started, so a burst of changes to one server becomes a few publications. A change committed while Redis is down is
+Changes coalesce like a group commit: `sync` runs one publication at a time and a
+publication covers every change committed before it read SQLite. An idle publisher
+publishes at once (no waiting for more changes); changes committed while a
+publication is in flight wait for it and are folded into the next one, which
+first waits COALESCE_SECONDS for the rest of the burst to commit, so a burst of
+changes to one server becomes a few publications. A change committed while Redis is down is
 published by the background loop once Redis answers again (retrying with bounded
 backoff meanwhile); a Redis that lost its data (FLUSHALL, a new empty server) is
 noticed by the same loop and refilled from SQLite with a full snapshot.
@@ -56,6 +64,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from .contract import rediskeys, routing_delta, snapshot
+from . import publish_scripts
 from .contract.runtime import reraise_if_cancelling
 from .metrics import ControlMetrics
 from .routing_changes import ServerRouting, read_change
@@ -68,51 +77,12 @@ log = logging.getLogger(__name__)
 
 # The longest wait between two publishing attempts while Redis does not answer.
 MAX_RETRY_DELAY = 5.0
-# How long a publication waits for the rest of a burst of changes before it starts:
-# a few milliseconds more for one change, far fewer publications for a burst.
-COALESCE_SECONDS = 0.005
+# How long a publication that had to wait for another (a burst is under way) waits
+# for the rest of the burst to commit; an idle publisher does not wait.
+COALESCE_SECONDS = 0.002
 # How often the background loop rebuilds every server from SQLite to check the
 # remembered routing (a whole-server build: seconds at 50k pools, so rarely).
 CONSISTENCY_CHECK_SECONDS = 3600.0
-
-# KEYS: changes stream, current key. ARGV: version, base, delta, channel.
-# Returns {1, version} when published, {0, current} when `current` is not the base.
-_PUBLISH_DELTA_LUA = """
-local current = tonumber(redis.call('GET', KEYS[2]) or '0')
-local version = tonumber(ARGV[1])
-if current ~= tonumber(ARGV[2]) or version <= current then
-  return {0, current}
-end
-redis.call('XADD', KEYS[1], ARGV[1] .. '-0', 'd', ARGV[3])
-redis.call('SET', KEYS[2], ARGV[1])
-redis.call('PUBLISH', ARGV[4], ARGV[1])
-return {1, version}
-"""
-
-# KEYS: full-snapshot hash, current key, changes stream. ARGV: version, snapshot,
-# channel, full snapshots kept. Returns the version `current` holds afterwards.
-_PUBLISH_FULL_LUA = """
-local version = tonumber(ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local kept = {}
-for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
-  table.insert(kept, tonumber(field))
-end
-table.sort(kept)
-local extra = #kept - tonumber(ARGV[4])
-for i = 1, extra do
-  redis.call('HDEL', KEYS[1], tostring(kept[i]))
-end
-local oldest = kept[math.max(extra, 0) + 1]
-redis.call('XTRIM', KEYS[3], 'MINID', tostring(oldest + 1) .. '-0')
-local current = tonumber(redis.call('GET', KEYS[2]) or '0')
-if version > current then
-  redis.call('SET', KEYS[2], ARGV[1])
-  redis.call('PUBLISH', ARGV[3], ARGV[1])
-  return version
-end
-return current
-"""
 
 
 @dataclass
@@ -135,13 +105,13 @@ class _Published:
     deltas_since_full: int
     delta_bytes_since_full: int
     full_bytes: int
+    compacting: bool = False  # a full snapshot of this routing is being written in the background
 
 
 @dataclass
 class _Publication:
-    """One publication, prepared off the event loop: a delta, a full snapshot, or
-    both (a compaction: the delta keeps the change log unbroken for workers that
-    follow it, the full snapshot becomes the newest starting point)."""
+    """One publication, prepared off the event loop: a delta, or a full snapshot
+    built from SQLite (compactions are written apart, in the background)."""
 
     version: int
     touched_through: int
@@ -164,20 +134,24 @@ class SnapshotPublisher:
         self._metrics = metrics
         self._full_every = full_every
         self._fulls_kept = max(1, fulls_kept)
-        self._coalesce_seconds = coalesce_seconds
         self._check_seconds = check_seconds
+        self._coalesce_seconds = coalesce_seconds
         self._checker = ReaderStore(store)  # the consistency check's own connection: it never waits for a build
-        self._delta_script = redis.register_script(_PUBLISH_DELTA_LUA)
-        self._full_script = redis.register_script(_PUBLISH_FULL_LUA)
+        self._delta_script = redis.register_script(publish_scripts.PUBLISH_DELTA_LUA)
+        self._full_script = redis.register_script(publish_scripts.PUBLISH_FULL_LUA)
         self._state: dict[int, _Published] = {}
         self._published: dict[int, int] = {}
         self._pruned: dict[int, int] = {}  # the newest routing touch pruned, per server
         self._lock = asyncio.Lock()
+        self._compactions: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
         self.stats = PublishStats()
 
     def close(self) -> None:
-        """Close the reader connection (the publisher may not publish afterwards)."""
+        """Stop the background compactions and close the reader connection (the
+        publisher may not publish afterwards)."""
+        for task in self._compactions:
+            task.cancel()
         self._reader.close()
         self._checker.close()
 
@@ -213,10 +187,6 @@ class SnapshotPublisher:
                       self._fulls_kept],
             )
         self._remember(server_id, publication, previous)
-        if publication.touched_through > self._pruned.get(server_id, 0):
-            with self._store.write() as s:
-                s.prune_routing_touches(server_id, publication.touched_through)
-            self._pruned[server_id] = publication.touched_through
         current = int(current)
         self._published[server_id] = current
         if self._metrics is not None:
@@ -225,7 +195,67 @@ class SnapshotPublisher:
                  server_id, publication.version,
                  publication.delta.entries if publication.delta is not None else "-",
                  len(publication.delta_payload), len(publication.full_payload))
+        self._compact_if_due(server_id)
         return current
+
+    def _compact_if_due(self, server_id: int) -> None:
+        published = self._state.get(server_id)
+        if published is None or published.compacting:
+            return
+        if (published.deltas_since_full < self._full_every
+                and 2 * published.delta_bytes_since_full < published.full_bytes):
+            return
+        published.compacting = True
+        # A copy of the dicts (C speed), so that deltas applied meanwhile leave it alone.
+        counted = published.deltas_since_full, published.delta_bytes_since_full
+        task = asyncio.create_task(self._compact(server_id, published, published.routing.copy(), counted),
+                                   name=f"compact-routing-{server_id}")
+        self._compactions.add(task)
+        task.add_done_callback(self._compactions.discard)
+
+    async def _compact(self, server_id: int, published: _Published, routing: ServerRouting,
+                       counted: tuple[int, int]) -> None:
+        """Write `routing` (a copy of what `published` held, `counted` deltas and bytes
+        after its last full snapshot) as a full snapshot of its version; the deltas
+        published since stay in the log after it."""
+        try:
+            payload = await asyncio.to_thread(routing.encode)
+            await self._full_script(
+                keys=[rediskeys.snapshot_full_key(server_id), rediskeys.snapshot_current_key(server_id),
+                      rediskeys.snapshot_changes_key(server_id)],
+                args=[routing.version, payload, rediskeys.snapshot_channel(server_id), self._fulls_kept],
+            )
+        except (RedisError, OSError) as exc:
+            reraise_if_cancelling()
+            # Nothing lost: the log still holds every delta; the next publication tries again.
+            log.warning("compaction of server %s's routing at version %s deferred (%s)",
+                        server_id, routing.version, exc)
+            return
+        finally:
+            published.compacting = False
+        self.stats.full_snapshots += 1
+        self.stats.bytes += len(payload)
+        published.deltas_since_full -= counted[0]
+        published.delta_bytes_since_full -= counted[1]
+        published.full_bytes = len(payload)
+        log.info("compacted routing server_id=%s version=%s full_bytes=%d", server_id, routing.version, len(payload))
+
+    async def catch_up(self) -> None:
+        """Finish what publications left to the background: the compactions under way,
+        then the prune of the touches Redis's routing covers."""
+        while self._compactions:
+            await asyncio.gather(*self._compactions, return_exceptions=True)
+        self.prune_touches()
+
+    def prune_touches(self) -> None:
+        """Forget the routing touches that every server's published routing covers (one
+        short write per server that has some; the background loop calls it)."""
+        for server_id, published in list(self._state.items()):
+            through = published.routing.touched_through
+            if through > self._pruned.get(server_id, 0):
+                with self._store.write() as s:
+                    s.prune_routing_touches(server_id, through)
+                self._pruned[server_id] = through
 
     async def _expire_legacy_snapshot(self, server_id: int) -> None:
         """Before routing deltas, the newest version's key never expired; give it the
@@ -248,13 +278,7 @@ class SnapshotPublisher:
         delta = change.delta
         if delta is None:  # SQLite is not ahead of what was published: start again from it
             return self._build_publication(server_id)
-        payload = routing_delta.encode_delta(delta)
-        compact = (previous.deltas_since_full + 1 >= self._full_every
-                   or previous.delta_bytes_since_full + len(payload) >= previous.full_bytes)
-        if not compact:
-            return _Publication(delta.version, change.touched_through, delta, payload)
-        full = routing_delta.apply(routing.snapshot(), delta)
-        return _Publication(delta.version, change.touched_through, delta, payload, snapshot.encode(full))
+        return _Publication(delta.version, change.touched_through, delta, routing_delta.encode_delta(delta))
 
     def _build_publication(self, server_id: int) -> _Publication:
         self.stats.builds += 1
@@ -262,8 +286,9 @@ class SnapshotPublisher:
 
     @staticmethod
     def _full_publication(routing: snapshot.Snapshot, touched_through: int) -> _Publication:
-        return _Publication(routing.version, touched_through, full_payload=snapshot.encode(routing),
-                            rebuilt=ServerRouting(routing, touched_through))
+        rebuilt = ServerRouting(routing, touched_through)
+        return _Publication(routing.version, touched_through, full_payload=rebuilt.encode(),
+                            rebuilt=rebuilt)
 
     def _remember(self, server_id: int, publication: _Publication, previous: _Published | None) -> None:
         stats = self.stats
@@ -277,11 +302,8 @@ class SnapshotPublisher:
         if previous is None or publication.delta is None:
             return
         previous.routing.apply(publication.delta, publication.touched_through)
-        if publication.full_payload:
-            self._state[server_id] = _Published(previous.routing, 0, 0, len(publication.full_payload))
-        else:
-            previous.deltas_since_full += 1
-            previous.delta_bytes_since_full += len(publication.delta_payload)
+        previous.deltas_since_full += 1
+        previous.delta_bytes_since_full += len(publication.delta_payload)
 
     async def check_consistency(self) -> list[int]:
         """Rebuild every published server's routing from SQLite (in a thread, on a
@@ -320,10 +342,10 @@ class SnapshotPublisher:
 
         Raises RedisError when Redis cannot be reached (nothing is lost: the next
         sync publishes it)."""
-        async with self._lock:
-            if self._coalesce_seconds and self._pending():
-                # Let the rest of a burst commit: one publication then covers it all.
-                await asyncio.sleep(self._coalesce_seconds)
+        burst = self._lock.locked()
+        async with self._lock:  # changes committed while one ran are folded into this one
+            if burst and self._coalesce_seconds and self._pending():
+                await asyncio.sleep(self._coalesce_seconds)  # and those of the burst still arriving
             return await self._sync_locked()
 
     def _pending(self) -> list[int]:
@@ -380,6 +402,7 @@ class SnapshotPublisher:
         while True:
             try:
                 await self.verify()
+                self.prune_touches()
                 if loop.time() >= next_check:
                     next_check = loop.time() + self._check_seconds
                     await self.check_consistency()

@@ -21,6 +21,7 @@ which records the newest touch it saw in the same transaction.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -31,16 +32,24 @@ from .store import Store
 
 class ServerRouting:
     """One server's routing as last published, keyed by entry, so that a change is
-    applied at the cost of its size (a `Snapshot` is materialized only for a full
-    snapshot or a comparison)."""
+    applied at the cost of its size (a `Snapshot` is materialized only for a
+    comparison). Every entry is also kept packed (`snapshot.pack_entry`), packed
+    when it is applied, so that a full snapshot (`encode`) is a join, not an
+    encoding of the whole server."""
 
     def __init__(self, routing: snapshot.Snapshot, touched_through: int) -> None:
         self.server_id = routing.server_id
         self.version = routing.version
+        # When the routing at this version was published (a delta carries its own): a
+        # full snapshot this routing encodes equals the chain of deltas it replaces.
+        self.published_at_ms = routing.published_at_ms
         self.fields = routing_delta.server_fields(routing)
         self.pools = {p.smtp_id: p for p in routing.pools}
         self.bridges = {b.bridge_id: b for b in routing.bridges}
         self.dkim = routing_delta.dkim_accounts(routing)
+        self.packed_pools = _packed(self.pools, _pack_pool)
+        self.packed_bridges = _packed(self.bridges, _pack_bridge)
+        self.packed_dkim = _packed(self.dkim, _pack_dkim)
         self.touched_through = touched_through
 
     def apply(self, delta: routing_delta.RoutingDelta, touched_through: int) -> None:
@@ -48,21 +57,63 @@ class ServerRouting:
         if delta.base != self.version:
             raise ValueError(f"delta from version {delta.base} does not apply to version {self.version}")
         self.version = delta.version
+        self.published_at_ms = delta.published_at_ms
         self.fields = delta.server or self.fields
-        _update(self.pools, {p.smtp_id: p for p in delta.pools}, delta.pools_gone)
-        _update(self.bridges, {b.bridge_id: b for b in delta.bridges}, delta.bridges_gone)
-        _update(self.dkim, dict(delta.dkim), delta.dkim_gone)
+        pools = {p.smtp_id: p for p in delta.pools}
+        bridges = {b.bridge_id: b for b in delta.bridges}
+        dkim = dict(delta.dkim)
+        _update(self.pools, pools, delta.pools_gone)
+        _update(self.bridges, bridges, delta.bridges_gone)
+        _update(self.dkim, dkim, delta.dkim_gone)
+        _update(self.packed_pools, _packed(pools, _pack_pool), delta.pools_gone)
+        _update(self.packed_bridges, _packed(bridges, _pack_bridge), delta.bridges_gone)
+        _update(self.packed_dkim, _packed(dkim, _pack_dkim), delta.dkim_gone)
         self.touched_through = touched_through
 
-    def snapshot(self, published_at_ms: int = 0) -> snapshot.Snapshot:
-        """This routing as a snapshot, entries in key order (as `build_snapshot` lists them)."""
+    def copy(self) -> "ServerRouting":
+        """A copy that later `apply`s to this one leave unchanged (the entries
+        themselves are immutable: only the dicts are copied)."""
+        other = copy.copy(self)
+        other.pools, other.bridges, other.dkim = dict(self.pools), dict(self.bridges), dict(self.dkim)
+        other.packed_pools, other.packed_bridges = dict(self.packed_pools), dict(self.packed_bridges)
+        other.packed_dkim = dict(self.packed_dkim)
+        return other
+
+    def encode(self) -> bytes:
+        """This routing as a full snapshot's wire form (`snapshot.encode` of its
+        `snapshot(self.published_at_ms)` byte for byte), joined from the packed entries."""
+        head = self.snapshot(self.published_at_ms, entries=False)
+        return snapshot.encode_packed(
+            head, [self.packed_pools[k] for k in sorted(self.packed_pools)],
+            [self.packed_bridges[k] for k in sorted(self.packed_bridges)],
+            [key for k in sorted(self.packed_dkim) for key in self.packed_dkim[k]])
+
+    def snapshot(self, published_at_ms: int = 0, *, entries: bool = True) -> snapshot.Snapshot:
+        """This routing as a snapshot, entries in key order (as `build_snapshot` lists
+        them); only the server's fields when not `entries`."""
         return snapshot.Snapshot(
             server_id=self.server_id, version=self.version, hostname=self.fields.hostname, zone=self.fields.zone,
             bounce_domain=self.fields.bounce_domain,
-            pools=tuple(self.pools[k] for k in sorted(self.pools)),
-            bridges=tuple(self.bridges[k] for k in sorted(self.bridges)),
-            dkim_keys=tuple(key for k in sorted(self.dkim) for key in self.dkim[k]),
+            pools=tuple(self.pools[k] for k in sorted(self.pools)) if entries else (),
+            bridges=tuple(self.bridges[k] for k in sorted(self.bridges)) if entries else (),
+            dkim_keys=tuple(key for k in sorted(self.dkim) for key in self.dkim[k]) if entries else (),
             published_at_ms=published_at_ms)
+
+
+def _pack_pool(pool: snapshot.PoolRoute) -> bytes:
+    return snapshot.pack_entry(snapshot.pool_doc(pool))
+
+
+def _pack_bridge(bridge: snapshot.BridgeRoute) -> bytes:
+    return snapshot.pack_entry(snapshot.bridge_doc(bridge))
+
+
+def _pack_dkim(keys: tuple[snapshot.DkimKeyRoute, ...]) -> tuple[bytes, ...]:
+    return tuple(snapshot.pack_entry(snapshot.dkim_key_doc(key)) for key in keys)
+
+
+def _packed(entries: dict, pack) -> dict:
+    return {key: pack(entry) for key, entry in entries.items()}
 
 
 def _update(entries: dict, changed: dict, gone) -> None:

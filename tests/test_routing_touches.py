@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from control import models
-from control.contract import dkim_seal
+from control.contract import dkim_seal, snapshot
 from control.errors import DomainError
 from control.publisher import SnapshotPublisher
 from control.registry import Registry
@@ -36,7 +36,7 @@ class World:
         self.servers = [self.registry.register_server(f"mta{n}.example.net", "eu").server_id for n in range(2)]
         self.accounts = [self.registry.create_account(f"acct{n}", "PRO")[0] for n in range(2)]
         self.redis = aioredis.Redis.from_url(redis_url)
-        self.publisher = SnapshotPublisher(self.store, self.redis, coalesce_seconds=0, **publisher_options)
+        self.publisher = SnapshotPublisher(self.store, self.redis, **publisher_options)
         self.next_ip = 1
 
     async def close(self) -> None:
@@ -129,7 +129,10 @@ class World:
         for sid in self.servers:
             built = replace(build_snapshot(self.store, sid), published_at_ms=0)
             assert replace(self.publisher.routing(sid), published_at_ms=0) == built
+            remembered = self.publisher._state[sid].routing  # its packed entries: what compactions join
+            assert remembered.encode() == snapshot.encode(remembered.snapshot(remembered.published_at_ms))
             assert replace(current_snapshot(redis_url, sid), published_at_ms=0) == built
+        self.publisher.prune_touches()  # the background loop's step
         assert self._rows("SELECT COUNT(*) FROM routing_touches")[0][0] == 0  # pruned once published
 
 
@@ -204,7 +207,7 @@ async def test_a_crash_between_commit_and_publication_converges_at_the_next_star
     world.registry.create_pool(account, label="after", server_id=world.servers[1])
     world.publisher.close()
 
-    restarted = SnapshotPublisher(world.store, world.redis, coalesce_seconds=0)
+    restarted = SnapshotPublisher(world.store, world.redis)
     world.publisher = restarted
     try:
         await restarted.sync()

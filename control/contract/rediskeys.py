@@ -66,17 +66,22 @@ def snapshot_full_key(server_id: int) -> str:
 def snapshot_changes_key(server_id: int) -> str:
     """Stream of `server_id`'s routing deltas (`control.contract.routing_delta`), entry
     id `<version>-0`, field `d` the encoded delta, oldest first. It holds the deltas
-    newer than the oldest full snapshot kept: a worker at version V reads the entries
-    after V; one that finds a gap loads a full snapshot and reads on from there."""
+    newer than the last full snapshot dropped (or than the oldest kept): a worker at
+    version V reads the entries after V; one that finds a gap loads a full snapshot
+    and reads on from there."""
     return f"{_server_tag(server_id)}:snapshot:changes"
 
 
 # Full snapshots kept per server (the newest ones) ...
-SNAPSHOT_FULLS_KEPT = 2
-# ... and how often one is written: after this many deltas, or once the deltas since
-# the last full snapshot weigh as much as it does, whichever comes first. Redis then
-# holds at most SNAPSHOT_FULLS_KEPT full snapshots plus the deltas since the older one.
-SNAPSHOT_FULL_EVERY = 64
+SNAPSHOT_FULLS_KEPT = 1
+# ... and how often one is written: after this many deltas (what a starting worker
+# replays at most), or once the deltas since the last full snapshot weigh half as
+# much as it does, whichever comes first. Redis then holds at most
+# SNAPSHOT_FULLS_KEPT full snapshots plus the deltas since the full snapshot before
+# them: with one kept, about twice a full snapshot at most. A full snapshot is O(server) to write (at
+# 50k pools 56 MB, appended and fsynced to the AOF while Redis waits), so it is
+# written rarely: a one-pool delta is about 1 KB.
+SNAPSHOT_FULL_EVERY = 1024
 
 
 def worker_acks_key(server_id: int) -> str:

@@ -11,6 +11,7 @@ the publisher encodes with it, the data plane decodes with it.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from sys import intern
 
@@ -165,7 +166,24 @@ def dkim_key_doc(k: DkimKeyRoute) -> dict:
 
 def encode(snapshot: Snapshot) -> bytes:
     """Serialize a snapshot to its msgpack wire form."""
-    doc = {
+    return encode_packed(snapshot, [pack_entry(pool_doc(p)) for p in snapshot.pools],
+                         [pack_entry(bridge_doc(b)) for b in snapshot.bridges],
+                         [pack_entry(dkim_key_doc(k)) for k in snapshot.dkim_keys])
+
+
+def pack_entry(doc: dict) -> bytes:
+    """One entry's wire map (a `pool_doc`, `bridge_doc` or `dkim_key_doc`), packed
+    on its own: a full snapshot is its server fields and these bytes, joined."""
+    return msgpack.packb(doc, use_bin_type=True)
+
+
+def encode_packed(snapshot: Snapshot, pools: Sequence[bytes], bridges: Sequence[bytes],
+                  dkim_keys: Sequence[bytes]) -> bytes:
+    """The wire form of `snapshot`'s server fields with the given entries, already
+    packed (`pack_entry`, in key order), instead of its own: byte for byte what
+    `encode` gives for those entries, at the cost of a join (the publisher keeps
+    every entry packed, so a full snapshot of a large server costs no packing)."""
+    head = {
         "schema": SCHEMA_VERSION,
         "server_id": snapshot.server_id,
         "version": snapshot.version,
@@ -173,11 +191,15 @@ def encode(snapshot: Snapshot) -> bytes:
         "zone": snapshot.zone,
         "bounce_domain": snapshot.bounce_domain,
         "published_at_ms": snapshot.published_at_ms,
-        "pools": [pool_doc(p) for p in snapshot.pools],
-        "bridges": [bridge_doc(b) for b in snapshot.bridges],
-        "dkim_keys": [dkim_key_doc(k) for k in snapshot.dkim_keys],
     }
-    return msgpack.packb(doc, use_bin_type=True)
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_map_header(len(head) + 3)]
+    for key, value in head.items():
+        parts += (packer.pack(key), packer.pack(value))
+    for key, entries in (("pools", pools), ("bridges", bridges), ("dkim_keys", dkim_keys)):
+        parts += (packer.pack(key), packer.pack_array_header(len(entries)))
+        parts += entries
+    return b"".join(parts)
 
 
 def unpack_map(data: bytes, what: str) -> dict:
