@@ -135,17 +135,12 @@ class SourceSelector:
             source = picked[position]
             if source is not None:
                 return source
-        return self._remember(smtp_id, pool, position)
-
-    def _remember(self, smtp_id: int, pool, position: int) -> tuple[str, str]:
-        """The (address, HELO name) of the IP at `position` of `pool`, kept for the next picks."""
-        picked = self._picked.get(smtp_id)
-        if picked is None:
+        else:
             if len(self._picked) >= _PICKED_POOLS:
                 self._picked.clear()
             picked = self._picked[smtp_id] = [None] * len(pool.ips)
+        # Made from the columns once, then kept for the next picks of this IP.
         source = picked[position] = pool.ips.source(position)
-        self._note(source[0], pool, position)  # delivery asks about it next
         return source
 
     def _note(self, address: str, pool, position: int) -> tuple:
