@@ -158,9 +158,19 @@ class IpList(Sequence):
         """True when rotation may pick the IP at `index` (as `IpRoute.usable`)."""
         return self.state(index) == IP_ACTIVE and self.weight(index) > 0
 
-    def addresses(self) -> Iterator[str]:
+    def addresses(self) -> list[str]:
         """Every IP's address, in order."""
-        return (self.address(i) for i in range(len(self)))
+        text, ends = self._text, self._ends
+        return [text[ends[at]:ends[at + 1]] for at in range(0, len(ends) - 1, 2)]
+
+    def fields(self) -> list[tuple[str, int, str, str]]:
+        """(address, weight, state, hostname) of every IP, in order, no `IpRoute` made
+        (what the wire form is written from)."""
+        text, ends, size = self._text, self._ends, len(self)
+        weights = (self._weights,) * size if isinstance(self._weights, int) else self._weights
+        states = (self._states,) * size if isinstance(self._states, str) else self._states
+        return [(text[ends[2 * i]:ends[2 * i + 1]], weights[i], states[i], text[ends[2 * i + 1]:ends[2 * i + 2]])
+                for i in range(size)]
 
     def position(self, address: str) -> int:
         """The index of the IP with this address; -1 when the pool has none."""
@@ -179,7 +189,7 @@ class IpList(Sequence):
 
     def rotation_entries(self) -> list[tuple[str, int, bool]]:
         """(address, weight, usable) per IP, in order: what a rotation table is built from."""
-        return [(self.address(i), self.weight(i), self.usable(i)) for i in range(len(self))]
+        return [(address, weight, state == IP_ACTIVE and weight > 0) for address, weight, state, _ in self.fields()]
 
 
 def _column(values: list):

@@ -127,8 +127,8 @@ def pool_doc(p: PoolRoute) -> dict:
         "signing_domain": p.signing_domain,
         "feedback_signing_domain": p.feedback_signing_domain,
         "ips": [
-            {"address": ip.address, "weight": ip.weight, "state": ip.state, "hostname": ip.hostname}
-            for ip in p.ips
+            {"address": address, "weight": weight, "state": state, "hostname": hostname}
+            for address, weight, state, hostname in p.ips.fields()
         ],
     }
 

@@ -36,8 +36,9 @@ class AddressIndex:
                  size: int = 0) -> None:
         self.holds = holds
         self._allocate(size)
+        set_value = self.set
         for address, value in entries:
-            self.set(address, value)
+            set_value(address, value)
 
     def _allocate(self, size: int) -> None:
         capacity = _MIN_CAPACITY

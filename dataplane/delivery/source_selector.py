@@ -23,14 +23,10 @@ _POSITION_BITS = 16
 _NO_POSITION = (1 << _POSITION_BITS) - 1
 
 
-def _located(smtp_id: int, position: int) -> int:
-    """The address index's value for the IP at `position` of the pool `smtp_id`."""
-    return smtp_id << _POSITION_BITS | min(position, _NO_POSITION)
-
-
 def _entries(pool) -> Iterable[tuple[str, int]]:
     """(address, address index value) of every IP of `pool`."""
-    return ((address, _located(pool.smtp_id, position)) for position, address in enumerate(pool.ips.addresses()))
+    base = pool.smtp_id << _POSITION_BITS
+    return [(address, base | min(position, _NO_POSITION)) for position, address in enumerate(pool.ips.addresses())]
 
 class IpState(NamedTuple):
     """A source IP as one snapshot has it."""
