@@ -23,10 +23,11 @@ _POSITION_BITS = 16
 _NO_POSITION = (1 << _POSITION_BITS) - 1
 
 
-def _entries(pool) -> Iterable[tuple[str, int]]:
+def _entries(pool) -> list[tuple[str, int]]:
     """(address, address index value) of every IP of `pool`."""
     base = pool.smtp_id << _POSITION_BITS
     return [(address, base | min(position, _NO_POSITION)) for position, address in enumerate(pool.ips.addresses())]
+
 
 class IpState(NamedTuple):
     """A source IP as one snapshot has it."""
@@ -49,8 +50,8 @@ class SourceSelector:
     Per IP it keeps no object of its own (a worker holds hundreds of thousands): a
     pick is a position in the pool's `ips` (columns: `control.contract.ip_list`), and
     the address index (`address_index.AddressIndex`, flat arrays) maps each address
-    to its pool's smtp_id (`pool_of`, which inbound attribution reads too). The pools built
-    together share one rotation table (each at its own index: their rotations stay
+    to its pool and its position there (`pool_of`, which inbound attribution reads
+    too). The pools built together share one rotation table (each at its own index: their rotations stay
     independent), so a pool costs its IPs' slots in flat arrays, not a table object of
     its own; a table lives as long as one of its pools is served.
 
