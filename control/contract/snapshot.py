@@ -17,29 +17,14 @@ from sys import intern
 
 import msgpack
 
-SCHEMA_VERSION = 1
+# A pool's IPs live in their own module; the snapshot's users import them from here.
+from .ip_list import IP_ACTIVE, IP_PAUSED, IpList, IpRoute  # noqa: F401
 
-IP_ACTIVE = "active"
-IP_PAUSED = "paused"
+SCHEMA_VERSION = 1
 
 
 class SnapshotError(ValueError):
     """Bytes that are not a snapshot this code understands."""
-
-
-@dataclass(frozen=True, slots=True)
-class IpRoute:
-    """A source IP of a pool as the rotation sees it."""
-
-    address: str
-    weight: int
-    state: str  # IP_ACTIVE | IP_PAUSED
-    hostname: str
-
-    @property
-    def usable(self) -> bool:
-        """True when rotation may pick this IP."""
-        return self.state == IP_ACTIVE and self.weight > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +36,9 @@ class PoolRoute:
     internal_name: str  # x-virtual-mta
     feed_type: str
     headers: tuple[tuple[str, str], ...]  # custom headers, in order
-    ips: tuple[IpRoute, ...]
+    # Its IPs, column-wise (see control.contract.ip_list); any sequence of IpRoute is
+    # accepted and stored as an IpList.
+    ips: IpList
     shared: bool = False
     # The domain of its VERP return paths; "" = the MTA server's (Snapshot.bounce_domain;
     # see control.contract.bounce_domain). Snapshots written before it decode with "".
@@ -60,6 +47,10 @@ class PoolRoute:
     # optional second (feedback-loop) signature; "" = none. Older snapshots decode with "".
     signing_domain: str = ""
     feedback_signing_domain: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ips, IpList):
+            object.__setattr__(self, "ips", IpList(self.ips))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +128,8 @@ def pool_doc(p: PoolRoute) -> dict:
         "signing_domain": p.signing_domain,
         "feedback_signing_domain": p.feedback_signing_domain,
         "ips": [
-            {"address": ip.address, "weight": ip.weight, "state": ip.state, "hostname": ip.hostname}
-            for ip in p.ips
+            {"address": address, "weight": weight, "state": state, "hostname": hostname}
+            for address, weight, state, hostname in p.ips.fields()
         ],
     }
 
@@ -229,11 +220,8 @@ def pool_from_doc(p: dict) -> PoolRoute:
         bounce_domain=str(p.get("bounce_domain", "")),
         signing_domain=str(p.get("signing_domain", "")),
         feedback_signing_domain=str(p.get("feedback_signing_domain", "")),
-        ips=tuple(
-            IpRoute(address=str(ip["address"]), weight=int(ip["weight"]), state=intern(str(ip["state"])),
-                    hostname=str(ip["hostname"]))
-            for ip in p["ips"]
-        ),
+        ips=IpList.from_fields(
+            (str(ip["address"]), int(ip["weight"]), str(ip["state"]), str(ip["hostname"])) for ip in p["ips"]),
     )
 
 

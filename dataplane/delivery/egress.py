@@ -29,11 +29,9 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
-from _fastpath import NoUsableIp, RotationTable
+from _fastpath import NoUsableIp
 from control.contract.runtime import reraise_if_cancelling
 
 from .. import metrics
@@ -46,6 +44,7 @@ from ..spool import SpoolCorrupt
 from .dispatcher import Dispatcher, quit_quietly
 from .outcomes import Outcomes
 from .queue import DeliveryJob, DeliveryQueue, QueuedMessage
+from .source_selector import SourceSelector
 
 log = logging.getLogger("poolmta.dataplane.delivery")
 
@@ -54,123 +53,6 @@ log = logging.getLogger("poolmta.dataplane.delivery")
 YIELD_AFTER_JOBS = 20
 
 Pair = tuple[str, str]  # (destination site, source IP)
-
-
-class IpState(NamedTuple):
-    """A source IP as one snapshot has it."""
-
-    usable: bool  # active and weight > 0: rotation may pick it
-    hostname: str  # its HELO name
-
-
-class SourceSelector:
-    """Source-IP selection for every pool of one snapshot: each pool's smooth
-    weighted rotation (a `_fastpath.RotationTable` of its own) and each IP's state.
-
-    Built once per snapshot, off the hot path; then only the rotations' positions
-    change. `pools` are the snapshot's pools (`smtp_id`, and `ips` with `address`,
-    `weight`, `usable`, `hostname`). Given the `previous` snapshot's selector, a pool
-    that did not change (the same `PoolRoute`) keeps its rotation table, position
-    included: a change to one pool leaves every other pool's rotation exact to the
-    message, and only the changed pools are rebuilt.
-
-    Per IP it keeps no object of its own (a worker holds hundreds of thousands): a
-    pick is a position in the pool's `ips`, and the address index maps each address
-    to its pool (`pool_of`, which inbound attribution reads too). The pools built
-    together share one rotation table (each at its own index: their rotations stay
-    independent), so a pool costs its IPs' slots in flat arrays, not a table object of
-    its own; a table lives as long as one of its pools is served.
-    """
-
-    __slots__ = ("_ips", "_pools")
-
-    def __init__(self, pools: Iterable, previous: SourceSelector | None = None) -> None:
-        pools = tuple(pools)
-        if previous is None:
-            self._pools = _rotations(pools)
-            self._ips = {ip.address: p for p in pools for ip in p.ips}
-            return
-        kept = previous._pools
-        changed = [p for p in pools if not _same(kept.get(p.smtp_id), p)]
-        fresh = _rotations(changed)
-        self._pools = {p.smtp_id: fresh.get(p.smtp_id) or kept[p.smtp_id] for p in pools}
-        gone = [entry[0] for smtp_id, entry in kept.items() if self._pools.get(smtp_id, (None,))[0] is not entry[0]]
-        self._ips = previous._ips
-        if gone or changed:
-            ips = dict(previous._ips)
-            for pool in gone:  # the IPs of changed and removed pools, as they were
-                for ip in pool.ips:
-                    ips.pop(ip.address, None)
-            for pool in changed:
-                for ip in pool.ips:
-                    ips[ip.address] = pool
-            self._ips = ips
-
-    def prepare(self, pools: dict) -> dict:
-        """The entries `replace` will install for `pools` (smtp_id -> its new PoolRoute, or
-        None when it went): each changed pool's new rotation table, an equal pool's kept
-        one. May raise (a table the fast path refuses) without changing anything."""
-        fresh = _rotations([p for p in pools.values() if p is not None and not _same(self._pools.get(p.smtp_id), p)])
-        return {smtp_id: None if pool is None else fresh.get(smtp_id) or self._pools[smtp_id]
-                for smtp_id, pool in pools.items()}
-
-    def replace(self, prepared: dict) -> None:
-        """Install entries from `prepare`, in place, in time proportional to them (the
-        other pools and their rotation positions are untouched). Plain dict updates that
-        cannot fail: the caller runs it on the event loop with no await, so a message
-        sees the selector before or after, never between."""
-        ips = self._ips
-        for smtp_id in prepared:  # the IPs of changed and removed pools, as they were
-            entry = self._pools.get(smtp_id)
-            if entry is not None:
-                for ip in entry[0].ips:
-                    ips.pop(ip.address, None)
-        for smtp_id, entry in prepared.items():
-            if entry is None:
-                self._pools.pop(smtp_id, None)
-                continue
-            self._pools[smtp_id] = entry
-            for ip in entry[0].ips:
-                ips[ip.address] = entry[0]
-
-    def pick(self, smtp_id: int) -> tuple[str, str]:
-        """The pool's next source IP and its HELO name (advances the pool's rotation).
-
-        Raises KeyError when the snapshot has no such pool, NoUsableIp when none of
-        its IPs is usable.
-        """
-        pool, table, index = self._pools[smtp_id]
-        ip = pool.ips[table.pick(index)]
-        return ip.address, ip.hostname
-
-    def pool_of(self, address: str):
-        """The pool (`PoolRoute`) the IP `address` belongs to; None when no pool has it."""
-        return self._ips.get(address)
-
-    def ip(self, address: str) -> IpState | None:
-        """The IP's state in this snapshot; None when no pool has it (released)."""
-        pool = self._ips.get(address)
-        if pool is None:
-            return None
-        # A scan of one pool's IPs: this runs once per delivery attempt, not per pick.
-        ip = next(ip for ip in pool.ips if ip.address == address)
-        return IpState(ip.usable, ip.hostname)
-
-
-def _same(entry, pool) -> bool:
-    """True when a selector entry is for `pool` as it is (its rotation may be kept)."""
-    return entry is not None and (entry[0] is pool or entry[0] == pool)
-
-
-def _rotations(pools) -> dict:
-    """smtp_id -> (pool, rotation table, its index in the table) for `pools`, all in one
-    table (a pick is a position in `pool.ips`). ValueError when the fast path refuses
-    one (a duplicate smtp_id, a malformed IP)."""
-    if not pools:
-        return {}
-    table = RotationTable.from_pools(
-        (p.smtp_id, [(ip.address, ip.weight, ip.usable) for ip in p.ips]) for p in pools)
-    return {p.smtp_id: (p, table, index) for index, p in enumerate(pools)}
 
 
 @dataclass(eq=False)
