@@ -1,6 +1,17 @@
 """The Redis side of a routing publication (`control.publisher`): the Lua scripts
 that put a delta or a full snapshot in place, each atomically, so a worker never
-reads a `current` pointer ahead of what the change log and full snapshots hold."""
+reads a `current` pointer ahead of what the change log and full snapshots hold, and
+the chunked write of a full snapshot that comes before its script."""
+
+import asyncio
+import contextlib
+import secrets
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from .contract import rediskeys
 
 # KEYS: changes stream, current key. ARGV: version, base, delta, channel.
 # Returns {1, version} when published, {0, current} when `current` is not the base.
@@ -54,3 +65,30 @@ if version > current then
 end
 return current
 """
+
+
+async def write_full_snapshot(redis: aioredis.Redis, full_script: AsyncScript, server_id: int, version: int,
+                              payload: bytes, *, fulls_kept: int,
+                              chunk_bytes: int = rediskeys.SNAPSHOT_FULL_CHUNK_BYTES) -> int:
+    """Put `payload` in Redis as the full snapshot of `version` (`full_script` is
+    PUBLISH_FULL_LUA registered on `redis`): appended to a staging key of its own, one
+    chunk per command (Redis answers its other clients between them), then moved in
+    place by the script; returns the version `current` holds afterwards. A write cut
+    short leaves only the staging key, which expires."""
+    staging = rediskeys.snapshot_full_staging_key(server_id, version, secrets.token_hex(8))
+    view = memoryview(payload)
+    try:
+        await redis.set(staging, view[:chunk_bytes], ex=rediskeys.SNAPSHOT_FULL_STAGING_TTL_SECONDS)
+        for start in range(chunk_bytes, len(view), chunk_bytes):
+            await redis.append(staging, view[start:start + chunk_bytes])
+        return await full_script(
+            keys=[rediskeys.snapshot_full_key(server_id), rediskeys.snapshot_current_key(server_id),
+                  rediskeys.snapshot_changes_key(server_id), staging,
+                  rediskeys.snapshot_full_data_key(server_id, version)],
+            args=[version, rediskeys.SNAPSHOT_FULL_IN_DATA_KEY, rediskeys.snapshot_channel(server_id),
+                  fulls_kept, rediskeys.snapshot_full_data_prefix(server_id)],
+        )
+    except BaseException:
+        with contextlib.suppress(RedisError, OSError):  # else its expiry sheds it
+            await asyncio.shield(redis.unlink(staging))
+        raise

@@ -61,7 +61,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
@@ -238,28 +237,9 @@ class SnapshotPublisher:
         log.info("compacted routing server_id=%s version=%s full_bytes=%d", server_id, routing.version, len(payload))
 
     async def _write_full(self, server_id: int, version: int, payload: bytes) -> int:
-        """Put `payload` in Redis as the full snapshot of `version`: appended to a staging
-        key of its own one chunk per command (Redis answers its other clients between
-        them), then moved in place by one small script; returns the version `current`
-        holds afterwards. A write cut short leaves only the staging key, which expires."""
-        staging = rediskeys.snapshot_full_staging_key(server_id, version, secrets.token_hex(8))
-        chunk = self._full_chunk_bytes
-        view = memoryview(payload)
-        try:
-            await self._redis.set(staging, view[:chunk], ex=rediskeys.SNAPSHOT_FULL_STAGING_TTL_SECONDS)
-            for start in range(chunk, len(view), chunk):
-                await self._redis.append(staging, view[start:start + chunk])
-            return await self._full_script(
-                keys=[rediskeys.snapshot_full_key(server_id), rediskeys.snapshot_current_key(server_id),
-                      rediskeys.snapshot_changes_key(server_id), staging,
-                      rediskeys.snapshot_full_data_key(server_id, version)],
-                args=[version, rediskeys.SNAPSHOT_FULL_IN_DATA_KEY, rediskeys.snapshot_channel(server_id),
-                      self._fulls_kept, rediskeys.snapshot_full_data_prefix(server_id)],
-            )
-        except BaseException:
-            with contextlib.suppress(RedisError, OSError):  # else its expiry sheds it
-                await asyncio.shield(self._redis.unlink(staging))
-            raise
+        return await publish_scripts.write_full_snapshot(
+            self._redis, self._full_script, server_id, version, payload,
+            fulls_kept=self._fulls_kept, chunk_bytes=self._full_chunk_bytes)
 
     async def catch_up(self) -> None:
         """Finish what publications left to the background: the compactions under way,
