@@ -120,6 +120,9 @@ SNAPSHOT_FULL_IN_DATA_KEY = b"@data-key"
 SNAPSHOT_FULL_CHUNK_BYTES = 1 << 20
 # A staging key left by a write cut short expires after this (a write takes seconds).
 SNAPSHOT_FULL_STAGING_TTL_SECONDS = 3600
+# A dropped full snapshot's data key lives this much longer (its hash field goes at
+# once): a worker that read the field just before still reads the snapshot, not a gap.
+SNAPSHOT_FULL_DROPPED_GRACE_SECONDS = 60
 
 
 def worker_acks_key(server_id: int) -> str:
