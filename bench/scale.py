@@ -173,11 +173,13 @@ async def _run(*args: str) -> None:
 
 
 async def routing_memory(redis_url: str, sid: int) -> int:
-    """Bytes Redis holds for the server's routing: full snapshots, change log, `current`."""
+    """Bytes Redis holds for the server's routing: full snapshots (hash and data keys),
+    change log, `current`."""
     redis = aioredis.Redis.from_url(redis_url)
     try:
+        fulls = [int(v) for v in await redis.hkeys(rediskeys.snapshot_full_key(sid))]
         keys = (rediskeys.snapshot_full_key(sid), rediskeys.snapshot_changes_key(sid),
-                rediskeys.snapshot_current_key(sid))
+                rediskeys.snapshot_current_key(sid), *(rediskeys.snapshot_full_data_key(sid, v) for v in fulls))
         return sum([await redis.memory_usage(key, samples=0) or 0 for key in keys])
     finally:
         await redis.aclose()

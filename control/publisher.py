@@ -25,8 +25,11 @@ Redis layout per server, every key under the server's `{srv:N}` tag:
 
 * `snapshot:changes` — a stream of deltas, entry `<version>-0`, each naming its
   `base` version;
-* `snapshot:full` — a hash of the newest full snapshots (SNAPSHOT_FULLS_KEPT),
-  for bootstrap and for workers behind the change log;
+* `snapshot:full` — a hash naming the newest full snapshots (SNAPSHOT_FULLS_KEPT),
+  for bootstrap and for workers behind the change log; each is in its own key
+  `snapshot:full:<version>`, written in chunks of SNAPSHOT_FULL_CHUNK_BYTES to a
+  staging key (one command each, so Redis, fsyncing every write, never stalls its
+  other clients on a whole server) and renamed in place by the publish script;
 * `snapshot:current` — the newest version, moved forward only.
 
 A delta is published by one Lua script only if `current` still equals the delta's
@@ -127,7 +130,8 @@ class SnapshotPublisher:
     def __init__(self, store: Store, redis: aioredis.Redis, metrics: ControlMetrics | None = None, *,
                  full_every: int = rediskeys.SNAPSHOT_FULL_EVERY,
                  fulls_kept: int = rediskeys.SNAPSHOT_FULLS_KEPT, coalesce_seconds: float = COALESCE_SECONDS,
-                 check_seconds: float = CONSISTENCY_CHECK_SECONDS):
+                 check_seconds: float = CONSISTENCY_CHECK_SECONDS,
+                 full_chunk_bytes: int = rediskeys.SNAPSHOT_FULL_CHUNK_BYTES):
         self._store = store
         self._reader = ReaderStore(store)
         self._redis = redis
@@ -135,6 +139,7 @@ class SnapshotPublisher:
         self._full_every = full_every
         self._fulls_kept = max(1, fulls_kept)
         self._check_seconds = check_seconds
+        self._full_chunk_bytes = max(1, full_chunk_bytes)
         self._coalesce_seconds = coalesce_seconds
         self._checker = ReaderStore(store)  # the consistency check's own connection: it never waits for a build
         self._delta_script = redis.register_script(publish_scripts.PUBLISH_DELTA_LUA)
@@ -180,12 +185,7 @@ class SnapshotPublisher:
         if publication.full_payload:
             if previous is None:
                 await self._expire_legacy_snapshot(server_id)
-            current = await self._full_script(
-                keys=[rediskeys.snapshot_full_key(server_id), rediskeys.snapshot_current_key(server_id),
-                      rediskeys.snapshot_changes_key(server_id)],
-                args=[publication.version, publication.full_payload, rediskeys.snapshot_channel(server_id),
-                      self._fulls_kept],
-            )
+            current = await self._write_full(server_id, publication.version, publication.full_payload)
         self._remember(server_id, publication, previous)
         current = int(current)
         self._published[server_id] = current
@@ -220,11 +220,7 @@ class SnapshotPublisher:
         published since stay in the log after it."""
         try:
             payload = await asyncio.to_thread(routing.encode)
-            await self._full_script(
-                keys=[rediskeys.snapshot_full_key(server_id), rediskeys.snapshot_current_key(server_id),
-                      rediskeys.snapshot_changes_key(server_id)],
-                args=[routing.version, payload, rediskeys.snapshot_channel(server_id), self._fulls_kept],
-            )
+            await self._write_full(server_id, routing.version, payload)
         except (RedisError, OSError) as exc:
             reraise_if_cancelling()
             # Nothing lost: the log still holds every delta; the next publication tries again.
@@ -239,6 +235,11 @@ class SnapshotPublisher:
         published.delta_bytes_since_full -= counted[1]
         published.full_bytes = len(payload)
         log.info("compacted routing server_id=%s version=%s full_bytes=%d", server_id, routing.version, len(payload))
+
+    async def _write_full(self, server_id: int, version: int, payload: bytes) -> int:
+        return await publish_scripts.write_full_snapshot(
+            self._redis, self._full_script, server_id, version, payload,
+            fulls_kept=self._fulls_kept, chunk_bytes=self._full_chunk_bytes)
 
     async def catch_up(self) -> None:
         """Finish what publications left to the background: the compactions under way,

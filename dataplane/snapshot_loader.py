@@ -222,6 +222,8 @@ class SnapshotLoader:
             data = await self._redis.get(rediskeys.snapshot_key(self.server_id, target))
         else:
             data = await self._redis.hget(full_key, str(start))
+            if rediskeys.full_snapshot_in_data_key(data):  # else the snapshot itself (an older release's)
+                data = await self._redis.get(rediskeys.snapshot_full_data_key(self.server_id, start))
         if data is None:
             log.warning("routing version %d of server %d is announced but no full snapshot up to it is in Redis",
                         target, self.server_id)

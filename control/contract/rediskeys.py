@@ -58,9 +58,38 @@ def snapshot_channel(server_id: int) -> str:
 
 
 def snapshot_full_key(server_id: int) -> str:
-    """Hash version -> msgpack snapshot: the newest full snapshots of `server_id`
-    (at most SNAPSHOT_FULLS_KEPT), for bootstrap and for a worker behind the change log."""
+    """Hash version -> SNAPSHOT_FULL_IN_DATA_KEY (the snapshot is in
+    `snapshot_full_data_key`) or, as written before chunked writes, the msgpack snapshot
+    itself: the newest full snapshots of `server_id` (at most SNAPSHOT_FULLS_KEPT), for
+    bootstrap and for a worker behind the change log."""
     return f"{_server_tag(server_id)}:snapshot:full"
+
+
+def snapshot_full_data_key(server_id: int, version: int) -> str:
+    """String holding the msgpack full snapshot of `version` for `server_id`, when the
+    `snapshot_full_key` hash holds SNAPSHOT_FULL_IN_DATA_KEY for that version (a full
+    snapshot is written in chunks, so no single Redis command carries the whole server)."""
+    return f"{snapshot_full_data_prefix(server_id)}{int(version)}"
+
+
+def snapshot_full_data_prefix(server_id: int) -> str:
+    """What every `snapshot_full_data_key` of `server_id` starts with, its version
+    following (the publish script names the data keys of the versions it drops)."""
+    return f"{_server_tag(server_id)}:snapshot:full:"
+
+
+def snapshot_full_staging_key(server_id: int, version: int, attempt: str) -> str:
+    """String a full snapshot of `version` is appended to, chunk by chunk, before it is
+    renamed to its `snapshot_full_data_key`; `attempt` is unique per write, so an attempt
+    cut short (a crash between chunks) never mixes with another. Nothing reads it, and it
+    expires after SNAPSHOT_FULL_STAGING_TTL_SECONDS."""
+    return f"{_server_tag(server_id)}:snapshot:staging:{int(version)}:{attempt}"
+
+
+def full_snapshot_in_data_key(field_value: bytes | None) -> bool:
+    """True when a `snapshot_full_key` hash value is the marker naming the version's data
+    key, False when it is the snapshot itself (written by a release before chunked writes)."""
+    return field_value == SNAPSHOT_FULL_IN_DATA_KEY
 
 
 def snapshot_changes_key(server_id: int) -> str:
@@ -82,6 +111,18 @@ SNAPSHOT_FULLS_KEPT = 1
 # 50k pools 56 MB, appended and fsynced to the AOF while Redis waits), so it is
 # written rarely: a one-pool delta is about 1 KB.
 SNAPSHOT_FULL_EVERY = 1024
+# The value of a version's field in `snapshot_full_key` when its snapshot lives in
+# `snapshot_full_data_key` (any other value is the snapshot itself: the older form).
+SNAPSHOT_FULL_IN_DATA_KEY = b"@data-key"
+# The largest piece of a full snapshot one Redis command writes: with `appendfsync
+# always` Redis answers nobody until a command's effects are fsynced, so a 56 MB
+# snapshot in one command stalled every client for half a second.
+SNAPSHOT_FULL_CHUNK_BYTES = 1 << 20
+# A staging key left by a write cut short expires after this (a write takes seconds).
+SNAPSHOT_FULL_STAGING_TTL_SECONDS = 3600
+# A dropped full snapshot's data key lives this much longer (its hash field goes at
+# once): a worker that read the field just before still reads the snapshot, not a gap.
+SNAPSHOT_FULL_DROPPED_GRACE_SECONDS = 60
 
 
 def worker_acks_key(server_id: int) -> str:
