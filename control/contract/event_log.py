@@ -103,8 +103,8 @@ local function index_shard(text)
   for i = 1, #text do h = (h * 31 + string.byte(text, i)) % 1000003 end
   return h % """ + str(INDEX_SHARDS) + """
 end
-local function index_key(prefix, bucket, field)  -- buckets named "n..." are sharded
-  if string.byte(bucket, 1) == 110 then return prefix .. bucket .. ':' .. index_shard(field) end
+local function index_key(prefix, bucket, shard)  -- buckets named "n..." are sharded
+  if string.byte(bucket, 1) == 110 then return prefix .. bucket .. ':' .. shard end
   return prefix .. bucket
 end
 """
@@ -148,13 +148,14 @@ local function event_log(at)
     return log.bucket
   end
   local function put(prefix, field, value, append)
-    local key = index_key(prefix, bucket(), field)
+    local shard = index_shard(field)
+    local key = index_key(prefix, bucket(), shard)
     local old = redis.call('HGET', key, field)
     if not old then
       local n = redis.call('HLEN', key)
       if n >= """ + str(INDEX_SHARD_ENTRIES) + """ then  -- full: the next bucket takes it
         open(math.max(log.now_ms, log.opened + 1))
-        key, n = index_key(prefix, log.bucket, field), 0
+        key, n = index_key(prefix, log.bucket, shard), 0
       end
       redis.call('HSET', key, field, value)
       if n == 0 then redis.call('EXPIREAT', key, log.written[log.bucket]) end
@@ -211,9 +212,9 @@ end
 # our message id, ARGV[3] the end after which its buckets are (a ZRANGEBYSCORE min;
 # `read_events_input`). The message's events (JSON), oldest first.
 READ_EVENTS_LUA = _SHARD_LUA + """
-local events = {}
+local events, shard = {}, index_shard(ARGV[2])
 for _, b in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[3], '+inf')) do
-  local ids = redis.call('HGET', index_key(ARGV[1], b, ARGV[2]), ARGV[2])
+  local ids = redis.call('HGET', index_key(ARGV[1], b, shard), ARGV[2])
   if ids then
     local ms
     for id in string.gmatch(ids, '%S+') do
@@ -229,9 +230,9 @@ return events
 # KEYS[1] the buckets; ARGV[1] the message index bucket prefix, ARGV[2] the field.
 # Our message id, from the newest bucket that has one; nil when none has.
 _FIND_MESSAGE = _SHARD_LUA + """
-local buckets = redis.call('ZRANGE', KEYS[1], 0, -1)
+local buckets, shard = redis.call('ZRANGE', KEYS[1], 0, -1), index_shard(ARGV[2])
 for i = #buckets, 1, -1 do
-  local found = redis.call('HGET', index_key(ARGV[1], buckets[i], ARGV[2]), ARGV[2])
+  local found = redis.call('HGET', index_key(ARGV[1], buckets[i], shard), ARGV[2])
   if found then return found end
 end
 return false
