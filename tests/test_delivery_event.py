@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from control.contract import delivery_event
 from control.contract.delivery_event import (
-    BOUNCED, COMPLAINED, DEFERRED, DELIVERED, OUTCOMES, REPORT_SOURCES, DeliveryEvent, DeliveryEventError,
+    BOUNCED, COMPLAINED, DEFERRED, DELIVERED, OUTCOMES, REPLY_CHARS, REPORT_SOURCES, DeliveryEvent,
+    DeliveryEventError,
 )
 from dataplane import smtp_reply
 
@@ -58,6 +59,13 @@ def test_every_outcome_and_the_optional_fields_round_trip_in_few_bytes():
     assert DeliveryEvent.decode(dataclasses.replace(EVENT, rcpt_index=-1).encode()).rcpt_index == -1
 
 
+def test_a_reply_of_any_length_is_kept_to_its_first_reply_chars():
+    long = dataclasses.replace(EVENT, reply="421 4.7.0 " + "try again later " * 400)  # a remote server's choice
+    packed = long.encode()
+    assert DeliveryEvent.decode(packed) == dataclasses.replace(long, reply=long.reply[:REPLY_CHARS])
+    assert len(packed) < len(PACKED) + REPLY_CHARS
+
+
 def test_events_written_before_the_recipient_index_still_decode():
     assert DeliveryEvent.decode(WIRE_BEFORE_RCPT_INDEX) == dataclasses.replace(EVENT, rcpt_index=-1)
 
@@ -67,7 +75,7 @@ events = st.builds(
     DeliveryEvent,
     ts_ms=st.integers(min_value=0, max_value=2**53), message_id=st.text(), user_id=ids,
     bridge_id=ids, rcpt=st.text(), outcome=st.sampled_from(OUTCOMES),
-    smtp_id=ids, pool=st.text(), ip=st.text(), reply=st.text(),
+    smtp_id=ids, pool=st.text(), ip=st.text(), reply=st.text(max_size=REPLY_CHARS),
     attempt=st.integers(min_value=0, max_value=1000), final=st.booleans(),
     rcpt_index=st.integers(min_value=-1, max_value=65535), source=st.sampled_from(("", *REPORT_SOURCES)),
     dkim=st.text(),

@@ -9,8 +9,10 @@ Two wire formats, one codec:
 * written now (issue 14, "Redis memory bounded by configuration"): a msgpack array
   of the fields in their order below (`encode`), the known outcomes as small
   integers (`_OUTCOME_CODES`), the trailing fields left out while they hold their
-  defaults. About 150 bytes for a typical event, against about 330 as JSON: the
-  log keeps `--events-max` of them, so this is most of Redis's memory at volume.
+  defaults, the reply cut to its first REPLY_CHARS characters (a remote server
+  chooses its length: up to 100 lines). About 150 bytes for a typical event,
+  against about 330 as JSON, and at most ~800: the log keeps `--events-max` of
+  them, so this is most of Redis's memory at volume.
 * read still: the compact JSON object with the field names below, which events
   written before (the stream's older entries, the per-message lists of before
   the event log) hold until they expire.
@@ -34,7 +36,7 @@ import msgpack
 from .json_records import load_object, quoted
 
 __all__ = [
-    "BOUNCED", "COMPLAINED", "DEFERRED", "DELIVERED", "OUTCOMES", "REPORT_SOURCES", "DeliveryEvent",
+    "BOUNCED", "COMPLAINED", "DEFERRED", "DELIVERED", "OUTCOMES", "REPLY_CHARS", "REPORT_SOURCES", "DeliveryEvent",
     "DeliveryEventError", "decode_list",
 ]
 
@@ -52,6 +54,11 @@ COMPLAINED = "complained"
 # (an RFC 3464 DSN, an RFC 5965 ARF report, a nonstandard bounce).
 REPORT_SOURCES = ("dsn", "arf", "nonstandard")
 
+
+# How much of the deciding reply an event keeps: the code, the enhanced status and
+# the first line or two, what a person needs to see why (the data plane's delivery
+# log has the whole reply).
+REPLY_CHARS = 200
 
 # The outcomes an encoded event names by number (position = code); any other
 # outcome is written as its text. Append only: events in Redis carry these codes.
@@ -90,9 +97,11 @@ class DeliveryEvent:
 
     def encode(self) -> bytes:
         """The event as stored in the event log: a msgpack array of the fields in
-        order, a known outcome as its code, trailing fields at their defaults left out
-        (`decode` reads it back equal)."""
+        order, a known outcome as its code, the reply cut to REPLY_CHARS, trailing
+        fields at their defaults left out (`decode` reads it back equal, but for a
+        longer reply)."""
         values = list(astuple(self))
+        values[_REPLY_AT] = self.reply[:REPLY_CHARS]
         if self.outcome in _OUTCOME_CODES:
             values[_OUTCOME_AT] = _OUTCOME_CODES.index(self.outcome)
         while len(values) > _REQUIRED and values[-1] == _DEFAULTS[len(values) - 1]:
@@ -133,7 +142,7 @@ class DeliveryEvent:
 
 _NAMES = tuple(f.name for f in fields(DeliveryEvent))
 _DEFAULTS = tuple(f.default for f in fields(DeliveryEvent))  # MISSING (equal to nothing) for the required
-_OUTCOME_AT = _NAMES.index("outcome")
+_OUTCOME_AT, _REPLY_AT = _NAMES.index("outcome"), _NAMES.index("reply")
 _REQUIRED = _NAMES.index("rcpt_index")  # the fields with no default are always written
 
 

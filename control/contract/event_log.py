@@ -5,23 +5,44 @@ Per MTA server N, all under its `{stats:N}` tag (so the scripts that apply a
 worker's counts also write its events, on one Redis Cluster slot, exactly once
 under the same marker):
 
-* one Stream of every event (`rediskeys.event_stream_key`, field "e": the event's
-  JSON, `delivery_event.DeliveryEvent.encode`), capped by length
+* one Stream of every event (`rediskeys.event_stream_key`, field "e": the event as
+  `delivery_event.DeliveryEvent.encode` packs it), capped by length
   (`XADD MAXLEN ~ max_events`) and by age (`XTRIM MINID ~` now - retention);
-* index buckets, one per `bucket_seconds` of writing time, listed in a sorted set
-  (`rediskeys.event_buckets_key`, member the bucket's start, score its end): a hash
-  our message id -> its events' stream ids
-  (`event_index_bucket_key`) and a hash Message-ID digest -> our message id
-  (`message_index_bucket_key`). A bucket's hashes expire as a whole one retention
-  after the bucket ends, and go sooner, at the next write, once every event of
-  theirs was trimmed from the stream; so the index holds at most the entries of
-  the current bucket and the one before beyond what the stream still holds.
+* index buckets, listed in a sorted set (`rediskeys.event_buckets_key`, member the
+  bucket's name, score its latest write in unix seconds). A bucket "n<ms>" (named
+  by when it was opened) is written until it is a `bucket_seconds` old or full,
+  then the next one opens; it spreads its entries over INDEX_SHARDS hashes of each
+  kind by a hash of the field (`_SHARD_LUA`, `index_bucket_keys`): our message id
+  -> its events' stream ids (`event_index_bucket_key`, "<ms>-<seq>", a further id
+  of the same millisecond as "-<seq>") and Message-ID digest -> our message id
+  (`message_index_bucket_key`). A bucket is full when the hash a new entry goes to
+  holds INDEX_SHARD_ENTRIES: every hash stays a compact ziplist. A bucket's hashes
+  expire one retention after its last possible write, and go sooner, at the next
+  write, once every event of theirs was trimmed from the stream (its score is
+  below the oldest event kept); so the index holds the entries of what the stream
+  holds plus at most the bucket straddling the trim point. Buckets written before
+  the index was sharded (named by their start in seconds, score their end, one
+  hash of each kind) are read and dropped the same way until they expire.
+
+Memory, by construction (`bench/test_bench_events.py`, `bench/soak.py`; Redis 6.2,
+64-bit): a typical event packs to ~150 bytes (a 30-character reply, a DKIM note),
+~165 in the stream; its index entries, ~45 bytes by message id and ~70 by
+Message-ID in ziplists, plus the hashes' own keys: ~285 bytes an event in all, so
+the default `--events-max` of 150,000 holds ~43 MB. Events that keep the longest
+reply (`delivery_event.REPLY_CHARS`, 200 characters) take ~460 bytes: ~69 MB.
+Beyond: the full bucket straddling the trim point (at most 2 x 16 x 128 entries,
+~0.3 MB) and, at low traffic, the keys of mostly empty buckets (at most ~1,024
+time buckets a retention x 32 hashes x ~170 bytes, ~6 MB); the stream's trimming
+is by whole nodes (`MAXLEN ~`: up to 100 events more). So one server's log stays
+below ~80 MB above Redis's baseline whatever the traffic; a message of many
+recipients costs one index entry of each kind, ~5 bytes more per recipient.
 
 Nothing scans the keyspace: trimming happens in the writing script, and every key
 expires when its server stops writing. Reading a message's events is one script:
-one HGET in each bucket that ends after the message was accepted (our message ids
-start with that time, `dataplane.spool`: a recent message looks at a bucket or
-two), then one XRANGE per event id; events written before this log
+one HGET in each bucket last written after the message was accepted (our message
+ids start with that time, `dataplane.spool`: a recent message looks at a few
+buckets), in the one hash of the bucket its id hashes to, then one XRANGE per
+event id; events written before this log
 (`rediskeys.message_events_key` lists, `message_index_key` strings) are read too
 until they expire.
 
@@ -50,9 +71,10 @@ __all__ = [
 ]
 
 DEFAULT_RETENTION_SECONDS = 7 * 86400
-# About 450 bytes of Redis memory each (the event's JSON, its stream entry and its
-# index entry): 200,000 events are about 90 MB.
-DEFAULT_MAX_EVENTS = 200_000
+# About 285 bytes of Redis memory each, 460 with the longest reply kept (the packed
+# event, its stream entry and its index entries): 150,000 events are 43-69 MB, under
+# the 100 MB that 1 M messages may add to Redis (issue 14; the arithmetic above).
+DEFAULT_MAX_EVENTS = 150_000
 
 # How many ARGV the write functions of EVENT_LOG_LUA take (EventRetention.script_args).
 EVENT_LOG_ARGS = 8
