@@ -15,7 +15,10 @@ the message's acceptance).
   LRANGE for the lists of before, pipelined): variant `log`; of a random message of
   all those resident, the oldest looking at every bucket: variant `log-any`;
 - the baseline `list`: one LRANGE of a message's own list, what the read was before
-  the event log (one key per message, unbounded).
+  the event log (one key per message, unbounded);
+- `GetMessageStatus`: the RPC over real gRPC, a control plane started on the filled
+  Redis (the account of the events owning a pool on their server), 1,000 calls,
+  half for recent messages and half for any resident one.
 
 The p50 / p99 of 2,000 single reads (time.perf_counter, not pytest-benchmark's
 rounds) and Redis's used memory per event (its index entries included) are printed
@@ -31,16 +34,21 @@ import random
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 import redis
 import redis.asyncio as aioredis
 
+from control._pb.poolmta.v1 import poolmta_pb2 as pb
 from control.contract import event_log, rediskeys
 from control.contract.delivery_event import DeliveryEvent
 from control.embedded_redis import EmbeddedRedis
+from control.server import ControlPlane
 from dataplane.stats_script import _APPLY_BATCH, counts_script_input
+from tests.control_support import Client, start_config
 
 SERVER = 1
+USER = 3  # the account of every event (the RPC variant creates accounts up to it)
 MEASURED_EVENTS = int(os.environ.get("POOLMTA_BENCH_EVENTS", "1000000"))
 SMOKE_EVENTS = 20_000  # the suite's smoke run (--benchmark-disable) checks the reads, quickly
 BATCHES = 1024  # one a time bucket at a week's retention
@@ -48,7 +56,7 @@ WEEK = 7 * 86400
 
 
 def _event(message_id: str, ts_ms: int) -> bytes:
-    return DeliveryEvent(ts_ms=ts_ms, message_id=message_id, user_id=3, bridge_id=12, rcpt="someone@example.net",
+    return DeliveryEvent(ts_ms=ts_ms, message_id=message_id, user_id=USER, bridge_id=12, rcpt="someone@example.net",
                          outcome="delivered", smtp_id=7, pool="promo-3-1-pool-7", ip="192.0.2.1",
                          reply="250 2.0.0 Ok: queued as 4F2A1", attempt=1, final=True, rcpt_index=0,
                          dkim="d=example.com s=pm2026111").encode()
@@ -125,8 +133,7 @@ def test_message_events_read(benchmark, measure, filled, variant):
             began = time.perf_counter()
             loop.run_until_complete(read())
             times.append(time.perf_counter() - began)
-        times.sort()
-        p50, p99 = times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000
+        p50, p99 = _percentiles(times)
         benchmark.extra_info.update(p50_ms=round(p50, 3), p99_ms=round(p99, 3),
                                     bytes_per_event=round(used / events_total))
         print(f"\n{variant}: {events_total} events resident, {used / 1024**2:.0f} MB "
@@ -135,3 +142,63 @@ def test_message_events_read(benchmark, measure, filled, variant):
     finally:
         loop.run_until_complete(reader.aclose())
         loop.close()
+
+
+def _percentiles(times: list[float]) -> tuple[float, float]:
+    times = sorted(times)
+    return times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000
+
+
+@pytest.mark.timeout(1800)
+def test_get_message_status_rpc(benchmark, measure, filled, tmp_path):
+    server, _, messages, events_total = filled
+    benchmark.group = f"message events, {events_total} resident"
+    benchmark.extra_info["variant"] = "GetMessageStatus RPC"
+    loop = asyncio.new_event_loop()
+    rng = random.Random(14)
+    control = ControlPlane(start_config(tmp_path / "control", server.url))
+
+    async def tenant(channel) -> Client:
+        admin = Client(channel, control.admin_token_path.read_text().strip())
+        mta = await admin.servers.RegisterMtaServer(pb.RegisterMtaServerRequest(hostname="mta1.example.net",
+                                                                                zone="US-1"))
+        assert mta.server_id == SERVER
+        for n in range(USER):
+            reply = await admin.accounts.CreateAccount(pb.CreateAccountRequest(name=f"a{n}", tier=pb.PRO))
+            if reply.account.user_id == USER:
+                break
+        assert reply.account.user_id == USER
+        client = Client(channel, reply.token)
+        await client.pools.CreatePool(pb.CreatePoolRequest(label="promo", server_id=SERVER))
+        return client
+
+    async def call(client: Client, kind: str) -> float:
+        message_id = rng.choice(messages["log" if kind == "recent" else "log-any"])
+        began = time.perf_counter()
+        status = await client.stats.GetMessageStatus(pb.GetMessageStatusRequest(message_id=message_id))
+        assert len(status.events) == 1
+        return time.perf_counter() - began
+
+    async def connect() -> grpc.aio.Channel:  # a channel belongs to the loop it is made in
+        await control.start()
+        return grpc.aio.insecure_channel(control.grpc_address)
+
+    channel = loop.run_until_complete(connect())
+    try:
+        client = loop.run_until_complete(tenant(channel))
+        measure(lambda: loop.run_until_complete(call(client, "recent")))
+        if benchmark.disabled:
+            return
+        times: dict[str, list[float]] = {"recent": [], "any": []}
+        for k in range(1000):
+            kind = "recent" if k % 2 else "any"
+            times[kind].append(loop.run_until_complete(call(client, kind)))
+    finally:
+        loop.run_until_complete(channel.close())
+        loop.run_until_complete(control.stop(0))
+        loop.close()
+    for kind, kept in times.items():
+        p50, p99 = _percentiles(kept)
+        benchmark.extra_info.update({f"{kind}_p50_ms": round(p50, 3), f"{kind}_p99_ms": round(p99, 3)})
+        print(f"\nGetMessageStatus ({kind} message): {events_total} events resident; "
+              f"p50 {p50:.3f} ms, p99 {p99:.3f} ms over {len(kept)} calls")

@@ -232,7 +232,7 @@ end
 
 # KEYS[1] the stream, KEYS[2] the buckets; ARGV[1] the index bucket prefix, ARGV[2]
 # our message id, ARGV[3] the end after which its buckets are (a ZRANGEBYSCORE min;
-# `read_events_input`). The message's events (JSON), oldest first.
+# `read_events_input`). The message's events (as written: packed, or JSON), oldest first.
 READ_EVENTS_LUA = _SHARD_LUA + """
 local events, shard = {}, index_shard(ARGV[2])
 for _, b in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[3], '+inf')) do
