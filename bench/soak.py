@@ -48,6 +48,7 @@ from compare_stack import SINK_DOMAIN, CSink, Poolmta, find_tool, tree_pids  # n
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MB = 1e6
 MILESTONE = 100_000  # the table's rows: the first sample at or past each multiple
+STATUS_MODE = "_status"  # argv[1] of the lookup client's process
 
 
 def disk_bytes(path: Path) -> int:
@@ -168,13 +169,10 @@ class Sampler:
 async def status_lookups(server: Poolmta, sampler: Sampler, n: int) -> dict:
     """p50 / p99 ms of `n` StatsService.GetMessageStatus calls over one gRPC channel,
     half for random messages among the newest 2,000 events of the server's event log,
-    half among its oldest 2,000 (the reads that look at the most index buckets)."""
-    import random
-
-    import grpc
-
-    from control._pb.poolmta.v1 import poolmta_pb2 as pb
-    from control.cli.demo.provision import Api
+    half among its oldest 2,000 (the reads that look at the most index buckets), and
+    as many GetPool calls between them: the floor of an account's RPC on this stack
+    (`floor`). The client runs in a child process, so its CPU is not the control
+    plane's."""
     from control.contract import rediskeys
     from control.contract.delivery_event import decode_list
 
@@ -183,20 +181,43 @@ async def status_lookups(server: Poolmta, sampler: Sampler, n: int) -> dict:
     def ids(entries) -> list[str]:
         return [event.message_id for event in decode_list(fields[b"e"] for _, fields in entries)]
 
-    picks = {"recent": ids(sampler.redis.xrevrange(stream, count=2000)),
-             "old": ids(sampler.redis.xrange(stream, count=2000))}
-    rng, times = random.Random(14), {"recent": [], "old": []}
-    async with grpc.aio.insecure_channel(server.grpc_address) as channel:
-        api = Api(channel, server.tenant.token)
-        for k in range(n):
+    spec = json.dumps({"address": server.grpc_address, "token": server.tenant.token, "n": n,
+                       "smtp_id": server.tenant.pools[0].pool.smtp_id,
+                       "recent": ids(sampler.redis.xrevrange(stream, count=2000)),
+                       "old": ids(sampler.redis.xrange(stream, count=2000))})
+    proc = await asyncio.create_subprocess_exec(sys.executable, __file__, STATUS_MODE, spec,
+                                                stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        return {"error": f"the lookup client exited with code {proc.returncode}"}
+    return {kind: {"p50_ms": round(load._percentile(t, 50) * 1000, 2),
+                   "p99_ms": round(load._percentile(t, 99) * 1000, 2), "lookups": len(t)}
+            for kind, t in json.loads(out).items()}
+
+
+async def time_lookups(spec: dict) -> dict[str, list[float]]:
+    """The lookup client (its own process): seconds of each GetMessageStatus call."""
+    import random
+
+    import grpc
+
+    from control._pb.poolmta.v1 import poolmta_pb2 as pb
+    from control.cli.demo.provision import Api
+
+    rng, times = random.Random(14), {"recent": [], "old": [], "floor": []}
+    async with grpc.aio.insecure_channel(spec["address"]) as channel:
+        api = Api(channel, spec["token"])
+        for k in range(spec["n"]):
             kind = "recent" if k % 2 else "old"
+            request = pb.GetMessageStatusRequest(message_id=rng.choice(spec[kind]))
             began = time.perf_counter()
-            request = pb.GetMessageStatusRequest(message_id=rng.choice(picks[kind]))
             status = await api("stats", "GetMessageStatus", request)
             times[kind].append(time.perf_counter() - began)
             assert status.events, "a message of the event log has no events"
-    return {kind: {"p50_ms": round(load._percentile(t, 50) * 1000, 2),
-                   "p99_ms": round(load._percentile(t, 99) * 1000, 2), "lookups": len(t)} for kind, t in times.items()}
+            began = time.perf_counter()
+            await api("pools", "GetPool", pb.GetPoolRequest(smtp_id=spec["smtp_id"]))
+            times["floor"].append(time.perf_counter() - began)
+    return times
 
 
 async def settle(sampler: Sampler, timeout: float = 30.0) -> dict:
@@ -360,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [STATUS_MODE]:
+        json.dump(asyncio.run(time_lookups(json.loads(argv[1]))), sys.stdout)
+        return 0
     args = build_parser().parse_args(argv)
     if args.report:
         samples = read_samples(Path(args.report))
