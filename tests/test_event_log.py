@@ -242,8 +242,9 @@ async def test_what_the_log_held_before_its_index_was_sharded_is_read_and_then_d
     clock = _Clock()
     async with _batcher(redis_url, event_ttl=3600, clock=clock) as (client, batcher):
         # as written before: a JSON event, one hash of each kind per 5-minute bucket
-        # (member its start, score its end), the ids space-separated
-        start = int(T0) - 600
+        # (member its start, score its end: still ahead, as while a worker of before
+        # writes beside the new ones), the ids space-separated
+        start = int(T0) - 100
         stream = rediskeys.event_stream_key(SERVER)
         first = await client.xadd(stream, {"e": _event("old", 0)}, id=f"{start * 1000}-0")
         second = await client.xadd(stream, {"e": _event("old", 1)}, id=f"{start * 1000}-1")
@@ -251,13 +252,15 @@ async def test_what_the_log_held_before_its_index_was_sharded_is_read_and_then_d
         await client.hset(rediskeys.message_index_bucket_key(SERVER, start), rediskeys.message_index_field(
             "old@sender.example"), "old")
         await client.zadd(rediskeys.event_buckets_key(SERVER), {str(start): start + 300})
-        _send(batcher, "new")
-        await _flush_all(batcher)
+        for name in ("new", "new2"):
+            _send(batcher, name)
+            await _flush_all(batcher)
+        assert await client.zcard(rediskeys.event_buckets_key(SERVER)) == 2  # the old one and one new one
         assert [e.rcpt for e in await event_log.message_events(client, [SERVER], "old")] == [
             "r0@example.net", "r1@example.net"]
         assert await event_log.find_message(client, SERVER, "old@sender.example") == "old"
         assert await event_log.find_message(client, SERVER, "new@sender.example") == "new"
-        clock.now += 3600  # the old events are past the retention, the new one is not
+        clock.now += 3600 + 600  # the old bucket (and its events) are past the retention, the new ones not
         _send(batcher, "newer")
         await _flush_all(batcher)
         assert await event_log.message_events(client, [SERVER], "old") == []

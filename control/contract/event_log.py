@@ -160,10 +160,12 @@ local function event_log(at)
     log.opened, log.bucket = opened, 'n' .. opened
     log.written[log.bucket] = math.floor(opened / 1000) + log.width + log.retention  -- when its keys expire
   end
-  local function bucket()  -- the newest bucket while it is ours, younger than a width and not full
+  local function bucket()  -- the newest bucket while it is younger than a width and not full
     if not log.bucket then
-      local newest = redis.call('ZREVRANGE', log.buckets, 0, 0)[1]
-      local opened = newest and tonumber(string.match(newest, '^n(%d+)$'))
+      local opened  -- of the newest "n" bucket: one or two older ones (their end as score) may rank above it
+      for _, b in ipairs(redis.call('ZREVRANGE', log.buckets, 0, 2)) do
+        opened = opened or tonumber(string.match(b, '^n(%d+)$'))
+      end
       if opened and log.now_ms - opened < log.width * 1000 then open(opened)
       else open(math.max(log.now_ms, (opened or 0) + 1)) end
     end
