@@ -322,10 +322,8 @@ class EmbeddedRedis:
             "auto-aof-rewrite-min-size 64mb",
             f"maxmemory {self.maxmemory}",
             f"maxmemory-policy {MAXMEMORY_POLICY}",
-            # The event log's index hashes hold at most INDEX_SHARD_ENTRIES entries each
-            # so that they stay ziplists (~100 bytes an entry less than a hashtable); the
-            # value limit lets a message of up to ~50 recipients keep its entry
-            # compact ("<ms>-<seq> -<seq> ...", control/contract/event_log.py).
+            # The event log's index hashes stay ziplists (~100 bytes an entry less than a
+            # hashtable), a message of up to ~50 recipients' events included (event_log.py).
             f"hash-max-ziplist-entries {INDEX_SHARD_ENTRIES}",
             f"hash-max-ziplist-value {INDEX_VALUE_BYTES}",
             'dbfilename "dump.rdb"',
