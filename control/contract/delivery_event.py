@@ -11,8 +11,9 @@ Two wire formats, one codec:
   integers (`_OUTCOME_CODES`), the trailing fields left out while they hold their
   defaults, the reply cut to its first REPLY_CHARS characters (a remote server
   chooses its length: up to 100 lines). About 150 bytes for a typical event,
-  against about 330 as JSON, and at most ~800: the log keeps `--events-max` of
-  them, so this is most of Redis's memory at volume.
+  against about 330 as JSON, and about 1 KB at most (the longest addresses SMTP
+  lets through): the log keeps `--events-max` of them, so this is most of Redis's
+  memory at volume.
 * read still: the compact JSON object with the field names below, which events
   written before (the stream's older entries, the per-message lists of before
   the event log) hold until they expire.
