@@ -19,8 +19,8 @@ once the stack is up, provisioned and its Redis footprint settled) a sample:
 * Redis: used memory, RSS, DBSIZE, the AOF files' bytes on disk, rewrites so far;
 * the data directory's bytes on disk by top-level entry (redis/, spool/,
   stats-journal/, logs/, the SQLite files...);
-* RSS of each data-plane worker, of redis-server and of this process (the control
-  plane);
+* RSS of each child of the data plane's supervisor (multiprocessing's resource
+  tracker, the workers), of redis-server and of this process (the control plane);
 * StatsService.GetPoolStats `sent` and `delivered` of the pool.
 
 Each sample is appended to `<out>/samples.jsonl` as it is taken (read it while the
@@ -334,7 +334,7 @@ def render(samples: list[dict]) -> str:
     base = samples[0]
     dirs = sorted({name for s in samples for name, size in s["data_dir"].items() if size >= MB})
     head = ["accepted", "relayed", "sent", "delivered", "Redis used +MB", "DBSIZE", "AOF MB", "rewrites",
-            "data dir +MB", *[f"{d} MB" for d in dirs], "data-plane RSS MB", "Redis RSS MB"]
+            "data dir +MB", *[f"{d} MB" for d in dirs], "data plane's children RSS MB", "Redis RSS MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     rewrites = _rewrites(samples)
     for s in milestones(samples):
@@ -362,7 +362,7 @@ def plot(samples: list[dict], path: Path) -> None:
     memory.plot(x, [s["redis_rss_mb"] for s in run], label="Redis RSS")
     for n in range(max(len(s["workers_rss_mb"]) for s in run)):
         memory.plot(x, [s["workers_rss_mb"][n] if n < len(s["workers_rss_mb"]) else None for s in run],
-                    label=f"worker {n + 1} RSS")
+                    label=f"data plane's child {n + 1} RSS")
     memory.axhline(100, color="grey", linestyle=":", label="goal: Redis +100 MB")
     memory.set_ylabel("MB")
     memory.legend(fontsize=8)
