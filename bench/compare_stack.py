@@ -198,6 +198,11 @@ class Poolmta:
         self.tenant, self.grpc_address, self.admin_token = tenant, stack.grpc_address, stack.admin_token
         return self
 
+    @property
+    def stack(self):
+        """The running `control.cli.demo.stack.Stack` (its data dir, Redis, data plane)."""
+        return self._stack
+
     def cpu(self) -> float:
         """CPU seconds of the whole server so far (this process: the control plane)."""
         return load.tree_cpu_seconds(self.roots) + load._self_cpu()

@@ -16,7 +16,9 @@ directory:
   counters exact across a Redis restart. The AOF is rewritten automatically when
   it doubled since the last rewrite (and is past 64 MB).
 * Memory is capped (`maxmemory`, `--redis-maxmemory`, default 2 GB) with the
-  `noeviction` policy: see `MAXMEMORY_POLICY`.
+  `noeviction` policy: see `MAXMEMORY_POLICY`. Hashes of up to 128 entries and
+  values of up to `INDEX_VALUE_BYTES` are kept as ziplists: the event log's index
+  is sized for it (`control.contract.event_log`).
 * The server is never left orphaned: it gets `PR_SET_PDEATHSIG(SIGTERM)` (Linux)
   from a small exec prelude (`runtime.argv_dying_with_parent`; no `preexec_fn`,
   which runs Python in the forked copy of a threaded process and once crashed
@@ -46,6 +48,7 @@ from types import TracebackType
 
 from . import stale_redis
 from .contract import file_modes
+from .contract.event_log import INDEX_SHARD_ENTRIES
 from .contract.runtime import argv_dying_with_parent, embedded_redis_socket
 
 __all__ = ["DEFAULT_MAXMEMORY", "MAXMEMORY_POLICY", "EmbeddedRedis", "EmbeddedRedisError", "redis_server_executable"]
@@ -59,6 +62,8 @@ DEFAULT_MAXMEMORY = 2 * 1024**3
 # and events in its stats journal and retries, the control plane's writes fail
 # loudly, and nothing is dropped silently.
 MAXMEMORY_POLICY = "noeviction"
+# The longest hash value kept compact (`hash-max-ziplist-value`; Redis's default is 64).
+INDEX_VALUE_BYTES = 256
 
 LOG_LEVELS = frozenset({"debug", "verbose", "notice", "warning"})
 
@@ -317,6 +322,10 @@ class EmbeddedRedis:
             "auto-aof-rewrite-min-size 64mb",
             f"maxmemory {self.maxmemory}",
             f"maxmemory-policy {MAXMEMORY_POLICY}",
+            # The event log's index hashes stay ziplists (~100 bytes an entry less than a
+            # hashtable), a message of up to ~50 recipients' events included (event_log.py).
+            f"hash-max-ziplist-entries {INDEX_SHARD_ENTRIES}",
+            f"hash-max-ziplist-value {INDEX_VALUE_BYTES}",
             'dbfilename "dump.rdb"',
             # Puts the config path in /proc/<pid>/cmdline, so `ps` shows whose server it is.
             'proc-title-template "{title} {listen-addr} {server-mode} {config-file}"',

@@ -212,8 +212,8 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     _add_duration(d, env, "--event-retention", "POOLMTA_EVENT_RETENTION", DEFAULT_EVENT_RETENTION,
                   "how long a message's delivery events stay in Redis for `message status`")
     d.add_argument("--events-max", type=int, default=e("POOLMTA_EVENTS_MAX", str(DEFAULT_MAX_EVENTS)), metavar="N",
-                   help="delivery events the server keeps in Redis at most, the oldest trimmed first (about "
-                        f"450 bytes each; env POOLMTA_EVENTS_MAX; default {DEFAULT_MAX_EVENTS})")
+                   help="delivery events the server keeps in Redis at most, the oldest trimmed first (about 285-"
+                        f"460 bytes each; env POOLMTA_EVENTS_MAX; default {DEFAULT_MAX_EVENTS})")
     d.add_argument("--dns-server",
                    type=argument_type(lambda v: parse_hostport(v, what="--dns-server", default_port=53)),
                    default=e("POOLMTA_DNS_SERVER"), metavar="HOST[:PORT]",

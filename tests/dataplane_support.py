@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.parser
 import email.policy
 import json
@@ -30,6 +31,7 @@ import pytest
 import redis
 
 from control.contract import event_log, rediskeys
+from control.contract.delivery_event import decode_list
 from control.contract.secrets import hash_secret
 from control.contract.snapshot import (
     IP_ACTIVE,
@@ -512,21 +514,22 @@ def bucket_sums(client: redis.Redis, server_id: int, smtp_id: int, ips, resoluti
 
 
 def events_of(client: redis.Redis, message_id: str) -> list[dict]:
-    """A message's delivery events (JSON objects, oldest first) in every server's event
-    log (found by a SCAN: a test helper), and in its list from before the log."""
+    """A message's delivery events (as dicts of their fields, oldest first) in every
+    server's event log (found by a SCAN: a test helper), and in its list from before
+    the log."""
     raw = list(client.lrange(rediskeys.message_events_key(message_id), 0, -1))
     read = client.register_script(event_log.READ_EVENTS_LUA)
     for stream in client.scan_iter(match=rediskeys.event_stream_key(0).replace("{stats:0}", "{stats:*}")):
         server_id = int(stream.decode().split("{stats:")[1].split("}")[0])
         raw += read(*event_log.read_events_input(server_id, message_id))
-    return sorted((json.loads(text) for text in raw), key=lambda event: event.get("ts_ms", 0))
+    return [dataclasses.asdict(event) for event in sorted(decode_list(raw), key=lambda event: event.ts_ms)]
 
 
-async def logged_events(client, server_id: int, message_id: str) -> list[str]:
-    """The texts of a message's events in MTA server `server_id`'s event log, oldest
+async def logged_events(client, server_id: int, message_id: str) -> list[bytes]:
+    """The bytes of a message's events in MTA server `server_id`'s event log, oldest
     first, as written (with an asyncio client; no decoding)."""
     read = client.register_script(event_log.READ_EVENTS_LUA)
-    return [text.decode() for text in await read(*event_log.read_events_input(server_id, message_id))]
+    return list(await read(*event_log.read_events_input(server_id, message_id)))
 
 
 def queue_empty(plane: Dataplane) -> bool:

@@ -1,6 +1,7 @@
-"""The delivery event of `control.contract`: the exact wire format both planes and
-the events already in Redis share, a lossless round trip, tolerance of what older
-or partial events lack, and one clear refusal of anything else."""
+"""The delivery event of `control.contract`: the exact wire format both planes share
+(msgpack), the JSON of the events already in Redis still read, a lossless round
+trip, tolerance of what older or partial events lack, and one clear refusal of
+anything else."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from control.contract import delivery_event
-from control.contract.delivery_event import BOUNCED, DEFERRED, DELIVERED, OUTCOMES, DeliveryEvent, DeliveryEventError
+from control.contract.delivery_event import (
+    BOUNCED, COMPLAINED, DEFERRED, DELIVERED, OUTCOMES, REPLY_CHARS, REPORT_SOURCES, DeliveryEvent,
+    DeliveryEventError,
+)
 from dataplane import smtp_reply
 
 EVENT = DeliveryEvent(
@@ -21,6 +25,12 @@ EVENT = DeliveryEvent(
     reply="451 4.2.1 mailbox busy", attempt=2, final=False, rcpt_index=4,
 )
 
+# What the event log holds now: a msgpack array of the fields in order, the outcome
+# as its code (2: deferred), the unset `source` and `dkim` left out.
+PACKED = (b"\x9d\xcf\x00\x00\x01\x8b\xcf\xe5\x68\x7b\xa601HZX3\x03\x09\xadr@example.net\x02\x07"
+          b"\xb0promo-3-1-pool-7\xa9192.0.2.1\xb6451 4.2.1 mailbox busy\x02\xc2\x04")
+
+# What events were written as before issue 14 (and still are in Redis until they expire).
 WIRE = ('{"ts_ms":1700000000123,"message_id":"01HZX3","user_id":3,"bridge_id":9,"rcpt":"r@example.net",'
         '"outcome":"deferred","smtp_id":7,"pool":"promo-3-1-pool-7","ip":"192.0.2.1",'
         '"reply":"451 4.2.1 mailbox busy","attempt":2,"final":false,"rcpt_index":4}')
@@ -31,32 +41,52 @@ WIRE_BEFORE_RCPT_INDEX = WIRE.replace(',"rcpt_index":4', "")
 
 
 def test_encode_writes_the_compact_wire_format():
-    assert EVENT.encode() == WIRE
+    assert EVENT.encode() == PACKED
+    assert len(PACKED) < len(WIRE) / 2  # what keeps the event log's Redis memory small
 
 
-def test_decode_reads_the_wire_format_from_bytes_and_text():
+def test_decode_reads_both_wire_formats_from_bytes_and_the_json_from_text():
+    assert DeliveryEvent.decode(PACKED) == EVENT
+    assert DeliveryEvent.decode(bytearray(PACKED)) == EVENT
     assert DeliveryEvent.decode(WIRE) == EVENT
     assert DeliveryEvent.decode(WIRE.encode()) == EVENT
+
+
+def test_every_outcome_and_the_optional_fields_round_trip_in_few_bytes():
+    for outcome in (*OUTCOMES, COMPLAINED, "quarantined"):
+        event = dataclasses.replace(EVENT, outcome=outcome, source="dsn", dkim="d=example.com s=pm2026111")
+        assert DeliveryEvent.decode(event.encode()) == event
+    assert DeliveryEvent.decode(dataclasses.replace(EVENT, rcpt_index=-1).encode()).rcpt_index == -1
+
+
+def test_a_reply_of_any_length_is_kept_to_its_first_reply_chars():
+    long = dataclasses.replace(EVENT, reply="421 4.7.0 " + "try again later " * 400)  # a remote server's choice
+    packed = long.encode()
+    assert DeliveryEvent.decode(packed) == dataclasses.replace(long, reply=long.reply[:REPLY_CHARS])
+    assert len(packed) < len(PACKED) + REPLY_CHARS
 
 
 def test_events_written_before_the_recipient_index_still_decode():
     assert DeliveryEvent.decode(WIRE_BEFORE_RCPT_INDEX) == dataclasses.replace(EVENT, rcpt_index=-1)
 
 
+ids = st.integers(min_value=0, max_value=2**63 - 1)  # SQLite's rowids
 events = st.builds(
     DeliveryEvent,
-    ts_ms=st.integers(min_value=0, max_value=2**53), message_id=st.text(), user_id=st.integers(min_value=0),
-    bridge_id=st.integers(min_value=0), rcpt=st.text(), outcome=st.sampled_from(OUTCOMES),
-    smtp_id=st.integers(min_value=0), pool=st.text(), ip=st.text(), reply=st.text(),
+    ts_ms=st.integers(min_value=0, max_value=2**53), message_id=st.text(), user_id=ids,
+    bridge_id=ids, rcpt=st.text(), outcome=st.sampled_from(OUTCOMES),
+    smtp_id=ids, pool=st.text(), ip=st.text(), reply=st.text(max_size=REPLY_CHARS),
     attempt=st.integers(min_value=0, max_value=1000), final=st.booleans(),
-    rcpt_index=st.integers(min_value=-1, max_value=65535),
+    rcpt_index=st.integers(min_value=-1, max_value=65535), source=st.sampled_from(("", *REPORT_SOURCES)),
+    dkim=st.text(),
 )
 
 
 @given(events)
 def test_round_trip_is_lossless(event):
     assert DeliveryEvent.decode(event.encode()) == event
-    assert DeliveryEvent.decode(event.encode().encode("utf-8")) == event
+    as_json = json.dumps({**dataclasses.asdict(event)}, separators=(",", ":"))  # as written before
+    assert DeliveryEvent.decode(as_json) == DeliveryEvent.decode(as_json.encode("utf-8")) == event
 
 
 def test_missing_fields_take_their_defaults():
@@ -77,6 +107,8 @@ def test_lenient_fields_unknown_outcomes_and_extra_keys_are_read():
     b"", b"not json", b"\xff\xfe", b"[1, 2]", b'"text"', b"null", b"42",
     b'{"ts_ms": "soon"}', b'{"attempt": [1]}', b'{"user_id": {}}', b'{"ts_ms": 1e400}',
     b"[" * 100_000,
+    b"\x9f", b"\x9f" + b"\x00" * 15 + b"\x00", b"\x91\xa4soon", b"\x92\x91\x00\x00",
+    b"\xdc\x00\x10" + b"\x00" * 16,  # more fields than an event has
 ])
 def test_garbage_is_refused_with_one_exception_type(raw):
     with pytest.raises(DeliveryEventError, match="^not a delivery event"):

@@ -21,6 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from control.contract import rediskeys
+from control.contract.delivery_event import DeliveryEvent
 from dataplane import spool
 from dataplane.__main__ import build_config, build_parser
 from dataplane.config import (
@@ -366,7 +367,7 @@ async def test_events_are_applied_once_with_their_counts_and_expire(redis_url):
         batcher.event("m2", json.dumps({"rcpt": "c", "outcome": "deferred"}))
         assert batcher.pending_events == 3
         assert await batcher.flush() is True
-        assert [json.loads(e)["rcpt"] for e in await logged_events(client, 1, "m1")] == ["a", "b"]
+        assert [DeliveryEvent.decode(e).rcpt for e in await logged_events(client, 1, "m1")] == ["a", "b"]
         assert 0 < await client.ttl(rediskeys.event_stream_key(1)) <= 3600 + batcher.retention.bucket_seconds
         assert await client.hget(rediskeys.pool_stats_key(1, 7), "delivered") == b"1"
 

@@ -85,9 +85,10 @@ async def test_the_log_forgets_what_is_older_than_its_retention_without_a_scan(r
         await _flush_all(batcher)
         buckets = rediskeys.event_buckets_key(SERVER)
         (first,) = await client.zrange(buckets, 0, -1)
-        bucket_keys = [rediskeys.event_index_bucket_key(SERVER, first.decode()),
-                       rediskeys.message_index_bucket_key(SERVER, first.decode())]
-        for key in (buckets, rediskeys.event_stream_key(SERVER), *bucket_keys):
+        bucket_keys = event_log.index_bucket_keys(SERVER, first.decode())
+        written = [key for key in bucket_keys if await client.exists(key)]
+        assert len(written) == 2  # one hash of each kind: the message's shard
+        for key in (buckets, rediskeys.event_stream_key(SERVER), *written):
             assert await client.ttl(key) > 0, key  # each goes on its own once nothing is written
         clock.now += 3600 + 2 * batcher.retention.bucket_seconds  # past the retention
         _send(batcher, "new")
@@ -101,16 +102,22 @@ async def test_the_log_forgets_what_is_older_than_its_retention_without_a_scan(r
 
 
 async def test_the_keyspace_does_not_grow_with_the_messages(redis_url):
-    async with _batcher(redis_url, max_batch_events=50, clock=_Clock()) as (client, batcher):
-        sizes = []
-        for n in range(1000):
+    clock = _Clock()
+    async with _batcher(redis_url, max_batch_events=50, max_events=200, clock=clock) as (client, batcher):
+        log_keys = []
+        for n in range(5000):
             _send(batcher, f"m{n}")
-            if n in (99, 999):
+            if n % 100 == 99:
                 await _flush_all(batcher)
-                sizes.append(await client.dbsize())
-        # counters of one pool and IP (12), the stream, the buckets, one index bucket of
-        # each kind, and the one mark of this worker's journal
-        assert sizes == [sizes[0]] * 2 and sizes[0] == 12 + 5
+                clock.now += 1  # 100 messages a second
+                log_keys.append(len([k async for k in client.scan_iter(match=f"{rediskeys.event_stream_key(SERVER)}*")]
+                                    + [k async for k in client.scan_iter(
+                                        match=rediskeys.message_index_bucket_key(SERVER, "*"))]))
+        # the stream, the buckets, and the hashes of the bucket being written and of
+        # the one before (the stream's 200 events are the last few seconds), whose
+        # ~1,600 messages fill one bucket: never more, however many messages
+        assert max(log_keys) <= 2 + 2 * 2 * event_log.INDEX_SHARDS
+        assert await client.zcard(rediskeys.event_buckets_key(SERVER)) <= 2
         assert len([k async for k in client.scan_iter(match=rediskeys.stats_journal_mark_key(SERVER, "*"))]) == 1
 
 
@@ -207,3 +214,55 @@ async def test_a_segment_applied_before_journal_marks_existed_is_not_applied_aga
         _send(batcher, "m2")  # the next segment applies as usual
         await _flush_all(batcher)
         assert await client.hget(rediskeys.pool_stats_key(SERVER, POOL), "sent") == b"1"
+
+
+async def test_the_index_stays_in_compact_hashes_as_buckets_fill(redis_url):
+    clock = _Clock()
+    async with _batcher(redis_url, max_batch_events=500, clock=clock) as (client, batcher):
+        for n in range(4000):
+            _send(batcher, f"m{n}")
+        wide = "wide"  # a message of 30 recipients: 30 events, most in one batch
+        for n in range(30):
+            batcher.event(wide, _event(wide, n))
+        await _flush_all(batcher)
+        buckets = [b.decode() for b in await client.zrange(rediskeys.event_buckets_key(SERVER), 0, -1)]
+        assert len(buckets) >= 2  # 4,000 messages fill more than one bucket of 16 x 128 entries
+        for bucket in buckets:
+            for key in event_log.index_bucket_keys(SERVER, bucket):
+                if await client.exists(key):
+                    assert await client.hlen(key) <= event_log.INDEX_SHARD_ENTRIES
+                    assert await client.object("encoding", key) == b"ziplist", key
+        assert [e.rcpt for e in await event_log.message_events(client, [SERVER], wide)] == [
+            f"r{n}@example.net" for n in range(30)]
+        assert all([len(await event_log.message_events(client, [SERVER], f"m{n}")) == 1 for n in range(0, 4000, 97)])
+        assert await event_log.find_message(client, SERVER, "m1234@sender.example") == "m1234"
+
+
+async def test_what_the_log_held_before_its_index_was_sharded_is_read_and_then_dropped(redis_url):
+    clock = _Clock()
+    async with _batcher(redis_url, event_ttl=3600, clock=clock) as (client, batcher):
+        # as written before: a JSON event, one hash of each kind per 5-minute bucket
+        # (member its start, score its end: still ahead, as while a worker of before
+        # writes beside the new ones), the ids space-separated
+        start = int(T0) - 100
+        stream = rediskeys.event_stream_key(SERVER)
+        first = await client.xadd(stream, {"e": _event("old", 0)}, id=f"{start * 1000}-0")
+        second = await client.xadd(stream, {"e": _event("old", 1)}, id=f"{start * 1000}-1")
+        await client.hset(rediskeys.event_index_bucket_key(SERVER, start), "old", f"{first.decode()} {second.decode()}")
+        await client.hset(rediskeys.message_index_bucket_key(SERVER, start), rediskeys.message_index_field(
+            "old@sender.example"), "old")
+        await client.zadd(rediskeys.event_buckets_key(SERVER), {str(start): start + 300})
+        for name in ("new", "new2"):
+            _send(batcher, name)
+            await _flush_all(batcher)
+        assert await client.zcard(rediskeys.event_buckets_key(SERVER)) == 2  # the old one and one new one
+        assert [e.rcpt for e in await event_log.message_events(client, [SERVER], "old")] == [
+            "r0@example.net", "r1@example.net"]
+        assert await event_log.find_message(client, SERVER, "old@sender.example") == "old"
+        assert await event_log.find_message(client, SERVER, "new@sender.example") == "new"
+        clock.now += 3600 + 600  # the old bucket (and its events) are past the retention, the new ones not
+        _send(batcher, "newer")
+        await _flush_all(batcher)
+        assert await event_log.message_events(client, [SERVER], "old") == []
+        assert not await client.exists(*event_log.index_bucket_keys(SERVER, str(start)))
+        assert len(await event_log.message_events(client, [SERVER], "newer")) == 1

@@ -382,7 +382,7 @@ async def test_the_stats_batcher_writes_message_index_entries_expiring_with_the_
     assert await event_log.find_message(redis, SERVER, "m-1@acme.example") == "0190aaaa00000000000001"
     assert await event_log.find_message(redis, SERVER + 1, "m-1@acme.example") == ""  # per server
     (bucket,) = redis_client.zrange(rediskeys.event_buckets_key(SERVER), 0, -1)
-    key = rediskeys.message_index_bucket_key(SERVER, bucket.decode())
+    (key,) = [k for k in event_log.index_bucket_keys(SERVER, bucket.decode()) if redis_client.exists(k)]
     assert 0 < redis_client.ttl(key) <= 600 + batcher.retention.bucket_seconds  # it expires with the events
     assert batcher.pending_index == 0
     await batcher.close()
@@ -395,7 +395,7 @@ async def test_a_message_index_entry_of_before_the_event_log_is_still_found(redi
 
 def test_delivery_events_carry_their_source_only_when_a_report_wrote_them():
     event = DeliveryEvent.decode(_event("m1", "a@example.net", 0))
-    assert event.source == "" and '"source"' not in event.encode()
+    assert event.source == "" and len(event.encode()) < len(dataclasses.replace(event, source="dsn").encode())
     complained = dataclasses.replace(event, outcome=COMPLAINED, source="arf")
     assert DeliveryEvent.decode(complained.encode()) == complained
 

@@ -1,28 +1,43 @@
 """The delivery event: what the data plane says about one attempt to deliver one
 recipient of a message, and what the control plane shows back (`message status`).
 
-The data plane appends each event, encoded here, to the message's Redis list
-(`rediskeys.message_events_key`); the control plane decodes the list with
-`DeliveryEvent.decode`. The wire format is a compact JSON object with the
-field names below; it is what events already in Redis hold, so it stays as it
-is. Decoding is lenient where it can be (a missing field takes its default,
-numbers written as strings are read, an unknown outcome is kept as it came)
-and refuses anything that is not such an object with `DeliveryEventError`.
+The data plane appends each event, encoded here, to its server's event log
+(`control.contract.event_log`); both planes read it back with `DeliveryEvent.decode`.
 
-Stdlib only: both planes import this module, and the data plane may not import
-anything else of `control`.
+Two wire formats, one codec:
+
+* written now (issue 14, "Redis memory bounded by configuration"): a msgpack array
+  of the fields in their order below (`encode`), the known outcomes as small
+  integers (`_OUTCOME_CODES`), the trailing fields left out while they hold their
+  defaults, the reply cut to its first REPLY_CHARS characters (a remote server
+  chooses its length: up to 100 lines). About 150 bytes for a typical event,
+  against about 330 as JSON, and about 1 KB at most (the longest addresses SMTP
+  lets through): the log keeps `--events-max` of them, so this is most of Redis's
+  memory at volume.
+* read still: the compact JSON object with the field names below, which events
+  written before (the stream's older entries, the per-message lists of before
+  the event log) hold until they expire.
+
+A msgpack array starts with a byte 0x90-0x9f (or 0xdc); a JSON object with "{": the
+first byte says which. Decoding is lenient where it can be (a missing field takes
+its default, numbers written as strings are read, an unknown outcome is kept as it
+came) and refuses anything else with `DeliveryEventError`.
+
+Stdlib and msgpack only (like `snapshot`): both planes import this module, and the
+data plane may not import anything else of `control`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
+
+import msgpack
 
 from .json_records import load_object, quoted
 
 __all__ = [
-    "BOUNCED", "COMPLAINED", "DEFERRED", "DELIVERED", "OUTCOMES", "REPORT_SOURCES", "DeliveryEvent",
+    "BOUNCED", "COMPLAINED", "DEFERRED", "DELIVERED", "OUTCOMES", "REPLY_CHARS", "REPORT_SOURCES", "DeliveryEvent",
     "DeliveryEventError", "decode_list",
 ]
 
@@ -39,6 +54,16 @@ COMPLAINED = "complained"
 # reply: an asynchronous report the inbound listener received, by the report's kind
 # (an RFC 3464 DSN, an RFC 5965 ARF report, a nonstandard bounce).
 REPORT_SOURCES = ("dsn", "arf", "nonstandard")
+
+
+# How much of the deciding reply an event keeps: the code, the enhanced status and
+# the first line or two, what a person needs to see why (the data plane's delivery
+# log has the whole reply).
+REPLY_CHARS = 200
+
+# The outcomes an encoded event names by number (position = code); any other
+# outcome is written as its text. Append only: events in Redis carry these codes.
+_OUTCOME_CODES = (DELIVERED, BOUNCED, DEFERRED, COMPLAINED)
 
 
 class DeliveryEventError(ValueError):
@@ -71,27 +96,29 @@ class DeliveryEvent:
     # "unsigned: no key for example.com"); "" when not recorded (older events, DSNs).
     dkim: str = ""
 
-    def encode(self) -> str:
-        """The event as the compact JSON object stored in Redis (keys in field order;
-        `source` and `dkim` only when set, so events without them keep their bytes)."""
-        fields = {
-            "ts_ms": self.ts_ms, "message_id": self.message_id, "user_id": self.user_id,
-            "bridge_id": self.bridge_id, "rcpt": self.rcpt, "outcome": self.outcome,
-            "smtp_id": self.smtp_id, "pool": self.pool, "ip": self.ip, "reply": self.reply,
-            "attempt": self.attempt, "final": self.final, "rcpt_index": self.rcpt_index,
-        }
-        if self.source:
-            fields["source"] = self.source
-        if self.dkim:
-            fields["dkim"] = self.dkim
-        return json.dumps(fields, separators=(",", ":"))
+    def encode(self) -> bytes:
+        """The event as stored in the event log: a msgpack array of the fields in
+        order, a known outcome as its code, the reply cut to REPLY_CHARS, trailing
+        fields at their defaults left out (`decode` reads it back equal, but for a
+        longer reply)."""
+        values = list(astuple(self))
+        values[_REPLY_AT] = self.reply[:REPLY_CHARS]
+        if self.outcome in _OUTCOME_CODES:
+            values[_OUTCOME_AT] = _OUTCOME_CODES.index(self.outcome)
+        while len(values) > _REQUIRED and values[-1] == _DEFAULTS[len(values) - 1]:
+            values.pop()
+        return msgpack.packb(values, use_bin_type=True)
 
     @classmethod
     def decode(cls, raw: bytes | str) -> DeliveryEvent:
-        """The event in `raw` (as `encode` writes it). A missing field takes its
-        default (0, "", False, or -1 for `rcpt_index`); DeliveryEventError when `raw` is not a JSON object
-        or a field cannot be read as its type."""
-        get = load_object(raw, "delivery event", DeliveryEventError).get
+        """The event in `raw`: the msgpack array `encode` writes, or the JSON object
+        events were written as before. A missing field takes its default (0, "",
+        False, or -1 for `rcpt_index`); DeliveryEventError when `raw` is neither or a
+        field cannot be read as its type."""
+        if isinstance(raw, (bytes, bytearray)) and raw[:1] and (0x90 <= raw[0] <= 0x9F or raw[0] == 0xDC):
+            get = _unpack_array(raw).get
+        else:
+            get = load_object(raw, "delivery event", DeliveryEventError).get
         try:
             return cls(
                 ts_ms=int(get("ts_ms", 0)),
@@ -112,6 +139,28 @@ class DeliveryEvent:
             )
         except (TypeError, ValueError, OverflowError) as exc:
             raise DeliveryEventError(f"not a delivery event ({exc}): {quoted(raw)}") from exc
+
+
+_NAMES = tuple(f.name for f in fields(DeliveryEvent))
+_DEFAULTS = tuple(f.default for f in fields(DeliveryEvent))  # MISSING (equal to nothing) for the required
+_OUTCOME_AT, _REPLY_AT = _NAMES.index("outcome"), _NAMES.index("reply")
+_REQUIRED = _NAMES.index("rcpt_index")  # the fields with no default are always written
+
+
+def _unpack_array(raw: bytes | bytearray) -> dict:
+    """The fields of an encoded event by name (only those it has); DeliveryEventError
+    when `raw` is not one msgpack array of at most the known fields."""
+    try:
+        values = msgpack.unpackb(raw, raw=False, use_list=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:  # ExtraData is a ValueError
+        raise DeliveryEventError(f"not a delivery event (not msgpack: {exc}): {quoted(raw)}") from exc
+    if not isinstance(values, list) or len(values) > len(_NAMES):
+        raise DeliveryEventError(f"not a delivery event (not an array of its fields): {quoted(raw)}")
+    named = dict(zip(_NAMES, values))
+    outcome = named.get("outcome")
+    if isinstance(outcome, int) and not isinstance(outcome, bool) and 0 <= outcome < len(_OUTCOME_CODES):
+        named["outcome"] = _OUTCOME_CODES[outcome]
+    return named
 
 
 def decode_list(items: Iterable[bytes | str]) -> list[DeliveryEvent]:

@@ -329,26 +329,30 @@ def message_events_key(message_id: str) -> str:
 
 
 def event_stream_key(server_id: int) -> str:
-    """Stream of every delivery event of MTA server N (field "e": the event's JSON),
-    capped by length and age (`event_log.EventRetention`)."""
+    """Stream of every delivery event of MTA server N (field "e": the event as
+    `DeliveryEvent.encode` packs it; JSON in older entries), capped by length and age
+    (`event_log.EventRetention`)."""
     return f"{_stats_tag(server_id)}:events"
 
 
 def event_buckets_key(server_id: int) -> str:
     """Sorted set of the index buckets of MTA server N's event log that may still hold
-    entries: member and score the bucket's start (unix seconds)."""
+    entries: member the bucket's name ("n<ms opened>"; older buckets: their start in
+    unix seconds), score its latest write (older buckets: their end), unix seconds."""
     return f"{_stats_tag(server_id)}:events:buckets"
 
 
 def event_index_bucket_key(server_id: int, bucket: int | str) -> str:
     """Hash our message id -> the ids (space-separated) of its events in the server's
-    event stream, for the events written in the bucket starting at `bucket`."""
+    event stream, for the events written in bucket `bucket`; a bucket named "n..." has
+    `event_log.INDEX_SHARDS` of them, `bucket` being "<name>:<shard>"."""
     return f"{_stats_tag(server_id)}:events:by-message:{bucket}"
 
 
 def message_index_bucket_key(server_id: int, bucket: int | str) -> str:
     """Hash `message_index_field(Message-ID)` -> our message id, for the messages the
-    server's Bridge accepted (and indexed) in the bucket starting at `bucket`."""
+    server's Bridge accepted (and indexed) in bucket `bucket` (sharded like
+    `event_index_bucket_key`)."""
     return f"{_stats_tag(server_id)}:msgid:{bucket}"
 
 
