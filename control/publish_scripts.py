@@ -30,9 +30,10 @@ return {1, version}
 # KEYS: full-snapshot hash, current key, changes stream, staging key (the snapshot,
 # appended there chunk by chunk), the version's data key. ARGV: version, the marker
 # the hash holds for a snapshot in its data key, channel, full snapshots kept, the
-# data keys' prefix (a data key is the prefix and its version; same hash tag), how
-# long a dropped version's data key stays (a worker that read its marker just before
-# still finds it).
+# data keys' prefix (a data key is the prefix and its version; same hash tag).
+# A dropped version's data key goes at once (UNLINK: freed off Redis's main thread);
+# a worker that read its marker just before finds the key gone and reads the hash
+# again, where a newer full snapshot now is (`dataplane.snapshot_loader`).
 # Returns the version `current` holds afterwards. Every command here is small (RENAME
 # moves the value, the AOF logs the RENAME), so Redis never stalls on a whole snapshot.
 # The change log keeps the deltas after the newest full snapshot it drops (after
@@ -55,7 +56,7 @@ table.sort(kept)
 local extra = #kept - tonumber(ARGV[4])
 for i = 1, extra do
   redis.call('HDEL', KEYS[1], tostring(kept[i]))
-  redis.call('EXPIRE', ARGV[5] .. tostring(kept[i]), ARGV[6])
+  redis.call('UNLINK', ARGV[5] .. tostring(kept[i]))
 end
 local trim_after = kept[math.max(extra, 1)]
 redis.call('XTRIM', KEYS[3], 'MINID', tostring(trim_after + 1) .. '-0')
@@ -88,8 +89,7 @@ async def write_full_snapshot(redis: aioredis.Redis, full_script: AsyncScript, s
                   rediskeys.snapshot_changes_key(server_id), staging,
                   rediskeys.snapshot_full_data_key(server_id, version)],
             args=[version, rediskeys.SNAPSHOT_FULL_IN_DATA_KEY, rediskeys.snapshot_channel(server_id),
-                  fulls_kept, rediskeys.snapshot_full_data_prefix(server_id),
-                  rediskeys.SNAPSHOT_FULL_DROPPED_GRACE_SECONDS],
+                  fulls_kept, rediskeys.snapshot_full_data_prefix(server_id)],
         )
     except BaseException:
         with contextlib.suppress(RedisError, OSError):  # else its expiry sheds it

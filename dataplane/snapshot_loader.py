@@ -215,15 +215,7 @@ class SnapshotLoader:
                 return advance_in_place(current, deltas)  # no await: see Routing.advance
             if deltas is not None:
                 return await asyncio.to_thread(follow_deltas, current, deltas, self._dkim_keys)
-        full_key = rediskeys.snapshot_full_key(self.server_id)
-        start = routing_delta.newest_full([int(v) for v in await self._redis.hkeys(full_key)], target)
-        if start is None:  # no full snapshot in the hash: one under its own version key, if any
-            start = target
-            data = await self._redis.get(rediskeys.snapshot_key(self.server_id, target))
-        else:
-            data = await self._redis.hget(full_key, str(start))
-            if rediskeys.full_snapshot_in_data_key(data):  # else the snapshot itself (an older release's)
-                data = await self._redis.get(rediskeys.snapshot_full_data_key(self.server_id, start))
+        start, data = await self._full_snapshot(target)
         if data is None:
             log.warning("routing version %d of server %d is announced but no full snapshot up to it is in Redis",
                         target, self.server_id)
@@ -232,6 +224,24 @@ class SnapshotLoader:
         handed_over, data = [data], None  # build_routing drops the bytes once decoded
         routing = await asyncio.to_thread(build_routing, handed_over, self._dkim_keys, deltas or (), current)
         return routing if current is None or routing.version > current.version else None
+
+    async def _full_snapshot(self, target: int) -> tuple[int, bytes | None]:
+        """The newest full snapshot kept at or below `target`: its version and bytes
+        (None if Redis has none). A data key dropped by a compaction between the read
+        of the hash and the read of the key is a miss: the hash, read again, names the
+        newer one."""
+        full_key = rediskeys.snapshot_full_key(self.server_id)
+        for _ in range(rediskeys.SNAPSHOT_FULL_READ_ATTEMPTS):
+            start = routing_delta.newest_full([int(v) for v in await self._redis.hkeys(full_key)], target)
+            if start is None:  # no full snapshot in the hash: one under its own version key, if any
+                return target, await self._redis.get(rediskeys.snapshot_key(self.server_id, target))
+            data = await self._redis.hget(full_key, str(start))
+            if not rediskeys.full_snapshot_in_data_key(data):  # the snapshot itself (an older release's)
+                return start, data
+            data = await self._redis.get(rediskeys.snapshot_full_data_key(self.server_id, start))
+            if data is not None:
+                return start, data
+        return start, None
 
     async def _deltas(self, served: int, target: int) -> tuple[RoutingDelta, ...] | None:
         """The change log's deltas from `served` to `target`; None on a gap."""

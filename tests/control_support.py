@@ -122,12 +122,15 @@ def current_snapshot(redis_url: str, server_id: int) -> snapshot.Snapshot | None
             return None
         target = int(version)
         full_key = rediskeys.snapshot_full_key(server_id)
-        start = routing_delta.newest_full([int(v) for v in r.hkeys(full_key)], target)
-        if start is None:
-            return snapshot.decode(r.get(rediskeys.snapshot_key(server_id, target)))
-        data = r.hget(full_key, str(start))
-        if rediskeys.full_snapshot_in_data_key(data):
-            data = r.get(rediskeys.snapshot_full_data_key(server_id, start))
+        for _ in range(rediskeys.SNAPSHOT_FULL_READ_ATTEMPTS):  # a compaction may drop it meanwhile
+            start = routing_delta.newest_full([int(v) for v in r.hkeys(full_key)], target)
+            if start is None:
+                return snapshot.decode(r.get(rediskeys.snapshot_key(server_id, target)))
+            data = r.hget(full_key, str(start))
+            if rediskeys.full_snapshot_in_data_key(data):
+                data = r.get(rediskeys.snapshot_full_data_key(server_id, start))
+            if data is not None:
+                break
         routing = snapshot.decode(data)
         entries = r.xrange(rediskeys.snapshot_changes_key(server_id), min=f"{start + 1}-0", max=f"{target}-0")
         for delta in routing_delta.delta_chain(start, target, (fields[b"d"] for _, fields in entries)):

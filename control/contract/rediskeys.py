@@ -120,9 +120,10 @@ SNAPSHOT_FULL_IN_DATA_KEY = b"@data-key"
 SNAPSHOT_FULL_CHUNK_BYTES = 1 << 20
 # A staging key left by a write cut short expires after this (a write takes seconds).
 SNAPSHOT_FULL_STAGING_TTL_SECONDS = 3600
-# A dropped full snapshot's data key lives this much longer (its hash field goes at
-# once): a worker that read the field just before still reads the snapshot, not a gap.
-SNAPSHOT_FULL_DROPPED_GRACE_SECONDS = 60
+# A reader that finds a full snapshot's data key gone (dropped by a compaction
+# between its read of the hash and of the key) reads the hash again, up to this
+# many times: each miss means a newer full snapshot was put in place meanwhile.
+SNAPSHOT_FULL_READ_ATTEMPTS = 3
 
 
 def worker_acks_key(server_id: int) -> str:
