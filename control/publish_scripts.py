@@ -77,9 +77,13 @@ async def write_full_snapshot(redis: aioredis.Redis, full_script: AsyncScript, s
     PUBLISH_FULL_LUA registered on `redis`): appended to a staging key of its own, one
     chunk per command (Redis answers its other clients between them), then moved in
     place by the script; returns the version `current` holds afterwards. A write cut
-    short leaves only the staging key, which expires."""
+    short leaves only the staging key, which expires. A snapshot of at most
+    SNAPSHOT_FULL_ONE_COMMAND_CHUNKS chunks goes in one command: Redis keeps up to
+    1 MB of room after a string grown by APPEND, which would double a small one."""
     staging = rediskeys.snapshot_full_staging_key(server_id, version, secrets.token_hex(8))
     view = memoryview(payload)
+    if len(view) <= rediskeys.SNAPSHOT_FULL_ONE_COMMAND_CHUNKS * chunk_bytes:
+        chunk_bytes = max(len(view), 1)
     try:
         await redis.set(staging, view[:chunk_bytes], ex=rediskeys.SNAPSHOT_FULL_STAGING_TTL_SECONDS)
         for start in range(chunk_bytes, len(view), chunk_bytes):

@@ -36,7 +36,7 @@ A delta is published by one Lua script only if `current` still equals the delta'
 base (otherwise, Redis lost data or was written by someone else: a full snapshot
 is published instead). A full snapshot is written alone at the first publication
 after a start and on a repair. A compaction (after SNAPSHOT_FULL_EVERY deltas, or
-once the deltas since the last full snapshot weigh half as much as it does) joins a
+once the deltas since the last full snapshot weigh a quarter of it) joins a
 copy of the remembered routing's packed entries in a thread and writes it as a full
 snapshot of its version, in the background: the delta that made it due is published first (so
 workers following the log never see a gap), the reply does not wait for an
@@ -203,7 +203,7 @@ class SnapshotPublisher:
         if published is None or published.compacting:
             return
         if (published.deltas_since_full < self._full_every
-                and 2 * published.delta_bytes_since_full < published.full_bytes):
+                and rediskeys.SNAPSHOT_FULL_DELTA_SHARE * published.delta_bytes_since_full < published.full_bytes):
             return
         published.compacting = True
         # A copy of the dicts (C speed), so that deltas applied meanwhile leave it alone.

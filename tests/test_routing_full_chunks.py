@@ -136,3 +136,22 @@ async def test_many_compactions_leave_only_the_kept_versions_keys_for_long(acme,
         r.close()
     assert current_snapshot(redis_url, sid).pool(pool.smtp_id).feed_type == "feed39"
     assert (await _worker_snapshot(redis_url, sid)).pool(pool.smtp_id).feed_type == "feed39"
+
+
+async def test_a_snapshot_of_a_few_chunks_is_written_whole_and_holds_no_spare_room(acme, control_plane, server,
+                                                                                   redis_url):
+    sid = server.server_id
+    add_pools(str(control_plane.config.db_path), sid, 30)
+    await acme.pools.CreatePool(pb.CreatePoolRequest(label="promo", server_id=sid))
+    publisher = control_plane._publisher
+    r = redis.Redis.from_url(redis_url)
+    try:
+        size = r.strlen(rediskeys.snapshot_full_data_key(sid, await publisher.publish(sid, full=True)))
+        publisher._full_chunk_bytes = size // 3 + 1  # three chunks: under SNAPSHOT_FULL_ONE_COMMAND_CHUNKS
+        version = await publisher.publish(sid, full=True)
+        data_key = rediskeys.snapshot_full_data_key(sid, version)
+        # Appended, the string would keep as much spare room again as it holds.
+        assert r.strlen(data_key) == size and r.memory_usage(data_key, samples=0) < size + 1024
+    finally:
+        r.close()
+    assert current_snapshot(redis_url, sid).version == version

@@ -104,13 +104,16 @@ def snapshot_changes_key(server_id: int) -> str:
 # Full snapshots kept per server (the newest ones) ...
 SNAPSHOT_FULLS_KEPT = 1
 # ... and how often one is written: after this many deltas (what a starting worker
-# replays at most), or once the deltas since the last full snapshot weigh half as
-# much as it does, whichever comes first. Redis then holds at most
-# SNAPSHOT_FULLS_KEPT full snapshots plus the deltas since the full snapshot before
-# them: with one kept, about twice a full snapshot at most. A full snapshot is O(server) to write (at
+# replays at most), or once the deltas since the last full snapshot weigh
+# 1 / SNAPSHOT_FULL_DELTA_SHARE of it, whichever comes first. Redis then holds at
+# most SNAPSHOT_FULLS_KEPT full snapshots plus the deltas since the full snapshot
+# before them (two periods: half a full snapshot's bytes, and the stream's own
+# overhead): with one kept, under twice a full snapshot (at 1k pools, a half share
+# measured 2.31x after 1,402 changes). A full snapshot is O(server) to write (at
 # 50k pools 56 MB, appended and fsynced to the AOF while Redis waits), so it is
 # written rarely: a one-pool delta is about 1 KB.
 SNAPSHOT_FULL_EVERY = 1024
+SNAPSHOT_FULL_DELTA_SHARE = 4
 # The value of a version's field in `snapshot_full_key` when its snapshot lives in
 # `snapshot_full_data_key` (any other value is the snapshot itself: the older form).
 SNAPSHOT_FULL_IN_DATA_KEY = b"@data-key"
@@ -118,6 +121,10 @@ SNAPSHOT_FULL_IN_DATA_KEY = b"@data-key"
 # always` Redis answers nobody until a command's effects are fsynced, so a 56 MB
 # snapshot in one command stalled every client for half a second.
 SNAPSHOT_FULL_CHUNK_BYTES = 1 << 20
+# A full snapshot of at most this many chunks is written in one command (a few MB
+# fsynced at once, tens of ms): a string grown by APPEND keeps up to 1 MB of spare
+# room in Redis (measured 2.24 MB held for a 1.2 MB snapshot in two chunks).
+SNAPSHOT_FULL_ONE_COMMAND_CHUNKS = 4
 # A staging key left by a write cut short expires after this (a write takes seconds).
 SNAPSHOT_FULL_STAGING_TTL_SECONDS = 3600
 # A reader that finds a full snapshot's data key gone (dropped by a compaction
