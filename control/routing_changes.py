@@ -70,7 +70,7 @@ class ServerRouting:
         _update(self.packed_dkim, _packed(dkim, _pack_dkim), delta.dkim_gone)
         self.touched_through = touched_through
 
-    def copy(self) -> "ServerRouting":
+    def copy(self) -> ServerRouting:
         """A copy that later `apply`s to this one leave unchanged (the entries
         themselves are immutable: only the dicts are copied)."""
         other = copy.copy(self)

@@ -258,7 +258,7 @@ class Routing:
 
     def _replace_bridges(self, bridges: dict[int, BridgeRoute | None]) -> None:
         trusting_changed = False
-        for bridge_id, bridge in bridges.items():
+        for bridge_id in bridges:
             old = self.bridges_by_id.pop(bridge_id, None)
             if old is not None and self.bridges_by_username.get(old.username) is old:
                 del self.bridges_by_username[old.username]

@@ -1,5 +1,8 @@
 """Every Redis key and channel name poolmta uses, in one place.
 
+It stays one module past ~450 lines on purpose: one place for every key is what
+lets a reader (and a Redis Cluster) see which keys share a hash tag.
+
 Keys that are read or written together share a hash tag (`{...}`), so Lua
 scripts and multi-key commands stay on one slot of a Redis Cluster:
 
