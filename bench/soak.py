@@ -42,8 +42,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import load  # noqa: E402  (bench/ is a directory of scripts, not a package)
-from compare_stack import SINK_DOMAIN, CSink, Poolmta, find_tool, tree_pids  # noqa: E402
+import load  # bench/ is a directory of scripts, not a package
+from compare_stack import SINK_DOMAIN, CSink, Poolmta, find_tool, tree_pids
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MB = 1e6
