@@ -21,6 +21,7 @@ Plain helpers (free ports, polling) live in `tests/support.py`.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,18 @@ pytest_plugins = (
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI") == "true":
     settings.load_profile("ci")
+
+# ---------------------------------------------------------------------------
+# Signals
+# ---------------------------------------------------------------------------
+
+# A suite started in the background by a shell without job control (`pytest &`,
+# `nohup pytest &`) inherits SIGINT ignored, and so would every process it starts:
+# a CLI under test would then rightly keep ignoring Ctrl-C (POSIX: a program started
+# with SIGINT ignored leaves it so), and the tests of Ctrl-C would hang. Give SIGINT
+# its default handling here, so children start with the default disposition.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # ---------------------------------------------------------------------------
 # Markers
