@@ -6,7 +6,6 @@ the wrapper is `control.rpc`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from redis.exceptions import RedisError
@@ -14,7 +13,7 @@ from redis.exceptions import RedisError
 from . import convert, stats_reader, validation
 from ._pb.poolmta.v1 import poolmta_pb2 as pb
 from ._pb.poolmta.v1 import poolmta_pb2_grpc as rpc_pb
-from .contract.runtime import reraise_if_cancelling
+from .contract.runtime import pause, reraise_if_cancelling
 from .errors import InvalidArgument, NotFound
 from .rpc import ACCOUNT, Servicer, Services, rpc
 from .suppressions import SuppressionList
@@ -109,9 +108,9 @@ class StatsServicer(Servicer, rpc_pb.StatsServiceServicer):
             except (RedisError, OSError) as exc:
                 reraise_if_cancelling()
                 log.warning("WatchPoolStats waiting for Redis: %s", exc)
-                await asyncio.sleep(1.0)
+                await pause(1.0)
                 continue
             if stats != last:
                 yield stats
                 last = stats
-            await asyncio.sleep(STATS_POLL_SECONDS)
+            await pause(STATS_POLL_SECONDS)

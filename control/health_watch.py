@@ -13,7 +13,6 @@ publisher catches up at once rather than at its next backoff step.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
@@ -21,7 +20,7 @@ from grpc_health.v1 import health, health_pb2
 from redis.exceptions import RedisError
 
 from .contract.redis_client import redis_client
-from .contract.runtime import reraise_if_cancelling
+from .contract.runtime import pause, reraise_if_cancelling
 from .metrics import ControlMetrics
 from .store import Store
 
@@ -74,7 +73,7 @@ class HealthWatch:
                 except Exception:  # noqa: BLE001 - a failed check must not end the watch
                     reraise_if_cancelling()
                     log.exception("health check failed; checking again")
-                await asyncio.sleep(interval)
+                await pause(interval)
         finally:
             await self._redis.aclose()
 

@@ -423,6 +423,7 @@ class SnapshotPublisher:
                 log.exception("snapshot publishing failed; retrying")
                 failures += 1
             delay = min(interval * 2 ** min(failures, 32), max(max_retry_delay, interval)) if failures else interval
+            reraise_if_cancelling()  # a cancellation a library swallowed (see runtime.pause)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from . import models
 from .contract import acks
-from .contract.runtime import reraise_if_cancelling
+from .contract.runtime import pause, reraise_if_cancelling
 from .publisher import SnapshotPublisher
 from .registry import Registry
 
@@ -90,4 +90,4 @@ class Reconciler:
             except Exception:
                 reraise_if_cancelling()
                 log.exception("reconciler pass failed; retrying")
-            await asyncio.sleep(interval)
+            await pause(interval)

@@ -23,7 +23,6 @@ no worker of this version ever retries an old batch.
 
 from __future__ import annotations
 
-import asyncio
 import calendar
 import logging
 import re
@@ -34,7 +33,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .contract import rediskeys
-from .contract.runtime import reraise_if_cancelling
+from .contract.runtime import pause, reraise_if_cancelling
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -168,4 +167,4 @@ async def migrate_when_redis_answers(redis: aioredis.Redis, store: Store, retry_
             if not failing:
                 log.warning("moving old counters waits for Redis: %s", exc)
                 failing = True
-        await asyncio.sleep(retry_seconds)
+        await pause(retry_seconds)

@@ -47,7 +47,7 @@ from control.contract.rediskeys import (
     CONNECTIONS_TOTAL_FIELD,
     connection_counts_key,
 )
-from control.contract.runtime import reraise_if_cancelling
+from control.contract.runtime import pause, reraise_if_cancelling
 
 from .config import worker_share
 from .routing import client_key, in_networks
@@ -222,7 +222,7 @@ class ConnectionCaps:
 
     async def _refresh_forever(self) -> None:
         while True:
-            await asyncio.sleep(REFRESH_INTERVAL)
+            await pause(REFRESH_INTERVAL)
             try:
                 await self._refresh()
             except (redis_errors.RedisError, OSError) as exc:

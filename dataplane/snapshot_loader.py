@@ -34,7 +34,7 @@ from redis import exceptions as redis_errors
 from control.contract import rediskeys
 from control.contract.acks import format_ack, parse_ack
 from control.contract.redis_client import subscribe
-from control.contract.runtime import reraise_if_cancelling
+from control.contract.runtime import pause, reraise_if_cancelling
 from control.contract import routing_delta
 from control.contract.routing_delta import RoutingDelta
 from control.contract.snapshot import Snapshot, decode
@@ -281,7 +281,7 @@ class SnapshotLoader:
                 self._note_redis_error("heartbeat", exc)
             except ValueError as exc:
                 log.error("snapshot current key of server %d is not a version: %s", self.server_id, exc)
-            await asyncio.sleep(self._interval)
+            await pause(self._interval)
 
     async def _notice_loop(self) -> None:
         channel = rediskeys.snapshot_channel(self.server_id)
@@ -314,7 +314,7 @@ class SnapshotLoader:
                         await pubsub.aclose()
                 except REDIS_ERRORS:
                     pass
-            await asyncio.sleep(delay)
+            await pause(delay)
             delay = min(delay * 2, MAX_RETRY_DELAY)
 
     def _note_redis_error(self, what: str, exc: BaseException) -> None:

@@ -4,8 +4,6 @@ renamed in place; workers and `current_snapshot` read it back whole, still read 
 older form (the snapshot in the hash itself), and Redis keeps no dropped version's key
 for long."""
 
-import asyncio
-
 import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError

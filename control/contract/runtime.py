@@ -216,3 +216,16 @@ def reraise_if_cancelling() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def pause(seconds: float) -> None:
+    """Wait `seconds` between two rounds of a background loop; raise CancelledError
+    instead when the running task was cancelled and the cancellation got lost.
+
+    A library call can swallow a cancellation and return normally (redis-py 8's
+    pipeline `execute` was seen doing so, once in a few hundred stops): the task
+    stays "cancelling" but its loop would run on, and whoever awaits it (a worker's
+    stop, a test's teardown) would wait forever. Every loop that runs until
+    cancelled pauses with this, so such a stop ends at its next round."""
+    reraise_if_cancelling()
+    await asyncio.sleep(seconds)

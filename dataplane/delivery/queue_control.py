@@ -130,6 +130,7 @@ class QueueControl:
         """Apply every command appended to the stream from now on, forever."""
         last_id = None
         while True:
+            reraise_if_cancelling()  # a cancellation a library swallowed (see runtime.pause)
             try:
                 if last_id is None:
                     newest = await self.redis.xrevrange(self._stream, count=1)
