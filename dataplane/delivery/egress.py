@@ -14,7 +14,8 @@ snapshot loaded yet, the record's IP is used as it is. The job's return path
 
 Connection slots: a job gets its source IP, its destination
 (`destinations.Destinations`), and waits in the queue of its (destination,
-source IP) pair. Connections are per pair, reused job after job, kept idle for
+source IP) pair; its bytes are read (`DeliveryQueue.load_payload`) only when a
+connection takes it, so a long queue waits without them. Connections are per pair, reused job after job, kept idle for
 `idle_timeout`, and limited per source IP and per destination (the server-wide
 limits split over the workers), so one slow destination holds at most its own
 share of connections and never the others'. Fairness: a pair that cannot open
@@ -105,8 +106,9 @@ class Egress:
     # -- admission -------------------------------------------------------------
 
     async def admit(self, job: DeliveryJob) -> None:
-        """Source IP, destination and bytes of a due job, then into its pair's queue.
-        A job that cannot get them is finished with the reason (never stranded)."""
+        """Source IP and destination of a due job, then into its pair's queue (its bytes
+        are read when a connection takes it: a backlog waits without them). A job that
+        cannot get them is finished with the reason (never stranded)."""
         try:
             await self._admit(job)
         except Exception:
@@ -129,11 +131,6 @@ class Egress:
         except LookupFailed as failure:
             self.metrics["dns_failures"] += 1
             await self.outcomes.finish_all(job, failure.reply, classify(failure.reply, STAGE_RCPT))
-            return
-        try:
-            await self.queue.load_payload(message)
-        except (FileNotFoundError, SpoolCorrupt) as exc:
-            self.outcomes.lost(message, exc)
             return
         key = (job.destination.site, job.ip)
         self._queues.setdefault(key, deque()).append(job)
@@ -254,6 +251,20 @@ class Egress:
             del self._queues[session.key]
         return job
 
+    async def _payload_of(self, job: DeliveryJob) -> bytes | None:
+        """The bytes of the job's transaction; None when the job is done without them:
+        its record is lost (the message is forgotten), or reading it failed otherwise
+        (the job is deferred, never stranded)."""
+        try:
+            return await self.queue.load_payload(job.message)
+        except (FileNotFoundError, SpoolCorrupt) as exc:
+            self.outcomes.lost(job.message, exc)
+        except Exception:
+            reraise_if_cancelling()
+            log.exception("delivery: %s: internal error reading its bytes from the spool", job.message.id)
+            await self.outcomes.internal_error(job)
+        return None
+
     async def _run_session(self, session: Session) -> None:
         connection: SmtpConnection | None = None
         try:
@@ -261,9 +272,12 @@ class Egress:
                 job = await self._next_job(session, wait=connection is not None)
                 if job is None:
                     break
+                payload = await self._payload_of(job)
+                if payload is None:
+                    continue
                 started = time.monotonic()
                 try:
-                    connection = await self.dispatcher.deliver(session, job, connection)
+                    connection = await self.dispatcher.deliver(session, job, connection, payload)
                 except Exception:
                     reraise_if_cancelling()
                     log.exception("delivery: %s: internal error delivering to %s", job.message.id, job.domain)

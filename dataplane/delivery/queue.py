@@ -15,6 +15,10 @@ destination's jobs share. A record's recorded attempts say which recipients are
 final already and when the others are due again; a record read back owing DSNs
 (`notices`) is settled at once.
 
+Bytes: a message keeps what goes after DATA in memory only while the worker's
+payload budget has room (`payload_budget`); the others are read back from the
+spool when a transaction of theirs starts (`load_payload`).
+
 Retry schedule and expiry: a deferred recipient is retried after the schedule's
 delay for its number of attempts (the last delay repeats), but never after the
 end of the queue lifetime (`received + queue_lifetime`, the message's
@@ -39,6 +43,7 @@ from ..return_path import uses_verp
 from ..smtp_client import data_payload
 from ..smtp_reply import BOUNCED, DELIVERED
 from ..spool import Spool, SpoolCorrupt, SpoolRecord, owes_dsn, owner_of
+from .payload_budget import PayloadBudget
 
 log = logging.getLogger("poolmta.dataplane.delivery")
 
@@ -73,7 +78,8 @@ class Recipient:
 
 @dataclass
 class QueuedMessage:
-    """A queued message as the engine tracks it (the bytes only while jobs need them)."""
+    """A queued message as the engine tracks it (the bytes only while jobs need them
+    and the payload budget has room: set and dropped by `PayloadBudget` alone)."""
 
     record: SpoolRecord  # metadata; `message` may be b"" (read from disk when due)
     pending: dict[str, Recipient]  # by address: the recipients not final yet
@@ -136,6 +142,7 @@ class DeliveryQueue:
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._scan_removed: set[str] | None = None
+        self.payloads = PayloadBudget(delivery.payload_memory)
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -175,7 +182,10 @@ class DeliveryQueue:
                                 helo=record.ip_hostname, attempts=list(record.attempts),
                                 persisted=len(record.attempts), held=record.held)
         if record.message:
-            message.payload = data_payload(record.message)
+            # data_payload only adds bytes: a message too big for the room left is not
+            # worth converting.
+            if self.payloads.has_room(len(record.message)):
+                self.payloads.keep(message, data_payload(record.message))
             message.record = without_bytes(record)
         self._messages[record.id] = message
         if not pending or owes_dsn(record.attempts):
@@ -221,13 +231,27 @@ class DeliveryQueue:
             if found:
                 log.warning("delivery: the spool scan found %d owned message(s) not handed over at acceptance", found)
 
-    async def load_payload(self, message: QueuedMessage) -> None:
-        """Read the message's bytes back from the spool if jobs need them again.
-        Raises FileNotFoundError or SpoolCorrupt when the record is lost."""
-        if message.payload is None:
+    async def load_payload(self, message: QueuedMessage) -> bytes:
+        """What goes after DATA for a transaction of the message about to start: the
+        bytes it keeps, else read back from the spool (and kept if the payload budget
+        has room). Raises FileNotFoundError or SpoolCorrupt when the record is lost."""
+        payload = message.payload
+        if payload is None:
             record = await self.spool.read(message.id)
-            if message.payload is None:
-                message.payload = data_payload(record.message)
+            if message.payload is not None:  # another job read it meanwhile
+                return message.payload
+            payload = data_payload(record.message)
+            self.payloads.keep(message, payload)
+        return payload
+
+    def release_payload(self, message: QueuedMessage) -> None:
+        """No job of the message needs its bytes now: drop them (read again when due)."""
+        self.payloads.release(message)
+
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of payload the queued messages keep in memory now (within the budget)."""
+        return self.payloads.held
 
     # -- leaving the queue ------------------------------------------------------
 
@@ -242,12 +266,14 @@ class DeliveryQueue:
     def removed(self, message: QueuedMessage) -> None:
         """The removal of the message's record is over (done or failed): stop tracking it."""
         self._messages.pop(message.id, None)
+        self.payloads.release(message)
         self._note_removed(message.id)
 
     def forget(self, message: QueuedMessage) -> None:
         """Stop tracking a message whose record is lost (gone, or damaged)."""
         message.gone = True
         self._messages.pop(message.id, None)
+        self.payloads.release(message)
 
     def _note_removed(self, message_id: str) -> None:
         if self._scan_removed is not None:
