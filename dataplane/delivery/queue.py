@@ -32,6 +32,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -64,7 +65,9 @@ def next_attempt_at(schedule: tuple[float, ...], attempts: int, last_at: float, 
     return min(last_at + retry_delay(schedule, attempts), deadline)
 
 
-@dataclass
+# Slots: a worker tracks every message of its backlog, tens of thousands of them
+# while a destination is down; nothing needs their __dict__.
+@dataclass(slots=True)
 class Recipient:
     """One recipient of a queued message that is not final yet."""
 
@@ -76,7 +79,7 @@ class Recipient:
     busy: bool = False  # in a job right now
 
 
-@dataclass
+@dataclass(slots=True)
 class QueuedMessage:
     """A queued message as the engine tracks it (the bytes only while jobs need them
     and the payload budget has room: set and dropped by `PayloadBudget` alone)."""
@@ -91,7 +94,7 @@ class QueuedMessage:
     payload: bytes | None = None  # what goes after DATA, while jobs need it
     jobs: int = 0  # jobs started and not finished
     heap_due: float | None = None  # its entry in the scheduler heap
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one spool update at a time
+    _lock: asyncio.Lock | None = None  # made on first use: most messages never wait for one
     gone: bool = False  # removed from the spool, or lost: nothing more to do
     held: bool = False  # held by the operator (queue control): no job starts until released
 
@@ -100,12 +103,19 @@ class QueuedMessage:
         """The message id (the spool record's)."""
         return self.record.id
 
+    @property
+    def lock(self) -> asyncio.Lock:
+        """The lock that makes the message's spool updates one at a time."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
     def expired(self, now: float) -> bool:
         """True when the queue lifetime has ended: a deferral now is final."""
         return now >= self.deadline
 
 
-@dataclass
+@dataclass(slots=True)
 class DeliveryJob:
     """Recipients of one message at one domain, delivered in one transaction. The
     queue fills in what to deliver; egress adds where from and where to."""
@@ -174,19 +184,22 @@ class DeliveryQueue:
         for index, address in enumerate(record.rcpt_tos):
             if address in final or address in pending:
                 continue
-            state = Recipient(address, normalize_domain(address.rpartition("@")[2]), index, attempts[address])
+            # Interned: the recipients of a backlog share a few domains, one string each.
+            domain = sys.intern(normalize_domain(address.rpartition("@")[2]))
+            state = Recipient(address, domain, index, attempts[address])
             state.next_at = (next_attempt_at(self.delivery.retry_schedule, state.attempts, last[address], deadline)
                              if state.attempts else now)
             pending[address] = state
+        content = record.message
+        if content:
+            record = without_bytes(record)
         message = QueuedMessage(record=record, pending=pending, deadline=deadline, ip=record.ip,
                                 helo=record.ip_hostname, attempts=list(record.attempts),
                                 persisted=len(record.attempts), held=record.held)
-        if record.message:
-            # data_payload only adds bytes: a message too big for the room left is not
-            # worth converting.
-            if self.payloads.has_room(len(record.message)):
-                self.payloads.keep(message, data_payload(record.message))
-            message.record = without_bytes(record)
+        # data_payload only adds bytes: a message too big for the room left is not worth
+        # converting.
+        if content and self.payloads.has_room(len(content)):
+            self.payloads.keep(message, data_payload(content))
         self._messages[record.id] = message
         if not pending or owes_dsn(record.attempts):
             # Every recipient final before a crash (only the removal was missing), or
@@ -344,4 +357,8 @@ class DeliveryQueue:
 
 def without_bytes(record: SpoolRecord) -> SpoolRecord:
     """The record without its message bytes (kept only while a job needs them)."""
-    return replace(record, message=b"")
+    # Interned: acceptance makes these strings anew for each message (a slice of the
+    # pool's IP list, the client's HELO as sent), though a backlog holds a handful of
+    # distinct ones.
+    return replace(record, message=b"", ip=sys.intern(record.ip), ip_hostname=sys.intern(record.ip_hostname),
+                   client_address=sys.intern(record.client_address), client_helo=sys.intern(record.client_helo))
