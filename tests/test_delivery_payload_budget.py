@@ -1,6 +1,7 @@
 """The payload budget of a worker's delivery queue, on a real spool: a backlog keeps
 message bytes in memory only within the budget, the rest are read back exactly
-when due, and the accounting is exact (never over the budget, back to 0)."""
+when due, and the accounting is exact (never over the budget, back to 0). And the
+memory given back once a large backlog drained."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from dataplane import spool
 from dataplane.config import DeliveryConfig
+from dataplane.delivery.memory_return import DRAINED_SHARE, LARGE_BACKLOG, DrainWatch, give_back
 from dataplane.delivery.payload_budget import PayloadBudget
 from dataplane.delivery.queue import DeliveryQueue
 from dataplane.smtp_client import data_payload
@@ -133,3 +135,15 @@ def test_a_record_keeps_no_bytes_twice():
     queue.submit(record, now=time.time())
     queue.submit(replace(record), now=time.time())  # a known id is ignored
     assert queue.payload_bytes == len(data_payload(record.message))
+
+
+def test_memory_is_given_back_once_per_drained_large_backlog():
+    watch = DrainWatch()
+    small = [watch.drained(n) for n in (10, LARGE_BACKLOG - 1, 0)]
+    assert small == [False, False, False]  # a small backlog is not worth it
+    grown = [watch.drained(n) for n in (LARGE_BACKLOG, 2 * LARGE_BACKLOG, LARGE_BACKLOG)]
+    assert grown == [False, False, False]  # not down to a quarter yet
+    assert watch.drained(2 * LARGE_BACKLOG // DRAINED_SHARE) is True
+    assert watch.drained(0) is False  # once per backlog
+    # This platform's C library (glibc) can; elsewhere it is a no-op saying so.
+    assert give_back() is True
