@@ -8,16 +8,8 @@ from __future__ import annotations
 
 from email.parser import BytesHeaderParser
 
-from tests.dataplane_support import (
-    make_bridge,
-    make_pool,
-    make_snapshot,
-    message,
-    publish,
-    queue_empty,
-    send_all,
-    stats_of,
-)
+from tests.dataplane_support import (make_bridge, make_pool, make_snapshot, message, publish, queue_empty,
+                                     send_all, stats_of)
 from tests.support import free_port, scrape_metrics, wait_until
 
 SERVER = 12
