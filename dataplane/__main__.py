@@ -37,6 +37,7 @@ from .config import (
     DEFAULT_INSECURE_AUTH_NETWORKS,
     DEFAULT_MAX_CONN_PER_DESTINATION,
     DEFAULT_MAX_CONN_PER_IP,
+    DEFAULT_PAYLOAD_MEMORY,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     DEFAULT_MAX_LINE_LENGTH,
@@ -209,6 +210,13 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
                    metavar="N", help="outbound connections per destination (domain, or route target), for the "
                                      "whole server (env POOLMTA_MAX_CONN_PER_DESTINATION; default "
                                      f"{DEFAULT_MAX_CONN_PER_DESTINATION})")
+    d.add_argument("--delivery-payload-memory", type=_size,
+                   default=e("POOLMTA_DELIVERY_PAYLOAD_MEMORY", f"{DEFAULT_PAYLOAD_MEMORY // 1024**2}M"),
+                   metavar="BYTES",
+                   help="message content each worker keeps in memory for mail waiting to be sent; past it, "
+                        "a message's bytes are read back from the spool when it is due, so a backlog costs "
+                        "disk, not memory (env POOLMTA_DELIVERY_PAYLOAD_MEMORY; bytes or K/M/G; "
+                        f"default {DEFAULT_PAYLOAD_MEMORY // 1024**2}M)")
     _add_duration(d, env, "--event-retention", "POOLMTA_EVENT_RETENTION", DEFAULT_EVENT_RETENTION,
                   "how long a message's delivery events stay in Redis for `message status`")
     d.add_argument("--events-max", type=int, default=e("POOLMTA_EVENTS_MAX", str(DEFAULT_MAX_EVENTS)), metavar="N",
@@ -344,6 +352,7 @@ def build_config(args: argparse.Namespace, redis_url: str) -> DataplaneConfig:
             events_max=int(args.events_max),
             dns_server=args.dns_server,
             mx_port=int(args.mx_port),
+            payload_memory=args.delivery_payload_memory,
         ),
         inbound=_inbound_config(args),
         max_connections=int(args.max_connections),

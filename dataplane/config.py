@@ -59,6 +59,9 @@ DEFAULT_EVENT_RETENTION = 7 * DAY
 # Both per MTA server (split over the workers). The destination limit is half
 # the IP limit, so one slow destination never holds all of an IP's connections.
 DEFAULT_MAX_CONN_PER_IP = 20
+# Bytes of message content a worker's delivery queue keeps in memory ahead of
+# sending; past it, bytes are read back from the spool when due (`payload_budget`).
+DEFAULT_PAYLOAD_MEMORY = 32 * MIB
 DEFAULT_MAX_CONN_PER_DESTINATION = 10
 SMTP_PORT = 25
 WILDCARD_ROUTE = "*"
@@ -194,6 +197,9 @@ class DeliveryConfig:
         in memory at acceptance, and found by the scan at start).
     flush_max_events: events per stats/events batch (a flush starts early
         when this many wait).
+    payload_memory: bytes of message content one worker keeps in memory for
+        messages waiting to be sent; the others' bytes are read back from the
+        spool when due (0: always read back).
     """
 
     enabled: bool = True
@@ -212,6 +218,7 @@ class DeliveryConfig:
     max_messages_per_connection: int = 1000
     rescan_interval: float = 30.0
     flush_max_events: int = 1000
+    payload_memory: int = DEFAULT_PAYLOAD_MEMORY
 
     def __post_init__(self) -> None:
         domains = [domain for domain, _, _ in self.routes]
@@ -229,6 +236,8 @@ class DeliveryConfig:
                      "flush_max_events", "events_max"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+        if self.payload_memory < 0:
+            raise ValueError(f"delivery payload memory must be 0 or more bytes, got {self.payload_memory}")
         if not 0 < self.mx_port <= 65535:
             raise ValueError(f"MX port must be 1-65535, got {self.mx_port}")
 

@@ -121,6 +121,9 @@ class Destinations:
         self._resolver: dns.asyncresolver.Resolver | None = None
         self._mx_cache: dict[str, tuple[float, Destination | LookupFailed]] = {}
         self._address_cache: dict[tuple[str, int, bool], tuple[float, list[str]]] = {}
+        # One Destination per configured route: every job holds its destination while
+        # it waits, and a backlog of one route is tens of thousands of jobs.
+        self._routes: dict[tuple[str, int], Destination] = {}
         self.lookups = 0  # DNS queries made (a metric)
 
     # -- resolver -----------------------------------------------------------
@@ -147,8 +150,12 @@ class Destinations:
         """The Destination of a normalized domain; LookupFailed when there is none."""
         route = self.config.route_for(domain)
         if route is not None:
-            host, port = route
-            return Destination(f"route:{host}:{port}", (Hop(host, port),), dns=False)
+            destination = self._routes.get(route)
+            if destination is None:
+                host, port = route
+                destination = self._routes[route] = Destination(f"route:{host}:{port}", (Hop(host, port),),
+                                                                dns=False)
+            return destination
         literal = address_literal(domain)
         if literal is not None:
             return Destination(f"literal:{literal}", (Hop(literal, self.config.mx_port),), dns=False)

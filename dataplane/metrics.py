@@ -44,7 +44,7 @@ from . import spool
 
 # The variable prometheus-client reads, at import, to count in multiprocess mode.
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-# Seconds between two samples of the gauges (spool, snapshot, stats flush lag).
+# Seconds between two samples of the gauges (spool, payload memory, snapshot, stats flush lag).
 SAMPLE_INTERVAL = 1.0
 
 POOL_IP = ("pool", "source_ip")
@@ -141,6 +141,10 @@ report_bounces = LabelledCounter(Counter(
 spool_messages = Gauge(
     "poolmta_spool_messages", "Messages in the spool that are not final yet", registry=REGISTRY,
     multiprocess_mode="livesum")
+delivery_payload_bytes = Gauge(
+    "poolmta_delivery_payload_bytes", "Bytes of message content the delivery queues keep in memory for mail "
+    "waiting to be sent (each worker's at most --delivery-payload-memory)", registry=REGISTRY,
+    multiprocess_mode="livesum")
 spool_oldest_age = Gauge(
     "poolmta_spool_oldest_age_seconds", "Age of the oldest message in the spool (0 when it is empty)",
     registry=REGISTRY, multiprocess_mode="livemax")
@@ -155,13 +159,14 @@ stats_flush_lag = Gauge(
     "(0 when none wait; grows while Redis is unreachable)", registry=REGISTRY, multiprocess_mode="livemax")
 
 
-def sample(*, now: float, queued: int, oldest_queued_at: float | None, version: int,
+def sample(*, now: float, queued: int, oldest_queued_at: float | None, payload_bytes: int, version: int,
            published_at: float | None, flush_lag: float) -> None:
     """Set the sampled gauges of this worker at unix time `now`: `queued` messages of
     the spool that are its to deliver, the oldest one's acceptance time (None: it has
-    none), the snapshot `version` it serves and when that was published, and the stats
-    flush lag in seconds."""
+    none), the bytes of content its delivery queue keeps in memory, the snapshot
+    `version` it serves and when that was published, and the stats flush lag in seconds."""
     spool_messages.set(queued)
+    delivery_payload_bytes.set(payload_bytes)
     spool_oldest_age.set(max(0.0, now - oldest_queued_at) if oldest_queued_at is not None else 0.0)
     snapshot_version.set(version)
     if published_at is not None:

@@ -107,13 +107,15 @@ async def _sample_metrics(loader: SnapshotLoader, stats: StatsBatcher, delivery:
         routing = loader.current
         published_ms = routing.snapshot.published_at_ms if routing is not None else 0
         try:
+            payload_bytes = 0
             if delivery is not None:
                 queued, oldest = delivery.queued, delivery.oldest_queued_at()
+                payload_bytes = delivery.queue.payload_bytes
             else:
                 queued, oldest = await asyncio.to_thread(metrics.undelivered_share, spool.root, spool.owner,
                                                          spool.owners)
             metrics.sample(
-                now=time.time(), queued=queued, oldest_queued_at=oldest,
+                now=time.time(), queued=queued, oldest_queued_at=oldest, payload_bytes=payload_bytes,
                 version=loader.version, published_at=published_ms / 1000 if published_ms else None,
                 flush_lag=stats.flush_lag(),
             )

@@ -146,6 +146,7 @@ def test_routes_parse_and_an_exact_domain_beats_star_beats_smarthost():
     ({"queue_lifetime": 0}, "queue lifetime"),
     ({"max_conn_per_ip": 0}, "max conn per ip"),
     ({"mx_port": 0}, "MX port"),
+    ({"payload_memory": -1}, "payload memory must be 0 or more bytes, got -1"),
 ])
 def test_delivery_config_refuses_nonsense(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -167,21 +168,24 @@ def test_delivery_flags_and_environment():
     flags = build(["--route", "a.test=127.0.0.1:2626", "--route", "*=127.0.0.1:2627", "--retry-schedule",
                    "0.5s,1s,2s", "--queue-lifetime", "1h", "--max-conn-per-ip", "7", "--max-conn-per-destination",
                    "3", "--event-retention", "1d", "--no-delivery", "--dns-server", "127.0.0.1:5353",
-                   "--mx-port", "2525"])
+                   "--mx-port", "2525", "--delivery-payload-memory", "4K"])
     assert flags == DeliveryConfig(
         enabled=False, routes=(("a.test", "127.0.0.1", 2626), ("*", "127.0.0.1", 2627)),
         retry_schedule=(0.5, 1.0, 2.0), queue_lifetime=3600.0, max_conn_per_ip=7, max_conn_per_destination=3,
-        event_retention=86400.0, dns_server=("127.0.0.1", 5353), mx_port=2525)
+        event_retention=86400.0, dns_server=("127.0.0.1", 5353), mx_port=2525, payload_memory=4096)
     env = build([], {"POOLMTA_ROUTE": "a.test=h:1, b.test=h:2", "POOLMTA_SMARTHOST": "relay.test",
                      "POOLMTA_RETRY_SCHEDULE": "1m", "POOLMTA_NO_DELIVERY": "1", "POOLMTA_QUEUE_LIFETIME": "2d"})
     assert env.routes == (("a.test", "h", 1), ("b.test", "h", 2)) and env.smarthost == ("relay.test", 25)
     assert (env.retry_schedule, env.enabled, env.queue_lifetime) == ((60.0,), False, 172800.0)
+    assert defaults.payload_memory == 32 * 1024 * 1024
+    assert build([], {"POOLMTA_DELIVERY_PAYLOAD_MEMORY": "0"}).payload_memory == 0
     # A flag wins over the environment.
     assert build(["--route", "c.test=h:3"], {"POOLMTA_ROUTE": "a.test=h:1"}).routes == (("c.test", "h", 3),)
 
 
 def test_bad_delivery_flags_exit_with_usage(capsys):
-    for argv in (["--retry-schedule", "soon"], ["--route", "nope"], ["--queue-lifetime", "-1d"]):
+    for argv in (["--retry-schedule", "soon"], ["--route", "nope"], ["--queue-lifetime", "-1d"],
+                 ["--delivery-payload-memory", "lots"]):
         with pytest.raises(SystemExit):
             build_parser({}).parse_args(["--server-id", "1", *argv])
         assert "error:" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from dataplane import spool
 from dataplane.spool import journal
 from dataplane.spool.index import load_writer
+from dataplane.spool.worker_spool import COPY_BATCH
 from tests.test_dataplane_units import _record
 
 ATTEMPT = {"at_ms": 5, "rcpt": "r@example.net", "outcome": "deferred", "code": 451, "text": "later",
@@ -315,3 +316,25 @@ async def test_the_stats_recovery_decides_from_the_journal(tmp_path):
         assert happened(["a", queued.id, 1]) and not happened(["a", queued.id, 2])
     finally:
         writer.close()
+
+
+async def test_a_segment_of_more_live_records_than_one_batch_is_compacted_whole(tmp_path):
+    # A backlog's segment: its live records are copied forward a batch at a time
+    # (never all of them in memory at once), and every one of them survives it.
+    count = 4 * COPY_BATCH
+    frame_bytes = sum(map(len, journal.message_frame(_record("0" * 26))))
+    writer = spool.Spool(tmp_path, segment_bytes=count * frame_bytes, compact_after=2)
+    writer.open()
+    try:
+        records = [_record(writer.new_id()) for _ in range(count + 1)]  # the last one seals the first segment
+        await asyncio.gather(*(writer.store(record) for record in records))
+        first = _segments(tmp_path)[0]
+        gone = records[:count - 2 * COPY_BATCH + 10]  # over half: the first segment is compacted
+        for record in gone:
+            await writer.remove(record.id)
+        await writer.maintained()
+        assert first not in _segments(tmp_path)
+    finally:
+        writer.close()
+    kept = {record.id: record for record in records[len(gone):]}
+    assert await _reopened(tmp_path) == kept

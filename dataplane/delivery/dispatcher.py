@@ -83,15 +83,12 @@ class Dispatcher:
         self.tls_context = client_tls_context()
         self._no_tls: dict[tuple[str, int], float] = {}
 
-    async def deliver(self, session: Session, job: DeliveryJob, connection: SmtpConnection | None
-                      ) -> SmtpConnection | None:
-        """Run one job on the session's connection (opened or renewed as needed); the
-        connection to keep for the next job, or None."""
+    async def deliver(self, session: Session, job: DeliveryJob, connection: SmtpConnection | None,
+                      payload: bytes) -> SmtpConnection | None:
+        """Run one job, sending `payload` after DATA, on the session's connection (opened
+        or renewed as needed); the connection to keep for the next job, or None."""
         outcomes = self.outcomes
-        message = job.message
-        record = message.record
-        payload = message.payload
-        assert payload is not None
+        record = job.message.record
         bad = next((a for a in (job.sender, *(r.address for r in job.rcpts)) if _CONTROL.intersection(a)), None)
         if bad is not None:
             session.in_transaction = True

@@ -10,11 +10,12 @@ at weight 0, or gone from the snapshot (released) is replaced by a fresh pick
 from the message's pool, which the message keeps for its later attempts (its
 counts then go to the new IP, still under the message's pool). With no
 snapshot loaded yet, the record's IP is used as it is. The job's return path
-(`return_path.ReturnPaths`) is decided with its source IP.
+(`return_path.ReturnPaths`) is decided when its transaction is about to start.
 
 Connection slots: a job gets its source IP, its destination
 (`destinations.Destinations`), and waits in the queue of its (destination,
-source IP) pair. Connections are per pair, reused job after job, kept idle for
+source IP) pair; its bytes (`DeliveryQueue.load_payload`) and its return path
+are made only when a connection takes it, so a long queue waits without them. Connections are per pair, reused job after job, kept idle for
 `idle_timeout`, and limited per source IP and per destination (the server-wide
 limits split over the workers), so one slow destination holds at most its own
 share of connections and never the others'. Fairness: a pair that cannot open
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
@@ -105,8 +107,9 @@ class Egress:
     # -- admission -------------------------------------------------------------
 
     async def admit(self, job: DeliveryJob) -> None:
-        """Source IP, destination and bytes of a due job, then into its pair's queue.
-        A job that cannot get them is finished with the reason (never stranded)."""
+        """Source IP and destination of a due job, then into its pair's queue (its bytes
+        and return path are made when a connection takes it: a backlog waits without
+        them). A job that cannot get them is finished with the reason (never stranded)."""
         try:
             await self._admit(job)
         except Exception:
@@ -121,19 +124,11 @@ class Egress:
             await self.outcomes.finish_all(job, local_reply(NO_SOURCE_IP, pool=message.record.pool), DEFERRED)
             return
         job.ip, job.helo = source
-        routing = self.loader.current
-        # One recipient per job for a VERP message (the queue's rule): its address names it.
-        job.sender = self.return_paths.sender(message.record, job.rcpts[0].index, routing)
         try:
             job.destination = await self.destinations.find(job.domain)
         except LookupFailed as failure:
             self.metrics["dns_failures"] += 1
             await self.outcomes.finish_all(job, failure.reply, classify(failure.reply, STAGE_RCPT))
-            return
-        try:
-            await self.queue.load_payload(message)
-        except (FileNotFoundError, SpoolCorrupt) as exc:
-            self.outcomes.lost(message, exc)
             return
         key = (job.destination.site, job.ip)
         self._queues.setdefault(key, deque()).append(job)
@@ -148,7 +143,9 @@ class Egress:
         sources: SourceSelector = routing.sources
         state = sources.ip(message.ip)
         if state is not None and state.usable:
-            return message.ip, state.hostname or message.helo
+            # Interned: the snapshot makes the name anew for each call, and a job keeps
+            # it while it waits behind a backlog.
+            return message.ip, sys.intern(state.hostname) if state.hostname else message.helo
         try:
             address, hostname = sources.pick(message.record.smtp_id)
         except (KeyError, NoUsableIp):
@@ -254,6 +251,23 @@ class Egress:
             del self._queues[session.key]
         return job
 
+    async def _prepare(self, job: DeliveryJob) -> bytes | None:
+        """The bytes of the job's transaction, and its return path (`job.sender`), made
+        when a connection takes the job: a job waiting behind a backlog holds neither.
+        None when the job is done without them: its record is lost (the message is
+        forgotten), or making them failed otherwise (the job is deferred, never stranded)."""
+        try:
+            # One recipient per job for a VERP message (the queue's rule): its address names it.
+            job.sender = self.return_paths.sender(job.message.record, job.rcpts[0].index, self.loader.current)
+            return await self.queue.load_payload(job.message)
+        except (FileNotFoundError, SpoolCorrupt) as exc:
+            self.outcomes.lost(job.message, exc)
+        except Exception:
+            reraise_if_cancelling()
+            log.exception("delivery: %s: internal error preparing its transaction", job.message.id)
+            await self.outcomes.internal_error(job)
+        return None
+
     async def _run_session(self, session: Session) -> None:
         connection: SmtpConnection | None = None
         try:
@@ -261,9 +275,12 @@ class Egress:
                 job = await self._next_job(session, wait=connection is not None)
                 if job is None:
                     break
+                payload = await self._prepare(job)
+                if payload is None:
+                    continue
                 started = time.monotonic()
                 try:
-                    connection = await self.dispatcher.deliver(session, job, connection)
+                    connection = await self.dispatcher.deliver(session, job, connection, payload)
                 except Exception:
                     reraise_if_cancelling()
                     log.exception("delivery: %s: internal error delivering to %s", job.message.id, job.domain)

@@ -16,8 +16,8 @@ record:
 * `notices` — the DSNs senders get for their bounced recipients, spooled as
   messages of their own (handed back to the queue).
 
-The engine itself starts and stops them, takes what acceptance hands over, and
-logs its metrics.
+The engine itself starts and stops them, takes what acceptance hands over, logs
+its metrics, and gives memory back after a large backlog drained (`memory_return`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ..smtp_reply import BOUNCED, DEFERRED, DELIVERED
 from ..spool import Spool, SpoolRecord
 from .dispatcher import Dispatcher
 from .egress import Egress
+from .memory_return import DrainWatch, give_back
 from .notices import Notices
 from .outcomes import Outcomes
 from .queue import DeliveryJob, DeliveryQueue, QueuedMessage
@@ -41,6 +42,8 @@ from .queue import DeliveryJob, DeliveryQueue, QueuedMessage
 log = logging.getLogger("poolmta.dataplane.delivery")
 
 METRICS_LOG_INTERVAL = 60.0
+# Seconds between two looks at the queue's length for a drained backlog.
+DRAIN_CHECK_INTERVAL = 5.0
 
 
 class DeliveryEngine:
@@ -82,6 +85,7 @@ class DeliveryEngine:
             loop.create_task(self.queue.run_scheduler(), name="delivery-scheduler"),
             loop.create_task(self.queue.rescan_forever(), name="delivery-rescan"),
             loop.create_task(self._metrics_loop(), name="delivery-metrics"),
+            loop.create_task(self._memory_loop(), name="delivery-memory"),
         ]
 
     async def stop(self, grace: float) -> None:
@@ -130,6 +134,15 @@ class DeliveryEngine:
         """When the oldest message this worker is delivering was accepted (unix
         seconds); None when it delivers none."""
         return self.queue.oldest_received()
+
+    async def _memory_loop(self) -> None:
+        """Give memory back to the system each time the queue drained from a large
+        backlog (`memory_return`)."""
+        watch = DrainWatch()
+        while True:
+            await asyncio.sleep(DRAIN_CHECK_INTERVAL)
+            if watch.drained(len(self.queue)):
+                await asyncio.to_thread(give_back)
 
     async def _metrics_loop(self) -> None:
         last: dict[str, int] = {}

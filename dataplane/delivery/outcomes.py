@@ -131,7 +131,7 @@ class Outcomes:
         message.attempts.extend(entries)
         message.jobs -= 1
         if message.jobs == 0 and message.pending:
-            message.payload = None  # read again when the retry is due
+            self.queue.release_payload(message)  # read again when the retry is due
         await self._persist(message)
         if message.pending and not message.gone:
             self.queue.schedule(message)

@@ -15,6 +15,10 @@ destination's jobs share. A record's recorded attempts say which recipients are
 final already and when the others are due again; a record read back owing DSNs
 (`notices`) is settled at once.
 
+Bytes: a message keeps what goes after DATA in memory only while the worker's
+payload budget has room (`payload_budget`); the others are read back from the
+spool when a transaction of theirs starts (`load_payload`).
+
 Retry schedule and expiry: a deferred recipient is retried after the schedule's
 delay for its number of attempts (the last delay repeats), but never after the
 end of the queue lifetime (`received + queue_lifetime`, the message's
@@ -28,6 +32,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -39,6 +44,7 @@ from ..return_path import uses_verp
 from ..smtp_client import data_payload
 from ..smtp_reply import BOUNCED, DELIVERED
 from ..spool import Spool, SpoolCorrupt, SpoolRecord, owes_dsn, owner_of
+from .payload_budget import PayloadBudget
 
 log = logging.getLogger("poolmta.dataplane.delivery")
 
@@ -59,7 +65,9 @@ def next_attempt_at(schedule: tuple[float, ...], attempts: int, last_at: float, 
     return min(last_at + retry_delay(schedule, attempts), deadline)
 
 
-@dataclass
+# Slots: a worker tracks every message of its backlog, tens of thousands of them
+# while a destination is down; nothing needs their __dict__.
+@dataclass(slots=True)
 class Recipient:
     """One recipient of a queued message that is not final yet."""
 
@@ -71,9 +79,10 @@ class Recipient:
     busy: bool = False  # in a job right now
 
 
-@dataclass
+@dataclass(slots=True)
 class QueuedMessage:
-    """A queued message as the engine tracks it (the bytes only while jobs need them)."""
+    """A queued message as the engine tracks it (the bytes only while jobs need them
+    and the payload budget has room: set and dropped by `PayloadBudget` alone)."""
 
     record: SpoolRecord  # metadata; `message` may be b"" (read from disk when due)
     pending: dict[str, Recipient]  # by address: the recipients not final yet
@@ -85,7 +94,7 @@ class QueuedMessage:
     payload: bytes | None = None  # what goes after DATA, while jobs need it
     jobs: int = 0  # jobs started and not finished
     heap_due: float | None = None  # its entry in the scheduler heap
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one spool update at a time
+    _lock: asyncio.Lock | None = None  # made on first use: most messages never wait for one
     gone: bool = False  # removed from the spool, or lost: nothing more to do
     held: bool = False  # held by the operator (queue control): no job starts until released
 
@@ -94,12 +103,19 @@ class QueuedMessage:
         """The message id (the spool record's)."""
         return self.record.id
 
+    @property
+    def lock(self) -> asyncio.Lock:
+        """The lock that makes the message's spool updates one at a time."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
     def expired(self, now: float) -> bool:
         """True when the queue lifetime has ended: a deferral now is final."""
         return now >= self.deadline
 
 
-@dataclass
+@dataclass(slots=True)
 class DeliveryJob:
     """Recipients of one message at one domain, delivered in one transaction. The
     queue fills in what to deliver; egress adds where from and where to."""
@@ -136,6 +152,7 @@ class DeliveryQueue:
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._scan_removed: set[str] | None = None
+        self.payloads = PayloadBudget(delivery.payload_memory)
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -167,16 +184,22 @@ class DeliveryQueue:
         for index, address in enumerate(record.rcpt_tos):
             if address in final or address in pending:
                 continue
-            state = Recipient(address, normalize_domain(address.rpartition("@")[2]), index, attempts[address])
+            # Interned: the recipients of a backlog share a few domains, one string each.
+            domain = sys.intern(normalize_domain(address.rpartition("@")[2]))
+            state = Recipient(address, domain, index, attempts[address])
             state.next_at = (next_attempt_at(self.delivery.retry_schedule, state.attempts, last[address], deadline)
                              if state.attempts else now)
             pending[address] = state
+        content = record.message
+        if content:
+            record = without_bytes(record)
         message = QueuedMessage(record=record, pending=pending, deadline=deadline, ip=record.ip,
                                 helo=record.ip_hostname, attempts=list(record.attempts),
                                 persisted=len(record.attempts), held=record.held)
-        if record.message:
-            message.payload = data_payload(record.message)
-            message.record = without_bytes(record)
+        # data_payload only adds bytes: a message too big for the room left is not worth
+        # converting.
+        if content and self.payloads.has_room(len(content)):
+            self.payloads.keep(message, data_payload(content))
         self._messages[record.id] = message
         if not pending or owes_dsn(record.attempts):
             # Every recipient final before a crash (only the removal was missing), or
@@ -221,13 +244,27 @@ class DeliveryQueue:
             if found:
                 log.warning("delivery: the spool scan found %d owned message(s) not handed over at acceptance", found)
 
-    async def load_payload(self, message: QueuedMessage) -> None:
-        """Read the message's bytes back from the spool if jobs need them again.
-        Raises FileNotFoundError or SpoolCorrupt when the record is lost."""
-        if message.payload is None:
+    async def load_payload(self, message: QueuedMessage) -> bytes:
+        """What goes after DATA for a transaction of the message about to start: the
+        bytes it keeps, else read back from the spool (and kept if the payload budget
+        has room). Raises FileNotFoundError or SpoolCorrupt when the record is lost."""
+        payload = message.payload
+        if payload is None:
             record = await self.spool.read(message.id)
-            if message.payload is None:
-                message.payload = data_payload(record.message)
+            if message.payload is not None:  # another job read it meanwhile
+                return message.payload
+            payload = data_payload(record.message)
+            self.payloads.keep(message, payload)
+        return payload
+
+    def release_payload(self, message: QueuedMessage) -> None:
+        """No job of the message needs its bytes now: drop them (read again when due)."""
+        self.payloads.release(message)
+
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of payload the queued messages keep in memory now (within the budget)."""
+        return self.payloads.held
 
     # -- leaving the queue ------------------------------------------------------
 
@@ -242,12 +279,14 @@ class DeliveryQueue:
     def removed(self, message: QueuedMessage) -> None:
         """The removal of the message's record is over (done or failed): stop tracking it."""
         self._messages.pop(message.id, None)
+        self.payloads.release(message)
         self._note_removed(message.id)
 
     def forget(self, message: QueuedMessage) -> None:
         """Stop tracking a message whose record is lost (gone, or damaged)."""
         message.gone = True
         self._messages.pop(message.id, None)
+        self.payloads.release(message)
 
     def _note_removed(self, message_id: str) -> None:
         if self._scan_removed is not None:
@@ -318,4 +357,8 @@ class DeliveryQueue:
 
 def without_bytes(record: SpoolRecord) -> SpoolRecord:
     """The record without its message bytes (kept only while a job needs them)."""
-    return replace(record, message=b"")
+    # Interned: acceptance makes these strings anew for each message (a slice of the
+    # pool's IP list, the client's HELO as sent), though a backlog holds a handful of
+    # distinct ones.
+    return replace(record, message=b"", ip=sys.intern(record.ip), ip_hostname=sys.intern(record.ip_hostname),
+                   client_address=sys.intern(record.client_address), client_helo=sys.intern(record.client_helo))

@@ -47,6 +47,10 @@ from .record import SpoolCorrupt, SpoolError, SpoolRecord
 log = logging.getLogger("poolmta.dataplane.spool")
 
 COMPACT_AFTER = 8
+# Records a compaction reads per trip to the spool's threads: a segment can hold tens
+# of thousands of live records (a backlog), and reading them all at once would hold
+# them all in memory.
+COPY_BATCH = 256
 
 
 class SpoolWriteError(SpoolError):
@@ -299,6 +303,12 @@ class Spool:
 
     async def _copy_forward(self, seq: int) -> None:
         ids = [i for i, e in self.state.entries.items() if e.seq == seq]
+        for start in range(0, len(ids), COPY_BATCH):
+            await self._copy_records(seq, ids[start:start + COPY_BATCH])
+        log.info("spool: compacted journal segment %d (%d live message(s) copied forward)", seq, len(ids))
+
+    async def _copy_records(self, seq: int, ids: list[str]) -> None:
+        """Copy the records `ids` still in segment `seq` to the segment written now."""
         for message_id, record in zip(ids, await self.read_many(ids), strict=True):
             entry = self.state.entries.get(message_id)
             if entry is None or entry.seq != seq:
@@ -314,7 +324,6 @@ class Spool:
             location = await self._append(journal.message_frame(entry.apply(record)))
             if self.state.entries.get(message_id) is entry:
                 self.state.move(entry, location.seq, location.offset, location.length)
-        log.info("spool: compacted journal segment %d (%d live message(s) copied forward)", seq, len(ids))
 
 
 def _unlink_durably(path: Path) -> None:
