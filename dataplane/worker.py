@@ -27,7 +27,7 @@ from redis.backoff import ExponentialBackoff
 
 from _fastpath import IMPLEMENTATION
 from control.contract.redis_client import redis_client
-from control.contract.runtime import die_with_parent
+from control.contract.runtime import die_with_parent, pause
 
 from . import event_loop, logs, metrics
 from .bridge_auth import SharedAuthThrottle
@@ -121,7 +121,7 @@ async def _sample_metrics(loader: SnapshotLoader, stats: StatsBatcher, delivery:
             )
         except Exception:
             log.exception("worker: sampling the metrics failed")
-        await asyncio.sleep(metrics.SAMPLE_INTERVAL)
+        await pause(metrics.SAMPLE_INTERVAL)
 
 
 class Worker:

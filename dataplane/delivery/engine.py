@@ -27,6 +27,8 @@ import logging
 import time
 from collections import Counter
 
+from control.contract.runtime import pause
+
 from ..config import DataplaneConfig
 from ..destinations import Destinations
 from ..return_path import ReturnPaths
@@ -140,14 +142,14 @@ class DeliveryEngine:
         backlog (`memory_return`)."""
         watch = DrainWatch()
         while True:
-            await asyncio.sleep(DRAIN_CHECK_INTERVAL)
+            await pause(DRAIN_CHECK_INTERVAL)
             if watch.drained(len(self.queue)):
                 await asyncio.to_thread(give_back)
 
     async def _metrics_loop(self) -> None:
         last: dict[str, int] = {}
         while True:
-            await asyncio.sleep(METRICS_LOG_INTERVAL)
+            await pause(METRICS_LOG_INTERVAL)
             now = dict(self.metrics) | {f"stats_{k}": v for k, v in self.stats.metrics.items()}
             if now != last:
                 self._log_metrics("running")

@@ -38,6 +38,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from control.contract.runtime import pause
+
 from ..config import DeliveryConfig, normalize_domain
 from ..destinations import Destination
 from ..return_path import uses_verp
@@ -239,7 +241,7 @@ class DeliveryQueue:
     async def rescan_forever(self) -> None:
         """Scan the spool every `rescan_interval`, for records acceptance did not hand over."""
         while True:
-            await asyncio.sleep(self.delivery.rescan_interval)
+            await pause(self.delivery.rescan_interval)
             found = await self.scan()
             if found:
                 log.warning("delivery: the spool scan found %d owned message(s) not handed over at acceptance", found)
